@@ -1,0 +1,3 @@
+from taskmasterd.cli import main
+
+raise SystemExit(main())

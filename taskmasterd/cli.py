@@ -1,0 +1,56 @@
+"""Command line of taskmasterd (supervisord's and systemd's habits)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from taskmasterd import __version__
+from taskmasterd.config import Config, ConfigError, load_config
+from taskmasterd.paths import default_config_path
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="taskmasterd",
+        description="Keep programs running as a YAML file says (foreground daemon).")
+    p.add_argument("-c", "--config", metavar="FILE",
+                   help=f"configuration file (default: {default_config_path()})")
+    p.add_argument("--check-config", metavar="FILE",
+                   help="validate FILE, print every error with file:line:column, exit 0/1")
+    p.add_argument("--version", action="version", version=f"taskmasterd {__version__}")
+    return p
+
+
+def load_or_report(path: str, failure: str) -> Config | None:
+    """The config, or None after printing every issue and `failure`."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        print(failure.format(path=path, n=len(exc.issues)), file=sys.stderr)
+        return None
+
+
+def check_config(path: str) -> int:
+    config = load_or_report(path, "{path}: {n} error(s)")
+    if config is None:
+        return 1
+    n = sum(p.numprocs for p in config.programs)
+    print(f"{path}: OK ({len(config.programs)} programs, {n} processes)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.check_config:
+        return check_config(args.check_config)
+    path = args.config or default_config_path()
+    config = load_or_report(path, "taskmasterd: not started: {path} has {n} error(s)")
+    if config is None:
+        return 1
+    from taskmasterd.daemon import serve
+
+    return asyncio.run(serve(config))

@@ -1,0 +1,1080 @@
+"""Parse and validate the YAML configuration into frozen dataclasses.
+
+Validation walks PyYAML's *node tree*, not the loaded Python objects, so that
+every error carries file:line:column and so that YAML 1.1 resolution cannot
+bite: `umask: 022` is read as the digits written, `env: {A: 042}` keeps the
+string "042", and `stdout: null` (written) is told apart from an absent key.
+
+No I/O here except reading the one file; no asyncio, no D-Bus.
+
+Entry points: `load_config(path)` reads a file, `parse_config(text, path)`
+validates text said to come from `path`. Both return a `Config` or raise
+`ConfigError` carrying *every* problem found (not just the first), each a
+`ConfigIssue` with file, line, column, keypath and a message.
+
+How values are read (the node's source text decides, never YAML 1.1):
+
+* integers (numprocs, startretries, exitcodes): unquoted decimal digits,
+  optionally with a leading "-" (so that a negative value gets a range
+  message). Leading zeros do not make them octal: `exitcodes: 010` is 10.
+  A quoted number ("2") is an error.
+* seconds (starttime, stoptime, restartdelay): unquoted decimal numbers
+  such as 5, 0.5 or 10.; no exponent, no .inf/.nan; 0 to 86400.
+* umask: the octal digits written, quoted or not, with an optional 0o
+  prefix: 022, 22, "022", '0o22', 0o22 and 0022 all mean 0o22. 18 is an
+  error (not octal), so is anything above 0777.
+* booleans (autostart; autorestart also takes them): exactly true, false,
+  yes, no, on, off in any case, quoted or not. Nothing else (not y/n, not
+  1/0).
+* strings (cmd, user, alert program patterns): any non-null scalar, as
+  written, so `cmd: true` runs /bin/true and `user: 1000` is the uid
+  "1000". Paths (workingdir, stdout, stderr, logfile, logdir, statedir) and
+  alert URLs must be YAML strings: an unquoted number, boolean or date is
+  an error (quote it). Relative paths are resolved against the directory
+  of the config file (os.path.normpath, no symlink resolution).
+* stdout/stderr: absent -> AUTO; `null`, `~`, an empty value or the string
+  /dev/null -> NULL; the exact string `journal` -> JOURNAL (write
+  ./journal for a file of that name); any other string -> FILE.
+* env values: the scalar's source text ("42", "022", "on", "1.50");
+  a null value is an error (write '' for an empty value).
+* the top-level sections taskmasterd, programs and alerts may be left
+  empty (null), which means the same as absent.
+
+Aliases are fine anywhere, and merge keys (`<<: *defaults`, or a list of
+aliases) work in every mapping: keys written in the mapping win over merged
+ones, and among merged mappings the first listed wins (as in YAML). A key
+written twice in one mapping is an error at the second occurrence.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import os
+import re
+import shlex
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+# Events an alert can subscribe to (process states plus daemon events).
+ALERT_EVENTS: tuple[str, ...] = (
+    "STARTING",
+    "RUNNING",
+    "BACKOFF",
+    "STOPPING",
+    "STOPPED",
+    "EXITED",
+    "EXITED_EXPECTED",
+    "EXITED_UNEXPECTED",
+    "FATAL",
+    "SPAWN_ERROR",
+    "RELOAD",
+    "RELOAD_FAILED",
+    "DAEMON_START",
+    "DAEMON_STOP",
+)
+
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
+
+
+class AutoRestart(enum.Enum):
+    ALWAYS = "always"
+    NEVER = "never"
+    UNEXPECTED = "unexpected"
+
+
+class OutputKind(enum.Enum):
+    AUTO = "auto"  # key absent: the journal under journald, else a file in logdir
+    NULL = "null"  # explicitly discarded (null, ~, /dev/null)
+    FILE = "file"  # an explicit path
+    JOURNAL = "journal"  # a journal stream, identifier = program name
+
+
+@dataclass(frozen=True)
+class Output:
+    kind: OutputKind = OutputKind.AUTO
+    path: str | None = None  # absolute; set only for FILE
+
+
+@dataclass(frozen=True)
+class ProgramConfig:
+    name: str
+    cmd: str  # as written
+    argv: tuple[str, ...]  # shlex-split cmd; argv[0] is looked up in PATH
+    numprocs: int = 1
+    umask: int | None = None  # None: inherit the daemon's
+    workingdir: str | None = None  # absolute; None: the daemon's cwd
+    autostart: bool = True
+    autorestart: AutoRestart = AutoRestart.UNEXPECTED
+    exitcodes: frozenset[int] = frozenset({0})
+    startretries: int = 3
+    starttime: float = 1.0
+    stopsignal: signal.Signals = signal.SIGTERM
+    stoptime: float = 10.0
+    stdout: Output = Output()
+    stderr: Output = Output()
+    env: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs
+    user: str | None = None
+    restartdelay: float = 0.0
+
+    @property
+    def env_dict(self) -> dict[str, str]:
+        return dict(self.env)
+
+    def process_names(self) -> list[str]:
+        """`prog` when numprocs is 1, else `prog:0` ... `prog:N-1`."""
+        if self.numprocs == 1:
+            return [self.name]
+        return [f"{self.name}:{i}" for i in range(self.numprocs)]
+
+
+@dataclass(frozen=True)
+class GlobalConfig:
+    # None means "the daemon picks the default for its uid" (see paths.py).
+    logfile: str | None = None
+    loglevel: str = "info"  # debug | info | warning | error
+    logdir: str | None = None
+    statedir: str | None = None
+
+
+@dataclass(frozen=True)
+class AlertConfig:
+    url: str
+    events: frozenset[str] = frozenset({"FATAL", "EXITED_UNEXPECTED"})
+    programs: tuple[str, ...] = ("*",)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str  # absolute path of the file it was read from
+    daemon: GlobalConfig = GlobalConfig()
+    programs: tuple[ProgramConfig, ...] = ()  # in file order
+    alerts: tuple[AlertConfig, ...] = ()
+
+    def program(self, name: str) -> ProgramConfig | None:
+        for p in self.programs:
+            if p.name == name:
+                return p
+        return None
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in a config file, located and explained."""
+
+    file: str
+    line: int  # 1-based
+    column: int  # 1-based
+    keypath: str  # e.g. "programs.nginx.umask"
+    message: str  # what is wrong and what is expected
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}"
+        if self.keypath:
+            return f"{where}: {self.keypath}: {self.message}"
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class ConfigError(Exception):
+    """Every problem found in a file; raised by load_config."""
+
+    issues: list[ConfigIssue] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return "\n".join(str(i) for i in self.issues)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate `path`; raise ConfigError with all issues at once."""
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise ConfigError([ConfigIssue(name, 1, 1, "", f"cannot read the config file: {reason}")]) from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ConfigError(
+            [ConfigIssue(name, line, column, "", f"not valid UTF-8 ({e.reason}); expected UTF-8 text")]
+        ) from None
+    return parse_config(text, name)
+
+
+def parse_config(text: str, path: str) -> Config:
+    """Validate `text`, said to be the contents of `path`.
+
+    `path` is used as written in issues; relative paths in the file are
+    resolved against its directory. Raise ConfigError with every issue.
+    """
+    return _Validator(text, path).run()
+
+
+# --------------------------------------------------------------------------
+# The validator. Everything below is private.
+
+_TAG = "tag:yaml.org,2002:"
+_NULL = _TAG + "null"
+_BOOL = _TAG + "bool"
+_INT = _TAG + "int"
+_FLOAT = _TAG + "float"
+_STR = _TAG + "str"
+_TIMESTAMP = _TAG + "timestamp"
+_MERGE = _TAG + "merge"
+
+TOP_KEYS: tuple[str, ...] = ("taskmasterd", "programs", "alerts")
+GLOBAL_KEYS: tuple[str, ...] = ("logfile", "loglevel", "logdir", "statedir")
+PROGRAM_KEYS: tuple[str, ...] = (
+    "cmd",
+    "numprocs",
+    "umask",
+    "workingdir",
+    "autostart",
+    "autorestart",
+    "exitcodes",
+    "startretries",
+    "starttime",
+    "stopsignal",
+    "stoptime",
+    "stdout",
+    "stderr",
+    "env",
+    "user",
+    "restartdelay",
+)
+ALERT_KEYS: tuple[str, ...] = ("url", "events", "programs")
+
+# supervisord's [program:x] option names -> Taskmaster's, or None if unsupported.
+_SUPERVISORD_NAMES: dict[str, str | None] = {
+    "command": "cmd",
+    "directory": "workingdir",
+    "startsecs": "starttime",
+    "stopwaitsecs": "stoptime",
+    "environment": "env",
+    "stdout_logfile": "stdout",
+    "stderr_logfile": "stderr",
+    "process_name": None,
+    "numprocs_start": None,
+    "priority": None,
+    "redirect_stderr": None,
+    "stopasgroup": None,
+    "killasgroup": None,
+    "stdout_logfile_maxbytes": None,
+    "stderr_logfile_maxbytes": None,
+    "stdout_logfile_backups": None,
+    "stderr_logfile_backups": None,
+}
+
+_BOOLEANS: dict[str, bool] = {
+    "true": True,
+    "yes": True,
+    "on": True,
+    "false": False,
+    "no": False,
+    "off": False,
+}
+
+_MAX_SECONDS = 86400.0
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+_INT_RE = re.compile(r"-?[0-9]+")
+_NUMBER_RE = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+_OCTAL_RE = re.compile(r"[0-7]+")
+_UMASK_MSG = "umask must be octal digits like 022 (a digit 8 or 9 is not octal)"
+_SIGNAL_HINT = (
+    "expected a signal name like TERM, HUP, INT, QUIT, KILL, USR1 or USR2 (with or without SIG), "
+    "or its number"
+)
+
+
+class _Reject(Exception):
+    """A value is invalid; recorded at `node` (default: the value node)."""
+
+    def __init__(self, message: str, node: Node | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.node = node
+
+
+class _Reported(Exception):
+    """A value is invalid and its issues have already been recorded."""
+
+
+def _kind(node: Node) -> str:
+    """What a node is, for "found ..." in messages."""
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a sequence"
+    assert isinstance(node, ScalarNode)
+    if node.style in ("'", '"'):
+        return "a string"
+    return {
+        _NULL: "null",
+        _BOOL: "a boolean",
+        _INT: "an integer",
+        _FLOAT: "a number",
+        _TIMESTAMP: "a date",
+        _MERGE: "a merge key '<<'",
+    }.get(node.tag, "a string")
+
+
+def _show(node: Node) -> str:
+    """A node for "found ..." when the type may be right but the value is not."""
+    if not isinstance(node, ScalarNode):
+        return _kind(node)
+    if node.tag == _NULL:
+        return "null"
+    text = node.value if len(node.value) <= 40 else node.value[:37] + "..."
+    if node.style in ("'", '"'):
+        return f"the quoted string {text!r}"
+    return repr(text)
+
+
+def _is_null(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag == _NULL
+
+
+def _quoted(node: ScalarNode) -> bool:
+    return node.style in ("'", '"')
+
+
+def _suggest(key: str, known: tuple[str, ...]) -> str | None:
+    lowered = key.lower()
+    if lowered in known:
+        return lowered
+    close = difflib.get_close_matches(lowered, known, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _unknown_key(key: str, known: tuple[str, ...], where: str) -> str:
+    msg = f"unknown key '{key}'"
+    guess = _suggest(key, known)
+    if guess is not None:
+        return f"{msg} (did you mean '{guess}'?)"
+    return f"{msg}; {where} accepts: {', '.join(known)}"
+
+
+class _Validator:
+    def __init__(self, text: str, path: str) -> None:
+        self.text = text
+        self.file = path
+        self.abspath = os.path.abspath(path)
+        self.basedir = os.path.dirname(self.abspath)
+        self.issues: list[ConfigIssue] = []
+        self._seen: set[tuple[int, int, str, str]] = set()
+
+    # ---- recording
+
+    def error(self, node: Node | None, keypath: str, message: str) -> None:
+        if node is None:
+            line = column = 1
+        else:
+            line, column = node.start_mark.line + 1, node.start_mark.column + 1
+        key = (line, column, keypath, message)
+        if key not in self._seen:
+            self._seen.add(key)
+            self.issues.append(ConfigIssue(self.file, line, column, keypath, message))
+
+    def fail(self) -> NoReturn:
+        self.issues.sort(key=lambda i: (i.line, i.column))
+        raise ConfigError(self.issues)
+
+    # ---- entry point
+
+    def run(self) -> Config:
+        root = self._compose()
+        if root is None or _is_null(root):
+            self.error(
+                None,
+                "",
+                "the file is empty; expected a mapping with 'programs:' "
+                "(and optionally 'taskmasterd:' and 'alerts:')",
+            )
+            self.fail()
+        config = self._top(root)
+        if self.issues or config is None:
+            self.fail()
+        return config
+
+    def _compose(self) -> Node | None:
+        try:
+            loader = yaml.SafeLoader(self.text)
+        except yaml.reader.ReaderError as e:
+            self._reader_error(e)
+            self.fail()
+        try:
+            root: Node | None = loader.get_node() if loader.check_node() else None
+            if loader.check_node():
+                second = loader.peek_event()  # type: ignore[no-untyped-call]
+                self.error(
+                    _Mark(second.start_mark),
+                    "",
+                    "the file holds more than one YAML document (a '---' or '...' "
+                    "separator); expected a single document",
+                )
+        except yaml.reader.ReaderError as e:
+            self._reader_error(e)
+            self.fail()
+        except yaml.MarkedYAMLError as e:
+            self._syntax_error(e)
+            self.fail()
+        except yaml.YAMLError as e:
+            self.error(None, "", f"invalid YAML: {e}")
+            self.fail()
+        finally:
+            loader.dispose()
+        return root
+
+    def _reader_error(self, e: yaml.reader.ReaderError) -> None:
+        code = ord(e.character) if isinstance(e.character, str) else e.character
+        before = self.text[: e.position]
+        line = before.count("\n")
+        column = e.position - (before.rfind("\n") + 1)
+        self.error(
+            _Mark(yaml.Mark("", e.position, line, column, None, 0)),
+            "",
+            f"invalid YAML: unacceptable character #x{code:04x}"
+            f" ({e.reason}); remove it or write it as an escape in a double-quoted string",
+        )
+
+    def _syntax_error(self, e: yaml.MarkedYAMLError) -> None:
+        mark = e.problem_mark or e.context_mark
+        problem = e.problem or e.context or "syntax error"
+        message = f"invalid YAML: {problem}"
+        if e.context and e.problem and e.context_mark is not None:
+            message += f" ({e.context} started at line {e.context_mark.line + 1})"
+        if "'\\t'" in problem:
+            message += "; indent with spaces, not tabs"
+        elif "expected <block end>" in problem:
+            message += "; check the indentation: keys of one mapping must start in the same column"
+        elif "mapping values are not allowed here" in problem:
+            message += "; check the indentation, or quote a value that contains ': '"
+        self.error(_Mark(mark) if mark is not None else None, "", message)
+
+    # ---- mappings
+
+    def entries(
+        self, node: MappingNode, keypath: str, _stack: tuple[int, ...] = ()
+    ) -> list[tuple[ScalarNode, Node]]:
+        """(key, value) pairs of a mapping, with merge keys expanded.
+
+        Reports non-scalar keys, duplicate keys (kept: the first) and bad
+        merge values. Keys written in the mapping win over merged keys;
+        among merged mappings the first listed wins.
+        """
+        own: dict[str, ScalarNode] = {}
+        keep: list[bool] = []
+        for k, _v in node.value:
+            if isinstance(k, ScalarNode) and k.tag == _MERGE:
+                keep.append(True)
+                continue
+            if not isinstance(k, ScalarNode):
+                self.error(k, keypath, f"expected a name as key, found {_kind(k)}")
+                keep.append(False)
+                continue
+            first = own.get(k.value)
+            if first is not None:
+                where = self._join(keypath, k.value)
+                self.error(
+                    k,
+                    where,
+                    f"duplicate key '{k.value}' (first defined at line "
+                    f"{first.start_mark.line + 1}); each key may appear only once",
+                )
+                keep.append(False)
+                continue
+            own[k.value] = k
+            keep.append(True)
+
+        seen = set(own)
+        out: list[tuple[ScalarNode, Node]] = []
+        stack = (*_stack, id(node))
+        for (k, v), ok in zip(node.value, keep, strict=True):
+            if not ok:
+                continue
+            if k.tag != _MERGE:
+                out.append((k, v))
+                continue
+            if isinstance(v, MappingNode):
+                sources = [v]
+            elif isinstance(v, SequenceNode) and v.value and all(isinstance(s, MappingNode) for s in v.value):
+                sources = list(v.value)
+            else:
+                self.error(
+                    v,
+                    keypath,
+                    "a merge key '<<' expects an alias to a mapping like "
+                    f"'<<: *defaults' or a list of them, found {_kind(v)}",
+                )
+                continue
+            for source in sources:
+                if id(source) in stack:
+                    self.error(v, keypath, "a merge key '<<' refers to the mapping that contains it")
+                    continue
+                for mk, mv in self.entries(source, keypath, stack):
+                    if mk.value not in seen:
+                        seen.add(mk.value)
+                        out.append((mk, mv))
+        return out
+
+    @staticmethod
+    def _join(keypath: str, key: str) -> str:
+        return f"{keypath}.{key}" if keypath else key
+
+    def _has_key(self, node: Node, key: str, _stack: tuple[int, ...] = ()) -> bool:
+        """Whether a mapping has `key`, directly or through a merge (no reporting)."""
+        if not isinstance(node, MappingNode) or id(node) in _stack:
+            return False
+        for k, v in node.value:
+            if not isinstance(k, ScalarNode):
+                continue
+            if k.tag == _MERGE:
+                sources = v.value if isinstance(v, SequenceNode) else [v]
+                if any(self._has_key(s, key, (*_stack, id(node))) for s in sources):
+                    return True
+            elif k.value == key:
+                return True
+        return False
+
+    # ---- top level
+
+    def _top(self, root: Node) -> Config | None:
+        if not isinstance(root, MappingNode):
+            self.error(
+                root,
+                "",
+                "the top level must be a mapping with the keys taskmasterd, "
+                f"programs and alerts; found {_kind(root)}",
+            )
+            return None
+        daemon: GlobalConfig | None = GlobalConfig()
+        programs: tuple[ProgramConfig, ...] | None = ()
+        alerts: tuple[AlertConfig, ...] | None = ()
+        for k, v in self.entries(root, ""):
+            key = k.value
+            if key == "taskmasterd":
+                daemon = self._global(v)
+            elif key == "programs":
+                programs = self._programs(v)
+            elif key == "alerts":
+                alerts = self._alerts(v)
+            else:
+                self.error(k, key, self._unknown_top(key, v))
+        if daemon is None or programs is None or alerts is None:
+            return None
+        return Config(path=self.abspath, daemon=daemon, programs=programs, alerts=alerts)
+
+    def _unknown_top(self, key: str, value: Node) -> str:
+        msg = f"unknown top-level key '{key}'"
+        if self._has_key(value, "cmd"):
+            return f"{msg}; a program belongs under 'programs:' — indent it there"
+        if key in PROGRAM_KEYS:
+            return f"{msg}; '{key}' is a program setting — indent it under its program in 'programs:'"
+        if key in GLOBAL_KEYS:
+            return f"{msg}; '{key}' is a daemon setting — indent it under 'taskmasterd:'"
+        guess = _suggest(key, TOP_KEYS)
+        if guess is not None:
+            return f"{msg} (did you mean '{guess}'?)"
+        return f"{msg}; expected taskmasterd, programs or alerts"
+
+    # ---- taskmasterd:
+
+    def _global(self, node: Node) -> GlobalConfig | None:
+        if _is_null(node):
+            return GlobalConfig()
+        if not isinstance(node, MappingNode):
+            self.error(node, "taskmasterd", f"expected a mapping of daemon settings, found {_kind(node)}")
+            return None
+        values: dict[str, Any] = {}
+        ok = True
+        for k, v in self.entries(node, "taskmasterd"):
+            key = k.value
+            kp = f"taskmasterd.{key}"
+            reader: Callable[[Node], Any] | None = {
+                "logfile": self._path,
+                "logdir": self._path,
+                "statedir": self._path,
+                "loglevel": self._loglevel,
+            }.get(key)
+            if reader is None:
+                self.error(k, kp, _unknown_key(key, GLOBAL_KEYS, "taskmasterd"))
+                ok = False
+                continue
+            ok = self._read(reader, v, kp, values, key) and ok
+        return GlobalConfig(**values) if ok else None
+
+    def _loglevel(self, node: Node) -> str:
+        text = self._text(node, "a log level (debug, info, warning or error)")
+        if text.lower() not in LOG_LEVELS:
+            raise _Reject(f"expected debug, info, warning or error, found {_show(node)}")
+        return text.lower()
+
+    # ---- programs:
+
+    def _programs(self, node: Node) -> tuple[ProgramConfig, ...] | None:
+        if _is_null(node):
+            return ()
+        if not isinstance(node, MappingNode):
+            self.error(
+                node,
+                "programs",
+                f"expected a mapping of program name -> settings, found {_kind(node)}",
+            )
+            return None
+        entries = self.entries(node, "programs")
+        out: list[ProgramConfig] = []
+        ok = True
+        for i, (k, v) in enumerate(entries):
+            name = k.value
+            kp = f"programs.{name}"
+            if name in PROGRAM_KEYS and not self._has_key(v, "cmd"):
+                if isinstance(v, MappingNode) or not _is_null(v):
+                    what = (
+                        "has no 'cmd'"
+                        if isinstance(v, MappingNode)
+                        else (f"must be a mapping of settings, found {_kind(v)}")
+                    )
+                else:
+                    what = "has no settings"
+                self.error(
+                    k,
+                    kp,
+                    f"program '{name}' {what}; '{name}' is a program setting — indent it under its program",
+                )
+                ok = False
+                continue
+            ok = self._program_name(k, kp) and ok
+            if _is_null(v):
+                nxt = entries[i + 1][0] if i + 1 < len(entries) else None
+                if (
+                    nxt is not None
+                    and nxt.value in PROGRAM_KEYS
+                    and nxt.start_mark.line > k.start_mark.line
+                    and nxt.start_mark.column == k.start_mark.column
+                ):
+                    msg = (
+                        f"program '{name}' has no settings — the keys after it are at "
+                        f"the same indentation as '{name}:' and must be indented under it"
+                    )
+                else:
+                    msg = (
+                        f"program '{name}' has no settings; expected a mapping with at "
+                        f"least 'cmd:', indented under '{name}:'"
+                    )
+                self.error(k, kp, msg)
+                ok = False
+                continue
+            if not isinstance(v, MappingNode):
+                self.error(
+                    v,
+                    kp,
+                    f"program '{name}' must be a mapping of settings, found {_kind(v)}; "
+                    f"write its command as 'cmd: ...' indented under '{name}:'",
+                )
+                ok = False
+                continue
+            program = self._program(name, k, v, kp)
+            if program is None:
+                ok = False
+            else:
+                out.append(program)
+        return tuple(out) if ok else None
+
+    def _program_name(self, k: ScalarNode, kp: str) -> bool:
+        name = k.value
+        allowed = "use 1 to 64 letters, digits, '_', '.' or '-'"
+        problem: str | None = None
+        if not name:
+            problem = f"a program name must not be empty; {allowed}"
+        elif ":" in name:
+            problem = (
+                f"program name '{name}' must not contain ':' (it names processes, as in prog:0); {allowed}"
+            )
+        elif any(c in name for c in "*?[]"):
+            problem = (
+                f"program name '{name}' must not contain the glob characters * ? [ ] "
+                f"(they match program names); {allowed}"
+            )
+        elif len(name) > 64:
+            problem = f"program name is {len(name)} characters long; {allowed}"
+        elif not _NAME_RE.fullmatch(name):
+            problem = f"program name '{name}' has characters that are not allowed; {allowed}"
+        elif name == "all":
+            problem = "program name 'all' is reserved (it targets every program); choose another name"
+        elif set(name) == {"."}:
+            problem = f"program name '{name}' is not allowed (it is a path component); {allowed}"
+        if problem is None:
+            return True
+        self.error(k, kp, problem)
+        return False
+
+    def _program(self, name: str, name_node: ScalarNode, node: MappingNode, kp: str) -> ProgramConfig | None:
+        readers: dict[str, Callable[[Node], Any]] = {
+            "cmd": self._cmd,
+            "numprocs": lambda n: self._int(n, 1, 1000),
+            "umask": self._umask,
+            "workingdir": self._path,
+            "autostart": self._bool,
+            "autorestart": self._autorestart,
+            "exitcodes": lambda n: self._exitcodes(n, f"{kp}.exitcodes"),
+            "startretries": lambda n: self._int(n, 0, 1000),
+            "starttime": self._seconds,
+            "stopsignal": self._signal,
+            "stoptime": self._seconds,
+            "stdout": self._output,
+            "stderr": self._output,
+            "env": lambda n: self._env(n, f"{kp}.env"),
+            "user": lambda n: self._text(n, "a user name or numeric uid"),
+            "restartdelay": self._seconds,
+        }
+        values: dict[str, Any] = {}
+        ok = True
+        has_cmd = False
+        for k, v in self.entries(node, kp):
+            key = k.value
+            fkp = f"{kp}.{key}"
+            reader = readers.get(key)
+            if reader is None:
+                self.error(k, fkp, self._unknown_program_key(key))
+                ok = False
+                continue
+            has_cmd = has_cmd or key == "cmd"
+            ok = self._read(reader, v, fkp, values, key) and ok
+        if not has_cmd:
+            self.error(
+                name_node,
+                kp,
+                f"program '{name}' has no 'cmd'; every program needs a command, "
+                "e.g. cmd: /usr/bin/nginx -g 'daemon off;'",
+            )
+            return None
+        if not ok:
+            return None
+        cmd, argv = values.pop("cmd")
+        return ProgramConfig(name=name, cmd=cmd, argv=argv, **values)
+
+    @staticmethod
+    def _unknown_program_key(key: str) -> str:
+        if key in _SUPERVISORD_NAMES:
+            new = _SUPERVISORD_NAMES[key]
+            if new is None:
+                return f"unknown key '{key}': supervisord's '{key}' is not supported by Taskmaster"
+            return f"unknown key '{key}' (did you mean '{new}'? '{key}' is supervisord's name for it)"
+        return _unknown_key(key, PROGRAM_KEYS, "a program")
+
+    def _read(
+        self,
+        reader: Callable[[Node], Any],
+        node: Node,
+        keypath: str,
+        values: dict[str, Any],
+        key: str,
+    ) -> bool:
+        try:
+            values[key] = reader(node)
+        except _Reject as r:
+            self.error(r.node if r.node is not None else node, keypath, r.message)
+            return False
+        except _Reported:
+            return False
+        return True
+
+    # ---- alerts:
+
+    def _alerts(self, node: Node) -> tuple[AlertConfig, ...] | None:
+        if _is_null(node):
+            return ()
+        if not isinstance(node, SequenceNode):
+            self.error(
+                node,
+                "alerts",
+                f"expected a list of alerts (each '- url: ...'), found {_kind(node)}",
+            )
+            return None
+        out: list[AlertConfig] = []
+        ok = True
+        for i, item in enumerate(node.value):
+            alert = self._alert(item, f"alerts[{i}]")
+            if alert is None:
+                ok = False
+            else:
+                out.append(alert)
+        return tuple(out) if ok else None
+
+    def _alert(self, node: Node, kp: str) -> AlertConfig | None:
+        if not isinstance(node, MappingNode):
+            self.error(node, kp, f"an alert must be a mapping with at least 'url:', found {_kind(node)}")
+            return None
+        readers: dict[str, Callable[[Node], Any]] = {
+            "url": self._url,
+            "events": lambda n: self._events(n, f"{kp}.events"),
+            "programs": lambda n: self._patterns(n, f"{kp}.programs"),
+        }
+        values: dict[str, Any] = {}
+        ok = True
+        has_url = False
+        for k, v in self.entries(node, kp):
+            key = k.value
+            reader = readers.get(key)
+            if reader is None:
+                self.error(k, f"{kp}.{key}", _unknown_key(key, ALERT_KEYS, "an alert"))
+                ok = False
+                continue
+            has_url = has_url or key == "url"
+            ok = self._read(reader, v, f"{kp}.{key}", values, key) and ok
+        if not has_url:
+            self.error(node, kp, "an alert needs a 'url:' (e.g. url: https://example.com/hook)")
+            return None
+        return AlertConfig(**values) if ok else None
+
+    def _url(self, node: Node) -> str:
+        text = self._text(node, "a URL", strict=True)
+        if "://" not in text:
+            raise _Reject(f"expected a URL like https://example.com/hook, found {_show(node)}")
+        return text
+
+    def _events(self, node: Node, kp: str) -> frozenset[str]:
+        items = self._list(node, "a list of event names")
+        out: set[str] = set()
+        bad = False
+        for i, item in enumerate(items):
+            ikp = f"{kp}[{i}]"
+            if not isinstance(item, ScalarNode) or _is_null(item) or item.value.upper() not in ALERT_EVENTS:
+                self.error(
+                    item,
+                    ikp,
+                    f"unknown event {_show(item)}; expected one of {', '.join(ALERT_EVENTS)}",
+                )
+                bad = True
+            else:
+                out.add(item.value.upper())
+        if bad:
+            raise _Reported
+        return frozenset(out)
+
+    def _patterns(self, node: Node, kp: str) -> tuple[str, ...]:
+        items = self._list(node, "a list of program names or globs")
+        out: list[str] = []
+        bad = False
+        for i, item in enumerate(items):
+            try:
+                out.append(self._text(item, "a program name or glob"))
+            except _Reject as r:
+                self.error(item, f"{kp}[{i}]", r.message)
+                bad = True
+        if bad:
+            raise _Reported
+        return tuple(out)
+
+    @staticmethod
+    def _list(node: Node, what: str) -> list[Node]:
+        if not isinstance(node, SequenceNode):
+            raise _Reject(f"expected {what}, found {_kind(node)}")
+        if not node.value:
+            raise _Reject(f"expected {what}, found an empty list; omit the key for the default")
+        return list(node.value)
+
+    # ---- scalar readers (raise _Reject)
+
+    @staticmethod
+    def _scalar(node: Node, what: str) -> ScalarNode:
+        if not isinstance(node, ScalarNode):
+            raise _Reject(f"expected {what}, found {_kind(node)}")
+        if node.tag.startswith("!"):
+            raise _Reject(f"unsupported YAML tag '{node.tag}'; expected {what}")
+        if node.tag == _NULL:
+            raise _Reject(f"expected {what}, found null")
+        return node
+
+    def _text(self, node: Node, what: str, strict: bool = False) -> str:
+        """A non-empty string. strict: unquoted numbers/booleans/dates are refused."""
+        scalar = self._scalar(node, what)
+        if strict and not _quoted(scalar) and scalar.tag != _STR:
+            raise _Reject(
+                f"expected {what}, found {_kind(scalar)} ({scalar.value}); quote it if it is meant as text"
+            )
+        if not scalar.value.strip():
+            raise _Reject(f"expected {what}, found an empty string")
+        if "\0" in scalar.value:
+            raise _Reject(f"expected {what}, found a string with a NUL character")
+        return str(scalar.value)
+
+    def _resolve(self, text: str) -> str:
+        return os.path.normpath(os.path.join(self.basedir, text))
+
+    def _path(self, node: Node) -> str:
+        return self._resolve(self._text(node, "a path", strict=True))
+
+    def _cmd(self, node: Node) -> tuple[str, tuple[str, ...]]:
+        cmd = self._text(node, "a command line")
+        try:
+            argv = tuple(shlex.split(cmd))
+        except ValueError as e:
+            raise _Reject(
+                f"cannot split cmd into words: {e} (unbalanced quotes or a trailing backslash?); "
+                "check its quoting"
+            ) from None
+        if not argv or not argv[0]:
+            raise _Reject(
+                "cmd has no program to run after splitting into words; "
+                "expected a command like /usr/bin/nginx -c /etc/nginx.conf"
+            )
+        return cmd, argv
+
+    def _int(self, node: Node, lo: int, hi: int) -> int:
+        what = f"an integer {lo}–{hi}"
+        scalar = self._scalar(node, what)
+        if _quoted(scalar) or not _INT_RE.fullmatch(scalar.value):
+            hint = " (remove the quotes)" if _quoted(scalar) and _INT_RE.fullmatch(scalar.value) else ""
+            raise _Reject(f"expected {what}, found {_show(scalar)}{hint}")
+        sign = "-" if scalar.value.startswith("-") else ""
+        digits = scalar.value.lstrip("-").lstrip("0") or "0"
+        if len(digits) > 18:
+            raise _Reject(f"must be between {lo} and {hi}, found {_show(scalar)}")
+        n = int(sign + digits)
+        if not lo <= n <= hi:
+            raise _Reject(f"must be between {lo} and {hi}, found {n}")
+        return n
+
+    def _seconds(self, node: Node) -> float:
+        what = "a number of seconds like 5 or 0.5"
+        scalar = self._scalar(node, what)
+        if _quoted(scalar) or not _NUMBER_RE.fullmatch(scalar.value):
+            raise _Reject(f"expected {what}, found {_show(scalar)}")
+        value = float(scalar.value)
+        if value < 0:
+            raise _Reject(f"must be >= 0, found {scalar.value}")
+        if value > _MAX_SECONDS:
+            raise _Reject(f"must be <= {_MAX_SECONDS:g} (one day), found {scalar.value}")
+        return value
+
+    def _umask(self, node: Node) -> int:
+        if not isinstance(node, ScalarNode) or node.tag == _NULL or node.tag.startswith("!"):
+            raise _Reject(f"{_UMASK_MSG}, found {_kind(node)}")
+        text = node.value
+        digits = text[2:] if text[:2] in ("0o", "0O") else text
+        if not _OCTAL_RE.fullmatch(digits):
+            raise _Reject(f"{_UMASK_MSG}, found {_show(node)}")
+        value = int(digits, 8)
+        if value > 0o777:
+            raise _Reject(f"{_UMASK_MSG}, found {_show(node)}, which is above the largest umask 0777")
+        return value
+
+    def _bool(self, node: Node) -> bool:
+        what = "true or false"
+        scalar = self._scalar(node, what)
+        value = _BOOLEANS.get(scalar.value.lower())
+        if value is None:
+            raise _Reject(f"expected {what} (or yes/no, on/off), found {_show(scalar)}")
+        return value
+
+    def _autorestart(self, node: Node) -> AutoRestart:
+        what = "always, never or unexpected (or true/false)"
+        scalar = self._scalar(node, what)
+        text = scalar.value.lower()
+        if text in _BOOLEANS:
+            return AutoRestart.ALWAYS if _BOOLEANS[text] else AutoRestart.NEVER
+        try:
+            return AutoRestart(text)
+        except ValueError:
+            raise _Reject(f"expected {what}, found {_show(scalar)}") from None
+
+    def _exitcodes(self, node: Node, kp: str) -> frozenset[int]:
+        if isinstance(node, ScalarNode):
+            return frozenset({self._int(node, 0, 255)})
+        if not isinstance(node, SequenceNode):
+            raise _Reject(f"expected an exit code 0–255 or a list of them, found {_kind(node)}")
+        if not node.value:
+            raise _Reject("expected an exit code 0–255 or a list of them, found an empty list")
+        codes: set[int] = set()
+        bad = False
+        for i, item in enumerate(node.value):
+            try:
+                codes.add(self._int(item, 0, 255))
+            except _Reject as r:
+                self.error(item, f"{kp}[{i}]", r.message)
+                bad = True
+        if bad:
+            raise _Reported
+        return frozenset(codes)
+
+    def _signal(self, node: Node) -> signal.Signals:
+        scalar = self._scalar(node, "a signal name")
+        text = scalar.value
+        if not _quoted(scalar) and text.isascii() and text.isdigit():
+            try:
+                return signal.Signals(int(text) if len(text) <= 6 else -1)
+            except ValueError:
+                raise _Reject(f"{text} is not a signal number here; {_SIGNAL_HINT}") from None
+        name = text.upper()
+        if not name.startswith("SIG"):
+            name = "SIG" + name
+        member = signal.Signals.__members__.get(name)
+        if member is None:
+            raise _Reject(f"unknown signal {_show(scalar)}; {_SIGNAL_HINT}")
+        return member
+
+    def _output(self, node: Node) -> Output:
+        what = "a file path, 'journal' or null"
+        if isinstance(node, ScalarNode) and node.tag == _NULL:
+            return Output(OutputKind.NULL)
+        text = self._text(node, what, strict=True)
+        if text == "journal":
+            return Output(OutputKind.JOURNAL)
+        path = self._resolve(text)
+        if path == os.devnull:
+            return Output(OutputKind.NULL)
+        return Output(OutputKind.FILE, path)
+
+    def _env(self, node: Node, kp: str) -> tuple[tuple[str, str], ...]:
+        if not isinstance(node, MappingNode):
+            raise _Reject(f"expected a mapping of NAME: value, found {_kind(node)}")
+        out: dict[str, str] = {}
+        bad = False
+        for k, v in self.entries(node, kp):
+            name = k.value
+            vkp = f"{kp}.{name}"
+            if not name or "=" in name or "\0" in name:
+                self.error(
+                    k,
+                    vkp,
+                    f"invalid environment variable name {name!r}; expected a non-empty "
+                    "name without '=' or NUL",
+                )
+                bad = True
+                continue
+            if not isinstance(v, ScalarNode) or v.tag.startswith("!"):
+                self.error(v, vkp, f"env values must be strings or numbers, found {_kind(v)}")
+                bad = True
+            elif v.tag == _NULL:
+                self.error(
+                    v,
+                    vkp,
+                    "env values must be strings or numbers, found null; use '' for an empty value",
+                )
+                bad = True
+            elif "\0" in v.value:
+                self.error(v, vkp, "env values must not contain a NUL character")
+                bad = True
+            else:
+                out[name] = v.value
+        if bad:
+            raise _Reported
+        return tuple(sorted(out.items()))
+
+
+class _Mark(Node):
+    """A stand-in node carrying only a position (for parser errors)."""
+
+    def __init__(self, mark: yaml.Mark) -> None:
+        super().__init__("", None, mark, mark)

@@ -1,0 +1,39 @@
+"""Domain errors. `code` is stable: the D-Bus layer maps it to
+org.taskmaster.Taskmaster1.Error.<code> and taskctl to an exit code.
+"""
+
+from __future__ import annotations
+
+
+class TaskmasterError(Exception):
+    code = "Failed"
+
+
+class NoSuchProgram(TaskmasterError):
+    code = "NoSuchProgram"
+
+
+class BadName(TaskmasterError):
+    code = "BadName"
+
+
+class AlreadyStarted(TaskmasterError):
+    code = "AlreadyStarted"
+
+
+class NotRunning(TaskmasterError):
+    code = "NotRunning"
+
+
+class ConfigInvalid(TaskmasterError):
+    code = "ConfigInvalid"
+
+
+class ShuttingDown(TaskmasterError):
+    code = "ShuttingDown"
+
+
+BY_CODE: dict[str, type[TaskmasterError]] = {
+    cls.code: cls for cls in (NoSuchProgram, BadName, AlreadyStarted, NotRunning,
+                              ConfigInvalid, ShuttingDown)
+}

@@ -1,0 +1,86 @@
+"""The lifecycle log: one timestamped line per event, in the log file and on
+stderr. Line shape (stable, grep- and parse-friendly):
+
+    2026-11-23 10:31:02.123 WARNING web:1 EXITED pid=4242 status=-9 expected=no: ...
+
+i.e. date, time, level, process (or `taskmasterd`), event kind, key=value
+fields, then a human sentence after ': '.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+
+from taskmasterd import events
+from taskmasterd.events import Event
+
+log = logging.getLogger("taskmasterd")
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR}
+_FORMAT = logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)s %(message)s",
+                            datefmt="%Y-%m-%d %H:%M:%S")
+
+
+def level_of(event: Event) -> int:
+    if event.kind in ("FATAL", events.RELOAD_FAILED, "UNKNOWN"):
+        return logging.ERROR
+    if event.kind in ("BACKOFF", events.SPAWN_ERROR, events.KILLED):
+        return logging.WARNING
+    if event.kind == "EXITED" and not event.expected:
+        return logging.WARNING
+    return logging.INFO
+
+
+def format_event(event: Event) -> str:
+    fields = []
+    if event.pid:
+        fields.append(f"pid={event.pid}")
+    if event.exit_status is not None:
+        fields.append(f"status={event.exit_status}")
+    if event.kind in ("EXITED", "STOPPED"):
+        fields.append(f"expected={'yes' if event.expected else 'no'}")
+    fields += [f"{k}={v}" for k, v in event.fields.items()]
+    tail = "".join(" " + f for f in fields)
+    return f"{event.process} {event.kind}{tail}: {event.message}"
+
+
+class LifecycleLog:
+    """Owns the daemon's log handlers; subscribe `write` to the event bus."""
+
+    def __init__(self, logfile: str, loglevel: str = "info", stderr: bool = True) -> None:
+        self._file: logging.Handler | None = None
+        self._stderr: logging.Handler | None = None
+        log.propagate = False
+        if stderr:
+            self._stderr = logging.StreamHandler(sys.stderr)
+            self._stderr.setFormatter(_FORMAT)
+            log.addHandler(self._stderr)
+        self.logfile = ""
+        self.reconfigure(logfile, loglevel)
+
+    def reconfigure(self, logfile: str, loglevel: str) -> None:
+        log.setLevel(_LEVELS.get(loglevel, logging.INFO))
+        if logfile == self.logfile:
+            return
+        os.makedirs(os.path.dirname(logfile) or ".", mode=0o755, exist_ok=True)
+        # Watched: logrotate may move the file; the next line reopens it.
+        handler = logging.handlers.WatchedFileHandler(logfile, encoding="utf-8")
+        handler.setFormatter(_FORMAT)
+        if self._file is not None:
+            log.removeHandler(self._file)
+            self._file.close()
+        log.addHandler(handler)
+        self._file, self.logfile = handler, logfile
+
+    def write(self, event: Event) -> None:
+        log.log(level_of(event), format_event(event))
+
+    def close(self) -> None:
+        for h in (self._file, self._stderr):
+            if h is not None:
+                log.removeHandler(h)
+                h.close()

@@ -1,0 +1,374 @@
+"""The life cycle of one supervised process: supervisord's states, exactly.
+
+Pure: no asyncio, no os.*, no clock. Time comes in as `now` (monotonic
+seconds) and decisions go out as *actions* the supervisor carries out
+(`Spawn`, `Kill`, `Changed`). The single timer a process needs is
+`Process.deadline`; the supervisor re-arms it after every call.
+
+The whole life cycle is the table `_TABLE` at the bottom: state x event ->
+handler. A missing cell means the event is refused in that state (requests)
+or impossible (exits/timers without a process), see `Process._dispatch`.
+"""
+
+from __future__ import annotations
+
+import enum
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from taskmasterd.config import AutoRestart, ProgramConfig
+
+
+class State(enum.Enum):
+    STOPPED = "STOPPED"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    BACKOFF = "BACKOFF"
+    STOPPING = "STOPPING"
+    EXITED = "EXITED"
+    FATAL = "FATAL"
+    UNKNOWN = "UNKNOWN"
+
+
+# States in which a process is "started" for the purpose of Start requests
+# (supervisord's RUNNING_STATES) and in which it has (or is getting) a pid.
+STARTED_STATES = frozenset({State.STARTING, State.RUNNING, State.BACKOFF})
+# Ordering used for a program's summary state: the worst of its processes.
+SEVERITY = {
+    State.RUNNING: 0,
+    State.STOPPED: 1,
+    State.EXITED: 2,
+    State.STARTING: 3,
+    State.STOPPING: 4,
+    State.BACKOFF: 5,
+    State.UNKNOWN: 6,
+    State.FATAL: 7,
+}
+
+
+def worst_state(states: list[State]) -> State:
+    return max(states, key=SEVERITY.__getitem__, default=State.STOPPED)
+
+
+class Event(enum.Enum):
+    START = "start"  # administrative start
+    STOP = "stop"  # administrative stop
+    RESTART = "restart"  # administrative restart
+    SPAWNED = "spawned"  # the Spawn action succeeded
+    SPAWN_FAILED = "spawn_failed"  # the Spawn action failed (exec error...)
+    EXIT = "exit"  # the process exited
+    TIMER = "timer"  # `deadline` was reached
+
+
+@dataclass(frozen=True)
+class SpawnError:
+    """Why a command could not be started: errno name + the syscall."""
+
+    code: str  # errno name: ENOENT, EACCES, ...
+    syscall: str  # "execve /usr/bin/x", "chdir /srv", "open /var/log/x"
+    message: str  # strerror text
+
+    def __str__(self) -> str:
+        return f"{self.code} ({self.syscall}): {self.message}"
+
+
+# ---- actions: what the supervisor must do ----------------------------------
+
+
+@dataclass(frozen=True)
+class Spawn:
+    """Start the process now; answer with SPAWNED or SPAWN_FAILED at once."""
+
+
+@dataclass(frozen=True)
+class Kill:
+    """Send `sig` to the process group."""
+
+    sig: signal.Signals
+    reason: str
+
+
+@dataclass(frozen=True)
+class Changed:
+    """A state transition, to be published as an event (in order)."""
+
+    old: State
+    new: State
+    pid: int
+    exit_status: int | None = None  # returncode: >= 0 exit code, < 0 signal
+    expected: bool = True
+    spawn_error: SpawnError | None = None
+    retry_in: float | None = None  # BACKOFF: seconds until the next try
+
+
+Action = Spawn | Kill | Changed
+
+
+class Refused(Exception):
+    """A request that the current state does not allow."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code  # AlreadyStarted | NotRunning
+
+
+def describe_status(status: int) -> str:
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        return f"killed by {name}"
+    return f"exit status {status}"
+
+
+# ---- the state machine -----------------------------------------------------
+
+
+@dataclass
+class Process:
+    name: str  # "prog" or "prog:N"
+    config: ProgramConfig  # swapped in place by a reload that keeps the PID
+    index: int = 0
+    state: State = State.STOPPED
+    pid: int = 0
+    exit_status: int | None = None
+    expected: bool = True
+    spawn_error: SpawnError | None = None
+    retries: int = 0  # supervisord's `backoff`: failed starts in a row
+    deadline: float | None = None
+    started_at: float | None = None  # `now` of the last successful spawn
+    want_up: bool = False  # wanted state (s6): should it be running?
+    start_pending: bool = False  # start again once STOPPED (restart)
+    _out: list[Action] = field(default_factory=list, repr=False)
+    _spawning: bool = field(default=False, repr=False)
+
+    @property
+    def program(self) -> str:
+        return self.config.name
+
+    # -- public entry points: each returns the actions to carry out --------
+
+    def start(self, now: float) -> list[Action]:
+        return self._dispatch(Event.START, now, None)
+
+    def stop(self, now: float) -> list[Action]:
+        return self._dispatch(Event.STOP, now, None)
+
+    def restart(self, now: float) -> list[Action]:
+        return self._dispatch(Event.RESTART, now, None)
+
+    def on_spawned(self, pid: int, now: float) -> list[Action]:
+        return self._dispatch(Event.SPAWNED, now, pid)
+
+    def on_spawn_failed(self, error: SpawnError, now: float) -> list[Action]:
+        return self._dispatch(Event.SPAWN_FAILED, now, error)
+
+    def on_exit(self, status: int, now: float) -> list[Action]:
+        return self._dispatch(Event.EXIT, now, status)
+
+    def on_timer(self, now: float) -> list[Action]:
+        if self.deadline is None or now < self.deadline:
+            return []  # stale or early wake-up: nothing is due
+        return self._dispatch(Event.TIMER, now, None)
+
+    def _dispatch(self, event: Event, now: float, arg: object) -> list[Action]:
+        if self._spawning and event not in (Event.SPAWNED, Event.SPAWN_FAILED):
+            raise AssertionError(f"{self.name}: {event} while a spawn is pending")
+        handler = _TABLE.get((self.state, event))
+        if handler is None:
+            if event is Event.START:
+                raise Refused("AlreadyStarted", f"{self.name} is already {self.state.value}")
+            if event is Event.STOP:
+                raise Refused("NotRunning", f"{self.name} is not running ({self.state.value})")
+            if event is Event.EXIT:
+                # An exit we did not expect in this state: record it, don't guess.
+                self._to(State.UNKNOWN, exit_status=arg if isinstance(arg, int) else None)
+                self.pid = 0
+            elif event is Event.TIMER:
+                self.deadline = None
+            else:
+                raise AssertionError(f"{self.name}: no transition for {event} in {self.state}")
+        else:
+            handler(self, now, arg)
+        out, self._out = self._out, []
+        return out
+
+    # -- helpers used by the handlers ---------------------------------------
+
+    def _to(self, new: State, **info: object) -> None:
+        old, self.state = self.state, new
+        self._out.append(Changed(old, new, self.pid, **info))  # type: ignore[arg-type]
+
+    def _spawn(self) -> None:
+        self.deadline = None
+        self.exit_status = None
+        self._spawning = True
+        self._out.append(Spawn())
+
+    def _backoff_delay(self) -> float:
+        return self.retries + self.config.restartdelay
+
+    # -- handlers (one per cell of the table) -------------------------------
+
+    def _start(self, now: float, _: object) -> None:
+        self.want_up = True
+        self.start_pending = False
+        self.retries = 0
+        self.spawn_error = None
+        self._spawn()
+
+    def _start_after_stop(self, now: float, _: object) -> None:
+        self.want_up = True
+        self.start_pending = True
+
+    def _restart_running(self, now: float, arg: object) -> None:
+        self._stop(now, arg)
+        self.want_up = True
+        self.start_pending = True
+
+    def _restart_backoff(self, now: float, arg: object) -> None:
+        self._stop_backoff(now, arg)
+        self._start(now, arg)
+
+    def _spawned(self, now: float, pid: object) -> None:
+        assert isinstance(pid, int)
+        self._spawning = False
+        self.pid = pid
+        self.started_at = now
+        self.spawn_error = None
+        self._to(State.STARTING)
+        if self.config.starttime <= 0:
+            self._running(now, None)
+        else:
+            self.deadline = now + self.config.starttime
+
+    def _spawn_failed(self, now: float, error: object) -> None:
+        assert isinstance(error, SpawnError)
+        self._spawning = False
+        self.pid = 0
+        self.spawn_error = error
+        self._to(State.STARTING)
+        self._enter_backoff(now)
+
+    def _enter_backoff(self, now: float) -> None:
+        self.retries += 1
+        if self.retries > self.config.startretries:
+            self._to(State.BACKOFF, exit_status=self.exit_status, expected=False,
+                     spawn_error=self.spawn_error)
+            self.deadline = None
+            self._to(State.FATAL, spawn_error=self.spawn_error)
+            self.retries = 0
+            return
+        delay = self._backoff_delay()
+        self._to(State.BACKOFF, exit_status=self.exit_status, expected=False,
+                 spawn_error=self.spawn_error, retry_in=delay)
+        self.deadline = now + delay
+
+    def _running(self, now: float, _: object) -> None:
+        self.deadline = None
+        self.retries = 0
+        self._to(State.RUNNING)
+
+    def _exit_while_starting(self, now: float, status: object) -> None:
+        assert isinstance(status, int)
+        # Exit codes don't matter before RUNNING: it did not stay up.
+        self.exit_status = status
+        self.deadline = None
+        self._enter_backoff(now)
+        self.pid = 0
+
+    def _exit_while_running(self, now: float, status: object) -> None:
+        assert isinstance(status, int)
+        self.exit_status = status
+        self.expected = status >= 0 and status in self.config.exitcodes
+        self._to(State.EXITED, exit_status=status, expected=self.expected)
+        self.pid = 0
+        policy = self.config.autorestart
+        again = policy is AutoRestart.ALWAYS or (
+            policy is AutoRestart.UNEXPECTED and not self.expected)
+        if not again:
+            self.want_up = False
+            return
+        if self.config.restartdelay > 0:
+            self.deadline = now + self.config.restartdelay
+        else:
+            self._spawn()
+
+    def _exit_while_stopping(self, now: float, status: object) -> None:
+        assert isinstance(status, int)
+        self.exit_status = status
+        self.deadline = None
+        self._to(State.STOPPED, exit_status=status, expected=True)
+        self.pid = 0
+        if self.start_pending:
+            self._start(now, None)
+
+    def _stop(self, now: float, _: object) -> None:
+        self.want_up = False
+        self.start_pending = False
+        self._to(State.STOPPING)
+        self._out.append(Kill(self.config.stopsignal, "stop requested"))
+        self.deadline = now + self.config.stoptime
+
+    def _stop_backoff(self, now: float, _: object) -> None:
+        # supervisord: BACKOFF -> STOPPED at once, no retry is pending anymore.
+        self.want_up = False
+        self.deadline = None
+        self.retries = 0
+        self._to(State.STOPPED)
+
+    def _stop_exited(self, now: float, arg: object) -> None:
+        if self.deadline is None:  # no autorestart pending: nothing to stop
+            raise Refused("NotRunning", f"{self.name} is not running (EXITED)")
+        self._stop_backoff(now, arg)
+
+    def _stop_again(self, now: float, _: object) -> None:
+        self.want_up = False
+        self.start_pending = False
+
+    def _kill_overdue(self, now: float, _: object) -> None:
+        self._out.append(Kill(signal.SIGKILL, f"still alive {self.config.stoptime:g}s after stop signal"))
+        # Keep trying: a process in uninterruptible sleep may need another go.
+        self.deadline = now + max(self.config.stoptime, 1.0)
+
+    def _retry(self, now: float, _: object) -> None:
+        self._spawn()
+
+
+Handler = Callable[[Process, float, object], None]
+
+S, E = State, Event
+_TABLE: dict[tuple[State, Event], Handler] = {
+    (S.STOPPED, E.START): Process._start,
+    (S.STOPPED, E.RESTART): Process._start,
+    (S.EXITED, E.START): Process._start,
+    (S.EXITED, E.RESTART): Process._start,
+    (S.EXITED, E.STOP): Process._stop_exited,
+    (S.EXITED, E.TIMER): Process._retry,  # autorestart after restartdelay
+    (S.FATAL, E.START): Process._start,
+    (S.FATAL, E.RESTART): Process._start,
+    (S.UNKNOWN, E.START): Process._start,
+    (S.UNKNOWN, E.RESTART): Process._start,
+    # Spawn results arrive in whatever state the Spawn action was issued from.
+    **{(st, E.SPAWNED): Process._spawned for st in (S.STOPPED, S.EXITED, S.FATAL, S.BACKOFF, S.UNKNOWN)},
+    **{(st, E.SPAWN_FAILED): Process._spawn_failed
+       for st in (S.STOPPED, S.EXITED, S.FATAL, S.BACKOFF, S.UNKNOWN)},
+    (S.STARTING, E.TIMER): Process._running,
+    (S.STARTING, E.EXIT): Process._exit_while_starting,
+    (S.STARTING, E.STOP): Process._stop,
+    (S.STARTING, E.RESTART): Process._restart_running,
+    (S.RUNNING, E.EXIT): Process._exit_while_running,
+    (S.RUNNING, E.STOP): Process._stop,
+    (S.RUNNING, E.RESTART): Process._restart_running,
+    (S.BACKOFF, E.TIMER): Process._retry,
+    (S.BACKOFF, E.STOP): Process._stop_backoff,
+    (S.BACKOFF, E.RESTART): Process._restart_backoff,
+    (S.STOPPING, E.EXIT): Process._exit_while_stopping,
+    (S.STOPPING, E.TIMER): Process._kill_overdue,
+    (S.STOPPING, E.START): Process._start_after_stop,
+    (S.STOPPING, E.RESTART): Process._start_after_stop,
+    (S.STOPPING, E.STOP): Process._stop_again,
+}
+del S, E

@@ -1,0 +1,78 @@
+"""Config diff -> reload plan (pure).
+
+A program whose launch-relevant keys changed is restarted; one whose only
+change is numprocs is resized (the surviving processes keep their PIDs); any
+other change is applied in place without touching its processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from taskmasterd.config import Config, OutputKind, ProgramConfig
+
+# Keys that shape the exec'd process: changing one means a new process.
+LAUNCH_KEYS = ("cmd", "argv", "env", "workingdir", "umask", "user", "stdout", "stderr")
+
+
+@dataclass(frozen=True)
+class Resize:
+    program: ProgramConfig  # the new config
+    old_numprocs: int
+
+
+@dataclass(frozen=True)
+class ReloadPlan:
+    added: tuple[ProgramConfig, ...] = ()
+    removed: tuple[str, ...] = ()
+    restarted: tuple[ProgramConfig, ...] = ()  # launch keys changed
+    resized: tuple[Resize, ...] = ()  # numprocs changed (launch keys not)
+    updated: tuple[ProgramConfig, ...] = ()  # only keys applied in place
+
+    @property
+    def changed(self) -> list[str]:
+        """Every program present before and after whose config changed."""
+        names = [p.name for p in self.restarted] + [r.program.name for r in self.resized]
+        return names + [p.name for p in self.updated]
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.added or self.removed or self.changed)
+
+
+def _launch_view(p: ProgramConfig, old_logdir: str | None) -> tuple[object, ...]:
+    values: list[object] = [getattr(p, k) for k in LAUNCH_KEYS]
+    # Auto output lives under logdir: moving logdir moves those files.
+    uses_logdir = OutputKind.AUTO in (p.stdout.kind, p.stderr.kind)
+    values.append(old_logdir if uses_logdir else None)
+    return tuple(values)
+
+
+def plan_reload(old: Config, new: Config) -> ReloadPlan:
+    old_by_name = {p.name: p for p in old.programs}
+    new_names = {p.name for p in new.programs}
+    added: list[ProgramConfig] = []
+    restarted: list[ProgramConfig] = []
+    resized: list[Resize] = []
+    updated: list[ProgramConfig] = []
+    for p in new.programs:
+        before = old_by_name.get(p.name)
+        if before is None:
+            added.append(p)
+        elif before == p and old.daemon.logdir == new.daemon.logdir:
+            continue
+        elif _launch_view(before, old.daemon.logdir) != _launch_view(p, new.daemon.logdir):
+            restarted.append(p)
+        elif before.numprocs != p.numprocs:
+            resized.append(Resize(p, before.numprocs))
+        elif before != p:
+            updated.append(p)
+    removed = tuple(p.name for p in old.programs if p.name not in new_names)
+    return ReloadPlan(tuple(added), removed, tuple(restarted), tuple(resized), tuple(updated))
+
+
+def in_place_fields(old: ProgramConfig, new: ProgramConfig) -> list[str]:
+    """Names of the keys that differ, for the reload log line."""
+    return [f.name for f in dataclasses.fields(ProgramConfig)
+            if getattr(old, f.name) != getattr(new, f.name)]

@@ -1,0 +1,205 @@
+"""The only module that forks, signals and waits.
+
+A child gets its own session (so its own process group), the program's umask,
+working directory, environment and user, and its stdout/stderr opened here
+and handed over as file descriptors: the daemon never copies output.
+Exits are observed through a pidfd (`Child.pidfd`, readable when the child
+exits) and collected with waitid(P_PIDFD): no SIGCHLD handler, no
+waitpid(-1), no polling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import pwd
+import signal
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from taskmasterd.config import Output, OutputKind, ProgramConfig
+from taskmasterd.process import SpawnError
+
+_OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOCTTY
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything needed to start one process, resolved from the config."""
+
+    process: str  # "prog" or "prog:N"
+    program: str
+    index: int
+    argv: tuple[str, ...]
+    base_env: Mapping[str, str]  # the daemon's environment
+    env: Mapping[str, str]  # the program's env + TASKMASTER_*: wins over all
+    cwd: str | None
+    umask: int | None
+    user: str | None
+    stdout: Output
+    stderr: Output
+    logdir: str  # where AUTO output files go
+    journal: bool  # AUTO output goes to the journal (running under journald)
+
+
+@dataclass
+class Child:
+    pid: int
+    pidfd: int
+    popen: subprocess.Popen[bytes]
+
+
+def launch_spec(program: ProgramConfig, index: int, *, logdir: str, journal: bool,
+                base_env: Mapping[str, str]) -> LaunchSpec:
+    name = program.process_names()[index]
+    env = program.env_dict
+    env["TASKMASTER_PROGRAM"] = program.name
+    env["TASKMASTER_PROCESS_NAME"] = name
+    env["TASKMASTER_PROCESS_NUM"] = str(index)
+    return LaunchSpec(process=name, program=program.name, index=index, argv=program.argv,
+                      base_env=base_env, env=env, cwd=program.workingdir, umask=program.umask,
+                      user=program.user, stdout=program.stdout, stderr=program.stderr, logdir=logdir,
+                      journal=journal)
+
+
+def output_path(spec: LaunchSpec, stream: str) -> str | None:
+    """The file a stream is written to, or None (discarded or journal)."""
+    out = spec.stdout if stream == "stdout" else spec.stderr
+    if out.kind is OutputKind.FILE:
+        return out.path
+    if out.kind is OutputKind.AUTO and not spec.journal:
+        suffix = f"-{spec.index}" if spec.process != spec.program else ""
+        return os.path.join(spec.logdir, f"{spec.program}{suffix}.{stream}.log")
+    return None
+
+
+class SpawnFailed(Exception):
+    def __init__(self, error: SpawnError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _error(exc: OSError, syscall: str) -> SpawnFailed:
+    code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    return SpawnFailed(SpawnError(code=code, syscall=syscall, message=os.strerror(exc.errno or 0)))
+
+
+def _open_output(spec: LaunchSpec, stream: str) -> int:
+    out = spec.stdout if stream == "stdout" else spec.stderr
+    if out.kind is OutputKind.NULL:
+        return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    if out.kind is OutputKind.JOURNAL or (out.kind is OutputKind.AUTO and spec.journal):
+        return _journal_stream(spec, stream)
+    path = output_path(spec, stream)
+    assert path is not None
+    if out.kind is OutputKind.AUTO:
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    return os.open(path, _OUTPUT_FLAGS, 0o644)
+
+
+def _journal_stream(spec: LaunchSpec, stream: str) -> int:
+    try:
+        from systemd import journal  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise OSError(errno.ENOSYS, "systemd-python is not installed") from exc
+    priority = 6 if stream == "stdout" else 4  # info / warning
+    f = journal.stream(spec.program, priority=priority)
+    fd = os.dup(f.fileno())
+    f.close()
+    os.set_inheritable(fd, False)
+    return fd
+
+
+def _user_ids(user: str) -> tuple[pwd.struct_passwd, list[int]]:
+    entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    groups = os.getgrouplist(entry.pw_name, entry.pw_gid)
+    return entry, groups
+
+
+def spawn(spec: LaunchSpec) -> Child:
+    """Start the process or raise SpawnFailed (errno + syscall)."""
+    env = dict(spec.base_env)
+    user_kw: dict[str, object] = {}
+    if spec.user is not None:
+        try:
+            entry, groups = _user_ids(spec.user)
+        except (KeyError, ValueError):
+            raise SpawnFailed(SpawnError("ENOENT", f"getpwnam {spec.user}", "no such user")) from None
+        if os.geteuid() == 0:
+            user_kw = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": groups}
+        elif entry.pw_uid != os.geteuid():
+            raise SpawnFailed(SpawnError("EPERM", f"setuid {spec.user}",
+                                         "the daemon must run as root to switch user"))
+        env.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
+    env.update(spec.env)
+    fds: list[int] = []
+    try:
+        for stream in ("stdout", "stderr"):
+            try:
+                fds.append(_open_output(spec, stream))
+            except OSError as exc:
+                path = output_path(spec, stream) or stream
+                raise _error(exc, f"open {path}") from None
+        try:
+            popen = subprocess.Popen(
+                spec.argv, stdin=subprocess.DEVNULL, stdout=fds[0], stderr=fds[1],
+                cwd=spec.cwd, env=env, umask=-1 if spec.umask is None else spec.umask,
+                start_new_session=True, close_fds=True, **user_kw)  # type: ignore[call-overload]
+        except OSError as exc:
+            raise _exec_error(exc, spec) from None
+    finally:
+        for fd in fds:
+            os.close(fd)
+    try:
+        pidfd = os.pidfd_open(popen.pid)
+    except OSError as exc:
+        # Without a pidfd we cannot watch it: don't leave it unsupervised.
+        os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait()
+        raise _error(exc, "pidfd_open") from None
+    return Child(pid=popen.pid, pidfd=pidfd, popen=popen)
+
+
+def _exec_error(exc: OSError, spec: LaunchSpec) -> SpawnFailed:
+    # subprocess reports which step failed in the child through `filename`:
+    # the cwd for chdir, the executable for execve, None for the set-up
+    # steps before them (setgroups/setuid/...).
+    if spec.cwd is not None and exc.filename == spec.cwd:
+        return _error(exc, f"chdir {spec.cwd}")
+    if exc.filename is None:
+        return _error(exc, "setuid" if spec.user else "exec setup")
+    return _error(exc, f"execve {exc.filename}")
+
+
+def collect(child: Child) -> int | None:
+    """Reap an exited child; None if it has not exited (spurious wake-up).
+
+    Returns the returncode (>= 0 exit status, < 0 killed by that signal).
+    Before reaping, whatever the program left in its process group is
+    SIGKILLed: the zombie leader still holds the group id, so the kill
+    cannot hit an unrelated group that reused the number.
+    """
+    flags = os.WEXITED | os.WNOHANG
+    info = os.waitid(os.P_PIDFD, child.pidfd, flags | os.WNOWAIT)
+    if info is None:
+        return None
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signal.SIGKILL)
+    os.waitid(os.P_PIDFD, child.pidfd, flags)
+    if info.si_code == os.CLD_EXITED:
+        status = info.si_status
+    else:  # CLD_KILLED / CLD_DUMPED
+        status = -info.si_status
+    child.popen.returncode = status  # so Popen never waits for it itself
+    os.close(child.pidfd)
+    return status
+
+
+def kill_group(child: Child, sig: signal.Signals) -> None:
+    """Signal the whole process group (children of the program too)."""
+    try:
+        os.killpg(child.pid, sig)
+    except ProcessLookupError:
+        pass  # already gone; its exit is on its way through the pidfd

@@ -1,0 +1,384 @@
+"""asyncio orchestration: owns the processes, carries out their actions.
+
+Each process is a pure state machine (process.py) plus, here, its runtime
+handles: the child (pid + pidfd watched with loop.add_reader) and at most one
+timer (loop.call_at on the machine's `deadline`). Nothing polls: an idle
+daemon has no timers and sleeps in epoll.
+
+Public methods (start/stop/restart/signal/reload/processes/shutdown) are what
+the D-Bus adapters and the daemon's signal handlers call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal as signals
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from taskmasterd import events, spawn, targets
+from taskmasterd.config import Config, ProgramConfig
+from taskmasterd.errors import AlreadyStarted, NotRunning, ShuttingDown
+from taskmasterd.events import Event, EventBus
+from taskmasterd.process import Action, Changed, Kill, Process, Refused, Spawn, State, describe_status
+from taskmasterd.reload import ReloadPlan, in_place_fields, plan_reload
+
+log = logging.getLogger("taskmasterd")
+
+
+@dataclass
+class Slot:
+    """One process: its state machine and its runtime handles."""
+
+    process: Process
+    child: spawn.Child | None = None
+    timer: asyncio.TimerHandle | None = None
+    timer_at: float | None = None
+    started_wall: float = 0.0  # time.time() of the last spawn
+    retiring: bool = False  # removed by a reload: drop once it is down
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    name: str
+    program: str
+    state: State
+    pid: int
+    exit_status: int
+    started_at: float  # wall clock seconds, 0 if never started
+    description: str
+    spawn_error: str
+
+
+@dataclass
+class Supervisor:
+    config: Config
+    bus: EventBus
+    logdir: str
+    journal: bool = False  # AUTO output goes to the journal
+    base_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    slots: dict[str, Slot] = field(default_factory=dict)  # config order
+    _retired: list[Slot] = field(default_factory=list)
+    _shutting_down: bool = False
+    _all_down: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for program in self.config.programs:
+            self._add_slots(program, range(program.numprocs))
+
+    # ---- public API ------------------------------------------------------
+
+    def launch_autostart(self) -> list[str]:
+        names = [n for p in self.config.programs if p.autostart for n in p.process_names()]
+        for name in names:
+            self._request(self.slots[name], Process.start)
+        return names
+
+    def start(self, target: str) -> list[str]:
+        if self._shutting_down:
+            raise ShuttingDown("taskmasterd is shutting down")
+        return self._each(target, Process.start)
+
+    def stop(self, target: str) -> list[str]:
+        return self._each(target, Process.stop)
+
+    def restart(self, target: str) -> list[str]:
+        if self._shutting_down:
+            raise ShuttingDown("taskmasterd is shutting down")
+        return self._each(target, Process.restart)
+
+    def signal(self, target: str, sig: signals.Signals) -> list[str]:
+        names = targets.resolve(target, self.config.programs)
+        hit = []
+        for name in names:
+            slot = self.slots[name]
+            if slot.child is None:
+                continue
+            spawn.kill_group(slot.child, sig)
+            hit.append(name)
+            self._publish_process(slot, events.SIGNALLED, f"sent {sig.name} on request",
+                                  pid=slot.child.pid)
+        if not hit:
+            raise NotRunning(f"{target}: no running process to signal")
+        return hit
+
+    def processes(self) -> list[ProcessInfo]:
+        return [self._info(slot) for slot in self.slots.values()]
+
+    def process(self, name: str) -> ProcessInfo:
+        return self._info(self.slots[name])
+
+    def reload(self, new: Config) -> ReloadPlan:
+        plan = plan_reload(self.config, new)
+        old_programs = {p.name: p for p in self.config.programs}
+        self.config = new
+        self._publish_reload(plan, old_programs)  # the plan first, then what it causes
+        for name in plan.removed:
+            self._retire(old_programs[name].process_names())
+        for program in plan.added:
+            self._add_slots(program, range(program.numprocs))
+            if program.autostart and not self._shutting_down:
+                for name in program.process_names():
+                    self._request(self.slots[name], Process.start)
+        for program in plan.restarted:
+            for name in self._resize(program, old_programs[program.name]):
+                self._relaunch(self.slots[name])
+        for r in plan.resized:
+            self._resize(r.program, old_programs[r.program.name])
+        for program in plan.updated:
+            for name in program.process_names():
+                self.slots[name].process.config = program
+        self.slots = {n: self.slots[n] for p in new.programs for n in p.process_names()}
+        return plan
+
+    async def shutdown(self) -> None:
+        """Stop every process (stoptime, then SIGKILL) and wait for them."""
+        self._shutting_down = True
+        for slot in [*self.slots.values(), *self._retired]:
+            try:
+                self._request(slot, Process.stop)
+            except Refused:
+                pass  # already down
+        self._check_all_down()
+        await self._all_down.wait()
+
+    def live_children(self) -> int:
+        return sum(1 for s in [*self.slots.values(), *self._retired] if s.child is not None)
+
+    def counts(self) -> dict[State, int]:
+        out: dict[State, int] = {}
+        for slot in self.slots.values():
+            out[slot.process.state] = out.get(slot.process.state, 0) + 1
+        return out
+
+    # ---- requests --------------------------------------------------------
+
+    def _each(self, target: str, request: Callable[[Process, float], list[Action]]) -> list[str]:
+        names = targets.resolve(target, self.config.programs)
+        done: list[str] = []
+        refusals: list[Refused] = []
+        for name in names:
+            try:
+                self._request(self.slots[name], request)
+                done.append(name)
+            except Refused as r:
+                refusals.append(r)
+        if not done and refusals:
+            # Nothing could be done: say why (the first reason is typical).
+            cls = AlreadyStarted if refusals[0].code == "AlreadyStarted" else NotRunning
+            raise cls(str(refusals[0]))
+        return done
+
+    def _request(self, slot: Slot, request: Callable[[Process, float], list[Action]]) -> None:
+        self._apply(slot, request(slot.process, self._loop.time()))
+
+    # ---- carrying out actions --------------------------------------------
+
+    def _apply(self, slot: Slot, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Changed):
+                self._publish_change(slot, action)
+            elif isinstance(action, Spawn):
+                self._apply(slot, self._spawn(slot))
+            elif isinstance(action, Kill):
+                self._kill(slot, action)
+        self._sync_timer(slot)
+        if slot.child is None:
+            self._check_all_down()
+
+    def _spawn(self, slot: Slot) -> list[Action]:
+        proc = slot.process
+        spec = spawn.launch_spec(proc.config, proc.index, logdir=self.logdir,
+                                 journal=self.journal, base_env=self.base_env)
+        now = self._loop.time()
+        try:
+            child = spawn.spawn(spec)
+        except spawn.SpawnFailed as exc:
+            # Log order: STARTING, then why it failed, then BACKOFF/FATAL.
+            starting, *rest = proc.on_spawn_failed(exc.error, now)
+            self._apply(slot, [starting])
+            self._publish_process(slot, events.SPAWN_ERROR, f"spawn error: {exc.error}",
+                                  errno=exc.error.code)
+            return rest
+        slot.child = child
+        slot.started_wall = time.time()
+        self._all_down.clear()
+        self._loop.add_reader(child.pidfd, self._on_pidfd, slot)
+        return proc.on_spawned(child.pid, now)
+
+    def _kill(self, slot: Slot, action: Kill) -> None:
+        if slot.child is None:
+            return
+        spawn.kill_group(slot.child, action.sig)
+        if action.sig is signals.SIGKILL:
+            self._publish_process(slot, events.KILLED,
+                                  f"{action.reason}: sent SIGKILL to process group {slot.child.pid}",
+                                  pid=slot.child.pid)
+
+    def _on_pidfd(self, slot: Slot) -> None:
+        child = slot.child
+        assert child is not None
+        status = spawn.collect(child)
+        if status is None:
+            return
+        self._loop.remove_reader(child.pidfd)
+        slot.child = None
+        self._apply(slot, slot.process.on_exit(status, self._loop.time()))
+        if slot.retiring and slot.child is None:
+            self._retired.remove(slot)
+            self._check_all_down()
+
+    def _sync_timer(self, slot: Slot) -> None:
+        deadline = slot.process.deadline
+        if deadline == slot.timer_at:
+            return
+        if slot.timer is not None:
+            slot.timer.cancel()
+        slot.timer, slot.timer_at = None, deadline
+        if deadline is not None:
+            slot.timer = self._loop.call_at(deadline, self._on_timer, slot)
+
+    def _on_timer(self, slot: Slot) -> None:
+        deadline = slot.timer_at
+        slot.timer, slot.timer_at = None, None
+        if deadline is None:
+            return
+        # call_at may fire a hair early; the machine must see the deadline met.
+        now = max(self._loop.time(), deadline)
+        self._apply(slot, slot.process.on_timer(now))
+
+    def _check_all_down(self) -> None:
+        if self._shutting_down and self.live_children() == 0:
+            self._all_down.set()
+
+    # ---- slots and reload ------------------------------------------------
+
+    def _add_slots(self, program: ProgramConfig, indexes: range) -> None:
+        names = program.process_names()
+        for i in indexes:
+            self.slots[names[i]] = Slot(Process(name=names[i], config=program, index=i))
+
+    def _retire(self, names: list[str]) -> None:
+        for name in names:
+            slot = self.slots.pop(name)
+            if slot.child is None:
+                if slot.timer is not None:
+                    slot.timer.cancel()
+                continue
+            slot.retiring = True
+            self._retired.append(slot)
+            with contextlib.suppress(Refused):
+                self._request(slot, Process.stop)
+
+    def _resize(self, new: ProgramConfig, old: ProgramConfig) -> list[str]:
+        """Keep processes 0..min-1 (renamed if needed), add or retire the rest.
+
+        Returns the names of the kept processes."""
+        keep = min(old.numprocs, new.numprocs)
+        old_names, new_names = old.process_names(), new.process_names()
+        kept = [self.slots.pop(old_names[i]) for i in range(keep)]
+        for i, slot in enumerate(kept):
+            slot.process.name = new_names[i]  # prog <-> prog:0 when crossing 1
+            slot.process.config = new
+            self.slots[new_names[i]] = slot
+        self._retire(old_names[keep:])
+        self._add_slots(new, range(keep, new.numprocs))
+        for name in new_names[keep:]:
+            if new.autostart and not self._shutting_down:
+                self._request(self.slots[name], Process.start)
+        return new_names[:keep]
+
+    def _relaunch(self, slot: Slot) -> None:
+        """A launch key changed: restart what runs, start what should run."""
+        proc = slot.process
+        if self._shutting_down:
+            return
+        if proc.state in (State.STARTING, State.RUNNING, State.BACKOFF, State.STOPPING):
+            self._request(slot, Process.restart)
+        elif proc.want_up or proc.config.autostart:
+            # Down now (STOPPED/EXITED/FATAL): a FATAL program whose cmd was
+            # just fixed should get its chance, as supervisord's update does.
+            self._request(slot, Process.start)
+
+    # ---- events ----------------------------------------------------------
+
+    def _info(self, slot: Slot) -> ProcessInfo:
+        p = slot.process
+        err = str(p.spawn_error) if p.spawn_error else ""
+        return ProcessInfo(
+            name=p.name, program=p.program, state=p.state, pid=p.pid,
+            exit_status=p.exit_status or 0,
+            started_at=slot.started_wall if p.pid else 0.0,
+            description=self._description(slot), spawn_error=err)
+
+    def _description(self, slot: Slot) -> str:
+        p = slot.process
+        if p.state in (State.RUNNING, State.STARTING, State.STOPPING) and p.pid:
+            up = int(time.time() - slot.started_wall)
+            return f"pid {p.pid}, uptime {up // 3600}:{up // 60 % 60:02d}:{up % 60:02d}"
+        if p.spawn_error is not None:
+            return f"spawn error: {p.spawn_error}"
+        if p.state in (State.EXITED, State.STOPPED, State.BACKOFF) and p.exit_status is not None:
+            return describe_status(p.exit_status)
+        if p.state is State.FATAL:
+            return "exited too quickly, gave up"
+        return "not started"
+
+    def _publish_process(self, slot: Slot, kind: str, message: str, *, pid: int = 0,
+                         **fields: str) -> None:
+        p = slot.process
+        self.bus.publish(Event(kind=kind, message=message, process=p.name, program=p.program,
+                               pid=pid, fields=fields))
+
+    def _publish_change(self, slot: Slot, ch: Changed) -> None:
+        p = slot.process
+        self.bus.publish(Event(
+            kind=ch.new.value, message=_transition_message(p, ch), process=p.name,
+            program=p.program, old_state=ch.old.value, new_state=ch.new.value, pid=ch.pid,
+            exit_status=ch.exit_status, expected=ch.expected))
+
+    def _publish_reload(self, plan: ReloadPlan, old: dict[str, ProgramConfig]) -> None:
+        parts = []
+        for label, names in (("added", [p.name for p in plan.added]),
+                             ("restarted", [p.name for p in plan.restarted]),
+                             ("resized", [f"{r.program.name} {r.old_numprocs}->{r.program.numprocs}"
+                                          for r in plan.resized]),
+                             ("updated in place", [f"{p.name} ({', '.join(in_place_fields(old[p.name], p))})"
+                                                   for p in plan.updated]),
+                             ("removed", list(plan.removed))):
+            if names:
+                parts.append(f"{label}: {', '.join(names)}")
+        self.bus.publish(Event(kind=events.RELOAD,
+                               message="reloaded; " + ("; ".join(parts) or "nothing changed")))
+
+
+def _transition_message(p: Process, ch: Changed) -> str:
+    cfg = p.config
+    new = ch.new
+    if new is State.STARTING:
+        return f"spawned with pid {ch.pid}" if ch.pid else "spawning"
+    if new is State.RUNNING:
+        return f"entered RUNNING state, process has stayed up for > {cfg.starttime:g}s (starttime)"
+    if new is State.STOPPING:
+        return f"stopping: sent SIG{cfg.stopsignal.name.removeprefix('SIG')} to process group {ch.pid}"
+    if new is State.STOPPED:
+        if ch.exit_status is None:
+            return "stopped (no process was running)"
+        return f"stopped ({describe_status(ch.exit_status)})"
+    if new is State.EXITED:
+        assert ch.exit_status is not None
+        return f"exited ({describe_status(ch.exit_status)}; {'expected' if ch.expected else 'not expected'})"
+    if new is State.BACKOFF:
+        why = (f"could not spawn: {ch.spawn_error}" if ch.spawn_error
+               else f"exited too quickly ({describe_status(ch.exit_status or 0)})")
+        if ch.retry_in is None:
+            return f"{why}; no retries left"
+        return f"{why}; retry {p.retries} of {cfg.startretries} in {ch.retry_in:g}s"
+    if new is State.FATAL:
+        return "gave up: entered FATAL state, too many start retries too quickly"
+    return f"entered {new.value} state from {ch.old.value}"

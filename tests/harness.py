@@ -1,0 +1,203 @@
+"""Run the real taskmasterd and wait on its lifecycle log lines.
+
+The daemon writes one line per event to stderr (the same lines as its log
+file). `Daemon.wait_for` reads them as they come, with a timeout: tests never
+sleep to wait for something to happen.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+LINE = re.compile(
+    r"^(?P<date>\d{4}-\d\d-\d\d) (?P<time>\d\d:\d\d:\d\d\.\d{3}) (?P<level>[A-Z]+) "
+    r"(?P<process>\S+) (?P<kind>[A-Z_]+)(?P<fields>(?: [a-z_]+=\S*)*): (?P<message>.*)$")
+
+
+@dataclass
+class LogLine:
+    raw: str
+    level: str
+    process: str
+    kind: str
+    fields: dict[str, str]
+    message: str
+    timestamp: float  # seconds since the epoch, ms precision
+
+    @property
+    def pid(self) -> int:
+        return int(self.fields.get("pid", "0"))
+
+
+def parse_line(raw: str) -> LogLine | None:
+    m = LINE.match(raw)
+    if not m:
+        return None
+    fields = dict(f.split("=", 1) for f in m["fields"].split())
+    ts = time.mktime(time.strptime(f"{m['date']} {m['time'][:8]}", "%Y-%m-%d %H:%M:%S"))
+    return LogLine(raw, m["level"], m["process"], m["kind"], fields, m["message"],
+                   ts + int(m["time"][9:]) / 1000)
+
+
+def parse_log(text: str) -> list[LogLine]:
+    return [ln for ln in map(parse_line, text.splitlines()) if ln is not None]
+
+
+Predicate = Callable[[LogLine], bool]
+
+
+def event(kind: str, process: str | None = None, **fields: str) -> Predicate:
+    def match(ln: LogLine) -> bool:
+        return (ln.kind == kind and (process is None or ln.process == process)
+                and all(ln.fields.get(k) == v for k, v in fields.items()))
+    match.__doc__ = f"{kind} {process or ''} {fields or ''}"
+    return match
+
+
+class Daemon:
+    def __init__(self, config: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "taskmasterd", "-c", str(config), *extra],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, **(env or {})}, cwd=config.parent)
+        self.lines: list[LogLine] = []
+        self.raw: list[str] = []
+        self._buf = b""
+        self.cursor = 0  # wait_for looks at lines from here on
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _read(self, deadline: float) -> bool:
+        assert self.proc.stderr is not None
+        fd = self.proc.stderr.fileno()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            return False
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            raise AssertionError(f"taskmasterd exited ({self.proc.wait()}); log:\n" + self.text())
+        self._buf += chunk
+        *complete, self._buf = self._buf.split(b"\n")
+        for raw in complete:
+            text = raw.decode(errors="replace")
+            self.raw.append(text)
+            parsed = parse_line(text)
+            if parsed is not None:
+                self.lines.append(parsed)
+        return True
+
+    def text(self) -> str:
+        return "\n".join(self.raw)
+
+    def wait_for(self, pred: Predicate, timeout: float = 10.0) -> LogLine:
+        """The first line from the cursor on that matches; moves the cursor past it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i in range(self.cursor, len(self.lines)):
+                if pred(self.lines[i]):
+                    self.cursor = i + 1
+                    return self.lines[i]
+            if not self._read(deadline):
+                raise AssertionError(
+                    f"timed out after {timeout}s waiting for {pred.__doc__}; log:\n{self.text()}")
+
+    def wait_count(self, pred: Predicate, n: int, timeout: float = 30.0) -> list[LogLine]:
+        """Wait until n lines (from the cursor on) match; cursor moves past the n-th."""
+        found: list[LogLine] = []
+        deadline = time.monotonic() + timeout
+        while len(found) < n:
+            found.append(self.wait_for(pred, max(0.0, deadline - time.monotonic())))
+        return found
+
+    def since(self, mark: int) -> list[LogLine]:
+        return self.lines[mark:]
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    def reload(self) -> LogLine:
+        """SIGHUP, then the RELOAD or RELOAD_FAILED line it causes."""
+        self.signal(signal.SIGHUP)
+        return self.wait_for(lambda ln: ln.kind in ("RELOAD", "RELOAD_FAILED"))
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait for a clean exit; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    self._read(deadline)
+                except AssertionError:
+                    break  # EOF: the daemon is gone
+                if time.monotonic() >= deadline:
+                    break
+            return self.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f is not None:
+                f.close()
+
+    def latest_pids(self) -> dict[str, int]:
+        """Process name -> pid of its latest spawn, from the log so far."""
+        pids: dict[str, int] = {}
+        for ln in self.lines:
+            if ln.kind == "STARTING" and ln.pid:
+                pids[ln.process] = ln.pid
+        return pids
+
+
+def processes_with_env(marker: str) -> list[int]:
+    """PIDs of live processes whose environment contains `marker` (a K=V)."""
+    needle = marker.encode() + b"\0"
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read() + b"\0":
+                    with open(f"/proc/{entry}/stat", "rb") as s:
+                        if s.read().rsplit(b")", 1)[1].split()[0] != b"Z":
+                            found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat", "rb") as s:
+        return s.read().rsplit(b")", 1)[1].split()[0] != b"Z"
