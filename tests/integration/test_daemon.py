@@ -6,6 +6,7 @@ Every wait is on a lifecycle log line with a timeout (tests/harness.py).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import signal
 import subprocess
@@ -79,7 +80,7 @@ def test_missing_command_backs_off_then_fatal_while_others_keep_running(
     assert ["retry 1 of 2 in 1s" in backoffs[0].message, "retry 2 of 2 in 2s" in backoffs[1].message,
             "no retries left" in backoffs[2].message] == [True, True, True]
     # The retries were spaced 1 s then 2 s apart (exact timers, ms log precision).
-    gaps = [b.timestamp - a.timestamp for a, b in zip(errors, errors[1:], strict=False)]
+    gaps = [b.timestamp - a.timestamp for a, b in itertools.pairwise(errors)]
     assert 0.95 <= gaps[0] <= 1.5 and 1.95 <= gaps[1] <= 2.5, gaps
     assert fatal.timestamp >= errors[-1].timestamp
     # The daemon still serves the other program: kill it, it comes back.

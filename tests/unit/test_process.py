@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taskmasterd.config import AutoRestart, ProgramConfig
-from taskmasterd.process import (Action, Changed, Kill, Process, Refused, Spawn, SpawnError, State,
-                                 worst_state)
+from taskmasterd.process import Action, Changed, Kill, Process, Refused, Spawn, SpawnError, State, worst_state
 
 S = State
 ENOENT = SpawnError("ENOENT", "execve /nope", "No such file or directory")

@@ -1,0 +1,110 @@
+"""The reload planner (config diff -> plan) and target resolution: pure."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import replace
+
+import pytest
+
+from taskmasterd.config import AutoRestart, Config, GlobalConfig, Output, OutputKind, ProgramConfig
+from taskmasterd.errors import BadName, NoSuchProgram
+from taskmasterd.reload import ReloadPlan, Resize, plan_reload
+from taskmasterd.targets import resolve
+
+
+def prog(name: str, **kw: object) -> ProgramConfig:
+    return replace(ProgramConfig(name=name, cmd="sleep 1", argv=("sleep", "1")), **kw)  # type: ignore[arg-type]
+
+
+def config(*programs: ProgramConfig, logdir: str | None = None) -> Config:
+    return Config(path="/etc/t.yaml", daemon=GlobalConfig(logdir=logdir), programs=programs)
+
+
+def test_identical_configs_plan_nothing() -> None:
+    a = config(prog("a"), prog("b", numprocs=3))
+    plan = plan_reload(a, config(prog("a"), prog("b", numprocs=3)))
+    assert plan == ReloadPlan() and plan.is_empty and plan.changed == []
+
+
+def test_added_and_removed() -> None:
+    plan = plan_reload(config(prog("a"), prog("b")), config(prog("b"), prog("c")))
+    assert [p.name for p in plan.added] == ["c"]
+    assert plan.removed == ("a",)
+    assert plan.changed == []
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("cmd", "sleep 2"), ("env", (("A", "1"),)), ("workingdir", "/srv"), ("umask", 0o77),
+    ("user", "nobody"), ("stdout", Output(OutputKind.NULL)),
+    ("stderr", Output(OutputKind.FILE, "/tmp/x")),
+])
+def test_launch_keys_restart(key: str, value: object) -> None:
+    new = prog("a", **{key: value})
+    if key == "cmd":
+        new = replace(new, argv=("sleep", "2"))
+    plan = plan_reload(config(prog("a")), config(new))
+    assert plan.restarted == (new,) and plan.changed == ["a"]
+    assert not plan.updated and not plan.resized
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("autorestart", AutoRestart.NEVER), ("exitcodes", frozenset({0, 2})), ("startretries", 9),
+    ("starttime", 0.5), ("stopsignal", signal.SIGUSR1), ("stoptime", 30.0),
+    ("restartdelay", 2.0), ("autostart", False),
+])
+def test_other_keys_apply_in_place(key: str, value: object) -> None:
+    new = prog("a", **{key: value})
+    plan = plan_reload(config(prog("a")), config(new))
+    assert plan.updated == (new,) and not plan.restarted and not plan.resized
+
+
+def test_numprocs_alone_resizes_but_with_a_launch_key_restarts() -> None:
+    plan = plan_reload(config(prog("a", numprocs=2)), config(prog("a", numprocs=3)))
+    assert plan.resized == (Resize(prog("a", numprocs=3), 2),) and not plan.restarted
+    both = prog("a", numprocs=3, umask=0o22)
+    plan = plan_reload(config(prog("a", numprocs=2)), config(both))
+    assert plan.restarted == (both,) and not plan.resized
+
+
+def test_moving_logdir_restarts_only_programs_with_automatic_output() -> None:
+    auto, files = prog("auto"), prog("files", stdout=Output(OutputKind.NULL),
+                                      stderr=Output(OutputKind.FILE, "/tmp/e"))
+    plan = plan_reload(config(auto, files, logdir="/a"), config(auto, files, logdir="/b"))
+    assert [p.name for p in plan.restarted] == ["auto"] and plan.changed == ["auto"]
+
+
+PROGRAMS = (prog("web", numprocs=3), prog("db"), prog("web-admin"))
+
+
+@pytest.mark.parametrize(("target", "names"), [
+    ("all", ["web:0", "web:1", "web:2", "db", "web-admin"]),
+    ("web", ["web:0", "web:1", "web:2"]),
+    ("web:1", ["web:1"]),
+    ("db", ["db"]),
+    ("db:0", ["db"]),
+    ("web-*", ["web-admin"]),
+    ("web*", ["web:0", "web:1", "web:2", "web-admin"]),
+    ("web:[02]", ["web:0", "web:2"]),
+    ("d?", ["db"]),
+])
+def test_targets(target: str, names: list[str]) -> None:
+    assert resolve(target, PROGRAMS) == names
+
+
+@pytest.mark.parametrize(("target", "error", "phrase"), [
+    ("nope", NoSuchProgram, "no such program: 'nope'"),
+    ("web:3", NoSuchProgram, "numbered 0 to 2"),
+    ("db:1", NoSuchProgram, "numbered 0 to 0"),
+    ("zz*", NoSuchProgram, "no program matches"),
+    ("web:x", BadName, "expected web:N"),
+    ("web:-1", BadName, "expected web:N"),
+    ("", BadName, "1 to 256"),
+    ("a" * 257, BadName, "1 to 256"),
+    ("web\n", BadName, "control characters"),
+    ("we b", BadName, "spaces"),
+    ("web:\u0663", BadName, "expected web:N"),  # a non-ASCII digit
+])
+def test_bad_targets(target: str, error: type[Exception], phrase: str) -> None:
+    with pytest.raises(error, match=phrase.replace("(", r"\(").replace("*", r"\*")):
+        resolve(target, PROGRAMS)
