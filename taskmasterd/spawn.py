@@ -101,7 +101,7 @@ def _open_output(spec: LaunchSpec, stream: str) -> int:
 
 def _journal_stream(spec: LaunchSpec, stream: str) -> int:
     try:
-        from systemd import journal  # type: ignore[import-not-found]
+        from systemd import journal
     except ImportError as exc:
         raise OSError(errno.ENOSYS, "systemd-python is not installed") from exc
     priority = 6 if stream == "stdout" else 4  # info / warning
