@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 from taskmasterd import __version__, events
 from taskmasterd.config import Config, ConfigError, load_config
@@ -21,6 +22,10 @@ from taskmasterd.reload import ReloadPlan
 from taskmasterd.supervisor import Supervisor
 
 log = logging.getLogger("taskmasterd")
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says why and what to fix."""
 
 
 def under_journald() -> bool:
@@ -45,7 +50,10 @@ class Daemon:
     @classmethod
     async def create(cls, config: Config) -> Daemon:
         paths = resolve_paths(config.daemon)
-        lifelog = LifecycleLog(paths.logfile, config.daemon.loglevel)
+        try:
+            lifelog = LifecycleLog(paths.logfile, config.daemon.loglevel)
+        except OSError as exc:
+            raise StartupError(f"cannot open the log file {paths.logfile}: {exc.strerror}") from None
         bus = EventBus()
         bus.subscribe(lifelog.write)
         sup = Supervisor(config, bus, logdir=paths.logdir, journal=under_journald())
@@ -56,18 +64,23 @@ class Daemon:
         try:
             new = load_config(self.config_path)
         except ConfigError as exc:
-            lines = [str(i) for i in exc.issues]
-            self.bus.publish(Event(
-                kind=events.RELOAD_FAILED,
-                message=f"{self.config_path} has {len(lines)} error(s); still running the "
-                        "previous configuration:\n  " + "\n  ".join(lines)))
-            raise ConfigInvalid("\n".join(lines)) from None
+            self._reload_failed([str(i) for i in exc.issues])
         paths = resolve_paths(new.daemon)
-        self.lifelog.reconfigure(paths.logfile, new.daemon.loglevel)
+        try:
+            self.lifelog.reconfigure(paths.logfile, new.daemon.loglevel)
+        except OSError as exc:
+            self._reload_failed([f"cannot open the log file {paths.logfile}: {exc.strerror}"])
         self.supervisor.logdir = paths.logdir
         plan = self.supervisor.reload(new)
         self.config = new
         return plan
+
+    def _reload_failed(self, lines: list[str]) -> NoReturn:
+        self.bus.publish(Event(
+            kind=events.RELOAD_FAILED,
+            message=f"{self.config_path}: {len(lines)} error(s); still running the "
+                    "previous configuration:\n  " + "\n  ".join(lines)))
+        raise ConfigInvalid("\n".join(lines))
 
     async def run(self, stop: asyncio.Event) -> int:
         loop = asyncio.get_running_loop()
@@ -98,5 +111,9 @@ class Daemon:
 
 
 async def serve(config: Config) -> int:
-    daemon = await Daemon.create(config)
+    try:
+        daemon = await Daemon.create(config)
+    except StartupError as exc:
+        print(f"taskmasterd: not started: {exc}", file=sys.stderr)
+        return 1
     return await daemon.run(asyncio.Event())

@@ -149,6 +149,8 @@ def spawn(spec: LaunchSpec) -> Child:
                 start_new_session=True, close_fds=True, **user_kw)  # type: ignore[call-overload]
         except OSError as exc:
             raise _exec_error(exc, spec) from None
+        except (ValueError, TypeError) as exc:  # e.g. a NUL byte the config let through
+            raise SpawnFailed(SpawnError("EINVAL", f"execve {spec.argv[0]}", str(exc))) from None
     finally:
         for fd in fds:
             os.close(fd)

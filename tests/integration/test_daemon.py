@@ -288,3 +288,21 @@ def test_check_config_exit_codes(write_config: WriteConfig, workdir: Path) -> No
                         capture_output=True, text=True, timeout=30)
     assert ko.returncode == 1
     assert f"{bad}:4:15: programs.x.numprocs:" in ko.stderr
+
+
+def test_unopenable_logfile_refuses_start_and_fails_reload_without_harm(
+        write_config: WriteConfig, daemons: Start, workdir: Path) -> None:
+    bad = write_config({"x": {"cmd": SLEEPER}}, name="bad.yaml", logfile="/proc/nope/t.log")
+    r = subprocess.run([sys.executable, "-m", "taskmasterd", "-c", str(bad)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert "cannot open the log file /proc/nope/t.log" in r.stderr and "Traceback" not in r.stderr
+    cfg = write_config({"x": {"cmd": SLEEPER, "starttime": 0}})
+    d = daemons(cfg)
+    pid = d.wait_for(event("RUNNING", "x")).pid
+    write_config({"x": {"cmd": "sleep 5"}}, logfile="/proc/nope/t.log")
+    failed = d.reload()
+    assert failed.kind == "RELOAD_FAILED"
+    assert "cannot open the log file /proc/nope/t.log" in d.text()
+    assert alive(pid) and d.latest_pids() == {"x": pid}
+    assert "Traceback" not in d.text()
