@@ -99,7 +99,10 @@ class Daemon:
         await self.supervisor.shutdown()
         self.bus.publish(Event(kind=events.DAEMON_STOP, message="every process stopped; exiting"))
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            # Every program is down: a late signal must not turn our clean
+            # exit 0 into death by signal (SIG_DFL would).
             loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
         self.lifelog.close()
         return 0
 

@@ -201,3 +201,21 @@ def alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat", "rb") as s:
         return s.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+
+
+def read_fifo(path: Path, timeout: float = 10.0) -> str:
+    """Wait (with a timeout) for a program to write a line into a FIFO."""
+    # O_RDWR: we count as a writer ourselves, so the FIFO never reads as EOF
+    # before the program opens it, and select() blocks until data arrives.
+    fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        deadline = time.monotonic() + timeout
+        data = b""
+        while not data.endswith(b"\n"):
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise AssertionError(f"nothing written to {path} within {timeout}s")
+            data += os.read(fd, 4096)
+        return data.decode()
+    finally:
+        os.close(fd)

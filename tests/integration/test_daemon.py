@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Daemon, alive, cpu_seconds, event, parse_log, processes_with_env
+from tests.harness import Daemon, alive, cpu_seconds, event, parse_log, processes_with_env, read_fifo
 from tests.integration.conftest import WriteConfig
 
 Start = Callable[..., Daemon]
@@ -131,11 +131,16 @@ def test_200_mb_of_output_lands_whole_without_costing_the_daemon_cpu(
 
 
 def test_term_ignoring_program_is_killed_stoptime_after_the_stop_signal(
-        write_config: WriteConfig, daemons: Start) -> None:
-    cfg = write_config({"stubborn": {"cmd": "sh -c 'trap \"\" TERM; sleep 100000'",
-                                     "starttime": 0, "stoptime": 1}})
+        write_config: WriteConfig, daemons: Start, workdir: Path) -> None:
+    ready = workdir / "ready"
+    os.mkfifo(ready)
+    # It says "ready" only once TERM is ignored: a stop before that would be a race.
+    cfg = write_config({"stubborn": {
+        "cmd": f"sh -c 'trap \"\" TERM; echo ready > {ready}; exec sleep 100000'",
+        "starttime": 0, "stoptime": 1}})
     d = daemons(cfg)
     d.wait_for(event("RUNNING", "stubborn"))
+    assert read_fifo(ready) == "ready\n"
     d.signal(signal.SIGTERM)
     stopping = d.wait_for(event("STOPPING", "stubborn"))
     killed = d.wait_for(event("KILLED", "stubborn"))
