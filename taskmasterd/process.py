@@ -159,6 +159,16 @@ class Process:
     def restart(self, now: float) -> list[Action]:
         return self._dispatch(Event.RESTART, now, None)
 
+    def relaunch(self, now: float) -> list[Action]:
+        """Its launch config changed: restart what runs, start what should
+        run (a FATAL program whose cmd was just fixed gets its chance, as
+        supervisord's update does), leave alone what was stopped on purpose."""
+        if self.state in (State.STARTING, State.RUNNING, State.BACKOFF, State.STOPPING):
+            return self.restart(now)
+        if self.want_up or self.config.autostart:
+            return self.start(now)
+        return []
+
     def on_spawned(self, pid: int, now: float) -> list[Action]:
         return self._dispatch(Event.SPAWNED, now, pid)
 

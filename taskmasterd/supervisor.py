@@ -30,7 +30,10 @@ from taskmasterd.reload import ReloadPlan, in_place_fields, plan_reload
 log = logging.getLogger("taskmasterd")
 
 
-@dataclass
+Request = Callable[[Process, float], list[Action]]
+
+
+@dataclass(eq=False)
 class Slot:
     """One process: its state machine and its runtime handles."""
 
@@ -114,26 +117,35 @@ class Supervisor:
         return self._info(self.slots[name])
 
     def reload(self, new: Config) -> ReloadPlan:
+        """Apply `new`: first the structure (slots added, renamed, retired),
+        then the RELOAD event, then the starts/stops it causes — so that a
+        subscriber knows every process before it hears of its state."""
         plan = plan_reload(self.config, new)
         old_programs = {p.name: p for p in self.config.programs}
         self.config = new
-        self._publish_reload(plan, old_programs)  # the plan first, then what it causes
+        todo: list[tuple[Slot, Request]] = []
         for name in plan.removed:
-            self._retire(old_programs[name].process_names())
+            todo += self._retire(old_programs[name].process_names())
         for program in plan.added:
             self._add_slots(program, range(program.numprocs))
-            if program.autostart and not self._shutting_down:
-                for name in program.process_names():
-                    self._request(self.slots[name], Process.start)
+            if program.autostart:
+                todo += [(self.slots[n], Process.start) for n in program.process_names()]
         for program in plan.restarted:
-            for name in self._resize(program, old_programs[program.name]):
-                self._relaunch(self.slots[name])
+            kept = program.process_names()[:old_programs[program.name].numprocs]
+            todo += self._resize(program, old_programs[program.name])
+            todo += [(self.slots[n], Process.relaunch) for n in kept]
         for r in plan.resized:
-            self._resize(r.program, old_programs[r.program.name])
+            todo += self._resize(r.program, old_programs[r.program.name])
         for program in plan.updated:
             for name in program.process_names():
                 self.slots[name].process.config = program
         self.slots = {n: self.slots[n] for p in new.programs for n in p.process_names()}
+        self._publish_reload(plan, old_programs)
+        for slot, request in todo:
+            if self._shutting_down and request is not Process.stop:
+                continue
+            with contextlib.suppress(Refused):
+                self._request(slot, request)
         return plan
 
     async def shutdown(self) -> None:
@@ -158,7 +170,7 @@ class Supervisor:
 
     # ---- requests --------------------------------------------------------
 
-    def _each(self, target: str, request: Callable[[Process, float], list[Action]]) -> list[str]:
+    def _each(self, target: str, request: Request) -> list[str]:
         names = targets.resolve(target, self.config.programs)
         done: list[str] = []
         refusals: list[Refused] = []
@@ -174,7 +186,7 @@ class Supervisor:
             raise cls(str(refusals[0]))
         return done
 
-    def _request(self, slot: Slot, request: Callable[[Process, float], list[Action]]) -> None:
+    def _request(self, slot: Slot, request: Request) -> None:
         self._apply(slot, request(slot.process, self._loop.time()))
 
     # ---- carrying out actions --------------------------------------------
@@ -263,7 +275,9 @@ class Supervisor:
         for i in indexes:
             self.slots[names[i]] = Slot(Process(name=names[i], config=program, index=i))
 
-    def _retire(self, names: list[str]) -> None:
+    def _retire(self, names: list[str]) -> list[tuple[Slot, Request]]:
+        """Take processes out of the config; those alive are stopped, then dropped."""
+        todo: list[tuple[Slot, Request]] = []
         for name in names:
             slot = self.slots.pop(name)
             if slot.child is None:
@@ -272,13 +286,11 @@ class Supervisor:
                 continue
             slot.retiring = True
             self._retired.append(slot)
-            with contextlib.suppress(Refused):
-                self._request(slot, Process.stop)
+            todo.append((slot, Process.stop))
+        return todo
 
-    def _resize(self, new: ProgramConfig, old: ProgramConfig) -> list[str]:
-        """Keep processes 0..min-1 (renamed if needed), add or retire the rest.
-
-        Returns the names of the kept processes."""
+    def _resize(self, new: ProgramConfig, old: ProgramConfig) -> list[tuple[Slot, Request]]:
+        """Keep processes 0..min-1 (renamed if needed), add or retire the rest."""
         keep = min(old.numprocs, new.numprocs)
         old_names, new_names = old.process_names(), new.process_names()
         kept = [self.slots.pop(old_names[i]) for i in range(keep)]
@@ -286,24 +298,11 @@ class Supervisor:
             slot.process.name = new_names[i]  # prog <-> prog:0 when crossing 1
             slot.process.config = new
             self.slots[new_names[i]] = slot
-        self._retire(old_names[keep:])
+        todo = self._retire(old_names[keep:])
         self._add_slots(new, range(keep, new.numprocs))
-        for name in new_names[keep:]:
-            if new.autostart and not self._shutting_down:
-                self._request(self.slots[name], Process.start)
-        return new_names[:keep]
-
-    def _relaunch(self, slot: Slot) -> None:
-        """A launch key changed: restart what runs, start what should run."""
-        proc = slot.process
-        if self._shutting_down:
-            return
-        if proc.state in (State.STARTING, State.RUNNING, State.BACKOFF, State.STOPPING):
-            self._request(slot, Process.restart)
-        elif proc.want_up or proc.config.autostart:
-            # Down now (STOPPED/EXITED/FATAL): a FATAL program whose cmd was
-            # just fixed should get its chance, as supervisord's update does.
-            self._request(slot, Process.start)
+        if new.autostart:
+            todo += [(self.slots[n], Process.start) for n in new_names[keep:]]
+        return todo
 
     # ---- events ----------------------------------------------------------
 

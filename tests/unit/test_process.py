@@ -387,3 +387,19 @@ def test_any_sequence_keeps_the_invariants(steps: list[tuple[str, float, int]]) 
             assert has_deadline
         if p.state in (S.STOPPED, S.FATAL, S.RUNNING):
             assert not has_deadline
+
+
+def test_relaunch_restarts_running_and_retries_fatal_but_respects_a_stop() -> None:
+    p, clock = running()
+    assert changes(p.relaunch(clock.now)) == [(S.RUNNING, S.STOPPING)]
+    assert p.on_exit(-15, clock.now)[-1] == Spawn()  # comes back with the new config
+    clock = Clock()
+    fatal = Process(name="web", config=program(startretries=0, starttime=5, autostart=False))
+    started(fatal, clock)
+    fatal.on_exit(127, clock.now)
+    assert fatal.state is S.FATAL
+    assert fatal.relaunch(clock.now) == [Spawn()]  # the fixed command gets its chance
+    stopped, clock = running(autostart=False)
+    stopped.stop(clock.now)
+    stopped.on_exit(-15, clock.now)
+    assert stopped.relaunch(clock.now) == []  # stopped on purpose, stays stopped
