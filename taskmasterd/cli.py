@@ -7,6 +7,7 @@ import asyncio
 import sys
 
 from taskmasterd import __version__
+from taskmasterd.busaddr import BusChoice, daemon_default
 from taskmasterd.config import Config, ConfigError, load_config
 from taskmasterd.paths import default_config_path
 
@@ -17,6 +18,14 @@ def parser() -> argparse.ArgumentParser:
         description="Keep programs running as a YAML file says (foreground daemon).")
     p.add_argument("-c", "--config", metavar="FILE",
                    help=f"configuration file (default: {default_config_path()})")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--system", dest="bus", action="store_const", const="system",
+                       help="serve on the system bus (default for root when there is one)")
+    where.add_argument("--user", dest="bus", action="store_const", const="user",
+                       help="serve on the session bus (default for others when there is one)")
+    where.add_argument("--address", metavar="ADDR", help="serve on the bus at this D-Bus address")
+    where.add_argument("--bus", choices=("system", "user", "private"),
+                       help="private: start an embedded dbus-daemon (default when no bus is reachable)")
     p.add_argument("--check-config", metavar="FILE",
                    help="validate FILE, print every error with file:line:column, exit 0/1")
     p.add_argument("--version", action="version", version=f"taskmasterd {__version__}")
@@ -51,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     config = load_or_report(path, "taskmasterd: not started: {path} has {n} error(s)")
     if config is None:
         return 1
+    if args.address:
+        choice = BusChoice("address", args.address)
+    elif args.bus:
+        choice = BusChoice(args.bus)
+    else:
+        choice = daemon_default()
     from taskmasterd.daemon import serve
 
-    return asyncio.run(serve(config))
+    return asyncio.run(serve(config, choice))

@@ -9,10 +9,16 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import dataclass
-from typing import NoReturn
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NoReturn
+
+from dbus_next import BusType
 
 from taskmasterd import __version__, events
+from taskmasterd.bus.names import BUS_NAME
+from taskmasterd.bus.service import BusService, BusUnavailable
+from taskmasterd.busaddr import BusChoice, runtime_dir
 from taskmasterd.config import Config, ConfigError, load_config
 from taskmasterd.errors import ConfigInvalid
 from taskmasterd.events import Event, EventBus
@@ -20,6 +26,9 @@ from taskmasterd.logsink import LifecycleLog
 from taskmasterd.paths import resolve_paths
 from taskmasterd.reload import ReloadPlan
 from taskmasterd.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from taskmasterd.bus.embedded import EmbeddedBus
 
 log = logging.getLogger("taskmasterd")
 
@@ -46,6 +55,20 @@ class Daemon:
     bus: EventBus
     lifelog: LifecycleLog
     supervisor: Supervisor
+    state: str = "starting"  # starting | running | reloading | stopping
+    state_changed: Callable[[], None] = lambda: None
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            self.state_changed()
+
+    def request_shutdown(self) -> None:
+        self._stop.set()
+
+    def output_file(self, process: str, stream: str) -> str:
+        return self.supervisor.output_file(process, stream)
 
     @classmethod
     async def create(cls, config: Config) -> Daemon:
@@ -61,6 +84,14 @@ class Daemon:
 
     def reload(self) -> ReloadPlan:
         """Re-read the file; on errors keep the running config and raise."""
+        previous = self.state
+        self._set_state("reloading")
+        try:
+            return self._reload()
+        finally:
+            self._set_state(previous)
+
+    def _reload(self) -> ReloadPlan:
         try:
             new = load_config(self.config_path)
         except ConfigError as exc:
@@ -82,17 +113,19 @@ class Daemon:
                     "previous configuration:\n  " + "\n  ".join(lines)))
         raise ConfigInvalid("\n".join(lines))
 
-    async def run(self, stop: asyncio.Event) -> int:
+    async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload_quietly)
         self.bus.publish(Event(
             kind=events.DAEMON_START, fields={"pid": str(os.getpid())},
             message=f"taskmasterd {__version__} started with {self.config_path} "
                     f"({len(self.config.programs)} programs)"))
         self.supervisor.launch_autostart()
-        await stop.wait()
+        self._set_state("running")
+        await self._stop.wait()
+        self._set_state("stopping")
         live = self.supervisor.live_children()
         self.bus.publish(Event(kind=events.DAEMON_STOP,
                                message=f"shutting down: stopping {live} running process(es)"))
@@ -113,10 +146,43 @@ class Daemon:
             pass  # already logged; the old config keeps running
 
 
-async def serve(config: Config) -> int:
+def _policy_file() -> str | None:
+    """Our D-Bus policy: installed, or beside the source tree."""
+    for path in (f"/usr/share/dbus-1/system.d/{BUS_NAME}.conf",
+                 os.path.join(os.path.dirname(__file__), os.pardir, "dbus", f"{BUS_NAME}.conf")):
+        if os.path.exists(path):
+            return os.path.normpath(path)
+    return None
+
+
+async def serve(config: Config, choice: BusChoice) -> int:
     try:
         daemon = await Daemon.create(config)
     except StartupError as exc:
         print(f"taskmasterd: not started: {exc}", file=sys.stderr)
         return 1
-    return await daemon.run(asyncio.Event())
+    embedded: EmbeddedBus | None = None
+    service = BusService(daemon)
+    try:
+        if choice.kind == "private":
+            from taskmasterd.bus.embedded import EmbeddedBus
+
+            embedded = await EmbeddedBus.start(runtime_dir(), _policy_file())
+            await service.connect(address=embedded.address)
+            log.info("taskmasterd D-Bus: no system/session bus, serving on %s "
+                     "(address in %s)", embedded.address, embedded.address_file)
+        elif choice.kind == "address":
+            await service.connect(address=choice.address)
+        else:
+            await service.connect(bus_type=BusType.SESSION if choice.kind == "user" else BusType.SYSTEM)
+        daemon.bus.subscribe(service.on_event)
+        daemon.state_changed = service.properties_changed
+        return await daemon.run()
+    except (BusUnavailable, RuntimeError, OSError) as exc:
+        print(f"taskmasterd: not started: {exc}", file=sys.stderr)
+        await daemon.supervisor.shutdown()
+        return 1
+    finally:
+        service.close()
+        if embedded is not None:
+            await embedded.stop()

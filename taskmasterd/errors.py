@@ -29,11 +29,15 @@ class ConfigInvalid(TaskmasterError):
     code = "ConfigInvalid"
 
 
+class NotAFile(TaskmasterError):
+    code = "NotAFile"
+
+
 class ShuttingDown(TaskmasterError):
     code = "ShuttingDown"
 
 
 BY_CODE: dict[str, type[TaskmasterError]] = {
     cls.code: cls for cls in (NoSuchProgram, BadName, AlreadyStarted, NotRunning,
-                              ConfigInvalid, ShuttingDown)
+                              ConfigInvalid, NotAFile, ShuttingDown)
 }

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from taskmasterd import events, spawn, targets
 from taskmasterd.config import Config, ProgramConfig
-from taskmasterd.errors import AlreadyStarted, NotRunning, ShuttingDown
+from taskmasterd.errors import AlreadyStarted, BadName, NoSuchProgram, NotAFile, NotRunning, ShuttingDown
 from taskmasterd.events import Event, EventBus
 from taskmasterd.process import Action, Changed, Kill, Process, Refused, Spawn, State, describe_status
 from taskmasterd.reload import ReloadPlan, in_place_fields, plan_reload
@@ -158,6 +158,24 @@ class Supervisor:
                 pass  # already down
         self._check_all_down()
         await self._all_down.wait()
+
+    def output_file(self, name: str, stream: str) -> str:
+        """The file a process's stdout/stderr goes to (for OpenLog)."""
+        if stream not in ("stdout", "stderr"):
+            raise BadName(f"stream must be stdout or stderr, not {stream!r}")
+        slot = self.slots.get(name)
+        if slot is None:
+            raise NoSuchProgram(f"no such process: {name!r}")
+        p = slot.process
+        spec = spawn.launch_spec(p.config, p.index, logdir=self.logdir, journal=self.journal,
+                                 base_env={})
+        path = spawn.output_path(spec, stream)
+        if path is None:
+            where = "is discarded" if (p.config.stdout if stream == "stdout" else p.config.stderr
+                                        ).kind.value == "null" else "goes to the journal"
+            raise NotAFile(f"the {stream} of {name} {where}; with the journal, use "
+                           f"journalctl -f -t {p.program}")
+        return path
 
     def live_children(self) -> int:
         return sum(1 for s in [*self.slots.values(), *self._retired] if s.child is not None)
@@ -352,7 +370,9 @@ class Supervisor:
                              ("removed", list(plan.removed))):
             if names:
                 parts.append(f"{label}: {', '.join(names)}")
-        self.bus.publish(Event(kind=events.RELOAD,
+        fields = {"added": ",".join(p.name for p in plan.added), "changed": ",".join(plan.changed),
+                  "removed": ",".join(plan.removed)}
+        self.bus.publish(Event(kind=events.RELOAD, fields=fields,
                                message="reloaded; " + ("; ".join(parts) or "nothing changed")))
 
 

@@ -27,9 +27,9 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from xml.sax.saxutils import quoteattr
 
 DBUS_DAEMON = shutil.which("dbus-daemon") or "/usr/bin/dbus-daemon"
 
@@ -138,9 +138,9 @@ def _read_line(fd: int, timeout: float) -> str:
     data = b""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
-    deadline = _now() + timeout
+    deadline = time.monotonic() + timeout
     while b"\n" not in data:
-        left = deadline - _now()
+        left = deadline - time.monotonic()
         if left <= 0 or not poller.poll(left * 1000):
             return ""
         chunk = os.read(fd, 4096)
@@ -148,11 +148,6 @@ def _read_line(fd: int, timeout: float) -> str:
             return ""
         data += chunk
     return data.split(b"\n", 1)[0].decode().strip()
-
-
-def _now() -> float:
-    import time
-    return time.monotonic()
 
 
 @contextlib.contextmanager
@@ -181,5 +176,5 @@ def bus_directory(prefix: str = "tm-bus-") -> Iterator[Path]:
         yield Path(d)
 
 
-__all__ = ["DBUS_DAEMON", "bus_directory", "dbus_daemon", "quoteattr", "session_bus",
+__all__ = ["DBUS_DAEMON", "bus_directory", "dbus_daemon", "session_bus",
            "session_config", "system_bus", "system_config"]

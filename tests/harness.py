@@ -13,6 +13,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,57 +65,62 @@ def event(kind: str, process: str | None = None, **fields: str) -> Predicate:
 
 
 class Daemon:
+    """A taskmasterd subprocess whose stderr is drained by a thread as it
+    comes (a test busy elsewhere must never block the daemon on a full pipe)."""
+
     def __init__(self, config: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "taskmasterd", "-c", str(config), *extra],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             env={**os.environ, **(env or {})}, cwd=config.parent)
         self.lines: list[LogLine] = []
         self.raw: list[str] = []
-        self._buf = b""
+        self.eof = False
         self.cursor = 0  # wait_for looks at lines from here on
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
-    def _read(self, deadline: float) -> bool:
+    def _drain(self) -> None:
         assert self.proc.stderr is not None
-        fd = self.proc.stderr.fileno()
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        ready, _, _ = select.select([fd], [], [], left)
-        if not ready:
-            return False
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            raise AssertionError(f"taskmasterd exited ({self.proc.wait()}); log:\n" + self.text())
-        self._buf += chunk
-        *complete, self._buf = self._buf.split(b"\n")
-        for raw in complete:
-            text = raw.decode(errors="replace")
-            self.raw.append(text)
+        for raw in self.proc.stderr:
+            text = raw.decode(errors="replace").rstrip("\n")
             parsed = parse_line(text)
-            if parsed is not None:
-                self.lines.append(parsed)
-        return True
+            with self._cond:
+                self.raw.append(text)
+                if parsed is not None:
+                    self.lines.append(parsed)
+                self._cond.notify_all()
+        with self._cond:
+            self.eof = True
+            self._cond.notify_all()
 
     def text(self) -> str:
-        return "\n".join(self.raw)
+        with self._cond:
+            return "\n".join(self.raw)
 
     def wait_for(self, pred: Predicate, timeout: float = 10.0) -> LogLine:
         """The first line from the cursor on that matches; moves the cursor past it."""
         deadline = time.monotonic() + timeout
-        while True:
-            for i in range(self.cursor, len(self.lines)):
-                if pred(self.lines[i]):
-                    self.cursor = i + 1
-                    return self.lines[i]
-            if not self._read(deadline):
-                raise AssertionError(
-                    f"timed out after {timeout}s waiting for {pred.__doc__}; log:\n{self.text()}")
+        with self._cond:
+            while True:
+                for i in range(self.cursor, len(self.lines)):
+                    if pred(self.lines[i]):
+                        self.cursor = i + 1
+                        return self.lines[i]
+                if self.eof:
+                    raise AssertionError(f"taskmasterd exited ({self.proc.wait()}) while waiting "
+                                         f"for {pred.__doc__}; log:\n" + "\n".join(self.raw))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"timed out after {timeout}s waiting for {pred.__doc__}; "
+                                         "log:\n" + "\n".join(self.raw))
+                self._cond.wait(left)
 
     def wait_count(self, pred: Predicate, n: int, timeout: float = 30.0) -> list[LogLine]:
         """Wait until n lines (from the cursor on) match; cursor moves past the n-th."""
@@ -125,7 +131,8 @@ class Daemon:
         return found
 
     def since(self, mark: int) -> list[LogLine]:
-        return self.lines[mark:]
+        with self._cond:
+            return self.lines[mark:]
 
     def signal(self, sig: signal.Signals) -> None:
         self.proc.send_signal(sig)
@@ -139,16 +146,10 @@ class Daemon:
         """SIGTERM and wait for a clean exit; returns the exit code."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
         try:
-            while True:
-                try:
-                    self._read(deadline)
-                except AssertionError:
-                    break  # EOF: the daemon is gone
-                if time.monotonic() >= deadline:
-                    break
-            return self.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            code = self.proc.wait(timeout=timeout)
+            self._reader.join(timeout)
+            return code
         finally:
             self.close()
 
@@ -156,16 +157,17 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        for f in (self.proc.stdout, self.proc.stderr):
-            if f is not None:
-                f.close()
+        self._reader.join(10)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
 
     def latest_pids(self) -> dict[str, int]:
         """Process name -> pid of its latest spawn, from the log so far."""
         pids: dict[str, int] = {}
-        for ln in self.lines:
-            if ln.kind == "STARTING" and ln.pid:
-                pids[ln.process] = ln.pid
+        with self._cond:
+            for ln in self.lines:
+                if ln.kind == "STARTING" and ln.pid:
+                    pids[ln.process] = ln.pid
         return pids
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.dbus_fixtures import session_bus
 from tests.harness import Daemon
 
 WriteConfig = Callable[..., Path]
@@ -38,12 +39,20 @@ def write_config(workdir: Path) -> WriteConfig:
 
 
 @pytest.fixture
-def daemons() -> Iterator[Callable[..., Daemon]]:
-    """Start daemons; any still running at the end are terminated."""
+def bus_address(workdir: Path) -> Iterator[str]:
+    """A private session-like dbus-daemon for this test only."""
+    with session_bus(workdir) as address:
+        yield address
+
+
+@pytest.fixture
+def daemons(bus_address: str) -> Iterator[Callable[..., Daemon]]:
+    """Start daemons on the test's private bus; any still running at the end
+    are terminated."""
     started: list[Daemon] = []
 
     def start(config: Path, *extra: str, **kw: Any) -> Daemon:
-        d = Daemon(config, *extra, **kw)
+        d = Daemon(config, "--address", bus_address, *extra, **kw)
         started.append(d)
         return d
 

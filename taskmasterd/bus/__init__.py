@@ -1,0 +1,1 @@
+"""D-Bus adapters: thin, typed at their edges."""

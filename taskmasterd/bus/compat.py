@@ -1,0 +1,222 @@
+"""Work-arounds for two traps of dbus-next 0.2.3 (the version Debian 12 ships).
+
+1. `install()` — `dbus_next.aio.message_bus._MessageWriter.write_callback`
+   treats `BlockingIOError` from `sock.send`/`sendmsg` (the kernel buffer is
+   full) as a fatal error and finalizes the connection: a burst of a few
+   hundred signals drops the bus. The replacement treats it (and
+   `InterruptedError`) as "nothing was written": the message stays at the head
+   of the queue, with its unix fds (they are cleared only once `sendmsg`
+   succeeded), and the loop's writer callback stays registered, so writing
+   resumes when the socket is writable again. Any other error still
+   finalizes the bus, as before. Everything else is the library's code.
+   `install()` patches the class (all buses) and is idempotent; call it
+   before connecting.
+
+2. `set_object_manager(bus, manager_path)` — `BaseMessageBus.
+   _emit_interface_added/_removed` send `InterfacesAdded`/`InterfacesRemoved`
+   from the exported object's own path; the D-Bus specification (and
+   GDBusObjectManagerClient, busctl) expect them from the ObjectManager's
+   path. For objects strictly below `manager_path`, this bus now emits them
+   from `manager_path` (same interface, member and body). Other objects — and
+   other buses — keep the library behaviour.
+
+   `GetManagedObjects` needs no change: 0.2.3 answers it on a path P with the
+   objects strictly below P (all objects when P is "/"), so on
+   `manager_path` it returns exactly the managed objects. (It also answers on
+   any other path; harmless.)
+
+3. `install_error_reply_fix()` (separate, opt-in) — a handler raising a
+   `DBusError` gets the right error reply sent, but 0.2.3's `SendReply.__exit__`
+   does not return what `_exit` decided, so the exception propagates anyway and
+   is logged at ERROR with a traceback ("got unexpected error processing a
+   message" on the root logger for plain handlers, "Exception in callback ...
+   done()" on the asyncio logger for coroutine handlers). The fix suppresses
+   `DBusError`s (already answered) only; any other exception is answered as
+   before (ServiceError) and still propagates to the log.
+
+4. `close(bus)` — 0.2.3 never closes a bus's socket (`disconnect()` only shuts
+   it down): the fd lives until the MessageBus is garbage-collected (then a
+   ResourceWarning). `await close(bus)` disconnects, waits for the library to
+   finalize the bus, and closes the socket.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import importlib
+import logging
+import socket
+import types
+from typing import Any
+
+_OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
+_MARK = "_taskmaster_compat_patched"
+
+log = logging.getLogger(__name__)
+
+
+def _module(name: str) -> Any:
+    """A dbus-next module, typed Any: the library is typed only in some distributions."""
+    return importlib.import_module(name)
+
+
+def install() -> None:
+    """Replace dbus-next's aio message writer callback by one that survives a full socket.
+
+    Idempotent; affects every `dbus_next.aio.MessageBus` (already connected ones
+    included: the method is looked up on each call).
+    """
+    writer_cls = _module("dbus_next.aio.message_bus")._MessageWriter
+    if getattr(writer_cls.write_callback, _MARK, False):
+        return
+    setattr(_write_callback, _MARK, True)
+    writer_cls.write_callback = _write_callback
+
+
+def installed() -> bool:
+    """True when `install()` has patched the writer."""
+    writer_cls = _module("dbus_next.aio.message_bus")._MessageWriter
+    return bool(getattr(writer_cls.write_callback, _MARK, False))
+
+
+def _write_callback(self: Any) -> None:
+    """`_MessageWriter.write_callback` of dbus-next 0.2.3, except for the `BlockingIOError` case."""
+    aio_message_bus = _module("dbus_next.aio.message_bus")
+    _future_set_result = aio_message_bus._future_set_result
+    _future_set_exception = aio_message_bus._future_set_exception
+
+    try:
+        while True:
+            if self.buf is None:
+                if self.messages.qsize() == 0:
+                    # nothing more to write
+                    self.loop.remove_writer(self.fd)
+                    return
+                buf, unix_fds, fut = self.messages.get_nowait()
+                self.unix_fds = unix_fds
+                self.buf = memoryview(buf)
+                self.offset = 0
+                self.fut = fut
+
+            try:
+                if self.unix_fds and self.negotiate_unix_fd:
+                    ancdata = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                array.array("i", self.unix_fds))]
+                    self.offset += self.sock.sendmsg([self.buf[self.offset:]], ancdata)
+                    # the fds went with the first byte sent: never again
+                    self.unix_fds = None
+                else:
+                    self.offset += self.sock.send(self.buf[self.offset:])
+            except (BlockingIOError, InterruptedError):
+                # Kernel buffer full: nothing was written. Keep the message (and
+                # its fds) at the head and wait for the socket to be writable.
+                self.loop.add_writer(self.fd, self.write_callback)
+                return
+
+            if self.offset >= len(self.buf):
+                # finished writing
+                self.buf = None
+                _future_set_result(self.fut, None)
+            else:
+                # wait for writable
+                return
+    except Exception as e:
+        _future_set_exception(self.fut, e)
+        self.bus._finalize(e)
+
+
+def install_error_reply_fix() -> None:
+    """Stop dbus-next from logging a traceback for every `DBusError` a handler raises.
+
+    Idempotent; affects every bus. See the module docstring, item 3.
+    """
+    base = _module("dbus_next.message_bus").BaseMessageBus
+    if getattr(base._send_reply, _MARK, False):
+        return
+    library_send_reply = base._send_reply
+    dbus_error = _module("dbus_next.errors").DBusError
+
+    def __exit__(send_reply: Any, exc_type: Any, exc_value: Any, tb: Any) -> bool:
+        send_reply._exit(exc_type, exc_value, tb)
+        return exc_type is not None and issubclass(exc_type, dbus_error)
+
+    def _send_reply(self: Any, msg: Any) -> Any:
+        send_reply = library_send_reply(self, msg)
+        type(send_reply).__exit__ = __exit__  # a class of its own, made by each call
+        return send_reply
+
+    setattr(_send_reply, _MARK, True)
+    base._send_reply = _send_reply
+
+
+def set_object_manager(bus: Any, manager_path: str) -> None:
+    """Make `bus` emit ObjectManager signals for objects below `manager_path` from `manager_path`.
+
+    Per-bus: the bus instance's `_emit_interface_added`/`_emit_interface_removed`
+    are overridden (instance attributes), the class is untouched. Calling it
+    again replaces the previous manager path. Nothing needs exporting for the
+    `org.freedesktop.DBus.ObjectManager` interface itself: dbus-next answers
+    `GetManagedObjects` on every path.
+    """
+    Message = _module("dbus_next.message").Message
+    ServiceInterface = _module("dbus_next.service").ServiceInterface
+    _module("dbus_next.validators").assert_object_path_valid(manager_path)
+    prefix = "/" if manager_path == "/" else manager_path + "/"
+    cls = type(bus)
+    library_added = types.MethodType(cls._emit_interface_added, bus)
+    library_removed = types.MethodType(cls._emit_interface_removed, bus)
+
+    def managed(path: str) -> bool:
+        return path != manager_path and path.startswith(prefix)
+
+    def emit_interface_added(path: str, interface: Any) -> None:
+        if not managed(path):
+            library_added(path, interface)
+            return
+        if bus._disconnected:
+            return
+
+        def on_properties(interface: Any, result: dict[str, Any], _user_data: Any,
+                          e: Exception | None) -> None:
+            if e is not None:
+                log.error("could not read every property of %s at %s for InterfacesAdded: "
+                          "some are left out", interface.name, path, exc_info=e)
+            bus.send(Message.new_signal(path=manager_path, interface=_OBJECT_MANAGER,
+                                        member="InterfacesAdded", signature="oa{sa{sv}}",
+                                        body=[path, {interface.name: result}]))
+
+        ServiceInterface._get_all_property_values(interface, on_properties)
+
+    def emit_interface_removed(path: str, removed_interfaces: list[str]) -> None:
+        if not managed(path):
+            library_removed(path, removed_interfaces)
+            return
+        if bus._disconnected:
+            return
+        bus.send(Message.new_signal(path=manager_path, interface=_OBJECT_MANAGER,
+                                    member="InterfacesRemoved", signature="oas",
+                                    body=[path, removed_interfaces]))
+
+    bus._emit_interface_added = emit_interface_added
+    bus._emit_interface_removed = emit_interface_removed
+
+
+async def close(bus: Any, timeout: float = 5.0) -> None:
+    """Disconnect `bus`, wait (at most `timeout` s) until dbus-next has finalized it, close its socket.
+
+    Safe on a bus already disconnected or dropped by an error (the error is not raised again).
+    """
+    if not bus._disconnected:
+        bus.disconnect()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(timeout):
+                await bus.wait_for_disconnect()
+    if not bus._disconnected:  # the reader never saw the end: finalize it ourselves
+        bus._finalize(None)
+    with contextlib.suppress(Exception):
+        bus._disconnect_future.exception()  # retrieved: no "exception was never retrieved"
+    for closeable in (bus._stream, bus._sock):
+        with contextlib.suppress(OSError):
+            closeable.close()

@@ -1,0 +1,221 @@
+"""The exported D-Bus objects: thin adapters over the supervisor.
+
+No `from __future__ import annotations` here: dbus-next reads the D-Bus
+signatures ('s', 'as', ...) from the annotations at class creation. mypy
+reads those strings as type names, hence the per-module override in
+pyproject.toml; everything these adapters call is typed.
+
+Errors: a domain error becomes org.taskmaster.Taskmaster1.Error.<code> with
+its message; anything else becomes .Failed with a one-line message (the
+traceback goes to the debug log, never to the caller).
+"""
+
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from typing import Protocol
+
+from dbus_next import DBusError, PropertyAccess
+from dbus_next.service import ServiceInterface, dbus_property, method
+from dbus_next.service import signal as dbus_signal
+
+from taskmasterd import __version__
+from taskmasterd.bus.names import ERROR_PREFIX, MANAGER_IFACE, PROGRAM_IFACE
+from taskmasterd.errors import BadName, NoSuchProgram, TaskmasterError
+from taskmasterd.process import worst_state
+from taskmasterd.reload import ReloadPlan
+from taskmasterd.supervisor import ProcessInfo, Supervisor
+
+log = logging.getLogger("taskmasterd")
+
+MAX_ARG = 4096  # longer strings are refused before any work is done
+
+
+class Controller(Protocol):
+    """What the adapters need from the daemon (daemon.Daemon satisfies it)."""
+
+    supervisor: Supervisor
+    config_path: str
+    state: str
+
+    def reload(self) -> ReloadPlan: ...
+    def request_shutdown(self) -> None: ...
+    def output_file(self, process: str, stream: str) -> str: ...
+
+
+@contextlib.contextmanager
+def dbus_errors(call: str) -> Iterator[None]:
+    try:
+        yield
+    except DBusError:
+        raise
+    except TaskmasterError as exc:
+        raise DBusError(ERROR_PREFIX + exc.code, str(exc)) from None
+    except Exception as exc:
+        log.debug("D-Bus call %s failed", call, exc_info=True)
+        log.warning("D-Bus call %s failed: %s: %s", call, type(exc).__name__, exc)
+        raise DBusError(ERROR_PREFIX + "Failed", f"{call} failed: {exc}") from None
+
+
+def check_arg(value: str, what: str) -> str:
+    if len(value) > MAX_ARG:
+        raise BadName(f"{what} is {len(value)} characters long; at most {MAX_ARG} are accepted")
+    return value
+
+
+def parse_signal(name: str) -> signal.Signals:
+    check_arg(name, "signal")
+    text = name.strip().upper()
+    if text.isdigit():
+        try:
+            return signal.Signals(int(text))
+        except ValueError:
+            raise BadName(f"no signal number {text}") from None
+    if not text.startswith("SIG"):
+        text = "SIG" + text
+    try:
+        return signal.Signals[text]
+    except KeyError:
+        raise BadName(f"unknown signal {name!r} (try TERM, HUP, INT, KILL, USR1, USR2)") from None
+
+
+def process_row(info: ProcessInfo) -> list[object]:
+    started_us = int(info.started_at * 1_000_000)
+    return [info.name, info.program, info.state.value, info.pid, info.exit_status, started_us,
+            info.description, info.spawn_error]
+
+
+class Manager(ServiceInterface):
+    def __init__(self, controller: Controller) -> None:
+        super().__init__(MANAGER_IFACE)
+        self._c = controller
+
+    @property
+    def _sup(self) -> Supervisor:
+        return self._c.supervisor
+
+    @method()
+    def Start(self, target: 's') -> 'as':
+        with dbus_errors("Start"):
+            return self._sup.start(check_arg(target, "target"))
+
+    @method()
+    def Stop(self, target: 's') -> 'as':
+        with dbus_errors("Stop"):
+            return self._sup.stop(check_arg(target, "target"))
+
+    @method()
+    def Restart(self, target: 's') -> 'as':
+        with dbus_errors("Restart"):
+            return self._sup.restart(check_arg(target, "target"))
+
+    @method()
+    def Signal(self, target: 's', signal: 's') -> 'as':
+        with dbus_errors("Signal"):
+            return self._sup.signal(check_arg(target, "target"), parse_signal(signal))
+
+    @method()
+    def Reload(self) -> 'asasas':
+        with dbus_errors("Reload"):
+            plan = self._c.reload()
+            return [[p.name for p in plan.added], plan.changed, list(plan.removed)]
+
+    @method()
+    def ListProcesses(self) -> 'a(sssuitss)':
+        with dbus_errors("ListProcesses"):
+            return [process_row(i) for i in self._sup.processes()]
+
+    @method()
+    def Shutdown(self) -> None:
+        with dbus_errors("Shutdown"):
+            self._c.request_shutdown()
+
+    @method()
+    def OpenLog(self, process: 's', stream: 's') -> 'h':
+        with dbus_errors("OpenLog"):
+            path = self._c.output_file(check_arg(process, "process"), check_arg(stream, "stream"))
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Version(self) -> 's':
+        return __version__
+
+    @dbus_property(access=PropertyAccess.READ)
+    def State(self) -> 's':
+        return self._c.state
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ConfigFile(self) -> 's':
+        return self._c.config_path
+
+    @dbus_signal()
+    def ProcessStateChanged(self, process: str, program: str, old: str, new: str, pid: int,
+                            exit_status: int, expected: bool) -> 'ssssiib':
+        return [process, program, old, new, pid, exit_status, expected]
+
+    @dbus_signal()
+    def Reloaded(self, added: list[str], changed: list[str], removed: list[str]) -> 'asasas':
+        return [added, changed, removed]
+
+
+class Program(ServiceInterface):
+    def __init__(self, controller: Controller, name: str) -> None:
+        super().__init__(PROGRAM_IFACE)
+        self._c = controller
+        self.program = name
+
+    @property
+    def _sup(self) -> Supervisor:
+        return self._c.supervisor
+
+    def _infos(self) -> list[ProcessInfo]:
+        config = self._sup.config.program(self.program)
+        if config is None:
+            raise NoSuchProgram(f"{self.program} was removed by a reload")
+        return [self._sup.process(n) for n in config.process_names()]
+
+    @method()
+    def Start(self) -> 'as':
+        with dbus_errors("Start"):
+            return self._sup.start(self.program)
+
+    @method()
+    def Stop(self) -> 'as':
+        with dbus_errors("Stop"):
+            return self._sup.stop(self.program)
+
+    @method()
+    def Restart(self) -> 'as':
+        with dbus_errors("Restart"):
+            return self._sup.restart(self.program)
+
+    @method()
+    def Signal(self, signal: 's') -> 'as':
+        with dbus_errors("Signal"):
+            return self._sup.signal(self.program, parse_signal(signal))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Name(self) -> 's':
+        return self.program
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Command(self) -> 's':
+        config = self._sup.config.program(self.program)
+        return config.cmd if config else ""
+
+    @dbus_property(access=PropertyAccess.READ)
+    def NumProcs(self) -> 'u':
+        config = self._sup.config.program(self.program)
+        return config.numprocs if config else 0
+
+    @dbus_property(access=PropertyAccess.READ)
+    def State(self) -> 's':
+        with dbus_errors("State"):
+            return worst_state([i.state for i in self._infos()]).value
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Processes(self) -> 'a(ssi)':
+        with dbus_errors("Processes"):
+            return [[i.name, i.state.value, i.pid] for i in self._infos()]

@@ -1,0 +1,120 @@
+"""Connect to a bus, own org.taskmaster.Taskmaster1, export the objects, and
+turn the event stream into D-Bus signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from dbus_next import BusType
+from dbus_next.aio import MessageBus
+from dbus_next.constants import NameFlag, RequestNameReply
+
+from taskmasterd import events
+from taskmasterd.bus import compat
+from taskmasterd.bus.names import BUS_NAME, MANAGER_PATH, program_path
+from taskmasterd.bus.objects import Controller, Manager, Program
+from taskmasterd.events import Event
+
+log = logging.getLogger("taskmasterd")
+
+
+class BusUnavailable(Exception):
+    """No bus could be reached or the name is taken: the message says which."""
+
+
+class BusService:
+    def __init__(self, controller: Controller) -> None:
+        self._c = controller
+        self.bus: MessageBus | None = None
+        self.manager = Manager(controller)
+        self.programs: dict[str, Program] = {}
+        self._dirty: set[str] = set()  # programs whose properties changed
+        self._flush_scheduled = False
+
+    async def connect(self, *, address: str | None = None, bus_type: BusType = BusType.SYSTEM) -> None:
+        compat.install()
+        try:
+            bus = MessageBus(bus_address=address, bus_type=bus_type, negotiate_unix_fd=True)
+            await bus.connect()
+        except Exception as exc:  # dbus-next raises several kinds here
+            where = address or bus_type.name.lower() + " bus"
+            raise BusUnavailable(f"cannot connect to the D-Bus {where}: {exc}") from None
+        self.bus = bus
+        compat.set_object_manager(bus, MANAGER_PATH)
+        bus.export(MANAGER_PATH, self.manager)
+        for program in self._c.supervisor.config.programs:
+            self._export(program.name)
+        reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
+        if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+            bus.disconnect()
+            raise BusUnavailable(f"{BUS_NAME} is already owned on this bus "
+                                 "(another taskmasterd is running?)")
+
+    def close(self) -> None:
+        if self.bus is not None:
+            self.bus.disconnect()
+            self.bus = None
+
+    # ---- events -> signals -----------------------------------------------
+
+    def on_event(self, ev: Event) -> None:
+        if self.bus is None:
+            return
+        if ev.is_transition:
+            self.manager.ProcessStateChanged(
+                ev.process, ev.program, ev.old_state, ev.new_state, ev.pid,
+                ev.exit_status or 0, ev.expected)
+            self._mark(ev.program)
+        elif ev.kind == events.RELOAD:
+            self._sync_programs(ev)
+
+    def _sync_programs(self, ev: Event) -> None:
+        assert self.bus is not None
+        current = {p.name for p in self._c.supervisor.config.programs}
+        for name in [n for n in self.programs if n not in current]:
+            self.bus.unexport(program_path(name), self.programs.pop(name))
+        for name in sorted(current - set(self.programs)):
+            self._export(name)
+        added = _names(ev, "added")
+        changed = _names(ev, "changed")
+        removed = _names(ev, "removed")
+        for name in changed:
+            self._mark(name)
+        self.manager.Reloaded(added, changed, removed)
+
+    def _export(self, name: str) -> None:
+        assert self.bus is not None
+        obj = Program(self._c, name)
+        self.programs[name] = obj
+        self.bus.export(program_path(name), obj)
+
+    def _mark(self, program: str) -> None:
+        """Coalesce PropertiesChanged: one per program per loop turn."""
+        self._dirty.add(program)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, set()
+        for name in dirty:
+            obj = self.programs.get(name)
+            if obj is None:
+                continue
+            changed: dict[str, Any] = {}
+            for prop in ("State", "Processes", "Command", "NumProcs"):
+                changed[prop] = getattr(obj, prop)
+            obj.emit_properties_changed(changed)
+
+    def properties_changed(self) -> None:
+        """The manager's own State property changed."""
+        self.manager.emit_properties_changed({"State": self._c.state})
+
+
+def _names(ev: Event, key: str) -> list[str]:
+    value = ev.fields.get(key, "")
+    return value.split(",") if value else []
+
