@@ -46,7 +46,11 @@ def session_bus_reachable(environ: Mapping[str, str] = os.environ) -> bool:
 
 
 def runtime_dir(uid: int | None = None, environ: Mapping[str, str] = os.environ) -> str:
-    """Where the embedded bus's socket and address file live."""
+    """Where the embedded bus's socket and address file live.
+
+    TASKMASTER_RUNTIME_DIR overrides it (tests, several instances)."""
+    if environ.get("TASKMASTER_RUNTIME_DIR"):
+        return environ["TASKMASTER_RUNTIME_DIR"]
     if (os.geteuid() if uid is None else uid) == 0:
         return "/run/taskmaster"
     runtime = environ.get("XDG_RUNTIME_DIR", "")

@@ -183,6 +183,6 @@ async def serve(config: Config, choice: BusChoice) -> int:
         await daemon.supervisor.shutdown()
         return 1
     finally:
-        service.close()
+        await service.close()
         if embedded is not None:
             await embedded.stop()

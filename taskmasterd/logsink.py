@@ -49,18 +49,33 @@ def format_event(event: Event) -> str:
 
 
 class LifecycleLog:
-    """Owns the daemon's log handlers; subscribe `write` to the event bus."""
+    """Owns the daemon's log handlers; subscribe `write` to the event bus.
+
+    Libraries (dbus-next logs on the root logger) get the same handlers at
+    WARNING and above, so their complaints land in the log file too rather
+    than on Python's last-resort stderr handler."""
 
     def __init__(self, logfile: str, loglevel: str = "info", stderr: bool = True) -> None:
         self._file: logging.Handler | None = None
         self._stderr: logging.Handler | None = None
+        self._root = logging.getLogger()
+        self._root.setLevel(logging.WARNING)
         log.propagate = False
         if stderr:
             self._stderr = logging.StreamHandler(sys.stderr)
             self._stderr.setFormatter(_FORMAT)
-            log.addHandler(self._stderr)
+            self._add(self._stderr)
         self.logfile = ""
         self.reconfigure(logfile, loglevel)
+
+    def _add(self, handler: logging.Handler) -> None:
+        log.addHandler(handler)
+        self._root.addHandler(handler)
+
+    def _remove(self, handler: logging.Handler) -> None:
+        log.removeHandler(handler)
+        self._root.removeHandler(handler)
+        handler.close()
 
     def reconfigure(self, logfile: str, loglevel: str) -> None:
         log.setLevel(_LEVELS.get(loglevel, logging.INFO))
@@ -71,9 +86,8 @@ class LifecycleLog:
         handler = logging.handlers.WatchedFileHandler(logfile, encoding="utf-8")
         handler.setFormatter(_FORMAT)
         if self._file is not None:
-            log.removeHandler(self._file)
-            self._file.close()
-        log.addHandler(handler)
+            self._remove(self._file)
+        self._add(handler)
         self._file, self.logfile = handler, logfile
 
     def write(self, event: Event) -> None:
@@ -82,5 +96,4 @@ class LifecycleLog:
     def close(self) -> None:
         for h in (self._file, self._stderr):
             if h is not None:
-                log.removeHandler(h)
-                h.close()
+                self._remove(h)

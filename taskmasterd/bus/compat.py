@@ -1,4 +1,4 @@
-"""Work-arounds for two traps of dbus-next 0.2.3 (the version Debian 12 ships).
+"""Work-arounds for traps of dbus-next 0.2.3 (the version Debian 12 ships).
 
 1. `install()` — `dbus_next.aio.message_bus._MessageWriter.write_callback`
    treats `BlockingIOError` from `sock.send`/`sendmsg` (the kernel buffer is
@@ -32,7 +32,9 @@
    message" on the root logger for plain handlers, "Exception in callback ...
    done()" on the asyncio logger for coroutine handlers). The fix suppresses
    `DBusError`s (already answered) only; any other exception is answered as
-   before (ServiceError) and still propagates to the log.
+   before (`com.dubstepdish.dbus.next.ServiceError` with the traceback in its
+   text — not org.freedesktop.DBus.Error.ServiceError) and still propagates
+   to the log.
 
 4. `close(bus)` — 0.2.3 never closes a bus's socket (`disconnect()` only shuts
    it down): the fd lives until the MessageBus is garbage-collected (then a
@@ -47,6 +49,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
 import socket
 import types
 from typing import Any
@@ -65,14 +68,33 @@ def _module(name: str) -> Any:
 def install() -> None:
     """Replace dbus-next's aio message writer callback by one that survives a full socket.
 
-    Idempotent; affects every `dbus_next.aio.MessageBus` (already connected ones
-    included: the method is looked up on each call).
+    Idempotent; affects every `dbus_next.aio.MessageBus` (a connected one from its
+    next send on: `schedule_write` registers `self.write_callback` each time).
     """
     writer_cls = _module("dbus_next.aio.message_bus")._MessageWriter
     if getattr(writer_cls.write_callback, _MARK, False):
         return
     setattr(_write_callback, _MARK, True)
     writer_cls.write_callback = _write_callback
+
+
+# fds handed to a reply (OpenLog) that are ours to close once the kernel has
+# a copy: dbus-next never closes the fds of a message it sends.
+_CLOSE_AFTER_SEND: set[int] = set()
+
+
+def close_after_send(fd: int) -> int:
+    """Mark `fd` (returned by a handler as 'h') to be closed once sent."""
+    _CLOSE_AFTER_SEND.add(fd)
+    return fd
+
+
+def _close_sent(fds: list[int]) -> None:
+    for fd in fds:
+        if fd in _CLOSE_AFTER_SEND:
+            _CLOSE_AFTER_SEND.discard(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def installed() -> bool:
@@ -106,6 +128,7 @@ def _write_callback(self: Any) -> None:
                                 array.array("i", self.unix_fds))]
                     self.offset += self.sock.sendmsg([self.buf[self.offset:]], ancdata)
                     # the fds went with the first byte sent: never again
+                    _close_sent(self.unix_fds)
                     self.unix_fds = None
                 else:
                     self.offset += self.sock.send(self.buf[self.offset:])
@@ -209,6 +232,14 @@ async def close(bus: Any, timeout: float = 5.0) -> None:
     Safe on a bus already disconnected or dropped by an error (the error is not raised again).
     """
     if not bus._disconnected:
+        # Flush first: the writer is FIFO, so once a Ping to the bus daemon is
+        # answered, every reply queued before it (Shutdown's own) has left.
+        message = _module("dbus_next.message").Message
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(timeout):
+                await bus.call(message(destination="org.freedesktop.DBus",
+                                       path="/org/freedesktop/DBus",
+                                       interface="org.freedesktop.DBus.Peer", member="Ping"))
         bus.disconnect()
         with contextlib.suppress(Exception):
             async with asyncio.timeout(timeout):

@@ -22,6 +22,7 @@ from dbus_next.service import ServiceInterface, dbus_property, method
 from dbus_next.service import signal as dbus_signal
 
 from taskmasterd import __version__
+from taskmasterd.bus import compat
 from taskmasterd.bus.names import ERROR_PREFIX, MANAGER_IFACE, PROGRAM_IFACE
 from taskmasterd.errors import BadName, NoSuchProgram, TaskmasterError
 from taskmasterd.process import worst_state
@@ -136,7 +137,7 @@ class Manager(ServiceInterface):
     def OpenLog(self, process: 's', stream: 's') -> 'h':
         with dbus_errors("OpenLog"):
             path = self._c.output_file(check_arg(process, "process"), check_arg(stream, "stream"))
-            return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+            return compat.close_after_send(os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY))
 
     @dbus_property(access=PropertyAccess.READ)
     def Version(self) -> 's':

@@ -35,6 +35,7 @@ class BusService:
 
     async def connect(self, *, address: str | None = None, bus_type: BusType = BusType.SYSTEM) -> None:
         compat.install()
+        compat.install_error_reply_fix()
         try:
             bus = MessageBus(bus_address=address, bus_type=bus_type, negotiate_unix_fd=True)
             await bus.connect()
@@ -48,14 +49,15 @@ class BusService:
             self._export(program.name)
         reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
-            bus.disconnect()
+            await self.close()
             raise BusUnavailable(f"{BUS_NAME} is already owned on this bus "
                                  "(another taskmasterd is running?)")
 
-    def close(self) -> None:
-        if self.bus is not None:
-            self.bus.disconnect()
-            self.bus = None
+    async def close(self) -> None:
+        bus, self.bus = self.bus, None
+        if bus is None:
+            return
+        await compat.close(bus)
 
     # ---- events -> signals -----------------------------------------------
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -206,6 +207,13 @@ def test_open_log_passes_a_readable_fd(
                 assert f.read() == b"hello from talker\n"
             name, text = await c.error("OpenLog", "ss", ["hidden", "stdout"])
             assert name.endswith(".NotAFile") and "discarded" in text
+            # The daemon closes its copy once the fd is sent: no leak.
+            before = len(os.listdir(f"/proc/{d.pid}/fd"))
+            for _ in range(50):
+                reply = await c.call("OpenLog", "ss", ["talker", "stdout"])
+                os.close(reply.unix_fds[0])
+            await c.ok("ListProcesses")
+            assert len(os.listdir(f"/proc/{d.pid}/fd")) <= before
     asyncio.run(main())
 
 
@@ -275,3 +283,15 @@ def test_shutdown_method_stops_everything(vogsphere: Daemon, bus_address: str) -
     busctl(bus_address, "call", NAME, PATH, MANAGER, "Shutdown")
     assert vogsphere.terminate() == 0
     assert [ln.kind for ln in vogsphere.lines].count("STOPPED") == 3
+
+
+def test_second_daemon_on_the_same_bus_refuses_to_start(
+        vogsphere: Daemon, bus_address: str, write_config: WriteConfig) -> None:
+    other = write_config({"x": {"cmd": SLEEPER}}, name="other.yaml",
+                         logfile=str(vogsphere.config.parent / "other.log"))
+    r = subprocess.run([sys.executable, "-m", "taskmasterd",
+                        "-c", str(other), "--address", bus_address],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert "org.taskmaster.Taskmaster1 is already owned" in r.stderr and "Traceback" not in r.stderr
+    busctl(bus_address, "call", NAME, PATH, MANAGER, "ListProcesses")  # the first still serves

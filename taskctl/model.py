@@ -1,0 +1,111 @@
+"""What taskctl gets from taskmasterd, as plain typed values, and its errors.
+
+Pure and cheap to import (no asyncio, no dbus-next, not even dataclasses):
+the formatting code in `taskctl.cli` and the unit tests use these without
+touching D-Bus.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+# States of SPEC section 3 (supervisord's).
+STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "UNKNOWN")
+# States in which a process has a live pid and started_at means "up since".
+UP_STATES = frozenset({"STARTING", "RUNNING", "STOPPING"})
+
+
+class ProcessRow(NamedTuple):
+    """One row of ListProcesses (a(sssuitss))."""
+
+    name: str  # "web" or "web:0"
+    program: str
+    state: str
+    pid: int  # 0 = none
+    exit_status: int  # < 0: killed by that signal
+    started_at_us: int  # µs since the epoch, 0 = never
+    description: str  # the daemon's: "pid 123, uptime 0:01:02", "exit status 1", ...
+    spawn_error: str  # "" = none
+
+
+class StateChange(NamedTuple):
+    """The ProcessStateChanged signal."""
+
+    process: str
+    program: str
+    old: str
+    new: str
+    pid: int
+    exit_status: int
+    expected: bool
+    time: float  # when taskctl received it (seconds since the epoch)
+
+
+class Reloaded(NamedTuple):
+    """The Reloaded signal, and the result of the Reload method (time 0 there)."""
+
+    added: tuple[str, ...]
+    changed: tuple[str, ...]
+    removed: tuple[str, ...]
+    time: float = 0.0
+
+
+class OwnerChanged(NamedTuple):
+    """The daemon left the bus (owner "") or (re)appeared on it."""
+
+    owner: str
+    time: float
+
+
+Event = StateChange | Reloaded | OwnerChanged
+
+
+class TaskctlError(Exception):
+    """Base of the errors `taskctl.client` raises."""
+
+
+class CallError(TaskctlError):
+    """A D-Bus error reply. `name` is the short name ("NoSuchProgram",
+    "AccessDenied", ...), `full_name` the D-Bus error name."""
+
+    def __init__(self, full_name: str, message: str) -> None:
+        super().__init__(f"{full_name}: {message}")
+        self.full_name = full_name
+        self.name = full_name.rsplit(".", 1)[-1]
+        self.message = message
+
+
+class Unreachable(TaskctlError):
+    """No taskmasterd to talk to: the bus cannot be reached, or nobody owns
+    the name, or the connection dropped. `bus` says which bus ("the system
+    bus", "the bus at unix:path=..."), `kind` is the BusChoice kind tried
+    (system/user/address/private), `address` the address if any, `cause`
+    one of NO_BUS, NO_OWNER, NO_REPLY, LOST."""
+
+    # Causes: the bus cannot be connected to; nobody owns the name; the
+    # daemon did not answer a call (NoReply, timeout); the connection dropped.
+    NO_BUS, NO_OWNER, NO_REPLY, LOST = "no-bus", "no-owner", "no-reply", "lost"
+
+    def __init__(self, bus: str, reason: str, *, kind: str, address: str | None = None,
+                 cause: str = "no-bus") -> None:
+        super().__init__(f"cannot reach taskmasterd on {bus} ({reason})")
+        self.bus = bus
+        self.reason = reason
+        self.kind = kind
+        self.address = address
+        self.cause = cause
+
+    def hint(self) -> str:
+        """How to start the daemon so that it serves where taskctl looked."""
+        if self.kind == "system":
+            return "start it with: systemctl start taskmasterd  (or: taskmasterd -c FILE)"
+        if self.kind == "user":
+            return ("start it with: systemctl --user start taskmasterd  "
+                    "(or: taskmasterd --user -c FILE)")
+        if self.kind == "address":
+            return f"start it with: taskmasterd --address '{self.address}' -c FILE"
+        return "start it with: taskmasterd -c FILE"
+
+    def line(self) -> str:
+        """The one line taskctl prints (without the "taskctl: " prefix)."""
+        return f"{self}; {self.hint()}"

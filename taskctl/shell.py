@@ -1,0 +1,275 @@
+"""taskctl's interactive shell (`taskctl` without a command).
+
+Every command of the command line works as a shell line (the same parser and
+`cli.execute`); errors are printed and the shell goes on. readline gives
+line editing, a history kept in `$XDG_STATE_HOME/taskmaster/taskctl_history`
+(or `$TASKCTL_HISTFILE`), and tab completion of commands, signal names and
+program/process names (from ListProcesses, refreshed after a reload).
+
+`run_shell(client)` is usable from another program too (taskmasterd --shell
+runs it in a thread): it installs no signal handler. In the main thread,
+Ctrl-C cancels the line being typed or stops `events` / `tail -f`; from
+another thread, `client.cancel()` stops a running command.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TextIO
+
+from taskctl import cli
+
+if TYPE_CHECKING:
+    from taskctl.client import Client
+
+PROMPT = "taskmaster> "
+HISTORY_LENGTH = 1000
+NAMES_TTL = 2.0  # seconds a ListProcesses answer serves completion
+COMPLETION_TIMEOUT = 2.0
+LEAVE = ("exit", "quit")
+SHELL_WORDS = (*cli.COMMAND_NAMES, *LEAVE)
+SIGNAL_NAMES = tuple(sorted(s.name[3:] for s in signal.Signals
+                            if s.name.startswith("SIG") and not s.name.startswith("SIGRT")))
+
+
+def history_file(environ: Mapping[str, str] = os.environ) -> str:
+    if environ.get("TASKCTL_HISTFILE"):
+        return environ["TASKCTL_HISTFILE"]
+    state = environ.get("XDG_STATE_HOME", "")
+    if not os.path.isabs(state):
+        state = os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "taskmaster", "taskctl_history")
+
+
+def complete_words(before: str, text: str, names: Callable[[], list[str]]) -> list[str]:
+    """Completions of `text`, the word being typed after `before` (pure but
+    for `names`, called only when program/process names are wanted)."""
+    words = before.split()
+    while words and words[0].startswith("-"):  # e.g. "--json status"
+        words.pop(0)
+    if not words:
+        return [w for w in SHELL_WORDS if w.startswith(text)]
+    command, args = words[0], [w for w in words[1:] if not w.startswith("-")]
+    if text.startswith("-"):
+        options = ["--json", "--help"]
+        if command == "tail":
+            options += ["--follow", "--stderr", "--bytes"]
+        return [o for o in options if o.startswith(text)]
+    if command == "help":
+        return [w for w in cli.COMMAND_NAMES if w.startswith(text)] if not args else []
+    if command == "signal" and not args:
+        upper = text.upper()
+        return [s for s in SIGNAL_NAMES if s.startswith(upper.removeprefix("SIG"))]
+    if command in cli.TARGET_COMMANDS:
+        if command == "tail" and args:
+            return []
+        return [n for n in names() if n.startswith(text)]
+    return []
+
+
+class Shell:
+    def __init__(self, client: Client, *, json_output: bool = False,
+                 stdin: TextIO | None = None, stdout: TextIO | None = None,
+                 stderr: TextIO | None = None) -> None:
+        self.client = client
+        self.json_output = json_output
+        self.stdin = stdin or sys.stdin
+        self.stdout = stdout or sys.stdout
+        self.stderr = stderr or sys.stderr
+        self.parser = cli.build_parser(shell=True)
+        self._names: list[str] = []
+        self._names_at = -1e9
+        self._matches: list[str] = []
+        self._readline: Any = None
+        self._history_start = 0
+        self.histfile = history_file()
+
+    # -- readline ---------------------------------------------------------------------
+
+    def interactive(self) -> bool:
+        try:
+            return self.stdin is sys.stdin and self.stdin.isatty() and self.stdout.isatty()
+        except (AttributeError, ValueError):
+            return False
+
+    def setup_readline(self) -> None:
+        try:
+            import readline
+        except ImportError:  # no line editing, still a shell
+            return
+        self._readline = readline
+        readline.set_completer(self.complete)
+        readline.set_completer_delims(" \t\n")
+        if "libedit" in (readline.__doc__ or ""):
+            readline.parse_and_bind("bind ^I rl_complete")
+        else:
+            readline.parse_and_bind("tab: complete")
+        readline.set_history_length(HISTORY_LENGTH)
+        try:
+            readline.read_history_file(self.histfile)
+        except OSError:
+            pass
+        self._history_start = readline.get_current_history_length()
+
+    def save_history(self) -> None:
+        readline = self._readline
+        if readline is None:
+            return
+        new = readline.get_current_history_length() - self._history_start
+        if new <= 0:
+            return
+        try:
+            os.makedirs(os.path.dirname(self.histfile) or ".", exist_ok=True)
+            if not os.path.exists(self.histfile):
+                with open(self.histfile, "a", encoding="utf-8"):
+                    pass
+            readline.append_history_file(new, self.histfile)
+            self._trim_history()
+        except OSError as exc:
+            self.stderr.write(f"taskctl: cannot save the history in {self.histfile}: "
+                              f"{exc.strerror or exc}\n")
+
+    def _trim_history(self) -> None:
+        with open(self.histfile, encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.readlines()
+        if len(lines) > 2 * HISTORY_LENGTH and not lines[0].startswith("_HiStOrY_V2_"):
+            tmp = self.histfile + ".tmp"
+            with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
+                f.writelines(lines[-HISTORY_LENGTH:])
+            os.replace(tmp, self.histfile)
+
+    def complete(self, text: str, state: int) -> str | None:
+        try:
+            if state == 0:
+                line = self._readline.get_line_buffer()
+                before = line[:self._readline.get_begidx()]
+                self._matches = complete_words(before, text, self.names)
+            return self._matches[state] if state < len(self._matches) else None
+        except Exception:
+            return None
+
+    def names(self) -> list[str]:
+        """Programs, processes and `all`, from ListProcesses (cached briefly)."""
+        if time.monotonic() - self._names_at < NAMES_TTL:
+            return self._names
+        saved = self.client.timeout
+        self.client.timeout = COMPLETION_TIMEOUT
+        try:
+            rows = self.client.list_processes()
+        except Exception:
+            return self._names
+        finally:
+            self.client.timeout = saved
+        names = {"all"}
+        for r in rows:
+            names.update((r.name, r.program))
+        self._names = sorted(names)
+        self._names_at = time.monotonic()
+        return self._names
+
+    # -- the loop --------------------------------------------------------------------
+
+    def read_line(self, interactive: bool) -> str | None:
+        """The next line (None at the end of input)."""
+        if interactive:
+            try:
+                return input(PROMPT)
+            except EOFError:
+                self.stdout.write("\n")
+                return None
+        line = self.stdin.readline()
+        return line if line else None
+
+    def run(self) -> int:
+        interactive = self.interactive()
+        if interactive:
+            self.setup_readline()
+        try:
+            while True:
+                try:
+                    line = self.read_line(interactive)
+                except KeyboardInterrupt:  # cancels the line being typed
+                    self.stdout.write("\n")
+                    continue
+                if line is None:
+                    return cli.EXIT_OK
+                if self.onecmd(line):
+                    return cli.EXIT_OK
+        finally:
+            self.save_history()
+            self.stdout.flush()
+
+    def onecmd(self, line: str) -> bool:
+        """Run one shell line; True when the shell must end."""
+        line = line.strip()
+        if not line or line.startswith("#"):
+            return False
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            self.stderr.write(f"taskctl: {exc}\n")
+            return False
+        if not words:
+            return False
+        if words[0] in LEAVE:
+            return True
+        if words[0] == "?":
+            words[0] = "help"
+        if words[0] == "help":
+            return self.help(words[1:])
+        if words[0] not in cli.COMMAND_NAMES and not words[0].startswith("-"):
+            self.stderr.write(f"taskctl: unknown command {words[0]!r}; type help for the list\n")
+            return False
+        try:
+            args = self.parser.parse_args(words)
+        except SystemExit:  # argparse printed the usage or the help
+            return False
+        if args.command is None:
+            self.help([])
+            return False
+        args.json = bool(args.json) or self.json_output
+        self.stdout.flush()
+        try:
+            code = cli.execute(self.client, args, out=self.stdout, err=self.stderr,
+                               interactive=True)
+        except KeyboardInterrupt:  # stops events, tail -f, a slow call
+            self.stdout.write("\n")
+            self.stdout.flush()
+            return False
+        if args.command == "reload" and code == cli.EXIT_OK:
+            self._names_at = -1e9
+        return args.command == "shutdown" and code == cli.EXIT_OK
+
+    def help(self, topics: list[str]) -> bool:
+        if not topics:
+            self.stdout.write(cli.help_text() + "\n"
+                              "exit, quit or Ctrl-D: leave the shell; Ctrl-C: cancel the line "
+                              "or stop events / tail -f\n")
+            return False
+        for topic in topics:
+            try:
+                self.stdout.write(cli.help_text(topic) + "\n")
+            except KeyError:
+                if topic in LEAVE:
+                    self.stdout.write(f"{topic}: leave the shell (Ctrl-D too)\n")
+                else:
+                    self.stderr.write(f"taskctl: no command {topic!r}; try help\n")
+        return False
+
+
+def run_shell(client: Client, *, on_exit: Callable[[], object] | None = None,
+              json_output: bool = False) -> int:
+    """Run the interactive shell on `client` until exit/quit/Ctrl-D (or
+    `shutdown`); returns 0. `on_exit()` is called (in this thread) when it ends,
+    however it ends."""
+    try:
+        return Shell(client, json_output=json_output).run()
+    finally:
+        if on_exit is not None:
+            on_exit()
+

@@ -1,0 +1,373 @@
+"""taskctl's pure parts: rendering, target filtering, exit codes, JSON shapes,
+bus resolution, shell completion. No daemon, no bus."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from taskctl import cli, shell
+from taskctl.client import candidates
+from taskctl.model import CallError, OwnerChanged, ProcessRow, Reloaded, StateChange, Unreachable
+from taskmasterd.busaddr import BusChoice
+
+NOW = 1_700_000_000.0
+US = 1_000_000
+
+
+def row(name: str, state: str = "RUNNING", *, program: str | None = None, pid: int = 0,
+        status: int = 0, up: float | None = None, description: str = "",
+        spawn_error: str = "") -> ProcessRow:
+    started = int((NOW - up) * US) if up is not None else 0
+    return ProcessRow(name, program or name.partition(":")[0], state, pid, status, started,
+                      description, spawn_error)
+
+
+ROWS = [
+    row("web:0", pid=101, up=62, description="pid 101, uptime 0:01:02"),
+    row("web:1", pid=102, up=3723, description="pid 102, uptime 1:02:03"),
+    row("web-api", pid=103, up=5, description="pid 103, uptime 0:00:05"),
+    row("crashy", "FATAL", spawn_error="ENOENT (execve /x): No such file or directory",
+        description="spawn error: ENOENT (execve /x): No such file or directory"),
+    row("idle", "STOPPED", description="not started"),
+    row("flaky", "EXITED", status=-9, description="killed by SIGKILL"),
+]
+
+
+# ---- rendering ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (0, "0:00:00"), (59.9, "0:00:59"), (62, "0:01:02"), (3723, "1:02:03"),
+    (100 * 3600 + 1, "100:00:01"), (-5, "0:00:00"),
+])
+def test_format_duration(seconds: float, text: str) -> None:
+    assert cli.format_duration(seconds) == text
+
+
+@given(st.integers(min_value=0, max_value=10**7))
+def test_format_duration_round_trips(seconds: int) -> None:
+    h, m, s = cli.format_duration(seconds).split(":")
+    assert len(m) == len(s) == 2 and int(h) * 3600 + int(m) * 60 + int(s) == seconds
+
+
+@pytest.mark.parametrize(("status", "text"), [
+    (0, "exit status 0"), (1, "exit status 1"), (255, "exit status 255"),
+    (-9, "killed by SIGKILL"), (-15, "killed by SIGTERM"), (-200, "killed by signal 200"),
+])
+def test_describe_status(status: int, text: str) -> None:
+    assert cli.describe_status(status) == text
+
+
+def test_describe_row_uses_uptime_for_live_processes_and_the_daemon_otherwise() -> None:
+    by = {r.name: r for r in ROWS}
+    assert cli.describe_row(by["web:0"], NOW) == "uptime 0:01:02"
+    assert cli.describe_row(by["web:1"], NOW + 10) == "uptime 1:02:13"  # computed, not copied
+    assert cli.describe_row(by["crashy"], NOW) == by["crashy"].description
+    assert cli.describe_row(by["idle"], NOW) == "not started"
+    assert cli.describe_row(by["flaky"], NOW) == "killed by SIGKILL"
+
+
+def test_describe_row_fallbacks() -> None:
+    # An up state without a start time: the daemon's text, minus the pid (its own column).
+    r = row("w", "STOPPING", pid=7, description="pid 7, uptime 0:00:03")
+    assert cli.describe_row(r, NOW) == "uptime 0:00:03"
+    # A spawn error the description does not mention; an exit status with no text.
+    assert cli.describe_row(row("c", "BACKOFF", spawn_error="EACCES (execve /x)"), NOW) == \
+        "spawn error: EACCES (execve /x)"
+    assert cli.describe_row(row("e", "EXITED", status=3), NOW) == "exit status 3"
+
+
+def test_status_table_is_aligned_with_a_header() -> None:
+    lines = cli.status_lines(ROWS, NOW)
+    assert lines[0].split() == ["NAME", "STATE", "PID", "DESCRIPTION"]
+    assert len(lines) == len(ROWS) + 1
+    width = max(len(r.name) for r in ROWS)
+    state_col = lines[0].index("STATE")
+    pid_col = lines[0].index("PID")
+    desc_col = lines[0].index("DESCRIPTION")
+    assert state_col == width + 3
+    for line, r in zip(lines[1:], ROWS, strict=True):
+        assert line[:state_col].rstrip() == r.name
+        assert line[state_col:pid_col].rstrip() == r.state
+        assert line[pid_col:desc_col].rstrip() == (str(r.pid) if r.pid else "-")
+        assert line[desc_col:] == cli.describe_row(r, NOW)
+    assert lines[1].endswith("uptime 0:01:02") and "FATAL" in lines[4]
+    assert all(line == line.rstrip() for line in lines)
+
+
+def test_format_table_does_not_pad_the_last_column() -> None:
+    assert cli.format_table(("A", "B"), [("xx", ""), ("y", "z")]) == ["A    B", "xx", "y    z"]
+
+
+# ---- targets ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("targets", "names", "missing"), [
+    ([], ["web:0", "web:1", "web-api", "crashy", "idle", "flaky"], []),
+    (["all"], ["web:0", "web:1", "web-api", "crashy", "idle", "flaky"], []),
+    (["web"], ["web:0", "web:1"], []),
+    (["web:1"], ["web:1"], []),
+    (["web-*"], ["web-api"], []),
+    (["web*"], ["web:0", "web:1", "web-api"], []),
+    (["web:?"], ["web:0", "web:1"], []),
+    (["[ci]*"], ["crashy", "idle"], []),
+    (["idle", "web:0"], ["web:0", "idle"], []),  # the daemon's order, not the targets'
+    (["web", "web:0"], ["web:0", "web:1"], []),  # no duplicates
+    (["nope", "idle"], ["idle"], ["nope"]),
+    (["web:2", "x*"], [], ["web:2", "x*"]),
+    (["we"], [], ["we"]),  # no prefix matching
+])
+def test_filter_rows_follows_the_daemon_rules(targets: list[str], names: list[str],
+                                              missing: list[str]) -> None:
+    shown, not_found = cli.filter_rows(ROWS, targets)
+    assert [r.name for r in shown] == names
+    assert not_found == missing
+
+
+@given(st.lists(st.sampled_from([r.name for r in ROWS] + ["web", "all", "*", "nope"]), max_size=4))
+def test_filter_rows_is_a_subsequence(targets: list[str]) -> None:
+    shown, missing = cli.filter_rows(ROWS, targets)
+    assert [r for r in ROWS if r in shown] == shown
+    assert set(missing) <= set(targets)
+    assert all(any(cli.matches(t, r) for t in targets) for r in shown) or not targets
+
+
+# ---- exit codes ------------------------------------------------------------------------
+
+
+def test_status_exit_codes() -> None:
+    running = [r for r in ROWS if r.state == "RUNNING"]
+    assert cli.status_exit_code(running) == 0
+    assert cli.status_exit_code([]) == 0
+    assert cli.status_exit_code(ROWS) == 3
+    assert cli.status_exit_code([row("s", "STARTING")]) == 3
+    assert cli.status_exit_code(running, ["nope"]) == 4
+
+
+@pytest.mark.parametrize(("error", "code"), [
+    ("NoSuchProgram", 4), ("BadName", 4), ("AlreadyStarted", 1), ("NotRunning", 1),
+    ("ConfigInvalid", 1), ("AccessDenied", 1), ("ShuttingDown", 1), ("Failed", 1),
+    ("ServiceUnknown", 7), ("NameHasNoOwner", 7), ("NoReply", 7), ("Whatever", 1),
+])
+def test_exit_code_for_errors(error: str, code: int) -> None:
+    assert cli.exit_code_for(error) == code
+
+
+def test_error_lines() -> None:
+    exc = CallError("org.taskmaster.Taskmaster1.Error.AlreadyStarted", "idle is already RUNNING")
+    assert exc.name == "AlreadyStarted" and exc.message == "idle is already RUNNING"
+    assert cli.error_line("idle", exc) == "idle: ERROR (already started): idle is already RUNNING"
+    denied = CallError("org.freedesktop.DBus.Error.AccessDenied", "Rejected send message, 2 matched")
+    line = cli.error_line("web", denied)
+    assert line.startswith("web: ERROR (access denied): ") and "group taskmaster" in line
+    assert cli.error_line("x", CallError("a.b.Odd", "")) == "x: ERROR (Odd)"
+
+
+def test_unreachable_is_one_line_with_a_hint() -> None:
+    exc = Unreachable("the system bus", "org.taskmaster.Taskmaster1 has no owner", kind="system")
+    assert exc.line() == ("cannot reach taskmasterd on the system bus (org.taskmaster.Taskmaster1 "
+                          "has no owner); start it with: systemctl start taskmasterd  "
+                          "(or: taskmasterd -c FILE)")
+    for kind, hint in [("user", "systemctl --user start"), ("private", "taskmasterd -c FILE"),
+                       ("address", "taskmasterd --address 'unix:path=/x' -c FILE")]:
+        line = Unreachable("b", "r", kind=kind, address="unix:path=/x").line()
+        assert "\n" not in line and hint in line
+
+
+def test_action_lines() -> None:
+    assert cli.action_lines("start", ["web:0", "web:1"]) == ["web:0: started", "web:1: started"]
+    assert cli.action_lines("stop", ["idle"]) == ["idle: stopped"]
+    assert cli.action_lines("restart", ["w"]) == ["w: restarted"]
+    assert cli.action_lines("signal", ["w"]) == ["w: signalled"]
+
+
+# ---- JSON shapes ----------------------------------------------------------------------------
+
+
+def test_row_json_shape() -> None:
+    by = {r.name: r for r in ROWS}
+    live = cli.row_json(by["web:0"], NOW)
+    assert live == {"name": "web:0", "program": "web", "state": "RUNNING", "pid": 101,
+                    "exit_status": 0, "started_at": NOW - 62, "uptime": 62,
+                    "description": "uptime 0:01:02", "spawn_error": None}
+    dead = cli.row_json(by["crashy"], NOW)
+    assert dead["pid"] is None and dead["started_at"] is None and dead["uptime"] is None
+    assert dead["spawn_error"].startswith("ENOENT")
+    assert json.loads(json.dumps([cli.row_json(r, NOW) for r in ROWS]))
+
+
+def test_result_and_reload_json() -> None:
+    assert cli.result_json("web", ["web:0"]) == {"target": "web", "ok": True,
+                                                 "processes": ["web:0"]}
+    err = cli.result_json("nope", None, CallError("org.taskmaster.Taskmaster1.Error.NoSuchProgram",
+                                                  "no such program: 'nope'"))
+    assert err == {"target": "nope", "ok": False, "error": "NoSuchProgram",
+                   "message": "no such program: 'nope'"}
+    result = Reloaded(("c",), ("b",), ("a", "d"))
+    assert cli.reload_json(result) == {"added": ["c"], "changed": ["b"], "removed": ["a", "d"]}
+    assert cli.reload_lines(result) == ["added: c", "changed: b", "removed: a, d"]
+    assert cli.reload_lines(Reloaded((), ("b",), ())) == ["changed: b"]
+    assert cli.reload_lines(Reloaded((), (), ())) == ["no changes"]
+
+
+def test_events_json_and_lines() -> None:
+    t = NOW + 0.25
+    stop = StateChange("web:0", "web", "STOPPING", "STOPPED", 101, -15, True, t)
+    assert cli.event_json(stop) == {"event": "ProcessStateChanged", "time": t, "process": "web:0",
+                                    "program": "web", "old": "STOPPING", "new": "STOPPED",
+                                    "pid": 101, "exit_status": -15, "expected": True}
+    assert cli.event_line(stop).endswith(" web:0: STOPPING -> STOPPED (pid 101, killed by SIGTERM)")
+    assert cli.event_line(stop).split()[0].endswith(".250")
+    exited = StateChange("w", "w", "RUNNING", "EXITED", 5, 1, False, t)
+    assert cli.event_line(exited).endswith("w: RUNNING -> EXITED (pid 5, exit status 1, unexpected)")
+    starting = StateChange("w", "w", "STOPPED", "STARTING", 0, 0, True, t)
+    assert cli.event_line(starting).endswith("w: STOPPED -> STARTING")
+    assert cli.event_json(starting)["pid"] is None
+    reloaded = Reloaded(("c",), (), ("a",), t)
+    assert cli.event_json(reloaded) == {"event": "Reloaded", "time": t, "added": ["c"],
+                                        "changed": [], "removed": ["a"]}
+    assert cli.event_line(reloaded).endswith("reloaded: added: c; removed: a")
+    gone = OwnerChanged("", t)
+    assert cli.event_json(gone) == {"event": "NameOwnerChanged", "time": t, "owner": None}
+    assert "left the bus" in cli.event_line(gone)
+    assert "is on the bus" in cli.event_line(OwnerChanged(":1.5", t))
+    for e in (stop, exited, reloaded, gone):
+        assert json.loads(json.dumps(cli.event_json(e)))["event"]
+
+
+# ---- parsing, help --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [
+    ["frob"], ["start"], ["stop"], ["signal", "TERM"], ["tail"], ["--system", "--user", "status"],
+    ["tail", "-c", "x", "web"], ["help", "nope"], ["--bogus"],
+])
+def test_bad_usage_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(argv) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_json_flag_before_or_after_the_command() -> None:
+    p = cli.build_parser()
+    assert p.parse_args(["--json", "status"]).json is True
+    assert p.parse_args(["status", "--json", "web"]).json is True
+    assert p.parse_args(["status", "web"]).json is False
+    args = p.parse_args(["--address", "unix:path=/x", "signal", "HUP", "web", "db:1"])
+    assert (args.signal, args.targets) == ("HUP", ["web", "db:1"])
+    assert cli.bus_choice(args) == BusChoice("address", "unix:path=/x")
+    assert cli.bus_choice(p.parse_args(["--user", "pid"])) == BusChoice("user")
+    assert cli.bus_choice(p.parse_args(["pid"])) is None
+    tail = p.parse_args(["tail", "-f", "--stderr", "web:0"])
+    assert (tail.follow, tail.stderr, tail.bytes, tail.process) == (True, True, 1600, "web:0")
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["help"]) == 0
+    out = capsys.readouterr().out
+    for name in cli.COMMAND_NAMES:
+        assert f"\n  {name}" in out
+    assert cli.main(["help", "tail"]) == 0
+    assert "--stderr" in capsys.readouterr().out
+    assert set(cli.COMMAND_FUNCS) == set(cli.COMMAND_NAMES)
+
+
+def test_help_and_usage_do_not_import_dbus_next() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from taskctl.cli import main; main(['help']); "
+            "main(['frob']); assert 'dbus_next' not in sys.modules, 'dbus_next'; "
+            "assert 'asyncio' not in sys.modules, 'asyncio'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+
+
+# ---- where to connect -------------------------------------------------------------------------
+
+
+def test_candidates_forced_by_flags(tmp_path: Path) -> None:
+    env = {"DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/sys.sock",
+           "DBUS_SESSION_BUS_ADDRESS": "unix:path=/sess.sock"}
+    [c] = candidates(BusChoice("system"), 1000, env)
+    assert (c.choice.kind, c.address) == ("system", "unix:path=/sys.sock")
+    [c] = candidates(BusChoice("system"), 1000, {})
+    assert c.address == "unix:path=/run/dbus/system_bus_socket"
+    [c] = candidates(BusChoice("user"), 1000, env)
+    assert (c.choice.kind, c.address) == ("user", "unix:path=/sess.sock")
+    [c] = candidates(BusChoice("user"), 1000, {"XDG_RUNTIME_DIR": str(tmp_path)})
+    assert c.address is None and "DBUS_SESSION_BUS_ADDRESS" in c.why
+    [c] = candidates(BusChoice("address", "tcp:host=x"), 0, env)
+    assert (c.choice.kind, c.address) == ("address", "tcp:host=x")
+
+
+def test_candidates_default_prefers_the_embedded_bus(tmp_path: Path) -> None:
+    env = {"XDG_RUNTIME_DIR": str(tmp_path)}
+    # No embedded bus, no session bus: say the daemon would be on the embedded one.
+    [c] = candidates(None, 1000, env)
+    assert c.choice.kind == "private" and c.address is None and "taskmaster/bus" in c.why
+    # A session bus socket in $XDG_RUNTIME_DIR.
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(tmp_path / "bus"))
+        [c] = candidates(None, 1000, env)
+        assert (c.choice.kind, c.address) == ("user", f"unix:path={tmp_path}/bus")
+        # The embedded bus's address file comes first.
+        os.mkdir(tmp_path / "taskmaster")
+        (tmp_path / "taskmaster" / "bus").write_text("unix:path=/emb.sock\n")
+        first, second = candidates(None, 1000, env)
+        assert (first.choice.kind, first.address) == ("private", "unix:path=/emb.sock")
+        assert second.choice.kind == "user"
+    # root: the system bus after the embedded one (whose file is under /run/taskmaster).
+    assert candidates(None, 0, {"DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/s"})[-1].address == \
+        "unix:path=/s"
+
+
+# ---- the shell's pure parts ---------------------------------------------------------------------
+
+
+NAMES = ["all", "crashy", "idle", "web", "web-api", "web:0", "web:1"]
+
+
+@pytest.mark.parametrize(("before", "text", "expected"), [
+    ("", "sta", ["status", "start"]),
+    ("", "st", ["status", "start", "stop"]),
+    ("", "ex", ["exit"]),
+    ("", "", list(shell.SHELL_WORDS)),
+    ("--json ", "pi", ["pid"]),
+    ("status ", "we", ["web", "web-api", "web:0", "web:1"]),
+    ("status web ", "i", ["idle"]),
+    ("start ", "", NAMES),
+    ("signal ", "KI", ["KILL"]),
+    ("signal ", "sigte", ["TERM"]),
+    ("signal TERM ", "cr", ["crashy"]),
+    ("tail ", "web:", ["web:0", "web:1"]),
+    ("tail web:0 ", "", []),
+    ("tail ", "--s", ["--stderr"]),
+    ("help ", "re", ["restart", "reload"]),
+    ("help status ", "", []),
+    ("reload ", "", []),
+    ("events ", "", []),
+])
+def test_completion(before: str, text: str, expected: list[str]) -> None:
+    assert sorted(shell.complete_words(before, text, lambda: NAMES)) == sorted(expected)
+
+
+def test_completion_asks_for_names_only_when_needed() -> None:
+    def boom() -> list[str]:
+        raise AssertionError("names() called")
+    assert shell.complete_words("", "st", boom)
+    assert shell.complete_words("signal ", "H", boom) == ["HUP"]
+
+
+def test_history_file_location(tmp_path: Path) -> None:
+    assert shell.history_file({"TASKCTL_HISTFILE": "/h"}) == "/h"
+    assert shell.history_file({"XDG_STATE_HOME": str(tmp_path)}) == \
+        str(tmp_path / "taskmaster" / "taskctl_history")
+    assert shell.history_file({"XDG_STATE_HOME": "relative"}) == os.path.expanduser(
+        "~/.local/state/taskmaster/taskctl_history")
