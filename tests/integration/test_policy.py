@@ -301,3 +301,35 @@ def test_group_taskmaster_may_call_everything() -> None:
             assert _denied(rc, err), (rc, err)
 
         asyncio.run(_with_service(addr, body))
+
+
+def test_real_daemon_on_a_system_like_bus() -> None:
+    """The real taskmasterd behind the policy: nobody may look, not touch."""
+    from tests.harness import Daemon, event
+
+    with bus_directory() as d, system_bus(d, POLICY) as address:
+        cfg = d / "taskmaster.yaml"
+        cfg.write_text(f"taskmasterd: {{logfile: {d}/t.log, logdir: {d}/logs}}\n"
+                       "programs:\n  web: {cmd: sleep 100000, starttime: 0}\n")
+        daemon = Daemon(cfg, "--address", address)
+        try:
+            pid = daemon.wait_for(event("RUNNING", "web")).pid
+            call = ["busctl", f"--address={address}", "call", NAME, PATH, MANAGER]
+            denied = subprocess.run(AS_NOBODY + call + ["Restart", "s", "web"],
+                                    capture_output=True, text=True, timeout=TIMEOUT)
+            assert denied.returncode != 0 and "Access denied" in denied.stderr
+            listed = subprocess.run(AS_NOBODY + call + ["ListProcesses"],
+                                    capture_output=True, text=True, timeout=TIMEOUT)
+            assert listed.returncode == 0 and f'"web" "web" "RUNNING" {pid}' in listed.stdout
+            state = subprocess.run([*AS_NOBODY, "busctl", f"--address={address}", "get-property",
+                                    NAME, PATH, MANAGER, "State"],
+                                   capture_output=True, text=True, timeout=TIMEOUT)
+            assert state.stdout.strip() == 's "running"'
+            assert daemon.latest_pids() == {"web": pid}  # nothing was restarted
+            root = subprocess.run([*call, "Restart", "s", "web"], capture_output=True, text=True,
+                                  timeout=TIMEOUT)
+            assert root.returncode == 0
+            daemon.wait_for(event("RUNNING", "web"))
+            assert daemon.latest_pids()["web"] != pid
+        finally:
+            assert daemon.terminate() == 0
