@@ -26,6 +26,8 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument("--address", metavar="ADDR", help="serve on the bus at this D-Bus address")
     where.add_argument("--bus", choices=("system", "user", "private"),
                        help="private: start an embedded dbus-daemon (default when no bus is reachable)")
+    p.add_argument("--shell", action="store_true",
+                   help="run in the foreground with taskctl's interactive shell on this terminal")
     p.add_argument("--check-config", metavar="FILE",
                    help="validate FILE, print every error with file:line:column, exit 0/1")
     p.add_argument("--version", action="version", version=f"taskmasterd {__version__}")
@@ -66,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         choice = BusChoice(args.bus)
     else:
         choice = daemon_default()
+    if args.shell:
+        from taskmasterd.foreground import run_with_shell
+
+        return run_with_shell(config, choice)
     from taskmasterd.daemon import serve
 
     return asyncio.run(serve(config, choice))

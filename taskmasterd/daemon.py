@@ -71,10 +71,10 @@ class Daemon:
         return self.supervisor.output_file(process, stream)
 
     @classmethod
-    async def create(cls, config: Config) -> Daemon:
+    async def create(cls, config: Config, *, stderr: bool = True) -> Daemon:
         paths = resolve_paths(config.daemon)
         try:
-            lifelog = LifecycleLog(paths.logfile, config.daemon.loglevel)
+            lifelog = LifecycleLog(paths.logfile, config.daemon.loglevel, stderr=stderr)
         except OSError as exc:
             raise StartupError(f"cannot open the log file {paths.logfile}: {exc.strerror}") from None
         bus = EventBus()
@@ -113,11 +113,16 @@ class Daemon:
                     "previous configuration:\n  " + "\n  ".join(lines)))
         raise ConfigInvalid("\n".join(lines))
 
-    async def run(self) -> int:
+    async def run(self, *, handle_signals: bool = True) -> int:
+        """Launch autostart programs, serve until asked to stop, stop them all.
+
+        `handle_signals=False` when the loop is not in the main thread (the
+        --shell mode forwards TERM/HUP itself)."""
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
-        loop.add_signal_handler(signal.SIGINT, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self._reload_quietly)
+        if handle_signals:
+            loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+            loop.add_signal_handler(signal.SIGINT, self._stop.set)
+            loop.add_signal_handler(signal.SIGHUP, self.reload_quietly)
         self.bus.publish(Event(
             kind=events.DAEMON_START, fields={"pid": str(os.getpid())},
             message=f"taskmasterd {__version__} started with {self.config_path} "
@@ -131,7 +136,7 @@ class Daemon:
                                message=f"shutting down: stopping {live} running process(es)"))
         await self.supervisor.shutdown()
         self.bus.publish(Event(kind=events.DAEMON_STOP, message="every process stopped; exiting"))
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if handle_signals else ():
             # Every program is down: a late signal must not turn our clean
             # exit 0 into death by signal (SIG_DFL would).
             loop.remove_signal_handler(sig)
@@ -139,7 +144,7 @@ class Daemon:
         self.lifelog.close()
         return 0
 
-    def _reload_quietly(self) -> None:
+    def reload_quietly(self) -> None:
         try:
             self.reload()
         except ConfigInvalid:
@@ -155,9 +160,19 @@ def _policy_file() -> str | None:
     return None
 
 
-async def serve(config: Config, choice: BusChoice) -> int:
+Started = Callable[["Daemon", asyncio.AbstractEventLoop, BusChoice], None]
+
+
+async def serve(config: Config, choice: BusChoice, *, shell: bool = False,
+                started: Started | None = None) -> int:
+    """Run the daemon on the chosen bus until it is stopped.
+
+    With `shell`, nothing is logged to stderr (the terminal belongs to the
+    shell), signals are left to the caller, and `started(daemon, loop,
+    where)` is called once the bus name is owned, `where` being the bus a
+    client should use."""
     try:
-        daemon = await Daemon.create(config)
+        daemon = await Daemon.create(config, stderr=not shell)
     except StartupError as exc:
         print(f"taskmasterd: not started: {exc}", file=sys.stderr)
         return 1
@@ -169,6 +184,7 @@ async def serve(config: Config, choice: BusChoice) -> int:
 
             embedded = await EmbeddedBus.start(runtime_dir(), _policy_file())
             await service.connect(address=embedded.address)
+            choice = BusChoice("address", embedded.address)
             log.info("taskmasterd D-Bus: no system/session bus, serving on %s "
                      "(address in %s)", embedded.address, embedded.address_file)
         elif choice.kind == "address":
@@ -177,7 +193,9 @@ async def serve(config: Config, choice: BusChoice) -> int:
             await service.connect(bus_type=BusType.SESSION if choice.kind == "user" else BusType.SYSTEM)
         daemon.bus.subscribe(service.on_event)
         daemon.state_changed = service.properties_changed
-        return await daemon.run()
+        if started is not None:
+            started(daemon, asyncio.get_running_loop(), choice)
+        return await daemon.run(handle_signals=not shell)
     except (BusUnavailable, RuntimeError, OSError) as exc:
         print(f"taskmasterd: not started: {exc}", file=sys.stderr)
         await daemon.supervisor.shutdown()
