@@ -1,5 +1,8 @@
 """taskctl: control taskmasterd over D-Bus (commands and an interactive shell).
 
-The D-Bus service and this client arrive with the D-Bus issue; until then the
-package exists so the layout of SPEC section 1 holds.
+- `taskctl.client`: the only module that talks D-Bus (`Client`, typed errors).
+- `taskctl.cli`: the command line (`main`), output and exit codes (pure parts).
+- `taskctl.shell`: the interactive shell (`run_shell`), also run by
+  `taskmasterd --shell` in a thread.
+- `taskctl.model`: the plain values and errors the others share.
 """

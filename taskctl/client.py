@@ -174,7 +174,6 @@ class Client:
         self.choice: BusChoice | None = None  # the bus connected to (None: not connected)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._bus: Any = None
-        self._watch: Any = None  # task waiting for the bus to disconnect
         self._task: asyncio.Task[Any] | None = None
         self._cancelled: asyncio.Task[Any] | None = None
         self._queue: asyncio.Queue[object] | None = None  # events, while subscribed
@@ -260,24 +259,12 @@ class Client:
             self.choice = cand.choice
             self._matches = []
             bus.add_message_handler(self._on_message)
-            self._watch = asyncio.ensure_future(self._watch_disconnect(bus))
             return bus
         assert last is not None
         raise last
 
-    async def _watch_disconnect(self, bus: Any) -> None:
-        try:
-            await bus.wait_for_disconnect()
-        except Exception:
-            pass
-        if self._queue is not None and self._bus is bus:
-            self._queue.put_nowait(_DISCONNECTED)
-
     async def _drop(self) -> None:
         bus, self._bus = self._bus, None
-        watch, self._watch = self._watch, None
-        if watch is not None:
-            watch.cancel()
         if bus is not None:
             await _close_bus(bus)
 
@@ -493,14 +480,26 @@ class Client:
             raise RuntimeError("next_event() without subscribe()")
         queue = self._queue
 
+        bus = self._bus
+
         async def go() -> object:
-            if timeout is None:
-                return await queue.get()
+            if not queue.empty():
+                return queue.get_nowait()
+            if bus is None or not bus.connected:
+                return _DISCONNECTED
+            get = asyncio.ensure_future(queue.get())
+            # dbus-next's own future, waited on but never cancelled (a task
+            # awaiting wait_for_disconnect() would cancel it when cancelled).
+            gone = bus._disconnect_future
             try:
-                async with asyncio.timeout(timeout):
-                    return await queue.get()
-            except TimeoutError:
-                return None
+                done, _ = await asyncio.wait({get, gone}, timeout=timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not get.done():
+                    get.cancel()
+            if get in done:
+                return get.result()
+            return _DISCONNECTED if gone in done else None
         item = self._run(go())
         if item is _DISCONNECTED:
             self._queue = None

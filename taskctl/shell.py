@@ -149,6 +149,8 @@ class Shell:
                 line = self._readline.get_line_buffer()
                 before = line[:self._readline.get_begidx()]
                 self._matches = complete_words(before, text, self.names)
+                if len(self._matches) == 1:  # Python's readline appends nothing itself
+                    self._matches[0] += " "
             return self._matches[state] if state < len(self._matches) else None
         except Exception:
             return None

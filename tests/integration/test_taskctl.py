@@ -8,6 +8,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,10 +19,13 @@ from typing import IO, Any
 
 import pytest
 
+from tests.dbus_fixtures import bus_directory, system_bus
 from tests.harness import Daemon, event, read_fifo
 from tests.integration.conftest import WriteConfig
 
 Start = Callable[..., Daemon]
+POLICY = Path(__file__).resolve().parents[2] / "dbus" / "org.taskmaster.Taskmaster1.conf"
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 SLEEPER = "sleep 100000"
 HINT = "start it with: "
 
@@ -36,9 +40,10 @@ def programs() -> dict[str, dict[str, Any]]:
 
 
 def taskctl(address: str | None, *args: str, env: dict[str, str] | None = None,
-            timeout: float = 30) -> subprocess.CompletedProcess[str]:
+            timeout: float = 30, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     where = ["--address", address] if address is not None else []
-    r = subprocess.run([sys.executable, "-m", "taskctl", *where, *args], capture_output=True,
+    r = subprocess.run([*prefix, sys.executable, "-m", "taskctl", *where, *args],
+                       capture_output=True,
                        text=True, timeout=timeout, stdin=subprocess.DEVNULL,
                        env={**os.environ, **(env or {})})
     assert "Traceback" not in r.stderr, r.stderr
@@ -369,3 +374,29 @@ def test_shutdown(tm: Daemon, bus_address: str) -> None:
     assert tm.proc.wait(timeout=30) == 0
     assert taskctl(bus_address, "status").returncode == 7
 
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root and setpriv (to run taskctl as uid 65534)")
+def test_access_denied_by_the_bus_policy(write_config: WriteConfig) -> None:
+    """On a system-like bus with our policy, anyone may look, only root and
+    the group taskmaster may act: taskctl says so with exit status 1."""
+    cfg = write_config(programs())
+    with bus_directory() as directory, system_bus(directory, POLICY) as address:
+        d = Daemon(cfg, "--address", address)
+        try:
+            d.wait_count(event("RUNNING"), 2)
+            nobody = tuple(AS_NOBODY)
+            r = taskctl(address, "status", "web", prefix=nobody)
+            assert r.returncode == 0 and list(table(r.stdout)) == ["web:0", "web:1"], r.stderr
+            r = taskctl(address, "pid", prefix=nobody)
+            assert (r.returncode, r.stdout) == (0, f"{d.pid}\n")
+            r = taskctl(address, "start", "idle", prefix=nobody)
+            assert r.returncode == 1 and r.stdout == ""
+            assert r.stderr.startswith("idle: ERROR (access denied): ") and r.stderr.count("\n") == 1
+            r = taskctl(address, "reload", prefix=nobody)
+            assert r.returncode == 1 and "ERROR (access denied)" in r.stderr
+            r = taskctl(address, "start", "idle")  # root may
+            assert (r.returncode, r.stdout) == (0, "idle: started\n")
+        finally:
+            d.terminate()

@@ -371,3 +371,124 @@ def test_history_file_location(tmp_path: Path) -> None:
         str(tmp_path / "taskmaster" / "taskctl_history")
     assert shell.history_file({"XDG_STATE_HOME": "relative"}) == os.path.expanduser(
         "~/.local/state/taskmaster/taskctl_history")
+
+
+# ---- commands against a stand-in client -------------------------------------------------------
+
+
+class FakeClient:
+    """Answers like the daemon would; `fail` maps a method to the error it raises."""
+
+    def __init__(self, fail: dict[str, Exception] | None = None) -> None:
+        self.fail = fail or {}
+        self.calls: list[tuple[str, tuple[str, ...]]] = []
+        self.choice = BusChoice("address", "unix:path=/x")
+
+    def _call(self, name: str, *args: str) -> None:
+        self.calls.append((name, args))
+        if name in self.fail:
+            raise self.fail[name]
+
+    def list_processes(self) -> list[ProcessRow]:
+        self._call("list_processes")
+        return ROWS
+
+    def start(self, target: str) -> list[str]:
+        self._call("start", target)
+        if target == "nope":
+            raise CallError("org.taskmaster.Taskmaster1.Error.NoSuchProgram", "no such program")
+        return [r.name for r in ROWS if cli.matches(target, r)]
+
+    def reload(self) -> Reloaded:
+        self._call("reload")
+        return Reloaded(("a",), (), ())
+
+    def open_log(self, process: str, stream: str) -> int:
+        self._call("open_log", process, stream)
+        return -1
+
+
+def run(client: FakeClient, *argv: str, interactive: bool = False) -> tuple[int, str, str]:
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    args = cli.build_parser().parse_args(argv)
+    code = cli.execute(client, args, out=out, err=err, interactive=interactive)  # type: ignore[arg-type]
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_execute_status_and_actions() -> None:
+    code, out, err = run(FakeClient(), "status", "web")
+    assert code == 0 and out.splitlines()[1].startswith("web:0 ") and err == ""
+    code, out, err = run(FakeClient(), "start", "web", "nope", "idle")
+    assert code == 4
+    assert out == "web:0: started\nweb:1: started\nidle: started\n"
+    assert err == "nope: ERROR (no such process): no such program\n"
+    code, out, _ = run(FakeClient(), "--json", "start", "idle")
+    assert json.loads(out) == [{"target": "idle", "ok": True, "processes": ["idle"]}]
+
+
+def test_execute_reports_unreachable_in_one_line() -> None:
+    gone = Unreachable("the system bus", "org.taskmaster.Taskmaster1 has no owner", kind="system",
+                       cause=Unreachable.NO_OWNER)
+    code, out, err = run(FakeClient({"list_processes": gone}), "status")
+    assert (code, out) == (7, "")
+    assert err.count("\n") == 1 and err.startswith("taskctl: cannot reach taskmasterd on the "
+                                                   "system bus (org.taskmaster")
+
+
+def test_execute_reload_with_an_invalid_config() -> None:
+    bad = CallError("org.taskmaster.Taskmaster1.Error.ConfigInvalid",
+                    "/etc/t.yaml:3:5: programs.web.stoptime: must be >= 0\n/etc/t.yaml:9:1: x")
+    code, out, err = run(FakeClient({"reload": bad}), "reload")
+    assert (code, out) == (1, "")
+    assert "/etc/t.yaml:3:5: programs.web.stoptime" in err and "/etc/t.yaml:9:1: x" in err
+    assert run(FakeClient(), "reload")[:2] == (0, "added: a\n")
+
+
+def test_tail_falls_back_to_journalctl(monkeypatch: pytest.MonkeyPatch) -> None:
+    journal = CallError("org.taskmaster.Taskmaster1.Error.NotAFile",
+                        "the stdout of web:0 goes to the journal; with the journal, use ...")
+    execs: list[list[str]] = []
+
+    class Exec(Exception):
+        pass
+
+    def fake_execv(path: str, argv: list[str]) -> None:
+        execs.append(argv)
+        raise Exec
+
+    monkeypatch.setattr(os, "execv", fake_execv)
+    monkeypatch.setattr("shutil.which", lambda name: f"/usr/bin/{name}")
+    with pytest.raises(Exec):
+        run(FakeClient({"open_log": journal}), "tail", "-f", "web:0")
+    with pytest.raises(Exec):
+        run(FakeClient({"open_log": journal}), "tail", "web-api")
+    assert execs == [["/usr/bin/journalctl", "--no-pager", "-f", "-t", "web"],
+                     ["/usr/bin/journalctl", "--no-pager", "-n", "20", "-t", "web-api"]]
+    # No journalctl: the daemon's message, exit 1.
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    code, _, err = run(FakeClient({"open_log": journal}), "tail", "web:0")
+    assert code == 1 and err.startswith("web:0: ERROR (not a file): the stdout of web:0 goes")
+    # Discarded output: nothing to follow anywhere.
+    discarded = CallError("org.taskmaster.Taskmaster1.Error.NotAFile",
+                          "the stdout of idle is discarded; with the journal, use ...")
+    monkeypatch.setattr("shutil.which", lambda name: f"/usr/bin/{name}")
+    code, _, err = run(FakeClient({"open_log": discarded}), "tail", "idle")
+    assert code == 1 and "discarded" in err and not execs[2:]
+
+
+def test_tail_prints_the_end_of_the_file(tmp_path: Path) -> None:
+    import io
+
+    path = tmp_path / "out.log"
+    path.write_bytes(b"x" * 5000 + b"\nlast line \xc3\xa9\n")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        out = io.StringIO()
+        ctx = cli.Context(FakeClient(), out, io.StringIO())  # type: ignore[arg-type]
+        assert cli.follow_fd(ctx, fd, 1600, follow=False) == 0
+    finally:
+        os.close(fd)
+    text = out.getvalue()
+    assert text.endswith("\nlast line é\n") and len(text.encode()) == 1600
