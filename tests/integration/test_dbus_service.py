@@ -295,3 +295,21 @@ def test_second_daemon_on_the_same_bus_refuses_to_start(
     assert r.returncode == 1
     assert "org.taskmaster.Taskmaster1 is already owned" in r.stderr and "Traceback" not in r.stderr
     busctl(bus_address, "call", NAME, PATH, MANAGER, "ListProcesses")  # the first still serves
+
+
+def test_clients_that_vanish_mid_call_do_no_harm(vogsphere: Daemon, bus_address: str) -> None:
+    """Calls whose caller is gone before the reply (a reload, a restart, a
+    list) are answered into the void; the daemon keeps serving."""
+    async def main() -> None:
+        for member, signature, body in [("Reload", "", []), ("Restart", "s", ["web"]),
+                                         ("ListProcesses", "", []), ("OpenLog", "ss", ["web", "stdout"])]:
+            bus = await MessageBus(bus_address=bus_address, negotiate_unix_fd=True).connect()
+            await bus.send(Message(destination=NAME, path=PATH, interface=MANAGER, member=member,
+                                   signature=signature, body=body))
+            bus.disconnect()
+        async with client(bus_address) as c:
+            [rows] = await c.ok("ListProcesses")
+            assert len(rows) == 3
+    asyncio.run(main())
+    vogsphere.wait_for(event("RUNNING", "web"))
+    assert vogsphere.proc.poll() is None and "Traceback" not in vogsphere.text()
