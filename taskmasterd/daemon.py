@@ -22,7 +22,9 @@ from taskmasterd.busaddr import BusChoice, runtime_dir
 from taskmasterd.config import Config, ConfigError, load_config
 from taskmasterd.errors import ConfigInvalid
 from taskmasterd.events import Event, EventBus
+from taskmasterd.journal import JournalSink
 from taskmasterd.logsink import LifecycleLog
+from taskmasterd.notify import Notifier, status_line
 from taskmasterd.paths import resolve_paths
 from taskmasterd.reload import ReloadPlan
 from taskmasterd.supervisor import Supervisor
@@ -55,14 +57,34 @@ class Daemon:
     bus: EventBus
     lifelog: LifecycleLog
     supervisor: Supervisor
+    notifier: Notifier = field(default_factory=Notifier)
     state: str = "starting"  # starting | running | reloading | stopping
     state_changed: Callable[[], None] = lambda: None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _status_pending: bool = False
 
     def _set_state(self, state: str) -> None:
-        if state != self.state:
-            self.state = state
-            self.state_changed()
+        if state == self.state:
+            return
+        self.state = state
+        if state == "running":  # after start-up and after each reload
+            self.notifier.ready(status_line(self.supervisor.counts()))
+        elif state == "reloading":
+            self.notifier.reloading()
+        elif state == "stopping":
+            self.notifier.stopping()
+        self.state_changed()
+
+    def _on_event(self, event: Event) -> None:
+        """Keep systemd's STATUS= current, one update per loop turn."""
+        if event.is_transition and self.state == "running" and not self._status_pending:
+            self._status_pending = True
+            asyncio.get_running_loop().call_soon(self._send_status)
+
+    def _send_status(self) -> None:
+        self._status_pending = False
+        if self.state == "running":
+            self.notifier.status(status_line(self.supervisor.counts()))
 
     def request_shutdown(self) -> None:
         self._stop.set()
@@ -73,14 +95,21 @@ class Daemon:
     @classmethod
     async def create(cls, config: Config, *, stderr: bool = True) -> Daemon:
         paths = resolve_paths(config.daemon)
+        journald = under_journald()
+        sink = _journal_sink()
         try:
-            lifelog = LifecycleLog(paths.logfile, config.daemon.loglevel, stderr=stderr)
+            lifelog = LifecycleLog(paths.logfile, config.daemon.loglevel, stderr=stderr,
+                                   events_to_stderr=not (journald and sink))
         except OSError as exc:
             raise StartupError(f"cannot open the log file {paths.logfile}: {exc.strerror}") from None
         bus = EventBus()
         bus.subscribe(lifelog.write)
-        sup = Supervisor(config, bus, logdir=paths.logdir, journal=under_journald())
-        return cls(config.path, config, bus, lifelog, sup)
+        if sink is not None:
+            bus.subscribe(sink.write)
+        sup = Supervisor(config, bus, logdir=paths.logdir, journal=journald)
+        daemon = cls(config.path, config, bus, lifelog, sup)
+        bus.subscribe(daemon._on_event)
+        return daemon
 
     def reload(self) -> ReloadPlan:
         """Re-read the file; on errors keep the running config and raise."""
@@ -128,7 +157,8 @@ class Daemon:
             message=f"taskmasterd {__version__} started with {self.config_path} "
                     f"({len(self.config.programs)} programs)"))
         self.supervisor.launch_autostart()
-        self._set_state("running")
+        self._set_state("running")  # READY=1: the bus name is ours, autostart launched
+        self.notifier.start_watchdog()
         await self._stop.wait()
         self._set_state("stopping")
         live = self.supervisor.live_children()
@@ -149,6 +179,18 @@ class Daemon:
             self.reload()
         except ConfigInvalid:
             pass  # already logged; the old config keeps running
+
+
+def _journal_sink() -> JournalSink | None:
+    """The journal subscriber when journald is there (and systemd-python)."""
+    if not JournalSink.available():
+        return None
+    try:
+        return JournalSink()
+    except ImportError:
+        log.warning("journald is running but systemd-python is missing: events go to the "
+                    "log file only")
+        return None
 
 
 def _policy_file() -> str | None:

@@ -55,7 +55,8 @@ class LifecycleLog:
     WARNING and above, so their complaints land in the log file too rather
     than on Python's last-resort stderr handler."""
 
-    def __init__(self, logfile: str, loglevel: str = "info", stderr: bool = True) -> None:
+    def __init__(self, logfile: str, loglevel: str = "info", stderr: bool = True,
+                 events_to_stderr: bool = True) -> None:
         self._file: logging.Handler | None = None
         self._stderr: logging.Handler | None = None
         self._root = logging.getLogger()
@@ -64,6 +65,8 @@ class LifecycleLog:
         if stderr:
             self._stderr = logging.StreamHandler(sys.stderr)
             self._stderr.setFormatter(_FORMAT)
+            if not events_to_stderr:  # the journal has them, with their fields
+                self._stderr.addFilter(lambda record: not getattr(record, "event", False))
             self._add(self._stderr)
         self.logfile = ""
         self.reconfigure(logfile, loglevel)
@@ -91,7 +94,7 @@ class LifecycleLog:
         self._file, self.logfile = handler, logfile
 
     def write(self, event: Event) -> None:
-        log.log(level_of(event), format_event(event))
+        log.log(level_of(event), format_event(event), extra={"event": True})
 
     def close(self) -> None:
         for h in (self._file, self._stderr):

@@ -122,6 +122,16 @@ class Daemon:
                                          "log:\n" + "\n".join(self.raw))
                 self._cond.wait(left)
 
+    def wait_text(self, text: str, timeout: float = 10.0) -> None:
+        """Wait until `text` appears anywhere in the output (any line shape)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not any(text in raw for raw in self.raw):
+                left = deadline - time.monotonic()
+                if self.eof or left <= 0:
+                    raise AssertionError(f"no {text!r} in the output; log:\n" + "\n".join(self.raw))
+                self._cond.wait(left)
+
     def wait_count(self, pred: Predicate, n: int, timeout: float = 30.0) -> list[LogLine]:
         """Wait until n lines (from the cursor on) match; cursor moves past the n-th."""
         found: list[LogLine] = []

@@ -1,0 +1,67 @@
+"""Lifecycle events to the journal, with structured fields and a stable
+MESSAGE_ID per event kind (see README: `journalctl MESSAGE_ID=...`)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from taskmasterd import events
+from taskmasterd.events import Event
+from taskmasterd.logsink import format_event, level_of
+
+# Fixed forever: MESSAGE_IDs are derived from this namespace and the kind.
+_NAMESPACE = uuid.UUID("8b0f4a6e-2f7c-4d0b-9a55-6a3e1c2d7f10")
+KINDS = ("STARTING", "RUNNING", "BACKOFF", "STOPPING", "STOPPED", "EXITED", "FATAL", "UNKNOWN",
+         events.SPAWN_ERROR, events.KILLED, events.SIGNALLED, events.RELOAD, events.RELOAD_FAILED,
+         events.DAEMON_START, events.DAEMON_STOP)
+MESSAGE_IDS = {kind: uuid.uuid5(_NAMESPACE, kind).hex for kind in KINDS}
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+_PRIORITY = {50: 2, 40: 3, 30: 4, 20: 6, 10: 7}  # logging level -> syslog priority
+
+
+def fields(event: Event) -> dict[str, str]:
+    out = {
+        "MESSAGE": format_event(event),
+        "PRIORITY": str(_PRIORITY.get(level_of(event), 6)),
+        "SYSLOG_IDENTIFIER": "taskmasterd",
+        "TASKMASTER_EVENT": event.kind,
+        "TASKMASTER_PROCESS": event.process,
+    }
+    if event.kind in MESSAGE_IDS:
+        out["MESSAGE_ID"] = MESSAGE_IDS[event.kind]
+    if event.program:
+        out["TASKMASTER_PROGRAM"] = event.program
+    if event.pid:
+        out["TASKMASTER_PID"] = str(event.pid)
+    if event.exit_status is not None:
+        out["TASKMASTER_EXIT_STATUS"] = str(event.exit_status)
+    if event.kind in ("EXITED", "STOPPED"):
+        out["TASKMASTER_EXPECTED"] = "yes" if event.expected else "no"
+    if event.old_state:
+        out["TASKMASTER_OLD_STATE"] = event.old_state
+    for key, value in event.fields.items():
+        out[f"TASKMASTER_{key.upper()}"] = value
+    return out
+
+
+class JournalSink:
+    """Subscribe `write` to the event bus when journald is there."""
+
+    def __init__(self, send: Callable[..., Any] | None = None) -> None:
+        if send is None:
+            from systemd import journal
+
+            send = journal.send
+        self._send = send
+
+    @staticmethod
+    def available() -> bool:
+        return os.path.exists(JOURNAL_SOCKET)
+
+    def write(self, event: Event) -> None:
+        message = fields(event)
+        text = message.pop("MESSAGE")
+        self._send(text, **message)

@@ -1,0 +1,74 @@
+"""Pure parts of the systemd integration: journal fields, status, watchdog."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from taskmasterd.events import Event
+from taskmasterd.journal import MESSAGE_IDS, JournalSink, fields
+from taskmasterd.notify import Notifier, status_line, watchdog_interval
+from taskmasterd.process import State
+
+
+def test_exit_event_fields() -> None:
+    ev = Event(kind="EXITED", message="exited (killed by SIGKILL; not expected)", process="web:1",
+               program="web", old_state="RUNNING", new_state="EXITED", pid=4242, exit_status=-9,
+               expected=False)
+    f = fields(ev)
+    assert f["TASKMASTER_EVENT"] == "EXITED" and f["TASKMASTER_PROGRAM"] == "web"
+    assert f["TASKMASTER_PROCESS"] == "web:1" and f["TASKMASTER_PID"] == "4242"
+    assert f["TASKMASTER_EXIT_STATUS"] == "-9" and f["TASKMASTER_EXPECTED"] == "no"
+    assert f["MESSAGE_ID"] == MESSAGE_IDS["EXITED"] and f["PRIORITY"] == "4"
+    assert f["MESSAGE"].startswith("web:1 EXITED pid=4242 status=-9 expected=no: ")
+
+
+def test_daemon_event_fields_and_priorities() -> None:
+    f = fields(Event(kind="RELOAD_FAILED", message="bad"))
+    assert f["TASKMASTER_PROCESS"] == "taskmasterd" and "TASKMASTER_PROGRAM" not in f
+    assert f["PRIORITY"] == "3" and "TASKMASTER_PID" not in f
+    spawn = fields(Event(kind="SPAWN_ERROR", message="x", process="a", program="a",
+                         fields={"errno": "ENOENT"}))
+    assert spawn["TASKMASTER_ERRNO"] == "ENOENT"
+
+
+def test_message_ids_are_stable_distinct_and_documented() -> None:
+    assert MESSAGE_IDS["EXITED"] == "df745f6d863e555c9e08c7e4c06fa123"  # never changes
+    assert len(set(MESSAGE_IDS.values())) == len(MESSAGE_IDS)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    documented = dict(re.findall(r"^\| ([A-Z_]+) \| `([0-9a-f]{32})` \|", readme, re.M))
+    assert documented == MESSAGE_IDS
+
+
+def test_sink_sends_message_and_fields() -> None:
+    sent: list[tuple[str, dict[str, str]]] = []
+    sink = JournalSink(send=lambda text, **kw: sent.append((text, kw)))
+    sink.write(Event(kind="FATAL", message="gave up", process="x", program="x"))
+    [(text, kw)] = sent
+    assert text == "x FATAL: gave up" and kw["PRIORITY"] == "3" and kw["TASKMASTER_EVENT"] == "FATAL"
+
+
+def test_status_line() -> None:
+    assert status_line({State.RUNNING: 12, State.FATAL: 1}) == "12 running, 1 fatal, 0 backoff"
+    assert status_line({State.RUNNING: 1, State.STOPPED: 2}) == "1 running, 0 fatal, 0 backoff, 2 stopped"
+
+
+def test_watchdog_interval() -> None:
+    assert watchdog_interval({}) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "2000000"}) == 1.0
+    assert watchdog_interval({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"}, pid=2) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "0"}) is None
+
+
+def test_notifier_without_socket_is_silent_and_a_broken_one_stops_trying() -> None:
+    calls: list[str] = []
+    Notifier({}, send=calls.append).ready("x")
+    assert calls == []
+
+    def broken(text: str) -> None:
+        calls.append(text)
+        raise ConnectionRefusedError(111, "refused")
+    n = Notifier({"NOTIFY_SOCKET": "/run/x"}, send=broken)
+    n.ready("1 running")
+    n.status("2 running")
+    assert calls == ["READY=1\nSTATUS=1 running"]
