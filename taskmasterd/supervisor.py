@@ -253,7 +253,14 @@ class Supervisor:
     def _on_pidfd(self, slot: Slot) -> None:
         child = slot.child
         assert child is not None
-        status = spawn.collect(child)
+        try:
+            status = spawn.collect(child)
+        except OSError as exc:
+            # Cannot happen unless something else reaped our child; never
+            # leave a readable fd registered (it would spin the loop).
+            log.error("%s: cannot collect the exit of pid %d: %s", slot.process.name, child.pid, exc)
+            status = -signals.SIGKILL
+            os.close(child.pidfd)
         if status is None:
             return
         self._loop.remove_reader(child.pidfd)
