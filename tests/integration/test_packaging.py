@@ -1,0 +1,226 @@
+"""The Debian package: `make deb` builds it out of tree, it holds what a
+Debian 12 machine needs, its dependencies exist there, lintian and
+systemd-analyze find nothing wrong, and what it ships runs on Debian's own
+python3 with Debian's dbus-next and PyYAML (not the project's .venv)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from taskmasterd import __version__
+
+REPO = Path(__file__).resolve().parents[2]
+VERSION = f"{__version__}-1"
+DEB = REPO / "build" / "deb" / f"taskmasterd_{VERSION}_all.deb"
+BUS_NAME = "org.taskmaster.Taskmaster1"
+
+BUILD_TOOLS = ("make", "dpkg-buildpackage", "dpkg-deb", "lintian", "dh_python3")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not all(shutil.which(t) for t in BUILD_TOOLS),
+                       reason="needs Debian's build tools (sh bootstrap setup installs them)"),
+]
+
+# What Debian 12 (bookworm) has of everything the package may depend on: a
+# dependency on anything else, or on a version above these, could not be
+# installed there.
+BOOKWORM = {
+    "python3": "3.11.2-1",
+    "python3:any": "3.11.2-1",
+    "python3-dbus-next": "0.2.3-3",
+    "python3-yaml": "6.0-3",
+    "python3-systemd": "235-1",
+    "apprise": "1.2.0-1",
+    "dbus": "1.14.10-1~deb12u1",
+    "adduser": "3.134",
+    "init-system-helpers": "1.65.2",
+}
+REQUIRED = ("python3-dbus-next", "python3-yaml", "python3-systemd", "apprise", "dbus")
+
+# Debian's interpreter, with nothing of the project's environment.
+CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
+
+
+@dataclass(frozen=True)
+class Built:
+    deb: Path
+    root: Path  # the package extracted (dpkg-deb -x)
+    build_log: str
+
+
+def run(*argv: str | Path, env: dict[str, str] | None = None, cwd: str | Path | None = None,
+        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(a) for a in argv], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, env=env, cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    r = run("make", "-C", REPO, "deb", timeout=300)
+    log = r.stdout + r.stderr
+    if r.returncode != 0:
+        tail = "\n".join(log.splitlines()[-40:])
+        pytest.fail(f"`make deb` failed (exit {r.returncode}):\n{tail}", pytrace=False)
+    root = tmp_path_factory.mktemp("deb-root")
+    x = run("dpkg-deb", "-x", DEB, root)
+    assert x.returncode == 0, x.stderr
+    yield Built(DEB, root, log)
+
+
+def field(deb: Path, name: str) -> str:
+    r = run("dpkg-deb", "-f", deb, name)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_make_deb_builds_out_of_tree_and_leaves_the_repository_clean(built: Built) -> None:
+    assert built.deb.is_file()
+    assert f"deb: build/deb/taskmasterd_{VERSION}_all.deb" in built.build_log
+    assert field(built.deb, "Package") == "taskmasterd"
+    assert field(built.deb, "Version") == VERSION
+    assert field(built.deb, "Architecture") == "all"
+    # Nothing of the build (debian/, .pybuild, wheels) lands in the tree itself.
+    for leftover in ("debian", ".pybuild", "dist"):
+        assert not (REPO / leftover).exists(), leftover
+
+
+def test_the_package_holds_the_programs_units_policy_and_config(built: Built) -> None:
+    r = run("dpkg-deb", "-c", built.deb)
+    assert r.returncode == 0, r.stderr
+    files = {line.split()[-1].removeprefix(".") for line in r.stdout.splitlines()}
+    site = "/usr/lib/python3/dist-packages"
+    for path in ("/usr/bin/taskmasterd", "/usr/bin/taskctl",
+                 "/lib/systemd/system/taskmasterd.service",
+                 "/usr/lib/systemd/user/taskmasterd.service",
+                 f"/usr/share/dbus-1/system.d/{BUS_NAME}.conf",
+                 f"/usr/share/dbus-1/interfaces/{BUS_NAME}.Manager.xml",
+                 f"/usr/share/dbus-1/interfaces/{BUS_NAME}.Program.xml",
+                 "/etc/taskmaster/taskmaster.yaml",
+                 f"{site}/taskmasterd/__init__.py", f"{site}/taskmasterd/bus/__init__.py",
+                 f"{site}/taskctl/__init__.py",
+                 "/usr/share/man/man1/taskmasterd.1.gz", "/usr/share/man/man1/taskctl.1.gz"):
+        assert path in files, path
+    # Every module of the source tree is in the package.
+    for package in ("taskmasterd", "taskctl"):
+        for source in (REPO / package).rglob("*.py"):
+            assert f"{site}/{source.relative_to(REPO)}" in files, source
+    # The installed files are the repository's.
+    root = built.root
+    assert (root / "lib/systemd/system/taskmasterd.service").read_bytes() == \
+        (REPO / "etc/taskmasterd.service").read_bytes()
+    assert (root / "usr/lib/systemd/user/taskmasterd.service").read_bytes() == \
+        (REPO / "etc/taskmasterd-user.service").read_bytes()
+    assert (root / "etc/taskmaster/taskmaster.yaml").read_bytes() == \
+        (REPO / "etc/taskmaster.yaml").read_bytes()
+
+
+def test_the_example_configuration_is_a_conffile(built: Built) -> None:
+    control = built.root.parent / "control"
+    shutil.rmtree(control, ignore_errors=True)
+    e = run("dpkg-deb", "-e", built.deb, control)
+    assert e.returncode == 0, e.stderr
+    assert (control / "conffiles").read_text().split() == ["/etc/taskmaster/taskmaster.yaml"]
+    postinst = (control / "postinst").read_text()
+    assert "addgroup --system" in postinst and "taskmaster" in postinst
+    assert "deb-systemd-helper enable 'taskmasterd.service'" in postinst  # system unit enabled
+    postrm = (control / "postrm").read_text()
+    purge = postrm[postrm.index('"$1" = purge'):]
+    assert "/var/log/taskmaster" in purge and "/var/lib/taskmaster" in purge
+
+
+def parse_depends(value: str) -> list[list[tuple[str, str | None, str | None]]]:
+    """[[(name, op, version), alternative...], ...]"""
+    clauses = []
+    for clause in value.split(","):
+        alternatives = []
+        for alt in clause.split("|"):
+            m = re.fullmatch(r"\s*([a-z0-9][a-z0-9+.:-]*)\s*(?:\(\s*(<<|<=|=|>=|>>)\s*(\S+)\s*\))?\s*",
+                             alt)
+            assert m, f"cannot parse dependency {alt!r}"
+            alternatives.append((m[1], m[2], m[3]))
+        clauses.append(alternatives)
+    return clauses
+
+
+def satisfied(version: str, op: str, wanted: str) -> bool:
+    ops = {"<<": "lt", "<=": "le", "=": "eq", ">=": "ge", ">>": "gt"}
+    return subprocess.run(["dpkg", "--compare-versions", version, ops[op], wanted]).returncode == 0
+
+
+def test_depends_are_satisfiable_on_debian_12(built: Built) -> None:
+    depends = field(built.deb, "Depends")
+    clauses = parse_depends(depends)
+    names = {name for clause in clauses for name, _, _ in clause}
+    for name in REQUIRED:
+        assert name in names, f"{name} missing from Depends: {depends}"
+    for clause in clauses:
+        # Each clause has at least one alternative Debian 12 can satisfy.
+        def ok(name: str, op: str | None, version: str | None) -> bool:
+            have = BOOKWORM.get(name)
+            return have is not None and (op is None or satisfied(have, op, version or ""))
+        assert any(ok(*alt) for alt in clause), f"not satisfiable on Debian 12: {clause} in {depends}"
+    # No PyPI name translated blindly (each would also fail the check above).
+    assert not names & {"python3-systemd-python", "python3-pyyaml", "python3-dbus_next"}
+    assert field(built.deb, "Pre-Depends") == ""
+
+
+def test_lintian_reports_no_errors(built: Built) -> None:
+    r = run("lintian", "--fail-on", "none", "--tag-display-limit", "0", built.deb, env=CLEAN_ENV)
+    assert r.returncode == 0, r.stderr
+    errors = [line for line in r.stdout.splitlines() if line.startswith("E:")]
+    assert errors == []
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
+@pytest.mark.parametrize("unit, scope", [
+    ("lib/systemd/system/taskmasterd.service", "--system"),
+    ("usr/lib/systemd/user/taskmasterd.service", "--user"),
+])
+def test_systemd_analyze_verify_finds_nothing(built: Built, tmp_path: Path, unit: str,
+                                              scope: str) -> None:
+    # The binary is not installed on this machine: point ExecStart at the
+    # extracted package's (the unit keeps its name, which verify checks), and
+    # man at its man pages (for Documentation=).
+    text = (built.root / unit).read_text()
+    assert "ExecStart=/usr/bin/taskmasterd " in text
+    (tmp_path / "units").mkdir()
+    copy = tmp_path / "units" / "taskmasterd.service"
+    copy.write_text(text.replace("/usr/bin/taskmasterd", str(built.root / "usr/bin/taskmasterd")))
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    env = {**CLEAN_ENV, "MANPATH": str(built.root / "usr/share/man"),
+           "XDG_RUNTIME_DIR": str(runtime)}
+    r = run("systemd-analyze", scope, "verify", copy, env=env)
+    assert (r.returncode, r.stdout + r.stderr) == (0, "")
+
+
+def test_shipped_programs_run_on_debians_python(built: Built) -> None:
+    site = built.root / "usr/lib/python3/dist-packages"
+    env = {**CLEAN_ENV, "PYTHONPATH": str(site)}
+    python = ["/usr/bin/python3", "-s"]  # no user site either
+    where = run(*python, "-c", "import taskmasterd, taskctl, dbus_next, yaml, systemd.journal;"
+                "print(taskmasterd.__file__, taskctl.__file__, dbus_next.__file__, yaml.__file__)",
+                env=env, cwd="/")
+    assert where.returncode == 0, where.stderr
+    ours, client, dbus_next, yaml = where.stdout.split()
+    assert ours.startswith(str(site)) and client.startswith(str(site))
+    assert dbus_next.startswith("/usr/lib/python3/dist-packages/")
+    assert yaml.startswith("/usr/lib/python3/dist-packages/")
+
+    daemon = built.root / "usr/bin/taskmasterd"
+    assert daemon.read_text().startswith("#!/usr/bin/python3\n")
+    r = run(*python, daemon, "--version", env=env, cwd="/")
+    assert (r.returncode, r.stdout.strip()) == (0, f"taskmasterd {__version__}"), r.stderr
+    config = built.root / "etc/taskmaster/taskmaster.yaml"
+    r = run(*python, daemon, "--check-config", config, env=env, cwd="/")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "OK" in r.stdout
+    r = run(*python, built.root / "usr/bin/taskctl", "--version", env=env, cwd="/")
+    assert (r.returncode, r.stdout.strip()) == (0, f"taskctl {__version__}"), r.stderr
