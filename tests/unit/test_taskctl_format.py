@@ -307,25 +307,28 @@ def test_candidates_forced_by_flags(tmp_path: Path) -> None:
     assert (c.choice.kind, c.address) == ("address", "tcp:host=x")
 
 
-def test_candidates_default_prefers_the_embedded_bus(tmp_path: Path) -> None:
-    env = {"XDG_RUNTIME_DIR": str(tmp_path)}
-    # No embedded bus, no session bus: say the daemon would be on the embedded one.
+def test_candidates_default_order_ends_with_the_system_bus(tmp_path: Path) -> None:
+    env = {"XDG_RUNTIME_DIR": str(tmp_path), "DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/s"}
+    # No embedded bus, no session bus: the system-wide daemon.
     [c] = candidates(None, 1000, env)
-    assert c.choice.kind == "private" and c.address is None and "taskmaster/bus" in c.why
-    # A session bus socket in $XDG_RUNTIME_DIR.
+    assert (c.choice.kind, c.address) == ("system", "unix:path=/s")
+    # A session bus socket in $XDG_RUNTIME_DIR comes first (the client takes
+    # the first bus where taskmasterd owns its name).
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(tmp_path / "bus"))
-        [c] = candidates(None, 1000, env)
-        assert (c.choice.kind, c.address) == ("user", f"unix:path={tmp_path}/bus")
-        # The embedded bus's address file comes first.
+        session, system = candidates(None, 1000, env)
+        assert (session.choice.kind, session.address) == ("user", f"unix:path={tmp_path}/bus")
+        assert system.choice.kind == "system"
+        # The embedded bus's address file comes before both.
         os.mkdir(tmp_path / "taskmaster")
         (tmp_path / "taskmaster" / "bus").write_text("unix:path=/emb.sock\n")
-        first, second = candidates(None, 1000, env)
-        assert (first.choice.kind, first.address) == ("private", "unix:path=/emb.sock")
-        assert second.choice.kind == "user"
-    # root: the system bus after the embedded one (whose file is under /run/taskmaster).
-    assert candidates(None, 0, {"DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/s"})[-1].address == \
-        "unix:path=/s"
+        kinds = [(c.choice.kind, c.address) for c in candidates(None, 1000, env)]
+        assert kinds == [("private", "unix:path=/emb.sock"), ("user", f"unix:path={tmp_path}/bus"),
+                         ("system", "unix:path=/s")]
+    # root: never the session bus.
+    assert [c.choice.kind for c in candidates(None, 0, {"DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/s",
+                                                        "TASKMASTER_RUNTIME_DIR": str(tmp_path / "none")})
+            ] == ["system"]
 
 
 # ---- the shell's pure parts ---------------------------------------------------------------------

@@ -1,0 +1,265 @@
+"""taskmasterd as Debian installs it, under a real systemd (SPEC §5, §6, §8).
+
+One container is booted for the module and the tests run in order, each on
+the state the previous one left: start → control and policy → signals →
+crash and journal → reload → stop. The configuration is the example the
+package installs as /etc/taskmaster/taskmaster.yaml: vogsphere (3 processes),
+web, crashy (exits every 20 s), launcher (cannot start: FATAL), report (not
+autostarted).
+
+Every wait retries a check until a deadline or reads output as it comes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pytest
+
+from tests.e2e.container import Background, Container, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+UNIT = "taskmasterd"
+CONFIG = "/etc/taskmaster/taskmaster.yaml"
+VOGSPHERE = ("vogsphere:0", "vogsphere:1", "vogsphere:2")
+UP = (*VOGSPHERE, "web", "crashy")  # what the example keeps RUNNING
+# Everyone may read (ListProcesses) and receive the signals; a user's plain
+# taskctl finds the system-wide daemon by itself (no flag).
+Rows = dict[str, dict[str, Any]]
+
+
+# -- helpers ------------------------------------------------------------------
+
+def taskctl(box: Container, *args: str, user: str | None = None,
+            timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return box.run(["taskctl", *args], user=user, check=False, timeout=timeout)
+
+
+def status(box: Container) -> Rows:
+    """`taskctl --json status` by name (exit 3 is normal here: launcher is
+    FATAL and report STOPPED)."""
+    proc = taskctl(box, "--json", "status")
+    assert proc.returncode in (0, 3), f"taskctl status: exit {proc.returncode}: {proc.stderr}"
+    return {row["name"]: row for row in json.loads(proc.stdout)}
+
+
+def wait_state(box: Container, wanted: dict[str, str], timeout: float = 30, *,
+               not_pids: dict[str, int] | None = None) -> Rows:
+    """Wait until each process is in its state (and, for those in
+    `not_pids`, has a pid other than that one); return the rows."""
+    def check() -> Rows:
+        rows = status(box)
+        for name, state in wanted.items():
+            row = rows.get(name)
+            assert row is not None, f"{name} not in {sorted(rows)}"
+            assert row["state"] == state, f"{name} is {row['state']}, not {state}"
+            if not_pids and name in not_pids:
+                assert row["pid"] not in (None, not_pids[name]), f"{name} still has pid {row['pid']}"
+        return rows
+    return wait_until(check, timeout, f"{wanted} (new pids for {sorted(not_pids or {})})")
+
+
+def pids(rows: Rows, names: Iterable[str]) -> dict[str, int]:
+    return {n: rows[n]["pid"] for n in names}
+
+
+def systemctl_show(box: Container, prop: str) -> str:
+    return box.run(["systemctl", "show", "-p", prop, "--value", UNIT]).stdout.strip()
+
+
+def follow_events(box: Container, user: str | None = None) -> Background:
+    """`taskctl --json events` in the background, returned once it is
+    subscribed (it says so on stderr): subscribe before you act."""
+    events = box.spawn(["taskctl", "--system", "--json", "events"], user=user)
+    try:
+        events.wait_for_line(lambda line: "following the events" in line, 20,
+                             "taskctl's 'following the events' line")
+    except BaseException:
+        events.stop()
+        raise
+    return events
+
+
+def event(match: Callable[[dict[str, Any]], bool]) -> Callable[[str], bool]:
+    """A line matcher for `taskctl --json events` output."""
+    def matches(line: str) -> bool:
+        if not line.startswith("{"):
+            return False
+        return match(json.loads(line))
+    return matches
+
+
+def journal_entry(box: Container, what: str, *matches: str, since: int,
+                  where: Callable[[dict[str, Any]], bool] = lambda e: True,
+                  timeout: float = 15) -> dict[str, Any]:
+    """The first journal entry since the mark with these field matches
+    (journald may write it a moment after the fact)."""
+    def find() -> dict[str, Any] | None:
+        return next((e for e in box.journal(*matches, since=since) if where(e)), None)
+    try:
+        return wait_until(find, timeout, f"a journal entry {what} ({' '.join(matches)})")
+    except TimeoutError as exc:
+        seen = box.journal(matches[0], since=since) if matches else []
+        exc.add_note(f"entries with {matches[0] if matches else '-'} since the mark:\n" + "\n".join(
+            json.dumps({k: v for k, v in e.items() if k == "MESSAGE" or k.startswith("TASKMASTER_")})
+            for e in seen[-20:]))
+        raise
+
+
+# -- the tests, in order -------------------------------------------------------
+
+def test_start_is_ready_with_a_status_line(booted: Container) -> None:
+    box = booted
+    assert systemctl_show(box, "Type") == "notify"
+    # Type=notify: `systemctl start` returns once the daemon said READY=1.
+    try:
+        box.run(["systemctl", "start", UNIT], timeout=60)
+    except TimeoutError as exc:
+        state = box.run(["systemctl", "status", "--no-pager", "-n", "20", UNIT], check=False)
+        pytest.fail(f"{exc}\nno READY=1 from the daemon? systemctl status:\n{state.stdout}")
+    assert box.run(["systemctl", "is-active", UNIT], check=False).stdout.strip() == "active"
+
+    # Every state of the example within a minute (launcher: two retries, then FATAL).
+    wait_state(box, {**dict.fromkeys(UP, "RUNNING"), "launcher": "FATAL", "report": "STOPPED"})
+
+    # STATUS= carries a one-line summary such as "5 running, 1 fatal".
+    def status_text() -> str:
+        text = systemctl_show(box, "StatusText")
+        assert re.search(r"\b\d+ running\b", text), f"StatusText={text!r}"
+        return text
+    wait_until(status_text, 15, "StatusText with 'N running' (sd_notify STATUS=)")
+
+
+def test_restart_and_the_bus_policy(booted: Container) -> None:
+    box = booted
+    before = pids(wait_state(box, dict.fromkeys(VOGSPHERE, "RUNNING")), VOGSPHERE)
+
+    proc = taskctl(box, "restart", "vogsphere")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(re.findall(r"vogsphere:\d", proc.stdout)) == list(VOGSPHERE), proc.stdout
+    after = pids(wait_state(box, dict.fromkeys(VOGSPHERE, "RUNNING"), not_pids=before), VOGSPHERE)
+    assert not set(after.values()) & set(before.values())
+
+    # status as root and as an unprivileged user: the same table, exit 3
+    # (launcher FATAL, report STOPPED are "not running").
+    for user in (None, "nobody"):
+        proc = taskctl(box, "status", user=user)
+        who = user or "root"
+        assert proc.returncode == 3, f"as {who}: exit {proc.returncode}: {proc.stderr}"
+        table = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[1:]}
+        assert proc.stdout.split()[:4] == ["NAME", "STATE", "PID", "DESCRIPTION"], proc.stdout
+        for name in VOGSPHERE:
+            assert table[name][1:3] == ["RUNNING", str(after[name])], f"as {who}:\n{proc.stdout}"
+        assert table["web"][1] == "RUNNING", f"as {who}:\n{proc.stdout}"
+        assert table["launcher"][1] == "FATAL", f"as {who}:\n{proc.stdout}"
+        assert table["report"][1] == "STOPPED", f"as {who}:\n{proc.stdout}"
+        assert "crashy" in table, f"as {who}:\n{proc.stdout}"
+
+    # Control is for root and the group taskmaster only (the bus policy).
+    proc = taskctl(box, "restart", "vogsphere", user="nobody")
+    assert proc.returncode == 1, f"exit {proc.returncode}: {proc.stdout}{proc.stderr}"
+    assert re.search(r"access.?denied", proc.stderr, re.I), proc.stderr
+    assert pids(status(box), VOGSPHERE) == after
+
+
+def test_a_subscriber_sees_process_state_changes(booted: Container) -> None:
+    box = booted
+    old = wait_state(box, {"web": "RUNNING"})["web"]["pid"]
+    # An unprivileged subscriber: everyone may receive the signals.
+    with follow_events(box, user="nobody") as events:
+        proc = taskctl(box, "restart", "web")
+        assert proc.returncode == 0, proc.stderr
+        seen: list[dict[str, Any]] = []
+        while not seen or seen[-1]["new"] != "RUNNING":
+            line = events.wait_for_line(
+                event(lambda e: e["event"] == "ProcessStateChanged" and e["process"] == "web"),
+                20, "a ProcessStateChanged of web")
+            seen.append(json.loads(line))
+    assert [e["new"] for e in seen] == ["STOPPING", "STOPPED", "STARTING", "RUNNING"], seen
+    assert seen[-1]["program"] == "web"
+    assert seen[-1]["pid"] not in (None, old)
+    assert wait_state(box, {"web": "RUNNING"})["web"]["pid"] == seen[-1]["pid"]
+
+
+def test_a_killed_program_restarts_and_the_journal_says_why(booted: Container) -> None:
+    box = booted
+    old = wait_state(box, {"web": "RUNNING"})["web"]["pid"]
+    since = box.journal_mark()
+    box.run(["kill", "-9", str(old)])
+    new = wait_state(box, {"web": "RUNNING"}, not_pids={"web": old})["web"]["pid"]
+
+    exited = journal_entry(box, "for web's death by SIGKILL", "TASKMASTER_PROGRAM=web",
+                           "TASKMASTER_EVENT=EXITED", since=since)
+    assert exited.get("TASKMASTER_EXIT_STATUS") == "-9", exited
+    assert exited.get("TASKMASTER_PID") == str(old), exited
+    assert exited.get("TASKMASTER_PROCESS") == "web", exited
+    assert re.fullmatch(r"[0-9a-f]{32}", exited.get("MESSAGE_ID", "")), exited
+    assert exited.get("_SYSTEMD_UNIT") == f"{UNIT}.service", exited
+
+    running = journal_entry(box, "for web's new process", "TASKMASTER_PROGRAM=web",
+                            "TASKMASTER_EVENT=RUNNING", since=since,
+                            where=lambda e: e.get("TASKMASTER_PID") == str(new))
+    # One stable MESSAGE_ID per kind of event.
+    assert re.fullmatch(r"[0-9a-f]{32}", running.get("MESSAGE_ID", "")), running
+    assert running["MESSAGE_ID"] != exited["MESSAGE_ID"]
+
+
+def test_reload_restarts_only_the_changed_program(booted: Container) -> None:
+    box = booted
+    before = pids(wait_state(box, dict.fromkeys(UP, "RUNNING")), UP)
+    config = box.read_file(CONFIG)
+    assert config.count("sleep 20") == 1, "the example's crashy no longer says `sleep 20`"
+    box.write_file(CONFIG, config.replace("sleep 20", "sleep 21"))
+    since = box.journal_mark()
+
+    with follow_events(box) as events:
+        # ExecReload sends SIGHUP and returns: the reload itself comes after.
+        box.run(["systemctl", "reload", UNIT])
+        line = events.wait_for_line(event(lambda e: e["event"] == "Reloaded"), 20,
+                                    "the Reloaded signal")
+    reloaded = json.loads(line)
+    assert (reloaded["added"], reloaded["changed"], reloaded["removed"]) == ([], ["crashy"], []), line
+
+    def crashy_runs_the_new_command() -> dict[str, Any]:
+        row = status(box)["crashy"]
+        assert row["state"] == "RUNNING" and row["pid"], row
+        cmdline = box.run(["cat", f"/proc/{row['pid']}/cmdline"], check=False).stdout
+        assert "sleep 21" in cmdline, f"crashy pid {row['pid']}: {cmdline!r}"
+        return row
+    crashy = wait_until(crashy_runs_the_new_command, 20, "crashy RUNNING `sleep 21`")
+    assert crashy["pid"] != before["crashy"]
+
+    after = pids(status(box), UP)
+    unchanged = [n for n in UP if n != "crashy"]
+    assert {n: after[n] for n in unchanged} == {n: before[n] for n in unchanged}
+    assert box.run(["systemctl", "is-active", UNIT], check=False).stdout.strip() == "active"
+    reload = journal_entry(box, "for the reload", "TASKMASTER_EVENT=RELOAD", since=since)
+    assert reload.get("TASKMASTER_CHANGED") == "crashy", reload
+
+
+def test_stop_leaves_nothing_behind(booted: Container) -> None:
+    box = booted
+    rows = status(box)
+    running = [row["pid"] for row in rows.values() if row["pid"]]
+    assert len(running) >= len(UP), rows
+    since = box.journal_mark()
+
+    box.run(["systemctl", "stop", UNIT], timeout=60)
+    assert box.run(["systemctl", "is-active", UNIT], check=False).stdout.strip() == "inactive"
+    assert systemctl_show(box, "Result") == "success"
+
+    for pattern in ("vogsphere worker", "http.server 8042", "crashing on purpose", "taskmasterd"):
+        found = box.run(["pgrep", "-a", "-f", pattern], check=False)
+        assert found.returncode == 1, f"still running ({pattern}):\n{found.stdout}"
+    alive = box.run(["sh", "-c", 'for p; do [ -e /proc/$p ] && echo $p; done; true', "sh",
+                     *map(str, running)]).stdout.split()
+    assert not alive, f"processes of the programs still alive: {alive}"
+    # The daemon stopped them itself: systemd had nothing left to kill.
+    killed = [e.get("MESSAGE", "") for e in box.journal(f"UNIT={UNIT}.service", since=since)
+              if "Killing process" in str(e.get("MESSAGE", ""))]
+    assert not killed, killed
