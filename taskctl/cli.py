@@ -59,6 +59,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("pid", "[TARGET...]", "pid of taskmasterd, or of processes"),
     ("tail", "[-f] [--stderr] [-c BYTES] PROCESS", "end of a process's output (-f: keep following)"),
     ("events", "", "follow state changes and reloads (Ctrl-C to stop)"),
+    ("alert", "test [URL|INDEX]", "send a test message to every alert target, or to one"),
     ("help", "[COMMAND]", "list the commands, or explain one"),
 )
 COMMAND_NAMES = tuple(c[0] for c in COMMANDS)
@@ -267,6 +268,20 @@ def event_json(event: Event) -> dict[str, Any]:
     return {"event": "NameOwnerChanged", "time": event.time, "owner": event.owner or None}
 
 
+def alert_lines(results: Sequence[tuple[str, bool, str]]) -> list[str]:
+    """`alert test`: `OK  url` or `FAIL url : why`, one line per target."""
+    return [f"OK  {url}" if ok else f"FAIL {url} : {detail}" for url, ok, detail in results]
+
+
+def alert_json(results: Sequence[tuple[str, bool, str]]) -> list[dict[str, Any]]:
+    return [{"url": url, "ok": ok, "detail": detail} for url, ok, detail in results]
+
+
+def alert_exit_code(results: Sequence[tuple[str, bool, str]]) -> int:
+    """0 when every target got its message; 1 if one did not, or there is none."""
+    return EXIT_OK if results and all(ok for _url, ok, _detail in results) else EXIT_ERROR
+
+
 def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2)
 
@@ -330,6 +345,11 @@ def build_parser(*, shell: bool = False) -> argparse.ArgumentParser:
                     help=f"how much of the end to print first (default {TAIL_BYTES})")
     sp.add_argument("process", metavar="PROCESS")
     command("events")
+    sp = command("alert")
+    sp.add_argument("action", choices=("test",), metavar="test",
+                    help="send a test message and report, per target, whether it was delivered")
+    sp.add_argument("target", nargs="?", default="", metavar="URL|INDEX",
+                    help="only this target: its number (from 0, in the file's order) or its URL")
     command("help").add_argument("topic", nargs="?", metavar="COMMAND", choices=COMMAND_NAMES)
     return p
 
@@ -576,6 +596,19 @@ def cmd_events(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK  # not reached: events() ends by an exception
 
 
+def cmd_alert(ctx: Context, args: argparse.Namespace) -> int:
+    results = ctx.client.test_alerts(args.target)
+    if ctx.json:
+        ctx.print(dumps(alert_json(results)))
+    else:
+        for line in alert_lines(results):
+            ctx.print(line)
+    if not results:
+        ctx.error("taskctl: taskmasterd has no alert targets (add an 'alerts:' section to its "
+                  "configuration, then reload)")
+    return alert_exit_code(results)
+
+
 def cmd_help(ctx: Context, args: argparse.Namespace) -> int:
     ctx.print(help_text(args.topic))
     return EXIT_OK
@@ -584,7 +617,7 @@ def cmd_help(ctx: Context, args: argparse.Namespace) -> int:
 COMMAND_FUNCS = {
     "status": cmd_status, "start": cmd_action, "stop": cmd_action, "restart": cmd_action,
     "signal": cmd_action, "reload": cmd_reload, "shutdown": cmd_shutdown, "pid": cmd_pid,
-    "tail": cmd_tail, "events": cmd_events, "help": cmd_help,
+    "tail": cmd_tail, "events": cmd_events, "alert": cmd_alert, "help": cmd_help,
 }
 
 

@@ -63,6 +63,7 @@ SILENT_ERRORS = frozenset({
 })
 CONNECT_TIMEOUT = 10.0
 CALL_TIMEOUT = 30.0
+ALERT_TEST_TIMEOUT = 45.0  # the daemon gives each target 20 s, all at once
 
 _DISCONNECTED = object()  # queue sentinel: the bus connection is gone
 
@@ -111,22 +112,21 @@ def embedded_address(uid: int, environ: Mapping[str, str]) -> Candidate:
 def candidates(choice: BusChoice | None, uid: int | None = None,
                environ: Mapping[str, str] = os.environ) -> list[Candidate]:
     """The buses to try, in order. No choice (taskctl without a bus flag): the
-    embedded bus if its address file exists, then root → system bus, others →
-    session bus."""
+    embedded bus if its address file exists, then (not root) the session bus
+    if there is one, then the system bus. The first of them where
+    taskmasterd owns its name wins (see Client._ensure): a user reaches the
+    system-wide daemon without a flag."""
     uid = os.geteuid() if uid is None else uid
     if choice is None:
         out = []
         embedded = embedded_address(uid, environ)
         if embedded.address:
             out.append(embedded)
-        if uid == 0:
-            out.append(system_address(environ))
-        else:
+        if uid != 0:
             session = session_address(environ)
-            if session.address or embedded.address:
+            if session.address:
                 out.append(session)
-            else:  # the daemon would have gone private: say so
-                out.append(embedded)
+        out.append(system_address(environ))
         return out
     if choice.kind == "system":
         return [system_address(environ)]
@@ -240,7 +240,9 @@ class Client:
         from dbus_next.aio import MessageBus
 
         last: Unreachable | None = None
-        for cand in candidates(self.requested):
+        cands = candidates(self.requested)
+        fallback: tuple[Any, Candidate] | None = None  # connected, but no daemon there
+        for i, cand in enumerate(cands):
             if cand.address is None:
                 last = _unreachable(cand.choice, cand.why)
                 continue
@@ -249,19 +251,32 @@ class Client:
                 bus = MessageBus(bus_address=cand.address, negotiate_unix_fd=True)
                 async with asyncio.timeout(CONNECT_TIMEOUT):
                     await bus.connect()
+                # With other buses left to try, take this one only if
+                # taskmasterd is on it.
+                if i < len(cands) - 1 and not await _has_owner(bus):
+                    if fallback is None:
+                        fallback, bus = (bus, cand), None
+                    continue
             except Exception as exc:
                 if bus is not None:
                     await _close_bus(bus)
                 why = "timed out" if isinstance(exc, TimeoutError) else _reason(exc)
                 last = _unreachable(cand.choice, f"cannot connect to it: {why}")
                 continue
-            self._bus = bus
-            self.choice = cand.choice
-            self._matches = []
-            bus.add_message_handler(self._on_message)
-            return bus
+            if fallback is not None:
+                await _close_bus(fallback[0])
+            return self._adopt(bus, cand)
+        if fallback is not None:  # no daemon anywhere: report it on the first bus
+            return self._adopt(*fallback)
         assert last is not None
         raise last
+
+    def _adopt(self, bus: Any, cand: Candidate) -> Any:
+        self._bus = bus
+        self.choice = cand.choice
+        self._matches = []
+        bus.add_message_handler(self._on_message)
+        return bus
 
     async def _drop(self) -> None:
         bus, self._bus = self._bus, None
@@ -299,8 +314,9 @@ class Client:
 
     async def _call(self, member: str, signature: str = "", body: Sequence[Any] = (), *,
                     destination: str = BUS_NAME, path: str = MANAGER_PATH,
-                    interface: str = MANAGER_IFACE) -> Any:
-        """The reply Message (a METHOD_RETURN); errors raised typed."""
+                    interface: str = MANAGER_IFACE, timeout: float | None = None) -> Any:
+        """The reply Message (a METHOD_RETURN); errors raised typed. `timeout`:
+        seconds to wait for the reply (default: the client's)."""
         import asyncio
 
         from dbus_next import Message, MessageType
@@ -308,11 +324,12 @@ class Client:
         bus = await self._ensure()
         msg = Message(destination=destination, path=path, interface=interface, member=member,
                       signature=signature, body=list(body))
+        limit = self.timeout if timeout is None else timeout
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(limit):
                 reply = await bus.call(msg)
         except TimeoutError:
-            raise _unreachable(self._where(), f"no reply to {member} within {self.timeout:g} s",
+            raise _unreachable(self._where(), f"no reply to {member} within {limit:g} s",
                                Unreachable.NO_REPLY) from None
         except Exception as exc:  # the connection dropped under us
             await self._drop()
@@ -407,6 +424,15 @@ class Client:
             fd = fds.pop(index)
             _close_fds(fds)
             return int(fd)
+        return self._run(go())
+
+    def test_alerts(self, target: str = "") -> list[tuple[str, bool, str]]:
+        """Manager.TestAlerts: a test message to every alert target ("") or to
+        one (index or URL); (redacted url, delivered, detail) per target."""
+        async def go() -> list[tuple[str, bool, str]]:
+            reply = await self._call("TestAlerts", "s", [target],
+                                     timeout=max(self.timeout, ALERT_TEST_TIMEOUT))
+            return [(str(url), bool(ok), str(detail)) for url, ok, detail in reply.body[0]]
         return self._run(go())
 
     def version(self) -> str:
@@ -551,6 +577,15 @@ def _close_fds(fds: Sequence[int] | None) -> None:
             os.close(fd)
         except OSError:
             pass
+
+
+async def _has_owner(bus: Any) -> bool:
+    from dbus_next import Message
+
+    reply = await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                                   interface="org.freedesktop.DBus", member="NameHasOwner",
+                                   signature="s", body=[BUS_NAME]))
+    return bool(reply is not None and reply.body and reply.body[0])
 
 
 async def _close_bus(bus: Any, timeout: float = 2.0) -> None:

@@ -18,7 +18,7 @@ How values are read (the node's source text decides, never YAML 1.1):
   optionally with a leading "-" (so that a negative value gets a range
   message). Leading zeros do not make them octal: `exitcodes: 010` is 10.
   A quoted number ("2") is an error.
-* seconds (starttime, stoptime, restartdelay): unquoted decimal numbers
+* seconds (starttime, stoptime, restartdelay, alert rate): unquoted decimal numbers
   such as 5, 0.5 or 10.; no exponent, no .inf/.nan; 0 to 86400.
 * umask: the octal digits written, quoted or not, with an optional 0o
   prefix: 022, 22, "022", '0o22', 0o22 and 0022 all mean 0o22. 18 is an
@@ -39,6 +39,10 @@ How values are read (the node's source text decides, never YAML 1.1):
   a null value is an error (write '' for an empty value).
 * the top-level sections taskmasterd, programs and alerts may be left
   empty (null), which means the same as absent.
+* alert URLs are checked by apprise itself (`Apprise().add(url)`), imported
+  here only when the file has alerts; an URL it cannot use is an error at
+  the url's line. Alert title/body templates (any non-null scalar) are
+  str.format strings whose fields must be named and among TEMPLATE_FIELDS.
 
 Aliases are fine anywhere, and merge keys (`<<: *defaults`, or a list of
 aliases) work in every mapping: keys written in the mapping win over merged
@@ -54,6 +58,7 @@ import os
 import re
 import shlex
 import signal
+import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +83,23 @@ ALERT_EVENTS: tuple[str, ...] = (
     "RELOAD_FAILED",
     "DAEMON_START",
     "DAEMON_STOP",
+)
+
+# Named fields an alert's title/body template may use (str.format style; every
+# value is text, empty when it does not apply). See taskmasterd/alerts.py.
+TEMPLATE_FIELDS: tuple[str, ...] = (
+    "host",
+    "program",
+    "process",
+    "pid",
+    "event",
+    "state",
+    "status",
+    "time",
+    "since",
+    "count",
+    "message",
+    "stderr_tail",
 )
 
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
@@ -143,11 +165,21 @@ class GlobalConfig:
     statedir: str | None = None
 
 
+DEFAULT_ALERT_RATE = 60.0  # seconds between two messages to one target
+
+
 @dataclass(frozen=True)
 class AlertConfig:
-    url: str
+    url: str  # an apprise URL, as written (may hold secrets: never log it)
     events: frozenset[str] = frozenset({"FATAL", "EXITED_UNEXPECTED"})
-    programs: tuple[str, ...] = ("*",)
+    programs: tuple[str, ...] = ("*",)  # globs on program (or process) names
+    rate: float = DEFAULT_ALERT_RATE  # minimum interval between two messages, seconds
+    title: str | None = None  # str.format templates over TEMPLATE_FIELDS;
+    body: str | None = None  # None: the built-in text
+    # Where the url: value is in the file (1-based; 0 when not from a file).
+    # Not part of the value: moving an alert in the file changes nothing.
+    line: int = field(default=0, compare=False)
+    column: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -252,7 +284,7 @@ PROGRAM_KEYS: tuple[str, ...] = (
     "user",
     "restartdelay",
 )
-ALERT_KEYS: tuple[str, ...] = ("url", "events", "programs")
+ALERT_KEYS: tuple[str, ...] = ("url", "events", "programs", "rate", "title", "body")
 
 # supervisord's [program:x] option names -> Taskmaster's, or None if unsupported.
 _SUPERVISORD_NAMES: dict[str, str | None] = {
@@ -819,10 +851,13 @@ class _Validator:
             "url": self._url,
             "events": lambda n: self._events(n, f"{kp}.events"),
             "programs": lambda n: self._patterns(n, f"{kp}.programs"),
+            "rate": self._seconds,
+            "title": self._template,
+            "body": self._template,
         }
         values: dict[str, Any] = {}
         ok = True
-        has_url = False
+        url_node: Node | None = None
         for k, v in self.entries(node, kp):
             key = k.value
             reader = readers.get(key)
@@ -830,17 +865,32 @@ class _Validator:
                 self.error(k, f"{kp}.{key}", _unknown_key(key, ALERT_KEYS, "an alert"))
                 ok = False
                 continue
-            has_url = has_url or key == "url"
+            if key == "url":
+                url_node = v
             ok = self._read(reader, v, f"{kp}.{key}", values, key) and ok
-        if not has_url:
-            self.error(node, kp, "an alert needs a 'url:' (e.g. url: https://example.com/hook)")
+        if url_node is None:
+            self.error(node, kp, f"an alert needs a 'url:' (e.g. url: {_URL_EXAMPLE})")
             return None
-        return AlertConfig(**values) if ok else None
+        if not ok:
+            return None
+        return AlertConfig(**values, line=url_node.start_mark.line + 1,
+                           column=url_node.start_mark.column + 1)
 
     def _url(self, node: Node) -> str:
         text = self._text(node, "a URL", strict=True)
-        if "://" not in text:
-            raise _Reject(f"expected a URL like https://example.com/hook, found {_show(node)}")
+        scheme, sep, _rest = text.partition("://")
+        if not sep or not scheme:
+            raise _Reject(f"expected a URL like {_URL_EXAMPLE} (apprise's syntax), found {_show(node)}")
+        problem = _apprise_problem(text)
+        if problem is not None:
+            raise _Reject(problem)
+        return text
+
+    def _template(self, node: Node) -> str:
+        text = self._text(node, "a message template")
+        problem = _template_problem(text)
+        if problem is not None:
+            raise _Reject(problem)
         return text
 
     def _events(self, node: Node, kp: str) -> frozenset[str]:
@@ -1071,6 +1121,79 @@ class _Validator:
         if bad:
             raise _Reported
         return tuple(sorted(out.items()))
+
+
+_URL_EXAMPLE = "json://example.com/hook or mailto://user:password@smtp.example.com?to=ops@example.com"
+_APPRISE_WIKI = "https://github.com/caronc/apprise/wiki"
+
+
+def _apprise_problem(url: str) -> str | None:
+    """Why apprise cannot use `url`, or None when it can.
+
+    apprise is imported here, on the first alert URL (it costs ~0.1-0.3 s).
+    The URL is never quoted back: it may hold a password or a token.
+    """
+    try:
+        import apprise
+    except ImportError:
+        return ("alerts need the apprise package (Debian: python3-apprise), which is not "
+                "installed; install it or remove 'alerts:'")
+    scheme = url.partition("://")[0]
+    try:
+        targets = apprise.Apprise()
+        accepted = bool(targets.add(url))
+        count = len(targets)
+    except Exception:  # a plugin that chokes on odd input: still "cannot use it"
+        accepted, count = False, 0
+    if accepted and count == 1:
+        return None
+    if accepted:
+        return (f"this is {count} URLs for apprise (separated by a comma or a space); "
+                "write one '- url:' item per target")
+    if scheme.lower() in ("http", "https"):
+        secure = "s" if scheme.lower() == "https" else ""
+        return (f"apprise has no {scheme}:// service: for a web hook write json{secure}:// "
+                f"(JSON POST), form{secure}:// or xml{secure}:// instead of {scheme}://")
+    if scheme.lower() not in _apprise_schemes(apprise):
+        return f"apprise has no service '{scheme}://'; the services and their URLs: {_APPRISE_WIKI}"
+    return (f"apprise cannot use this {scheme}:// URL: a part is missing or invalid "
+            f"(host, port, token, address...); see {_APPRISE_WIKI} for its format")
+
+
+def _apprise_schemes(apprise: Any) -> set[str]:
+    schemes: set[str] = set()
+    try:
+        for entry in apprise.Apprise().details().get("schemas", ()):
+            for key in ("protocols", "secure_protocols"):
+                value = entry.get(key) or ()
+                schemes.update(str(v).lower() for v in ([value] if isinstance(value, str) else value))
+    except Exception:
+        pass
+    return schemes
+
+
+def _template_problem(text: str) -> str | None:
+    """What is wrong with a title/body template, or None."""
+    known = ", ".join(TEMPLATE_FIELDS)
+    try:
+        names = [name for _lit, name, _spec, _conv in string.Formatter().parse(text) if name is not None]
+    except ValueError as e:
+        return f"invalid template: {e}; write {{{{ and }}}} for literal braces"
+    for name in names:
+        if name == "" or name.isdigit():
+            return f"template fields must be named, like {{program}}; known fields: {known}"
+        base = re.split(r"[.\[]", name, maxsplit=1)[0]
+        if base != name:
+            return f"template field {{{name}}}: only plain names are allowed, like {{{base}}}"
+        if base not in TEMPLATE_FIELDS:
+            close = difflib.get_close_matches(base, TEMPLATE_FIELDS, n=1, cutoff=0.6)
+            hint = f" (did you mean {{{close[0]}}}?)" if close else ""
+            return f"unknown template field {{{base}}}{hint}; known fields: {known}"
+    try:
+        text.format(**{f: "x" for f in TEMPLATE_FIELDS})
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+        return f"invalid template: {e} (every field is text)"
+    return None
 
 
 class _Mark(Node):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 from dbus_next import BusType
 
 from taskmasterd import __version__, events
+from taskmasterd.alerts import AlertDispatcher
 from taskmasterd.bus.names import BUS_NAME
 from taskmasterd.bus.service import BusService, BusUnavailable
 from taskmasterd.busaddr import BusChoice, runtime_dir
@@ -62,6 +63,7 @@ class Daemon:
     state_changed: Callable[[], None] = lambda: None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _status_pending: bool = False
+    alerts: AlertDispatcher | None = None  # set by create()
 
     def _set_state(self, state: str) -> None:
         if state == self.state:
@@ -92,6 +94,12 @@ class Daemon:
     def output_file(self, process: str, stream: str) -> str:
         return self.supervisor.output_file(process, stream)
 
+    async def test_alerts(self, target: str) -> list[tuple[str, bool, str]]:
+        """`taskctl alert test`: (redacted url, delivered, detail) per target."""
+        if self.alerts is None:
+            return []
+        return [(r.url, r.ok, r.detail) for r in await self.alerts.test(target)]
+
     @classmethod
     async def create(cls, config: Config, *, stderr: bool = True) -> Daemon:
         paths = resolve_paths(config.daemon)
@@ -109,6 +117,9 @@ class Daemon:
         sup = Supervisor(config, bus, logdir=paths.logdir, journal=journald)
         daemon = cls(config.path, config, bus, lifelog, sup)
         bus.subscribe(daemon._on_event)
+        daemon.alerts = AlertDispatcher(config.alerts, config_path=config.path,
+                                        stderr_file=lambda p: sup.output_file(p, "stderr"))
+        bus.subscribe(daemon.alerts.on_event)
         return daemon
 
     def reload(self) -> ReloadPlan:
@@ -131,6 +142,8 @@ class Daemon:
         except OSError as exc:
             self._reload_failed([f"cannot open the log file {paths.logfile}: {exc.strerror}"])
         self.supervisor.logdir = paths.logdir
+        if self.alerts is not None:  # before the RELOAD event: the new targets hear of it
+            self.alerts.configure(new.alerts)
         plan = self.supervisor.reload(new)
         self.config = new
         return plan
@@ -166,6 +179,8 @@ class Daemon:
                                message=f"shutting down: stopping {live} running process(es)"))
         await self.supervisor.shutdown()
         self.bus.publish(Event(kind=events.DAEMON_STOP, message="every process stopped; exiting"))
+        if self.alerts is not None:
+            await self.alerts.close()  # the last messages, a few seconds at most
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if handle_signals else ():
             # Every program is down: a late signal must not turn our clean
             # exit 0 into death by signal (SIG_DFL would).

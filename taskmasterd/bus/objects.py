@@ -44,6 +44,7 @@ class Controller(Protocol):
     def reload(self) -> ReloadPlan: ...
     def request_shutdown(self) -> None: ...
     def output_file(self, process: str, stream: str) -> str: ...
+    async def test_alerts(self, target: str) -> list[tuple[str, bool, str]]: ...
 
 
 @contextlib.contextmanager
@@ -138,6 +139,15 @@ class Manager(ServiceInterface):
         with dbus_errors("OpenLog"):
             path = self._c.output_file(check_arg(process, "process"), check_arg(stream, "stream"))
             return compat.close_after_send(os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY))
+
+    @method()
+    async def TestAlerts(self, target: 's') -> 'a(sbs)':
+        """A test message to every alert target ("") or one (its index or URL):
+        (redacted URL, delivered, detail) each. Targets are tried at once, each
+        in its own thread, with a time limit: the loop goes on meanwhile."""
+        with dbus_errors("TestAlerts"):
+            results = await self._c.test_alerts(check_arg(target, "target"))
+            return [[url, ok, detail] for url, ok, detail in results]
 
     @dbus_property(access=PropertyAccess.READ)
     def Version(self) -> 's':

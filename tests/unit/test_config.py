@@ -1212,7 +1212,7 @@ def test_alert_events_constant() -> None:
 def test_alerts_valid(tmp_path: Path) -> None:
     text = """\
 alerts:
-  - url: https://hooks.example.com/x
+  - url: jsons://hooks.example.com/x
     events: [fatal, Exited_Unexpected, BACKOFF, "daemon_stop"]
     programs: ["web*", db, 42]
   - url: mailto://ops@example.com
@@ -1220,7 +1220,7 @@ alerts:
     config = load(tmp_path, text)
     assert config.alerts == (
         AlertConfig(
-            url="https://hooks.example.com/x",
+            url="jsons://hooks.example.com/x",
             events=frozenset({"FATAL", "EXITED_UNEXPECTED", "BACKOFF", "DAEMON_STOP"}),
             programs=("web*", "db", "42"),
         ),
@@ -1233,19 +1233,19 @@ alerts:
 @pytest.mark.parametrize(
     ("item", "line", "column", "keypath", "phrase"),
     [
-        ("- url: example.com", 2, 10, "alerts[0].url", "expected a URL like https://example.com/hook"),
+        ("- url: example.com", 2, 10, "alerts[0].url", "expected a URL like json://example.com/hook"),
         ("- url: 42", 2, 10, "alerts[0].url", "expected a URL, found an integer"),
         ("- url: ~", 2, 10, "alerts[0].url", "expected a URL, found null"),
         ("- events: [FATAL]", 2, 5, "alerts[0]", "an alert needs a 'url:'"),
-        ("- url: http://x\n    events: [FATAL, NOPE]", 3, 21, "alerts[0].events[1]", "unknown event 'NOPE'"),
-        ("- url: http://x\n    events: [FATAL, ~]", 3, 21, "alerts[0].events[1]", "expected one of STARTING"),
-        ("- url: http://x\n    events: []", 3, 13, "alerts[0].events", "found an empty list"),
-        ("- url: http://x\n    events: FATAL", 3, 13, "alerts[0].events", "expected a list of event names"),
-        ("- url: http://x\n    programs: ['']", 3, 16, "alerts[0].programs[0]", "found an empty string"),
-        ("- url: http://x\n    programs: []", 3, 15, "alerts[0].programs", "found an empty list"),
-        ("- url: http://x\n    programs: web", 3, 15, "alerts[0].programs", "expected a list of program"),
-        ("- url: http://x\n    evnts: [FATAL]", 3, 5, "alerts[0].evnts", "did you mean 'events'?"),
-        ("- url: http://x\n    zzz: 1", 3, 5, "alerts[0].zzz", "an alert accepts: url, events, programs"),
+        ("- url: json://x\n    events: [FATAL, NOPE]", 3, 21, "alerts[0].events[1]", "unknown event 'NOPE'"),
+        ("- url: json://x\n    events: [FATAL, ~]", 3, 21, "alerts[0].events[1]", "expected one of STARTING"),
+        ("- url: json://x\n    events: []", 3, 13, "alerts[0].events", "found an empty list"),
+        ("- url: json://x\n    events: FATAL", 3, 13, "alerts[0].events", "expected a list of event names"),
+        ("- url: json://x\n    programs: ['']", 3, 16, "alerts[0].programs[0]", "found an empty string"),
+        ("- url: json://x\n    programs: []", 3, 15, "alerts[0].programs", "found an empty list"),
+        ("- url: json://x\n    programs: web", 3, 15, "alerts[0].programs", "expected a list of program"),
+        ("- url: json://x\n    evnts: [FATAL]", 3, 5, "alerts[0].evnts", "did you mean 'events'?"),
+        ("- url: json://x\n    zzz: 1", 3, 5, "alerts[0].zzz", "an alert accepts: url, events, programs"),
         ("- hello", 2, 5, "alerts[0]", "an alert must be a mapping with at least 'url:', found a string"),
     ],
 )
@@ -1254,12 +1254,12 @@ def test_alerts_invalid(tmp_path: Path, item: str, line: int, column: int, keypa
 
 
 def test_alerts_second_item_keypath(tmp_path: Path) -> None:
-    issue = only_issue(tmp_path, "alerts:\n  - url: http://a\n  - url: nope\n")
+    issue = only_issue(tmp_path, "alerts:\n  - url: json://a\n  - url: nope\n")
     assert_issue(issue, 3, 10, "alerts[1].url", "expected a URL")
 
 
 def test_alerts_must_be_a_list(tmp_path: Path) -> None:
-    issue = only_issue(tmp_path, "alerts:\n  url: http://x\n")
+    issue = only_issue(tmp_path, "alerts:\n  url: json://x\n")
     assert_issue(issue, 2, 3, "alerts", "expected a list of alerts (each '- url: ...'), found a mapping")
 
 
