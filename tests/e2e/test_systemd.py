@@ -209,6 +209,24 @@ def test_a_killed_program_restarts_and_the_journal_says_why(booted: Container) -
     assert running["MESSAGE_ID"] != exited["MESSAGE_ID"]
 
 
+def test_program_output_goes_straight_to_the_journal(booted: Container) -> None:
+    """Automatic output under journald: each process writes into a journal
+    stream of its own (identifier = program name). A stream entry
+    (_TRANSPORT=stdout) is what the child wrote itself; a copy made by the
+    daemon would arrive through the journal API instead."""
+    box = booted
+    wait_state(box, dict.fromkeys(VOGSPHERE, "RUNNING"))
+    since = box.journal_mark()
+    line = journal_entry(box, "with a vogsphere worker's own output", "SYSLOG_IDENTIFIER=vogsphere",
+                         since=since, where=lambda e: "job" in e.get("MESSAGE", ""))
+    assert line.get("_TRANSPORT") == "stdout", line
+    assert re.fullmatch(r"vogsphere worker [0-2]: job \d+ done", line["MESSAGE"]), line
+    assert line.get("PRIORITY") == "6", line
+    # OpenLog says NotAFile for it; taskctl tail falls back to journalctl.
+    tail = taskctl(box, "tail", "vogsphere:0")
+    assert tail.returncode == 0 and "vogsphere worker" in tail.stdout, (tail.stdout, tail.stderr)
+
+
 def test_reload_restarts_only_the_changed_program(booted: Container) -> None:
     box = booted
     before = pids(wait_state(box, dict.fromkeys(UP, "RUNNING")), UP)
