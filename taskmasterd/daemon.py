@@ -74,7 +74,7 @@ class Daemon:
         elif state == "reloading":
             self.notifier.reloading()
         elif state == "stopping":
-            self.notifier.stopping()
+            self.notifier.stopping(self.supervisor.longest_stop())
         self.state_changed()
 
     def _on_event(self, event: Event) -> None:

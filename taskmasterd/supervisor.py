@@ -177,6 +177,11 @@ class Supervisor:
                            f"journalctl -f -t {p.program}")
         return path
 
+    def longest_stop(self) -> float:
+        """The longest stoptime among processes alive now (0 if none)."""
+        return max((s.process.config.stoptime for s in [*self.slots.values(), *self._retired]
+                    if s.child is not None), default=0.0)
+
     def live_children(self) -> int:
         return sum(1 for s in [*self.slots.values(), *self._retired] if s.child is not None)
 

@@ -68,7 +68,10 @@ def test_ready_status_reload_and_stopping(
                     "s", "ghost"], capture_output=True, timeout=30)
     assert "1 fatal" in notify.next(lambda m: "1 fatal" in m.get("STATUS", ""))["STATUS"]
     d.signal(signal.SIGTERM)
-    assert notify.next(lambda m: "STOPPING" in m)["STOPPING"] == "1"
+    stopping = notify.next(lambda m: "STOPPING" in m)
+    assert stopping["STOPPING"] == "1"
+    # systemd's stop timeout is stretched to cover stoptime (10 s default) + margin.
+    assert stopping["EXTEND_TIMEOUT_USEC"] == str(15_000_000)
     assert d.terminate() == 0
 
 
