@@ -58,3 +58,10 @@ deb:
 		dpkg-buildpackage -us -uc -b
 	$(DEB_ENV) lintian --fail-on error --tag-display-limit 0 $(DEB_FILE)
 	@echo "deb: $(DEB_FILE)"
+
+# Benchmarks against supervisord (bench/README.md): a table on stdout, JSON in
+# bench/results/. BENCH_ARGS=--quick for a shorter run, e.g. --only restart,stop.
+BENCH_PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
+.PHONY: bench
+bench:
+	$(BENCH_PYTHON) bench/run.py $(BENCH_ARGS)

@@ -1,0 +1,394 @@
+"""One driver per supervisor, same methods, so a measure runs unchanged on both.
+
+A workload is a dict name -> Program. `start()` writes the supervisor's own
+config in a private temp dir, launches the daemon (taskmasterd on a private
+dbus-daemon; supervisord with a unix socket only, no TCP), and returns the
+perf_counter() at launch. `stop()` always ends everything it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import xmlrpc.client
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.dbus_fixtures import session_bus  # noqa: E402
+
+SUPERVISOR_VERSION = "4.2.5"
+SUP_VENV = ROOT / "bench" / ".venv-supervisor"
+MARKER_KEY = "TM_BENCH_MARKER"
+SUP_AUTORESTART = {"always": "true", "never": "false"}
+
+
+@dataclass
+class Program:
+    cmd: str
+    autostart: bool = True
+    autorestart: str = "unexpected"  # always | never | unexpected
+    starttime: int = 0
+    stoptime: int = 10
+    stdout: str | None = None  # path, or None = discard
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def ensure_supervisor() -> Path:
+    """bench/.venv-supervisor with supervisor==SUPERVISOR_VERSION (created if missing)."""
+    exe = SUP_VENV / "bin" / "supervisord"
+    if not exe.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(SUP_VENV)], check=True)
+        subprocess.run([str(SUP_VENV / "bin" / "pip"), "install", "-q",
+                        f"supervisor=={SUPERVISOR_VERSION}"], check=True)
+    return exe
+
+
+def ps_state(pid: int) -> str | None:
+    """Process state letter from /proc, None when gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except OSError:
+        return None
+
+
+def alive(pid: int) -> bool:
+    return ps_state(pid) not in (None, "Z", "X")
+
+
+def comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ctx_switches(pid: int) -> int:
+    """voluntary + nonvoluntary context switches summed over every thread."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def children_of(ppid: int) -> list[int]:
+    """Live direct children (scan of /proc/*/stat: no CONFIG_PROC_CHILDREN here)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                rest = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(rest[1]) == ppid and rest[0] not in (b"Z", b"X"):
+            out.append(int(entry))
+    return out
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 60.0) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
+class _UnixTransport(xmlrpc.client.Transport):
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self._path = path
+
+    def make_connection(self, host):  # type: ignore[override]
+        return _UnixHTTPConnection(self._path)
+
+
+class Driver:
+    name = "?"
+    cli_name = "?"
+
+    def __init__(self) -> None:
+        self.tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.dir = Path()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def _mkdir(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix=f"bench-{self.name}-")
+        self.dir = Path(self.tmp.name)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.proc.returncode}; see {self.dir}")
+            try:
+                self.list_processes()
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
+
+    def states(self) -> dict[str, tuple[str, int]]:
+        return {n: (s, p) for n, s, p in self.list_processes()}
+
+    def wait_state(self, name: str, state: str, timeout: float = 10.0) -> int:
+        deadline = time.monotonic() + timeout
+        while True:
+            s, pid = self.states().get(name, ("?", 0))
+            if s == state:
+                return pid
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: {name} not {state} after {timeout}s (is {s})")
+            time.sleep(0.005)
+
+    def _kill_daemon(self, timeout: float) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(OSError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    # To implement: start(programs) -> float, stop(), list_processes(),
+    # start_process(name), stop_process(name), cli_status() -> argv
+
+
+class Taskmasterd(Driver):
+    name = "taskmasterd"
+    cli_name = "taskctl status"
+    DEST = "org.taskmaster.Taskmaster1"
+    PATH = "/org/taskmaster/Taskmaster1"
+    IFACE = "org.taskmaster.Taskmaster1.Manager"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.bus = None
+        self._buscm: contextlib.AbstractContextManager[str] | None = None
+        self.address = ""
+
+    def start(self, programs: dict[str, Program]) -> float:
+        import yaml
+        self._mkdir()
+        self._buscm = session_bus(self.dir)
+        self.address = self._buscm.__enter__()
+        progs = {}
+        for name, p in programs.items():
+            d = {"cmd": p.cmd, "autostart": p.autostart, "autorestart": p.autorestart,
+                 "starttime": p.starttime, "stoptime": p.stoptime,
+                 "stdout": p.stdout, "stderr": None, "env": dict(p.env)}
+            progs[name] = d
+        conf = self.dir / "taskmaster.yaml"
+        conf.write_text(yaml.safe_dump({
+            "taskmasterd": {"logfile": str(self.dir / "taskmasterd.log"),
+                            "logdir": str(self.dir / "logs")},
+            "programs": progs}, sort_keys=False))
+        err = open(self.dir / "stderr.txt", "wb")  # noqa: SIM115 (closed once handed over)
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "taskmasterd", "-c", str(conf), "--address", self.address],
+            stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=self.dir,
+            start_new_session=True)
+        err.close()
+        return t0
+
+    async def _connect(self):
+        from dbus_next.aio import MessageBus
+        return await MessageBus(bus_address=self.address).connect()
+
+    def _call(self, member: str, signature: str = "", body: list | None = None):
+        from dbus_next import Message, MessageType
+        if self.bus is None:
+            self.bus = self.loop.run_until_complete(self._connect())
+        reply = self.loop.run_until_complete(self.bus.call(Message(
+            destination=self.DEST, path=self.PATH, interface=self.IFACE, member=member,
+            signature=signature, body=body or [])))
+        if reply.message_type == MessageType.ERROR:
+            raise RuntimeError(f"{reply.error_name}: {reply.body}")
+        return reply.body
+
+    def list_processes(self) -> list[tuple[str, str, int]]:
+        return [(r[0], r[2], r[3]) for r in self._call("ListProcesses")[0]]
+
+    def start_process(self, name: str) -> None:
+        self._call("Start", "s", [name])
+
+    def stop_process(self, name: str) -> None:
+        self._call("Stop", "s", [name])
+
+    def cli_status(self) -> list[str]:
+        return [sys.executable, "-m", "taskctl", "--address", self.address, "status"]
+
+    def fanout(self, target: str, expect: int, timeout: float) -> tuple[float, int]:
+        """Stop(target) and count ProcessStateChanged signals on a second
+        connection; returns (seconds from the call to the last one, count)."""
+        from dbus_next import Message, MessageType
+
+        async def run() -> tuple[float, int]:
+            sub = await self._connect()
+            got: list[float] = []
+            done = asyncio.Event()
+
+            def handler(msg: Message) -> None:
+                if msg.message_type == MessageType.SIGNAL and msg.member == "ProcessStateChanged":
+                    got.append(time.perf_counter())
+                    if len(got) >= expect:
+                        done.set()
+            sub.add_message_handler(handler)
+            await sub.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                                   interface="org.freedesktop.DBus", member="AddMatch",
+                                   signature="s", body=[f"type='signal',sender='{self.DEST}',"
+                                                        "member='ProcessStateChanged'"]))
+            caller = await self._connect()
+            t0 = time.perf_counter()
+            await caller.call(Message(destination=self.DEST, path=self.PATH, interface=self.IFACE,
+                                      member="Stop", signature="s", body=[target]))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(done.wait(), timeout)
+            # a short grace for stragglers beyond `expect` (none expected)
+            await asyncio.sleep(0.2)
+            sub.disconnect()
+            caller.disconnect()
+            return (got[-1] - t0 if got else float("nan")), len(got)
+        return self.loop.run_until_complete(run())
+
+    def stop(self) -> None:
+        if self.bus is not None:
+            with contextlib.suppress(Exception):
+                self.bus.disconnect()
+            self.bus = None
+        self._kill_daemon(60)
+        if self._buscm is not None:
+            self._buscm.__exit__(None, None, None)
+            self._buscm = None
+        if self.tmp is not None:
+            self.tmp.cleanup()
+            self.tmp = None
+
+
+class Supervisord(Driver):
+    name = "supervisord"
+    cli_name = "supervisorctl status"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.exe = ensure_supervisor()
+        self.sock = ""
+        self.conf = Path()
+        self._rpc: xmlrpc.client.ServerProxy | None = None
+
+    def start(self, programs: dict[str, Program]) -> float:
+        self._mkdir()
+        self.sock = str(self.dir / "supervisor.sock")
+        lines = [
+            "[unix_http_server]", f"file={self.sock}", "chmod=0700", "",
+            "[supervisord]", f"logfile={self.dir / 'supervisord.log'}", "logfile_maxbytes=0",
+            f"pidfile={self.dir / 'supervisord.pid'}", "nodaemon=true", "minfds=8192",
+            f"childlogdir={self.dir}", "loglevel=info", "",
+            "[rpcinterface:supervisor]",
+            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface", "",
+            "[supervisorctl]", f"serverurl=unix://{self.sock}", ""]
+        for name, p in programs.items():
+            env = ",".join(f'{k}="{v}"' for k, v in p.env.items())
+            lines += [f"[program:{name}]", f"command={p.cmd}",
+                      f"autostart={'true' if p.autostart else 'false'}",
+                      f"autorestart={SUP_AUTORESTART.get(p.autorestart, 'unexpected')}",
+                      f"startsecs={p.starttime}", f"stopwaitsecs={p.stoptime}",
+                      "stopasgroup=true", "killasgroup=true",
+                      f"stdout_logfile={p.stdout or 'NONE'}", "stdout_logfile_maxbytes=0",
+                      "stderr_logfile=NONE"]
+            if env:
+                lines.append(f"environment={env}")
+            lines.append("")
+        self.conf = self.dir / "supervisord.conf"
+        self.conf.write_text("\n".join(lines))
+        err = open(self.dir / "stderr.txt", "wb")  # noqa: SIM115 (closed once handed over)
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen([str(self.exe), "-n", "-c", str(self.conf)],
+                                     stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                     cwd=self.dir, start_new_session=True)
+        err.close()
+        return t0
+
+    @property
+    def rpc(self) -> xmlrpc.client.ServerProxy:
+        if self._rpc is None:
+            self._rpc = xmlrpc.client.ServerProxy("http://localhost",
+                                                  transport=_UnixTransport(self.sock))
+        return self._rpc
+
+    def list_processes(self) -> list[tuple[str, str, int]]:
+        return [(i["name"], i["statename"], i["pid"])
+                for i in self.rpc.supervisor.getAllProcessInfo()]
+
+    def start_process(self, name: str) -> None:
+        self.rpc.supervisor.startProcess(name, False)
+
+    def stop_process(self, name: str) -> None:
+        self.rpc.supervisor.stopProcess(name, False)
+
+    def cli_status(self) -> list[str]:
+        return [str(SUP_VENV / "bin" / "supervisorctl"), "-c", str(self.conf), "status"]
+
+    def stop(self) -> None:
+        self._rpc = None
+        self._kill_daemon(60)
+        if self.tmp is not None:
+            self.tmp.cleanup()
+            self.tmp = None
+
+
+def shq(s: str) -> str:
+    return shlex.quote(s)
+
+
+DRIVERS = {"taskmasterd": Taskmasterd, "supervisord": Supervisord}

@@ -1,0 +1,278 @@
+"""The measures. Each takes a driver class and options, returns a list of
+result rows: {"measure", "unit", "samples", "note"} (samples may be empty
+with a note such as "> 30 s" or "n/a"). Every loop is bounded in count and
+time; every daemon started is stopped in a finally."""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from drivers import MARKER_KEY, Program, alive, comm, cpu_seconds, ctx_switches, rss_kib
+
+SLEEP = "sleep 100000"
+
+
+def row(measure: str, unit: str, samples: list[float], note: str = "",
+        better: str = "lower") -> dict:
+    return {"measure": measure, "unit": unit, "samples": samples, "note": note, "better": better}
+
+
+def _new_marked(marker: str, known: set[int]) -> int | None:
+    """A pid not in `known`, exec'd as `sleep`, whose environment holds the
+    marker (new pids only: cheap)."""
+    needle = f"{MARKER_KEY}={marker}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        if pid in known:
+            continue
+        if comm(pid) != "sleep":  # not exec'd yet: environ is still the parent's, look again
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if not env:  # mid-exec: comm is set before the new stack (environ) is
+            continue
+        known.add(pid)
+        if needle in env:
+            return pid
+    return None
+
+
+def restart_latency(drv_cls, opts) -> list[dict]:
+    """kill -9 of a RUNNING process -> new pid (seen by scanning new /proc entries for the marker)."""
+    reps = opts.reps_restart
+    marker = uuid.uuid4().hex
+    d = drv_cls()
+    samples: list[float] = []
+    try:
+        d.start({"r": Program(SLEEP, autorestart="always", env={MARKER_KEY: marker})})
+        d.wait_ready()
+        pid = d.wait_state("r", "RUNNING")
+        for _ in range(reps):
+            known = {int(e) for e in os.listdir("/proc") if e.isdigit()}
+            t0 = time.perf_counter()
+            os.kill(pid, signal.SIGKILL)
+            deadline = t0 + 5.0
+            new = None
+            while new is None and time.perf_counter() < deadline:
+                new = _new_marked(marker, known)
+                if new is None:
+                    time.sleep(0.0002)  # leave the CPU to the daemon (2-CPU machines)
+            if new is None:
+                return [row("restart latency (kill -9 -> new pid)", "ms", samples, "> 5 s")]
+            samples.append((time.perf_counter() - t0) * 1000)
+            pid = d.wait_state("r", "RUNNING")
+            while pid != new:  # the API caught up with the new pid
+                pid = d.wait_state("r", "RUNNING")
+    finally:
+        d.stop()
+    return [row("restart latency (kill -9 -> new pid)", "ms", samples)]
+
+
+def mass_start_and_status(drv_cls, opts) -> list[dict]:
+    """For each N: daemon launch -> all N RUNNING (one sample: a daemon start
+    is expensive), then ListProcesses/getAllProcessInfo and CLI status wall
+    time (several samples), and for the smallest N the idle cost."""
+    rows = []
+    for n in opts.sizes:
+        d = drv_cls()
+        try:
+            t0 = d.start({f"p{i}": Program(SLEEP) for i in range(n)})
+            deadline = t0 + opts.mass_timeout
+            running = -1
+            # phase 1: count the daemon's children exec'd as `sleep` from
+            # /proc every 20 ms (costs the daemon nothing: an API poll at
+            # N=1000 would steal its CPU, ~0.8 s a call for supervisord);
+            # phase 2: poll the API until every process is RUNNING (or the cap)
+            while time.perf_counter() < deadline and sleeping_children(d.pid) < n:
+                if d.proc.poll() is not None:
+                    raise RuntimeError(f"{d.name} exited ({d.proc.returncode})")
+                time.sleep(0.02)
+            while time.perf_counter() < deadline:
+                try:
+                    procs = d.list_processes()
+                except Exception:
+                    if d.proc.poll() is not None:
+                        raise
+                    time.sleep(0.005)
+                    continue
+                running = sum(1 for _, s, _ in procs if s == "RUNNING")
+                if running == n:
+                    break
+                time.sleep(0.02)
+            elapsed = time.perf_counter() - t0
+            if running == n:
+                rows.append(row(f"mass start N={n} (launch -> all RUNNING)", "s", [elapsed]))
+            else:
+                rows.append(row(f"mass start N={n} (launch -> all RUNNING)", "s", [],
+                                f"> {opts.mass_timeout:g} s ({running} running)"))
+                continue
+            api = []
+            for _ in range(opts.reps_cheap):
+                t = time.perf_counter()
+                got = d.list_processes()
+                api.append((time.perf_counter() - t) * 1000)
+                assert len(got) == n
+            rows.append(row(f"status API N={n} (ListProcesses / getAllProcessInfo)", "ms", api))
+            cli = []
+            for _ in range(opts.reps_cli):
+                cli.append(_timed_run(d.cli_status()) * 1000)
+            rows.append(row(f"status CLI N={n} (taskctl / supervisorctl status)", "ms", cli))
+            if n == min(opts.sizes):
+                rows += _idle(d, n, opts)
+            if n == opts.fanout_n and d.name == "taskmasterd":
+                rows += _fanout(d, n, opts)
+            if n == max(opts.sizes):
+                rows.append(row(f"daemon RSS N={n}", "MiB", [rss_kib(d.pid) / 1024]))
+        finally:
+            d.stop()
+    if drv_cls.name != "taskmasterd":
+        rows.append(row("event fan-out (1000 state changes -> subscriber)", "ms", [],
+                        "n/a (no push API; only eventlistener subprocesses)"))
+    return rows
+
+
+def _timed_run(argv: list[str], cap: float = 60.0) -> float:
+    """Wall time of a command. Not subprocess.run(timeout=...): Python 3.11's
+    wait with a timeout polls with sleeps of up to 50 ms, which quantised the
+    result; a plain wait() plus a kill timer is exact and still bounded."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    timer = threading.Timer(cap, proc.kill)
+    timer.start()
+    try:
+        proc.wait()
+    finally:
+        timer.cancel()
+    return time.perf_counter() - t
+
+
+def sleeping_children(ppid: int) -> int:
+    """Children of `ppid` already exec'd as sleep (one /proc scan)."""
+    count = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        head, rest = data.rsplit(b")", 1)
+        fields = rest.split()
+        if fields[0] not in (b"Z", b"X") and int(fields[1]) == ppid and head.endswith(b"(sleep"):
+            count += 1
+    return count
+
+
+def _idle(d, n: int, opts) -> list[dict]:
+    time.sleep(1.0)  # let the start-up settle
+    pid = d.pid
+    windows = []
+    for _ in range(opts.idle_reps):
+        c0 = ctx_switches(pid)
+        time.sleep(opts.idle_window)
+        windows.append((ctx_switches(pid) - c0) / opts.idle_window)
+    return [row(f"idle wakeups/s N={n} ({opts.idle_window:g} s window)", "/s", windows),
+            row(f"daemon RSS N={n}", "MiB", [rss_kib(pid) / 1024])]
+
+
+def _fanout(d, n: int, opts) -> list[dict]:
+    expect = 2 * n  # RUNNING -> STOPPING -> STOPPED for each
+    secs, count = d.fanout("all", expect, timeout=30)
+    note = f"{n} x Stop: {expect} ProcessStateChanged" if count == expect else \
+        f"{count}/{expect} signals received"
+    return [row("event fan-out (1000 state changes -> subscriber)", "ms",
+                [secs * 1000] if count >= expect else [], note)]
+
+
+def output_flood(drv_cls, opts) -> list[dict]:
+    """A program writing as fast as it can for `flood_secs` into its stdout
+    file; bytes/s landed and daemon CPU% meanwhile. One sample per rep."""
+    rates, cpus = [], []
+    secs = opts.flood_secs
+    cap = 4 * 1024 ** 3  # never more than 4 GiB on disk per run
+    tmpdir = tempfile.mkdtemp(prefix="bench-flood-")
+    for _ in range(opts.reps_flood):
+        d = drv_cls()
+        out = ""
+        try:
+            out = os.path.join(tmpdir, f"flood-{d.name}.out")
+            d.start({"flood": Program(
+                f"sh -c 'timeout {secs} yes 0123456789abcdef0123456789abcdef | head -c {cap}'",
+                autostart=False, autorestart="never", stdout=out)})
+            d.wait_ready()
+            time.sleep(0.5)
+            cpu0 = cpu_seconds(d.pid)
+            t0 = time.perf_counter()
+            d.start_process("flood")
+            pid = d.wait_state("flood", "RUNNING")
+            while alive(pid) and time.perf_counter() < t0 + secs + 5:
+                time.sleep(0.02)
+            elapsed = time.perf_counter() - t0
+            cpu = cpu_seconds(d.pid) - cpu0
+            size = os.path.getsize(out) if os.path.exists(out) else 0
+            rates.append(size / elapsed / 1e6)
+            cpus.append(100 * cpu / elapsed)
+            Path(out).unlink(missing_ok=True)
+        finally:
+            d.stop()
+            if out:
+                Path(out).unlink(missing_ok=True)
+    os.rmdir(tmpdir)
+    return [row(f"output flood: bytes landed in log ({secs:g} s of `yes`)", "MB/s", rates,
+                better="higher"),
+            row("output flood: daemon CPU", "% core", cpus)]
+
+
+def stop_precision(drv_cls, opts) -> list[dict]:
+    """TERM-ignoring program, stoptime 1: stop request -> death."""
+    d = drv_cls()
+    samples = []
+    try:
+        d.start({"t": Program("sh -c 'trap \"\" TERM; exec sleep 100000'", autostart=False,
+                              autorestart="never", stoptime=1)})
+        d.wait_ready()
+        for _ in range(opts.reps_cheap):
+            d.start_process("t")
+            pid = d.wait_state("t", "RUNNING")
+            deadline = time.monotonic() + 5
+            while comm(pid) != "sleep" and time.monotonic() < deadline:  # trap set, exec done
+                time.sleep(0.001)
+            t0 = time.perf_counter()
+            d.stop_process("t")
+            while alive(pid) and time.perf_counter() < t0 + 5:
+                time.sleep(0.0002)
+            samples.append((time.perf_counter() - t0) * 1000)
+            d.wait_state("t", "STOPPED")
+    finally:
+        d.stop()
+    return [row("stop precision (stoptime 1, TERM ignored -> death)", "ms", samples)]
+
+
+MEASURES = {
+    "restart": restart_latency,
+    "stop": stop_precision,
+    "flood": output_flood,
+    "scale": mass_start_and_status,
+}
+
+
+def summary(samples: list[float]) -> dict:
+    if not samples:
+        return {}
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples),
+            "n": len(samples)}
