@@ -47,6 +47,8 @@ from typing import Any, TypeVar
 
 from taskmasterd import events
 from taskmasterd.config import TEMPLATE_FIELDS, AlertConfig
+from taskmasterd.deadline import cancel as cancel_timer
+from taskmasterd.deadline import follow as follow_deadline
 from taskmasterd.errors import BadName
 from taskmasterd.events import Event
 from taskmasterd.process import describe_status
@@ -559,9 +561,7 @@ class Target:
 
     def close(self) -> None:
         self.closed = True
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.timer_at = None
+        cancel_timer(self)
         if self._pool is not None:
             # A send under way finishes in its thread; nothing waits for it.
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -656,22 +656,13 @@ class AlertDispatcher:
             return None
 
     def _sync_timer(self, target: Target) -> None:
-        deadline = None if target.closed else target.throttle.deadline
-        if deadline == target.timer_at:
-            return
-        if target.timer is not None:
-            target.timer.cancel()
-        target.timer, target.timer_at = None, deadline
-        if deadline is not None:
-            target.timer = self._loop.call_at(deadline, self._on_timer, target)
+        follow_deadline(self._loop, target, None if target.closed else target.throttle.deadline,
+                        lambda now: self._on_timer(target, now))
 
-    def _on_timer(self, target: Target) -> None:
-        deadline = target.timer_at
-        target.timer = target.timer_at = None
-        if deadline is None or target.closed:
+    def _on_timer(self, target: Target, now: float) -> None:
+        if target.closed:
             return
-        # call_at may fire a hair early; the throttle must see its deadline met.
-        batch = target.throttle.due(max(self._loop.time(), deadline))
+        batch = target.throttle.due(now)
         if batch is not None:
             self._start(target, batch)
         self._sync_timer(target)

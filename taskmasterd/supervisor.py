@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 from taskmasterd import events, spawn, targets
 from taskmasterd.config import Config, ProgramConfig
+from taskmasterd.deadline import cancel as cancel_timer
+from taskmasterd.deadline import follow as follow_deadline
 from taskmasterd.errors import AlreadyStarted, BadName, NoSuchProgram, NotAFile, NotRunning, ShuttingDown
 from taskmasterd.events import Event, EventBus
 from taskmasterd.process import Action, Changed, Kill, Process, Refused, Spawn, State, describe_status
@@ -276,23 +278,8 @@ class Supervisor:
             self._check_all_down()
 
     def _sync_timer(self, slot: Slot) -> None:
-        deadline = slot.process.deadline
-        if deadline == slot.timer_at:
-            return
-        if slot.timer is not None:
-            slot.timer.cancel()
-        slot.timer, slot.timer_at = None, deadline
-        if deadline is not None:
-            slot.timer = self._loop.call_at(deadline, self._on_timer, slot)
-
-    def _on_timer(self, slot: Slot) -> None:
-        deadline = slot.timer_at
-        slot.timer, slot.timer_at = None, None
-        if deadline is None:
-            return
-        # call_at may fire a hair early; the machine must see the deadline met.
-        now = max(self._loop.time(), deadline)
-        self._apply(slot, slot.process.on_timer(now))
+        follow_deadline(self._loop, slot, slot.process.deadline,
+                        lambda now: self._apply(slot, slot.process.on_timer(now)))
 
     def _check_all_down(self) -> None:
         if self._shutting_down and self.live_children() == 0:
@@ -311,8 +298,7 @@ class Supervisor:
         for name in names:
             slot = self.slots.pop(name)
             if slot.child is None:
-                if slot.timer is not None:
-                    slot.timer.cancel()
+                cancel_timer(slot)
                 continue
             slot.retiring = True
             self._retired.append(slot)
