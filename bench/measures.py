@@ -15,7 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
-from drivers import MARKER_KEY, Program, alive, comm, cpu_seconds, ctx_switches, rss_kib
+from drivers import MARKER_KEY, ExecWatcher, Program, alive, comm, cpu_seconds, ctx_switches, rss_kib
 
 SLEEP = "sleep 100000"
 
@@ -93,10 +93,12 @@ def mass_start_and_status(drv_cls, opts) -> list[dict]:
             deadline = t0 + opts.mass_timeout
             running = -1
             # phase 1: count the daemon's children exec'd as `sleep` from
-            # /proc every 20 ms (costs the daemon nothing: an API poll at
-            # N=1000 would steal its CPU, ~0.8 s a call for supervisord);
+            # /proc every 20 ms (costs the daemon next to nothing, see
+            # ExecWatcher; an API poll at N=1000 would steal its CPU, ~0.8 s
+            # a call for supervisord);
             # phase 2: poll the API until every process is RUNNING (or the cap)
-            while time.perf_counter() < deadline and sleeping_children(d.pid) < n:
+            watcher = ExecWatcher(d.pid, "sleep")
+            while time.perf_counter() < deadline and watcher.count() < n:
                 if d.proc.poll() is not None:
                     raise RuntimeError(f"{d.name} exited ({d.proc.returncode})")
                 time.sleep(0.02)
@@ -158,24 +160,6 @@ def _timed_run(argv: list[str], cap: float = 60.0) -> float:
     finally:
         timer.cancel()
     return time.perf_counter() - t
-
-
-def sleeping_children(ppid: int) -> int:
-    """Children of `ppid` already exec'd as sleep (one /proc scan)."""
-    count = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        head, rest = data.rsplit(b")", 1)
-        fields = rest.split()
-        if fields[0] not in (b"Z", b"X") and int(fields[1]) == ppid and head.endswith(b"(sleep"):
-            count += 1
-    return count
 
 
 def _idle(d, n: int, opts) -> list[dict]:

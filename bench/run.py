@@ -68,12 +68,13 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions, 5 s idle window, 3 s flood")
     ap.add_argument("--only", default="", help=f"comma list of {','.join(MEASURES)}")
     ap.add_argument("--daemons", default="taskmasterd,supervisord")
+    ap.add_argument("--sizes", default="100,500,1000", help="N for the scale measures")
     a = ap.parse_args()
     opts = argparse.Namespace(
         reps_cheap=3 if a.quick else 7, reps_cli=3 if a.quick else 5,
         reps_restart=5 if a.quick else 15,  # supervisord's is bimodal: more samples
         reps_flood=1 if a.quick else 3,
-        sizes=[100, 500, 1000],
+        sizes=[int(n) for n in a.sizes.split(",")],
         mass_timeout=20.0 if a.quick else 60.0,
         idle_window=5.0 if a.quick else 10.0, idle_reps=1 if a.quick else 3,
         flood_secs=3.0 if a.quick else 5.0,

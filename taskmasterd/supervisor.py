@@ -68,6 +68,7 @@ class Supervisor:
     base_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     slots: dict[str, Slot] = field(default_factory=dict)  # config order
     _retired: list[Slot] = field(default_factory=list)
+    _alive: set[Slot] = field(default_factory=set)  # slots with a child: O(1) "all down?"
     _shutting_down: bool = False
     _all_down: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -181,11 +182,10 @@ class Supervisor:
 
     def longest_stop(self) -> float:
         """The longest stoptime among processes alive now (0 if none)."""
-        return max((s.process.config.stoptime for s in [*self.slots.values(), *self._retired]
-                    if s.child is not None), default=0.0)
+        return max((s.process.config.stoptime for s in self._alive), default=0.0)
 
     def live_children(self) -> int:
-        return sum(1 for s in [*self.slots.values(), *self._retired] if s.child is not None)
+        return len(self._alive)
 
     def counts(self) -> dict[State, int]:
         out: dict[State, int] = {}
@@ -243,6 +243,7 @@ class Supervisor:
                                   errno=exc.error.code)
             return rest
         slot.child = child
+        self._alive.add(slot)
         slot.started_wall = time.time()
         self._all_down.clear()
         self._loop.add_reader(child.pidfd, self._on_pidfd, slot)
@@ -272,6 +273,7 @@ class Supervisor:
             return
         self._loop.remove_reader(child.pidfd)
         slot.child = None
+        self._alive.discard(slot)
         self._apply(slot, slot.process.on_exit(status, self._loop.time()))
         if slot.retiring and slot.child is None:
             self._retired.remove(slot)

@@ -40,6 +40,26 @@
    it down): the fd lives until the MessageBus is garbage-collected (then a
    ResourceWarning). `await close(bus)` disconnects, waits for the library to
    finalize the bus, and closes the socket.
+
+5. `index_signal_paths(bus)` — every signal an exported interface emits
+   (its own, and PropertiesChanged) goes through `BaseMessageBus.
+   _interface_signal_notify`, which finds the interface's path by scanning
+   every exported interface: with 1000 programs exported, starting them all
+   spent more time in that scan than in fork+exec. This bus now keeps a map
+   interface -> path, dropped by `export`/`unexport` and rebuilt on the next
+   signal; the signal sent is the library's (same path — the last one the
+   interface was exported on —, interface, member, body).
+
+6. `unannounced_exports(bus)` — not a library bug: a context manager that
+   exports without InterfacesAdded, for objects exported before the bus name
+   is owned (see its docstring).
+
+7. `install_fast_marshall()` (opt-in, global) — `Message._marshall` builds
+   the header as a generic `yyyyuua(yv)` structure: signature trees, type
+   checks and a Variant per field, ~30 µs of the ~40 µs a small signal
+   costs. The replacement writes the same header bytes directly (the body is
+   still the library's Marshaller, type checks included); the tests compare
+   both byte for byte on generated messages.
 """
 
 from __future__ import annotations
@@ -47,11 +67,14 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import functools
 import importlib
 import logging
 import os
 import socket
+import struct
 import types
+from collections.abc import Iterator
 from typing import Any
 
 _OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
@@ -76,6 +99,59 @@ def install() -> None:
         return
     setattr(_write_callback, _MARK, True)
     writer_cls.write_callback = _write_callback
+
+
+# Header fields in the order dbus-next writes them: (attribute, code, type).
+_HEADER_FIELDS = (("path", 1, "o"), ("interface", 2, "s"), ("member", 3, "s"),
+                  ("error_name", 4, "s"), ("reply_serial", 5, "u"), ("destination", 6, "s"),
+                  ("signature", 8, "g"))
+_UNIX_FDS = 9
+# What the replacements replaced, by "Class.method" (for the tests' comparisons).
+LIBRARY: dict[str, Any] = {}
+
+
+def install_fast_marshall() -> None:
+    """Replace `Message._marshall` by `_fast_marshall` (idempotent)."""
+    message_cls = _module("dbus_next.message").Message
+    if getattr(message_cls._marshall, _MARK, False):
+        return
+    setattr(_fast_marshall, _MARK, True)
+    LIBRARY["Message._marshall"] = message_cls._marshall
+    message_cls._marshall = _fast_marshall
+
+
+@functools.cache
+def _marshaller() -> Any:
+    return _module("dbus_next._private.marshaller").Marshaller
+
+
+def _fast_marshall(self: Any, negotiate_unix_fd: bool = False) -> bytes:
+    """`Message._marshall` of dbus-next 0.2.3, with the header written directly."""
+    body_block = _marshaller()(self.signature, self.body)
+    body_block.marshall()
+    body = body_block.buffer
+    out = bytearray(16)  # 12 fixed bytes, the fields array's length, then 8-aligned structs
+    fields = [(code, kind, getattr(self, attribute)) for attribute, code, kind in _HEADER_FIELDS]
+    if self.unix_fds and negotiate_unix_fd:
+        fields.append((_UNIX_FDS, "u", len(self.unix_fds)))
+    for code, kind, value in fields:
+        if not value:
+            continue
+        out += bytes(-len(out) % 8)  # each (yv) struct is 8-aligned
+        out += bytes((code, 1, ord(kind), 0))  # the code, then the variant's signature
+        if kind == "u":
+            out += struct.pack("<I", value)  # already 4-aligned
+        elif kind == "g":
+            data = value.encode()
+            out += bytes((len(data),)) + data + b"\0"
+        else:  # "o" / "s": already 4-aligned
+            data = value.encode()
+            out += struct.pack("<I", len(data)) + data + b"\0"
+    struct.pack_into("<BBBBIII", out, 0, ord("l"), self.message_type.value, self.flags.value, 1,
+                     len(body), self.serial, len(out) - 16)
+    out += bytes(-len(out) % 8)
+    out += body
+    return bytes(out)
 
 
 # fds handed to a reply (OpenLog) that are ours to close once the kernel has
@@ -224,6 +300,60 @@ def set_object_manager(bus: Any, manager_path: str) -> None:
 
     bus._emit_interface_added = emit_interface_added
     bus._emit_interface_removed = emit_interface_removed
+
+
+@contextlib.contextmanager
+def unannounced_exports(bus: Any) -> Iterator[None]:
+    """Objects exported inside this block get no InterfacesAdded signal.
+
+    For objects exported before the bus name is requested: such a signal
+    would come from a connection no client can know yet (a match on our
+    well-known name does not match it), and costs a GetAll of the object's
+    properties plus a message (1000 programs: 0.2 s of start-up). Clients
+    learn of these objects with GetManagedObjects once the name is ours.
+    """
+    announce = bus._emit_interface_added
+    bus._emit_interface_added = lambda path, interface: None
+    try:
+        yield
+    finally:
+        bus._emit_interface_added = announce
+
+
+def index_signal_paths(bus: Any) -> None:
+    """Make `bus` find the path of a signal's interface in O(1) (per-bus, like 2.)."""
+    Message = _module("dbus_next.message").Message
+    cls = type(bus)
+    library_export = types.MethodType(cls.export, bus)
+    library_unexport = types.MethodType(cls.unexport, bus)
+    # id(interface) -> path; ids are safe keys: _path_exports keeps the
+    # interfaces alive, and the map is dropped whenever that changes.
+    paths: dict[int, str] | None = None
+
+    def export(path: str, interface: Any) -> None:
+        nonlocal paths
+        paths = None
+        library_export(path, interface)
+
+    def unexport(path: str, interface: Any = None) -> None:
+        nonlocal paths
+        paths = None
+        library_unexport(path, interface)
+
+    def interface_signal_notify(interface: Any, interface_name: str, member: str, signature: str,
+                                body: list[Any], unix_fds: list[int] | None = None) -> None:
+        nonlocal paths
+        if paths is None:
+            paths = {id(i): p for p, ifaces in bus._path_exports.items() for i in ifaces}
+        path = paths.get(id(interface))
+        if path is None:
+            raise Exception("Could not find interface on bus (this is a bug in dbus-next)")
+        bus.send(Message.new_signal(path=path, interface=interface_name, member=member,
+                                    signature=signature, body=body, unix_fds=unix_fds or []))
+
+    bus.export = export
+    bus.unexport = unexport
+    bus._interface_signal_notify = interface_signal_notify
 
 
 async def close(bus: Any, timeout: float = 5.0) -> None:

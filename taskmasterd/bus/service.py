@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from dbus_next import BusType
 from dbus_next.aio import MessageBus
@@ -30,12 +29,14 @@ class BusService:
         self.bus: MessageBus | None = None
         self.manager = Manager(controller)
         self.programs: dict[str, Program] = {}
-        self._dirty: set[str] = set()  # programs whose properties changed
+        # programs whose properties changed -> whether their config did too
+        self._dirty: dict[str, bool] = {}
         self._flush_scheduled = False
 
     async def connect(self, *, address: str | None = None, bus_type: BusType = BusType.SYSTEM) -> None:
         compat.install()
         compat.install_error_reply_fix()
+        compat.install_fast_marshall()
         try:
             bus = MessageBus(bus_address=address, bus_type=bus_type, negotiate_unix_fd=True)
             await bus.connect()
@@ -44,9 +45,11 @@ class BusService:
             raise BusUnavailable(f"cannot connect to the D-Bus {where}: {exc}") from None
         self.bus = bus
         compat.set_object_manager(bus, MANAGER_PATH)
-        bus.export(MANAGER_PATH, self.manager)
-        for program in self._c.supervisor.config.programs:
-            self._export(program.name)
+        compat.index_signal_paths(bus)
+        with compat.unannounced_exports(bus):
+            bus.export(MANAGER_PATH, self.manager)
+            for program in self._c.supervisor.config.programs:
+                self._export(program.name)
         reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
             await self.close()
@@ -83,7 +86,7 @@ class BusService:
         changed = _names(ev, "changed")
         removed = _names(ev, "removed")
         for name in changed:
-            self._mark(name)
+            self._mark(name, config=True)
         self.manager.Reloaded(added, changed, removed)
 
     def _export(self, name: str) -> None:
@@ -92,24 +95,26 @@ class BusService:
         self.programs[name] = obj
         self.bus.export(program_path(name), obj)
 
-    def _mark(self, program: str) -> None:
+    def _mark(self, program: str, *, config: bool = False) -> None:
         """Coalesce PropertiesChanged: one per program per loop turn."""
-        self._dirty.add(program)
+        self._dirty[program] = config or self._dirty.get(program, False)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        dirty, self._dirty = self._dirty, set()
-        for name in dirty:
+        dirty, self._dirty = self._dirty, {}
+        for name, config_changed in dirty.items():
             obj = self.programs.get(name)
             if obj is None:
                 continue
-            changed: dict[str, Any] = {}
-            for prop in ("State", "Processes", "Command", "NumProcs"):
-                changed[prop] = getattr(obj, prop)
-            obj.emit_properties_changed(changed)
+            # A transition changes Processes (and maybe State); Command and
+            # NumProcs change only by a reload: sent only then (marshalling
+            # is most of a signal's cost, and 1000 programs start at once).
+            props = ("State", "Processes", "Command", "NumProcs") if config_changed else \
+                ("State", "Processes")
+            obj.emit_properties_changed({prop: getattr(obj, prop) for prop in props})
 
     def properties_changed(self) -> None:
         """The manager's own State property changed."""

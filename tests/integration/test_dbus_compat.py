@@ -366,6 +366,81 @@ def test_object_manager_signals_come_from_the_manager_path(address: str) -> None
     run(main)
 
 
+class Talker(ServiceInterface):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__("org.example.Talker")
+
+    @signal()
+    def Hello(self, text: 's') -> 's':  # noqa: F821
+        return text
+
+
+def test_indexed_signal_paths_follow_export_and_unexport(address: str) -> None:
+    async def main() -> None:
+        service = await MessageBus(bus_address=address).connect()
+        client = await MessageBus(bus_address=address).connect()
+        try:
+            compat.index_signal_paths(service)
+            signals: asyncio.Queue[Any] = asyncio.Queue()
+            client.add_message_handler(
+                lambda m: signals.put_nowait(m) if m.message_type == MessageType.SIGNAL
+                and m.member == "Hello" else None)
+            await add_match(client, f"type='signal',sender='{service.unique_name}',member='Hello'")
+            objs = [Talker() for _ in range(3)]
+            for i, obj in enumerate(objs):
+                service.export(f"/t/{i}", obj)
+            for i in (2, 0, 1):
+                objs[i].Hello(f"from {i}")
+                msg = await next_signal(signals)
+                assert (msg.path, msg.interface, msg.body) == (f"/t/{i}", "org.example.Talker",
+                                                               [f"from {i}"])
+            service.unexport("/t/1")
+            service.export("/moved/1", objs[1])  # the map is rebuilt: the new path
+            objs[1].Hello("moved")
+            assert (await next_signal(signals)).path == "/moved/1"
+            service.unexport("/moved/1", objs[1])
+            objs[1].Hello("gone")  # no longer on the bus: not sent (the library's behaviour)
+            objs[0].Hello("still")
+            msg = await next_signal(signals)
+            assert (msg.path, msg.body) == ("/t/0", ["still"])
+        finally:
+            for bus in (service, client):
+                await compat.close(bus)
+
+    run(main)
+
+
+def test_unannounced_exports_send_no_interfaces_added(address: str) -> None:
+    async def main() -> None:
+        service = await MessageBus(bus_address=address).connect()
+        client = await MessageBus(bus_address=address).connect()
+        try:
+            compat.set_object_manager(service, MANAGER_PATH)
+            signals: asyncio.Queue[Any] = asyncio.Queue()
+            client.add_message_handler(
+                lambda m: signals.put_nowait(m) if m.message_type == MessageType.SIGNAL
+                and m.interface == OBJECT_MANAGER else None)
+            await add_match(client, f"type='signal',sender='{service.unique_name}',"
+                                    f"interface='{OBJECT_MANAGER}'")
+            with compat.unannounced_exports(service):
+                service.export(MANAGER_PATH, Manager())
+                service.export(f"{MANAGER_PATH}/program/quiet", Program("quiet"))
+            service.export(f"{MANAGER_PATH}/program/loud", Program("loud"))  # announced again
+            msg = await next_signal(signals)
+            assert (msg.member, msg.path, msg.body[0]) == (
+                "InterfacesAdded", MANAGER_PATH, f"{MANAGER_PATH}/program/loud")
+            assert signals.empty()
+            reply = await client.call(Message(destination=service.unique_name, path=MANAGER_PATH,
+                                              interface=OBJECT_MANAGER, member="GetManagedObjects"))
+            assert set(reply.body[0]) == {f"{MANAGER_PATH}/program/quiet",
+                                          f"{MANAGER_PATH}/program/loud"}
+        finally:
+            for bus in (service, client):
+                await compat.close(bus)
+
+    run(main)
+
+
 def test_busctl_sees_interfaces_added_on_the_manager_path(address: str) -> None:
     """The same, watched by an independent client: `busctl monitor`."""
     async def main() -> None:

@@ -139,6 +139,11 @@ def test_subscriber_sees_restart_in_order(vogsphere: Daemon, bus_address: str) -
             props = await c.next_signal(lambda m: m.member == "PropertiesChanged"
                                         and m.path == f"{PATH}/program/web")
             assert props.body[0] == "org.taskmaster.Taskmaster1.Program"
+            # A transition sends what it changes; Command/NumProcs only on a reload.
+            changed = props.body[1]
+            assert set(changed) == {"State", "Processes"}
+            [[name, state, _pid]] = changed["Processes"].value
+            assert name == "web" and state in ("STOPPING", "STOPPED", "STARTING", "RUNNING")
     asyncio.run(main())
 
 
@@ -245,6 +250,12 @@ def test_reload_signals_and_object_manager_from_the_manager_path(
             members = [m.member for m in c.history]
             assert members.index("InterfacesAdded") < members.index("Reloaded")
             await c.next_signal(state_change("c-1", "RUNNING"))
+            # b's config changed: its PropertiesChanged carries Command/NumProcs too.
+            def b_props(m: Message) -> bool:
+                return m.member == "PropertiesChanged" and m.path == f"{PATH}/program/b"
+            props = next(filter(b_props, c.history), None) or await c.next_signal(b_props)
+            assert set(props.body[1]) == {"State", "Processes", "Command", "NumProcs"}
+            assert props.body[1]["Command"].value == SLEEPER
             # An invalid file: a named error with file:line, nothing changes.
             cfg.write_text(cfg.read_text().replace("stoptime: 2", "stoptime: -2"))
             name, text = await c.error("Reload")

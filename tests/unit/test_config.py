@@ -1384,3 +1384,59 @@ def test_parse_config_uses_the_given_path() -> None:
 def test_env_property_integers_keep_their_text(n: int) -> None:
     config = parse_config(prog("env:", f"  N: {n}", f"  Z: 0{abs(n)}"), "/t.yaml")
     assert config.programs[0].env_dict == {"N": str(n), "Z": f"0{abs(n)}"}
+
+
+# ---- libyaml fast path ------------------------------------------------------
+
+TRAPS = """\
+taskmasterd:
+  logfile: /tmp/tm.log
+programs:
+  base: &defaults
+    cmd: /bin/sleep 1
+    autostart: no
+    umask: 022
+    stopsignal: USR1
+  web:
+    <<: *defaults
+    cmd: "/usr/bin/python3 -m http.server 8042"
+    numprocs: 3
+    env: {A: "1", B: on, EMPTY: ""}
+    exitcodes: [0, 2]
+  other: {cmd: /bin/true, autorestart: unexpected, starttime: 1.5, stdout: null}
+"""
+
+
+@pytest.mark.parametrize("source", ["etc", "traps"])
+def test_libyaml_and_pyyaml_read_the_same_config(tmp_path: Path, source: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    if not getattr(yaml, "CSafeLoader", None):
+        pytest.skip("PyYAML without libyaml: only one path to compare")
+    if source == "etc":
+        path = Path(__file__).resolve().parents[2] / "etc" / "taskmaster.yaml"
+    else:
+        path = write(tmp_path, TRAPS)
+    used: list[str] = []
+    real = yaml.CSafeLoader
+
+    class Counting(real):  # type: ignore[misc, valid-type]
+        def __init__(self, stream: str) -> None:
+            used.append("libyaml")
+            super().__init__(stream)
+
+    monkeypatch.setattr(yaml, "CSafeLoader", Counting)
+    fast = load_config(str(path))
+    assert used == ["libyaml"]
+    monkeypatch.delattr(yaml, "CSafeLoader")
+    slow = load_config(str(path))
+    assert fast == slow
+    assert fast.programs and fast.programs == slow.programs
+
+
+def test_libyaml_rejection_is_reported_by_pyyaml(tmp_path: Path) -> None:
+    # libyaml's message would be "mapping values are not allowed in this context".
+    issue = only_issue(tmp_path, "programs:\n  web:\n    cmd: a: b\n")
+    assert "mapping values are not allowed here" in issue.message
+    assert "quote a value" in issue.message
