@@ -130,7 +130,7 @@ def mass_start_and_status(drv_cls, opts) -> list[dict]:
             rows.append(row(f"status API N={n} (ListProcesses / getAllProcessInfo)", "ms", api))
             cli = []
             for _ in range(opts.reps_cli):
-                cli.append(_timed_run(d.cli_status()) * 1000)
+                cli.append(_timed_run(d.cli_status(), env=d.env) * 1000)
             rows.append(row(f"status CLI N={n} (taskctl / supervisorctl status)", "ms", cli))
             if n == min(opts.sizes):
                 rows += _idle(d, n, opts)
@@ -146,13 +146,13 @@ def mass_start_and_status(drv_cls, opts) -> list[dict]:
     return rows
 
 
-def _timed_run(argv: list[str], cap: float = 60.0) -> float:
+def _timed_run(argv: list[str], cap: float = 60.0, env: dict[str, str] | None = None) -> float:
     """Wall time of a command. Not subprocess.run(timeout=...): Python 3.11's
     wait with a timeout polls with sleeps of up to 50 ms, which quantised the
     result; a plain wait() plus a kill timer is exact and still bounded."""
     t = time.perf_counter()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, env=env)
     timer = threading.Timer(cap, proc.kill)
     timer.start()
     try:

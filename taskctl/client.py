@@ -239,6 +239,10 @@ class Client:
 
         from dbus_next.aio import MessageBus
 
+        from taskmasterd.bus import compat
+
+        compat.install_fast_unmarshall()  # a status of 1000 rows: 14 -> 4 ms to read
+
         last: Unreachable | None = None
         cands = candidates(self.requested)
         fallback: tuple[Any, Candidate] | None = None  # connected, but no daemon there

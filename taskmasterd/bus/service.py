@@ -37,6 +37,7 @@ class BusService:
         compat.install()
         compat.install_error_reply_fix()
         compat.install_fast_marshall()
+        compat.install_fast_unmarshall()
         try:
             bus = MessageBus(bus_address=address, bus_type=bus_type, negotiate_unix_fd=True)
             await bus.connect()

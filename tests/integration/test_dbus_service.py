@@ -251,9 +251,11 @@ def test_reload_signals_and_object_manager_from_the_manager_path(
             assert members.index("InterfacesAdded") < members.index("Reloaded")
             await c.next_signal(state_change("c-1", "RUNNING"))
             # b's config changed: its PropertiesChanged carries Command/NumProcs too.
+            # (the first one after Reloaded: one from b's start may come before)
             def b_props(m: Message) -> bool:
                 return m.member == "PropertiesChanged" and m.path == f"{PATH}/program/b"
-            props = next(filter(b_props, c.history), None) or await c.next_signal(b_props)
+            after = c.history[c.history.index(reloaded) + 1:]
+            props = next(filter(b_props, after), None) or await c.next_signal(b_props)
             assert set(props.body[1]) == {"State", "Processes", "Command", "NumProcs"}
             assert props.body[1]["Command"].value == SLEEPER
             # An invalid file: a named error with file:line, nothing changes.
