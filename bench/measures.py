@@ -15,7 +15,17 @@ import time
 import uuid
 from pathlib import Path
 
-from drivers import MARKER_KEY, ExecWatcher, Program, alive, comm, cpu_seconds, ctx_switches, rss_kib
+from drivers import (
+    MARKER_KEY,
+    ExecWatcher,
+    Program,
+    alive,
+    comm,
+    cpu_seconds,
+    ctx_switches,
+    deployed_python,
+    rss_kib,
+)
 
 SLEEP = "sleep 100000"
 
@@ -247,7 +257,44 @@ def stop_precision(drv_cls, opts) -> list[dict]:
     return [row("stop precision (stoptime 1, TERM ignored -> death)", "ms", samples)]
 
 
+_SPAWN_FLOOR = """
+import os, signal, subprocess, sys, time
+n = int(sys.argv[1])
+null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+t = time.perf_counter()
+procs = [subprocess.Popen(["sleep", "100000"], stdin=subprocess.DEVNULL, stdout=null, stderr=null,
+                          start_new_session=True) for _ in range(n)]
+print(time.perf_counter() - t)
+for p in procs:
+    p.kill()
+    p.wait()
+"""
+
+
+def floors(drv_cls, opts) -> list[dict]:
+    """What no Python supervisor can go below on this machine, measured in
+    the same run: N fork+execs of `sleep` in a loop (Popen, as taskmasterd
+    spawns; nothing else), and the start of an interpreter that imports
+    asyncio and dbus-next (what every taskctl command pays before its call)."""
+    if drv_cls.name != "taskmasterd":
+        return []
+    python, env = deployed_python()
+    n = max(opts.sizes)
+    spawn = []
+    for _ in range(opts.reps_cli):
+        out = subprocess.run([python, "-c", _SPAWN_FLOOR, str(n)], env=env, check=True,
+                             capture_output=True, text=True, timeout=120)
+        spawn.append(float(out.stdout))
+    start = [_timed_run([python, "-c", "import asyncio, dbus_next"], env=env) * 1000
+             for _ in range(opts.reps_cli)]
+    return [row(f"floor: {n} x Popen(sleep) in a loop, no daemon", "s", spawn,
+                "the machine, not a supervisor"),
+            row("floor: python3 -c 'import asyncio, dbus_next'", "ms", start,
+                "the machine, not a supervisor")]
+
+
 MEASURES = {
+    "floor": floors,
     "restart": restart_latency,
     "stop": stop_precision,
     "flood": output_flood,
