@@ -47,24 +47,19 @@ class Program:
 
 @functools.cache
 def deployed_python() -> tuple[str, dict[str, str]]:
-    """The interpreter and environment taskmasterd and taskctl are measured
-    with: as the Debian package runs them when this machine has Debian's
-    packages of our dependencies (/usr/bin/python3, dist-packages, our
-    sources with their .pyc compiled as dpkg does); else this interpreter.
+    """The interpreter and environment taskmasterd and taskctl run with: the
+    bench's own (BENCH_PYTHON: the development venv by default), with our
+    sources' .pyc compiled first, as an installed copy has them (some
+    machines set PYTHONDONTWRITEBYTECODE: every start would compile them).
 
-    Not the development venv: its editable-install finder and .pth hooks
-    add ~20 ms to every interpreter start, a cost no installed copy has
-    (supervisord is measured as pip installs it, from its own venv)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    system = "/usr/bin/python3"
-    probe = subprocess.run([system, "-c", "import dbus_next, yaml"], env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False) \
-        if os.path.exists(system) else None
-    python = system if probe is not None and probe.returncode == 0 else sys.executable
+    /usr/bin/python3 with Debian's packages (how the .deb runs) was tried:
+    taskctl timings were the same within this VM's noise, and a PYTHONPATH
+    in front of the standard library costs a failed lookup per import."""
+    env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    subprocess.run([python, "-m", "compileall", "-q", str(ROOT / "taskmasterd"), str(ROOT / "taskctl")],
-                   env=env, stdout=subprocess.DEVNULL, check=True)
-    return python, env
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "taskmasterd"),
+                    str(ROOT / "taskctl")], env=env, stdout=subprocess.DEVNULL, check=True)
+    return sys.executable, dict(os.environ)
 
 
 def ensure_supervisor() -> Path:

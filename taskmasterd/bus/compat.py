@@ -113,14 +113,18 @@ _UNIX_FDS = 9
 LIBRARY: dict[str, Any] = {}
 
 
+def _replace(cls: Any, attribute: str, replacement: Any) -> None:
+    """`cls.attribute = replacement`, once; the library's kept in LIBRARY."""
+    if getattr(getattr(cls, attribute), _MARK, False):
+        return
+    setattr(replacement, _MARK, True)
+    LIBRARY[f"{cls.__name__}.{attribute}"] = getattr(cls, attribute)
+    setattr(cls, attribute, replacement)
+
+
 def install_fast_marshall() -> None:
     """Replace `Message._marshall` by `_fast_marshall` (idempotent)."""
-    message_cls = _module("dbus_next.message").Message
-    if getattr(message_cls._marshall, _MARK, False):
-        return
-    setattr(_fast_marshall, _MARK, True)
-    LIBRARY["Message._marshall"] = message_cls._marshall
-    message_cls._marshall = _fast_marshall
+    _replace(_module("dbus_next.message").Message, "_marshall", _fast_marshall)
 
 
 def _fast_marshall(self: Any, negotiate_unix_fd: bool = False) -> bytes:
@@ -152,12 +156,8 @@ def _fast_marshall(self: Any, negotiate_unix_fd: bool = False) -> bytes:
 
 def install_fast_unmarshall() -> None:
     """Replace `Unmarshaller._unmarshall` by `_fast_unmarshall` (idempotent)."""
-    unmarshaller_cls = _module("dbus_next._private.unmarshaller").Unmarshaller
-    if getattr(unmarshaller_cls._unmarshall, _MARK, False):
-        return
-    setattr(_fast_unmarshall, _MARK, True)
-    LIBRARY["Unmarshaller._unmarshall"] = unmarshaller_cls._unmarshall
-    unmarshaller_cls._unmarshall = _fast_unmarshall
+    _replace(_module("dbus_next._private.unmarshaller").Unmarshaller, "_unmarshall",
+             _fast_unmarshall)
 
 
 def _fast_unmarshall(self: Any) -> None:
