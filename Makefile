@@ -32,7 +32,7 @@ DEB_UPSTREAM = $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' taskmasterd/__ini
 DEB_FILE = build/deb/taskmasterd_$(DEB_VERSION)_all.deb
 DEB_ENV = env -u PYTHONPATH -u PYTHONHOME -u PYTHONSTARTUP -u VIRTUAL_ENV -u PYENV_VERSION \
 	PATH=/usr/sbin:/usr/bin:/sbin:/bin
-# The build-time smoke test (debian/smoke-test) needs python3-dbus-next and
+# The build-time smoke test (debian/smoke-test) needs python3-dbus-next, python3-jeepney and
 # python3-yaml; without them, build with the nocheck profile instead of failing.
 DEB_NOCHECK = $(shell dpkg-checkbuilddeps packaging/debian/control >/dev/null 2>&1 || echo nocheck)
 

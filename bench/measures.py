@@ -274,8 +274,8 @@ for p in procs:
 def floors(drv_cls, opts) -> list[dict]:
     """What no Python supervisor can go below on this machine, measured in
     the same run: N fork+execs of `sleep` in a loop (Popen, as taskmasterd
-    spawns; nothing else), and the start of an interpreter that imports
-    asyncio and dbus-next (what every taskctl command pays before its call)."""
+    spawns; nothing else), and the start of an interpreter that does nothing
+    (what any Python command line, taskctl and supervisorctl included, pays)."""
     if drv_cls.name != "taskmasterd":
         return []
     python, env = deployed_python()
@@ -285,11 +285,11 @@ def floors(drv_cls, opts) -> list[dict]:
         out = subprocess.run([python, "-c", _SPAWN_FLOOR, str(n)], env=env, check=True,
                              capture_output=True, text=True, timeout=120)
         spawn.append(float(out.stdout))
-    start = [_timed_run([python, "-c", "import asyncio, dbus_next"], env=env) * 1000
+    start = [_timed_run([python, "-c", "pass"], env=env) * 1000
              for _ in range(opts.reps_cli)]
     return [row(f"floor: {n} x Popen(sleep) in a loop, no daemon", "s", spawn,
                 "the machine, not a supervisor"),
-            row("floor: python3 -c 'import asyncio, dbus_next'", "ms", start,
+            row("floor: python3 -c pass (interpreter start-up)", "ms", start,
                 "the machine, not a supervisor")]
 
 

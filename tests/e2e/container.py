@@ -48,7 +48,7 @@ SUITE = "bookworm"
 # the tests use inside (pgrep, ip).
 PACKAGES: tuple[str, ...] = (
     "systemd", "systemd-sysv", "dbus", "procps", "python3", "python3-systemd",
-    "python3-dbus-next", "python3-yaml", "apprise", "adduser", "iproute2",
+    "python3-dbus-next", "python3-jeepney", "python3-yaml", "apprise", "adduser", "iproute2",
 )
 # minbase already leaves Recommends out (mmdebstrap's default).
 MMDEBSTRAP_OPTIONS: tuple[str, ...] = (

@@ -35,6 +35,7 @@ BOOKWORM = {
     "python3": "3.11.2-1",
     "python3:any": "3.11.2-1",
     "python3-dbus-next": "0.2.3-3",
+    "python3-jeepney": "0.8.0-3",
     "python3-yaml": "6.0-3",
     "python3-systemd": "235-1",
     "apprise": "1.2.0-1",
@@ -42,7 +43,7 @@ BOOKWORM = {
     "adduser": "3.134",
     "init-system-helpers": "1.65.2",
 }
-REQUIRED = ("python3-dbus-next", "python3-yaml", "python3-systemd", "apprise", "dbus")
+REQUIRED = ("python3-dbus-next", "python3-jeepney", "python3-yaml", "python3-systemd", "apprise", "dbus")
 
 # Debian's interpreter, with nothing of the project's environment.
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}

@@ -400,3 +400,45 @@ def test_access_denied_by_the_bus_policy(write_config: WriteConfig) -> None:
             assert (r.returncode, r.stdout) == (0, "idle: started\n")
         finally:
             d.terminate()
+
+
+def test_client_in_process_events_cancel_and_reconnect(tm: Daemon, bus_address: str) -> None:
+    """The Client API the shell and taskmasterd --shell use: events in order,
+    cancel() from another thread interrupts a blocked wait, and the next
+    request connects again."""
+    import threading
+
+    from taskctl.client import Client
+    from taskctl.model import StateChange
+    from taskmasterd.busaddr import BusChoice
+
+    with Client(BusChoice("address", bus_address), timeout=10) as client:
+        assert {r.name for r in client.list_processes()} >= {"web:0", "web:1", "crashy"}
+        with client.subscription():
+            assert client.restart("web:0") == ["web:0"]
+            seen = []
+            while len(seen) < 4:
+                ev = client.next_event(timeout=10)
+                assert ev is not None, seen
+                if isinstance(ev, StateChange) and ev.process == "web:0":
+                    seen.append(ev.new)
+            assert seen == ["STOPPING", "STOPPED", "STARTING", "RUNNING"]
+            assert client.next_event(timeout=0.05) is None  # nothing more: a timeout, not an error
+
+            # cancel() from another thread, until the blocked wait gives up
+            done = threading.Event()
+
+            def canceller() -> None:
+                while not done.wait(0.05):  # sleep-ok: retries until the main thread is blocked
+                    client.cancel()
+            thread = threading.Thread(target=canceller)
+            thread.start()
+            try:
+                with pytest.raises(KeyboardInterrupt):
+                    client.next_event(timeout=20)
+            finally:
+                done.set()
+                thread.join()
+        # the connection was dropped by the interrupt; the next request makes a new one
+        assert client.state() == "running"
+        assert client.daemon_pid() == tm.pid
