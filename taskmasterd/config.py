@@ -5,7 +5,9 @@ every error carries file:line:column and so that YAML 1.1 resolution cannot
 bite: `umask: 022` is read as the digits written, `env: {A: 042}` keeps the
 string "042", and `stdout: null` (written) is told apart from an absent key.
 
-No I/O here except reading the one file; no asyncio, no D-Bus.
+No I/O here except reading the one file; no asyncio, no D-Bus. This module
+is Taskmaster's schema; composing the file, locating issues, merge keys and
+the generic scalar readers are in `taskmasterd.yamlnodes`.
 
 Entry points: `load_config(path)` reads a file, `parse_config(text, path)`
 validates text said to come from `path`. Both return a `Config` or raise
@@ -63,10 +65,27 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from taskmasterd.yamlnodes import (
+    BOOLEANS,
+    NULL,
+    NodeReader,
+    Reject,
+    Reported,
+    is_null,
+    kind,
+    quoted,
+    show,
+    suggest,
+    unknown_key,
+)
+
+# Re-exported: the loader's errors are part of this module's API.
+from taskmasterd.yamlnodes import ConfigError as ConfigError
+from taskmasterd.yamlnodes import ConfigIssue as ConfigIssue
 
 # Events an alert can subscribe to (process states plus daemon events).
 ALERT_EVENTS: tuple[str, ...] = (
@@ -200,33 +219,6 @@ class Config:
         return {p.name: p for p in self.programs}
 
 
-@dataclass(frozen=True)
-class ConfigIssue:
-    """One problem in a config file, located and explained."""
-
-    file: str
-    line: int  # 1-based
-    column: int  # 1-based
-    keypath: str  # e.g. "programs.nginx.umask"
-    message: str  # what is wrong and what is expected
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.column}"
-        if self.keypath:
-            return f"{where}: {self.keypath}: {self.message}"
-        return f"{where}: {self.message}"
-
-
-@dataclass
-class ConfigError(Exception):
-    """Every problem found in a file; raised by load_config."""
-
-    issues: list[ConfigIssue] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        return "\n".join(str(i) for i in self.issues)
-
-
 def load_config(path: str | Path) -> Config:
     """Read and validate `path`; raise ConfigError with all issues at once."""
     name = os.fspath(path)
@@ -259,14 +251,6 @@ def parse_config(text: str, path: str) -> Config:
 # --------------------------------------------------------------------------
 # The validator. Everything below is private.
 
-_TAG = "tag:yaml.org,2002:"
-_NULL = _TAG + "null"
-_BOOL = _TAG + "bool"
-_INT = _TAG + "int"
-_FLOAT = _TAG + "float"
-_STR = _TAG + "str"
-_TIMESTAMP = _TAG + "timestamp"
-_MERGE = _TAG + "merge"
 
 TOP_KEYS: tuple[str, ...] = ("taskmasterd", "programs", "alerts")
 GLOBAL_KEYS: tuple[str, ...] = ("logfile", "loglevel", "logdir", "statedir")
@@ -311,19 +295,8 @@ _SUPERVISORD_NAMES: dict[str, str | None] = {
     "stderr_logfile_backups": None,
 }
 
-_BOOLEANS: dict[str, bool] = {
-    "true": True,
-    "yes": True,
-    "on": True,
-    "false": False,
-    "no": False,
-    "off": False,
-}
 
-_MAX_SECONDS = 86400.0
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
-_INT_RE = re.compile(r"-?[0-9]+")
-_NUMBER_RE = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 _OCTAL_RE = re.compile(r"[0-7]+")
 _UMASK_MSG = "umask must be octal digits like 022 (a digit 8 or 9 is not octal)"
 _SIGNAL_HINT = (
@@ -332,104 +305,19 @@ _SIGNAL_HINT = (
 )
 
 
-class _Reject(Exception):
-    """A value is invalid; recorded at `node` (default: the value node)."""
+class _Validator(NodeReader):
+    """Taskmaster's schema, read off the node tree (see the module docstring)."""
 
-    def __init__(self, message: str, node: Node | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.node = node
-
-
-class _Reported(Exception):
-    """A value is invalid and its issues have already been recorded."""
-
-
-def _kind(node: Node) -> str:
-    """What a node is, for "found ..." in messages."""
-    if isinstance(node, MappingNode):
-        return "a mapping"
-    if isinstance(node, SequenceNode):
-        return "a sequence"
-    assert isinstance(node, ScalarNode)
-    if node.style in ("'", '"'):
-        return "a string"
-    return {
-        _NULL: "null",
-        _BOOL: "a boolean",
-        _INT: "an integer",
-        _FLOAT: "a number",
-        _TIMESTAMP: "a date",
-        _MERGE: "a merge key '<<'",
-    }.get(node.tag, "a string")
-
-
-def _show(node: Node) -> str:
-    """A node for "found ..." when the type may be right but the value is not."""
-    if not isinstance(node, ScalarNode):
-        return _kind(node)
-    if node.tag == _NULL:
-        return "null"
-    text = node.value if len(node.value) <= 40 else node.value[:37] + "..."
-    if node.style in ("'", '"'):
-        return f"the quoted string {text!r}"
-    return repr(text)
-
-
-def _is_null(node: Node) -> bool:
-    return isinstance(node, ScalarNode) and node.tag == _NULL
-
-
-def _quoted(node: ScalarNode) -> bool:
-    return node.style in ("'", '"')
-
-
-def _suggest(key: str, known: tuple[str, ...]) -> str | None:
-    lowered = key.lower()
-    if lowered in known:
-        return lowered
-    close = difflib.get_close_matches(lowered, known, n=1, cutoff=0.6)
-    return close[0] if close else None
-
-
-def _unknown_key(key: str, known: tuple[str, ...], where: str) -> str:
-    msg = f"unknown key '{key}'"
-    guess = _suggest(key, known)
-    if guess is not None:
-        return f"{msg} (did you mean '{guess}'?)"
-    return f"{msg}; {where} accepts: {', '.join(known)}"
-
-
-class _Validator:
     def __init__(self, text: str, path: str) -> None:
-        self.text = text
-        self.file = path
+        super().__init__(text, path)
         self.abspath = os.path.abspath(path)
         self.basedir = os.path.dirname(self.abspath)
-        self.issues: list[ConfigIssue] = []
-        self._seen: set[tuple[int, int, str, str]] = set()
-
-    # ---- recording
-
-    def error(self, node: Node | None, keypath: str, message: str) -> None:
-        if node is None:
-            line = column = 1
-        else:
-            line, column = node.start_mark.line + 1, node.start_mark.column + 1
-        key = (line, column, keypath, message)
-        if key not in self._seen:
-            self._seen.add(key)
-            self.issues.append(ConfigIssue(self.file, line, column, keypath, message))
-
-    def fail(self) -> NoReturn:
-        self.issues.sort(key=lambda i: (i.line, i.column))
-        raise ConfigError(self.issues)
 
     # ---- entry point
 
     def run(self) -> Config:
         root = self._compose()
-        if root is None or _is_null(root):
+        if root is None or is_null(root):
             self.error(
                 None,
                 "",
@@ -442,156 +330,6 @@ class _Validator:
             self.fail()
         return config
 
-    def _compose(self) -> Node | None:
-        # libyaml composes ~10x faster (1000 programs: 30 ms instead of
-        # 300 ms of the daemon's start-up); its node tree is the same (the
-        # tags are resolved by the same Python resolver), only its error
-        # messages and marks differ. So a file libyaml finds fault with is
-        # parsed again by PyYAML, whose messages the hints below explain.
-        fast = getattr(yaml, "CSafeLoader", None)
-        if fast is not None:
-            try:
-                root, second = _compose_with(fast(self.text))
-                if second is None:
-                    return root
-            except yaml.YAMLError:
-                pass
-        try:
-            loader = yaml.SafeLoader(self.text)
-        except yaml.reader.ReaderError as e:
-            self._reader_error(e)
-            self.fail()
-        try:
-            root, second = _compose_with(loader)
-        except yaml.reader.ReaderError as e:
-            self._reader_error(e)
-            self.fail()
-        except yaml.MarkedYAMLError as e:
-            self._syntax_error(e)
-            self.fail()
-        except yaml.YAMLError as e:
-            self.error(None, "", f"invalid YAML: {e}")
-            self.fail()
-        if second is not None:
-            self.error(
-                _Mark(second),
-                "",
-                "the file holds more than one YAML document (a '---' or '...' "
-                "separator); expected a single document",
-            )
-        return root
-
-    def _reader_error(self, e: yaml.reader.ReaderError) -> None:
-        code = ord(e.character) if isinstance(e.character, str) else e.character
-        before = self.text[: e.position]
-        line = before.count("\n")
-        column = e.position - (before.rfind("\n") + 1)
-        self.error(
-            _Mark(yaml.Mark("", e.position, line, column, None, 0)),
-            "",
-            f"invalid YAML: unacceptable character #x{code:04x}"
-            f" ({e.reason}); remove it or write it as an escape in a double-quoted string",
-        )
-
-    def _syntax_error(self, e: yaml.MarkedYAMLError) -> None:
-        mark = e.problem_mark or e.context_mark
-        problem = e.problem or e.context or "syntax error"
-        message = f"invalid YAML: {problem}"
-        if e.context and e.problem and e.context_mark is not None:
-            message += f" ({e.context} started at line {e.context_mark.line + 1})"
-        if "'\\t'" in problem:
-            message += "; indent with spaces, not tabs"
-        elif "expected <block end>" in problem:
-            message += "; check the indentation: keys of one mapping must start in the same column"
-        elif "mapping values are not allowed here" in problem:
-            message += "; check the indentation, or quote a value that contains ': '"
-        self.error(_Mark(mark) if mark is not None else None, "", message)
-
-    # ---- mappings
-
-    def entries(
-        self, node: MappingNode, keypath: str, _stack: tuple[int, ...] = ()
-    ) -> list[tuple[ScalarNode, Node]]:
-        """(key, value) pairs of a mapping, with merge keys expanded.
-
-        Reports non-scalar keys, duplicate keys (kept: the first) and bad
-        merge values. Keys written in the mapping win over merged keys;
-        among merged mappings the first listed wins.
-        """
-        own: dict[str, ScalarNode] = {}
-        keep: list[bool] = []
-        for k, _v in node.value:
-            if isinstance(k, ScalarNode) and k.tag == _MERGE:
-                keep.append(True)
-                continue
-            if not isinstance(k, ScalarNode):
-                self.error(k, keypath, f"expected a name as key, found {_kind(k)}")
-                keep.append(False)
-                continue
-            first = own.get(k.value)
-            if first is not None:
-                where = self._join(keypath, k.value)
-                self.error(
-                    k,
-                    where,
-                    f"duplicate key '{k.value}' (first defined at line "
-                    f"{first.start_mark.line + 1}); each key may appear only once",
-                )
-                keep.append(False)
-                continue
-            own[k.value] = k
-            keep.append(True)
-
-        seen = set(own)
-        out: list[tuple[ScalarNode, Node]] = []
-        stack = (*_stack, id(node))
-        for (k, v), ok in zip(node.value, keep, strict=True):
-            if not ok:
-                continue
-            if k.tag != _MERGE:
-                out.append((k, v))
-                continue
-            if isinstance(v, MappingNode):
-                sources = [v]
-            elif isinstance(v, SequenceNode) and v.value and all(isinstance(s, MappingNode) for s in v.value):
-                sources = list(v.value)
-            else:
-                self.error(
-                    v,
-                    keypath,
-                    "a merge key '<<' expects an alias to a mapping like "
-                    f"'<<: *defaults' or a list of them, found {_kind(v)}",
-                )
-                continue
-            for source in sources:
-                if id(source) in stack:
-                    self.error(v, keypath, "a merge key '<<' refers to the mapping that contains it")
-                    continue
-                for mk, mv in self.entries(source, keypath, stack):
-                    if mk.value not in seen:
-                        seen.add(mk.value)
-                        out.append((mk, mv))
-        return out
-
-    @staticmethod
-    def _join(keypath: str, key: str) -> str:
-        return f"{keypath}.{key}" if keypath else key
-
-    def _has_key(self, node: Node, key: str, _stack: tuple[int, ...] = ()) -> bool:
-        """Whether a mapping has `key`, directly or through a merge (no reporting)."""
-        if not isinstance(node, MappingNode) or id(node) in _stack:
-            return False
-        for k, v in node.value:
-            if not isinstance(k, ScalarNode):
-                continue
-            if k.tag == _MERGE:
-                sources = v.value if isinstance(v, SequenceNode) else [v]
-                if any(self._has_key(s, key, (*_stack, id(node))) for s in sources):
-                    return True
-            elif k.value == key:
-                return True
-        return False
-
     # ---- top level
 
     def _top(self, root: Node) -> Config | None:
@@ -600,7 +338,7 @@ class _Validator:
                 root,
                 "",
                 "the top level must be a mapping with the keys taskmasterd, "
-                f"programs and alerts; found {_kind(root)}",
+                f"programs and alerts; found {kind(root)}",
             )
             return None
         daemon: GlobalConfig | None = GlobalConfig()
@@ -628,7 +366,7 @@ class _Validator:
             return f"{msg}; '{key}' is a program setting — indent it under its program in 'programs:'"
         if key in GLOBAL_KEYS:
             return f"{msg}; '{key}' is a daemon setting — indent it under 'taskmasterd:'"
-        guess = _suggest(key, TOP_KEYS)
+        guess = suggest(key, TOP_KEYS)
         if guess is not None:
             return f"{msg} (did you mean '{guess}'?)"
         return f"{msg}; expected taskmasterd, programs or alerts"
@@ -636,10 +374,10 @@ class _Validator:
     # ---- taskmasterd:
 
     def _global(self, node: Node) -> GlobalConfig | None:
-        if _is_null(node):
+        if is_null(node):
             return GlobalConfig()
         if not isinstance(node, MappingNode):
-            self.error(node, "taskmasterd", f"expected a mapping of daemon settings, found {_kind(node)}")
+            self.error(node, "taskmasterd", f"expected a mapping of daemon settings, found {kind(node)}")
             return None
         values: dict[str, Any] = {}
         ok = True
@@ -653,7 +391,7 @@ class _Validator:
                 "loglevel": self._loglevel,
             }.get(key)
             if reader is None:
-                self.error(k, kp, _unknown_key(key, GLOBAL_KEYS, "taskmasterd"))
+                self.error(k, kp, unknown_key(key, GLOBAL_KEYS, "taskmasterd"))
                 ok = False
                 continue
             ok = self._read(reader, v, kp, values, key) and ok
@@ -662,19 +400,19 @@ class _Validator:
     def _loglevel(self, node: Node) -> str:
         text = self._text(node, "a log level (debug, info, warning or error)")
         if text.lower() not in LOG_LEVELS:
-            raise _Reject(f"expected debug, info, warning or error, found {_show(node)}")
+            raise Reject(f"expected debug, info, warning or error, found {show(node)}")
         return text.lower()
 
     # ---- programs:
 
     def _programs(self, node: Node) -> tuple[ProgramConfig, ...] | None:
-        if _is_null(node):
+        if is_null(node):
             return ()
         if not isinstance(node, MappingNode):
             self.error(
                 node,
                 "programs",
-                f"expected a mapping of program name -> settings, found {_kind(node)}",
+                f"expected a mapping of program name -> settings, found {kind(node)}",
             )
             return None
         entries = self.entries(node, "programs")
@@ -684,11 +422,11 @@ class _Validator:
             name = k.value
             kp = f"programs.{name}"
             if name in PROGRAM_KEYS and not self._has_key(v, "cmd"):
-                if isinstance(v, MappingNode) or not _is_null(v):
+                if isinstance(v, MappingNode) or not is_null(v):
                     what = (
                         "has no 'cmd'"
                         if isinstance(v, MappingNode)
-                        else (f"must be a mapping of settings, found {_kind(v)}")
+                        else (f"must be a mapping of settings, found {kind(v)}")
                     )
                 else:
                     what = "has no settings"
@@ -700,7 +438,7 @@ class _Validator:
                 ok = False
                 continue
             ok = self._program_name(k, kp) and ok
-            if _is_null(v):
+            if is_null(v):
                 nxt = entries[i + 1][0] if i + 1 < len(entries) else None
                 if (
                     nxt is not None
@@ -724,7 +462,7 @@ class _Validator:
                 self.error(
                     v,
                     kp,
-                    f"program '{name}' must be a mapping of settings, found {_kind(v)}; "
+                    f"program '{name}' must be a mapping of settings, found {kind(v)}; "
                     f"write its command as 'cmd: ...' indented under '{name}:'",
                 )
                 ok = False
@@ -816,7 +554,7 @@ class _Validator:
             if new is None:
                 return f"unknown key '{key}': supervisord's '{key}' is not supported by Taskmaster"
             return f"unknown key '{key}' (did you mean '{new}'? '{key}' is supervisord's name for it)"
-        return _unknown_key(key, PROGRAM_KEYS, "a program")
+        return unknown_key(key, PROGRAM_KEYS, "a program")
 
     def _read(
         self,
@@ -828,23 +566,23 @@ class _Validator:
     ) -> bool:
         try:
             values[key] = reader(node)
-        except _Reject as r:
+        except Reject as r:
             self.error(r.node if r.node is not None else node, keypath, r.message)
             return False
-        except _Reported:
+        except Reported:
             return False
         return True
 
     # ---- alerts:
 
     def _alerts(self, node: Node) -> tuple[AlertConfig, ...] | None:
-        if _is_null(node):
+        if is_null(node):
             return ()
         if not isinstance(node, SequenceNode):
             self.error(
                 node,
                 "alerts",
-                f"expected a list of alerts (each '- url: ...'), found {_kind(node)}",
+                f"expected a list of alerts (each '- url: ...'), found {kind(node)}",
             )
             return None
         out: list[AlertConfig] = []
@@ -859,7 +597,7 @@ class _Validator:
 
     def _alert(self, node: Node, kp: str) -> AlertConfig | None:
         if not isinstance(node, MappingNode):
-            self.error(node, kp, f"an alert must be a mapping with at least 'url:', found {_kind(node)}")
+            self.error(node, kp, f"an alert must be a mapping with at least 'url:', found {kind(node)}")
             return None
         readers: dict[str, Callable[[Node], Any]] = {
             "url": self._url,
@@ -876,7 +614,7 @@ class _Validator:
             key = k.value
             reader = readers.get(key)
             if reader is None:
-                self.error(k, f"{kp}.{key}", _unknown_key(key, ALERT_KEYS, "an alert"))
+                self.error(k, f"{kp}.{key}", unknown_key(key, ALERT_KEYS, "an alert"))
                 ok = False
                 continue
             if key == "url":
@@ -894,17 +632,17 @@ class _Validator:
         text = self._text(node, "a URL", strict=True)
         scheme, sep, _rest = text.partition("://")
         if not sep or not scheme:
-            raise _Reject(f"expected a URL like {_URL_EXAMPLE} (apprise's syntax), found {_show(node)}")
+            raise Reject(f"expected a URL like {_URL_EXAMPLE} (apprise's syntax), found {show(node)}")
         problem = _apprise_problem(text)
         if problem is not None:
-            raise _Reject(problem)
+            raise Reject(problem)
         return text
 
     def _template(self, node: Node) -> str:
         text = self._text(node, "a message template")
         problem = _template_problem(text)
         if problem is not None:
-            raise _Reject(problem)
+            raise Reject(problem)
         return text
 
     def _events(self, node: Node, kp: str) -> frozenset[str]:
@@ -913,17 +651,17 @@ class _Validator:
         bad = False
         for i, item in enumerate(items):
             ikp = f"{kp}[{i}]"
-            if not isinstance(item, ScalarNode) or _is_null(item) or item.value.upper() not in ALERT_EVENTS:
+            if not isinstance(item, ScalarNode) or is_null(item) or item.value.upper() not in ALERT_EVENTS:
                 self.error(
                     item,
                     ikp,
-                    f"unknown event {_show(item)}; expected one of {', '.join(ALERT_EVENTS)}",
+                    f"unknown event {show(item)}; expected one of {', '.join(ALERT_EVENTS)}",
                 )
                 bad = True
             else:
                 out.add(item.value.upper())
         if bad:
-            raise _Reported
+            raise Reported
         return frozenset(out)
 
     def _patterns(self, node: Node, kp: str) -> tuple[str, ...]:
@@ -933,45 +671,14 @@ class _Validator:
         for i, item in enumerate(items):
             try:
                 out.append(self._text(item, "a program name or glob"))
-            except _Reject as r:
+            except Reject as r:
                 self.error(item, f"{kp}[{i}]", r.message)
                 bad = True
         if bad:
-            raise _Reported
+            raise Reported
         return tuple(out)
 
-    @staticmethod
-    def _list(node: Node, what: str) -> list[Node]:
-        if not isinstance(node, SequenceNode):
-            raise _Reject(f"expected {what}, found {_kind(node)}")
-        if not node.value:
-            raise _Reject(f"expected {what}, found an empty list; omit the key for the default")
-        return list(node.value)
-
-    # ---- scalar readers (raise _Reject)
-
-    @staticmethod
-    def _scalar(node: Node, what: str) -> ScalarNode:
-        if not isinstance(node, ScalarNode):
-            raise _Reject(f"expected {what}, found {_kind(node)}")
-        if node.tag.startswith("!"):
-            raise _Reject(f"unsupported YAML tag '{node.tag}'; expected {what}")
-        if node.tag == _NULL:
-            raise _Reject(f"expected {what}, found null")
-        return node
-
-    def _text(self, node: Node, what: str, strict: bool = False) -> str:
-        """A non-empty string. strict: unquoted numbers/booleans/dates are refused."""
-        scalar = self._scalar(node, what)
-        if strict and not _quoted(scalar) and scalar.tag != _STR:
-            raise _Reject(
-                f"expected {what}, found {_kind(scalar)} ({scalar.value}); quote it if it is meant as text"
-            )
-        if not scalar.value.strip():
-            raise _Reject(f"expected {what}, found an empty string")
-        if "\0" in scalar.value:
-            raise _Reject(f"expected {what}, found a string with a NUL character")
-        return str(scalar.value)
+    # ---- Taskmaster's own readers (raise Reject)
 
     def _resolve(self, text: str) -> str:
         return os.path.normpath(os.path.join(self.basedir, text))
@@ -984,113 +691,78 @@ class _Validator:
         try:
             argv = tuple(shlex.split(cmd))
         except ValueError as e:
-            raise _Reject(
+            raise Reject(
                 f"cannot split cmd into words: {e} (unbalanced quotes or a trailing backslash?); "
                 "check its quoting"
             ) from None
         if not argv or not argv[0]:
-            raise _Reject(
+            raise Reject(
                 "cmd has no program to run after splitting into words; "
                 "expected a command like /usr/bin/nginx -c /etc/nginx.conf"
             )
         return cmd, argv
 
-    def _int(self, node: Node, lo: int, hi: int) -> int:
-        what = f"an integer {lo}–{hi}"
-        scalar = self._scalar(node, what)
-        if _quoted(scalar) or not _INT_RE.fullmatch(scalar.value):
-            hint = " (remove the quotes)" if _quoted(scalar) and _INT_RE.fullmatch(scalar.value) else ""
-            raise _Reject(f"expected {what}, found {_show(scalar)}{hint}")
-        sign = "-" if scalar.value.startswith("-") else ""
-        digits = scalar.value.lstrip("-").lstrip("0") or "0"
-        if len(digits) > 18:
-            raise _Reject(f"must be between {lo} and {hi}, found {_show(scalar)}")
-        n = int(sign + digits)
-        if not lo <= n <= hi:
-            raise _Reject(f"must be between {lo} and {hi}, found {n}")
-        return n
-
-    def _seconds(self, node: Node) -> float:
-        what = "a number of seconds like 5 or 0.5"
-        scalar = self._scalar(node, what)
-        if _quoted(scalar) or not _NUMBER_RE.fullmatch(scalar.value):
-            raise _Reject(f"expected {what}, found {_show(scalar)}")
-        value = float(scalar.value)
-        if value < 0:
-            raise _Reject(f"must be >= 0, found {scalar.value}")
-        if value > _MAX_SECONDS:
-            raise _Reject(f"must be <= {_MAX_SECONDS:g} (one day), found {scalar.value}")
-        return value
-
     def _umask(self, node: Node) -> int:
-        if not isinstance(node, ScalarNode) or node.tag == _NULL or node.tag.startswith("!"):
-            raise _Reject(f"{_UMASK_MSG}, found {_kind(node)}")
+        if not isinstance(node, ScalarNode) or node.tag == NULL or node.tag.startswith("!"):
+            raise Reject(f"{_UMASK_MSG}, found {kind(node)}")
         text = node.value
         digits = text[2:] if text[:2] in ("0o", "0O") else text
         if not _OCTAL_RE.fullmatch(digits):
-            raise _Reject(f"{_UMASK_MSG}, found {_show(node)}")
+            raise Reject(f"{_UMASK_MSG}, found {show(node)}")
         value = int(digits, 8)
         if value > 0o777:
-            raise _Reject(f"{_UMASK_MSG}, found {_show(node)}, which is above the largest umask 0777")
-        return value
-
-    def _bool(self, node: Node) -> bool:
-        what = "true or false"
-        scalar = self._scalar(node, what)
-        value = _BOOLEANS.get(scalar.value.lower())
-        if value is None:
-            raise _Reject(f"expected {what} (or yes/no, on/off), found {_show(scalar)}")
+            raise Reject(f"{_UMASK_MSG}, found {show(node)}, which is above the largest umask 0777")
         return value
 
     def _autorestart(self, node: Node) -> AutoRestart:
         what = "always, never or unexpected (or true/false)"
         scalar = self._scalar(node, what)
         text = scalar.value.lower()
-        if text in _BOOLEANS:
-            return AutoRestart.ALWAYS if _BOOLEANS[text] else AutoRestart.NEVER
+        if text in BOOLEANS:
+            return AutoRestart.ALWAYS if BOOLEANS[text] else AutoRestart.NEVER
         try:
             return AutoRestart(text)
         except ValueError:
-            raise _Reject(f"expected {what}, found {_show(scalar)}") from None
+            raise Reject(f"expected {what}, found {show(scalar)}") from None
 
     def _exitcodes(self, node: Node, kp: str) -> frozenset[int]:
         if isinstance(node, ScalarNode):
             return frozenset({self._int(node, 0, 255)})
         if not isinstance(node, SequenceNode):
-            raise _Reject(f"expected an exit code 0–255 or a list of them, found {_kind(node)}")
+            raise Reject(f"expected an exit code 0–255 or a list of them, found {kind(node)}")
         if not node.value:
-            raise _Reject("expected an exit code 0–255 or a list of them, found an empty list")
+            raise Reject("expected an exit code 0–255 or a list of them, found an empty list")
         codes: set[int] = set()
         bad = False
         for i, item in enumerate(node.value):
             try:
                 codes.add(self._int(item, 0, 255))
-            except _Reject as r:
+            except Reject as r:
                 self.error(item, f"{kp}[{i}]", r.message)
                 bad = True
         if bad:
-            raise _Reported
+            raise Reported
         return frozenset(codes)
 
     def _signal(self, node: Node) -> signal.Signals:
         scalar = self._scalar(node, "a signal name")
         text = scalar.value
-        if not _quoted(scalar) and text.isascii() and text.isdigit():
+        if not quoted(scalar) and text.isascii() and text.isdigit():
             try:
                 return signal.Signals(int(text) if len(text) <= 6 else -1)
             except ValueError:
-                raise _Reject(f"{text} is not a signal number here; {_SIGNAL_HINT}") from None
+                raise Reject(f"{text} is not a signal number here; {_SIGNAL_HINT}") from None
         name = text.upper()
         if not name.startswith("SIG"):
             name = "SIG" + name
         member = signal.Signals.__members__.get(name)
         if member is None:
-            raise _Reject(f"unknown signal {_show(scalar)}; {_SIGNAL_HINT}")
+            raise Reject(f"unknown signal {show(scalar)}; {_SIGNAL_HINT}")
         return member
 
     def _output(self, node: Node) -> Output:
         what = "a file path, 'journal' or null"
-        if isinstance(node, ScalarNode) and node.tag == _NULL:
+        if isinstance(node, ScalarNode) and node.tag == NULL:
             return Output(OutputKind.NULL)
         text = self._text(node, what, strict=True)
         if text == "journal":
@@ -1102,7 +774,7 @@ class _Validator:
 
     def _env(self, node: Node, kp: str) -> tuple[tuple[str, str], ...]:
         if not isinstance(node, MappingNode):
-            raise _Reject(f"expected a mapping of NAME: value, found {_kind(node)}")
+            raise Reject(f"expected a mapping of NAME: value, found {kind(node)}")
         out: dict[str, str] = {}
         bad = False
         for k, v in self.entries(node, kp):
@@ -1118,9 +790,9 @@ class _Validator:
                 bad = True
                 continue
             if not isinstance(v, ScalarNode) or v.tag.startswith("!"):
-                self.error(v, vkp, f"env values must be strings or numbers, found {_kind(v)}")
+                self.error(v, vkp, f"env values must be strings or numbers, found {kind(v)}")
                 bad = True
-            elif v.tag == _NULL:
+            elif v.tag == NULL:
                 self.error(
                     v,
                     vkp,
@@ -1133,7 +805,7 @@ class _Validator:
             else:
                 out[name] = v.value
         if bad:
-            raise _Reported
+            raise Reported
         return tuple(sorted(out.items()))
 
 
@@ -1210,19 +882,3 @@ def _template_problem(text: str) -> str | None:
     return None
 
 
-def _compose_with(loader: yaml.SafeLoader | yaml.CSafeLoader) -> tuple[Node | None, Any]:
-    """The first document's node tree, and where a second one starts (None if
-    none: else a yaml.Mark, or libyaml's own Mark class: Any)."""
-    try:
-        root: Node | None = loader.get_node() if loader.check_node() else None
-        event = loader.peek_event() if loader.check_node() else None
-    finally:
-        loader.dispose()
-    return root, None if event is None else event.start_mark
-
-
-class _Mark(Node):
-    """A stand-in node carrying only a position (for parser errors)."""
-
-    def __init__(self, mark: yaml.Mark) -> None:
-        super().__init__("", None, mark, mark)
