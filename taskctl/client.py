@@ -517,11 +517,36 @@ def _open(address: str) -> Any:
     from jeepney.io.blocking import DBusConnection, prep_socket
 
     sock = prep_socket(get_bus(address), enable_fds=True, timeout=CONNECT_TIMEOUT)
+    # jeepney says Hello in the constructor and waits for the answer without a
+    # limit: a bus that authenticates us and then never answers would hang
+    # taskctl. Past the limit, the socket is shut down and the wait ends.
+    hung = threading.Event()
+
+    def give_up() -> None:
+        hung.set()
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    watchdog = threading.Timer(CONNECT_TIMEOUT, give_up)
+    watchdog.start()
+    conn, error = None, None
     try:
-        return DBusConnection(sock, enable_fds=True)
-    except BaseException:
+        conn = DBusConnection(sock, enable_fds=True)
+    except BaseException as exc:  # Ctrl-C included: re-raised below
+        error = exc
+    watchdog.cancel()
+    watchdog.join()  # give_up() is not running any more: `hung` is final
+    if hung.is_set():
+        if conn is not None:
+            conn.close()
         sock.close()
-        raise
+        raise TimeoutError(f"no answer to Hello within {CONNECT_TIMEOUT:g} s")
+    if conn is None:
+        sock.close()
+        assert error is not None
+        raise error
+    return conn
 
 
 def _event(msg: Any, now: float) -> Event | None:

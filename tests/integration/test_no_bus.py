@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from taskmasterd.busaddr import system_bus_reachable
 from tests.harness import Daemon, event
 from tests.integration.conftest import WriteConfig
@@ -35,3 +37,54 @@ def test_daemon_and_taskctl_meet_on_the_embedded_bus(
     finally:
         assert d.terminate() == 0
     assert not (runtime / "bus").exists() and not (runtime / "bus.socket").exists()
+
+
+def test_taskctl_gives_up_on_a_bus_that_never_answers_hello(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A socket that authenticates like a bus and then stays silent: taskctl
+    reports it unreachable after CONNECT_TIMEOUT instead of hanging."""
+    import socket
+    import threading
+    import time
+
+    from taskctl import client as client_module
+    from taskctl.model import Unreachable
+    from taskmasterd.busaddr import BusChoice
+
+    path = str(workdir / "silent.socket")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(1)
+    stop = threading.Event()
+
+    def silent_bus() -> None:
+        conn, _ = server.accept()
+        with conn:
+            data = b""
+            while not stop.is_set():
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+                while b"\r\n" in data:
+                    line, data = data.split(b"\r\n", 1)
+                    if line.lstrip(b"\0").startswith(b"AUTH"):
+                        conn.sendall(b"OK 0123456789abcdef0123456789abcdef\r\n")
+                    elif line == b"NEGOTIATE_UNIX_FD":
+                        conn.sendall(b"AGREE_UNIX_FD\r\n")
+                    elif line.startswith(b"BEGIN"):
+                        data = b""  # then Hello comes, and is never answered
+    thread = threading.Thread(target=silent_bus, daemon=True)
+    thread.start()
+    monkeypatch.setattr(client_module, "CONNECT_TIMEOUT", 0.5)
+    client = client_module.Client(BusChoice("address", f"unix:path={path}"), timeout=5)
+    t = time.monotonic()
+    try:
+        with pytest.raises(Unreachable) as caught:
+            client.list_processes()
+        assert "timed out" in str(caught.value)
+        assert time.monotonic() - t < 5
+    finally:
+        stop.set()
+        client.close()
+        server.close()
