@@ -37,6 +37,7 @@ from taskctl.model import (
     ProcessRow,
     Reloaded,
     StateChange,
+    TaskctlError,
     Unreachable,
 )
 from taskmasterd.bus.names import BUS_NAME, MANAGER_IFACE, MANAGER_PATH
@@ -198,7 +199,9 @@ class Client:
         except KeyboardInterrupt:
             self._drop()
             raise
-        except (OSError, ValueError) as exc:
+        except TaskctlError:  # already typed (raised by our own code inside)
+            raise
+        except Exception as exc:  # the socket, or jeepney on what it read from it
             if self._cancelled.is_set():
                 self._drop()
                 raise KeyboardInterrupt from None
