@@ -14,7 +14,7 @@ unit: setup
 	.venv/bin/python -m pytest -q tests/unit
 
 lint: setup
-	.venv/bin/ruff check taskmasterd taskctl tests
+	.venv/bin/ruff check taskmasterd taskctl tests bench
 	.venv/bin/mypy taskmasterd taskctl
 
 check-config: setup

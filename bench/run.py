@@ -72,6 +72,7 @@ def main() -> int:
     ap.add_argument("--only", default="", help=f"comma list of {','.join(MEASURES)}")
     ap.add_argument("--daemons", default="taskmasterd,supervisord")
     ap.add_argument("--sizes", default="100,500,1000", help="N for the scale measures")
+    ap.add_argument("--results", default=str(RESULTS), help="where the JSON files go")
     a = ap.parse_args()
     opts = argparse.Namespace(
         reps_cheap=3 if a.quick else 7, reps_cli=3 if a.quick else 5,
@@ -140,14 +141,15 @@ def main() -> int:
         print("\nmissed targets (analysis):")
         for line in misses:
             print(f"- {line}")
-    RESULTS.mkdir(exist_ok=True)
+    results_dir = Path(a.results)
+    results_dir.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     doc = {"timestamp": stamp, "machine": m, "quick": a.quick, "options": vars(opts),
            "results": {k: results[k] for k in order}, "table": lines}
     text = json.dumps(doc, indent=2, default=str)
-    (RESULTS / f"{stamp}.json").write_text(text)
-    (RESULTS / "latest.json").write_text(text)
-    print(f"\nwrote {RESULTS / (stamp + '.json')} and latest.json")
+    (results_dir / f"{stamp}.json").write_text(text)
+    (results_dir / "latest.json").write_text(text)
+    print(f"\nwrote {results_dir / (stamp + '.json')} and latest.json")
     return 0
 
 
