@@ -3,7 +3,7 @@
 Everything that decides what is printed or which exit code is returned is a
 pure function of plain values (`taskctl.model`), tested without a daemon;
 `execute` glues them to a `taskctl.client.Client`. Imports stay light: the
-client (asyncio, dbus-next) is loaded only when a command needs the daemon.
+client (jeepney) is loaded only when a command needs the daemon.
 
 Exit codes (LSB / supervisorctl): 0 ok, 1 error, 2 bad usage, 3 `status`:
 a shown process is not RUNNING, 4 no such program, 7 daemon unreachable,
@@ -641,10 +641,6 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "help":
         print(help_text(args.topic))
         return EXIT_OK
-    import logging
-
-    # dbus-next reports some failures through the root logger: they are ours to tell.
-    logging.getLogger().addHandler(logging.NullHandler())
     from taskctl.client import Client
 
     client = Client(bus_choice(args))
