@@ -46,7 +46,7 @@ class Program:
 
 
 @functools.cache
-def deployed_python() -> tuple[str, dict[str, str]]:
+def project_python() -> tuple[str, dict[str, str]]:
     """The interpreter and environment taskmasterd and taskctl run with: the
     bench's own (BENCH_PYTHON: the development venv by default), with our
     sources' .pyc compiled first, as an installed copy has them (some
@@ -262,7 +262,7 @@ class Taskmasterd(Driver):
 
     def __init__(self) -> None:
         super().__init__()
-        self.python, self.env = deployed_python()
+        self.python, self.env = project_python()
         self.loop = asyncio.new_event_loop()
         self.bus = None
         self._buscm: contextlib.AbstractContextManager[str] | None = None

@@ -23,7 +23,7 @@ from drivers import (
     comm,
     cpu_seconds,
     ctx_switches,
-    deployed_python,
+    project_python,
     rss_kib,
 )
 
@@ -278,7 +278,7 @@ def floors(drv_cls, opts) -> list[dict]:
     (what any Python command line, taskctl and supervisorctl included, pays)."""
     if drv_cls.name != "taskmasterd":
         return []
-    python, env = deployed_python()
+    python, env = project_python()
     n = max(opts.sizes)
     spawn = []
     for _ in range(opts.reps_cli):

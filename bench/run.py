@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from drivers import DRIVERS, SUPERVISOR_VERSION, deployed_python, ensure_supervisor
+from drivers import DRIVERS, SUPERVISOR_VERSION, ensure_supervisor, project_python
 from measures import MEASURES, summary
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -52,7 +52,7 @@ def machine() -> dict:
                 break
     return {"nproc": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
             "python": platform.python_version(), "supervisor": SUPERVISOR_VERSION,
-            "taskmasterd_python": deployed_python()[0]}
+            "taskmasterd_python": project_python()[0]}
 
 
 def fmt(s: dict, note: str) -> str:
