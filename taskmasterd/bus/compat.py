@@ -45,7 +45,7 @@
    (its own, and PropertiesChanged) goes through `BaseMessageBus.
    _interface_signal_notify`, which finds the interface's path by scanning
    every exported interface: with 1000 programs exported, starting them all
-   spent more time in that scan than in fork+exec. This bus now keeps a map
+   spent nearly as much time in that scan as in fork+exec (py-spy). This bus now keeps a map
    interface -> path, dropped by `export`/`unexport` and rebuilt on the next
    signal; the signal sent is the library's (same path — the last one the
    interface was exported on —, interface, member, body).
