@@ -30,3 +30,27 @@ def test_bench_quick_run_writes_a_table_and_json(tmp_path: Path) -> None:
     assert stop["target"]["text"] == "1000 ms ± 10"
     assert "(failed)" not in r.stdout
     assert doc["machine"]["nproc"] >= 1 and doc["quick"] is True
+
+
+def test_compare_reads_two_runs_and_marks_the_direction(tmp_path: Path) -> None:
+    def run(stamp: str, tm: float, sup: float, rss: float) -> Path:
+        doc = {"timestamp": stamp, "quick": False, "results": {
+            "mass start N=10 (launch -> all RUNNING)": {
+                "unit": "s", "better": "lower",
+                "taskmasterd": {"median": tm}, "supervisord": {"median": sup}},
+            "output flood: bytes landed in log": {
+                "unit": "MB/s", "better": "higher", "taskmasterd": {"median": rss}}}}
+        path = tmp_path / f"{stamp}.json"
+        path.write_text(json.dumps(doc))
+        return path
+
+    old, new = run("20260101T000000Z", 2.0, 10.0, 500.0), run("20260102T000000Z", 1.0, 10.0, 400.0)
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), str(old), str(new)],
+                       capture_output=True, text=True, timeout=30, check=True)
+    lines = r.stdout.splitlines()
+    assert any("mass start" in ln and "taskmasterd" in ln and "-50% (better)" in ln for ln in lines)
+    assert any("mass start" in ln and "supervisord" in ln and "same" in ln for ln in lines)
+    assert any("output flood" in ln and "-20% (worse)" in ln for ln in lines)  # higher is better
+    bad = subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), str(old)],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "two result files" in bad.stderr
