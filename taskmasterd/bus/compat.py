@@ -180,15 +180,14 @@ def _fast_unmarshall(self: Any) -> None:
     if version != 1:
         raise _module("dbus_next.errors").InvalidMessageError(
             f"got unknown protocol version: {version}")
+    body_start = 16 + header_len + (-header_len & 7)  # the header is padded to 8
     self.offset = 16
-    self.read(header_len + (-header_len & 7) + body_len, prefetch=True)
-    buf = bytes(self.buf)
-    [raw_fields] = wire.decode_body("a(yv)", buf, 12)
+    self.read(body_start - 16 + body_len, prefetch=True)
+    [raw_fields] = wire.decode_body("a(yv)", self.buf, 12)
     header_field = _module("dbus_next._private.constants").HeaderField
     fields = {header_field(code).name: variant.value for code, variant in raw_fields}
-    body_start = 16 + header_len + (-header_len & 7)
     signature = fields.get("SIGNATURE", "")
-    body = wire.decode_body(signature, buf, body_start) if body_len else []
+    body = wire.decode_body(signature, self.buf, body_start) if body_len else []
     self.offset = body_start + body_len
     self.message = _module("dbus_next.message").Message(
         destination=fields.get("DESTINATION"), path=fields.get("PATH"),

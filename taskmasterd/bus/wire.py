@@ -185,7 +185,7 @@ def _decoder(t: SignatureType) -> Decoder:
             off += -off & 3
             n = _U32.unpack_from(buf, off)[0]
             off += 4
-            return bytes(buf[off:off + n]).decode(), off + n + 1
+            return buf[off:off + n].decode(), off + n + 1
         return string
     if token == "g":
         return _read_signature
@@ -246,4 +246,4 @@ def _decoder(t: SignatureType) -> Decoder:
 
 def _read_signature(buf: bytes, off: int) -> tuple[str, int]:
     n = buf[off]
-    return bytes(buf[off + 1:off + 1 + n]).decode(), off + n + 2
+    return buf[off + 1:off + 1 + n].decode(), off + n + 2
