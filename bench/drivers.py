@@ -46,10 +46,10 @@ class Program:
 
 
 @functools.cache
-def project_python() -> tuple[str, dict[str, str]]:
-    """The interpreter and environment taskmasterd and taskctl run with: the
-    bench's own (BENCH_PYTHON: the development venv by default), with our
-    sources' .pyc compiled first, as an installed copy has them (some
+def project_python() -> str:
+    """The interpreter taskmasterd and taskctl run with: the bench's own
+    (BENCH_PYTHON: the development venv by default), with our sources' .pyc
+    compiled first, as an installed copy has them (some
     machines set PYTHONDONTWRITEBYTECODE: every start would compile them).
 
     /usr/bin/python3 with Debian's packages (how the .deb runs) was tried:
@@ -59,7 +59,7 @@ def project_python() -> tuple[str, dict[str, str]]:
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "taskmasterd"),
                     str(ROOT / "taskctl")], env=env, stdout=subprocess.DEVNULL, check=True)
-    return sys.executable, dict(os.environ)
+    return sys.executable
 
 
 def ensure_supervisor() -> Path:
@@ -192,7 +192,6 @@ class _UnixTransport(xmlrpc.client.Transport):
 class Driver:
     name = "?"
     cli_name = "?"
-    env: dict[str, str] | None = None  # for the daemon and the CLI (None: the bench's)
 
     def __init__(self) -> None:
         self.tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -262,7 +261,7 @@ class Taskmasterd(Driver):
 
     def __init__(self) -> None:
         super().__init__()
-        self.python, self.env = project_python()
+        self.python = project_python()
         self.loop = asyncio.new_event_loop()
         self.bus = None
         self._buscm: contextlib.AbstractContextManager[str] | None = None
@@ -288,7 +287,7 @@ class Taskmasterd(Driver):
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(
             [self.python, "-m", "taskmasterd", "-c", str(conf), "--address", self.address],
-            stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=self.dir, env=self.env,
+            stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=self.dir,
             start_new_session=True)
         err.close()
         return t0

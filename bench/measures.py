@@ -140,7 +140,7 @@ def mass_start_and_status(drv_cls, opts) -> list[dict]:
             rows.append(row(f"status API N={n} (ListProcesses / getAllProcessInfo)", "ms", api))
             cli = []
             for _ in range(opts.reps_cli):
-                cli.append(_timed_run(d.cli_status(), env=d.env) * 1000)
+                cli.append(_timed_run(d.cli_status()) * 1000)
             rows.append(row(f"status CLI N={n} (taskctl / supervisorctl status)", "ms", cli))
             if n == min(opts.sizes):
                 rows += _idle(d, n, opts)
@@ -156,13 +156,13 @@ def mass_start_and_status(drv_cls, opts) -> list[dict]:
     return rows
 
 
-def _timed_run(argv: list[str], cap: float = 60.0, env: dict[str, str] | None = None) -> float:
+def _timed_run(argv: list[str], cap: float = 60.0) -> float:
     """Wall time of a command. Not subprocess.run(timeout=...): Python 3.11's
     wait with a timeout polls with sleeps of up to 50 ms, which quantised the
     result; a plain wait() plus a kill timer is exact and still bounded."""
     t = time.perf_counter()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
+                            stderr=subprocess.DEVNULL)
     timer = threading.Timer(cap, proc.kill)
     timer.start()
     try:
@@ -278,14 +278,14 @@ def floors(drv_cls, opts) -> list[dict]:
     (what any Python command line, taskctl and supervisorctl included, pays)."""
     if drv_cls.name != "taskmasterd":
         return []
-    python, env = project_python()
+    python = project_python()
     n = max(opts.sizes)
     spawn = []
     for _ in range(opts.reps_cli):
-        out = subprocess.run([python, "-c", _SPAWN_FLOOR, str(n)], env=env, check=True,
+        out = subprocess.run([python, "-c", _SPAWN_FLOOR, str(n)], check=True,
                              capture_output=True, text=True, timeout=120)
         spawn.append(float(out.stdout))
-    start = [_timed_run([python, "-c", "pass"], env=env) * 1000
+    start = [_timed_run([python, "-c", "pass"]) * 1000
              for _ in range(opts.reps_cli)]
     return [row(f"floor: {n} x Popen(sleep) in a loop, no daemon", "s", spawn,
                 "the machine, not a supervisor"),

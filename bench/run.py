@@ -52,7 +52,7 @@ def machine() -> dict:
                 break
     return {"nproc": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
             "python": platform.python_version(), "supervisor": SUPERVISOR_VERSION,
-            "taskmasterd_python": project_python()[0]}
+            "taskmasterd_python": project_python()}
 
 
 def fmt(s: dict, note: str) -> str:
