@@ -113,7 +113,15 @@ def uptime(row: ProcessRow, now: float) -> float | None:
 
 def describe_row(row: ProcessRow, now: float) -> str:
     """The last column of `status`: uptime, or what the daemon says (exit
-    status, spawn error, ...). The pid has its own column."""
+    status, spawn error, ...), then `restarts N` once the process has been
+    restarted automatically. The pid has its own column."""
+    text = _describe_state(row, now)
+    if row.restarts:
+        return f"{text}, restarts {row.restarts}" if text else f"restarts {row.restarts}"
+    return text
+
+
+def _describe_state(row: ProcessRow, now: float) -> str:
     up = uptime(row, now)
     if up is not None:
         return f"uptime {format_duration(up)}"
@@ -210,6 +218,7 @@ def row_json(row: ProcessRow, now: float) -> dict[str, Any]:
         "uptime": int(up) if up is not None else None,
         "description": describe_row(row, now),
         "spawn_error": row.spawn_error or None,
+        "restarts": row.restarts,
     }
 
 

@@ -147,9 +147,9 @@ def _unreachable(choice: BusChoice, reason: str, cause: str = Unreachable.NO_BUS
 
 
 def _row(values: Sequence[Any]) -> ProcessRow:
-    name, program, state, pid, status, started, description, spawn_error = values
+    name, program, state, pid, status, started, description, spawn_error, restarts = values
     return ProcessRow(str(name), str(program), str(state), int(pid), int(status), int(started),
-                      str(description), str(spawn_error))
+                      str(description), str(spawn_error), int(restarts))
 
 
 # ---- the client ---------------------------------------------------------------

@@ -16,7 +16,7 @@ UP_STATES = frozenset({"STARTING", "RUNNING", "STOPPING"})
 
 
 class ProcessRow(NamedTuple):
-    """One row of ListProcesses (a(sssuitss))."""
+    """One row of ListProcesses (a(sssuitssu))."""
 
     name: str  # "web" or "web:0"
     program: str
@@ -26,6 +26,7 @@ class ProcessRow(NamedTuple):
     started_at_us: int  # µs since the epoch, 0 = never
     description: str  # the daemon's: "pid 123, uptime 0:01:02", "exit status 1", ...
     spawn_error: str  # "" = none
+    restarts: int  # NRestarts: automatic restarts since the last administrative start
 
 
 class StateChange(NamedTuple):

@@ -16,11 +16,11 @@ validates text said to come from `path`. Both return a `Config` or raise
 
 How values are read (the node's source text decides, never YAML 1.1):
 
-* integers (numprocs, startretries, exitcodes): unquoted decimal digits,
+* integers (numprocs, startretries, startlimit_burst, exitcodes): unquoted decimal digits,
   optionally with a leading "-" (so that a negative value gets a range
   message). Leading zeros do not make them octal: `exitcodes: 010` is 10.
   A quoted number ("2") is an error.
-* seconds (starttime, stoptime, restartdelay, alert rate): unquoted decimal numbers
+* seconds (starttime, stoptime, restartdelay, startlimit_interval, alert rate): unquoted decimal numbers
   such as 5, 0.5 or 10.; no exponent, no .inf/.nan; 0 to 86400.
 * umask: the octal digits written, quoted or not, with an optional 0o
   prefix: 022, 22, "022", '0o22', 0o22 and 0022 all mean 0o22. 18 is an
@@ -157,6 +157,10 @@ class ProgramConfig:
     exitcodes: frozenset[int] = frozenset({0})
     startretries: int = 3
     starttime: float = 1.0
+    # systemd's StartLimitBurst/StartLimitIntervalSec over automatic restarts
+    # (process.StartLimit); 0 in either disables the limit.
+    startlimit_burst: int = 10
+    startlimit_interval: float = 10.0
     stopsignal: signal.Signals = signal.SIGTERM
     stoptime: float = 10.0
     stdout: Output = Output()
@@ -264,6 +268,8 @@ PROGRAM_KEYS: tuple[str, ...] = (
     "exitcodes",
     "startretries",
     "starttime",
+    "startlimit_burst",
+    "startlimit_interval",
     "stopsignal",
     "stoptime",
     "stdout",
@@ -513,6 +519,8 @@ class _Validator(NodeReader):
             "exitcodes": lambda n: self._exitcodes(n, f"{kp}.exitcodes"),
             "startretries": lambda n: self._int(n, 0, 1000),
             "starttime": self._seconds,
+            "startlimit_burst": lambda n: self._int(n, 0, 1000),
+            "startlimit_interval": self._seconds,
             "stopsignal": self._signal,
             "stoptime": self._seconds,
             "stdout": self._output,

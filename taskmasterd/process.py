@@ -8,12 +8,19 @@ seconds) and decisions go out as *actions* the supervisor carries out
 The whole life cycle is the table `_TABLE` at the bottom: state x event ->
 handler. A missing cell means the event is refused in that state (requests)
 or impossible (exits/timers without a process), see `Process._dispatch`.
+
+Automatic restarts (autorestart after EXITED, BACKOFF retries) pass through
+one handler, `_auto_restart`, which asks the process's `StartLimit` (systemd's
+StartLimitBurst/StartLimitIntervalSec) first: past the limit the process
+gives up (FATAL) instead of spawning, whatever its starttime. An
+administrative start (`_start`) resets the window and the restart count.
 """
 
 from __future__ import annotations
 
 import enum
 import signal
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -73,6 +80,60 @@ class SpawnError:
         return f"{self.code} ({self.syscall}): {self.message}"
 
 
+# ---- the start limit ---------------------------------------------------------
+
+
+def format_span(seconds: float) -> str:
+    """Seconds for a sentence: two decimals under 10 s (0.04), one above (12.5)."""
+    return f"{seconds:.2f}" if seconds < 10 else f"{seconds:.1f}"
+
+
+@dataclass(frozen=True)
+class StartLimitHit:
+    """Why a process gave up on the start limit: `restarts` automatic restarts
+    had been made within the window, the first `span` seconds before the one
+    that was refused."""
+
+    restarts: int
+    span: float
+
+    def __str__(self) -> str:
+        return f"start limit hit ({self.restarts} restarts in {format_span(self.span)} s)"
+
+
+@dataclass
+class StartLimit:
+    """systemd's start rate limit over one process's automatic restarts.
+
+    `admit(now, burst, interval)` says whether one more restart may happen
+    now and records it if so: at most `burst` restarts within any
+    `interval` seconds. Only the times of the last `burst` admitted restarts
+    are kept, so memory is bounded whatever the crash rate. `burst` and
+    `interval` are arguments, not state, so that a reload changes them in
+    place; either at 0 disables the limit (as in systemd).
+    """
+
+    times: deque[float] = field(default_factory=deque)
+
+    def admit(self, now: float, burst: int, interval: float) -> bool:
+        if burst <= 0 or interval <= 0:
+            self.times.clear()
+            return True
+        while self.times and (now - self.times[0] >= interval or len(self.times) > burst):
+            self.times.popleft()  # out of the window, or beyond a burst lowered by a reload
+        if len(self.times) >= burst:
+            return False
+        self.times.append(now)
+        return True
+
+    def hit(self, now: float) -> StartLimitHit:
+        """What was in the window when `admit` refused at `now`."""
+        return StartLimitHit(len(self.times), now - self.times[0] if self.times else 0.0)
+
+    def reset(self) -> None:
+        self.times.clear()
+
+
 # ---- actions: what the supervisor must do ----------------------------------
 
 
@@ -100,6 +161,7 @@ class Changed:
     expected: bool = True
     spawn_error: SpawnError | None = None
     retry_in: float | None = None  # BACKOFF: seconds until the next try
+    start_limit_hit: StartLimitHit | None = None  # FATAL: gave up on the start limit
 
 
 Action = Spawn | Kill | Changed
@@ -141,6 +203,9 @@ class Process:
     started_at: float | None = None  # `now` of the last successful spawn
     want_up: bool = False  # wanted state (s6): should it be running?
     start_pending: bool = False  # start again once STOPPED (restart)
+    restarts: int = 0  # automatic restarts since the last administrative start
+    start_limit: StartLimit = field(default_factory=StartLimit, repr=False)
+    start_limit_hit: StartLimitHit | None = None  # why it is FATAL, if the start limit
     _out: list[Action] = field(default_factory=list, repr=False)
     _spawning: bool = field(default=False, repr=False)
 
@@ -223,9 +288,14 @@ class Process:
     # -- handlers (one per cell of the table) -------------------------------
 
     def _start(self, now: float, _: object) -> None:
+        # An administrative start is a fresh start (systemctl start after
+        # reset-failed): retries, restart count and start-limit window reset.
         self.want_up = True
         self.start_pending = False
         self.retries = 0
+        self.restarts = 0
+        self.start_limit.reset()
+        self.start_limit_hit = None
         self.spawn_error = None
         self._spawn()
 
@@ -268,7 +338,8 @@ class Process:
             self._to(State.BACKOFF, exit_status=self.exit_status, expected=False,
                      spawn_error=self.spawn_error)
             self.deadline = None
-            self._to(State.FATAL, spawn_error=self.spawn_error)
+            self._to(State.FATAL, exit_status=self.exit_status, expected=False,
+                     spawn_error=self.spawn_error)
             self.retries = 0
             return
         delay = self._backoff_delay()
@@ -304,7 +375,7 @@ class Process:
         if self.config.restartdelay > 0:
             self.deadline = now + self.config.restartdelay
         else:
-            self._spawn()
+            self._auto_restart(now, None)
 
     def _exit_while_stopping(self, now: float, status: object) -> None:
         assert isinstance(status, int)
@@ -343,8 +414,19 @@ class Process:
         # Keep trying: a process in uninterruptible sleep may need another go.
         self.deadline = now + max(self.config.stoptime, 1.0)
 
-    def _retry(self, now: float, _: object) -> None:
-        self._spawn()
+    def _auto_restart(self, now: float, _: object) -> None:
+        """Autorestart after EXITED, or a BACKOFF retry: spawn again unless
+        that would exceed the start limit, in which case give up."""
+        cfg = self.config
+        if self.start_limit.admit(now, cfg.startlimit_burst, cfg.startlimit_interval):
+            self.restarts += 1
+            self._spawn()
+            return
+        self.deadline = None
+        self.retries = 0
+        self.start_limit_hit = self.start_limit.hit(now)
+        self._to(State.FATAL, exit_status=self.exit_status, expected=False,
+                 spawn_error=self.spawn_error, start_limit_hit=self.start_limit_hit)
 
 
 Handler = Callable[[Process, float, object], None]
@@ -356,7 +438,7 @@ _TABLE: dict[tuple[State, Event], Handler] = {
     (S.EXITED, E.START): Process._start,
     (S.EXITED, E.RESTART): Process._start,
     (S.EXITED, E.STOP): Process._stop_exited,
-    (S.EXITED, E.TIMER): Process._retry,  # autorestart after restartdelay
+    (S.EXITED, E.TIMER): Process._auto_restart,  # autorestart after restartdelay
     (S.FATAL, E.START): Process._start,
     (S.FATAL, E.RESTART): Process._start,
     (S.UNKNOWN, E.START): Process._start,
@@ -372,7 +454,7 @@ _TABLE: dict[tuple[State, Event], Handler] = {
     (S.RUNNING, E.EXIT): Process._exit_while_running,
     (S.RUNNING, E.STOP): Process._stop,
     (S.RUNNING, E.RESTART): Process._restart_running,
-    (S.BACKOFF, E.TIMER): Process._retry,
+    (S.BACKOFF, E.TIMER): Process._auto_restart,  # the next try, or FATAL
     (S.BACKOFF, E.STOP): Process._stop_backoff,
     (S.BACKOFF, E.RESTART): Process._restart_backoff,
     (S.STOPPING, E.EXIT): Process._exit_while_stopping,

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from taskmasterd.config import Config, OutputKind, ProgramConfig
 
 # Keys that shape the exec'd process: changing one means a new process.
+# Everything else (startretries, startlimit_burst/_interval, ...) is read by
+# the state machine when it decides, so it applies in place.
 LAUNCH_KEYS = ("cmd", "argv", "env", "workingdir", "umask", "user", "stdout", "stderr")
 
 

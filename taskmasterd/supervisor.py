@@ -57,6 +57,7 @@ class ProcessInfo:
     started_at: float  # wall clock seconds, 0 if never started
     description: str
     spawn_error: str
+    restarts: int  # automatic restarts since the last administrative start
 
 
 @dataclass
@@ -331,19 +332,21 @@ class Supervisor:
             name=p.name, program=p.program, state=p.state, pid=p.pid,
             exit_status=p.exit_status or 0,
             started_at=slot.started_wall if p.pid else 0.0,
-            description=self._description(slot), spawn_error=err)
+            description=self._description(slot), spawn_error=err, restarts=p.restarts)
 
     def _description(self, slot: Slot) -> str:
         p = slot.process
         if p.state in (State.RUNNING, State.STARTING, State.STOPPING) and p.pid:
             up = int(time.time() - slot.started_wall)
             return f"pid {p.pid}, uptime {up // 3600}:{up // 60 % 60:02d}:{up % 60:02d}"
+        if p.state is State.FATAL and p.start_limit_hit is not None:
+            return f"{p.start_limit_hit}; last: {_last_outcome(p)}"
         if p.spawn_error is not None:
             return f"spawn error: {p.spawn_error}"
         if p.state in (State.EXITED, State.STOPPED, State.BACKOFF) and p.exit_status is not None:
             return describe_status(p.exit_status)
         if p.state is State.FATAL:
-            return "exited too quickly, gave up"
+            return f"exited too quickly ({_last_outcome(p)}), gave up"
         return "not started"
 
     def _publish_process(self, slot: Slot, kind: str, message: str, *, pid: int = 0,
@@ -399,5 +402,19 @@ def _transition_message(p: Process, ch: Changed) -> str:
             return f"{why}; no retries left"
         return f"{why}; retry {p.retries} of {cfg.startretries} in {ch.retry_in:g}s"
     if new is State.FATAL:
-        return "gave up: entered FATAL state, too many start retries too quickly"
+        last = _last_outcome(p)
+        if ch.start_limit_hit is not None:
+            return (f"gave up: entered FATAL state, {ch.start_limit_hit} (limit: startlimit_burst "
+                    f"{cfg.startlimit_burst} per startlimit_interval {cfg.startlimit_interval:g}s); "
+                    f"last: {last}")
+        return f"gave up: entered FATAL state, too many start retries too quickly; last: {last}"
     return f"entered {new.value} state from {ch.old.value}"
+
+
+def _last_outcome(p: Process) -> str:
+    """How the last attempt ended: its spawn error or its exit status."""
+    if p.spawn_error is not None:
+        return f"spawn error: {p.spawn_error}"
+    if p.exit_status is not None:
+        return describe_status(p.exit_status)
+    return "no exit status"

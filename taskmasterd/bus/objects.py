@@ -84,9 +84,11 @@ def parse_signal(name: str) -> signal.Signals:
 
 
 def process_row(info: ProcessInfo) -> list[object]:
+    """One ListProcesses struct; NRestarts (systemd's name) is last, so that
+    a client reading the first eight fields by position still works."""
     started_us = int(info.started_at * 1_000_000)
     return [info.name, info.program, info.state.value, info.pid, info.exit_status, started_us,
-            info.description, info.spawn_error]
+            info.description, info.spawn_error, info.restarts]
 
 
 class Manager(ServiceInterface):
@@ -125,7 +127,7 @@ class Manager(ServiceInterface):
             return [[p.name for p in plan.added], plan.changed, list(plan.removed)]
 
     @method()
-    def ListProcesses(self) -> 'a(sssuitss)':
+    def ListProcesses(self) -> 'a(sssuitssu)':
         with dbus_errors("ListProcesses"):
             return [process_row(i) for i in self._sup.processes()]
 
@@ -227,6 +229,7 @@ class Program(ServiceInterface):
             return worst_state([i.state for i in self._infos()]).value
 
     @dbus_property(access=PropertyAccess.READ)
-    def Processes(self) -> 'a(ssi)':
+    def Processes(self) -> 'a(ssiu)':
+        """(name, state, pid, NRestarts) of each process."""
         with dbus_errors("Processes"):
-            return [[i.name, i.state.value, i.pid] for i in self._infos()]
+            return [[i.name, i.state.value, i.pid, i.restarts] for i in self._infos()]

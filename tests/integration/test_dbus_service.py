@@ -142,7 +142,7 @@ def test_subscriber_sees_restart_in_order(vogsphere: Daemon, bus_address: str) -
             # A transition sends what it changes; Command/NumProcs only on a reload.
             changed = props.body[1]
             assert set(changed) == {"State", "Processes"}
-            [[name, state, _pid]] = changed["Processes"].value
+            [[name, state, _pid, _restarts]] = changed["Processes"].value
             assert name == "web" and state in ("STOPPING", "STOPPED", "STARTING", "RUNNING")
     asyncio.run(main())
 
@@ -153,8 +153,8 @@ def test_list_processes_struct_array(vogsphere: Daemon, bus_address: str) -> Non
             [rows] = await c.ok("ListProcesses")
             by_name = {r[0]: r for r in rows}
             assert set(by_name) == {"vogsphere:0", "vogsphere:1", "web"}
-            _name, program, state, pid, status, started_us, description, err = by_name["web"]
-            assert (program, state, err) == ("web", "RUNNING", "")
+            _name, program, state, pid, status, started_us, description, err, restarts = by_name["web"]
+            assert (program, state, err, restarts) == ("web", "RUNNING", "", 0)
             assert pid == vogsphere.latest_pids()["web"] and status == 0
             assert started_us > 1_600_000_000 * 1_000_000
             assert description.startswith(f"pid {pid}, uptime")

@@ -55,8 +55,8 @@ def _make_interface() -> Any:
             return [target]
 
         @method()
-        def ListProcesses(self) -> 'a(sssuitss)':  # noqa: F821
-            return [["web:0", "web", "RUNNING", 42, 0, 1_700_000_000_000_000, "pid 42", ""]]
+        def ListProcesses(self) -> 'a(sssuitssu)':  # noqa: F821
+            return [["web:0", "web", "RUNNING", 42, 0, 1_700_000_000_000_000, "pid 42", "", 0]]
 
         @dbus_property(access=PropertyAccess.READ)
         def Version(self) -> 's':  # noqa: F821
@@ -147,7 +147,7 @@ def test_nobody_may_read(address: str) -> None:
     async def body(iface: Any) -> None:
         rc, out, err = await _run(*_list(address, AS_NOBODY))
         assert rc == 0, err
-        assert out.startswith("a(sssuitss) 1 ") and '"web:0"' in out, out
+        assert out.startswith("a(sssuitssu) 1 ") and '"web:0"' in out, out
         rc, out, err = await _run(*_version(address, AS_NOBODY))
         assert rc == 0, err
         assert out.strip() == 's "1.0-test"'

@@ -248,6 +248,7 @@ def test_minimal_program_gets_the_dataclass_defaults(tmp_path: Path) -> None:
     p = config.programs[0]
     assert p.stdout == Output(OutputKind.AUTO) and p.stderr == Output(OutputKind.AUTO)
     assert p.umask is None and p.workingdir is None and p.user is None
+    assert (p.startlimit_burst, p.startlimit_interval) == (10, 10.0)  # systemd's defaults
 
 
 def test_load_config_accepts_str_and_path(tmp_path: Path) -> None:
@@ -536,6 +537,8 @@ def test_autorestart_invalid(tmp_path: Path, raw: str) -> None:
         ("numprocs: 08", "numprocs", 8),
         ("startretries: 0", "startretries", 0),
         ("startretries: 1000", "startretries", 1000),
+        ("startlimit_burst: 0", "startlimit_burst", 0),
+        ("startlimit_burst: 1000", "startlimit_burst", 1000),
         ("exitcodes: 0", "exitcodes", frozenset({0})),
         ("exitcodes: 255", "exitcodes", frozenset({255})),
         ("exitcodes: 010", "exitcodes", frozenset({10})),
@@ -565,6 +568,10 @@ def test_integers_valid(tmp_path: Path, line: str, attr: str, expected: object) 
         ("numprocs", "[1]", "expected an integer 1–1000, found a sequence"),
         ("startretries", "-1", "must be between 0 and 1000, found -1"),
         ("startretries", "1001", "must be between 0 and 1000"),
+        ("startlimit_burst", "-1", "must be between 0 and 1000, found -1"),
+        ("startlimit_burst", "1001", "must be between 0 and 1000, found 1001"),
+        ("startlimit_burst", '"10"', "found the quoted string '10' (remove the quotes)"),
+        ("startlimit_burst", "2.5", "expected an integer 0–1000, found '2.5'"),
         ("exitcodes", "256", "must be between 0 and 255, found 256"),
         ("exitcodes", "-1", "must be between 0 and 255"),
         ("exitcodes", '"2"', "expected an integer 0–255"),
@@ -596,7 +603,7 @@ def test_exitcodes_block_list_item_location(tmp_path: Path) -> None:
 # seconds: starttime, stoptime, restartdelay
 
 
-@pytest.mark.parametrize("key", ["starttime", "stoptime", "restartdelay"])
+@pytest.mark.parametrize("key", ["starttime", "stoptime", "restartdelay", "startlimit_interval"])
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [("5", 5.0), ("0.5", 0.5), ("0", 0.0), ("10.", 10.0), (".5", 0.5), ("1.50", 1.5), ("86400", 86400.0)],
@@ -605,7 +612,7 @@ def test_seconds_valid(tmp_path: Path, key: str, raw: str, expected: float) -> N
     assert getattr(program(tmp_path, f"{key}: {raw}"), key) == expected
 
 
-@pytest.mark.parametrize("key", ["starttime", "stoptime", "restartdelay"])
+@pytest.mark.parametrize("key", ["starttime", "stoptime", "restartdelay", "startlimit_interval"])
 @pytest.mark.parametrize(
     ("raw", "phrase"),
     [
@@ -958,6 +965,9 @@ def test_issue_file_is_the_path_as_given(tmp_path: Path, monkeypatch: pytest.Mon
         ("stderr_logfile", "did you mean 'stderr'?"),
         ("process_name", "supervisord's 'process_name' is not supported"),
         ("numprocs_start", "supervisord's 'numprocs_start' is not supported"),
+        ("StartLimitBurst", "unknown key 'StartLimitBurst' (did you mean 'startlimit_burst'?)"),
+        ("StartLimitIntervalSec", "did you mean 'startlimit_interval'?"),
+        ("start_limit_burst", "did you mean 'startlimit_burst'?"),
         ("zzzz", "unknown key 'zzzz'; a program accepts: cmd, numprocs, umask"),
     ],
 )

@@ -10,7 +10,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taskmasterd.config import AutoRestart, ProgramConfig
-from taskmasterd.process import Action, Changed, Kill, Process, Refused, Spawn, SpawnError, State, worst_state
+from taskmasterd.process import (
+    Action,
+    Changed,
+    Kill,
+    Process,
+    Refused,
+    Spawn,
+    SpawnError,
+    StartLimit,
+    StartLimitHit,
+    State,
+    worst_state,
+)
 
 S = State
 ENOENT = SpawnError("ENOENT", "execve /nope", "No such file or directory")
@@ -403,3 +415,226 @@ def test_relaunch_restarts_running_and_retries_fatal_but_respects_a_stop() -> No
     stopped.stop(clock.now)
     stopped.on_exit(-15, clock.now)
     assert stopped.relaunch(clock.now) == []  # stopped on purpose, stays stopped
+
+
+# ---- the start limit (systemd's StartLimitBurst / StartLimitIntervalSec) -------------------
+
+
+def test_start_limit_admits_burst_restarts_per_interval_then_slides() -> None:
+    limit = StartLimit()
+    t = 1000.0
+    assert all(limit.admit(t + i * 0.1, 3, 10) for i in range(3))
+    assert not limit.admit(t + 0.3, 3, 10)  # a 4th within 10 s: refused, not recorded
+    assert limit.hit(t + 0.3) == StartLimitHit(3, pytest.approx(0.3))
+    assert not limit.admit(t + 9.99, 3, 10)
+    assert limit.admit(t + 10, 3, 10)  # the first one left the window
+    assert not limit.admit(t + 10.05, 3, 10)
+    assert limit.admit(t + 10.1, 3, 10)
+
+
+def test_start_limit_memory_is_bounded_by_the_burst() -> None:
+    limit = StartLimit()
+    for i in range(10_000):
+        limit.admit(i * 2.0, 5, 10)  # slow enough to be always admitted
+        assert len(limit.times) <= 5
+    for i in range(1000):
+        limit.admit(30_000 + i * 0.001, 5, 10)  # a fast loop: refused, nothing added
+        assert len(limit.times) <= 5
+
+
+@pytest.mark.parametrize(("burst", "interval"), [(0, 10.0), (10, 0.0)])
+def test_start_limit_zero_disables_it(burst: int, interval: float) -> None:
+    limit = StartLimit()
+    assert all(limit.admit(1000 + i * 1e-6, burst, interval) for i in range(1000))
+    assert len(limit.times) == 0
+
+
+def test_start_limit_lowered_burst_applies_at_once() -> None:
+    limit = StartLimit()
+    assert all(limit.admit(1000 + i, 10, 100) for i in range(6))
+    assert not limit.admit(1006, 3, 100)  # a reload lowered the burst: 6 > 3 already
+    assert len(limit.times) == 3  # trimmed to the new burst
+    assert limit.hit(1006) == StartLimitHit(3, 3.0)
+
+
+def test_start_limit_hit_reads_like_systemd() -> None:
+    assert str(StartLimitHit(10, 0.0412)) == "start limit hit (10 restarts in 0.04 s)"
+    assert str(StartLimitHit(10, 12.345)) == "start limit hit (10 restarts in 12.3 s)"
+
+
+def crash(p: Process, clock: Clock, status: int = 5, dt: float = 0.004) -> list[Action]:
+    """The running process exits `status` after `dt`; a Spawn it asks for succeeds."""
+    out = p.on_exit(status, clock.advance(dt))
+    if out and out[-1] == Spawn():
+        out = out[:-1] + p.on_spawned(p.restarts + 500, clock.now)
+    return out
+
+
+def test_crash_loop_with_starttime_0_gives_up_after_the_burst() -> None:
+    """(RUNNING, EXIT) then autorestart at once: the 11th restart within 10 s
+    is refused: EXITED -> FATAL, no spawn, the last exit status recorded."""
+    clock = Clock()
+    p = Process(name="web", config=program(starttime=0))
+    assert changes(started(p, clock)) == [(S.STOPPED, S.STARTING), (S.STARTING, S.RUNNING)]
+    spawns = 1
+    for n in range(1, 11):
+        out = crash(p, clock)
+        assert changes(out) == [(S.RUNNING, S.EXITED), (S.EXITED, S.STARTING), (S.STARTING, S.RUNNING)]
+        spawns += 1
+        assert p.restarts == n
+    out = p.on_exit(5, clock.advance(0.004))
+    assert Spawn() not in out
+    assert changes(out) == [(S.RUNNING, S.EXITED), (S.EXITED, S.FATAL)]
+    fatal = out[-1]
+    assert isinstance(fatal, Changed) and fatal.exit_status == 5 and not fatal.expected
+    assert fatal.start_limit_hit == StartLimitHit(10, pytest.approx(0.04))
+    assert p.start_limit_hit == fatal.start_limit_hit
+    assert (spawns, p.state, p.pid, p.deadline, p.exit_status, p.restarts) == (11, S.FATAL, 0, None, 5, 10)
+
+
+def test_restartdelay_autorestart_gives_up_at_the_timer() -> None:
+    """(EXITED, TIMER): the restart due after restartdelay is the one refused."""
+    clock = Clock()
+    p = Process(name="web", config=program(starttime=0, restartdelay=0.5, startlimit_burst=2,
+                                           startlimit_interval=10))
+    started(p, clock)
+    for _ in range(2):
+        assert changes(p.on_exit(1, clock.advance(0.1))) == [(S.RUNNING, S.EXITED)]
+        assert p.on_timer(clock.advance(0.5)) == [Spawn()]
+        p.on_spawned(600, clock.now)
+    assert changes(p.on_exit(1, clock.advance(0.1))) == [(S.RUNNING, S.EXITED)]
+    assert p.deadline is not None and p.state is S.EXITED
+    out = p.on_timer(clock.advance(0.5))
+    assert changes(out) == [(S.EXITED, S.FATAL)] and Spawn() not in out
+    assert p.deadline is None and p.restarts == 2
+
+
+def test_backoff_retries_count_toward_the_start_limit() -> None:
+    """(BACKOFF, TIMER): a retry past the limit is FATAL, though startretries
+    would allow more."""
+    clock = Clock()
+    p = Process(name="web", config=program(starttime=5, startretries=100, startlimit_burst=2,
+                                           startlimit_interval=60))
+    started(p, clock)
+    for _ in range(2):
+        p.on_exit(1, clock.advance(0.1))
+        assert p.state is S.BACKOFF
+        assert p.on_timer(clock.advance(p.deadline - clock.now)) == [Spawn()]  # type: ignore[operator]
+        p.on_spawned(700, clock.now)
+    p.on_exit(1, clock.advance(0.1))
+    out = p.on_timer(clock.advance(p.deadline - clock.now))  # type: ignore[operator]
+    assert changes(out) == [(S.BACKOFF, S.FATAL)]
+    fatal = out[-1]
+    assert isinstance(fatal, Changed) and fatal.exit_status == 1
+    assert fatal.start_limit_hit == StartLimitHit(2, pytest.approx(5.2))  # tries at 1.1, 3.2; 6.3 refused
+    assert p.retries == 0 and p.restarts == 2
+
+
+def test_restarts_spread_out_never_hit_the_limit_but_are_counted() -> None:
+    clock = Clock()
+    p = Process(name="web", config=program(starttime=0))  # 10 per 10 s
+    started(p, clock)
+    for _ in range(50):
+        crash(p, clock, dt=1.01)  # one restart a second: 10 in any 10 s window at most
+    assert p.state is S.RUNNING and p.restarts == 50
+
+
+def test_burst_0_keeps_restarting() -> None:
+    clock = Clock()
+    p = Process(name="web", config=program(starttime=0, startlimit_burst=0))
+    started(p, clock)
+    for _ in range(500):
+        crash(p, clock, dt=0.001)
+    assert p.state is S.RUNNING and p.restarts == 500 and not p.start_limit.times
+
+
+def test_an_administrative_start_resets_the_window_and_the_count() -> None:
+    clock = Clock()
+    p = Process(name="web", config=program(starttime=0, startlimit_burst=3))
+    started(p, clock)
+    for _ in range(3):
+        crash(p, clock)
+    assert changes(p.on_exit(5, clock.advance(0.001)))[-1] == (S.EXITED, S.FATAL)
+    assert p.start(clock.now) == [Spawn()]  # systemctl reset-failed + start
+    assert p.restarts == 0 and p.start_limit_hit is None
+    p.on_spawned(800, clock.now)
+    for n in range(1, 4):  # a whole new burst, at once
+        assert p.state is S.RUNNING
+        crash(p, clock)
+        assert p.restarts == n
+    assert changes(p.on_exit(5, clock.advance(0.001)))[-1] == (S.EXITED, S.FATAL)
+
+
+def test_an_administrative_restart_resets_the_count() -> None:
+    clock = Clock()
+    p = Process(name="web", config=program(starttime=0, startlimit_burst=3))
+    started(p, clock)
+    crash(p, clock)
+    crash(p, clock)
+    assert p.restarts == 2
+    p.restart(clock.now)
+    assert p.on_exit(-15, clock.now)[-1] == Spawn()
+    p.on_spawned(900, clock.now)
+    assert p.restarts == 0 and len(p.start_limit.times) == 0
+
+
+def test_start_limit_follows_a_reload_in_place() -> None:
+    """The config is swapped in place by a reload: the next restart obeys it."""
+    clock = Clock()
+    p = Process(name="web", config=program(starttime=0))
+    started(p, clock)
+    for _ in range(4):
+        crash(p, clock)
+    p.config = replace(p.config, startlimit_burst=4)
+    assert changes(p.on_exit(5, clock.advance(0.001)))[-1] == (S.EXITED, S.FATAL)
+    assert p.restarts == 4
+
+
+def test_fatal_after_startretries_carries_the_last_exit_status() -> None:
+    clock = Clock()
+    p = Process(name="web", config=program(starttime=5, startretries=0))
+    started(p, clock)
+    out = p.on_exit(5, clock.now)
+    fatal = out[-1]
+    assert isinstance(fatal, Changed) and fatal.new is S.FATAL
+    assert fatal.exit_status == 5 and fatal.start_limit_hit is None and p.start_limit_hit is None
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(EVENTS, st.floats(0, 0.5), st.integers(-15, 3)), max_size=60),
+       st.integers(0, 4), st.sampled_from([0.0, 0.3]))
+def test_any_sequence_with_a_start_limit_keeps_the_invariants(
+        steps: list[tuple[str, float, int]], burst: int, restartdelay: float) -> None:
+    """A fast crash loop under random requests: the window never holds more
+    than the burst, restarts never exceed the spawns since the last
+    administrative start, and FATAL by the limit has no pid and no deadline."""
+    clock = Clock()
+    p = Process(name="web", config=program(starttime=0, autorestart=AutoRestart.ALWAYS,
+                                           startlimit_burst=burst, startlimit_interval=1,
+                                           restartdelay=restartdelay))
+    pid = 1
+    spawns_since_start = 0
+    for what, dt, code in steps:
+        clock.advance(dt)
+        try:
+            if what == "exit":
+                if not p.pid:
+                    continue
+                out = p.on_exit(code, clock.now)
+            elif what == "timer":
+                out = p.on_timer(clock.now if p.deadline is None else max(clock.now, p.deadline))
+            else:
+                out = getattr(p, what)(clock.now)
+                if p.restarts == 0:
+                    spawns_since_start = 0
+        except Refused:
+            continue
+        while out and out[-1] == Spawn():
+            pid += 1
+            spawns_since_start += 1
+            out = out[:-1] + p.on_spawned(pid, clock.now)
+        assert len(p.start_limit.times) <= burst
+        assert p.restarts <= spawns_since_start
+        assert bool(p.pid) == (p.state in (S.STARTING, S.RUNNING, S.STOPPING))
+        if p.state is S.FATAL:
+            assert p.deadline is None and p.start_limit_hit is not None and burst > 0

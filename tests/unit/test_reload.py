@@ -9,7 +9,7 @@ import pytest
 
 from taskmasterd.config import AutoRestart, Config, GlobalConfig, Output, OutputKind, ProgramConfig
 from taskmasterd.errors import BadName, NoSuchProgram
-from taskmasterd.reload import ReloadPlan, Resize, plan_reload
+from taskmasterd.reload import ReloadPlan, Resize, in_place_fields, plan_reload
 from taskmasterd.targets import resolve
 
 
@@ -51,12 +51,14 @@ def test_launch_keys_restart(key: str, value: object) -> None:
 @pytest.mark.parametrize(("key", "value"), [
     ("autorestart", AutoRestart.NEVER), ("exitcodes", frozenset({0, 2})), ("startretries", 9),
     ("starttime", 0.5), ("stopsignal", signal.SIGUSR1), ("stoptime", 30.0),
-    ("restartdelay", 2.0), ("autostart", False),
+    ("restartdelay", 2.0), ("autostart", False), ("startlimit_burst", 0),
+    ("startlimit_interval", 60.0),
 ])
 def test_other_keys_apply_in_place(key: str, value: object) -> None:
     new = prog("a", **{key: value})
     plan = plan_reload(config(prog("a")), config(new))
     assert plan.updated == (new,) and not plan.restarted and not plan.resized
+    assert in_place_fields(prog("a"), new) == [key]
 
 
 def test_numprocs_alone_resizes_but_with_a_launch_key_restarts() -> None:

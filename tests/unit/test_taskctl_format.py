@@ -23,10 +23,10 @@ US = 1_000_000
 
 def row(name: str, state: str = "RUNNING", *, program: str | None = None, pid: int = 0,
         status: int = 0, up: float | None = None, description: str = "",
-        spawn_error: str = "") -> ProcessRow:
+        spawn_error: str = "", restarts: int = 0) -> ProcessRow:
     started = int((NOW - up) * US) if up is not None else 0
     return ProcessRow(name, program or name.partition(":")[0], state, pid, status, started,
-                      description, spawn_error)
+                      description, spawn_error, restarts)
 
 
 ROWS = [
@@ -38,6 +38,8 @@ ROWS = [
     row("idle", "STOPPED", description="not started"),
     row("flaky", "EXITED", status=-9, description="killed by SIGKILL"),
 ]
+LOOP = row("loop", "FATAL", status=5, restarts=10,
+           description="start limit hit (10 restarts in 0.04 s); last: exit status 5")
 
 
 # ---- rendering ----------------------------------------------------------------------
@@ -82,6 +84,16 @@ def test_describe_row_fallbacks() -> None:
     assert cli.describe_row(row("c", "BACKOFF", spawn_error="EACCES (execve /x)"), NOW) == \
         "spawn error: EACCES (execve /x)"
     assert cli.describe_row(row("e", "EXITED", status=3), NOW) == "exit status 3"
+
+
+def test_describe_row_counts_automatic_restarts_once_there_are_any() -> None:
+    by = {r.name: r for r in ROWS}
+    assert cli.describe_row(LOOP, NOW) == \
+        "start limit hit (10 restarts in 0.04 s); last: exit status 5, restarts 10"
+    looping = row("w", pid=7, up=0, description="pid 7, uptime 0:00:00", restarts=1234)
+    assert cli.describe_row(looping, NOW) == "uptime 0:00:00, restarts 1234"
+    assert cli.describe_row(row("w", "STOPPED", restarts=3), NOW) == "restarts 3"
+    assert "restarts" not in cli.describe_row(by["web:0"], NOW)  # none: nothing said
 
 
 def test_status_table_is_aligned_with_a_header() -> None:
@@ -196,7 +208,8 @@ def test_row_json_shape() -> None:
     live = cli.row_json(by["web:0"], NOW)
     assert live == {"name": "web:0", "program": "web", "state": "RUNNING", "pid": 101,
                     "exit_status": 0, "started_at": NOW - 62, "uptime": 62,
-                    "description": "uptime 0:01:02", "spawn_error": None}
+                    "description": "uptime 0:01:02", "spawn_error": None, "restarts": 0}
+    assert cli.row_json(LOOP, NOW)["restarts"] == 10
     dead = cli.row_json(by["crashy"], NOW)
     assert dead["pid"] is None and dead["started_at"] is None and dead["uptime"] is None
     assert dead["spawn_error"].startswith("ENOENT")
