@@ -313,8 +313,10 @@ def test_remote_syslog_to_a_datagram_socket(write_config: WriteConfig, daemons: 
 
 def test_crash_loop_sends_one_message_then_one_summary(write_config: WriteConfig, daemons: Start,
                                                        http_sink: HttpSink) -> None:
+    # No start limit: the loop must outlast the 3 s rate (the limit's FATAL
+    # alert is tested in test_start_limit.py).
     crashy = {"cmd": "sh -c 'echo crashing >&2; exit 1'", "starttime": 0, "autorestart": "always",
-              "restartdelay": 0.2}
+              "restartdelay": 0.2, "startlimit_burst": 0}
     cfg = with_alerts(write_config({"crashy": crashy}), [
         {"url": http_sink.url("json", "/fast"), "rate": 3},
         {"url": http_sink.url("form", "/slow"), "rate": 60},
