@@ -274,9 +274,11 @@ class Taskmasterd(Driver):
         self.address = self._buscm.__enter__()
         progs = {}
         for name, p in programs.items():
+            # startlimit_burst 0: supervisord has no start limit, and the
+            # restart measure kills a process 15 times within a few seconds.
             d = {"cmd": p.cmd, "autostart": p.autostart, "autorestart": p.autorestart,
                  "starttime": p.starttime, "stoptime": p.stoptime,
-                 "stdout": p.stdout, "stderr": None, "env": dict(p.env)}
+                 "stdout": p.stdout, "stderr": None, "env": dict(p.env), "startlimit_burst": 0}
             progs[name] = d
         conf = self.dir / "taskmaster.yaml"
         conf.write_text(yaml.safe_dump({
