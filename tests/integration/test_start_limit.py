@@ -123,3 +123,14 @@ def test_giving_up_on_the_start_limit_alerts_as_fatal(
     message = got.json()["message"]
     assert "state: FATAL" in message and "status: exit status 5" in message, message
     assert HIT.search(message), message
+
+
+def test_fatal_after_startretries_names_the_last_exit_status(
+        write_config: WriteConfig, daemons: Start, bus_address: str) -> None:
+    d = daemons(write_config({"fails": {"cmd": "sh -c 'exit 7'", "starttime": 5, "startretries": 1}}))
+    fatal = d.wait_for(event("FATAL", "fails"), timeout=30)
+    assert fatal.message.endswith("too many start retries too quickly; last: exit status 7"), fatal.raw
+    row = status_json(bus_address, "fails")
+    # The BACKOFF retry was an automatic restart.
+    assert row["description"] == "exited too quickly (exit status 7), gave up, restarts 1"
+    assert (row["state"], row["restarts"]) == ("FATAL", 1)
