@@ -451,7 +451,7 @@ _TABLE: dict[tuple[State, Event], Handler] = {
     (S.STARTING, E.EXIT): Process._exit_while_starting,
     (S.STARTING, E.STOP): Process._stop,
     (S.STARTING, E.RESTART): Process._restart_running,
-    (S.RUNNING, E.EXIT): Process._exit_while_running,
+    (S.RUNNING, E.EXIT): Process._exit_while_running,  # EXITED, then autorestart (or FATAL)
     (S.RUNNING, E.STOP): Process._stop,
     (S.RUNNING, E.RESTART): Process._restart_running,
     (S.BACKOFF, E.TIMER): Process._auto_restart,  # the next try, or FATAL
