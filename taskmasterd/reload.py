@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from taskmasterd.config import Config, OutputKind, ProgramConfig
 
 # Keys that shape the exec'd process: changing one means a new process.
-LAUNCH_KEYS = ("cmd", "argv", "env", "workingdir", "umask", "user", "stdout", "stderr")
+LAUNCH_KEYS = ("cmd", "argv", "env", "workingdir", "umask", "user", "stdout", "stderr",
+               # How output is carried (a file the child holds, or a pipe to
+               # the log writer) is decided at spawn: a new bound is a restart.
+               "stdout_maxbytes", "stdout_backups", "stderr_maxbytes", "stderr_backups")
 
 
 @dataclass(frozen=True)
