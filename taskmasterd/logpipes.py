@@ -144,7 +144,8 @@ class LogPipes:
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "taskmasterd.logwriter", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, start_new_session=True,
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                start_new_session=True,  # stderr: the daemon's, for a traceback
                 env=_writer_env())
             self._pidfd = os.pidfd_open(proc.pid)
         except OSError as exc:

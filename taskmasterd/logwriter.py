@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 CHUNK = 1 << 20  # the most moved per splice call (the pipes are grown to 1 MB)
 PIPE_SIZE = 1 << 20
 RETRY = 1.0  # seconds between two attempts on a failing file
+BATCH = 128 * 1024  # moved in one wake-up: a flood, worth batching (below: no added latency)
+BATCH_WAIT = 0.002  # seconds
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOCTTY  # never O_APPEND: splice
 # Write errors that mean "this file cannot take data now": the data is dropped.
 _DROP_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG, errno.EROFS, errno.EACCES,
@@ -175,6 +177,7 @@ class Writer:
         signal.set_wakeup_fd(wake_w)  # a signal (TERM: finish) ends the wait
         self.poll.register(wake_r, select.EPOLLIN)
         while not (self.draining and not self.streams):
+            moved = 0
             for fd, ev in self.poll.poll():
                 if fd == wake_r:
                     with contextlib.suppress(OSError):
@@ -185,7 +188,11 @@ class Writer:
                     if ev & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
                         self._control()
                 elif fd in self.streams:
-                    self._pump(self.streams[fd], bool(ev & select.EPOLLHUP))
+                    moved += self._pump(self.streams[fd], bool(ev & select.EPOLLHUP))
+            if moved >= BATCH:
+                # A flood: let the pipes fill a while (they hold 1 MB) so that
+                # the next wake-up moves a lot at once instead of a write's worth.
+                time.sleep(BATCH_WAIT)
         self._flush()
         return 0
 
@@ -259,19 +266,26 @@ class Writer:
         self.streams[fd] = Stream(int(str(msg["id"])), fd, sink)
         self.poll.register(fd, select.EPOLLIN)
 
-    def _pump(self, stream: Stream, hup: bool) -> None:
-        """Move what the pipe holds (up to a few MB per wake-up, to be fair)."""
+    def _pump(self, stream: Stream, hup: bool) -> int:
+        """Move what the pipe holds (up to a few MB per wake-up, to be fair);
+        returns the bytes moved."""
         sink = stream.sink
+        total = 0
         for _ in range(8):
             if sink.error and time.monotonic() < sink.retry_at:
-                n = self._drop(stream)
+                n, asked = self._drop(stream), CHUNK
             else:
+                asked = next_move(sink.size, sink.maxbytes)[1]
                 n = self._move(stream, sink, hup)
             if n is None:
-                return
+                break
             if n == 0:
                 self._eof(stream)
-                return
+                break
+            total += max(n, 0)
+            if 0 < n < asked and not hup:
+                break  # the pipe is empty now: spare the call that would say so
+        return total
 
     def _move(self, stream: Stream, sink: Sink, hup: bool) -> int | None:
         """Bytes moved, 0 at EOF, None when the pipe is empty, -1 on failure."""

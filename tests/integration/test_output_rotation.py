@@ -5,13 +5,12 @@ flood, no line lost when the daemon or the log writer is SIGKILLed,
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.harness import Daemon, alive, cpu_seconds, event
 from tests.integration.conftest import WriteConfig
@@ -67,7 +66,7 @@ def numbers_in_order(base: Path, backups: int) -> list[int]:
 def assert_no_gap(numbers: list[int]) -> None:
     assert numbers, "no output at all"
     assert numbers[0] == 1, f"the first line is {numbers[0]}: the oldest output was dropped"
-    gaps = [(a, b) for a, b in zip(numbers, numbers[1:], strict=False) if b != a + 1]
+    gaps = [(a, b) for a, b in itertools.pairwise(numbers) if b != a + 1]
     assert not gaps, f"lines missing or out of order at {gaps[:5]} (of {len(numbers)} lines)"
 
 
@@ -98,13 +97,14 @@ def test_a_flood_never_exceeds_the_bound(write_config: WriteConfig, daemons: Sta
         assert biggest <= 4 * MB + PIPE, f"{biggest} bytes on disk"
         time.sleep(0.1)
     spent = cpu_seconds(d.pid) - cpu0
+    assert d.terminate() == 0  # the files are still while we look at them
+    assert total(out) <= 4 * MB
     assert sorted(p.name for p in workdir.glob("flood.out*")) == \
         ["flood.out", "flood.out.1", "flood.out.2", "flood.out.3"]
     for i in (1, 2, 3):
         assert Path(f"{out}.{i}").stat().st_size == MB  # each rotated file exactly full
     assert biggest > 3 * MB  # it did fill them (the writer kept up)
     assert spent < 1.0, f"the daemon itself spent {spent:.2f} s of CPU: it is in the data path"
-    assert d.terminate() == 0
 
 
 def test_unbounded_output_is_the_file_itself_and_bounded_a_pipe(
@@ -183,6 +183,20 @@ def test_the_last_lines_are_in_the_file_when_the_exit_is_published(
     logs = workdir / "logs"
     assert (logs / "talker.stderr.log").read_text() == "last words\n"
     assert_no_gap(numbers_in_order(logs / "talker.stdout.log", 100))
+    assert d.terminate() == 0
+
+
+def test_a_full_disk_is_logged_once_and_the_program_goes_on(
+        write_config: WriteConfig, daemons: Start, workdir: Path) -> None:
+    cfg = write_config({"full": {"cmd": "yes", "stdout": "/dev/full", "stdout_maxbytes": "1MB",
+                                 "starttime": 0}})
+    d = daemons(cfg)
+    d.wait_for(event("RUNNING", "full"))
+    d.wait_text("log writer: cannot write /dev/full: No space left on device")
+    program = d.latest_pids()["full"]
+    cpu = cpu_seconds(program)
+    wait_until("the program to keep running", lambda: cpu_seconds(program) > cpu + 0.5, timeout=30)
+    assert d.text().count("/dev/full") == 1  # once per condition, not per write
     assert d.terminate() == 0
 
 
