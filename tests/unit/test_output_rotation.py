@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -218,6 +219,29 @@ def test_the_writer_drains_everything_after_the_daemon_is_gone(tmp_path: Path) -
     os.close(fd)
     assert w.proc.wait(timeout=10) == 0
     assert out.read_bytes() == data
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_finish_drains_then_exits_without_spinning(tmp_path: Path) -> None:
+    w = WriterProc()
+    out = tmp_path / "out.log"
+    fd, sid = w.follow(out, 10 ** 9, 1)
+    for _ in range(2):  # a second "finish" must not stay unread (a busy loop)
+        w.sock.send(b'{"op":"finish"}')
+    cpu = cpu_seconds(w.proc.pid)
+    time.sleep(1.0)  # a window to measure: the writer waits for the pipe meanwhile
+    assert cpu_seconds(w.proc.pid) - cpu < 0.2, "the writer spins while it waits"
+    assert w.proc.poll() is None  # the pipe is still open: still draining
+    os.write(fd, b"last\n")
+    os.close(fd)
+    assert w.receive() == {"op": "eof", "id": sid}
+    assert w.proc.wait(timeout=10) == 0
+    assert out.read_bytes() == b"last\n"
 
 
 # ---- taskctl tail -f across a rotation
