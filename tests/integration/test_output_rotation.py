@@ -143,7 +143,8 @@ def test_sigkill_of_the_daemon_loses_no_line_and_never_blocks_the_program(
         d.proc.wait(timeout=10)
         # The program goes on, and so does its output (not blocked, no SIGPIPE).
         after = total(out)
-        wait_until("output after the daemon's death", lambda: total(out) > after + 2 * PIPE)
+        wait_until("output after the daemon's death", lambda: total(out) > after + 2 * PIPE,
+                   timeout=30)
         assert alive(program) and alive(writer)
         os.kill(program, signal.SIGTERM)
         wait_until("the program's exit", lambda: not alive(program))
@@ -167,7 +168,8 @@ def test_a_killed_log_writer_is_replaced_and_no_line_is_lost(
         wait_until("a new log writer", lambda: [p for p in writers_of(d.pid) if p != first] != [])
         leftovers += writers_of(d.pid)
         after = total(out)
-        wait_until("output through the new writer", lambda: total(out) > after + 2 * PIPE)
+        wait_until("output through the new writer", lambda: total(out) > after + 2 * PIPE,
+                   timeout=30)
         assert d.terminate() == 0  # stops the program, drains, waits for the writer
         assert not any(alive(p) for p in leftovers)
         assert_no_gap(numbers_in_order(out, 200))
