@@ -113,11 +113,18 @@ def test_unbounded_output_is_the_file_itself_and_bounded_a_pipe(
         "plain": {"cmd": "sleep 100000", "stdout": str(workdir / "plain.out"),
                   "stdout_maxbytes": 0, "stderr_maxbytes": 0, "starttime": 0},
         "bounded": {"cmd": "sleep 100000", "stdout": str(workdir / "bounded.out"), "starttime": 0},
+        "discarded": {"cmd": "sleep 100000", "stdout": None, "stdout_maxbytes": "1KB",
+                      "starttime": 0},
     })
     d = daemons(cfg)
-    d.wait_for(event("RUNNING", "plain"))
-    d.wait_for(event("RUNNING", "bounded"), timeout=5)
+    d.wait_count(event("RUNNING"), 3)
     pids = d.latest_pids()
+    assert os.readlink(f"/proc/{pids['discarded']}/fd/1") == "/dev/null"  # null: untouched
+    [writer] = writers_of(d.pid)
+    for pid in (d.pid, writer):  # 1000 programs are 2000 pipes: soft limit = hard limit
+        with open(f"/proc/{pid}/limits") as f:
+            soft, hard = next(ln for ln in f if ln.startswith("Max open files")).split()[3:5]
+        assert soft == hard
     assert os.readlink(f"/proc/{pids['plain']}/fd/1") == str(workdir / "plain.out")
     assert os.readlink(f"/proc/{pids['plain']}/fd/2") == str(workdir / "logs/plain.stderr.log")
     assert os.readlink(f"/proc/{pids['bounded']}/fd/1").startswith("pipe:")  # default 50MB
