@@ -154,8 +154,10 @@ class Sink:
                 # Emptied through an fd closed at once: ext4 flushes a file
                 # truncated to 0 when that fd is closed (auto_da_alloc);
                 # closed empty, there is nothing to flush.
-                os.close(os.open(oldest, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOCTTY))
-                recycled = os.open(oldest, FILE_FLAGS & ~os.O_CREAT)
+                # O_NOFOLLOW: a backup name is no way to truncate another file.
+                nofollow = os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
+                os.close(os.open(oldest, os.O_WRONLY | os.O_TRUNC | nofollow))
+                recycled = os.open(oldest, os.O_WRONLY | nofollow)
                 os.rename(oldest, aside)
             for src, dst in rotation_renames(self.path, self.backups):
                 with contextlib.suppress(FileNotFoundError):  # fewer backups so far
