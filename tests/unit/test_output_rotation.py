@@ -208,6 +208,22 @@ def test_a_full_disk_drops_data_reports_once_and_never_blocks(tmp_path: Path) ->
     assert w.close() == 0
 
 
+def test_a_backup_name_cannot_truncate_another_file(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    out = tmp_path / "out.log"
+    Path(f"{out}.1").symlink_to(victim)  # planted where the oldest backup goes
+    w = WriterProc()
+    fd, sid = w.follow(out, 1000, 1)
+    write_all(fd, 3000, b"z" * 3000)
+    os.close(fd)
+    first = w.receive()
+    assert first["op"] == "error" and "cannot rotate" in str(first["message"])
+    assert w.receive() == {"op": "eof", "id": sid}
+    assert victim.read_bytes() == b"precious\n"
+    assert w.close() == 0
+
+
 def test_the_writer_drains_everything_after_the_daemon_is_gone(tmp_path: Path) -> None:
     w = WriterProc()
     out = tmp_path / "out.log"
