@@ -128,7 +128,7 @@ class LogPipes:
         try:
             await asyncio.wait_for(self._exited.wait(), timeout)
         except TimeoutError:
-            log.warning("log writer (pid %d): %d pipe(s) still open %g s after every program "
+            log.warning("taskmasterd log writer (pid %d): %d pipe(s) still open %g s after every program "
                         "stopped (a process that left its group?); killing it",
                         self.pid, len(self._held), timeout)
             with contextlib.suppress(ProcessLookupError):
@@ -150,7 +150,7 @@ class LogPipes:
             self._pidfd = os.pidfd_open(proc.pid)
         except OSError as exc:
             ours.close()
-            log.error("cannot start the log writer: %s; bounded output waits in its pipes "
+            log.error("taskmasterd: cannot start the log writer: %s; bounded output waits in its pipes "
                       "(retrying in %g s)", exc, _RESTART_DELAY)
             self._restart = self._loop.call_later(_RESTART_DELAY, self._start)
             return
@@ -183,7 +183,7 @@ class LogPipes:
             return
         how = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
         quick = self._loop.time() - self._started_at < _QUICK_DEATH
-        log.warning("log writer (pid %d) died (%s); %s a new one for its %d pipe(s)", proc.pid,
+        log.warning("taskmasterd log writer (pid %d) died (%s); %s a new one for its %d pipe(s)", proc.pid,
                     how, f"in {_RESTART_DELAY:g} s," if quick else "starting", len(self._held))
         if not self._held:
             return  # the next bounded output starts one
@@ -252,9 +252,9 @@ class LogPipes:
                     if not waiter.pending:
                         self._fire(waiter)
         elif op == "error":
-            log.error("log writer: %s", msg.get("message"))
+            log.error("taskmasterd log writer: %s", msg.get("message"))
         elif op == "recovered":
-            log.warning("log writer: %s", msg.get("message"))
+            log.warning("taskmasterd log writer: %s", msg.get("message"))
 
     def _close_held(self) -> None:
         for waiter in list(self._waiters):
