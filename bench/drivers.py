@@ -43,6 +43,8 @@ class Program:
     stoptime: int = 10
     stdout: str | None = None  # path, or None = discard
     env: dict[str, str] = field(default_factory=dict)
+    maxbytes: int = 0  # stdout rotation (0 = unbounded: the child writes its file itself)
+    backups: int = 0
 
 
 @functools.cache
@@ -119,6 +121,19 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def log_writers_of(pid: int) -> list[int]:
+    """taskmasterd's log-writer process(es): children running taskmasterd.logwriter."""
+    found = []
+    for child in children_of(pid):
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                if b"taskmasterd.logwriter" in f.read():
+                    found.append(child)
+        except OSError:
+            continue
+    return found
 
 
 def children_of(ppid: int) -> list[int]:
@@ -278,7 +293,9 @@ class Taskmasterd(Driver):
             # restart measure kills a process 15 times within a few seconds.
             d = {"cmd": p.cmd, "autostart": p.autostart, "autorestart": p.autorestart,
                  "starttime": p.starttime, "stoptime": p.stoptime,
-                 "stdout": p.stdout, "stderr": None, "env": dict(p.env), "startlimit_burst": 0}
+                 "stdout": p.stdout, "stderr": None, "env": dict(p.env),
+                 "stdout_maxbytes": p.maxbytes, "stdout_backups": p.backups,
+                 "startlimit_burst": 0}
             progs[name] = d
         conf = self.dir / "taskmaster.yaml"
         conf.write_text(yaml.safe_dump({
@@ -397,7 +414,9 @@ class Supervisord(Driver):
                       f"autorestart={SUP_AUTORESTART.get(p.autorestart, 'unexpected')}",
                       f"startsecs={p.starttime}", f"stopwaitsecs={p.stoptime}",
                       "stopasgroup=true", "killasgroup=true",
-                      f"stdout_logfile={p.stdout or 'NONE'}", "stdout_logfile_maxbytes=0",
+                      f"stdout_logfile={p.stdout or 'NONE'}",
+                      f"stdout_logfile_maxbytes={p.maxbytes}",
+                      f"stdout_logfile_backups={p.backups}",
                       "stderr_logfile=NONE"]
             if env:
                 lines.append(f"environment={env}")

@@ -23,6 +23,7 @@ from drivers import (
     comm,
     cpu_seconds,
     ctx_switches,
+    log_writers_of,
     project_python,
     rss_kib,
 )
@@ -232,6 +233,51 @@ def output_flood(drv_cls, opts) -> list[dict]:
             row("output flood: daemon CPU", "% core", cpus)]
 
 
+def rotated_flood(drv_cls, opts) -> list[dict]:
+    """`yes` for `flood_secs` into a stdout rotated at 1 MB with 3 backups
+    (issue 11): the CPU the supervisor's own processes spend per GB moved
+    (taskmasterd: the daemon + its log writer; supervisord: the daemon, which
+    reads the pipe and writes the file), and the throughput. Bytes moved are
+    counted by `dd` between `yes` and the program's stdout (its stderr, the
+    "N bytes copied" line, goes to a file)."""
+    per_gb, rates = [], []
+    secs = opts.flood_secs
+    tmpdir = tempfile.mkdtemp(prefix="bench-rotate-")
+    for _ in range(opts.reps_flood):
+        d = drv_cls()
+        out = os.path.join(tmpdir, f"rotate-{d.name}.out")
+        stats = os.path.join(tmpdir, f"rotate-{d.name}.dd")
+        try:
+            d.start({"rotate": Program(
+                f"sh -c 'timeout {secs} yes 0123456789abcdef0123456789abcdef | dd bs=64k 2>{stats}'",
+                autostart=False, autorestart="never", stdout=out, maxbytes=1024 * 1024, backups=3)})
+            d.wait_ready()
+            time.sleep(0.5)
+            cpu0 = cpu_seconds(d.pid)
+            t0 = time.perf_counter()
+            d.start_process("rotate")
+            pid = d.wait_state("rotate", "RUNNING")
+            writers: set[int] = set()
+            while alive(pid) and time.perf_counter() < t0 + secs + 5:
+                writers.update(log_writers_of(d.pid))
+                time.sleep(0.05)
+            elapsed = time.perf_counter() - t0
+            writers.update(log_writers_of(d.pid))
+            cpu = cpu_seconds(d.pid) - cpu0 + sum(cpu_seconds(w) for w in writers if alive(w))
+            with open(stats) as f:
+                moved = int(f.read().strip().splitlines()[-1].split()[0])
+            per_gb.append(cpu / (moved / 1e9))
+            rates.append(moved / elapsed / 1e6)
+        finally:
+            d.stop()
+            for p in Path(tmpdir).iterdir():
+                p.unlink()
+    os.rmdir(tmpdir)
+    return [row(f"rotated flood: CPU per GB moved ({secs:g} s of `yes`, 1MB x 4 files)",
+                "CPU-s/GB", per_gb),
+            row("rotated flood: bytes moved", "MB/s", rates, better="higher")]
+
+
 def stop_precision(drv_cls, opts) -> list[dict]:
     """TERM-ignoring program, stoptime 1: stop request -> death."""
     d = drv_cls()
@@ -298,6 +344,7 @@ MEASURES = {
     "restart": restart_latency,
     "stop": stop_precision,
     "flood": output_flood,
+    "rotate": rotated_flood,
     "scale": mass_start_and_status,
 }
 

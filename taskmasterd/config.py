@@ -22,6 +22,9 @@ How values are read (the node's source text decides, never YAML 1.1):
   A quoted number ("2") is an error.
 * seconds (starttime, stoptime, restartdelay, startlimit_interval, alert rate): unquoted decimal numbers
   such as 5, 0.5 or 10.; no exponent, no .inf/.nan; 0 to 86400.
+* sizes (stdout_maxbytes, stderr_maxbytes): as supervisord writes them,
+  digits with an optional KB, MB or GB suffix (any case, 1024-based, quoted
+  or not): 1048576, 1MB and "1 mb" are the same; 0 = unlimited; at most 1024GB.
 * umask: the octal digits written, quoted or not, with an optional 0o
   prefix: 022, 22, "022", '0o22', 0o22 and 0022 all mean 0o22. 18 is an
   error (not octal), so is anything above 0777.
@@ -144,6 +147,23 @@ class Output:
     path: str | None = None  # absolute; set only for FILE
 
 
+DEFAULT_MAXBYTES = 50 * 1024 * 1024  # supervisord's stdout_logfile_maxbytes
+DEFAULT_BACKUPS = 10  # supervisord's stdout_logfile_backups
+MAX_MAXBYTES = 1024 ** 4  # 1 TB: anything larger is a typo, not a bound
+MAX_BACKUPS = 1000
+_SIZE_UNITS = {"KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3}
+_SIZE_RE = re.compile(r"([0-9]+)\s*(KB|MB|GB)?", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int | None:
+    """supervisord's byte sizes: digits, optionally followed by KB, MB or GB
+    (any case, 1024-based). None when `text` is not one."""
+    m = _SIZE_RE.fullmatch(text.strip())
+    if m is None or not text.isascii() or len(m.group(1)) > 18:
+        return None
+    return int(m.group(1)) * _SIZE_UNITS.get((m.group(2) or "").upper(), 1)
+
+
 @dataclass(frozen=True)
 class ProgramConfig:
     name: str
@@ -168,6 +188,13 @@ class ProgramConfig:
     env: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs
     user: str | None = None
     restartdelay: float = 0.0
+    # Rotation of FILE/AUTO-file outputs (supervisord's stdout_logfile_maxbytes
+    # and _backups): at most maxbytes per file, FILE.1 ... FILE.<backups>;
+    # maxbytes 0 = unbounded, the child writes its file itself.
+    stdout_maxbytes: int = DEFAULT_MAXBYTES
+    stdout_backups: int = DEFAULT_BACKUPS
+    stderr_maxbytes: int = DEFAULT_MAXBYTES
+    stderr_backups: int = DEFAULT_BACKUPS
 
     @property
     def env_dict(self) -> dict[str, str]:
@@ -277,6 +304,10 @@ PROGRAM_KEYS: tuple[str, ...] = (
     "env",
     "user",
     "restartdelay",
+    "stdout_maxbytes",
+    "stdout_backups",
+    "stderr_maxbytes",
+    "stderr_backups",
 )
 ALERT_KEYS: tuple[str, ...] = ("url", "events", "programs", "rate", "title", "body")
 
@@ -295,10 +326,10 @@ _SUPERVISORD_NAMES: dict[str, str | None] = {
     "redirect_stderr": None,
     "stopasgroup": None,
     "killasgroup": None,
-    "stdout_logfile_maxbytes": None,
-    "stderr_logfile_maxbytes": None,
-    "stdout_logfile_backups": None,
-    "stderr_logfile_backups": None,
+    "stdout_logfile_maxbytes": "stdout_maxbytes",
+    "stderr_logfile_maxbytes": "stderr_maxbytes",
+    "stdout_logfile_backups": "stdout_backups",
+    "stderr_logfile_backups": "stderr_backups",
 }
 
 
@@ -528,6 +559,10 @@ class _Validator(NodeReader):
             "env": lambda n: self._env(n, f"{kp}.env"),
             "user": lambda n: self._text(n, "a user name or numeric uid"),
             "restartdelay": self._seconds,
+            "stdout_maxbytes": self._size,
+            "stdout_backups": lambda n: self._int(n, 0, MAX_BACKUPS),
+            "stderr_maxbytes": self._size,
+            "stderr_backups": lambda n: self._int(n, 0, MAX_BACKUPS),
         }
         values: dict[str, Any] = {}
         ok = True
@@ -779,6 +814,16 @@ class _Validator(NodeReader):
         if path == os.devnull:
             return Output(OutputKind.NULL)
         return Output(OutputKind.FILE, path)
+
+    def _size(self, node: Node) -> int:
+        what = "a size in bytes like 50MB, 512KB, 1GB or 1048576 (0 = unlimited)"
+        scalar = self._scalar(node, what)
+        value = parse_size(scalar.value)
+        if value is None:
+            raise Reject(f"expected {what}, found {show(scalar)}")
+        if value > MAX_MAXBYTES:
+            raise Reject(f"must be at most 1024GB, found {show(scalar)}")
+        return value
 
     def _env(self, node: Node, kp: str) -> tuple[tuple[str, str], ...]:
         if not isinstance(node, MappingNode):

@@ -25,6 +25,7 @@ from taskmasterd.errors import ConfigInvalid
 from taskmasterd.events import Event, EventBus
 from taskmasterd.journal import JournalSink
 from taskmasterd.logsink import LifecycleLog
+from taskmasterd.logwriter import raise_nofile
 from taskmasterd.notify import Notifier, status_line
 from taskmasterd.paths import resolve_paths
 from taskmasterd.reload import ReloadPlan
@@ -102,6 +103,7 @@ class Daemon:
 
     @classmethod
     async def create(cls, config: Config, *, stderr: bool = True) -> Daemon:
+        raise_nofile()  # 1000 programs with bounded output hold 2000 pipes
         paths = resolve_paths(config.daemon)
         journald = under_journald()
         sink = _journal_sink()

@@ -15,7 +15,10 @@ from taskmasterd.config import Config, OutputKind, ProgramConfig
 # Keys that shape the exec'd process: changing one means a new process.
 # Everything else (startretries, startlimit_burst/_interval, ...) is read by
 # the state machine when it decides, so it applies in place.
-LAUNCH_KEYS = ("cmd", "argv", "env", "workingdir", "umask", "user", "stdout", "stderr")
+LAUNCH_KEYS = ("cmd", "argv", "env", "workingdir", "umask", "user", "stdout", "stderr",
+               # How output is carried (a file the child holds, or a pipe to
+               # the log writer) is decided at spawn: a new bound is a restart.
+               "stdout_maxbytes", "stdout_backups", "stderr_maxbytes", "stderr_backups")
 
 
 @dataclass(frozen=True)

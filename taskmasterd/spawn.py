@@ -2,7 +2,11 @@
 
 A child gets its own session (so its own process group), the program's umask,
 working directory, environment and user, and its stdout/stderr opened here
-and handed over as file descriptors: the daemon never copies output.
+and handed over as file descriptors: the daemon never copies output. An
+output file with a size bound (maxbytes > 0) is a pipe instead, whose read
+end goes to the log writer (`Child.pipes`, see taskmasterd/logpipes.py);
+without a bound the child holds its file itself (O_APPEND) and nobody else
+touches the data.
 Exits are observed through a pidfd (`Child.pidfd`, readable when the child
 exits) and collected with waitid(P_PIDFD): no SIGCHLD handler, no
 waitpid(-1), no polling.
@@ -20,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from taskmasterd.config import Output, OutputKind, ProgramConfig
+from taskmasterd.logwriter import grow_pipe
 from taskmasterd.process import SpawnError
 
 _OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOCTTY
@@ -42,6 +47,18 @@ class LaunchSpec:
     stderr: Output
     logdir: str  # where AUTO output files go
     journal: bool  # AUTO output goes to the journal (running under journald)
+    stdout_limit: tuple[int, int] = (0, 0)  # (maxbytes, backups); maxbytes 0 = no bound
+    stderr_limit: tuple[int, int] = (0, 0)
+
+
+@dataclass(frozen=True)
+class Pipe:
+    """A bounded output: the read end of the child's pipe, for the log writer."""
+
+    fd: int
+    path: str
+    maxbytes: int
+    backups: int
 
 
 @dataclass
@@ -49,6 +66,7 @@ class Child:
     pid: int
     pidfd: int
     popen: subprocess.Popen[bytes]
+    pipes: tuple[Pipe, ...] = ()
 
 
 def launch_spec(program: ProgramConfig, index: int, *, logdir: str, journal: bool,
@@ -61,7 +79,9 @@ def launch_spec(program: ProgramConfig, index: int, *, logdir: str, journal: boo
     return LaunchSpec(process=name, program=program.name, index=index, argv=program.argv,
                       base_env=base_env, env=env, cwd=program.workingdir, umask=program.umask,
                       user=program.user, stdout=program.stdout, stderr=program.stderr, logdir=logdir,
-                      journal=journal)
+                      journal=journal,
+                      stdout_limit=(program.stdout_maxbytes, program.stdout_backups),
+                      stderr_limit=(program.stderr_maxbytes, program.stderr_backups))
 
 
 def output_path(spec: LaunchSpec, stream: str) -> str | None:
@@ -86,7 +106,9 @@ def _error(exc: OSError, syscall: str) -> SpawnFailed:
     return SpawnFailed(SpawnError(code=code, syscall=syscall, message=os.strerror(exc.errno or 0)))
 
 
-def _open_output(spec: LaunchSpec, stream: str) -> int:
+def _open_output(spec: LaunchSpec, stream: str, pipes: list[Pipe]) -> int:
+    """The fd the child gets for `stream`; a bounded file adds its pipe's
+    read end to `pipes`."""
     out = spec.stdout if stream == "stdout" else spec.stderr
     if out.kind is OutputKind.NULL:
         return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
@@ -96,7 +118,15 @@ def _open_output(spec: LaunchSpec, stream: str) -> int:
     assert path is not None
     if out.kind is OutputKind.AUTO:
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    return os.open(path, _OUTPUT_FLAGS, 0o644)
+    fd = os.open(path, _OUTPUT_FLAGS, 0o644)  # also: an unwritable file is a spawn error
+    maxbytes, backups = spec.stdout_limit if stream == "stdout" else spec.stderr_limit
+    if maxbytes == 0:
+        return fd
+    os.close(fd)
+    r, w = os.pipe2(os.O_CLOEXEC)
+    grow_pipe(w)
+    pipes.append(Pipe(r, path, maxbytes, backups))
+    return w
 
 
 def _journal_stream(spec: LaunchSpec, stream: str) -> int:
@@ -135,10 +165,11 @@ def spawn(spec: LaunchSpec) -> Child:
         env.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
     env.update(spec.env)
     fds: list[int] = []
+    pipes: list[Pipe] = []
     try:
         for stream in ("stdout", "stderr"):
             try:
-                fds.append(_open_output(spec, stream))
+                fds.append(_open_output(spec, stream, pipes))
             except OSError as exc:
                 path = output_path(spec, stream) or stream
                 raise _error(exc, f"open {path}") from None
@@ -151,8 +182,12 @@ def spawn(spec: LaunchSpec) -> Child:
             raise _exec_error(exc, spec) from None
         except (ValueError, TypeError) as exc:  # e.g. a NUL byte the config let through
             raise SpawnFailed(SpawnError("EINVAL", f"execve {spec.argv[0]}", str(exc))) from None
+    except BaseException:
+        for pipe in pipes:
+            os.close(pipe.fd)
+        raise
     finally:
-        for fd in fds:
+        for fd in fds:  # the write ends: only the child holds them (EOF when it is gone)
             os.close(fd)
     try:
         pidfd = os.pidfd_open(popen.pid)
@@ -160,8 +195,10 @@ def spawn(spec: LaunchSpec) -> Child:
         # Without a pidfd we cannot watch it: don't leave it unsupervised.
         os.killpg(popen.pid, signal.SIGKILL)
         popen.wait()
+        for pipe in pipes:
+            os.close(pipe.fd)
         raise _error(exc, "pidfd_open") from None
-    return Child(pid=popen.pid, pidfd=pidfd, popen=popen)
+    return Child(pid=popen.pid, pidfd=pidfd, popen=popen, pipes=tuple(pipes))
 
 
 def _exec_error(exc: OSError, spec: LaunchSpec) -> SpawnFailed:

@@ -26,6 +26,7 @@ from taskmasterd.deadline import cancel as cancel_timer
 from taskmasterd.deadline import follow as follow_deadline
 from taskmasterd.errors import AlreadyStarted, BadName, NoSuchProgram, NotAFile, NotRunning, ShuttingDown
 from taskmasterd.events import Event, EventBus
+from taskmasterd.logpipes import LogPipes
 from taskmasterd.process import Action, Changed, Kill, Process, Refused, Spawn, State, describe_status
 from taskmasterd.reload import ReloadPlan, in_place_fields, plan_reload
 
@@ -45,6 +46,7 @@ class Slot:
     timer_at: float | None = None
     started_wall: float = 0.0  # time.time() of the last spawn
     retiring: bool = False  # removed by a reload: drop once it is down
+    pipes: list[int] = field(default_factory=list)  # the log writer's ids of its bounded outputs
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class Supervisor:
 
     def __post_init__(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self.logpipes = LogPipes()  # the log writer starts with the first bounded output
         for program in self.config.programs:
             self._add_slots(program, range(program.numprocs))
 
@@ -153,7 +156,8 @@ class Supervisor:
         return plan
 
     async def shutdown(self) -> None:
-        """Stop every process (stoptime, then SIGKILL) and wait for them."""
+        """Stop every process (stoptime, then SIGKILL) and wait for them; then
+        let the log writer drain their last output and wait for it too."""
         self._shutting_down = True
         for slot in [*self.slots.values(), *self._retired]:
             try:
@@ -162,6 +166,7 @@ class Supervisor:
                 pass  # already down
         self._check_all_down()
         await self._all_down.wait()
+        await self.logpipes.finish()
 
     def output_file(self, name: str, stream: str) -> str:
         """The file a process's stdout/stderr goes to (for OpenLog)."""
@@ -244,6 +249,7 @@ class Supervisor:
                                   errno=exc.error.code)
             return rest
         slot.child = child
+        slot.pipes = [self.logpipes.follow(p.fd, p.path, p.maxbytes, p.backups) for p in child.pipes]
         self._alive.add(slot)
         slot.started_wall = time.time()
         self._all_down.clear()
@@ -273,7 +279,13 @@ class Supervisor:
         if status is None:
             return
         self._loop.remove_reader(child.pidfd)
-        slot.child = None
+        slot.child = None  # reaped: nothing may signal its pid any more
+        pipes, slot.pipes = slot.pipes, []
+        self.logpipes.when_drained(pipes, lambda: self._exited(slot, status))
+
+    def _exited(self, slot: Slot, status: int) -> None:
+        """The exit, published once the output is in its files (at once for
+        unbounded outputs: the child wrote them itself)."""
         self._alive.discard(slot)
         self._apply(slot, slot.process.on_exit(status, self._loop.time()))
         if slot.retiring and slot.child is None:

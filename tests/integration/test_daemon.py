@@ -111,7 +111,8 @@ def test_200_mb_of_output_lands_whole_without_costing_the_daemon_cpu(
     out = workdir / "flood.out"
     cfg = write_config({"flood": {
         "cmd": f"sh -c 'yes {pattern.decode().strip()} | head -c {size}'",
-        "starttime": 0, "autorestart": "never", "stdout": str(out), "stderr": None}})
+        "starttime": 0, "autorestart": "never", "stdout": str(out), "stderr": None,
+        "stdout_maxbytes": 0}})  # unbounded: the child writes the file itself
     d = daemons(cfg)
     d.wait_for(event("DAEMON_START"))
     before = cpu_seconds(d.pid)

@@ -197,8 +197,10 @@ def test_wrong_signature_is_refused_by_the_library_not_a_crash(
 
 def test_open_log_passes_a_readable_fd(
         write_config: WriteConfig, daemons: Start, bus_address: str, workdir: Path) -> None:
+    # Unbounded: the child writes its file itself, so the line is there by
+    # RUNNING (bounded output lands through the log writer, a moment later).
     cfg = write_config({"talker": {"cmd": "sh -c 'echo hello from talker; exec sleep 100000'",
-                                   "starttime": 0},
+                                   "starttime": 0, "stdout_maxbytes": 0},
                         "hidden": {"cmd": SLEEPER, "stdout": None, "starttime": 0}})
     d = daemons(cfg)
     d.wait_count(event("RUNNING"), 2)

@@ -278,7 +278,11 @@ def test_tail(write_config: WriteConfig, daemons: Start, bus_address: str, workd
     os.mkfifo(fifo)
     cfg = write_config({
         "talker": {"cmd": "sh -c 'echo hello from talker; echo oops on stderr >&2; "
-                          f"echo ready > {fifo}; exec sleep 100000'", "starttime": 0},
+                          f"echo ready > {fifo}; exec sleep 100000'", "starttime": 0,
+                   # Unbounded: the child writes its files itself, so its output
+                   # is there once it says ready (bounded output goes through the
+                   # log writer: test_output_rotation.py tails that).
+                   "stdout_maxbytes": 0, "stderr_maxbytes": 0},
         "hidden": {"cmd": SLEEPER, "stdout": None, "starttime": 0},
     })
     d = daemons(cfg)

@@ -500,11 +500,8 @@ def test_tail_prints_the_end_of_the_file(tmp_path: Path) -> None:
     path = tmp_path / "out.log"
     path.write_bytes(b"x" * 5000 + b"\nlast line \xc3\xa9\n")
     fd = os.open(path, os.O_RDONLY)
-    try:
-        out = io.StringIO()
-        ctx = cli.Context(FakeClient(), out, io.StringIO())  # type: ignore[arg-type]
-        assert cli.follow_fd(ctx, fd, 1600, follow=False) == 0
-    finally:
-        os.close(fd)
+    out = io.StringIO()
+    ctx = cli.Context(FakeClient(), out, io.StringIO())  # type: ignore[arg-type]
+    assert cli.follow_fd(ctx, fd, 1600, follow=False) == 0  # and closes fd
     text = out.getvalue()
     assert text.endswith("\nlast line é\n") and len(text.encode()) == 1600
