@@ -165,6 +165,7 @@ class Daemon:
             loop.add_signal_handler(signal.SIGTERM, self._stop.set)
             loop.add_signal_handler(signal.SIGINT, self._stop.set)
             loop.add_signal_handler(signal.SIGHUP, self.reload_quietly)
+            loop.add_signal_handler(signal.SIGUSR2, self.reopen_logs)
         self.bus.publish(Event(
             kind=events.DAEMON_START, fields={"pid": str(os.getpid())},
             message=f"taskmasterd {__version__} started with {self.config_path} "
@@ -181,13 +182,24 @@ class Daemon:
         self.bus.publish(Event(kind=events.DAEMON_STOP, message="every process stopped; exiting"))
         if self.alerts is not None:
             await self.alerts.close()  # the last messages, a few seconds at most
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if handle_signals else ():
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2) if handle_signals else ():
             # Every program is down: a late signal must not turn our clean
             # exit 0 into death by signal (SIG_DFL would).
             loop.remove_signal_handler(sig)
             signal.signal(sig, signal.SIG_IGN)
         self.lifelog.close()
         return 0
+
+    def reopen_logs(self) -> None:
+        """SIGUSR2 (supervisord's habit; logrotate's postrotate sends it):
+        reopen the lifecycle log file."""
+        try:
+            self.lifelog.reopen()
+        except OSError as exc:
+            log.warning("SIGUSR2: cannot reopen the log file %s: %s (tried again at each "
+                        "write)", self.lifelog.logfile, exc.strerror)
+            return
+        log.info("SIGUSR2: reopened the log file %s", self.lifelog.logfile)
 
     def reload_quietly(self) -> None:
         try:
