@@ -220,12 +220,20 @@ def _journal_sink() -> JournalSink | None:
         return None
 
 
-def _policy_file() -> str | None:
-    """Our D-Bus policy: installed, or beside the source tree."""
-    for path in (f"/usr/share/dbus-1/system.d/{BUS_NAME}.conf",
-                 os.path.join(os.path.dirname(__file__), os.pardir, "dbus", f"{BUS_NAME}.conf")):
-        if os.path.exists(path):
+SYSTEM_POLICY = f"/usr/share/dbus-1/system.d/{BUS_NAME}.conf"
+
+
+def _policy_file(system_policy: str = SYSTEM_POLICY) -> str | None:
+    """Our D-Bus policy for the private bus: the one the system bus uses (the
+    .deb's), else the copy shipped in the Python package (pip install, a source
+    tree). None, with a warning, when neither is there."""
+    shipped = os.path.join(os.path.dirname(__file__), "bus", f"{BUS_NAME}.conf")
+    for path in (system_policy, shipped):
+        if os.path.isfile(path):
             return os.path.normpath(path)
+    log.warning("no D-Bus policy for %s (neither %s nor %s): on the private bus only uid %d may "
+                "call taskmasterd, every other caller is refused (reinstall taskmaster)",
+                BUS_NAME, system_policy, shipped, os.geteuid())
     return None
 
 
