@@ -23,6 +23,7 @@ from taskmasterd.busaddr import BusChoice, runtime_dir
 from taskmasterd.config import Config, ConfigError, load_config
 from taskmasterd.errors import ConfigInvalid
 from taskmasterd.events import Event, EventBus
+from taskmasterd.exposure import exposure_warning
 from taskmasterd.journal import JournalSink
 from taskmasterd.logsink import LifecycleLog
 from taskmasterd.notify import Notifier, status_line
@@ -120,7 +121,17 @@ class Daemon:
         daemon.alerts = AlertDispatcher(config.alerts, config_path=config.path,
                                         stderr_file=lambda p: sup.output_file(p, "stderr"))
         bus.subscribe(daemon.alerts.on_event)
+        daemon._warn_if_exposed(config)
         return daemon
+
+    def _warn_if_exposed(self, config: Config) -> None:
+        """One warning when the file holds credentials any user can read."""
+        # A target apprise could not parse may hide anything: counted as secret.
+        secret = [t.sender is None or bool(t.sender.secrets) for t in self.alerts.targets] \
+            if self.alerts is not None else []
+        warning = exposure_warning(config, secret)
+        if warning is not None:
+            log.warning("%s", warning)
 
     def reload(self) -> ReloadPlan:
         """Re-read the file; on errors keep the running config and raise."""
@@ -144,6 +155,7 @@ class Daemon:
         self.supervisor.logdir = paths.logdir
         if self.alerts is not None:  # before the RELOAD event: the new targets hear of it
             self.alerts.configure(new.alerts)
+        self._warn_if_exposed(new)
         plan = self.supervisor.reload(new)
         self.config = new
         return plan
