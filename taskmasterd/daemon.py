@@ -23,6 +23,7 @@ from taskmasterd.busaddr import BusChoice, runtime_dir
 from taskmasterd.config import Config, ConfigError, load_config
 from taskmasterd.errors import ConfigInvalid
 from taskmasterd.events import Event, EventBus
+from taskmasterd.exposure import exposure_warning
 from taskmasterd.journal import JournalSink
 from taskmasterd.logsink import LifecycleLog
 from taskmasterd.logwriter import raise_nofile
@@ -122,7 +123,17 @@ class Daemon:
         daemon.alerts = AlertDispatcher(config.alerts, config_path=config.path,
                                         stderr_file=lambda p: sup.output_file(p, "stderr"))
         bus.subscribe(daemon.alerts.on_event)
+        daemon._warn_if_exposed(config)
         return daemon
+
+    def _warn_if_exposed(self, config: Config) -> None:
+        """One warning when the file holds credentials any user can read."""
+        # A target apprise could not parse may hide anything: counted as secret.
+        secret = [t.sender is None or bool(t.sender.secrets) for t in self.alerts.targets] \
+            if self.alerts is not None else []
+        warning = exposure_warning(config, secret)
+        if warning is not None:
+            log.warning("%s", warning)
 
     def reload(self) -> ReloadPlan:
         """Re-read the file; on errors keep the running config and raise."""
@@ -146,6 +157,7 @@ class Daemon:
         self.supervisor.logdir = paths.logdir
         if self.alerts is not None:  # before the RELOAD event: the new targets hear of it
             self.alerts.configure(new.alerts)
+        self._warn_if_exposed(new)
         plan = self.supervisor.reload(new)
         self.config = new
         return plan
@@ -167,6 +179,7 @@ class Daemon:
             loop.add_signal_handler(signal.SIGTERM, self._stop.set)
             loop.add_signal_handler(signal.SIGINT, self._stop.set)
             loop.add_signal_handler(signal.SIGHUP, self.reload_quietly)
+            loop.add_signal_handler(signal.SIGUSR2, self.reopen_logs)
         self.bus.publish(Event(
             kind=events.DAEMON_START, fields={"pid": str(os.getpid())},
             message=f"taskmasterd {__version__} started with {self.config_path} "
@@ -183,13 +196,24 @@ class Daemon:
         self.bus.publish(Event(kind=events.DAEMON_STOP, message="every process stopped; exiting"))
         if self.alerts is not None:
             await self.alerts.close()  # the last messages, a few seconds at most
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if handle_signals else ():
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2) if handle_signals else ():
             # Every program is down: a late signal must not turn our clean
             # exit 0 into death by signal (SIG_DFL would).
             loop.remove_signal_handler(sig)
             signal.signal(sig, signal.SIG_IGN)
         self.lifelog.close()
         return 0
+
+    def reopen_logs(self) -> None:
+        """SIGUSR2 (supervisord's habit; logrotate's postrotate sends it):
+        reopen the lifecycle log file."""
+        try:
+            self.lifelog.reopen()
+        except OSError as exc:
+            log.warning("SIGUSR2: cannot reopen the log file %s: %s (tried again at each "
+                        "write)", self.lifelog.logfile, exc.strerror)
+            return
+        log.info("SIGUSR2: reopened the log file %s", self.lifelog.logfile)
 
     def reload_quietly(self) -> None:
         try:
@@ -210,12 +234,20 @@ def _journal_sink() -> JournalSink | None:
         return None
 
 
-def _policy_file() -> str | None:
-    """Our D-Bus policy: installed, or beside the source tree."""
-    for path in (f"/usr/share/dbus-1/system.d/{BUS_NAME}.conf",
-                 os.path.join(os.path.dirname(__file__), os.pardir, "dbus", f"{BUS_NAME}.conf")):
-        if os.path.exists(path):
+SYSTEM_POLICY = f"/usr/share/dbus-1/system.d/{BUS_NAME}.conf"
+
+
+def _policy_file(system_policy: str = SYSTEM_POLICY) -> str | None:
+    """Our D-Bus policy for the private bus: the one the system bus uses (the
+    .deb's), else the copy shipped in the Python package (pip install, a source
+    tree). None, with a warning, when neither is there."""
+    shipped = os.path.join(os.path.dirname(__file__), "bus", f"{BUS_NAME}.conf")
+    for path in (system_policy, shipped):
+        if os.path.isfile(path):
             return os.path.normpath(path)
+    log.warning("no D-Bus policy for %s (neither %s nor %s): on the private bus only uid %d may "
+                "call taskmasterd, every other caller is refused (reinstall taskmaster)",
+                BUS_NAME, system_policy, shipped, os.geteuid())
     return None
 
 

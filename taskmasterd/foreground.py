@@ -70,7 +70,8 @@ class _DaemonThread(threading.Thread):
             return
         if self.finished:
             return
-        fn = r.daemon.request_shutdown if action == "stop" else r.daemon.reload_quietly
+        fn = {"stop": r.daemon.request_shutdown, "reopen": r.daemon.reopen_logs}.get(
+            action, r.daemon.reload_quietly)
         try:
             r.loop.call_soon_threadsafe(fn)
         except RuntimeError:
@@ -87,6 +88,7 @@ def run_with_shell(config: Config, choice: BusChoice) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, lambda signum, frame: thread.forward("reload"))
+    signal.signal(signal.SIGUSR2, lambda signum, frame: thread.forward("reopen"))
     thread.start()
     thread.ready.wait()
     if thread.running is None:  # it could not start; it said why on stderr

@@ -59,9 +59,11 @@ class _Batching(logging.StreamHandler):  # type: ignore[type-arg]
         with self.lock:  # type: ignore[union-attr]
             self._scheduled = False
             lines, self._lines = self._lines, []
-            if not lines or self.stream is None:
+            if not lines:
                 return
             self._before_write()
+            if self.stream is None:
+                return
             try:
                 self.stream.write("".join(lines))
                 self.stream.flush()
@@ -81,9 +83,36 @@ class _BatchedStderr(_Batching):
 
 
 class _BatchedFile(_Batching, logging.handlers.WatchedFileHandler):
+    _reopen_failed = False
+
     def _before_write(self) -> None:
+        if self._reopen_failed:  # a SIGUSR2 reopen failed: each batch tries again
+            try:
+                self._open_again()
+            except OSError:
+                return
         # Watched: logrotate may move the file; the next batch reopens it.
         self.reopenIfNeeded()
+
+    def _open_again(self) -> None:
+        self.stream = self._open()
+        self._statstream()
+        self._reopen_failed = False
+
+    def reopen(self) -> None:
+        """Close the file and open the path again, now (SIGUSR2): the lines
+        waiting for this loop turn go to the file they were logged in."""
+        with self.lock:  # type: ignore[union-attr]
+            self.flush()
+            if self.stream is not None:
+                self.stream.close()
+                self.stream = None
+            self._reopen_failed = True
+            self._open_again()
+
+    def close(self) -> None:
+        self._reopen_failed = False  # closed for good: nothing to try again
+        super().close()
 
 
 def level_of(event: Event) -> int:
@@ -152,6 +181,18 @@ class LifecycleLog:
             self._remove(self._file)
         self._add(handler)
         self._file, self.logfile = handler, logfile
+
+    def reopen(self) -> None:
+        """Reopen the log file at once (SIGUSR2, after logrotate moved it).
+
+        Moving the file is also noticed at the next write, which is enough for
+        logrotate's `create`; the signal closes the old file right away (it can
+        be compressed and its disk space is freed at once) and recreates a
+        deleted one. Raises OSError when the file cannot be opened; the old
+        file is closed then and the next write tries again."""
+        if self._file is not None:
+            assert isinstance(self._file, _BatchedFile)
+            self._file.reopen()
 
     def write(self, event: Event) -> None:
         log.log(level_of(event), format_event(event), extra={"event": True})

@@ -267,6 +267,13 @@ def _write_callback(self: Any) -> None:
                 return
     except Exception as e:
         _future_set_exception(self.fut, e)
+        if self.fut is not None and self.fut.done() and not self.fut.cancelled():
+            # Most sends are fire-and-forget (signals, replies): nobody awaits
+            # their future, and asyncio would print "Future exception was never
+            # retrieved" with a traceback when it is collected. The error is the
+            # connection's, reported once by _finalize (the disconnect future);
+            # a caller that does await the future still gets it.
+            self.fut.exception()
         self.bus._finalize(e)
 
 

@@ -16,10 +16,12 @@ Lifetime: dbus-daemon must not outlive taskmasterd. The daemon calls `stop()`
 on shutdown; in case it dies without doing so (SIGKILL, crash), dbus-daemon
 is started with PR_SET_PDEATHSIG=SIGTERM (it gets SIGTERM when the thread
 that started it exits — call `start()` from the event loop's thread), in
-taskmasterd's own session, process group and cgroup (`start_new_session=False`)
-so systemd's or a terminal's kill reaches it too. Nothing else is watched: if
-dbus-daemon dies, the daemon's connection to it drops and that is what the
-daemon notices.
+taskmasterd's session and cgroup (systemd's kill reaches it) but in a process
+group of its own: a signal to taskmasterd's process group (Ctrl-C on a
+terminal, `timeout`, `kill -TERM -PGID`) must not kill the bus while the daemon
+is still stopping its programs and announcing it — the bus goes last, by
+`stop()`. Nothing else is watched: if dbus-daemon dies, the daemon's
+connection to it drops and that is what the daemon notices.
 """
 
 from __future__ import annotations
@@ -264,7 +266,8 @@ class EmbeddedBus:
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=stderr, env=env, close_fds=True,
-                                    start_new_session=False, preexec_fn=_pdeathsig_setter())
+                                    start_new_session=False, process_group=0,
+                                    preexec_fn=_pdeathsig_setter())
         except OSError as e:
             stderr.close()
             _unlink(config_file)

@@ -167,6 +167,40 @@ def test_restart_and_the_bus_policy(booted: Container) -> None:
     assert pids(status(box), VOGSPHERE) == after
 
 
+def test_the_configuration_is_for_root_and_the_group_taskmaster(booted: Container) -> None:
+    """It may hold credentials: 0640 root:taskmaster as installed (postinst)."""
+    box = booted
+    assert box.run(["stat", "-c", "%a %U %G", CONFIG]).stdout.split() == ["640", "root", "taskmaster"]
+    gid = box.run(["getent", "group", "taskmaster"]).stdout.split(":")[2]
+    member = ["setpriv", "--reuid=65534", f"--regid={gid}", "--clear-groups"]
+    outsider = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    assert "programs:" in box.run([*member, "cat", CONFIG]).stdout
+    denied = box.run([*outsider, "cat", CONFIG], check=False)
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr, denied
+
+
+def test_logrotate_postrotate_reopens_the_log_and_spares_the_programs(booted: Container) -> None:
+    """The package's postrotate command (SIGUSR2 to the daemon only) after a move of the log."""
+    box = booted
+    steady = [n for n in UP if n != "crashy"]  # crashy exits every 20 s by itself
+    before = pids(wait_state(box, dict.fromkeys(steady, "RUNNING")), steady)
+    daemon = systemctl_show(box, "MainPID")
+    conf = box.read_file("/etc/logrotate.d/taskmasterd")
+    script = conf[conf.index("postrotate") + len("postrotate"):conf.index("endscript")]
+    log = "/var/log/taskmaster/taskmasterd.log"
+    box.run(["mv", log, f"{log}.1"])
+    box.run(["sh", "-ec", script])
+
+    def reopened() -> str:
+        text = box.run(["cat", log], check=False).stdout
+        assert "SIGUSR2: reopened the log file" in text, text
+        return text
+    wait_until(reopened, 15, f"the daemon to reopen {log}")
+    assert systemctl_show(box, "MainPID") == daemon
+    assert box.run(["systemctl", "is-active", UNIT], check=False).stdout.strip() == "active"
+    assert pids(status(box), steady) == before  # no program got the signal
+
+
 def test_a_subscriber_sees_process_state_changes(booted: Container) -> None:
     box = booted
     old = wait_state(box, {"web": "RUNNING"})["web"]["pid"]
@@ -232,7 +266,7 @@ def test_reload_restarts_only_the_changed_program(booted: Container) -> None:
     before = pids(wait_state(box, dict.fromkeys(UP, "RUNNING")), UP)
     config = box.read_file(CONFIG)
     assert config.count("sleep 20") == 1, "the example's crashy no longer says `sleep 20`"
-    box.write_file(CONFIG, config.replace("sleep 20", "sleep 21"))
+    box.write_file(CONFIG, config.replace("sleep 20", "sleep 21"), mode=0o640)
     since = box.journal_mark()
 
     with follow_events(box) as events:

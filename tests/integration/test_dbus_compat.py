@@ -282,6 +282,46 @@ def test_real_errors_still_finalize() -> None:
     run(main)
 
 
+def test_a_send_nobody_awaits_fails_without_a_traceback() -> None:
+    """Signals and replies are sent and forgotten: when the connection breaks under
+    one, asyncio must not log 'Future exception was never retrieved' (issue 11, 7.)."""
+    import gc
+
+    from dbus_next.aio.message_bus import _MessageWriter
+
+    compat.install()
+
+    class Broken:
+        def send(self, buffer: memoryview) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    async def main() -> None:
+        reported: list[dict[str, Any]] = []
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: reported.append(context))
+        finalized: list[Exception] = []
+        writer = _MessageWriter.__new__(_MessageWriter)
+        writer.messages = asyncio.Queue()
+        writer.negotiate_unix_fd = False
+        writer.bus = type("Bus", (), {"_finalize": lambda self, e: finalized.append(e)})()
+        writer.sock = Broken()
+        writer.loop = FakeLoop()
+        writer.fd = 99
+        writer.buf = None
+        writer.offset = 0
+        writer.unix_fds = None
+        writer.fut = None
+        writer.messages.put_nowait((b"x", [], loop.create_future()))  # as bus.send() leaves it
+        writer.write_callback()
+        assert len(finalized) == 1 and isinstance(finalized[0], BrokenPipeError)
+        del writer
+        finalized.clear()  # its traceback holds the writer, and so the future
+        gc.collect()
+        assert [c["message"] for c in reported] == []
+
+    run(main)
+
+
 # ------------------------------------------------------- 2. the object manager
 
 

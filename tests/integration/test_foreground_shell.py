@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 import pty
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -13,6 +16,8 @@ from pathlib import Path
 
 from tests.harness import processes_with_env
 from tests.integration.conftest import WriteConfig
+
+SYS_TGKILL = {"x86_64": 234, "aarch64": 131}.get(platform.machine(), 234)
 
 
 class Terminal:
@@ -95,3 +100,31 @@ def test_ctrl_d_stops_everything_too(write_config: WriteConfig, bus_address: str
     term.type("\x04")
     assert term.wait() == 0
     assert processes_with_env(marker) == []
+
+
+def test_sigusr2_reopens_the_log_file_in_shell_mode_too(write_config: WriteConfig, bus_address: str,
+                                                         workdir: Path) -> None:
+    cfg = write_config({"web": {"cmd": "sleep 100000", "starttime": 0}})
+    env = {**os.environ, "TASKCTL_HISTFILE": str(workdir / "history"), "TERM": "dumb"}
+    term = Terminal([sys.executable, "-m", "taskmasterd", "--shell", "-c", str(cfg),
+                     "--address", bus_address], env)
+    term.expect("taskmaster> ")
+    log = workdir / "taskmasterd.log"
+    log.rename(workdir / "taskmasterd.log.1")
+    # To the main thread (tgkill), where Python runs signal handlers, once it
+    # waits for input in readline's select(): a signal that comes while it is
+    # elsewhere (another thread, or just before that select) waits for the next
+    # key -- as SIGHUP and SIGTERM do in this mode. What is tested here is
+    # that it is handled at all: its default action would end the process.
+    deadline = time.monotonic() + 20
+    while not Path(f"/proc/{term.pid}/wchan").read_text().startswith(("poll_schedule", "do_select")):
+        assert time.monotonic() < deadline, "the shell never waited for input"
+        time.sleep(0.01)
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(SYS_TGKILL, term.pid, term.pid, signal.SIGUSR2) == 0, ctypes.get_errno()
+    deadline = time.monotonic() + 20
+    while "SIGUSR2: reopened the log file" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, "the log file was not reopened"
+        time.sleep(0.01)
+    term.type("shutdown\r")
+    assert term.wait() == 0

@@ -103,7 +103,8 @@ def test_the_package_holds_the_programs_units_policy_and_config(built: Built) ->
                  f"/usr/share/dbus-1/system.d/{BUS_NAME}.conf",
                  f"/usr/share/dbus-1/interfaces/{BUS_NAME}.Manager.xml",
                  f"/usr/share/dbus-1/interfaces/{BUS_NAME}.Program.xml",
-                 "/etc/taskmaster/taskmaster.yaml",
+                 "/etc/taskmaster/taskmaster.yaml", "/etc/logrotate.d/taskmasterd",
+                 f"{site}/taskmasterd/bus/{BUS_NAME}.conf",
                  f"{site}/taskmasterd/__init__.py", f"{site}/taskmasterd/bus/__init__.py",
                  f"{site}/taskctl/__init__.py",
                  "/usr/share/man/man1/taskmasterd.1.gz", "/usr/share/man/man1/taskctl.1.gz"):
@@ -127,7 +128,8 @@ def test_the_example_configuration_is_a_conffile(built: Built) -> None:
     shutil.rmtree(control, ignore_errors=True)
     e = run("dpkg-deb", "-e", built.deb, control)
     assert e.returncode == 0, e.stderr
-    assert (control / "conffiles").read_text().split() == ["/etc/taskmaster/taskmaster.yaml"]
+    assert sorted((control / "conffiles").read_text().split()) == [
+        "/etc/logrotate.d/taskmasterd", "/etc/taskmaster/taskmaster.yaml"]
     postinst = (control / "postinst").read_text()
     assert "addgroup --system" in postinst and "taskmaster" in postinst
     assert "deb-systemd-helper enable 'taskmasterd.service'" in postinst  # system unit enabled
@@ -225,3 +227,64 @@ def test_shipped_programs_run_on_debians_python(built: Built) -> None:
     assert "OK" in r.stdout
     r = run(*python, built.root / "usr/bin/taskctl", "--version", env=env, cwd="/")
     assert (r.returncode, r.stdout.strip()) == (0, f"taskctl {__version__}"), r.stderr
+
+
+def test_the_configuration_is_not_world_readable(built: Built) -> None:
+    """It may hold credentials: 0640 in the package, root:taskmaster once
+    postinst has run (the group does not exist at build time)."""
+    r = run("dpkg-deb", "-c", built.deb)
+    assert r.returncode == 0, r.stderr
+    [line] = [ln for ln in r.stdout.splitlines() if ln.endswith(" ./etc/taskmaster/taskmaster.yaml")]
+    mode, owner = line.split()[:2]
+    assert (mode, owner) == ("-rw-r-----", "root/root")
+    control = built.root.parent / "control-modes"
+    shutil.rmtree(control, ignore_errors=True)
+    e = run("dpkg-deb", "-e", built.deb, control)
+    assert e.returncode == 0, e.stderr
+    postinst = (control / "postinst").read_text()
+    group = postinst.index("addgroup --system --quiet taskmaster")
+    chown = postinst.index('chown root:taskmaster "$conf"')
+    assert group < chown < postinst.index('chmod 0640 "$conf"')
+    assert "for conf in /etc/taskmaster/taskmaster.yaml; do" in postinst
+    assert 'dpkg-statoverride --list "$conf"' in postinst  # an admin's override is kept
+    assert chown < postinst.index("deb-systemd-invoke")  # before the service starts
+
+
+def test_the_package_rotates_the_lifecycle_log(built: Built, tmp_path: Path) -> None:
+    conf = built.root / "etc/logrotate.d/taskmasterd"
+    text = conf.read_text()
+    assert re.findall(r"^(/\S+) \{", text, re.M) == ["/var/log/taskmaster/taskmasterd.log"]
+    directives = {line.strip() for line in text.splitlines()}
+    assert {"weekly", "rotate 4", "compress", "delaycompress", "missingok", "notifempty"} <= directives
+    # The postrotate script, run against a stand-in systemctl: SIGUSR2 to the
+    # daemon only, and nothing (exit 0) when the service is not running.
+    script = text[text.index("postrotate") + len("postrotate"):text.index("endscript")]
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    systemctl = shims / "systemctl"
+    systemctl.write_text('#!/bin/sh\necho "$*" >> "$CALLS"\n'
+                         'case "$*" in *is-active*) exit "$ACTIVE" ;; esac\n')
+    systemctl.chmod(0o755)
+    for active, expected in (("3", ["--quiet is-active taskmasterd.service"]),
+                             ("0", ["--quiet is-active taskmasterd.service",
+                                    "kill --kill-whom=main --signal=USR2 taskmasterd.service"])):
+        calls = tmp_path / f"calls-{active}"
+        r = run("sh", "-ec", script, env={"PATH": f"{shims}:/usr/bin:/bin", "CALLS": str(calls),
+                                          "ACTIVE": active})
+        assert r.returncode == 0, r.stderr
+        assert calls.read_text().splitlines() == expected
+    # no systemctl at all (not booted with systemd): still exit 0
+    r = run("/bin/sh", "-ec", script, env={"PATH": str(tmp_path / "empty")})
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.skipif(not shutil.which("logrotate"), reason="needs logrotate (sh bootstrap setup installs it)")
+def test_logrotate_accepts_the_configuration(built: Built, tmp_path: Path) -> None:
+    conf = tmp_path / "taskmasterd"  # a copy this user owns: logrotate insists on that
+    conf.write_bytes((built.root / "etc/logrotate.d/taskmasterd").read_bytes())
+    conf.chmod(0o644)
+    r = run("logrotate", "--debug", "--state", tmp_path / "state", conf, env=CLEAN_ENV)
+    output = r.stdout + r.stderr
+    assert r.returncode == 0, output
+    assert "error" not in output.lower(), output
+    assert "rotating pattern: /var/log/taskmaster/taskmasterd.log  weekly (4 rotations)" in output

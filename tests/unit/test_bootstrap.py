@@ -1,0 +1,156 @@
+"""`bootstrap`'s install logic under dash (Debian's /bin/sh), without
+installing anything: a temporary copy of the repository's bootstrap whose
+`python=/usr/bin/python3` line names a stand-in, with stand-ins for
+dpkg-query and the venv's pip, taskmasterd and test tools (issue 11, 6.)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DASH = shutil.which("dash")
+pytestmark = pytest.mark.skipif(DASH is None, reason="needs dash (Debian's /bin/sh)")
+
+# The venv stand-in: `python -m venv .venv` makes .venv/bin/python and a pip
+# that logs its calls to ../calls; an install of the project makes
+# taskmasterd, and with [test] the test tools; FAIL_PIP=1 fails the project's
+# install (the network error of the issue).
+FAKE_PYTHON = r"""#!/bin/sh
+set -eu
+[ "$1 $2" = "-m venv" ] || { echo "python stand-in: unexpected $*" >&2; exit 9; }
+echo "venv" >> calls
+mkdir -p "$3/bin"
+cat > "$3/bin/python" <<'EOF'
+#!/bin/sh
+echo "python $*" >> calls
+EOF
+cat > "$3/bin/pip" <<'EOF'
+#!/bin/sh
+echo "pip $*" >> calls
+case "$*" in *"--upgrade pip"*) exit 0 ;; esac
+if [ "${FAIL_PIP:-}" = 1 ]; then echo "pip: network unreachable" >&2; exit 1; fi
+printf '#!/bin/sh\necho "taskmasterd $*" >> calls\n' > .venv/bin/taskmasterd
+case "$*" in *"[test]"*)
+    for tool in ruff mypy; do printf '#!/bin/sh\necho "%s $*" >> calls\n' $tool > .venv/bin/$tool; done
+    chmod +x .venv/bin/ruff .venv/bin/mypy ;;
+esac
+chmod +x .venv/bin/taskmasterd
+EOF
+chmod +x "$3/bin/python" "$3/bin/pip"
+"""
+# Every Debian package is there: apt-get is never reached.
+FAKE_DPKG_QUERY = "#!/bin/sh\nprintf 'install ok installed'\n"
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    text = (ROOT / "bootstrap").read_text()
+    assert text.count("\npython=/usr/bin/python3\n") == 1
+    (tmp_path / "bootstrap").write_text(text.replace("\npython=/usr/bin/python3\n",
+                                                     f"\npython={tmp_path}/shims/python3\n"))
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    for name, body in (("python3", FAKE_PYTHON), ("dpkg-query", FAKE_DPKG_QUERY)):
+        (shims / name).write_text(body)
+        (shims / name).chmod(0o755)
+    (shims / "apt-get").write_text("#!/bin/sh\necho 'apt-get must not run' >&2\nexit 9\n")
+    (shims / "apt-get").chmod(0o755)
+    return tmp_path
+
+
+def bootstrap(tree: Path, *args: str, fail_pip: bool = False) -> tuple[int, list[str], str]:
+    """Run the copy with dash: (exit status, what it called, stderr)."""
+    calls = tree / "calls"
+    calls.unlink(missing_ok=True)
+    env = {"PATH": f"{tree}/shims:/usr/bin:/bin", "HOME": str(tree)}
+    if fail_pip:
+        env["FAIL_PIP"] = "1"
+    assert DASH is not None
+    r = subprocess.run([DASH, str(tree / "bootstrap"), *args], cwd=tree, env=env, capture_output=True,
+                       text=True, timeout=60)
+    return r.returncode, calls.read_text().splitlines() if calls.exists() else [], r.stderr
+
+
+PROJECT = "pip install -q -e ."
+WITH_TESTS = "pip install -q -e .[test]"
+
+
+def installs(calls: list[str]) -> list[str]:
+    return [c for c in calls if c.startswith("pip install -q -e")]
+
+
+def test_a_run_interrupted_after_the_venv_is_finished_by_the_next(tree: Path) -> None:
+    rc, calls, err = bootstrap(tree, "run", fail_pip=True)
+    assert rc != 0 and "network unreachable" in err
+    assert calls[0] == "venv" and (tree / ".venv/bin/python").exists()
+    assert not (tree / ".venv/.installed").exists()
+
+    rc, calls, err = bootstrap(tree, "run")  # dash: `[ pyproject.toml -nt <missing> ]` is false
+    assert rc == 0, err
+    assert installs(calls) == [PROJECT]
+    assert calls[-1] == "taskmasterd -c etc/taskmaster.yaml"
+    assert (tree / ".venv/.installed").read_text() == "run\n"
+
+    rc, calls, err = bootstrap(tree, "run")  # set up: straight to the daemon
+    assert (rc, calls) == (0, ["taskmasterd -c etc/taskmaster.yaml"]), err
+
+
+def test_run_installs_no_test_tools_and_test_adds_them_without_a_downgrade_after(tree: Path) -> None:
+    rc, calls, err = bootstrap(tree, "run", "--bus", "private")
+    assert rc == 0, err
+    assert installs(calls) == [PROJECT]
+    assert calls[-1] == "taskmasterd -c etc/taskmaster.yaml --bus private"
+    assert not (tree / ".venv/bin/ruff").exists()
+
+    rc, calls, err = bootstrap(tree, "test", "-x")
+    assert rc == 0, err
+    assert installs(calls) == [WITH_TESTS]
+    assert calls[-3:] == ["ruff check taskmasterd taskctl tests bench", "mypy taskmasterd taskctl",
+                          "python -m pytest -q -x"]
+
+    rc, calls, err = bootstrap(tree, "run")  # a run after a test installs nothing
+    assert (rc, calls) == (0, ["taskmasterd -c etc/taskmaster.yaml"]), err
+    assert (tree / ".venv/.installed").read_text() == "test\n"
+
+    future = time.time() + 10
+    os.utime(tree / "pyproject.toml", (future, future))  # changed: install again, tools kept
+    rc, calls, err = bootstrap(tree, "run")
+    assert rc == 0, err
+    assert installs(calls) == [WITH_TESTS]
+
+
+def test_setup_installs_the_test_tools_once(tree: Path) -> None:
+    rc, calls, err = bootstrap(tree, "setup")
+    assert rc == 0, err
+    assert calls[0] == "venv" and installs(calls) == [WITH_TESTS]
+    rc, calls, err = bootstrap(tree, "setup")
+    assert (rc, calls) == (0, []), err
+    rc, calls, err = bootstrap(tree, "test")
+    assert rc == 0 and installs(calls) == [], err
+
+
+def test_an_interrupted_upgrade_to_the_test_tools_is_finished_too(tree: Path) -> None:
+    assert bootstrap(tree, "run")[0] == 0
+    rc, _, _ = bootstrap(tree, "setup", fail_pip=True)
+    assert rc != 0
+    assert not (tree / ".venv/.installed").exists()  # removed before installing
+    rc, calls, err = bootstrap(tree, "run")
+    assert rc == 0 and installs(calls) == [PROJECT], err
+    rc, calls, err = bootstrap(tree, "setup")
+    assert rc == 0 and installs(calls) == [WITH_TESTS], err
+
+
+def test_an_older_bootstraps_empty_stamp_counts_as_set_up(tree: Path) -> None:
+    assert bootstrap(tree, "setup")[0] == 0
+    (tree / ".venv/.installed").write_text("")  # what `touch` left
+    future = time.time() - 10
+    os.utime(tree / "pyproject.toml", (future, future))
+    rc, calls, err = bootstrap(tree, "test")
+    assert rc == 0 and installs(calls) == [], err
