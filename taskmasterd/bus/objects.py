@@ -21,7 +21,7 @@ from dbus_next import DBusError, PropertyAccess
 from dbus_next.service import ServiceInterface, dbus_property, method
 from dbus_next.service import signal as dbus_signal
 
-from taskmasterd import __version__
+from taskmasterd import __version__, signames
 from taskmasterd.bus import compat
 from taskmasterd.bus.names import ERROR_PREFIX, MANAGER_IFACE, PROGRAM_IFACE
 from taskmasterd.errors import BadName, NoSuchProgram, TaskmasterError
@@ -69,18 +69,10 @@ def check_arg(value: str, what: str) -> str:
 
 def parse_signal(name: str) -> signal.Signals:
     check_arg(name, "signal")
-    text = name.strip().upper()
-    if text.isdigit():
-        try:
-            return signal.Signals(int(text))
-        except ValueError:
-            raise BadName(f"no signal number {text}") from None
-    if not text.startswith("SIG"):
-        text = "SIG" + text
     try:
-        return signal.Signals[text]
-    except KeyError:
-        raise BadName(f"unknown signal {name!r} (try TERM, HUP, INT, KILL, USR1, USR2)") from None
+        return signames.parse(name)
+    except ValueError as exc:
+        raise BadName(str(exc)) from None
 
 
 def process_row(info: ProcessInfo) -> list[object]:
