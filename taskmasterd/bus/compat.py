@@ -69,7 +69,8 @@
    30 MB of strings to be told UnknownMethod (memory never given back).
    Bodies nothing would read are now read off the socket in 64 KB pieces and
    dropped; the header alone gets the library's UnknownMethod reply. Fds
-   received with a message that takes none are closed (they leaked).
+   received with such a message, or one that takes none, are closed (each
+   call could leak up to the bus's per-message limit).
 """
 
 from __future__ import annotations
@@ -179,7 +180,8 @@ def _fast_unmarshall(self: Any) -> None:
     would read (see `_body_wanted`) is not kept: its body is read off the
     socket in small pieces and dropped, and the message goes on with an empty
     body (dbus-next then answers UnknownMethod from the header alone). Unix
-    fds received with a message whose signature has no 'h' are closed."""
+    fds received with a message whose signature has no 'h', or whose body
+    is dropped, are closed: nothing would ever close them."""
     if getattr(self, "_taskmaster_skipping", None) is not None:
         _drop_body(self)
         return
@@ -219,9 +221,9 @@ def _fast_unmarshall(self: Any) -> None:
 
 
 def _set_message(self: Any, header: tuple[Any, Any, int, dict[str, Any], str],
-                 body: list[Any]) -> None:
+                 body: list[Any], *, dropped: bool = False) -> None:
     message_type, message_flags, serial, fields, signature = header
-    if self.unix_fds and "h" not in signature:
+    if self.unix_fds and (dropped or "h" not in signature):
         for fd in self.unix_fds:  # nothing will ever read them: they would leak
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -269,7 +271,7 @@ def _drop_body(self: Any) -> None:
     header = self._taskmaster_skipping
     self._taskmaster_skipping = None
     self.offset = len(self.buf)
-    _set_message(self, header, [])
+    _set_message(self, header, [], dropped=True)
 
 
 _PROPERTIES = "org.freedesktop.DBus.Properties"

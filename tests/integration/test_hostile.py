@@ -146,3 +146,26 @@ def test_a_malformed_address_is_one_line_of_bad_usage(address: str) -> None:
     [line] = r.stderr.splitlines()
     assert line.startswith("taskctl: --address: ") and "unpack" not in line
     assert "expected a D-Bus address like unix:path=" in line
+
+
+def test_fds_sent_with_a_call_that_takes_none_are_closed(
+        write_config: WriteConfig, daemons: Start, bus_address: str) -> None:
+    from jeepney import DBusAddress, new_method_call
+    from jeepney import MessageType as JType
+    from jeepney.io.blocking import open_dbus_connection
+
+    _cfg, d, _pid = running(write_config, daemons)
+    manager = DBusAddress(PATH, bus_name=NAME, interface=MANAGER)
+    before = len(os.listdir(f"/proc/{d.pid}/fd"))
+    with open_dbus_connection(bus=bus_address, enable_fds=True) as conn, \
+            open(os.devnull) as devnull:
+        for member, signature, body in [("ListProcesses", "h", ()), ("Start", "sh", ("web",)),
+                                        ("Nope", "h", ())] * 20:
+            reply = conn.send_and_get_reply(new_method_call(
+                manager, member, signature, (*body, devnull.fileno())),
+                timeout=20)
+            assert reply.header.message_type is JType.error
+            assert reply.header.fields[4] == "org.freedesktop.DBus.Error.UnknownMethod"
+        ok = conn.send_and_get_reply(new_method_call(manager, "ListProcesses"), timeout=20)
+        assert ok.header.message_type is JType.method_return
+    assert len(os.listdir(f"/proc/{d.pid}/fd")) <= before

@@ -43,10 +43,19 @@ CALLER = textwrap.dedent("""
     from jeepney.io.blocking import open_dbus_connection
 
     address, calls, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    signal = len(sys.argv) > 4  # unicast signals instead of method calls
     conn = open_dbus_connection(bus=address)
     target = DBusAddress("/org/taskmaster/Taskmaster1", bus_name="org.taskmaster.Taskmaster1",
                          interface="org.taskmaster.Taskmaster1.Manager")
-    probe = new_method_call(target, "ListProcesses", "as", ([],)).serialise(serial=1)
+    if signal:
+        from jeepney import HeaderFields, new_signal
+        from jeepney.bus_messages import message_bus
+        owner = conn.send_and_get_reply(message_bus.GetNameOwner(target.bus_name)).body[0]
+        msg = new_signal(target, "Noise", "as", ([],))
+        msg.header.fields[HeaderFields.destination] = owner  # to the daemon alone
+        probe = msg.serialise(serial=1)
+    else:
+        probe = new_method_call(target, "ListProcesses", "as", ([],)).serialise(serial=1)
     header = probe[:-4]  # without the empty array's length
     n = (size - len(header) - 4) // 8
     body = struct.pack("<I", 8 * n) + b"\\x03\\x00\\x00\\x00abc\\x00" * n
@@ -55,6 +64,13 @@ CALLER = textwrap.dedent("""
     for serial in range(1000, 1000 + calls):
         struct.pack_into("<I", raw, 8, serial)
         conn.sock.sendall(raw)
+        if signal:  # no reply: a Ping to the daemon comes back once it read the signal
+            ping = new_method_call(DBusAddress(target.object_path, bus_name=owner,
+                                               interface="org.freedesktop.DBus.Peer"), "Ping")
+            assert conn.send_and_get_reply(ping, timeout=60).header.message_type.name == \
+                "method_return"
+            print("pong", flush=True)
+            continue
         while True:
             reply = conn.receive(timeout=60)
             if reply.header.fields.get(5) == serial:  # REPLY_SERIAL
@@ -131,6 +147,25 @@ def test_huge_calls_of_the_wrong_signature_cost_no_memory(
     after = rss(d.pid)
     assert peak <= baseline + 50 * MiB, (baseline, peak)
     assert after <= baseline + 10 * MiB, (baseline, after)
+    assert d.proc.poll() is None and "Traceback" not in d.text()
+
+
+def test_huge_unicast_signals_cost_no_memory(private_daemon: tuple[Daemon, str]) -> None:
+    # Sent by root: the policy lets no one else send the daemon anything but
+    # the calls it allows. On a session bus (--user), any process of the user
+    # may send the daemon such signals; it subscribes to none of them.
+    d, address = private_daemon
+    assert caller(address, 1, 4096)[-1] == "rows 3"
+    baseline = rss(d.pid)
+    sampler = Sampler(d.pid)
+    r = subprocess.run([sys.executable, "-c", CALLER, address, "30",
+                        str(MAX_MESSAGE_SIZE - 4096), "signal"],
+                       capture_output=True, text=True, timeout=600, cwd="/")
+    peak = sampler.stop()
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["pong"] * 30 + ["rows 3"]
+    assert peak <= baseline + 50 * MiB, (baseline, peak)
+    assert rss(d.pid) <= baseline + 10 * MiB
     assert d.proc.poll() is None and "Traceback" not in d.text()
 
 
