@@ -169,3 +169,21 @@ def test_fds_sent_with_a_call_that_takes_none_are_closed(
         ok = conn.send_and_get_reply(new_method_call(manager, "ListProcesses"), timeout=20)
         assert ok.header.message_type is JType.method_return
     assert len(os.listdir(f"/proc/{d.pid}/fd")) <= before
+
+
+def test_a_fifo_or_device_as_config_file_fails_a_reload_and_a_start_at_once(
+        write_config: WriteConfig, daemons: Start, bus_address: str, workdir: Path) -> None:
+    cfg, d, pid = running(write_config, daemons)
+    cfg.unlink()
+    os.mkfifo(cfg)  # nobody will ever write it: reading it would hang the daemon
+    failed = d.reload()
+    assert failed.kind == "RELOAD_FAILED"
+    assert f"{cfg}:1:1: cannot read the config file: it is a FIFO" in d.text()
+    reply = call(bus_address, "Reload")
+    assert reply.error_name == ERROR + "ConfigInvalid" and "it is a FIFO" in reply.body[0]
+    assert alive(pid)
+    r = subprocess.run([sys.executable, "-m", "taskmasterd", "-c", "/dev/zero",
+                        "--address", bus_address], capture_output=True, text=True,
+                       timeout=30, cwd="/")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "/dev/zero:1:1: cannot read the config file: it is a character device" in r.stderr
