@@ -83,6 +83,10 @@ CORE_SCALAR_TAGS = frozenset({NULL, BOOL, INT, FLOAT, STR, TIMESTAMP, MERGE})
 # needs 4 levels; PyYAML composes recursively (1,000 nested '[' overflowed
 # Python's stack), and libyaml stops at 1,000 levels anyway.
 MAX_DEPTH = 100
+# The most issues reported for one file. A 16 MB file of bad keys made
+# 1.3 million of them: a minute of work and a D-Bus error (Reload) bigger
+# than any bus accepts. Past this many, reading stops.
+MAX_ISSUES = 100
 
 MAX_SECONDS = 86400.0  # the longest duration `_seconds` accepts: one day
 INT_RE = re.compile(r"-?[0-9]+")
@@ -176,6 +180,12 @@ class NodeReader:
         key = (line, column, keypath, message)
         if key not in self._seen:
             self._seen.add(key)
+            if len(self.issues) >= MAX_ISSUES:
+                self.issues.append(ConfigIssue(
+                    self.file, line, column, "",
+                    f"more than {MAX_ISSUES} errors: the rest of the file was not checked; "
+                    "fix these first"))
+                self.fail()
             self.issues.append(ConfigIssue(self.file, line, column, keypath, message))
 
     def fail(self) -> NoReturn:
@@ -231,27 +241,60 @@ class NodeReader:
 
         Iterative (no recursion on hostile depth), and each node is visited
         once even when aliases share it (an alias bomb costs its size, not
-        its expansion)."""
+        its expansion). Key paths are worked out only when there is a
+        problem to report."""
         if root is None:
             return
-        before = len(self.issues)
+        problems: list[tuple[Node, str]] = []
+        resolved: dict[str, str] = {}  # plain-scalar text -> its implicit tag
         seen: set[int] = set()
-        todo: list[tuple[Node, str, int]] = [(root, "", 1)]
+        todo: list[tuple[Node, int]] = [(root, 1)]
         while todo:
-            node, keypath, depth = todo.pop()
+            node, depth = todo.pop()
             if id(node) in seen:
                 continue
             seen.add(id(node))
-            problem = _tag_problem(node)
+            if type(node) is ScalarNode and node.tag == STR:
+                continue  # the common case, first
+            problem = _tag_problem(node, resolved)
             if problem is not None:
-                self.error(node, keypath, problem)
+                problems.append((node, problem))
                 continue
             if isinstance(node, ScalarNode):
                 continue
             if depth > MAX_DEPTH:
-                self.error(node, keypath, f"mappings and lists nested more than {MAX_DEPTH} "
-                           "levels deep; Taskmaster's configuration needs 4")
+                problems.append((node, f"mappings and lists nested more than {MAX_DEPTH} "
+                                       "levels deep; Taskmaster's configuration needs 4"))
                 break
+            # Pushed last first: nodes are met in document order, so a node
+            # shared through aliases counts at the depth where it is written.
+            if isinstance(node, SequenceNode):
+                todo.extend((item, depth + 1) for item in reversed(node.value))
+            else:
+                for k, v in reversed(node.value):
+                    todo.append((v, depth + 1))
+                    todo.append((k, depth + 1))
+        if not problems:
+            return
+        paths = self._keypaths(root, {id(n) for n, _ in problems})
+        for node, problem in problems:
+            self.error(node, paths.get(id(node), ""), problem)
+        self.fail()
+
+    def _keypaths(self, root: Node, wanted: set[int]) -> dict[int, str]:
+        """The key path where each node of `wanted` is first met (id -> path)."""
+        out: dict[int, str] = {}
+        seen: set[int] = set()
+        todo: list[tuple[Node, str, int]] = [(root, "", 1)]
+        while todo and len(out) < len(wanted):
+            node, keypath, depth = todo.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if id(node) in wanted:
+                out[id(node)] = keypath
+            if isinstance(node, ScalarNode) or depth > MAX_DEPTH:
+                continue
             if isinstance(node, SequenceNode):
                 for i, item in reversed(list(enumerate(node.value))):
                     todo.append((item, f"{keypath}[{i}]", depth + 1))
@@ -260,8 +303,7 @@ class NodeReader:
                     sub = self._join(keypath, k.value) if isinstance(k, ScalarNode) else keypath
                     todo.append((v, sub, depth + 1))
                     todo.append((k, keypath, depth + 1))
-        if len(self.issues) > before:
-            self.fail()
+        return out
 
     def _reader_error(self, e: yaml.reader.ReaderError) -> None:
         code = ord(e.character) if isinstance(e.character, str) else e.character
@@ -472,15 +514,20 @@ def _compose_with(loader: yaml.SafeLoader | yaml.CSafeLoader) -> tuple[Node | No
 _RESOLVER: Any = yaml.resolver.Resolver()  # PyYAML's methods are untyped
 
 
-def _tag_problem(node: Node) -> str | None:
-    """Why a node's tag is refused, or None (see CORE_SCALAR_TAGS)."""
+def _tag_problem(node: Node, resolved: dict[str, str]) -> str | None:
+    """Why a node's tag is refused, or None (see CORE_SCALAR_TAGS).
+    `resolved` caches the implicit tag of each scalar text met."""
     tag = node.tag
     if isinstance(node, ScalarNode):
         if tag == STR:
             return None
         if tag in CORE_SCALAR_TAGS:
             # Implicit, or an explicit tag that says what the text is anyway.
-            if _RESOLVER.resolve(ScalarNode, node.value, (True, False)) == tag:
+            implicit = resolved.get(node.value)
+            if implicit is None:
+                implicit = resolved[node.value] = _RESOLVER.resolve(
+                    ScalarNode, node.value, (True, False))
+            if implicit == tag:
                 return None
             shown = node.value if len(node.value) <= 40 else node.value[:37] + "..."
             return (f"the tag '{_short(tag)}' does not fit the value {shown!r}; "

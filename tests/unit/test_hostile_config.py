@@ -251,3 +251,19 @@ def test_check_config_says_no_journal_on_this_host(tmp_path: Path) -> None:
     r = check_config(path)
     assert r.returncode == 1
     assert f"{path}:4:13: programs.web.stdout: no journal on this host" in r.stderr
+
+
+# ---- many errors -----------------------------------------------------------------
+
+
+def test_reading_stops_after_100_errors() -> None:
+    # A 16 MB file of bad keys made 1.3 million issues: a minute of work and
+    # a ConfigInvalid reply larger than any bus carries.
+    found = issues("programs: {}\n" + "".join(f"key{i}: 1\n" for i in range(5000)))
+    assert len(found) == yamlnodes.MAX_ISSUES + 1
+    assert [i.line for i in found[:2]] == [2, 3]
+    last = found[-1]
+    assert last.line == yamlnodes.MAX_ISSUES + 2 and last.keypath == ""
+    assert last.message == ("more than 100 errors: the rest of the file was not checked; "
+                            "fix these first")
+    assert sum(len(str(i)) for i in found) < 20_000
