@@ -87,6 +87,8 @@ MAX_DEPTH = 100
 # 1.3 million of them: a minute of work and a D-Bus error (Reload) bigger
 # than any bus accepts. Past this many, reading stops.
 MAX_ISSUES = 100
+MAX_KEYPATH = 200  # characters of a key path shown in an issue
+MAX_MESSAGE = 1000  # characters of an issue's message
 
 MAX_SECONDS = 86400.0  # the longest duration `_seconds` accepts: one day
 INT_RE = re.compile(r"-?[0-9]+")
@@ -146,6 +148,8 @@ def quoted(node: ScalarNode) -> bool:
 
 
 def suggest(key: str, known: tuple[str, ...]) -> str | None:
+    if len(key) > 100:  # no typo of a known key; difflib's cost grows with it
+        return None
     lowered = key.lower()
     if lowered in known:
         return lowered
@@ -177,6 +181,9 @@ class NodeReader:
             line = column = 1
         else:
             line, column = node.start_mark.line + 1, node.start_mark.column + 1
+        # A key or value of a megabyte would be quoted whole in the message
+        # and the key path (and in a D-Bus reply past the bus's limit).
+        keypath, message = _clip(keypath, MAX_KEYPATH), _clip(message, MAX_MESSAGE)
         key = (line, column, keypath, message)
         if key not in self._seen:
             self._seen.add(key)
@@ -536,6 +543,12 @@ def _tag_problem(node: Node, resolved: dict[str, str]) -> str | None:
         return None
     return (f"unsupported YAML tag '{_short(tag)}'; only plain YAML is read "
             "(strings, numbers, booleans, null, lists, mappings): remove the tag")
+
+
+def _clip(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit - 40]}... ({len(text)} characters)"
 
 
 def _short(tag: str) -> str:

@@ -267,3 +267,13 @@ def test_reading_stops_after_100_errors() -> None:
     assert last.message == ("more than 100 errors: the rest of the file was not checked; "
                             "fix these first")
     assert sum(len(str(i)) for i in found) < 20_000
+
+
+def test_a_huge_key_is_not_quoted_whole() -> None:
+    found = issues("programs:\n  web:\n    cmd: /bin/true\n    ? " + "x" * 2_000_000 + "\n    : 1\n"
+                   "  ? " + "y" * 1_000_000 + "\n  : {cmd: /bin/true}\n")
+    assert [(i.line, i.column) for i in found] == [(4, 7), (6, 5)]
+    assert found[0].keypath.endswith("... (2000013 characters)")
+    assert found[0].message.startswith("unknown key 'xxx") and "characters)" in found[0].message
+    assert "program name is 1000000 characters long" in found[1].message
+    assert all(len(str(i)) < 1500 for i in found)
