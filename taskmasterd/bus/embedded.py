@@ -114,8 +114,8 @@ def bus_config(socket_path: str, owner_uid: int, policy_file: str | None) -> str
 
   <!-- Limits. dbus-daemon's defaults let one message be 32 MB (128 MB on
        a session bus) and queue 127 MB per connection. Our largest messages
-       are ListProcesses and GetManagedObjects with 1,000 processes, ~0.1 MB
-       (a few MB when every process has a 4 KB spawn error): 16 MB leaves
+       are ListProcesses (1,000 processes: 0.1 MB) and GetManagedObjects (under
+       1 MB; a few MB when every process has a 4 KB spawn error): 16 MB leaves
        room and bounds what one caller can make us read. Only OpenLog's
        reply carries an fd. -->
   <limit name="max_message_size">{MAX_MESSAGE_SIZE}</limit>
