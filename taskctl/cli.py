@@ -76,6 +76,7 @@ ERROR_LABELS = {
     "AccessDenied": "access denied",
     "ConfigInvalid": "invalid configuration",
     "NotAFile": "not a file",
+    "NoOutput": "no output yet",
     "Failed": "failed",
 }
 ACCESS_DENIED = "only root and members of the group taskmaster may do this (refused by the bus policy)"
@@ -343,7 +344,7 @@ def build_parser(*, shell: bool = False) -> argparse.ArgumentParser:
     for name in ("start", "stop", "restart"):
         command(name).add_argument("targets", nargs="+", metavar="TARGET")
     sp = command("signal")
-    sp.add_argument("signal", metavar="SIG", help="TERM, SIGHUP, USR1, 9, ...")
+    sp.add_argument("signal", metavar="SIG", type=_signal, help="TERM, SIGHUP, USR1, 9, ...")
     sp.add_argument("targets", nargs="+", metavar="TARGET")
     command("reload")
     command("shutdown")
@@ -362,6 +363,18 @@ def build_parser(*, shell: bool = False) -> argparse.ArgumentParser:
                     help="only this target: its number (from 0, in the file's order) or its URL")
     command("help").add_argument("topic", nargs="?", metavar="COMMAND", choices=COMMAND_NAMES)
     return p
+
+
+def _signal(text: str) -> str:
+    """A signal name or number as taskmasterd reads it (checked here: a bad one
+    is bad usage, exit 2, not a reply from the daemon); sent as typed."""
+    from taskmasterd import signames
+
+    try:
+        signames.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _positive(text: str) -> int:
@@ -526,7 +539,7 @@ def cmd_tail(ctx: Context, args: argparse.Namespace) -> int:
     try:
         fd = ctx.client.open_log(args.process, stream)
     except CallError as exc:
-        if exc.name != "NotAFile" or "discarded" in exc.message:
+        if exc.name != "NotAFile" or "goes to the journal" not in exc.message:
             ctx.error(error_line(args.process, exc))
             return exit_code_for(exc.name)
         return journal_fallback(ctx, args, exc)
@@ -683,7 +696,12 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "help":
         print(help_text(args.topic))
         return EXIT_OK
-    from taskctl.client import Client
+    from taskctl.client import Client, address_problem
+
+    problem = address_problem(args.address) if args.address is not None else None
+    if problem is not None:
+        print(f"taskctl: --address: {problem}", file=sys.stderr)
+        return EXIT_USAGE
 
     client = Client(bus_choice(args))
     try:

@@ -134,6 +134,35 @@ def candidates(choice: BusChoice | None, uid: int | None = None,
     raise ValueError(f"unknown bus kind {choice.kind!r}")
 
 
+_ADDRESS_EXAMPLE = ("expected a D-Bus address like unix:path=/run/taskmaster/bus.socket "
+                    "or unix:abstract=NAME")
+
+
+def address_problem(address: str) -> str | None:
+    """Why `address` is not a D-Bus address taskctl can connect to, or None.
+
+    D-Bus addresses are `transport:key=value,...`, several separated by ';';
+    taskctl (jeepney) connects over unix sockets only."""
+    shown = repr(address if len(address) <= 80 else address[:77] + "...")
+    usable = False
+    for part in address.split(";"):
+        transport, colon, info = part.partition(":")
+        if not colon or not transport:
+            return f"{shown} is not a D-Bus address; {_ADDRESS_EXAMPLE}"
+        keys: dict[str, str] = {}
+        for pair in info.split(",") if info else []:
+            key, equals, value = pair.partition("=")
+            if not equals or not key:
+                return (f"{shown} is not a D-Bus address ({pair[:40]!r} is not key=value); "
+                        f"{_ADDRESS_EXAMPLE}")
+            keys[key] = value
+        usable = usable or (transport == "unix" and any(keys.get(k) for k in ("path", "abstract")))
+    if not usable:
+        return (f"{shown} has no unix:path= or unix:abstract= part (taskctl connects over "
+                f"unix sockets only); {_ADDRESS_EXAMPLE}")
+    return None
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
@@ -519,6 +548,9 @@ def _open(address: str) -> Any:
     from jeepney.bus import get_bus
     from jeepney.io.blocking import DBusConnection, prep_socket
 
+    problem = address_problem(address)
+    if problem is not None:  # jeepney's own words would be "not enough values to unpack"
+        raise ValueError(problem)
     sock = prep_socket(get_bus(address), enable_fds=True, timeout=CONNECT_TIMEOUT)
     # jeepney says Hello in the constructor and waits for the answer without a
     # limit: a bus that authenticates us and then never answers would hang

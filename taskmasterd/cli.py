@@ -8,7 +8,8 @@ import sys
 
 from taskmasterd import __version__
 from taskmasterd.busaddr import BusChoice, daemon_default
-from taskmasterd.config import Config, ConfigError, load_config
+from taskmasterd.config import Config, ConfigError
+from taskmasterd.hostcheck import load as load_config
 from taskmasterd.paths import default_config_path
 
 

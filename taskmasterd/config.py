@@ -64,6 +64,7 @@ import os
 import re
 import shlex
 import signal
+import stat
 import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,6 +73,7 @@ from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from taskmasterd import signames
 from taskmasterd.yamlnodes import (
     BOOLEANS,
     NULL,
@@ -145,6 +147,11 @@ class OutputKind(enum.Enum):
 class Output:
     kind: OutputKind = OutputKind.AUTO
     path: str | None = None  # absolute; set only for FILE
+    # Where the value is in the file (1-based; 0 when absent or not from a
+    # file), for errors found once the file is loaded ("no journal on this
+    # host"). Not part of the value, as for AlertConfig.
+    line: int = field(default=0, compare=False)
+    column: int = field(default=0, compare=False)
 
 
 DEFAULT_MAXBYTES = 50 * 1024 * 1024  # supervisord's stdout_logfile_maxbytes
@@ -250,15 +257,45 @@ class Config:
         return {p.name: p for p in self.programs}
 
 
+# The largest configuration file read: a file of 1,000 programs is ~100 KB.
+# Anything bigger is refused before it is read (`--check-config /dev/zero`
+# would read until the kernel stopped it).
+MAX_FILE_SIZE = 16 * 1024 * 1024
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
+
+
 def load_config(path: str | Path) -> Config:
     """Read and validate `path`; raise ConfigError with all issues at once."""
     name = os.fspath(path)
+
+    def refuse(message: str) -> ConfigError:
+        return ConfigError([ConfigIssue(name, 1, 1, "", message)])
+
     try:
-        with open(name, "rb") as f:
-            data = f.read()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer.
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as e:
-        reason = e.strerror or str(e)
-        raise ConfigError([ConfigIssue(name, 1, 1, "", f"cannot read the config file: {reason}")]) from None
+        raise refuse(f"cannot read the config file: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            what = next((w for test, w in _FILE_KINDS if test(st.st_mode)), "not a regular file")
+            raise refuse(f"cannot read the config file: it is {what}; expected a regular file")
+        if st.st_size > MAX_FILE_SIZE:
+            raise refuse(f"cannot read the config file: it is {st.st_size} bytes; at most "
+                         f"{MAX_FILE_SIZE} ({MAX_FILE_SIZE >> 20} MiB) are read")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_FILE_SIZE + 1)  # it may have grown since fstat
+    except OSError as e:
+        raise refuse(f"cannot read the config file: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_SIZE:
+        raise refuse(f"cannot read the config file: it is over {MAX_FILE_SIZE} bytes; "
+                     f"at most {MAX_FILE_SIZE >> 20} MiB are read")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -276,7 +313,14 @@ def parse_config(text: str, path: str) -> Config:
     `path` is used as written in issues; relative paths in the file are
     resolved against its directory. Raise ConfigError with every issue.
     """
-    return _Validator(text, path).run()
+    try:
+        return _Validator(text, path).run()
+    except RecursionError:
+        # The last resort: composing caps nesting (yamlnodes.MAX_DEPTH) and the
+        # walks are bounded, so this is a structure nothing else foresaw.
+        raise ConfigError([ConfigIssue(
+            path, 1, 1, "", "the file is nested too deeply to be read (anchors, aliases "
+            "and merge keys more than a few hundred levels deep); simplify it")]) from None
 
 
 # --------------------------------------------------------------------------
@@ -790,30 +834,28 @@ class _Validator(NodeReader):
     def _signal(self, node: Node) -> signal.Signals:
         scalar = self._scalar(node, "a signal name")
         text = scalar.value
-        if not quoted(scalar) and text.isascii() and text.isdigit():
-            try:
-                return signal.Signals(int(text) if len(text) <= 6 else -1)
-            except ValueError:
-                raise Reject(f"{text} is not a signal number here; {_SIGNAL_HINT}") from None
-        name = text.upper()
-        if not name.startswith("SIG"):
-            name = "SIG" + name
-        member = signal.Signals.__members__.get(name)
-        if member is None:
+        if quoted(scalar) and text.strip().isdigit():  # "9" is text: not a number here
             raise Reject(f"unknown signal {show(scalar)}; {_SIGNAL_HINT}")
-        return member
+        try:
+            return signames.parse(text)
+        except ValueError:
+            if text.isascii() and text.isdigit():
+                raise Reject(f"{text} is not a signal number here; {_SIGNAL_HINT}") from None
+            ascii_note = "" if text.isascii() else " (signal names and numbers are ASCII)"
+            raise Reject(f"unknown signal {show(scalar)}{ascii_note}; {_SIGNAL_HINT}") from None
 
     def _output(self, node: Node) -> Output:
         what = "a file path, 'journal' or null"
+        line, column = node.start_mark.line + 1, node.start_mark.column + 1
         if isinstance(node, ScalarNode) and node.tag == NULL:
-            return Output(OutputKind.NULL)
+            return Output(OutputKind.NULL, line=line, column=column)
         text = self._text(node, what, strict=True)
         if text == "journal":
-            return Output(OutputKind.JOURNAL)
+            return Output(OutputKind.JOURNAL, line=line, column=column)
         path = self._resolve(text)
         if path == os.devnull:
-            return Output(OutputKind.NULL)
-        return Output(OutputKind.FILE, path)
+            return Output(OutputKind.NULL, line=line, column=column)
+        return Output(OutputKind.FILE, path, line=line, column=column)
 
     def _size(self, node: Node) -> int:
         what = "a size in bytes like 50MB, 512KB, 1GB or 1048576 (0 = unlimited)"

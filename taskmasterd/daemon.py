@@ -20,10 +20,11 @@ from taskmasterd.alerts import AlertDispatcher
 from taskmasterd.bus.names import BUS_NAME
 from taskmasterd.bus.service import BusService, BusUnavailable
 from taskmasterd.busaddr import BusChoice, runtime_dir
-from taskmasterd.config import Config, ConfigError, load_config
+from taskmasterd.config import Config, ConfigError
 from taskmasterd.errors import ConfigInvalid
 from taskmasterd.events import Event, EventBus
 from taskmasterd.exposure import exposure_warning
+from taskmasterd.hostcheck import load as load_config
 from taskmasterd.journal import JournalSink
 from taskmasterd.logsink import LifecycleLog
 from taskmasterd.logwriter import raise_nofile

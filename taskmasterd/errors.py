@@ -33,11 +33,17 @@ class NotAFile(TaskmasterError):
     code = "NotAFile"
 
 
+class NoOutput(TaskmasterError):
+    """The output file does not exist (yet): the process never wrote to it."""
+
+    code = "NoOutput"
+
+
 class ShuttingDown(TaskmasterError):
     code = "ShuttingDown"
 
 
 BY_CODE: dict[str, type[TaskmasterError]] = {
     cls.code: cls for cls in (NoSuchProgram, BadName, AlreadyStarted, NotRunning,
-                              ConfigInvalid, NotAFile, ShuttingDown)
+                              ConfigInvalid, NotAFile, NoOutput, ShuttingDown)
 }

@@ -71,6 +71,25 @@ BOOLEANS: dict[str, bool] = {
     "off": False,
 }
 
+# Tags a node may carry explicitly, when they only restate what YAML would
+# resolve anyway (`!!int 3`, `!!map {...}`); `!!str` is accepted on any
+# scalar. Anything else (`!!binary`, `!!python/object`, `!!int "sleep 1"`,
+# `!local`) is refused: the schema reads text, and a tag that changes the
+# meaning of a value would be silently ignored.
+SEQ = TAG + "seq"
+MAP = TAG + "map"
+CORE_SCALAR_TAGS = frozenset({NULL, BOOL, INT, FLOAT, STR, TIMESTAMP, MERGE})
+# The deepest nesting of mappings and lists accepted. Taskmaster's schema
+# needs 4 levels; PyYAML composes recursively (1,000 nested '[' overflowed
+# Python's stack), and libyaml stops at 1,000 levels anyway.
+MAX_DEPTH = 100
+# The most issues reported for one file. A 16 MB file of bad keys made
+# 1.3 million of them: a minute of work and a D-Bus error (Reload) bigger
+# than any bus accepts. Past this many, reading stops.
+MAX_ISSUES = 100
+MAX_KEYPATH = 200  # characters of a key path shown in an issue
+MAX_MESSAGE = 1000  # characters of an issue's message
+
 MAX_SECONDS = 86400.0  # the longest duration `_seconds` accepts: one day
 INT_RE = re.compile(r"-?[0-9]+")
 NUMBER_RE = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
@@ -129,6 +148,8 @@ def quoted(node: ScalarNode) -> bool:
 
 
 def suggest(key: str, known: tuple[str, ...]) -> str | None:
+    if len(key) > 100:  # no typo of a known key; difflib's cost grows with it
+        return None
     lowered = key.lower()
     if lowered in known:
         return lowered
@@ -160,9 +181,18 @@ class NodeReader:
             line = column = 1
         else:
             line, column = node.start_mark.line + 1, node.start_mark.column + 1
+        # A key or value of a megabyte would be quoted whole in the message
+        # and the key path (and in a D-Bus reply past the bus's limit).
+        keypath, message = _clip(keypath, MAX_KEYPATH), _clip(message, MAX_MESSAGE)
         key = (line, column, keypath, message)
         if key not in self._seen:
             self._seen.add(key)
+            if len(self.issues) >= MAX_ISSUES:
+                self.issues.append(ConfigIssue(
+                    self.file, line, column, "",
+                    f"more than {MAX_ISSUES} errors: the rest of the file was not checked; "
+                    "fix these first"))
+                self.fail()
             self.issues.append(ConfigIssue(self.file, line, column, keypath, message))
 
     def fail(self) -> NoReturn:
@@ -182,11 +212,12 @@ class NodeReader:
             try:
                 root, second = _compose_with(fast(self.text))
                 if second is None:
+                    self._check_tree(root)
                     return root
             except yaml.YAMLError:
                 pass
         try:
-            loader = yaml.SafeLoader(self.text)
+            loader = _DepthCappedLoader(self.text)
         except yaml.reader.ReaderError as e:
             self._reader_error(e)
             self.fail()
@@ -208,7 +239,78 @@ class NodeReader:
                 "the file holds more than one YAML document (a '---' or '...' "
                 "separator); expected a single document",
             )
+        self._check_tree(root)
         return root
+
+    def _check_tree(self, root: Node | None) -> None:
+        """Refuse tags outside the core schema and nesting deeper than
+        MAX_DEPTH, each located; fail when there is any.
+
+        Iterative (no recursion on hostile depth), and each node is visited
+        once even when aliases share it (an alias bomb costs its size, not
+        its expansion). Key paths are worked out only when there is a
+        problem to report."""
+        if root is None:
+            return
+        problems: list[tuple[Node, str]] = []
+        resolved: dict[str, str] = {}  # plain-scalar text -> its implicit tag
+        seen: set[int] = set()
+        todo: list[tuple[Node, int]] = [(root, 1)]
+        while todo:
+            node, depth = todo.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if type(node) is ScalarNode and node.tag == STR:
+                continue  # the common case, first
+            problem = _tag_problem(node, resolved)
+            if problem is not None:
+                problems.append((node, problem))
+                continue
+            if isinstance(node, ScalarNode):
+                continue
+            if depth > MAX_DEPTH:
+                problems.append((node, f"mappings and lists nested more than {MAX_DEPTH} "
+                                       "levels deep; Taskmaster's configuration needs 4"))
+                break
+            # Pushed last first: nodes are met in document order, so a node
+            # shared through aliases counts at the depth where it is written.
+            if isinstance(node, SequenceNode):
+                todo.extend((item, depth + 1) for item in reversed(node.value))
+            else:
+                for k, v in reversed(node.value):
+                    todo.append((v, depth + 1))
+                    todo.append((k, depth + 1))
+        if not problems:
+            return
+        paths = self._keypaths(root, {id(n) for n, _ in problems})
+        for node, problem in problems:
+            self.error(node, paths.get(id(node), ""), problem)
+        self.fail()
+
+    def _keypaths(self, root: Node, wanted: set[int]) -> dict[int, str]:
+        """The key path where each node of `wanted` is first met (id -> path)."""
+        out: dict[int, str] = {}
+        seen: set[int] = set()
+        todo: list[tuple[Node, str, int]] = [(root, "", 1)]
+        while todo and len(out) < len(wanted):
+            node, keypath, depth = todo.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if id(node) in wanted:
+                out[id(node)] = keypath
+            if isinstance(node, ScalarNode) or depth > MAX_DEPTH:
+                continue
+            if isinstance(node, SequenceNode):
+                for i, item in reversed(list(enumerate(node.value))):
+                    todo.append((item, f"{keypath}[{i}]", depth + 1))
+            else:
+                for k, v in reversed(node.value):
+                    sub = self._join(keypath, k.value) if isinstance(k, ScalarNode) else keypath
+                    todo.append((v, sub, depth + 1))
+                    todo.append((k, keypath, depth + 1))
+        return out
 
     def _reader_error(self, e: yaml.reader.ReaderError) -> None:
         code = ord(e.character) if isinstance(e.character, str) else e.character
@@ -239,7 +341,8 @@ class NodeReader:
     # ---- mappings
 
     def entries(
-        self, node: MappingNode, keypath: str, _stack: tuple[int, ...] = ()
+        self, node: MappingNode, keypath: str, _stack: tuple[int, ...] = (),
+        _done: set[int] | None = None,
     ) -> list[tuple[ScalarNode, Node]]:
         """(key, value) pairs of a mapping, with merge keys expanded.
 
@@ -274,6 +377,10 @@ class NodeReader:
         seen = set(own)
         out: list[tuple[ScalarNode, Node]] = []
         stack = (*_stack, id(node))
+        # A mapping merged twice (directly or through others) adds nothing the
+        # first time did not: expanded once, so that nested merge lists of
+        # aliases cannot make the expansion exponential.
+        done = set() if _done is None else _done
         for (k, v), ok in zip(node.value, keep, strict=True):
             if not ok:
                 continue
@@ -296,7 +403,14 @@ class NodeReader:
                 if id(source) in stack:
                     self.error(v, keypath, "a merge key '<<' refers to the mapping that contains it")
                     continue
-                for mk, mv in self.entries(source, keypath, stack):
+                if id(source) in done:
+                    continue
+                if len(stack) > MAX_DEPTH:
+                    self.error(v, keypath, f"merge keys '<<' chained more than {MAX_DEPTH} "
+                               "levels deep (a mapping merging one that merges another...)")
+                    return out
+                done.add(id(source))
+                for mk, mv in self.entries(source, keypath, stack, done):
                     if mk.value not in seen:
                         seen.add(mk.value)
                         out.append((mk, mv))
@@ -306,16 +420,19 @@ class NodeReader:
     def _join(keypath: str, key: str) -> str:
         return f"{keypath}.{key}" if keypath else key
 
-    def _has_key(self, node: Node, key: str, _stack: tuple[int, ...] = ()) -> bool:
+    def _has_key(self, node: Node, key: str, _seen: set[int] | None = None,
+                 _depth: int = 0) -> bool:
         """Whether a mapping has `key`, directly or through a merge (no reporting)."""
-        if not isinstance(node, MappingNode) or id(node) in _stack:
+        seen = set() if _seen is None else _seen
+        if not isinstance(node, MappingNode) or id(node) in seen or _depth > MAX_DEPTH:
             return False
+        seen.add(id(node))  # each mapping looked at once: cycles and alias bombs end
         for k, v in node.value:
             if not isinstance(k, ScalarNode):
                 continue
             if k.tag == MERGE:
                 sources = v.value if isinstance(v, SequenceNode) else [v]
-                if any(self._has_key(s, key, (*_stack, id(node))) for s in sources):
+                if any(self._has_key(s, key, seen, _depth + 1) for s in sources):
                     return True
             elif k.value == key:
                 return True
@@ -399,6 +516,64 @@ def _compose_with(loader: yaml.SafeLoader | yaml.CSafeLoader) -> tuple[Node | No
     finally:
         loader.dispose()
     return root, None if event is None else event.start_mark
+
+
+_RESOLVER: Any = yaml.resolver.Resolver()  # PyYAML's methods are untyped
+
+
+def _tag_problem(node: Node, resolved: dict[str, str]) -> str | None:
+    """Why a node's tag is refused, or None (see CORE_SCALAR_TAGS).
+    `resolved` caches the implicit tag of each scalar text met."""
+    tag = node.tag
+    if isinstance(node, ScalarNode):
+        if tag == STR:
+            return None
+        if tag in CORE_SCALAR_TAGS:
+            # Implicit, or an explicit tag that says what the text is anyway.
+            implicit = resolved.get(node.value)
+            if implicit is None:
+                implicit = resolved[node.value] = _RESOLVER.resolve(
+                    ScalarNode, node.value, (True, False))
+            if implicit == tag:
+                return None
+            shown = node.value if len(node.value) <= 40 else node.value[:37] + "..."
+            return (f"the tag '{_short(tag)}' does not fit the value {shown!r}; "
+                    "remove the tag")
+    elif tag == (SEQ if isinstance(node, SequenceNode) else MAP):
+        return None
+    return (f"unsupported YAML tag '{_short(tag)}'; only plain YAML is read "
+            "(strings, numbers, booleans, null, lists, mappings): remove the tag")
+
+
+def _clip(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit - 40]}... ({len(text)} characters)"
+
+
+def _short(tag: str) -> str:
+    return "!!" + tag[len(TAG):] if tag.startswith(TAG) else tag
+
+
+class _DepthCappedLoader(yaml.SafeLoader):
+    """PyYAML's pure loader with the composer's recursion capped at MAX_DEPTH
+    (for files libyaml refused, re-read for PyYAML's error messages)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH and not self.check_event(
+                    yaml.ScalarEvent, yaml.AliasEvent):
+                event: Any = self.peek_event()  # type: ignore[no-untyped-call]
+                raise yaml.composer.ComposerError(
+                    None, None,
+                    f"mappings and lists nested more than {MAX_DEPTH} levels deep; "
+                    "Taskmaster's configuration needs 4", event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 class _Mark(Node):

@@ -62,6 +62,15 @@
    read header and body with `wire`: the same bytes and values, the same
    type checks (the tests compare both with the library's on generated
    messages).
+
+8. `skip_unwanted_bodies(bus)` (per bus, with 7.) — dbus-next decodes a
+   method call's whole body before it looks for a method with that
+   signature: a caller allowed to call anything could make the daemon decode
+   30 MB of strings to be told UnknownMethod (memory never given back).
+   Bodies nothing would read are now read off the socket in 64 KB pieces and
+   dropped; the header alone gets the library's UnknownMethod reply. Fds
+   received with such a message, or one that takes none, are closed (each
+   call could leak up to the bus's per-message limit).
 """
 
 from __future__ import annotations
@@ -165,7 +174,17 @@ def _fast_unmarshall(self: Any) -> None:
     read by `wire.decode_body` (the library's for a big-endian message).
 
     Same protocol with the reader: it raises MarshallerStreamEndError (from
-    `read`) until the whole message is in `self.buf`, and is called again."""
+    `read`) until the whole message is in `self.buf`, and is called again.
+
+    On a bus given to `skip_unwanted_bodies`, a message whose body nothing
+    would read (see `_body_wanted`) is not kept: its body is read off the
+    socket in small pieces and dropped, and the message goes on with an empty
+    body (dbus-next then answers UnknownMethod from the header alone). Unix
+    fds received with a message whose signature has no 'h', or whose body
+    is dropped, are closed: nothing would ever close them."""
+    if getattr(self, "_taskmaster_skipping", None) is not None:
+        _drop_body(self)
+        return
     constants = _module("dbus_next.constants")
     self.offset = 0
     self.read(16, prefetch=True)
@@ -182,13 +201,33 @@ def _fast_unmarshall(self: Any) -> None:
             f"got unknown protocol version: {version}")
     body_start = 16 + header_len + (-header_len & 7)  # the header is padded to 8
     self.offset = 16
-    self.read(body_start - 16 + body_len, prefetch=True)
+    self.read(body_start - 16, prefetch=True)
     [raw_fields] = wire.decode_body("a(yv)", self.buf, 12)
     header_field = _module("dbus_next._private.constants").HeaderField
     fields = {header_field(code).name: variant.value for code, variant in raw_fields}
     signature = fields.get("SIGNATURE", "")
+    bus = getattr(self, "_taskmaster_bus", None)
+    header = (message_type, message_flags, serial, fields, signature)
+    if body_len and bus is not None and not _body_wanted(bus, message_type, fields, signature):
+        self._taskmaster_skipping = header
+        self._taskmaster_left = body_len - (len(self.buf) - body_start)
+        del self.buf[body_start:]
+        _drop_body(self)
+        return
+    self.read(body_start - 16 + body_len, prefetch=True)
     body = wire.decode_body(signature, self.buf, body_start) if body_len else []
     self.offset = body_start + body_len
+    _set_message(self, header, body)
+
+
+def _set_message(self: Any, header: tuple[Any, Any, int, dict[str, Any], str],
+                 body: list[Any], *, dropped: bool = False) -> None:
+    message_type, message_flags, serial, fields, signature = header
+    if self.unix_fds and (dropped or "h" not in signature):
+        for fd in self.unix_fds:  # nothing will ever read them: they would leak
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.unix_fds = []
     self.message = _module("dbus_next.message").Message(
         destination=fields.get("DESTINATION"), path=fields.get("PATH"),
         interface=fields.get("INTERFACE"), member=fields.get("MEMBER"),
@@ -196,6 +235,101 @@ def _fast_unmarshall(self: Any) -> None:
         reply_serial=fields.get("REPLY_SERIAL"), sender=fields.get("SENDER"),
         unix_fds=self.unix_fds, signature=_module("dbus_next.signature").SignatureTree._get(signature),
         body=body, serial=serial)
+
+
+_DROP_CHUNK = 65536
+_MAX_FDS_PER_READ = 16  # dbus-next's own MAX_UNIX_FDS
+
+
+def _drop_body(self: Any) -> None:
+    """Read the rest of an unwanted body off the socket and forget it; then
+    the message (header only). MarshallerStreamEndError when the socket has
+    no more for now (called again when it is readable)."""
+    unmarshaller = _module("dbus_next._private.unmarshaller")
+    while self._taskmaster_left > 0:
+        want = min(self._taskmaster_left, _DROP_CHUNK)
+        if self.sock is not None:
+            try:
+                data, ancdata, _flags, _addr = self.sock.recvmsg(
+                    want, socket.CMSG_LEN(_MAX_FDS_PER_READ * 4))
+            except BlockingIOError:
+                raise unmarshaller.MarshallerStreamEndError() from None
+            for level, kind, payload in ancdata:  # fds come with the first byte: not here
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds = array.array("i")
+                    fds.frombytes(payload[:len(payload) - len(payload) % 4])
+                    for fd in fds:
+                        with contextlib.suppress(OSError):
+                            os.close(fd)
+        else:
+            data = self.stream.read(want)
+            if data is None:
+                raise unmarshaller.MarshallerStreamEndError()
+        if not data:
+            raise EOFError()
+        self._taskmaster_left -= len(data)
+    header = self._taskmaster_skipping
+    self._taskmaster_skipping = None
+    self.offset = len(self.buf)
+    _set_message(self, header, [], dropped=True)
+
+
+_PROPERTIES = "org.freedesktop.DBus.Properties"
+_PROPERTIES_METHODS = frozenset({("Get", "ss"), ("Set", "ssv"), ("GetAll", "s")})
+_NO_ARGUMENT_INTERFACES = frozenset({  # Introspect, Ping, GetMachineId, GetManagedObjects
+    "org.freedesktop.DBus.Introspectable", "org.freedesktop.DBus.Peer", _OBJECT_MANAGER})
+_BUS_DRIVER = "org.freedesktop.DBus"
+
+
+def _body_wanted(bus: Any, message_type: Any, fields: dict[str, Any], signature: str) -> bool:
+    """Whether anything on `bus` would read this message's body.
+
+    A method call: only when a handler takes exactly this signature — the
+    same match as dbus-next's `_find_message_handler` (exported methods by
+    path, interface, member and in-signature; the standard interfaces by
+    their own signatures); any other call is answered UnknownMethod without
+    looking at the body. A signal: only from the bus itself (NameOwnerChanged,
+    NameAcquired...): the daemon subscribes to nothing else, yet anyone may
+    send it a unicast signal. Replies come only to our own calls."""
+    constants = _module("dbus_next.constants")
+    if message_type is constants.MessageType.SIGNAL:
+        return bool(fields.get("SENDER") == _BUS_DRIVER)
+    if message_type is not constants.MessageType.METHOD_CALL:
+        return True
+    interface, member = fields.get("INTERFACE"), fields.get("MEMBER")
+    if interface == _PROPERTIES:
+        return (member, signature) in _PROPERTIES_METHODS
+    if interface in _NO_ARGUMENT_INTERFACES:
+        return signature == ""
+    service = _module("dbus_next.service").ServiceInterface
+    for exported in bus._path_exports.get(fields.get("PATH"), ()):
+        if exported.name != interface:
+            continue
+        for m in service._get_methods(exported):
+            if not m.disabled and m.name == member and m.in_signature == signature:
+                return True
+    return False
+
+
+def skip_unwanted_bodies(bus: Any) -> None:
+    """Make `bus` drop the body of a message nothing would read, unread and
+    undecoded (see `_fast_unmarshall`; needs `install_fast_unmarshall()`).
+
+    A caller allowed one method (ListProcesses) could send it 30 MB with the
+    signature `as`: dbus-next decoded every string before answering
+    UnknownMethod, and the daemon kept the memory (8 such calls: 1.6 GB).
+    Per bus; for a bus with no message handlers of its own
+    (`add_message_handler`): they would see such messages with an empty body.
+    """
+    library_create = types.MethodType(type(bus)._create_unmarshaller, bus)
+
+    def create_unmarshaller() -> Any:
+        unmarshaller = library_create()
+        unmarshaller._taskmaster_bus = bus
+        return unmarshaller
+
+    bus._create_unmarshaller = create_unmarshaller
+    bus._unmarshaller._taskmaster_bus = bus  # the current one: its next message on
 
 
 # fds handed to a reply (OpenLog) that are ours to close once the kernel has

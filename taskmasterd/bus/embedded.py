@@ -46,6 +46,7 @@ SOCKET_NAME = "bus.socket"
 CONFIG_NAME = "bus.conf"
 ADDRESS_NAME = "bus"
 START_TIMEOUT = 10.0
+MAX_MESSAGE_SIZE = 16 * 1024 * 1024  # the bus refuses larger messages (see bus_config)
 STOP_TIMEOUT = 5.0
 
 # Environment variables dbus-daemon must not see: with NOTIFY_SOCKET it would
@@ -112,6 +113,19 @@ def bus_config(socket_path: str, owner_uid: int, policy_file: str | None) -> str
     <deny send_destination="org.freedesktop.DBus"
           send_interface="org.freedesktop.systemd1.Activator"/>
   </policy>
+
+  <!-- Limits. dbus-daemon's defaults let one message be 32 MB (128 MB on
+       a session bus) and queue 127 MB per connection. Our largest messages
+       are ListProcesses (1,000 processes: 0.1 MB) and GetManagedObjects (under
+       1 MB; a few MB when every process has a 4 KB spawn error): 16 MB leaves
+       room and bounds what one caller can make us read. Only OpenLog's
+       reply carries an fd. -->
+  <limit name="max_message_size">{MAX_MESSAGE_SIZE}</limit>
+  <limit name="max_incoming_bytes">{4 * MAX_MESSAGE_SIZE}</limit>
+  <limit name="max_outgoing_bytes">{4 * MAX_MESSAGE_SIZE}</limit>
+  <limit name="max_message_unix_fds">4</limit>
+  <limit name="max_incoming_unix_fds">64</limit>
+  <limit name="max_outgoing_unix_fds">64</limit>
 
   <!-- The user running taskmasterd (and so this bus) may own and call anything. -->
   <policy user="{_attr(_owner_name(owner_uid))}">

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+import stat
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -21,10 +22,10 @@ from dbus_next import DBusError, PropertyAccess
 from dbus_next.service import ServiceInterface, dbus_property, method
 from dbus_next.service import signal as dbus_signal
 
-from taskmasterd import __version__
+from taskmasterd import __version__, signames
 from taskmasterd.bus import compat
 from taskmasterd.bus.names import ERROR_PREFIX, MANAGER_IFACE, PROGRAM_IFACE
-from taskmasterd.errors import BadName, NoSuchProgram, TaskmasterError
+from taskmasterd.errors import BadName, NoOutput, NoSuchProgram, NotAFile, TaskmasterError
 from taskmasterd.process import worst_state
 from taskmasterd.reload import ReloadPlan
 from taskmasterd.supervisor import ProcessInfo, Supervisor
@@ -69,18 +70,10 @@ def check_arg(value: str, what: str) -> str:
 
 def parse_signal(name: str) -> signal.Signals:
     check_arg(name, "signal")
-    text = name.strip().upper()
-    if text.isdigit():
-        try:
-            return signal.Signals(int(text))
-        except ValueError:
-            raise BadName(f"no signal number {text}") from None
-    if not text.startswith("SIG"):
-        text = "SIG" + text
     try:
-        return signal.Signals[text]
-    except KeyError:
-        raise BadName(f"unknown signal {name!r} (try TERM, HUP, INT, KILL, USR1, USR2)") from None
+        return signames.parse(name)
+    except ValueError as exc:
+        raise BadName(str(exc)) from None
 
 
 def process_row(info: ProcessInfo) -> list[object]:
@@ -140,7 +133,17 @@ class Manager(ServiceInterface):
     def OpenLog(self, process: 's', stream: 's') -> 'h':
         with dbus_errors("OpenLog"):
             path = self._c.output_file(check_arg(process, "process"), check_arg(stream, "stream"))
-            return compat.close_after_send(os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY))
+            try:
+                # O_NONBLOCK: a FIFO as output file must not stall the daemon here.
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+            except FileNotFoundError:
+                raise NoOutput(f"{process} has no {stream} output yet ({path} does not exist: "
+                               "the process has not run since the file was set)") from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise NotAFile(f"the {stream} of {process} goes to {path}, which is not a "
+                               "regular file")
+            return compat.close_after_send(fd)
 
     @method()
     async def TestAlerts(self, target: 's') -> 'a(sbs)':

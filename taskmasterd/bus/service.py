@@ -45,6 +45,7 @@ class BusService:
             where = address or bus_type.name.lower() + " bus"
             raise BusUnavailable(f"cannot connect to the D-Bus {where}: {exc}") from None
         self.bus = bus
+        compat.skip_unwanted_bodies(bus)
         compat.set_object_manager(bus, MANAGER_PATH)
         compat.index_signal_paths(bus)
         with compat.unannounced_exports(bus):

@@ -215,7 +215,7 @@ def test_signal(tm: Daemon, bus_address: str) -> None:
     r = taskctl(bus_address, "signal", "HUP", "idle")
     assert r.returncode == 1 and r.stderr.startswith("idle: ERROR (not running)")
     r = taskctl(bus_address, "signal", "NOPE", "web")
-    assert r.returncode == 4 and "unknown signal" in r.stderr
+    assert r.returncode == 2 and "unknown signal" in r.stderr  # bad usage (issue 11)
 
 
 def test_pid(tm: Daemon, bus_address: str) -> None:

@@ -673,6 +673,11 @@ def test_stopsignal_valid(tmp_path: Path, raw: str, expected: signal.Signals) ->
         ('"15"', "unknown signal the quoted string '15'"),
         ("~", "expected a signal name, found null"),
         ("[TERM]", "expected a signal name, found a sequence"),
+        # Signal names and numbers are ASCII: int("٩") is 9 and "ſ".upper() is "S".
+        ("\u0669", "unknown signal '\u0669' (signal names and numbers are ASCII)"),
+        ("\u0661\u0665", "(signal names and numbers are ASCII)"),
+        ("\u017figterm", "(signal names and numbers are ASCII)"),
+        ("k\u0131ll", "(signal names and numbers are ASCII)"),
     ],
 )
 def test_stopsignal_invalid(tmp_path: Path, raw: str, phrase: str) -> None:
@@ -1329,7 +1334,7 @@ def test_directory_instead_of_file(tmp_path: Path) -> None:
         load_config(tmp_path)
     (issue,) = exc.value.issues
     assert (issue.line, issue.column, issue.keypath) == (1, 1, "")
-    assert "cannot read the config file: Is a directory" in issue.message
+    assert "cannot read the config file: it is a directory; expected a regular file" in issue.message
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root can read anything")
