@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,6 +84,15 @@ def test_numprocs_grows_shrinks_and_prog_is_renamed_prog_0_and_back(
 # ---- the per-program object ------------------------------------------------------------
 
 
+async def each(c: Any, state: str, *processes: str) -> None:
+    """Wait until every one of `processes` has entered `state`, in any order."""
+    waiting = set(processes)
+    while waiting:
+        msg = await c.next_signal(lambda m: m.member == "ProcessStateChanged"
+                                  and m.body[0] in waiting and m.body[3] == state)
+        waiting.discard(msg.body[0])
+
+
 def test_program_object_start_stop_restart_signal_and_state(
         write_config: WriteConfig, daemons: Start, bus_address: str) -> None:
     d = daemons(write_config({"web": {"cmd": SLEEPER, "starttime": 0, "numprocs": 2},
@@ -107,8 +117,7 @@ def test_program_object_start_stop_restart_signal_and_state(
 
             before = pids(bus_address)
             assert await c.ok("Restart", path=web, interface=PROGRAM) == [["web:0", "web:1"]]
-            await c.next_signal(state_change("web:0", "RUNNING"))
-            await c.next_signal(state_change("web:1", "RUNNING"))
+            await each(c, "RUNNING", "web:0", "web:1")
             after = pids(bus_address)
             assert after["web:0"] != before["web:0"] and after["web:1"] != before["web:1"]
 
@@ -120,8 +129,7 @@ def test_program_object_start_stop_restart_signal_and_state(
             assert name == ERROR + "NotRunning"
 
             assert await c.ok("Stop", path=web, interface=PROGRAM) == [["web:0", "web:1"]]
-            await c.next_signal(state_change("web:0", "STOPPED"))
-            await c.next_signal(state_change("web:1", "STOPPED"))
+            await each(c, "STOPPED", "web:0", "web:1")
             assert await state(web) == "STOPPED"
     asyncio.run(main())
     assert "Traceback" not in d.text()
