@@ -676,6 +676,22 @@ COMMAND_FUNCS = {
 }
 
 
+def follows(args: argparse.Namespace) -> bool:
+    """Whether the command runs until it is interrupted (the shell, `events`,
+    `tail -f`): Ctrl-C is the way to stop it."""
+    return args.command in (None, "events") or (args.command == "tail" and args.follow)
+
+
+def take_sigint() -> None:
+    """SIGINT raises KeyboardInterrupt, even if it was ignored when taskctl
+    started. A shell without job control starts background commands with
+    SIGINT ignored (`sh -c 'taskctl events &'`, a script, some CI runners),
+    and Python then keeps it ignored: `events` or `tail -f` could then be
+    stopped by nothing but SIGTERM. For a command whose only way to end is
+    Ctrl-C, an ignored SIGINT is never what was meant."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -696,6 +712,8 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "help":
         print(help_text(args.topic))
         return EXIT_OK
+    if follows(args):
+        take_sigint()
     from taskctl.client import Client, address_problem
 
     problem = address_problem(args.address) if args.address is not None else None

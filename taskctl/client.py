@@ -13,13 +13,16 @@ such as "NoSuchProgram" and the daemon's message), `Unreachable` when there
 is no bus, nobody owns org.taskmaster.Taskmaster1, or the connection drops.
 
 Interrupts: in the main thread, Ctrl-C raises `KeyboardInterrupt` out of a
-request (the connection is then dropped and made again by the next one).
-From another thread, `cancel()` does the same for the request under way.
+request (the connection is then dropped and made again by the next one);
+waiting for events, a SIGINT is never missed (`_wait_readable`). From
+another thread, `cancel()` does the same for the request under way.
 """
 
 from __future__ import annotations
 
 import os
+import select
+import signal
 import socket
 import stat
 import threading
@@ -61,6 +64,7 @@ SILENT_ERRORS = frozenset({
 CONNECT_TIMEOUT = 10.0
 CALL_TIMEOUT = 30.0
 ALERT_TEST_TIMEOUT = 45.0  # the daemon gives each target 20 s, all at once
+NO_WAKEUP_SLICE = 0.5  # seconds: a wait that no signal can wake looks again this often
 
 
 # ---- where to connect (pure) ------------------------------------------------
@@ -501,14 +505,17 @@ class Client:
             if conn is None:
                 self._signals = None
                 raise _unreachable(self._where(), "connection lost", Unreachable.LOST)
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return None
             try:
-                with self._request():
-                    conn.recv_messages(timeout=left)
-            except TimeoutError:
-                return None
+                with self._request():  # one request: a cancel() meanwhile is not forgotten
+                    # What is already buffered or readable, without blocking; else
+                    # wait for the socket, a signal, or the deadline, and look again.
+                    if not _received(conn):
+                        left = None if deadline is None else deadline - time.monotonic()
+                        if left is not None and left <= 0:
+                            return None
+                        _wait_readable(conn.sock, left)
+                        if not _received(conn):
+                            continue  # a signal that raised nothing, or a slice of the wait
             except Unreachable:
                 self._signals = None
                 raise
@@ -540,6 +547,75 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _received(conn: Any) -> bool:
+    """Read one message if one is buffered or readable now (without blocking)."""
+    try:
+        conn.recv_messages(timeout=0)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _wait_readable(sock: socket.socket, timeout: float | None) -> None:
+    """Block until `sock` is readable, `timeout` seconds pass, or a signal
+    arrives: then its Python handler runs here (SIGINT: KeyboardInterrupt).
+
+    A blocking wait alone would miss a SIGINT that lands just before it
+    starts (CPython runs the handler between bytecodes, and nothing wakes a
+    wait that begins after) or in another thread (`taskmasterd --shell`:
+    the kernel may give it to the daemon's thread; only the main thread is
+    woken by EINTR): `events` then hung until the next event. The signal
+    wakeup fd catches both: whichever thread takes the signal writes a byte
+    to it, and a byte written before the wait makes the wait return at once.
+    """
+    wake = _SignalWakeup.install()
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        if wake is not None:
+            poller.register(wake.read, select.POLLIN)
+        elif timeout is None or timeout > NO_WAKEUP_SLICE:
+            timeout = NO_WAKEUP_SLICE  # cannot be woken: look again soon
+        poller.poll(None if timeout is None else max(0, int(timeout * 1000) + 1))
+    finally:
+        if wake is not None:
+            wake.uninstall()
+
+
+class _SignalWakeup:
+    """The signal wakeup fd (`signal.set_wakeup_fd`) for the length of one wait.
+    None when it cannot be had: not the main thread, or the fd is someone
+    else's (an asyncio loop's); the waits are then sliced (NO_WAKEUP_SLICE)."""
+
+    def __init__(self, read: int, write: int) -> None:
+        self.read, self.write = read, write
+
+    @classmethod
+    def install(cls) -> _SignalWakeup | None:
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        read, write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        wake = cls(read, write)
+        try:
+            previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        except (ValueError, OSError):
+            wake.close()
+            return None
+        if previous != -1:  # not ours to take
+            signal.set_wakeup_fd(previous)
+            wake.close()
+            return None
+        return wake
+
+    def uninstall(self) -> None:
+        signal.set_wakeup_fd(-1)
+        self.close()
+
+    def close(self) -> None:
+        os.close(self.read)
+        os.close(self.write)
 
 
 def _open(address: str) -> Any:

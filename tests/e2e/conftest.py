@@ -1,10 +1,12 @@
 """Fixtures of the booted-systemd tests: the cached root file system, the
 Debian package under test, a container, and what to show when a test fails.
 
-A host that cannot run them (not root, mmdebstrap or systemd-nspawn missing,
-no network for the first rootfs build) skips them with the reason, except
-with CI=true in the environment: there it is a failure, so that CI never
-passes by skipping the one test that boots the real thing.
+They run whenever the host can (root and the tools). A host that cannot
+(not root, mmdebstrap or systemd-nspawn missing, no network for the first
+rootfs build) skips them, and the run ends with one line saying so, why, and
+how to run them (`-q` would otherwise show just "N skipped"); with CI=true
+in the environment it is a failure instead, so that CI never passes by
+skipping the one test that boots the real thing.
 """
 
 from __future__ import annotations
@@ -19,13 +21,23 @@ from typing import Any, NoReturn
 
 import pytest
 
-from tests.e2e.container import HOST_TOOLS, Container, Unavailable, require_host, rootfs_tarball
+from tests.e2e.container import (
+    HOST_TOOLS,
+    INSTALL_HINT,
+    Container,
+    Unavailable,
+    require_host,
+    rootfs_tarball,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DEB_DIR = REPO / "build" / "deb"
 # What goes into the package: a .deb older than any of these is rebuilt.
 PACKAGED = ("taskmasterd", "taskctl", "dbus", "etc", "packaging", "pyproject.toml")
 TIMINGS: dict[str, float] = {}
+SKIPPED: dict[str, str] = {}  # e2e test id -> why it was skipped
+HOW_TO_RUN = (f"to run it: as root, with `{INSTALL_HINT}`, "
+              "`sh bootstrap test tests/e2e` (about a minute; CI=true fails instead of skipping)")
 
 
 def unavailable(reason: str) -> NoReturn:
@@ -132,7 +144,17 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "e2e: boots a real systemd in a container (root, minutes)")
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and "e2e" in report.keywords and isinstance(report.longrepr, tuple):
+        SKIPPED[report.nodeid] = str(report.longrepr[2]).removeprefix("Skipped: ")
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if SKIPPED:
+        reasons = sorted(set(SKIPPED.values()))
+        terminalreporter.write_line(
+            f"booted-systemd E2E SKIPPED ({len(SKIPPED)} tests): {'; '.join(reasons)} -- {HOW_TO_RUN}",
+            yellow=True, bold=True)
     if TIMINGS:
         terminalreporter.write_line(
             "e2e timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in TIMINGS.items()))

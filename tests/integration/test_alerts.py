@@ -16,7 +16,6 @@ import os
 import re
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import threading
@@ -328,7 +327,8 @@ def test_crash_loop_sends_one_message_then_one_summary(write_config: WriteConfig
     assert len(fast) == 2, [r.path for r in http_sink.items]
     assert http_sink.count(lambda r: r.path == "/slow") == 1
     first, summary = fast[0].json(), fast[1].json()
-    assert 2.5 <= fast[1].at - fast[0].at <= 5.0, fast[1].at - fast[0].at
+    # When the summary goes (at the end of the rate interval) is checked on the
+    # virtual clock: tests/unit/test_alert_timing.py. Here: what it says.
     assert first["title"] == f"[{HOST}] crashy: EXITED (unexpected)"
     assert "crashing" in first["message"]  # the stderr tail
     m = re.match(r"(\d+) more events for crashy since \d\d:\d\d:\d\d: (\d+) × EXITED \(unexpected\)\n",
@@ -350,30 +350,27 @@ def test_crash_loop_sends_one_message_then_one_summary(write_config: WriteConfig
 # a black-holed target delays nothing
 
 
-def kill_and_time_restart(d: Daemon, name: str) -> float:
-    """kill -9 a running process; seconds until its new STARTING line."""
+def kill_and_wait_restart(d: Daemon, name: str) -> int:
+    """kill -9 a running process; the index of its new STARTING line in the output."""
     pid = d.latest_pids()[name]
-    t0 = time.time()
     os.kill(pid, signal.SIGKILL)
     line = d.wait_for(lambda ln: ln.kind == "STARTING" and ln.process == name and ln.pid != pid)
     d.wait_for(event("RUNNING", name))
-    return max(0.0, line.timestamp - t0)
+    return d.raw.index(line.raw)
 
 
-async def list_processes_times(address: str, n: int = 7) -> list[float]:
+async def list_processes_while(address: str, pending: asyncio.Task[Any], n: int = 7) -> None:
+    """n ListProcesses calls, each answered while `pending` is still waiting."""
     from dbus_next import Message, MessageType
     from dbus_next.aio import MessageBus
 
     bus = await MessageBus(bus_address=address).connect()
     try:
-        times = []
         for _ in range(n):
-            t0 = time.monotonic()
             reply = await bus.call(Message(destination=NAME, path=PATH, interface=MANAGER,
                                            member="ListProcesses"))
-            times.append(time.monotonic() - t0)
             assert reply is not None and reply.message_type is MessageType.METHOD_RETURN
-        return times
+            assert not pending.done()
     finally:
         bus.disconnect()
 
@@ -396,46 +393,44 @@ async def call_test_alerts(address: str, target: str) -> list[list[Any]]:
 def test_black_holed_target_delays_no_restart_no_reply_no_other_target(
         write_config: WriteConfig, daemons: Start, bus_address: str, http_sink: HttpSink,
         black_hole: int) -> None:
+    """Causality, not durations: the restarts and the replies all happen while
+    the hole still holds its first delivery (it never answers: only apprise's
+    read timeout, 10 s here, ends it, and that is logged)."""
     path = write_config({"web": {"cmd": SLEEPER, "starttime": 0}})
     d = daemons(path)
     d.wait_for(event("RUNNING", "web"))
-    baseline = [kill_and_time_restart(d, "web") for _ in range(3)]
-    rtt_baseline = asyncio.run(list_processes_times(bus_address))
-
+    hole = f"json://127.0.0.1:{black_hole}/hole"
     events_ = ["EXITED_UNEXPECTED", "STARTING", "RUNNING"]
-    with_alerts(path, [{"url": f"json://127.0.0.1:{black_hole}/hole", "events": events_, "rate": 0},
+    with_alerts(path, [{"url": hole + "?rto=10&cto=10", "events": events_, "rate": 0},
                        {"url": http_sink.url("json", "/ok"), "events": ["EXITED_UNEXPECTED"],
                         "rate": 0}])
     pid = d.latest_pids()["web"]
     assert d.reload().kind == "RELOAD"
     assert d.latest_pids()["web"] == pid  # alerts are no program setting
 
-    loaded = []
+    restarts = []
     for i in range(3):
-        loaded.append(kill_and_time_restart(d, "web"))
+        restarts.append(kill_and_wait_restart(d, "web"))
         # The good target hears of each exit at once; the hole holds its own
         # thread only.
-        [got] = http_sink.wait(i + 1, timeout=3)[i:]
+        [got] = http_sink.wait(i + 1, timeout=10)[i:]
         assert got.json()["title"] == f"[{HOST}] web: EXITED (unexpected)"
 
-    async def replies_while_testing() -> tuple[list[float], list[list[Any]]]:
-        # TestAlerts waits on the black hole (seconds): meanwhile other calls are answered.
+    async def replies_while_testing() -> list[list[Any]]:
+        # TestAlerts waits on the black hole: meanwhile other calls are answered.
         test = asyncio.create_task(call_test_alerts(bus_address, ""))
-        times = await list_processes_times(bus_address)
-        assert not test.done()
-        return times, await test
+        await list_processes_while(bus_address, test)
+        return await test
 
-    rtt_loaded, results = asyncio.run(replies_while_testing())
+    results = asyncio.run(replies_while_testing())
     by_url = {url: (ok, detail) for url, ok, detail in results}
-    assert by_url[f"json://127.0.0.1:{black_hole}/hole"][0] is False
+    assert by_url[hole][0] is False
     assert by_url[http_sink.url("json", "/ok")] == (True, by_url[http_sink.url("json", "/ok")][1])
-
-    base, slow = statistics.median(baseline), statistics.median(loaded)
-    assert slow < 0.5 and slow <= 10 * max(base, 0.01), (baseline, loaded)
-    base_rtt, slow_rtt = statistics.median(rtt_baseline), statistics.median(rtt_loaded)
-    assert slow_rtt < 0.5 and slow_rtt <= 10 * max(base_rtt, 0.01), (rtt_baseline, rtt_loaded)
-    # The failures are logged with the target named.
-    d.wait_text(f"json://127.0.0.1:{black_hole}/hole: alert delivery failed (try 1 of 3", timeout=30)
+    # The failures are logged with the target named, after every restart.
+    failure = f"{hole}: alert delivery failed (try 1 of 3"
+    d.wait_text(failure, timeout=30)
+    failed = next(i for i, raw in enumerate(d.raw) if failure in raw)
+    assert max(restarts) < failed, "a restart waited for the black hole"
 
 
 # ---------------------------------------------------------------------------
@@ -649,23 +644,30 @@ def test_failed_delivery_is_retried_then_dropped_with_the_url_redacted(
     assert not any("pa55word" in m for m in log.messages())
 
 
-def test_a_black_hole_holds_only_its_own_thread(http_sink: HttpSink, black_hole: int) -> None:
+def test_a_black_hole_holds_only_its_own_thread(http_sink: HttpSink, black_hole: int,
+                                               records: Callable[[str], Records]) -> None:
+    log = records("hole: alert")
+
     async def main() -> None:
         d = AlertDispatcher([
-            AlertConfig(url=f"json://127.0.0.1:{black_hole}/hole", rate=0, events=frozenset({"FATAL"})),
+            AlertConfig(url=f"json://127.0.0.1:{black_hole}/hole?rto=60&cto=60", rate=0,
+                        events=frozenset({"FATAL"})),  # held for a minute
             AlertConfig(url=http_sink.url(), rate=0, events=frozenset({"FATAL"})),
         ])
-        t0 = time.time()
+        # Causality, not durations: each thing below happens while the hole
+        # still holds its delivery (it never answers; only apprise's timeout
+        # would end it).
         d.on_event(fatal())
-        [got] = await asyncio.to_thread(http_sink.wait, 1)
-        assert got.at - t0 < 1.0
+        [first] = await asyncio.to_thread(http_sink.wait, 1)
+        assert "web" in first.text()
         assert d.targets[0].throttle.busy  # still connecting / waiting for an answer
         # A second event: the good target gets it too; the hole gathers it.
         d.on_event(fatal("db"))
         [_, second] = await asyncio.to_thread(http_sink.wait, 2)
-        assert second.at - t0 < 2.0 and "db" in second.text()
+        assert "db" in second.text()
         assert d.targets[0].throttle.pending is not None
-        t1 = time.monotonic()
-        await d.close(timeout=0.2)  # exiting does not wait for the hole
-        assert time.monotonic() - t1 < 1.0
+        hole = d.targets[0].pool._thread
+        await d.close(timeout=0.2)  # exiting does not wait for the hole...
+        assert hole is not None and hole.is_alive()  # ...which still holds its thread
+        assert not log.seen.is_set()  # and has not given up yet
     asyncio.run(main())

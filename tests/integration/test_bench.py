@@ -26,7 +26,10 @@ def test_bench_quick_run_writes_a_table_and_json(tmp_path: Path) -> None:
     assert "stop precision" in r.stdout
     doc = json.loads((tmp_path / "latest.json").read_text())
     stop = doc["results"]["stop precision (stoptime 1, TERM ignored -> death)"]
-    assert stop["taskmasterd"]["n"] == 3 and 900 < stop["taskmasterd"]["median"] < 2000
+    # The KILL waited for stoptime (load only makes it later); how exactly it
+    # keeps stoptime is the state machine's, on a fake clock
+    # (tests/unit/test_process.py::test_stop_sends_stopsignal_then_sigkill_after_stoptime).
+    assert stop["taskmasterd"]["n"] == 3 and stop["taskmasterd"]["median"] > 900
     assert stop["target"]["text"] == "1000 ms ± 10"
     assert "(failed)" not in r.stdout
     assert doc["machine"]["nproc"] >= 1 and doc["quick"] is True

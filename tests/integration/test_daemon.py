@@ -79,9 +79,11 @@ def test_missing_command_backs_off_then_fatal_while_others_keep_running(
     assert len(backoffs) == 3  # startretries=2: the 3rd failure gives up
     assert ["retry 1 of 2 in 1s" in backoffs[0].message, "retry 2 of 2 in 2s" in backoffs[1].message,
             "no retries left" in backoffs[2].message] == [True, True, True]
-    # The retries were spaced 1 s then 2 s apart (exact timers, ms log precision).
+    # Each retry waited for its backoff (1 s then 2 s: load only makes it
+    # later). The exact delays: tests/integration/test_supervisor_timing.py,
+    # on the virtual clock.
     gaps = [b.timestamp - a.timestamp for a, b in itertools.pairwise(errors)]
-    assert 0.95 <= gaps[0] <= 1.5 and 1.95 <= gaps[1] <= 2.5, gaps
+    assert gaps[0] >= 0.99 and gaps[1] >= 1.99, gaps
     assert fatal.timestamp >= errors[-1].timestamp
     # The daemon still serves the other program: kill it, it comes back.
     steady = d.latest_pids()["steady"]
@@ -147,8 +149,10 @@ def test_term_ignoring_program_is_killed_stoptime_after_the_stop_signal(
     killed = d.wait_for(event("KILLED", "stubborn"))
     stopped = d.wait_for(event("STOPPED", "stubborn"))
     assert stopped.fields["status"] == "-9"
+    # SIGKILL waited for stoptime (load only makes it later); exactly 1 s:
+    # tests/integration/test_supervisor_timing.py, on the virtual clock.
     delay = killed.timestamp - stopping.timestamp
-    assert 0.99 <= delay <= 1.1, f"SIGKILL came {delay:.3f}s after SIGTERM"
+    assert delay >= 0.99, f"SIGKILL came {delay:.3f}s after SIGTERM"
     assert d.terminate() == 0
 
 

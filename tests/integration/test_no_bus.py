@@ -45,7 +45,6 @@ def test_taskctl_gives_up_on_a_bus_that_never_answers_hello(
     reports it unreachable after CONNECT_TIMEOUT instead of hanging."""
     import socket
     import threading
-    import time
 
     from taskctl import client as client_module
     from taskctl.model import Unreachable
@@ -78,12 +77,12 @@ def test_taskctl_gives_up_on_a_bus_that_never_answers_hello(
     thread.start()
     monkeypatch.setattr(client_module, "CONNECT_TIMEOUT", 0.5)
     client = client_module.Client(BusChoice("address", f"unix:path={path}"), timeout=5)
-    t = time.monotonic()
     try:
         with pytest.raises(Unreachable) as caught:
             client.list_processes()
+        # Ended by the Hello watchdog (CONNECT_TIMEOUT), not by the call's 5 s
+        # limit (that one says "no reply to ... within").
         assert "timed out" in str(caught.value)
-        assert time.monotonic() - t < 5
     finally:
         stop.set()
         client.close()

@@ -80,12 +80,10 @@ def test_watchdog_pings_at_half_the_period(
     cfg = write_config({"web": {"cmd": "sleep 100000", "starttime": 0}})
     daemons(cfg, env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "400000"})
     notify.next(lambda m: "READY" in m)
-    first = notify.next(lambda m: "WATCHDOG" in m)
-    t0 = time.monotonic()
-    notify.next(lambda m: "WATCHDOG" in m)
-    notify.next(lambda m: "WATCHDOG" in m)
-    assert first["WATCHDOG"] == "1"
-    assert 0.25 <= time.monotonic() - t0 <= 1.5  # two more pings, ~0.2 s apart
+    # The pings keep coming (the interval itself, half of WATCHDOG_USEC, is
+    # checked on the virtual clock: tests/unit/test_systemd_glue.py).
+    pings = [notify.next(lambda m: "WATCHDOG" in m) for _ in range(3)]
+    assert all(p["WATCHDOG"] == "1" for p in pings)
 
 
 def test_a_missing_notify_socket_is_not_fatal(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from taskmasterd.events import Event
 from taskmasterd.journal import MESSAGE_IDS, JournalSink, fields
 from taskmasterd.notify import Notifier, status_line, watchdog_interval
@@ -80,3 +82,27 @@ def test_stopping_extends_the_stop_timeout_to_the_longest_stoptime() -> None:
     Notifier({"NOTIFY_SOCKET": "/run/x"}, send=sent.append).stopping(0.0)
     assert sent == ["STOPPING=1\nSTATUS=stopping every program\nEXTEND_TIMEOUT_USEC=305000000",
                     "STOPPING=1\nSTATUS=stopping every program"]
+
+
+def test_watchdog_pings_every_half_period_on_the_virtual_clock() -> None:
+    """WATCHDOG_USEC=400000: WATCHDOG=1 at once, then every 0.2 s exactly,
+    until STOPPING (tests/virtual_clock.py: no real waiting, exact times)."""
+    import asyncio
+
+    from tests.virtual_clock import run
+
+    async def main() -> list[tuple[float, str]]:
+        loop = asyncio.get_running_loop()
+        sent: list[tuple[float, str]] = []
+        n = Notifier({"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "400000"},
+                     send=lambda text: sent.append((loop.time(), text)))
+        n.start_watchdog()
+        await asyncio.sleep(0.9)
+        n.stopping()
+        await asyncio.sleep(10)  # no ping after STOPPING
+        return sent
+
+    sent = run(main())
+    pings = [t for t, text in sent if text == "WATCHDOG=1"]
+    assert pings == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8], abs=1e-9)
+    assert sent[-1][1].startswith("STOPPING=1") and sent[-1][0] == pytest.approx(0.9)
