@@ -16,6 +16,7 @@ scalars (`_text`, `_int`, `_seconds`, `_bool`...) that raise `Reject` with
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import re
 from dataclasses import dataclass, field
@@ -73,6 +74,10 @@ BOOLEANS: dict[str, bool] = {
 
 MAX_SECONDS = 86400.0  # the longest duration `_seconds` accepts: one day
 INT_RE = re.compile(r"-?[0-9]+")
+# Line breaks YAML counts but editors, grep -n and sed -n Np do not: a lone CR,
+# NEL, LINE SEPARATOR, PARAGRAPH SEPARATOR. A file holding one gets its issue
+# positions recomputed from the character offset, lines counted by '\n' only.
+ODD_BREAK_RE = re.compile("\r(?!\n)|[\x85\u2028\u2029]")
 NUMBER_RE = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 
 
@@ -152,18 +157,30 @@ class NodeReader:
         self.file = path
         self.issues: list[ConfigIssue] = []
         self._seen: set[tuple[int, int, str, str]] = set()
+        self._odd_breaks = ODD_BREAK_RE.search(text) is not None
+        self._line_starts: list[int] | None = None
 
     # ---- recording
 
     def error(self, node: Node | None, keypath: str, message: str) -> None:
         if node is None:
             line = column = 1
+        elif self._odd_breaks:
+            line, column = self._position(node.start_mark.index)
         else:
             line, column = node.start_mark.line + 1, node.start_mark.column + 1
         key = (line, column, keypath, message)
         if key not in self._seen:
             self._seen.add(key)
             self.issues.append(ConfigIssue(self.file, line, column, keypath, message))
+
+    def _position(self, index: int) -> tuple[int, int]:
+        """1-based (line, column) of a character offset, lines split at '\n' only."""
+        if self._line_starts is None:
+            self._line_starts = [0] + [m.end() for m in re.finditer("\n", self.text)]
+        index = max(0, min(index, len(self.text)))
+        line = bisect.bisect_right(self._line_starts, index)
+        return line, index - self._line_starts[line - 1] + 1
 
     def fail(self) -> NoReturn:
         self.issues.sort(key=lambda i: (i.line, i.column))
@@ -177,8 +194,10 @@ class NodeReader:
         # tags are resolved by the same Python resolver), only its error
         # messages and marks differ. So a file libyaml finds fault with is
         # parsed again by PyYAML, whose messages the hints below explain.
+        # Its character offsets are not PyYAML's when the text starts with a
+        # BOM; with odd line breaks positions come from the offsets: PyYAML then.
         fast = getattr(yaml, "CSafeLoader", None)
-        if fast is not None:
+        if fast is not None and not self._odd_breaks:
             try:
                 root, second = _compose_with(fast(self.text))
                 if second is None:
