@@ -10,11 +10,17 @@ Lines are written once per event-loop turn, not one write (plus a stat of
 the log file) per line: starting 1000 programs is 2000 lines in one turn.
 They reach the file before the loop next waits; a SIGKILL can lose at most
 the lines of the turn it interrupts.
+
+A write that fails (a full disk, EIO, a closed pipe) never stops the
+daemon: the failure is logged once (through the other handlers too), the
+lines of that outage are counted and dropped, and the first write that
+works again says how many were lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import logging.handlers
 import os
@@ -39,6 +45,8 @@ class _Batching(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__(*args, **kwargs)
         self._lines: list[str] = []
         self._scheduled = False
+        self._failure = ""  # why writing fails ("": it works)
+        self._dropped = 0  # lines lost since it fails
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -59,14 +67,40 @@ class _Batching(logging.StreamHandler):  # type: ignore[type-arg]
         with self.lock:  # type: ignore[union-attr]
             self._scheduled = False
             lines, self._lines = self._lines, []
-            if not lines or self.stream is None:
+            if not lines:
                 return
             self._before_write()
+            if self.stream is None:
+                self._dropped += len(lines)
+                return
             try:
                 self.stream.write("".join(lines))
                 self.stream.flush()
+            except OSError as exc:
+                self._write_failed(exc, len(lines))
             except Exception:
                 self.handleError(logging.makeLogRecord({"msg": "".join(lines)}))
+            else:
+                if self._failure:
+                    dropped, failure = self._dropped, self._failure
+                    self._dropped, self._failure = 0, ""
+                    log.warning("log: %s is written again; %d line(s) were lost (%s)",
+                                self._where(), dropped, failure)
+
+    def _write_failed(self, exc: OSError, count: int) -> None:
+        self._dropped += count
+        self._discard()
+        if not self._failure:
+            self._failure = exc.strerror or str(exc)
+            # The other handlers carry it; this one counts it among the lost.
+            log.warning("log: cannot write %s (%s); supervision goes on, its lines are dropped "
+                        "until it can be written again", self._where(), self._failure)
+
+    def _where(self) -> str:
+        return "stderr"
+
+    def _discard(self) -> None:
+        """Drop what the stream still buffers: a retry of it would fail the same way."""
 
     def _before_write(self) -> None:
         pass
@@ -83,7 +117,33 @@ class _BatchedStderr(_Batching):
 class _BatchedFile(_Batching, logging.handlers.WatchedFileHandler):
     def _before_write(self) -> None:
         # Watched: logrotate may move the file; the next batch reopens it.
-        self.reopenIfNeeded()
+        try:
+            if self.stream is None:  # dropped after a failed write
+                self.stream = self._open()
+                self._statstream()
+            else:
+                self.reopenIfNeeded()
+        except OSError as exc:  # cannot reopen it (e.g. no room for a new file)
+            self._write_failed(exc, 0)
+
+    def _where(self) -> str:
+        return f"the log file {self.baseFilename}"
+
+    def _discard(self) -> None:
+        # Point the stream's fd at /dev/null, then close it: the bytes it
+        # still buffers go nowhere instead of being retried, and no other
+        # thread can be handed that fd number meanwhile. The next batch
+        # reopens the file (append mode).
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.dup2(null, stream.fileno(), inheritable=False)
+                finally:
+                    os.close(null)
+            with contextlib.suppress(Exception):
+                stream.close()
 
 
 def level_of(event: Event) -> int:
