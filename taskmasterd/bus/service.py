@@ -73,7 +73,11 @@ class BusService:
             bus.export(MANAGER_PATH, self.manager)
             for program in self._c.supervisor.config.programs:
                 self._export(program.name)
-        reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
+        try:
+            reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
+        except Exception as exc:  # the bus went away meanwhile, or refused
+            await self.close()
+            raise BusUnavailable(f"cannot own {BUS_NAME}: {exc}") from None
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
             await self.close()
             raise BusUnavailable(f"{BUS_NAME} is already owned on this bus "

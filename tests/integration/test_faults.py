@@ -335,3 +335,29 @@ def test_log_disk_full(bus_address: str, workdir: Path) -> None:
         assert code == 0, daemon.text()[-3000:]
         assert "Traceback" not in daemon.text() and "Logging error" not in daemon.text(), \
             daemon.text()[-3000:]
+
+
+# ---------------------------------------------------------------------------
+# the bus refuses us the name
+
+
+@needs_dbus
+@needs_root
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="needs setpriv")
+def test_not_allowed_to_own_the_name() -> None:
+    """A user the policy does not let own the name (`taskmasterd --system`
+    as uid 65534): one line saying so, exit 1, not a traceback."""
+    from tests.dbus_fixtures import system_bus
+
+    policy = Path(__file__).resolve().parents[2] / "dbus" / "org.taskmaster.Taskmaster1.conf"
+    with bus_directory() as d, system_bus(d, policy) as address:
+        os.chmod(d, 0o777)  # uid 65534 writes its log there
+        cfg = config(d)
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                            sys.executable, "-m", "taskmasterd", "-c", str(cfg), "--address", address],
+                           capture_output=True, text=True, timeout=60,
+                           cwd=Path(__file__).resolve().parents[2])
+        assert r.returncode == 1, r.stderr
+        assert "taskmasterd: not started: cannot own org.taskmaster.Taskmaster1: " \
+               "Connection" in r.stderr and "not allowed to own" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr, r.stderr
