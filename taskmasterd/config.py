@@ -846,7 +846,9 @@ def _apprise_problem(url: str) -> str | None:
             f"(host, port, token, address...); see {_APPRISE_WIKI} for its format")
 
 
-def _apprise_schemes(apprise: Any) -> set[str]:
+@functools.lru_cache(maxsize=1)
+def _apprise_schemes(apprise: Any) -> frozenset[str]:
+    # ~50 ms (apprise describes every plugin): once per process, not per URL.
     schemes: set[str] = set()
     try:
         for entry in apprise.Apprise().details().get("schemas", ()):
@@ -855,7 +857,7 @@ def _apprise_schemes(apprise: Any) -> set[str]:
                 schemes.update(str(v).lower() for v in ([value] if isinstance(value, str) else value))
     except Exception:
         pass
-    return schemes
+    return frozenset(schemes)
 
 
 def _template_problem(text: str) -> str | None:

@@ -142,6 +142,36 @@ def _program_settings() -> st.SearchStrategy[Tree]:
         lambda es: st.sampled_from([[cmd, *es], es, [*es, cmd]]))))
 
 
+def _scalar(text: st.SearchStrategy[str]) -> st.SearchStrategy[Tree]:
+    return st.tuples(st.just(None), st.just(None), st.tuples(st.just("scalar"), text))
+
+
+# Alert values: apprise URLs and str.format templates, odd ones included.
+URLS = ["json://localhost/hook", "jsons://h:8443/x?-X=1", "mailto://u:p@smtp.example.com?to=a@b.c",
+        "http://x", "https://", "json://", "syslog://", "nope://x", "json://[::1]:80/", "json://%zz",
+        "json://h/" + "x" * 300, "mailto://", "json://a,json://b", "://x", "json:/x", "tgram://"]
+template_text = st.text(alphabet="{}!:.[]0 xrsa<>^%program", max_size=14)
+
+
+def _alert() -> st.SearchStrategy[Tree]:
+    value = {
+        "url": st.one_of(st.sampled_from(URLS).map(json.dumps), scalar_text),
+        "events": st.one_of(st.lists(st.sampled_from(["FATAL", "exited", "EXITED_UNEXPECTED", "NOPE",
+                                                      "~", "1"]), max_size=3).map(
+            lambda es: "[" + ", ".join(es) + "]"), scalar_text),
+        "programs": st.sampled_from(["[web]", "['w*']", "[]", "['']", "[~]", "web", "[[a]]"]),
+        "rate": st.sampled_from(["0", "60", "-1", "1e9", "86400.5", "'5'"]),
+        "title": st.one_of(template_text.map(json.dumps), scalar_text),
+        "body": st.one_of(template_text.map(json.dumps), scalar_text),
+    }
+    entry = st.sampled_from(sorted(value)).flatmap(
+        lambda k: st.tuples(st.just(k), _scalar(value[k])))
+    url = st.tuples(st.just("url"), _scalar(st.sampled_from(URLS).map(json.dumps)))
+    entries = st.tuples(url, st.lists(entry, max_size=5)).flatmap(
+        lambda ue: st.sampled_from([[ue[0], *ue[1]], ue[1]]))
+    return _decorate(st.tuples(st.just("map"), entries))
+
+
 def _document() -> st.SearchStrategy[Tree]:
     programs = st.lists(st.tuples(st.one_of(st.sampled_from(["web", "db", "a.b", "x-1"]), key_text),
                                   st.one_of(_program_settings(), _program_settings(), trees)),
@@ -150,6 +180,8 @@ def _document() -> st.SearchStrategy[Tree]:
     section = st.one_of(
         st.tuples(st.just("programs"), plain.flatmap(
             lambda p: programs.map(lambda es: (*p, ("map", es))))),
+        st.tuples(st.just("alerts"), st.lists(st.one_of(_alert(), _alert(), trees), max_size=3).map(
+            lambda items: (None, None, ("seq", items)))),
         st.tuples(st.sampled_from(["taskmasterd", "alerts", "programs", "other"]), trees),
     )
     return st.lists(section, min_size=1, max_size=4).map(lambda es: (None, None, ("map", es)))
