@@ -73,8 +73,10 @@ class _Batching(logging.StreamHandler):  # type: ignore[type-arg]
             if self.stream is None:
                 self._dropped += len(lines)
                 return
+            # a failed write may have left half a line: end it first
+            cut = self._line_break_if_cut() if self._failure else ""
             try:
-                self.stream.write("".join(lines))
+                self.stream.write(cut + "".join(lines))
                 self.stream.flush()
             except OSError as exc:
                 self._write_failed(exc, len(lines))
@@ -98,6 +100,9 @@ class _Batching(logging.StreamHandler):  # type: ignore[type-arg]
 
     def _where(self) -> str:
         return "stderr"
+
+    def _line_break_if_cut(self) -> str:
+        return ""
 
     def _discard(self) -> None:
         """Drop what the stream still buffers: a retry of it would fail the same way."""
@@ -128,6 +133,17 @@ class _BatchedFile(_Batching, logging.handlers.WatchedFileHandler):
 
     def _where(self) -> str:
         return f"the log file {self.baseFilename}"
+
+    def _line_break_if_cut(self) -> str:
+        """A newline when the file ends inside a line (a write cut short by ENOSPC)."""
+        try:  # our fd is write-only (append mode): read the end through the name
+            with open(self.baseFilename, "rb") as f:
+                if f.seek(0, os.SEEK_END) == 0:
+                    return ""
+                f.seek(-1, os.SEEK_END)
+                return "" if f.read(1) == b"\n" else "\n"
+        except OSError:
+            return ""
 
     def _discard(self) -> None:
         # Point the stream's fd at /dev/null, then close it: the bytes it

@@ -57,9 +57,11 @@ def test_a_full_disk_is_reported_once_and_the_lost_lines_counted(
         assert err.count("cannot write the log file") == 1, err
         assert f"log: cannot write the log file {logfile} (No space left on device)" in err
         assert "Logging error" not in err and "Traceback" not in err, err
-        logfile.unlink()  # room again: a new file (the handler reopens it, append mode)
+        logfile.unlink()  # room again: a file (the handler reopens it, append mode)...
+        logfile.write_text("2026-12-02 10:3")  # ...ending in a line a full disk cut short
         lifelog.write(ev(50))
         text = logfile.read_text()
+        assert text.startswith("2026-12-02 10:3\n20"), text  # ended, not glued to the next
         # 50 events + the warning itself were lost
         assert f"log: the log file {logfile} is written again; 51 line(s) were lost " \
                "(No space left on device)" in text
