@@ -45,6 +45,29 @@ programs:
 """
 
 
+# What the file says flips while the calls run, so that their Reloads change
+# something: a program removed and back, numprocs 2 <-> 3, a broken file.
+VARIANTS = [CONFIG,
+            CONFIG.replace("numprocs: 2", "numprocs: 3").replace("  db: ", "  db2: "),
+            CONFIG + "  bad: {{cmd: sleep 1, numprocs: zero}}\n"]
+
+
+class ConfigFlipper(threading.Thread):
+    def __init__(self, path: Path, d: Path) -> None:
+        super().__init__(daemon=True)
+        self.path, self.d = path, d
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        while not self.done.wait(0.2):
+            n += 1
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(VARIANTS[n % len(VARIANTS)].format(d=self.d))
+            tmp.replace(self.path)
+        self.path.write_text(CONFIG.format(d=self.d))
+
+
 def rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -94,11 +117,15 @@ def test_dbus_fuzz() -> None:
             baseline = rss_kb(daemon.pid)
             sampler = RssSampler(daemon.pid)
             sampler.start()
+            flipper = ConfigFlipper(cfg, d)
+            flipper.start()
             procs = [client(address, SEED, CALLS_ROOT)]
             if as_root and shutil.which("setpriv"):
                 procs.append(client(address, SEED + 1, CALLS_NOBODY, "setpriv", f"--reuid={NOBODY}",
                                     f"--regid={NOBODY}", "--clear-groups"))
             reports = [result(p) for p in procs]
+            flipper.done.set()
+            flipper.join()
             sampler.done.set()
             sampler.join()
             summary = json.dumps(reports, indent=1)
@@ -115,7 +142,9 @@ def test_dbus_fuzz() -> None:
             listed = subprocess.run(["busctl", f"--address={address}", "call", "org.taskmaster.Taskmaster1",
                                      "/org/taskmaster/Taskmaster1", "org.taskmaster.Taskmaster1.Manager",
                                      "ListProcesses"], capture_output=True, text=True, timeout=30)
-            assert listed.returncode == 0 and '"web:0"' in listed.stdout, listed.stderr
+            assert listed.returncode == 0 and '"web' in listed.stdout, listed.stderr
+            assert reports[0]["replies"].get(  # type: ignore[attr-defined]
+                "error:org.taskmaster.Taskmaster1.Error.ConfigInvalid", 0) > 0, summary
             assert "Traceback" not in daemon.text(), daemon.text()[-3000:]
             after = rss_kb(daemon.pid)
             print(f"RSS kB: baseline {baseline}, peak {sampler.peak}, after {after}; {summary}")
