@@ -80,6 +80,7 @@ from taskmasterd.yamlnodes import (
     quoted,
     show,
     suggest,
+    surrogate_problem,
     unknown_key,
 )
 
@@ -780,7 +781,7 @@ class _Validator(NodeReader):
         for k, v in self.entries(node, kp):
             name = k.value
             vkp = f"{kp}.{name}"
-            if not name or "=" in name or "\0" in name:
+            if not name or "=" in name or "\0" in name or surrogate_problem(name):
                 self.error(
                     k,
                     vkp,
@@ -801,6 +802,9 @@ class _Validator(NodeReader):
                 bad = True
             elif "\0" in v.value:
                 self.error(v, vkp, "env values must not contain a NUL character")
+                bad = True
+            elif surrogate_problem(v.value):
+                self.error(v, vkp, f"env values must be text, found {surrogate_problem(v.value)}")
                 bad = True
             else:
                 out[name] = v.value

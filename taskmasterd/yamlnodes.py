@@ -81,6 +81,33 @@ ODD_BREAK_RE = re.compile("\r(?!\n)|[\x85\u2028\u2029]")
 NUMBER_RE = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 
 
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_PAIR_RE = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+
+
+def surrogate_problem(value: str) -> str | None:
+    """What is wrong with a string holding a surrogate code point (written as a
+    "\\udXXX" escape), or None. Such a string cannot be encoded, so it could
+    reach neither execve, nor open, nor the environment, nor D-Bus."""
+    found = _SURROGATE_RE.search(value)
+    if found is None:
+        return None
+    pair = _PAIR_RE.search(value)
+    if pair is not None:
+        char = pair.group().encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+        return (f"a string with the surrogate pair \\u{ord(pair.group()[0]):04x}"
+                f"\\u{ord(pair.group()[1]):04x}: YAML's \\u escapes are not combined; "
+                f"write \\U{ord(char):08X} or the character itself")
+    return (f"a string with the lone surrogate \\u{ord(found.group()):04x}, which is not "
+            "a character; remove it")
+
+
+def _printable(text: str) -> str:
+    if _SURROGATE_RE.search(text) is None:
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class Reject(Exception):
     """A value is invalid; recorded at `node` (default: the value node)."""
 
@@ -169,6 +196,10 @@ class NodeReader:
             line, column = self._position(node.start_mark.index)
         else:
             line, column = node.start_mark.line + 1, node.start_mark.column + 1
+        # A key or value quoted back may hold a lone surrogate (a "\\udXXX"
+        # escape): shown as that escape, so that the issue can be printed,
+        # logged and sent over D-Bus.
+        keypath, message = _printable(keypath), _printable(message)
         key = (line, column, keypath, message)
         if key not in self._seen:
             self._seen.add(key)
@@ -371,6 +402,9 @@ class NodeReader:
             raise Reject(f"expected {what}, found an empty string")
         if "\0" in scalar.value:
             raise Reject(f"expected {what}, found a string with a NUL character")
+        problem = surrogate_problem(scalar.value)
+        if problem is not None:
+            raise Reject(f"expected {what}, found {problem}")
         return str(scalar.value)
 
     def _int(self, node: Node, lo: int, hi: int) -> int:

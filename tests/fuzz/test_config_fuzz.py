@@ -21,6 +21,7 @@ so a CI run is reproducible; TASKMASTER_FUZZ_CASES raises the count locally.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -42,16 +43,33 @@ FILE = "/etc/taskmaster/fuzz.yaml"
 # the contract
 
 
+def passable(value: object, where: str = "config") -> None:
+    """Every string an accepted config holds can be handed to the system
+    (execve, open, setenv): UTF-8-encodable, no NUL."""
+    if isinstance(value, str):
+        assert "\0" not in value, where
+        value.encode("utf-8")  # UnicodeEncodeError on a lone surrogate
+    elif isinstance(value, (tuple, list, frozenset, set)):
+        for item in value:
+            passable(item, where)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            passable(getattr(value, f.name), f"{where}.{f.name}")
+
+
 def check(text: str, path: str = FILE) -> Config | None:
     """parse_config(text) must return or raise ConfigError with located issues."""
     try:
-        return parse_config(text, path)
+        config = parse_config(text, path)
+        passable(config)
+        return config
     except ConfigError as exc:
         assert exc.issues, f"ConfigError without issues for {text!r}"
         lines = text.split("\n")
         for issue in exc.issues:
             assert issue.file == path, (issue, text)
             assert issue.message, (issue, text)
+            str(issue).encode("utf-8")  # printable, loggable, sendable over D-Bus
             assert 1 <= issue.line <= len(lines), (str(issue), len(lines), text)
             width = len(lines[issue.line - 1])
             assert 1 <= issue.column <= width + 1, (str(issue), width, text)
@@ -69,7 +87,8 @@ TRAP_SCALARS = [
     "99999999999999999999999", "-99999999999999999999", "1e3", "1.5", ".5", "5.", ".inf", "-.inf",
     ".nan", "86400", "86401", "2026-11-23", "2026-11-23 10:00:00", "TERM", "SIGTERM", "sigkill",
     "9", "64", "0009", "'9'", '"\\u0669"', "\u0669", "journal", "./journal", "/dev/null",
-    "/tmp/x.log", "relative/dir", '"a\\0b"', '"\\t"', '" "', "debug", "INFO", "verbose",
+    "/tmp/x.log", "relative/dir", '"a\\0b"', '"sleep \\udfff"', '"\\ud800"', '"/tmp/\\udc80"',
+    '"\\t"', '" "', "debug", "INFO", "verbose",
     "always", "never", "unexpected", "json://localhost/hook", "mailto://",
     "'{program} {event}'", "'{0}'", "'{nope}'", "'{program.x}'", "'{'", "'}'",
     "!!str 12", "!!int 12", "!!binary aGVsbG8=", "!!python/object:os.system x", "!foo bar",
@@ -270,6 +289,33 @@ def test_generated_documents(tree: Tree, flow_at: int) -> None:
 @given(trees, st.integers(0, 6), st.sampled_from(["", "programs:\n", "---\n", "%YAML 1.1\n---\n"]))
 def test_generated_trees(tree: Tree, flow_at: int, head: str) -> None:
     check(head + render(tree, 2 if head == "programs:\n" else 0, flow_at))
+
+
+# Every string-valued setting of a valid file, given any text at all (any code
+# point, lone surrogates included: YAML's "\\udXXX" escapes can write them).
+STRING_FIELDS = [
+    "programs:\n  web: {{cmd: {v}}}\n",
+    "programs:\n  web: {{cmd: sleep 1, user: {v}}}\n",
+    "programs:\n  web: {{cmd: sleep 1, workingdir: {v}}}\n",
+    "programs:\n  web: {{cmd: sleep 1, stdout: {v}}}\n",
+    "programs:\n  web: {{cmd: sleep 1, stderr: {v}}}\n",
+    "programs:\n  web: {{cmd: sleep 1, env: {{A: {v}}}}}\n",
+    "programs:\n  web: {{cmd: sleep 1, env: {{{v}: x}}}}\n",
+    "programs:\n  web: {{cmd: sleep 1, stopsignal: {v}}}\n",
+    "programs:\n  {v}: {{cmd: sleep 1}}\n",
+    "taskmasterd: {{logfile: {v}}}\nprograms: {{}}\n",
+    "taskmasterd: {{logdir: {v}}}\nprograms: {{}}\n",
+    "taskmasterd: {{statedir: {v}}}\nprograms: {{}}\n",
+    "alerts:\n  - {{url: 'json://localhost/x', title: {v}}}\nprograms: {{}}\n",
+    "alerts:\n  - {{url: 'json://localhost/x', programs: [{v}]}}\nprograms: {{}}\n",
+]
+any_text = st.text(st.characters(codec=None, categories=None), min_size=1, max_size=12)
+
+
+@settings(FUZZ, max_examples=max(1, CASES // 2))
+@given(st.sampled_from(STRING_FIELDS), any_text, st.sampled_from(["", "sleep ", "/tmp/"]))
+def test_string_fields(template: str, value: str, prefix: str) -> None:
+    check(template.format(v=json.dumps(prefix + value)))
 
 
 # ---------------------------------------------------------------------------

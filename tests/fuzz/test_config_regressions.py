@@ -43,6 +43,25 @@ def test_crlf_files_keep_their_positions() -> None:
     assert (line, column) == (2, 27)
 
 
+@pytest.mark.parametrize("setting", ['cmd: "sleep \\udfff"', 'stdout: "/tmp/out\\udc00"',
+                                     'user: "\\ud800"', 'env: {A: "\\udc80"}', 'env: {"\\ud800": x}',
+                                     'workingdir: "/tmp/\\udfff"'])
+def test_lone_surrogates_are_refused(setting: str) -> None:
+    """A "\\udXXX" escape is no character: it passed the validator, then an
+    stdout path holding one crashed the daemon at spawn (UnicodeEncodeError
+    from os.open), and one in cmd/env was an EINVAL spawn error."""
+    text = f"programs:\n  web:\n    cmd: sleep 1\n    {setting}\n".replace("cmd: sleep 1\n    cmd:", "cmd:")
+    [(line, _, message)] = issues(text)
+    assert line in (3, 4), message
+    assert "surrogate" in message or "invalid environment variable name" in message
+    message.encode("utf-8")  # and the issue itself can be printed, logged, sent
+
+
+def test_a_surrogate_pair_gets_the_escape_to_write() -> None:
+    [(_, _, message)] = issues('programs:\n  web: {cmd: "echo \\ud83d\\ude00"}\n')
+    assert "surrogate pair \\ud83d\\ude00" in message and "write \\U0001F600" in message
+
+
 _NESTING = "issue 11 §3: the nesting-depth cap (another part of issue 11) makes this a located error"
 _TAGS = "issue 11 §3: tags outside the core schema are refused (another part of issue 11)"
 
