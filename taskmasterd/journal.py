@@ -56,6 +56,15 @@ def fields(event: Event) -> dict[str, str]:
     return out
 
 
+def _encodable(value: str) -> str:
+    """`value`, with a lone surrogate (a path of non-UTF-8 bytes) as its \\udXXX escape."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode()
+    return value
+
+
 class JournalSink:
     """Subscribe `write` to the event bus when journald is there."""
 
@@ -75,7 +84,7 @@ class JournalSink:
         return os.path.exists(JOURNAL_SOCKET)
 
     def write(self, event: Event) -> None:
-        message = fields(event)
+        message = {k: _encodable(v) for k, v in fields(event).items()}
         text = message.pop("MESSAGE")
         try:
             if self._socket is not None and not os.path.exists(self._socket):

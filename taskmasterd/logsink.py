@@ -222,7 +222,9 @@ class LifecycleLog:
         if logfile == self.logfile:
             return
         os.makedirs(os.path.dirname(logfile) or ".", mode=0o755, exist_ok=True)
-        handler = _BatchedFile(logfile, encoding="utf-8")
+        # backslashreplace: a path of non-UTF-8 bytes in a line is written as
+        # \udXXX escapes (as on stderr), not a "Logging error" per line
+        handler = _BatchedFile(logfile, encoding="utf-8", errors="backslashreplace")
         handler.setFormatter(_FORMAT)
         if self._file is not None:
             self._remove(self._file)

@@ -389,3 +389,33 @@ def test_not_allowed_to_own_the_name() -> None:
         assert "taskmasterd: not started: cannot own org.taskmaster.Taskmaster1: " \
                "Connection" in r.stderr and "not allowed to own" in r.stderr, r.stderr
         assert "Traceback" not in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------------------
+# a configuration path that is not UTF-8 (the D-Bus fuzz's ConfigFile, by hand)
+
+
+@needs_dbus
+def test_config_path_not_utf8(bus_address: str, workdir: Path) -> None:
+    """Its name reaches the log, the journal and D-Bus: written as \\udXXX
+    escapes. It was a 'Logging error' traceback per log line and, for
+    Get ConfigFile, a D-Bus error reply holding a traceback."""
+    cfg = config(workdir)
+    odd = workdir / os.fsdecode(b"t\xfe.yaml")
+    cfg.rename(odd)
+    daemon = Daemon(odd, "--address", bus_address)
+    try:
+        daemon.wait_for(event("RUNNING", "crash"))
+        got = subprocess.run(["busctl", f"--address={bus_address}", "get-property", NAME, PATH,
+                              MANAGER, "ConfigFile"], capture_output=True, text=True, timeout=30)
+        assert got.returncode == 0 and "udcfe" in got.stdout, got.stderr
+        assert busctl(bus_address, "ListProcesses").returncode == 0
+        assert busctl(bus_address, "Reload").returncode == 0
+        restarts(daemon, 1)
+        text = (workdir / "taskmasterd.log").read_text()
+        assert "t\\udcfe.yaml" in text
+    finally:
+        code = daemon.terminate()
+    assert code == 0, daemon.text()[-3000:]
+    assert "Logging error" not in daemon.text() and "Traceback" not in tracebacks(daemon), \
+        daemon.text()[-3000:]

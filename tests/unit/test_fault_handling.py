@@ -107,3 +107,16 @@ def test_bus_reconnection_delays_grow_then_stay() -> None:
     delays = [retry_delay(n) for n in range(12)]
     assert delays[0] < 1 and delays == sorted(delays)
     assert delays[-1] == delays[-5] == RETRY_DELAYS[-1] == 30.0
+
+
+def test_undecodable_path_bytes_reach_the_journal_and_dbus_escaped() -> None:
+    """A path of non-UTF-8 bytes (a surrogate once decoded) in a message."""
+    from taskmasterd.bus import wire
+
+    odd = "/etc/t" + os.fsdecode(b"\xfe") + ".yaml"
+    sent: list[tuple[str, dict[str, str]]] = []
+    JournalSink(send=lambda text, **kw: sent.append((text, kw))).write(
+        Event(kind="RELOAD", message=f"reloaded {odd}", fields={"file": odd}))
+    [(text, kw)] = sent
+    assert text.endswith("reloaded /etc/t\\udcfe.yaml") and kw["TASKMASTER_FILE"] == "/etc/t\\udcfe.yaml"
+    assert wire.encode_body("s", [odd]).endswith(b"/etc/t\\udcfe.yaml\0")
