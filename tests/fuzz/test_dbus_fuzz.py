@@ -108,7 +108,8 @@ def test_dbus_fuzz() -> None:
     as_root = os.geteuid() == 0
     # Not root: a session-like bus (a system-like one would refuse our calls).
     with bus_directory() as d, (system_bus(d, POLICY) if as_root else session_bus(d)) as address:
-        cfg = d / "taskmaster.yaml"
+        # a name that is not UTF-8: ConfigFile, log lines and errors carry it
+        cfg = d / os.fsdecode(b"taskmaster-\xfe.yaml")
         cfg.write_text(CONFIG.format(d=d))
         daemon = Daemon(cfg, "--address", address)
         try:
