@@ -246,7 +246,7 @@ async def serve(config: Config, choice: BusChoice, *, shell: bool = False,
             choice = BusChoice("address", embedded.address)
             log.info("taskmasterd D-Bus: no system/session bus, serving on %s "
                      "(address in %s)", embedded.address, embedded.address_file)
-            where = f"the private bus {embedded.address}"
+            where = f"the private bus (address in {embedded.address_file})"
         elif choice.kind == "address":
             await service.connect(address=choice.address)
             where = f"the bus {choice.address}"
