@@ -85,6 +85,7 @@ from taskmasterd.yamlnodes import (
     quoted,
     show,
     suggest,
+    surrogate_problem,
     unknown_key,
 )
 
@@ -875,7 +876,7 @@ class _Validator(NodeReader):
         for k, v in self.entries(node, kp):
             name = k.value
             vkp = f"{kp}.{name}"
-            if not name or "=" in name or "\0" in name:
+            if not name or "=" in name or "\0" in name or surrogate_problem(name):
                 self.error(
                     k,
                     vkp,
@@ -896,6 +897,9 @@ class _Validator(NodeReader):
                 bad = True
             elif "\0" in v.value:
                 self.error(v, vkp, "env values must not contain a NUL character")
+                bad = True
+            elif surrogate_problem(v.value):
+                self.error(v, vkp, f"env values must be text, found {surrogate_problem(v.value)}")
                 bad = True
             else:
                 out[name] = v.value
@@ -941,7 +945,9 @@ def _apprise_problem(url: str) -> str | None:
             f"(host, port, token, address...); see {_APPRISE_WIKI} for its format")
 
 
-def _apprise_schemes(apprise: Any) -> set[str]:
+@functools.lru_cache(maxsize=1)
+def _apprise_schemes(apprise: Any) -> frozenset[str]:
+    # ~50 ms (apprise describes every plugin): once per process, not per URL.
     schemes: set[str] = set()
     try:
         for entry in apprise.Apprise().details().get("schemas", ()):
@@ -950,7 +956,7 @@ def _apprise_schemes(apprise: Any) -> set[str]:
                 schemes.update(str(v).lower() for v in ([value] if isinstance(value, str) else value))
     except Exception:
         pass
-    return schemes
+    return frozenset(schemes)
 
 
 def _template_problem(text: str) -> str | None:

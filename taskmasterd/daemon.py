@@ -5,6 +5,7 @@ supervisor until SIGTERM/SIGINT, reload on SIGHUP. Runs in the foreground
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -270,6 +271,7 @@ async def serve(config: Config, choice: BusChoice, *, shell: bool = False,
         return 1
     embedded: EmbeddedBus | None = None
     service = BusService(daemon)
+    keeper: asyncio.Task[None] | None = None
     try:
         if choice.kind == "private":
             from taskmasterd.bus.embedded import EmbeddedBus
@@ -279,10 +281,28 @@ async def serve(config: Config, choice: BusChoice, *, shell: bool = False,
             choice = BusChoice("address", embedded.address)
             log.info("taskmasterd D-Bus: no system/session bus, serving on %s "
                      "(address in %s)", embedded.address, embedded.address_file)
+            where = f"the private bus (address in {embedded.address_file})"
         elif choice.kind == "address":
             await service.connect(address=choice.address)
+            where = f"the bus {choice.address}"
         else:
             await service.connect(bus_type=BusType.SESSION if choice.kind == "user" else BusType.SYSTEM)
+            where = "the session bus" if choice.kind == "user" else "the system bus"
+        kind, address = choice.kind, choice.address
+
+        async def reconnect() -> None:
+            """Connect again after the bus went away; our own bus is restarted first."""
+            nonlocal embedded
+            if embedded is not None:
+                await embedded.stop()  # reaps it, removes its files
+                embedded = await EmbeddedBus.start(runtime_dir(), _policy_file())
+                await service.connect(address=embedded.address)
+            elif kind == "address":
+                await service.connect(address=address)
+            else:
+                await service.connect(bus_type=BusType.SESSION if kind == "user" else BusType.SYSTEM)
+
+        keeper = asyncio.create_task(service.keep_connected(reconnect, where))
         daemon.bus.subscribe(service.on_event)
         daemon.state_changed = service.properties_changed
         if started is not None:
@@ -294,5 +314,9 @@ async def serve(config: Config, choice: BusChoice, *, shell: bool = False,
         return 1
     finally:
         await service.close()
+        if keeper is not None:  # sleeping between two attempts, or already done
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
         if embedded is not None:
             await embedded.stop()

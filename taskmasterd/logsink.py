@@ -10,11 +10,17 @@ Lines are written once per event-loop turn, not one write (plus a stat of
 the log file) per line: starting 1000 programs is 2000 lines in one turn.
 They reach the file before the loop next waits; a SIGKILL can lose at most
 the lines of the turn it interrupts.
+
+A write that fails (a full disk, EIO, a closed pipe) never stops the
+daemon: the failure is logged once (through the other handlers too), the
+lines of that outage are counted and dropped, and the first write that
+works again says how many were lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import logging.handlers
 import os
@@ -39,6 +45,8 @@ class _Batching(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__(*args, **kwargs)
         self._lines: list[str] = []
         self._scheduled = False
+        self._failure = ""  # why writing fails ("": it works)
+        self._dropped = 0  # lines lost since it fails
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -63,12 +71,41 @@ class _Batching(logging.StreamHandler):  # type: ignore[type-arg]
                 return
             self._before_write()
             if self.stream is None:
+                self._dropped += len(lines)
                 return
+            # a failed write may have left half a line: end it first
+            cut = self._line_break_if_cut() if self._failure else ""
             try:
-                self.stream.write("".join(lines))
+                self.stream.write(cut + "".join(lines))
                 self.stream.flush()
+            except OSError as exc:
+                self._write_failed(exc, len(lines))
             except Exception:
                 self.handleError(logging.makeLogRecord({"msg": "".join(lines)}))
+            else:
+                if self._failure:
+                    dropped, failure = self._dropped, self._failure
+                    self._dropped, self._failure = 0, ""
+                    log.warning("log: %s is written again; %d line(s) were lost (%s)",
+                                self._where(), dropped, failure)
+
+    def _write_failed(self, exc: OSError, count: int) -> None:
+        self._dropped += count
+        self._discard()
+        if not self._failure:
+            self._failure = exc.strerror or str(exc)
+            # The other handlers carry it; this one counts it among the lost.
+            log.warning("log: cannot write %s (%s); supervision goes on, its lines are dropped "
+                        "until it can be written again", self._where(), self._failure)
+
+    def _where(self) -> str:
+        return "stderr"
+
+    def _line_break_if_cut(self) -> str:
+        return ""
+
+    def _discard(self) -> None:
+        """Drop what the stream still buffers: a retry of it would fail the same way."""
 
     def _before_write(self) -> None:
         pass
@@ -92,7 +129,44 @@ class _BatchedFile(_Batching, logging.handlers.WatchedFileHandler):
             except OSError:
                 return
         # Watched: logrotate may move the file; the next batch reopens it.
-        self.reopenIfNeeded()
+        try:
+            if self.stream is None:  # dropped after a failed write
+                self.stream = self._open()
+                self._statstream()
+            else:
+                self.reopenIfNeeded()
+        except OSError as exc:  # cannot reopen it (e.g. no room for a new file)
+            self._write_failed(exc, 0)
+
+    def _where(self) -> str:
+        return f"the log file {self.baseFilename}"
+
+    def _line_break_if_cut(self) -> str:
+        """A newline when the file ends inside a line (a write cut short by ENOSPC)."""
+        try:  # our fd is write-only (append mode): read the end through the name
+            with open(self.baseFilename, "rb") as f:
+                if f.seek(0, os.SEEK_END) == 0:
+                    return ""
+                f.seek(-1, os.SEEK_END)
+                return "" if f.read(1) == b"\n" else "\n"
+        except OSError:
+            return ""
+
+    def _discard(self) -> None:
+        # Point the stream's fd at /dev/null, then close it: the bytes it
+        # still buffers go nowhere instead of being retried, and no other
+        # thread can be handed that fd number meanwhile. The next batch
+        # reopens the file (append mode).
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.dup2(null, stream.fileno(), inheritable=False)
+                finally:
+                    os.close(null)
+            with contextlib.suppress(Exception):
+                stream.close()
 
     def _open_again(self) -> None:
         self.stream = self._open()
@@ -175,7 +249,9 @@ class LifecycleLog:
         if logfile == self.logfile:
             return
         os.makedirs(os.path.dirname(logfile) or ".", mode=0o755, exist_ok=True)
-        handler = _BatchedFile(logfile, encoding="utf-8")
+        # backslashreplace: a path of non-UTF-8 bytes in a line is written as
+        # \udXXX escapes (as on stderr), not a "Logging error" per line
+        handler = _BatchedFile(logfile, encoding="utf-8", errors="backslashreplace")
         handler.setFormatter(_FORMAT)
         if self._file is not None:
             self._remove(self._file)

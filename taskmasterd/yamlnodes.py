@@ -16,6 +16,7 @@ scalars (`_text`, `_int`, `_seconds`, `_bool`...) that raise `Reject` with
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import re
 from dataclasses import dataclass, field
@@ -92,7 +93,38 @@ MAX_MESSAGE = 1000  # characters of an issue's message
 
 MAX_SECONDS = 86400.0  # the longest duration `_seconds` accepts: one day
 INT_RE = re.compile(r"-?[0-9]+")
+# Line breaks YAML counts but editors, grep -n and sed -n Np do not: a lone CR,
+# NEL, LINE SEPARATOR, PARAGRAPH SEPARATOR. A file holding one gets its issue
+# positions recomputed from the character offset, lines counted by '\n' only.
+ODD_BREAK_RE = re.compile("\r(?!\n)|[\x85\u2028\u2029]")
 NUMBER_RE = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+
+
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_PAIR_RE = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+
+
+def surrogate_problem(value: str) -> str | None:
+    """What is wrong with a string holding a surrogate code point (written as a
+    "\\udXXX" escape), or None. Such a string cannot be encoded, so it could
+    reach neither execve, nor open, nor the environment, nor D-Bus."""
+    found = _SURROGATE_RE.search(value)
+    if found is None:
+        return None
+    pair = _PAIR_RE.search(value)
+    if pair is not None:
+        char = pair.group().encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+        return (f"a string with the surrogate pair \\u{ord(pair.group()[0]):04x}"
+                f"\\u{ord(pair.group()[1]):04x}: YAML's \\u escapes are not combined; "
+                f"write \\U{ord(char):08X} or the character itself")
+    return (f"a string with the lone surrogate \\u{ord(found.group()):04x}, which is not "
+            "a character; remove it")
+
+
+def _printable(text: str) -> str:
+    if _SURROGATE_RE.search(text) is None:
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class Reject(Exception):
@@ -173,17 +205,25 @@ class NodeReader:
         self.file = path
         self.issues: list[ConfigIssue] = []
         self._seen: set[tuple[int, int, str, str]] = set()
+        self._odd_breaks = ODD_BREAK_RE.search(text) is not None
+        self._line_starts: list[int] | None = None
 
     # ---- recording
 
     def error(self, node: Node | None, keypath: str, message: str) -> None:
         if node is None:
             line = column = 1
+        elif self._odd_breaks:
+            line, column = self._position(node.start_mark.index)
         else:
             line, column = node.start_mark.line + 1, node.start_mark.column + 1
-        # A key or value of a megabyte would be quoted whole in the message
-        # and the key path (and in a D-Bus reply past the bus's limit).
-        keypath, message = _clip(keypath, MAX_KEYPATH), _clip(message, MAX_MESSAGE)
+        # A key or value quoted back may hold a lone surrogate (a "\\udXXX"
+        # escape): shown as that escape, so that the issue can be printed,
+        # logged and sent over D-Bus. A key or value of a megabyte would be
+        # quoted whole in the message and the key path (and in a D-Bus reply
+        # past the bus's limit): both are clipped.
+        keypath = _clip(_printable(keypath), MAX_KEYPATH)
+        message = _clip(_printable(message), MAX_MESSAGE)
         key = (line, column, keypath, message)
         if key not in self._seen:
             self._seen.add(key)
@@ -194,6 +234,14 @@ class NodeReader:
                     "fix these first"))
                 self.fail()
             self.issues.append(ConfigIssue(self.file, line, column, keypath, message))
+
+    def _position(self, index: int) -> tuple[int, int]:
+        """1-based (line, column) of a character offset, lines split at '\n' only."""
+        if self._line_starts is None:
+            self._line_starts = [0] + [m.end() for m in re.finditer("\n", self.text)]
+        index = max(0, min(index, len(self.text)))
+        line = bisect.bisect_right(self._line_starts, index)
+        return line, index - self._line_starts[line - 1] + 1
 
     def fail(self) -> NoReturn:
         self.issues.sort(key=lambda i: (i.line, i.column))
@@ -207,8 +255,10 @@ class NodeReader:
         # tags are resolved by the same Python resolver), only its error
         # messages and marks differ. So a file libyaml finds fault with is
         # parsed again by PyYAML, whose messages the hints below explain.
+        # Its character offsets are not PyYAML's when the text starts with a
+        # BOM; with odd line breaks positions come from the offsets: PyYAML then.
         fast = getattr(yaml, "CSafeLoader", None)
-        if fast is not None:
+        if fast is not None and not self._odd_breaks:
             try:
                 root, second = _compose_with(fast(self.text))
                 if second is None:
@@ -469,6 +519,9 @@ class NodeReader:
             raise Reject(f"expected {what}, found an empty string")
         if "\0" in scalar.value:
             raise Reject(f"expected {what}, found a string with a NUL character")
+        problem = surrogate_problem(scalar.value)
+        if problem is not None:
+            raise Reject(f"expected {what}, found {problem}")
         return str(scalar.value)
 
     def _int(self, node: Node, lo: int, hi: int) -> int:

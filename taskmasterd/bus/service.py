@@ -1,10 +1,19 @@
 """Connect to a bus, own org.taskmaster.Taskmaster1, export the objects, and
-turn the event stream into D-Bus signals."""
+turn the event stream into D-Bus signals.
+
+When the connection drops (the bus daemon died or was restarted),
+`keep_connected` logs it once and reconnects with a growing delay
+(RETRY_DELAYS, then every 30 s) until it succeeds or the daemon stops;
+supervision never waits for it. No signal is queued meanwhile: a client
+that reconnects reads the current state (ListProcesses, GetManagedObjects).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from dbus_next import BusType
 from dbus_next.aio import MessageBus
@@ -21,6 +30,15 @@ log = logging.getLogger("taskmasterd")
 
 class BusUnavailable(Exception):
     """No bus could be reached or the name is taken: the message says which."""
+
+
+# Seconds between two reconnection attempts; the last one repeats.
+RETRY_DELAYS: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+def retry_delay(attempt: int) -> float:
+    """The wait before reconnection attempt `attempt` (0-based)."""
+    return RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
 
 
 class BusService:
@@ -46,13 +64,21 @@ class BusService:
             raise BusUnavailable(f"cannot connect to the D-Bus {where}: {exc}") from None
         self.bus = bus
         compat.skip_unwanted_bodies(bus)
+        # Fresh objects on every connection: dbus-next's interfaces remember
+        # every bus they were exported on, a dead one included.
+        self.manager = Manager(self._c)
+        self.programs = {}
         compat.set_object_manager(bus, MANAGER_PATH)
         compat.index_signal_paths(bus)
         with compat.unannounced_exports(bus):
             bus.export(MANAGER_PATH, self.manager)
             for program in self._c.supervisor.config.programs:
                 self._export(program.name)
-        reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
+        try:
+            reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
+        except Exception as exc:  # the bus went away meanwhile, or refused
+            await self.close()
+            raise BusUnavailable(f"cannot own {BUS_NAME}: {exc}") from None
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
             await self.close()
             raise BusUnavailable(f"{BUS_NAME} is already owned on this bus "
@@ -63,6 +89,37 @@ class BusService:
         if bus is None:
             return
         await compat.close(bus)
+
+    async def keep_connected(self, reconnect: Callable[[], Awaitable[None]], where: str) -> None:
+        """Run until close(): whenever the connection drops, reconnect.
+
+        `reconnect()` connects again (it may restart a private bus first) and
+        raises (BusUnavailable, RuntimeError, OSError...) when it cannot. The
+        loss is logged once, the failed attempts only at debug level, and
+        the reconnection once."""
+        while True:
+            bus = self.bus
+            if bus is None:
+                return
+            with contextlib.suppress(Exception):  # an error drop is a drop like another
+                # shielded: cancelling us must not cancel the bus's own future,
+                # which close() awaits too
+                await asyncio.shield(bus.wait_for_disconnect())
+            if self.bus is not bus:  # close() was called
+                return
+            self.bus = None
+            await compat.close(bus)
+            log.warning("D-Bus: lost the connection to %s; supervision goes on without it, "
+                        "reconnecting", where)
+            attempt = 0
+            while self.bus is None:
+                await asyncio.sleep(retry_delay(attempt))
+                attempt += 1
+                try:
+                    await reconnect()
+                except Exception as exc:  # whatever it was, the next attempt may work
+                    log.debug("D-Bus: reconnection attempt %d failed: %s", attempt, exc)
+            log.info("D-Bus: reconnected to %s after %d attempt(s); serving again", where, attempt)
 
     # ---- events -> signals -----------------------------------------------
 
@@ -107,6 +164,8 @@ class BusService:
     def _flush(self) -> None:
         self._flush_scheduled = False
         dirty, self._dirty = self._dirty, {}
+        if self.bus is None:  # the connection dropped meanwhile
+            return
         for name, config_changed in dirty.items():
             obj = self.programs.get(name)
             if obj is None:
@@ -120,6 +179,8 @@ class BusService:
 
     def properties_changed(self) -> None:
         """The manager's own State property changed."""
+        if self.bus is None:
+            return
         self.manager.emit_properties_changed({"State": self._c.state})
 
 

@@ -84,7 +84,12 @@ def _encoder(t: SignatureType) -> Encoder:
         return boolean
     if token in "so":
         def string(out: bytearray, v: str) -> None:
-            data = v.encode()
+            try:
+                data = v.encode()
+            except UnicodeEncodeError:
+                # A lone surrogate (a path of non-UTF-8 bytes read with
+                # surrogateescape): sent as its \udXXX escape, not a crash.
+                data = v.encode("utf-8", "backslashreplace")
             pad = -len(out) & 3
             if pad:
                 out += _ZEROS[pad]

@@ -1,0 +1,155 @@
+"""D-Bus fuzz (issue 11 §9): every Manager and Program method, well- and
+ill-typed, as root and as uid 65534, against one real taskmasterd on a
+private system-like bus with our policy.
+
+Contract: no `org.taskmaster.Taskmaster1.Error.Failed` (an unexpected
+exception in the daemon), no reply that is or holds a traceback, the daemon
+alive and answering afterwards, and its memory bounded: VmRSS, sampled
+every 50 ms during the run, stays below the baseline (after start-up) +
+RSS_BOUND_MB, and within RSS_AFTER_MB of it once the run is over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.dbus_fixtures import bus_directory, session_bus, system_bus
+from tests.harness import Daemon, alive, event
+
+ROOT = Path(__file__).resolve().parents[2]
+POLICY = ROOT / "dbus" / "org.taskmaster.Taskmaster1.conf"
+NOBODY = 65534
+CALLS_ROOT = int(os.environ.get("TASKMASTER_FUZZ_DBUS_ROOT", "2000"))
+CALLS_NOBODY = int(os.environ.get("TASKMASTER_FUZZ_DBUS_NOBODY", "1000"))
+SEED = int(os.environ.get("TASKMASTER_FUZZ_SEED", "1"))  # fixed in CI: a run is reproducible
+RSS_BOUND_MB = 50
+RSS_AFTER_MB = 20
+
+pytestmark = pytest.mark.skipif(not all(shutil.which(t) for t in ("dbus-daemon", "busctl")),
+                                reason="needs dbus-daemon and busctl")
+
+CONFIG = """\
+taskmasterd: {{logfile: {d}/taskmasterd.log, logdir: {d}/logs}}
+programs:
+  web: {{cmd: sleep 100000, numprocs: 2, starttime: 0, stoptime: 0.2, autorestart: always}}
+  db: {{cmd: sleep 100000, starttime: 0, stoptime: 0.2}}
+  lazy: {{cmd: sleep 100000, starttime: 0, stoptime: 0.2, autostart: false}}
+"""
+
+
+# What the file says flips while the calls run, so that their Reloads change
+# something: a program removed and back, numprocs 2 <-> 3, a broken file.
+VARIANTS = [CONFIG,
+            CONFIG.replace("numprocs: 2", "numprocs: 3").replace("  db: ", "  db2: "),
+            CONFIG + "  bad: {{cmd: sleep 1, numprocs: zero}}\n"]
+
+
+class ConfigFlipper(threading.Thread):
+    def __init__(self, path: Path, d: Path) -> None:
+        super().__init__(daemon=True)
+        self.path, self.d = path, d
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        while not self.done.wait(0.2):
+            n += 1
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(VARIANTS[n % len(VARIANTS)].format(d=self.d))
+            tmp.replace(self.path)
+        self.path.write_text(CONFIG.format(d=self.d))
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.05):
+            try:
+                self.peak = max(self.peak, rss_kb(self.pid))
+            except (OSError, AssertionError):
+                return
+
+
+def client(address: str, seed: int, count: int, *prefix: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([*prefix, sys.executable, "-m", "tests.fuzz.dbus_fuzz_client", address,
+                             str(seed), str(count)], cwd=ROOT, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def result(proc: subprocess.Popen[str]) -> dict[str, object]:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    report: dict[str, object] = json.loads(out)
+    return report
+
+
+def test_dbus_fuzz() -> None:
+    as_root = os.geteuid() == 0
+    # Not root: a session-like bus (a system-like one would refuse our calls).
+    with bus_directory() as d, (system_bus(d, POLICY) if as_root else session_bus(d)) as address:
+        # a name that is not UTF-8: ConfigFile, log lines and errors carry it
+        cfg = d / os.fsdecode(b"taskmaster-\xfe.yaml")
+        cfg.write_text(CONFIG.format(d=d))
+        daemon = Daemon(cfg, "--address", address)
+        try:
+            for name in ("web:0", "web:1", "db"):
+                daemon.wait_for(event("RUNNING", name))
+            baseline = rss_kb(daemon.pid)
+            sampler = RssSampler(daemon.pid)
+            sampler.start()
+            flipper = ConfigFlipper(cfg, d)
+            flipper.start()
+            procs = [client(address, SEED, CALLS_ROOT)]
+            if as_root and shutil.which("setpriv"):
+                procs.append(client(address, SEED + 1, CALLS_NOBODY, "setpriv", f"--reuid={NOBODY}",
+                                    f"--regid={NOBODY}", "--clear-groups"))
+            reports = [result(p) for p in procs]
+            flipper.done.set()
+            flipper.join()
+            sampler.done.set()
+            sampler.join()
+            summary = json.dumps(reports, indent=1)
+            assert sum(int(str(r["sent"])) for r in reports) >= (2000 if len(procs) == 2 else CALLS_ROOT)
+            assert [r["bad"] for r in reports] == [[]] * len(reports), summary
+            handled = reports[0]["handled"]
+            assert isinstance(handled, dict)
+            # every method reached its handler as root (all but Shutdown, never called right)
+            for member in ("Start", "Stop", "Restart", "Signal", "Reload", "ListProcesses", "OpenLog",
+                           "TestAlerts", "Get", "GetAll", "Introspect", "GetManagedObjects"):
+                assert handled.get(member, 0) >= 5, (member, summary)
+            assert alive(daemon.pid), daemon.text()
+            # still answering, still supervising
+            listed = subprocess.run(["busctl", f"--address={address}", "call", "org.taskmaster.Taskmaster1",
+                                     "/org/taskmaster/Taskmaster1", "org.taskmaster.Taskmaster1.Manager",
+                                     "ListProcesses"], capture_output=True, text=True, timeout=30)
+            assert listed.returncode == 0 and '"web' in listed.stdout, listed.stderr
+            assert reports[0]["replies"].get(  # type: ignore[attr-defined]
+                "error:org.taskmaster.Taskmaster1.Error.ConfigInvalid", 0) > 0, summary
+            assert "Traceback" not in daemon.text(), daemon.text()[-3000:]
+            after = rss_kb(daemon.pid)
+            print(f"RSS kB: baseline {baseline}, peak {sampler.peak}, after {after}; {summary}")
+            assert sampler.peak <= baseline + RSS_BOUND_MB * 1024, (baseline, sampler.peak)
+            assert after <= baseline + RSS_AFTER_MB * 1024, (baseline, after)
+        finally:
+            assert daemon.terminate() == 0, daemon.text()[-3000:]
