@@ -1,10 +1,4 @@
-"""What the config fuzz (test_config_fuzz.py) found, each pinned by a test.
-
-Cases marked xfail(strict=True) are fixed by another part of issue 11 (§3:
-the nesting-depth cap and the refusal of YAML tags outside the core
-schema); once that lands they pass, and strict xfail makes the run fail
-until the marker is removed.
-"""
+"""What the config fuzz (test_config_fuzz.py) found, each pinned by a test."""
 
 from __future__ import annotations
 
@@ -62,18 +56,12 @@ def test_a_surrogate_pair_gets_the_escape_to_write() -> None:
     assert "surrogate pair \\ud83d\\ude00" in message and "write \\U0001F600" in message
 
 
-_NESTING = "issue 11 §3: the nesting-depth cap (another part of issue 11) makes this a located error"
-_TAGS = "issue 11 §3: tags outside the core schema are refused (another part of issue 11)"
-
-
-@pytest.mark.xfail(strict=True, raises=RecursionError, reason=_NESTING)
 @pytest.mark.parametrize("opening", ["[", "{a: "])
 def test_deep_nesting_is_a_located_error(opening: str) -> None:
     text = "programs:\n  web: " + opening * 1000 + "\n"
     assert all(line >= 1 and column >= 1 for line, column, _ in issues(text))
 
 
-@pytest.mark.xfail(strict=True, reason=_TAGS)
 @pytest.mark.parametrize("value", ["!!binary aGVsbG8=", '!!int "sleep 1"',
                                    "!!python/object:os.system x", "!!float sleep"])
 def test_tags_outside_the_core_schema_are_refused(value: str) -> None:
