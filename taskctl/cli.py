@@ -50,7 +50,7 @@ GLOB_CHARS = frozenset("*?[")
 
 # name, arguments, summary: `help` and the shell's completion use this.
 COMMANDS: tuple[tuple[str, str, str], ...] = (
-    ("status", "[TARGET...]", "state of processes (exit 3 when one shown is not RUNNING)"),
+    ("status", "[TARGET...]", "state, uptime, restarts of processes (exit 3 when one shown is not RUNNING)"),
     ("start", "TARGET...", "start processes"),
     ("stop", "TARGET...", "stop processes"),
     ("restart", "TARGET...", "stop then start processes"),
@@ -58,7 +58,8 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("reload", "", "re-read the configuration and apply the changes"),
     ("shutdown", "", "stop every process and taskmasterd itself"),
     ("pid", "[TARGET...]", "pid of taskmasterd, or of processes"),
-    ("tail", "[-f] [--stderr] [-c BYTES] PROCESS", "end of a process's output (-f: keep following)"),
+    ("tail", "[-f] [--stderr] [-c BYTES] PROCESS",
+     "end of a process's output (-f: keep following, across rotations)"),
     ("events", "", "follow state changes and reloads (Ctrl-C to stop)"),
     ("alert", "test [URL|INDEX]", "send a test message to every alert target, or to one"),
     ("help", "[COMMAND]", "list the commands, or explain one"),
@@ -319,8 +320,9 @@ def build_parser(*, shell: bool = False) -> argparse.ArgumentParser:
         prog="taskctl",
         description="Control taskmasterd over D-Bus. Without a command: an interactive shell.",
         epilog="targets: a program (web), a process (web:0), a glob (web-*), or all. "
-               "Exit status: 0 ok, 1 error, 2 bad usage, 3 a process is not running (status), "
-               "4 no such program, 7 taskmasterd unreachable.")
+               "Exit status: 0 ok, 1 error, 2 bad usage (an unknown signal, a malformed --address "
+               "too), 3 a process is not running (status), 4 no such program, 7 taskmasterd "
+               "unreachable, 130 interrupted.")
     if not shell:
         where = p.add_mutually_exclusive_group()
         where.add_argument("--system", dest="bus", action="store_const", const="system",
@@ -344,7 +346,8 @@ def build_parser(*, shell: bool = False) -> argparse.ArgumentParser:
     for name in ("start", "stop", "restart"):
         command(name).add_argument("targets", nargs="+", metavar="TARGET")
     sp = command("signal")
-    sp.add_argument("signal", metavar="SIG", type=_signal, help="TERM, SIGHUP, USR1, 9, ...")
+    sp.add_argument("signal", metavar="SIG", type=_signal,
+                    help="TERM, SIGHUP, USR1, 9, ... (ASCII; an unknown one: exit 2, nothing sent)")
     sp.add_argument("targets", nargs="+", metavar="TARGET")
     command("reload")
     command("shutdown")
@@ -354,7 +357,8 @@ def build_parser(*, shell: bool = False) -> argparse.ArgumentParser:
     sp.add_argument("--stderr", action="store_true", help="the standard error instead of output")
     sp.add_argument("-c", "--bytes", type=_positive, default=TAIL_BYTES, metavar="BYTES",
                     help=f"how much of the end to print first (default {TAIL_BYTES})")
-    sp.add_argument("process", metavar="PROCESS")
+    sp.add_argument("process", metavar="PROCESS",
+                    help="a process; one that never ran has no output yet (exit 1)")
     command("events")
     sp = command("alert")
     sp.add_argument("action", choices=("test",), metavar="test",
