@@ -16,7 +16,9 @@ from taskmasterd.paths import default_config_path
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="taskmasterd",
-        description="Keep programs running as a YAML file says (foreground daemon).")
+        description="Keep programs running as a YAML file says (foreground daemon).",
+        epilog="Signals: TERM or INT stop every program, then the daemon (exit 0); HUP reloads "
+               "the configuration file; USR2 reopens the log file (after logrotate).")
     p.add_argument("-c", "--config", metavar="FILE",
                    help=f"configuration file (default: {default_config_path()})")
     where = p.add_mutually_exclusive_group()

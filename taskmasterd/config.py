@@ -836,14 +836,15 @@ class _Validator(NodeReader):
         scalar = self._scalar(node, "a signal name")
         text = scalar.value
         if quoted(scalar) and text.strip().isdigit():  # "9" is text: not a number here
-            raise Reject(f"unknown signal {show(scalar)}; {_SIGNAL_HINT}")
+            raise Reject(f"unknown signal {text!r} (a signal number is written without quotes); "
+                         f"{_SIGNAL_HINT}")
         try:
             return signames.parse(text)
         except ValueError:
             if text.isascii() and text.isdigit():
                 raise Reject(f"{text} is not a signal number here; {_SIGNAL_HINT}") from None
             ascii_note = "" if text.isascii() else " (signal names and numbers are ASCII)"
-            raise Reject(f"unknown signal {show(scalar)}{ascii_note}; {_SIGNAL_HINT}") from None
+            raise Reject(f"unknown signal {text!r}{ascii_note}; {_SIGNAL_HINT}") from None
 
     def _output(self, node: Node) -> Output:
         what = "a file path, 'journal' or null"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, NoReturn
 from dbus_next import BusType
 
 from taskmasterd import __version__, events
-from taskmasterd.alerts import AlertDispatcher
+from taskmasterd.alerts import CLOSE_TIMEOUT, AlertDispatcher
 from taskmasterd.bus.names import BUS_NAME
 from taskmasterd.bus.service import BusService, BusUnavailable
 from taskmasterd.busaddr import BusChoice, runtime_dir
@@ -27,6 +27,7 @@ from taskmasterd.events import Event, EventBus
 from taskmasterd.exposure import exposure_warning
 from taskmasterd.hostcheck import load as load_config
 from taskmasterd.journal import JournalSink
+from taskmasterd.logpipes import DRAIN_WAIT, FINISH_TIMEOUT
 from taskmasterd.logsink import LifecycleLog
 from taskmasterd.logwriter import raise_nofile
 from taskmasterd.notify import Notifier, status_line
@@ -38,6 +39,11 @@ if TYPE_CHECKING:
     from taskmasterd.bus.embedded import EmbeddedBus
 
 log = logging.getLogger("taskmasterd")
+
+
+# The longest the daemon may still take once every program is down: a last
+# exit waiting for its output to land, the log writer's drain, the last alerts.
+AFTER_PROGRAMS = DRAIN_WAIT + FINISH_TIMEOUT + CLOSE_TIMEOUT
 
 
 class StartupError(Exception):
@@ -78,7 +84,7 @@ class Daemon:
         elif state == "reloading":
             self.notifier.reloading()
         elif state == "stopping":
-            self.notifier.stopping(self.supervisor.longest_stop())
+            self.notifier.stopping(self.supervisor.longest_stop(), after=AFTER_PROGRAMS)
         self.state_changed()
 
     def _on_event(self, event: Event) -> None:

@@ -68,11 +68,14 @@ class Notifier:
     def reloading(self) -> None:
         self.notify("RELOADING=1\nSTATUS=reloading the configuration")
 
-    def stopping(self, longest_stop: float = 0.0) -> None:
+    def stopping(self, longest_stop: float = 0.0, after: float = 0.0) -> None:
         """STOPPING=1; with EXTEND_TIMEOUT_USEC so that systemd's stop
         timeout covers the slowest program (stoptime, SIGKILL, a margin)
-        whatever TimeoutStopSec says."""
-        extend = f"\nEXTEND_TIMEOUT_USEC={int((longest_stop + 5) * 1_000_000)}" if longest_stop else ""
+        and what the daemon still does once every program is down (`after`
+        seconds at most: the log writer's drain, the last alerts), whatever
+        TimeoutStopSec says."""
+        extend = (f"\nEXTEND_TIMEOUT_USEC={int((longest_stop + after + 5) * 1_000_000)}"
+                  if longest_stop else "")
         self.notify(f"STOPPING=1\nSTATUS=stopping every program{extend}")
         self.stop_watchdog()
 

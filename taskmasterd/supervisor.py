@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from taskmasterd import events, spawn, targets
-from taskmasterd.config import Config, ProgramConfig
+from taskmasterd.config import Config, OutputKind, ProgramConfig
 from taskmasterd.deadline import cancel as cancel_timer
 from taskmasterd.deadline import follow as follow_deadline
 from taskmasterd.errors import AlreadyStarted, BadName, NoSuchProgram, NotAFile, NotRunning, ShuttingDown
@@ -180,9 +180,11 @@ class Supervisor:
                                  base_env={})
         path = spawn.output_path(spec, stream)
         if path is None:
-            where = "is discarded" if (p.config.stdout if stream == "stdout" else p.config.stderr
-                                        ).kind.value == "null" else "goes to the journal"
-            raise NotAFile(f"the {stream} of {name} {where}; with the journal, use "
+            out = p.config.stdout if stream == "stdout" else p.config.stderr
+            if out.kind is OutputKind.NULL:
+                raise NotAFile(f"the {stream} of {name} is discarded ({stream}: null in the "
+                               "configuration): there is nothing to read")
+            raise NotAFile(f"the {stream} of {name} goes to the journal; use "
                            f"journalctl -f -t {p.program}")
         return path
 

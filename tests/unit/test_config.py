@@ -670,7 +670,7 @@ def test_stopsignal_valid(tmp_path: Path, raw: str, expected: signal.Signals) ->
         ("0", "0 is not a signal number"),
         ("999", "999 is not a signal number"),
         ("99999999999", "is not a signal number"),
-        ('"15"', "unknown signal the quoted string '15'"),
+        ('"15"', "unknown signal '15' (a signal number is written without quotes)"),
         ("~", "expected a signal name, found null"),
         ("[TERM]", "expected a signal name, found a sequence"),
         # Signal names and numbers are ASCII: int("٩") is 9 and "ſ".upper() is "S".

@@ -79,8 +79,10 @@ def test_notifier_without_socket_is_silent_and_a_broken_one_stops_trying() -> No
 def test_stopping_extends_the_stop_timeout_to_the_longest_stoptime() -> None:
     sent: list[str] = []
     Notifier({"NOTIFY_SOCKET": "/run/x"}, send=sent.append).stopping(300.0)
+    Notifier({"NOTIFY_SOCKET": "/run/x"}, send=sent.append).stopping(300.0, after=11.0)
     Notifier({"NOTIFY_SOCKET": "/run/x"}, send=sent.append).stopping(0.0)
     assert sent == ["STOPPING=1\nSTATUS=stopping every program\nEXTEND_TIMEOUT_USEC=305000000",
+                    "STOPPING=1\nSTATUS=stopping every program\nEXTEND_TIMEOUT_USEC=316000000",
                     "STOPPING=1\nSTATUS=stopping every program"]
 
 
