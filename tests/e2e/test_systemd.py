@@ -177,6 +177,9 @@ def test_the_configuration_is_for_root_and_the_group_taskmaster(booted: Containe
     assert "programs:" in box.run([*member, "cat", CONFIG]).stdout
     denied = box.run([*outsider, "cat", CONFIG], check=False)
     assert denied.returncode != 0 and "Permission denied" in denied.stderr, denied
+    # The state directory (future task and state files hold environments):
+    # StateDirectoryMode=0700, made by systemd when the unit starts.
+    assert box.run(["stat", "-c", "%a %U", "/var/lib/taskmaster"]).stdout.split() == ["700", "root"]
 
 
 def test_logrotate_postrotate_reopens_the_log_and_spares_the_programs(booted: Container) -> None:
