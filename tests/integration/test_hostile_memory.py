@@ -178,3 +178,40 @@ def test_the_embedded_bus_refuses_a_message_over_its_limit(
     assert r.returncode != 0  # the bus drops a connection that sends it too much
     assert d.proc.poll() is None
     assert caller(address, 1, 4096)[-1] == "rows 3"
+
+
+# Sends ListProcesses with N fds (signature 'h' * N) as root; prints the
+# error name of the answer, or 'dropped' when the bus closes the connection.
+FD_CALLER = textwrap.dedent("""
+    import os, sys
+    from jeepney import DBusAddress, new_method_call
+    from jeepney.io.blocking import open_dbus_connection
+
+    address, n = sys.argv[1], int(sys.argv[2])
+    conn = open_dbus_connection(bus=address, enable_fds=True)
+    target = DBusAddress("/org/taskmaster/Taskmaster1", bus_name="org.taskmaster.Taskmaster1",
+                         interface="org.taskmaster.Taskmaster1.Manager")
+    fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(n)]
+    try:
+        reply = conn.send_and_get_reply(new_method_call(target, "ListProcesses", "h" * n, tuple(fds)),
+                                        timeout=20)
+        print(reply.header.fields.get(4, "ok"))  # 4: the error name field
+    except (ConnectionError, OSError, EOFError):
+        print("dropped")
+""")
+
+
+def test_the_embedded_bus_passes_at_most_4_fds_per_message(
+        private_daemon: tuple[Daemon, str]) -> None:
+    _d, address = private_daemon
+
+    def call(n: int) -> str:
+        r = subprocess.run([sys.executable, "-c", FD_CALLER, address, str(n)],
+                           capture_output=True, text=True, timeout=60, cwd="/")
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    # 4 fds reach the daemon, which has no such method (and closes them);
+    # 5 are refused by the bus itself (max_message_unix_fds).
+    assert call(4) == "org.freedesktop.DBus.Error.UnknownMethod"
+    assert call(5) == "dropped"  # dbus-daemon closes the connection that sent it
