@@ -19,7 +19,8 @@ splice says EINVAL (a file system without splice) that file falls back to
 read/write. Nothing is written past maxbytes: a move is at most the room
 left, then the file rotates (FILE -> FILE.1 ... FILE.N, FILE.N dropped; with
 0 backups the file restarts empty), so FILE* never hold more than
-(backups + 1) * maxbytes.
+(backups + 1) * maxbytes. A restarted file gets its blocks up to maxbytes
+at once (fallocate KEEP_SIZE, its size unchanged), given back at close.
 
 A failing file (disk full, unwritable, removed directory) never stops the
 writer nor blocks the program: its data is read and dropped, the write is
@@ -157,7 +158,7 @@ class Sink:
         if self.reserved < 0:
             return
         err = fallocate(self.fd, FALLOC_FL_KEEP_SIZE, 0, self.maxbytes)
-        if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENODEV):
+        if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENODEV, errno.ESPIPE):
             self.reserved = -1  # this file system cannot: never again
         elif not err:
             self.reserved = self.maxbytes
