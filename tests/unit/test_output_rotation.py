@@ -24,7 +24,7 @@ from taskmasterd.config import (
     parse_config,
     parse_size,
 )
-from taskmasterd.logwriter import next_move, rotation_renames
+from taskmasterd.logwriter import FALLOC_FL_KEEP_SIZE, fallocate, next_move, rotation_renames
 from taskmasterd.reload import plan_reload
 
 # ---- the keys
@@ -191,6 +191,50 @@ def test_zero_backups_restart_the_file_empty(tmp_path: Path) -> None:
     os.close(fd)
     w.receive()
     assert [p.name for p in tmp_path.iterdir()] == ["out.log"] and out.stat().st_size == 500
+    assert w.close() == 0
+
+
+def wait_for(cond: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_restarted_file_has_its_blocks_reserved_until_it_closes(tmp_path: Path) -> None:
+    probe = tmp_path / "probe"
+    with open(probe, "wb") as f:
+        if fallocate(f.fileno(), FALLOC_FL_KEEP_SIZE, 0, 4096):
+            pytest.skip(f"no fallocate(FALLOC_FL_KEEP_SIZE) on {tmp_path}")
+    w = WriterProc()
+    out = tmp_path / "out.log"
+    fd, sid = w.follow(out, 100_000, 1)
+    write_all(fd, 150_000, b"0123456789" * 1000)
+    wait_for(lambda: Path(f"{out}.1").exists() and out.stat().st_size == 50_000)
+    st = out.stat()
+    # Reserved up to maxbytes (no block reserved one by one as data comes);
+    # the size is the data's.
+    assert st.st_size == 50_000 and st.st_blocks * 512 >= 100_000
+    os.close(fd)
+    assert w.receive() == {"op": "eof", "id": sid}
+    st = out.stat()
+    assert st.st_size == 50_000 and st.st_blocks * 512 < 100_000  # given back at close
+    assert Path(f"{out}.1").stat().st_size == 100_000
+    assert w.close() == 0
+
+
+def test_a_backup_removed_by_hand_leaves_a_gap_that_moves_up(tmp_path: Path) -> None:
+    out = tmp_path / "out.log"
+    out.write_bytes(b"0" * 1000)  # full
+    Path(f"{out}.1").write_bytes(b"one")
+    Path(f"{out}.3").write_bytes(b"three")  # out.log.2 was removed
+    w = WriterProc()
+    fd, sid = w.follow(out, 1000, 3)
+    os.write(fd, b"x" * 10)
+    os.close(fd)
+    assert w.receive() == {"op": "eof", "id": sid}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.log", "out.log.1", "out.log.2"]
+    assert [Path(f"{out}{n}").read_bytes() for n in ("", ".1", ".2")] == [b"x" * 10, b"0" * 1000, b"one"]
     assert w.close() == 0
 
 
