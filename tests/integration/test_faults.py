@@ -31,7 +31,7 @@ NAME = "org.taskmaster.Taskmaster1"
 PATH = "/org/taskmaster/Taskmaster1"
 MANAGER = "org.taskmaster.Taskmaster1.Manager"
 CRASH = {"cmd": "sh -c 'sleep 0.3; exit 3'", "starttime": 0, "autorestart": "always",
-         "stoptime": 1}
+         "stoptime": 1, "startlimit_burst": 0}
 
 needs_dbus = pytest.mark.skipif(not all(shutil.which(t) for t in ("dbus-daemon", "busctl")),
                                 reason="needs dbus-daemon and busctl")
@@ -43,7 +43,10 @@ def config(d: Path, **extra: str) -> Path:
     lines = [f"taskmasterd: {{logfile: {extra.pop('logfile', d / 'taskmasterd.log')}, "
              f"logdir: {extra.pop('logdir', d / 'logs')}}}",
              "programs:",
-             f"  crash: {{cmd: \"{CRASH['cmd']}\", starttime: 0, autorestart: always, stoptime: 1}}"]
+             # startlimit_burst 0: `crash` must keep restarting for as long as a
+             # test watches supervision go on (the start limit has its own tests).
+             f"  crash: {{cmd: \"{CRASH['cmd']}\", starttime: 0, autorestart: always, stoptime: 1, "
+             "startlimit_burst: 0}"]
     lines += extra.values()
     path.write_text("\n".join(lines) + "\n")
     return path
