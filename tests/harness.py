@@ -56,6 +56,16 @@ def parse_log(text: str) -> list[LogLine]:
 Predicate = Callable[[LogLine], bool]
 
 
+def wait_until(what: str, cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll `cond` until it holds, for states nothing announces (a file's
+    size or contents, /proc); fail after `timeout` s naming `what`."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)  # sleep-ok: the poll step of a wait with a timeout
+
+
 def event(kind: str, process: str | None = None, **fields: str) -> Predicate:
     def match(ln: LogLine) -> bool:
         return (ln.kind == kind and (process is None or ln.process == process)

@@ -2,7 +2,7 @@
 trio's `MockClock(autojump_threshold=0)`).
 
 `loop.time()` is virtual: it starts at 0 and moves only when the loop has
-nothing to do, straight to the next timer. So `await asyncio.sleep(3600)`
+nothing to do, straight to the next timer. So an hour's asyncio sleep
 returns at once with `loop.time()` exactly 3600 later, and a test asserts
 exact delays (a retry 2 s after the failure, a summary at the rate's end)
 whatever the machine's load.

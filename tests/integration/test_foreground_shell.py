@@ -14,7 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.harness import processes_with_env
+from tests.harness import processes_with_env, wait_until
 from tests.integration.conftest import WriteConfig
 
 SYS_TGKILL = {"x86_64": 234, "aarch64": 131}.get(platform.machine(), 234)
@@ -116,15 +116,11 @@ def test_sigusr2_reopens_the_log_file_in_shell_mode_too(write_config: WriteConfi
     # elsewhere (another thread, or just before that select) waits for the next
     # key -- as SIGHUP and SIGTERM do in this mode. What is tested here is
     # that it is handled at all: its default action would end the process.
-    deadline = time.monotonic() + 20
-    while not Path(f"/proc/{term.pid}/wchan").read_text().startswith(("poll_schedule", "do_select")):
-        assert time.monotonic() < deadline, "the shell never waited for input"
-        time.sleep(0.01)
+    wait_until("the shell to wait for input", lambda: Path(f"/proc/{term.pid}/wchan").read_text()
+               .startswith(("poll_schedule", "do_select")), timeout=20)
     libc = ctypes.CDLL(None, use_errno=True)
     assert libc.syscall(SYS_TGKILL, term.pid, term.pid, signal.SIGUSR2) == 0, ctypes.get_errno()
-    deadline = time.monotonic() + 20
-    while "SIGUSR2: reopened the log file" not in (log.read_text() if log.exists() else ""):
-        assert time.monotonic() < deadline, "the log file was not reopened"
-        time.sleep(0.01)
+    wait_until("the log file to be reopened", lambda: "SIGUSR2: reopened the log file"
+               in (log.read_text() if log.exists() else ""), timeout=20)
     term.type("shutdown\r")
     assert term.wait() == 0

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from tests.harness import Daemon, alive, cpu_seconds, event
+from tests.harness import Daemon, alive, cpu_seconds, event, wait_until
 from tests.integration.conftest import WriteConfig
 from tests.integration.test_taskctl import Lines, interrupt, popen_taskctl
 
@@ -28,14 +28,6 @@ def total(base: Path) -> int:
         with contextlib.suppress(FileNotFoundError):
             size += p.stat().st_size
     return size
-
-
-def wait_until(what: str, cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def writers_of(pid: int) -> list[int]:
@@ -95,7 +87,7 @@ def test_a_flood_never_exceeds_the_bound(write_config: WriteConfig, daemons: Sta
     while time.monotonic() < end:
         biggest = max(biggest, total(out))
         assert biggest <= 4 * MB + PIPE, f"{biggest} bytes on disk"
-        time.sleep(0.1)
+        time.sleep(0.1)  # sleep-ok: the sampling period, not a wait for an event
     spent = cpu_seconds(d.pid) - cpu0
     assert d.terminate() == 0  # the files are still while we look at them
     assert total(out) <= 4 * MB
