@@ -44,10 +44,11 @@ How values are read (the node's source text decides, never YAML 1.1):
   a null value is an error (write '' for an empty value).
 * the top-level sections taskmasterd, programs and alerts may be left
   empty (null), which means the same as absent.
-* alert URLs are checked by apprise itself (`Apprise().add(url)`), imported
-  here only when the file has alerts; an URL it cannot use is an error at
-  the url's line. Alert title/body templates (any non-null scalar) are
-  str.format strings whose fields must be named and among TEMPLATE_FIELDS.
+* alerts (taskmasterd.alertschema, whose reader the validator inherits):
+  URLs are checked by apprise itself (`Apprise().add(url)`), imported only
+  when the file has alerts; an URL it cannot use is an error at the url's
+  line. Alert title/body templates (any non-null scalar) are str.format
+  strings whose fields must be named and among TEMPLATE_FIELDS.
 
 Aliases are fine anywhere, and merge keys (`<<: *defaults`, or a list of
 aliases) work in every mapping: keys written in the mapping win over merged
@@ -57,7 +58,6 @@ written twice in one mapping is an error at the second occurrence.
 
 from __future__ import annotations
 
-import difflib
 import enum
 import functools
 import os
@@ -65,7 +65,6 @@ import re
 import shlex
 import signal
 import stat
-import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,10 +73,16 @@ from typing import Any
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from taskmasterd import signames
+
+# Re-exported: the alerts' model and the loader's errors are part of this module's API.
+from taskmasterd.alertschema import ALERT_EVENTS as ALERT_EVENTS
+from taskmasterd.alertschema import DEFAULT_ALERT_RATE as DEFAULT_ALERT_RATE
+from taskmasterd.alertschema import TEMPLATE_FIELDS as TEMPLATE_FIELDS
+from taskmasterd.alertschema import AlertConfig as AlertConfig
+from taskmasterd.alertschema import AlertReader
 from taskmasterd.yamlnodes import (
     BOOLEANS,
     NULL,
-    NodeReader,
     Reject,
     Reported,
     is_null,
@@ -88,45 +93,8 @@ from taskmasterd.yamlnodes import (
     surrogate_problem,
     unknown_key,
 )
-
-# Re-exported: the loader's errors are part of this module's API.
 from taskmasterd.yamlnodes import ConfigError as ConfigError
 from taskmasterd.yamlnodes import ConfigIssue as ConfigIssue
-
-# Events an alert can subscribe to (process states plus daemon events).
-ALERT_EVENTS: tuple[str, ...] = (
-    "STARTING",
-    "RUNNING",
-    "BACKOFF",
-    "STOPPING",
-    "STOPPED",
-    "EXITED",
-    "EXITED_EXPECTED",
-    "EXITED_UNEXPECTED",
-    "FATAL",
-    "SPAWN_ERROR",
-    "RELOAD",
-    "RELOAD_FAILED",
-    "DAEMON_START",
-    "DAEMON_STOP",
-)
-
-# Named fields an alert's title/body template may use (str.format style; every
-# value is text, empty when it does not apply). See taskmasterd/alerts.py.
-TEMPLATE_FIELDS: tuple[str, ...] = (
-    "host",
-    "program",
-    "process",
-    "pid",
-    "event",
-    "state",
-    "status",
-    "time",
-    "since",
-    "count",
-    "message",
-    "stderr_tail",
-)
 
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 
@@ -222,23 +190,6 @@ class GlobalConfig:
     loglevel: str = "info"  # debug | info | warning | error
     logdir: str | None = None
     statedir: str | None = None
-
-
-DEFAULT_ALERT_RATE = 60.0  # seconds between two messages to one target
-
-
-@dataclass(frozen=True)
-class AlertConfig:
-    url: str  # an apprise URL, as written (may hold secrets: never log it)
-    events: frozenset[str] = frozenset({"FATAL", "EXITED_UNEXPECTED"})
-    programs: tuple[str, ...] = ("*",)  # globs on program (or process) names
-    rate: float = DEFAULT_ALERT_RATE  # minimum interval between two messages, seconds
-    title: str | None = None  # str.format templates over TEMPLATE_FIELDS;
-    body: str | None = None  # None: the built-in text
-    # Where the url: value is in the file (1-based; 0 when not from a file).
-    # Not part of the value: moving an alert in the file changes nothing.
-    line: int = field(default=0, compare=False)
-    column: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -354,7 +305,6 @@ PROGRAM_KEYS: tuple[str, ...] = (
     "stderr_maxbytes",
     "stderr_backups",
 )
-ALERT_KEYS: tuple[str, ...] = ("url", "events", "programs", "rate", "title", "body")
 
 # supervisord's [program:x] option names -> Taskmaster's, or None if unsupported.
 _SUPERVISORD_NAMES: dict[str, str | None] = {
@@ -387,7 +337,7 @@ _SIGNAL_HINT = (
 )
 
 
-class _Validator(NodeReader):
+class _Validator(AlertReader):
     """Taskmaster's schema, read off the node tree (see the module docstring)."""
 
     def __init__(self, text: str, path: str) -> None:
@@ -644,128 +594,6 @@ class _Validator(NodeReader):
             return f"unknown key '{key}' (did you mean '{new}'? '{key}' is supervisord's name for it)"
         return unknown_key(key, PROGRAM_KEYS, "a program")
 
-    def _read(
-        self,
-        reader: Callable[[Node], Any],
-        node: Node,
-        keypath: str,
-        values: dict[str, Any],
-        key: str,
-    ) -> bool:
-        try:
-            values[key] = reader(node)
-        except Reject as r:
-            self.error(r.node if r.node is not None else node, keypath, r.message)
-            return False
-        except Reported:
-            return False
-        return True
-
-    # ---- alerts:
-
-    def _alerts(self, node: Node) -> tuple[AlertConfig, ...] | None:
-        if is_null(node):
-            return ()
-        if not isinstance(node, SequenceNode):
-            self.error(
-                node,
-                "alerts",
-                f"expected a list of alerts (each '- url: ...'), found {kind(node)}",
-            )
-            return None
-        out: list[AlertConfig] = []
-        ok = True
-        for i, item in enumerate(node.value):
-            alert = self._alert(item, f"alerts[{i}]")
-            if alert is None:
-                ok = False
-            else:
-                out.append(alert)
-        return tuple(out) if ok else None
-
-    def _alert(self, node: Node, kp: str) -> AlertConfig | None:
-        if not isinstance(node, MappingNode):
-            self.error(node, kp, f"an alert must be a mapping with at least 'url:', found {kind(node)}")
-            return None
-        readers: dict[str, Callable[[Node], Any]] = {
-            "url": self._url,
-            "events": lambda n: self._events(n, f"{kp}.events"),
-            "programs": lambda n: self._patterns(n, f"{kp}.programs"),
-            "rate": self._seconds,
-            "title": self._template,
-            "body": self._template,
-        }
-        values: dict[str, Any] = {}
-        ok = True
-        url_node: Node | None = None
-        for k, v in self.entries(node, kp):
-            key = k.value
-            reader = readers.get(key)
-            if reader is None:
-                self.error(k, f"{kp}.{key}", unknown_key(key, ALERT_KEYS, "an alert"))
-                ok = False
-                continue
-            if key == "url":
-                url_node = v
-            ok = self._read(reader, v, f"{kp}.{key}", values, key) and ok
-        if url_node is None:
-            self.error(node, kp, f"an alert needs a 'url:' (e.g. url: {_URL_EXAMPLE})")
-            return None
-        if not ok:
-            return None
-        return AlertConfig(**values, line=url_node.start_mark.line + 1,
-                           column=url_node.start_mark.column + 1)
-
-    def _url(self, node: Node) -> str:
-        text = self._text(node, "a URL", strict=True)
-        scheme, sep, _rest = text.partition("://")
-        if not sep or not scheme:
-            raise Reject(f"expected a URL like {_URL_EXAMPLE} (apprise's syntax), found {show(node)}")
-        problem = _apprise_problem(text)
-        if problem is not None:
-            raise Reject(problem)
-        return text
-
-    def _template(self, node: Node) -> str:
-        text = self._text(node, "a message template")
-        problem = _template_problem(text)
-        if problem is not None:
-            raise Reject(problem)
-        return text
-
-    def _events(self, node: Node, kp: str) -> frozenset[str]:
-        items = self._list(node, "a list of event names")
-        out: set[str] = set()
-        bad = False
-        for i, item in enumerate(items):
-            ikp = f"{kp}[{i}]"
-            if not isinstance(item, ScalarNode) or is_null(item) or item.value.upper() not in ALERT_EVENTS:
-                self.error(
-                    item,
-                    ikp,
-                    f"unknown event {show(item)}; expected one of {', '.join(ALERT_EVENTS)}",
-                )
-                bad = True
-            else:
-                out.add(item.value.upper())
-        if bad:
-            raise Reported
-        return frozenset(out)
-
-    def _patterns(self, node: Node, kp: str) -> tuple[str, ...]:
-        items = self._list(node, "a list of program names or globs")
-        out: list[str] = []
-        bad = False
-        for i, item in enumerate(items):
-            try:
-                out.append(self._text(item, "a program name or glob"))
-            except Reject as r:
-                self.error(item, f"{kp}[{i}]", r.message)
-                bad = True
-        if bad:
-            raise Reported
-        return tuple(out)
-
     # ---- Taskmaster's own readers (raise Reject)
 
     def _resolve(self, text: str) -> str:
@@ -907,80 +735,3 @@ class _Validator(NodeReader):
         if bad:
             raise Reported
         return tuple(sorted(out.items()))
-
-
-_URL_EXAMPLE = "json://example.com/hook or mailto://user:password@smtp.example.com?to=ops@example.com"
-_APPRISE_WIKI = "https://github.com/caronc/apprise/wiki"
-
-
-def _apprise_problem(url: str) -> str | None:
-    """Why apprise cannot use `url`, or None when it can.
-
-    apprise is imported here, on the first alert URL (it costs ~0.1-0.3 s).
-    The URL is never quoted back: it may hold a password or a token.
-    """
-    try:
-        import apprise
-    except ImportError:
-        return ("alerts need the apprise package (Debian: python3-apprise), which is not "
-                "installed; install it or remove 'alerts:'")
-    scheme = url.partition("://")[0]
-    try:
-        targets = apprise.Apprise()
-        accepted = bool(targets.add(url))
-        count = len(targets)
-    except Exception:  # a plugin that chokes on odd input: still "cannot use it"
-        accepted, count = False, 0
-    if accepted and count == 1:
-        return None
-    if accepted:
-        return (f"this is {count} URLs for apprise (separated by a comma or a space); "
-                "write one '- url:' item per target")
-    if scheme.lower() in ("http", "https"):
-        secure = "s" if scheme.lower() == "https" else ""
-        return (f"apprise has no {scheme}:// service: for a web hook write json{secure}:// "
-                f"(JSON POST), form{secure}:// or xml{secure}:// instead of {scheme}://")
-    if scheme.lower() not in _apprise_schemes(apprise):
-        return f"apprise has no service '{scheme}://'; the services and their URLs: {_APPRISE_WIKI}"
-    return (f"apprise cannot use this {scheme}:// URL: a part is missing or invalid "
-            f"(host, port, token, address...); see {_APPRISE_WIKI} for its format")
-
-
-@functools.lru_cache(maxsize=1)
-def _apprise_schemes(apprise: Any) -> frozenset[str]:
-    # ~50 ms (apprise describes every plugin): once per process, not per URL.
-    schemes: set[str] = set()
-    try:
-        for entry in apprise.Apprise().details().get("schemas", ()):
-            for key in ("protocols", "secure_protocols"):
-                value = entry.get(key) or ()
-                schemes.update(str(v).lower() for v in ([value] if isinstance(value, str) else value))
-    except Exception:
-        pass
-    return frozenset(schemes)
-
-
-def _template_problem(text: str) -> str | None:
-    """What is wrong with a title/body template, or None."""
-    known = ", ".join(TEMPLATE_FIELDS)
-    try:
-        names = [name for _lit, name, _spec, _conv in string.Formatter().parse(text) if name is not None]
-    except ValueError as e:
-        return f"invalid template: {e}; write {{{{ and }}}} for literal braces"
-    for name in names:
-        if name == "" or name.isdigit():
-            return f"template fields must be named, like {{program}}; known fields: {known}"
-        base = re.split(r"[.\[]", name, maxsplit=1)[0]
-        if base != name:
-            return f"template field {{{name}}}: only plain names are allowed, like {{{base}}}"
-        if base not in TEMPLATE_FIELDS:
-            close = difflib.get_close_matches(base, TEMPLATE_FIELDS, n=1, cutoff=0.6)
-            hint = f" (did you mean {{{close[0]}}}?)" if close else ""
-            return f"unknown template field {{{base}}}{hint}; known fields: {known}"
-    try:
-        text.format(**{f: "x" for f in TEMPLATE_FIELDS})
-    except (ValueError, TypeError, KeyError, IndexError) as e:
-        return f"invalid template: {e} (every field is text)"
-    return None
-
-

@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 import difflib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -489,6 +490,25 @@ class NodeReader:
         return False
 
     # ---- readers (raise Reject)
+
+    def _read(
+        self,
+        reader: Callable[[Node], Any],
+        node: Node,
+        keypath: str,
+        values: dict[str, Any],
+        key: str,
+    ) -> bool:
+        """values[key] = reader(node); a refusal is recorded as an issue at
+        the node (or the one it names) and gives False."""
+        try:
+            values[key] = reader(node)
+        except Reject as r:
+            self.error(r.node if r.node is not None else node, keypath, r.message)
+            return False
+        except Reported:
+            return False
+        return True
 
     @staticmethod
     def _list(node: Node, what: str) -> list[Node]:
