@@ -7,6 +7,7 @@ import asyncio
 import sys
 
 from taskmasterd import __version__
+from taskmasterd.bus import pinned
 from taskmasterd.busaddr import BusChoice, daemon_default
 from taskmasterd.config import Config, ConfigError
 from taskmasterd.hostcheck import load as load_config
@@ -61,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.check_config:
         return check_config(args.check_config)
+    wrong_library = pinned.problem(pinned.found_version())
+    if wrong_library is not None:
+        print(f"taskmasterd: not started: {wrong_library}", file=sys.stderr)
+        return 1
     path = args.config or default_config_path()
     config = load_or_report(path, "taskmasterd: not started: {path} has {n} error(s)")
     if config is None:

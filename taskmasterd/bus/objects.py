@@ -23,8 +23,8 @@ from dbus_next.service import ServiceInterface, dbus_property, method
 from dbus_next.service import signal as dbus_signal
 
 from taskmasterd import __version__, signames
-from taskmasterd.bus import compat
 from taskmasterd.bus.names import ERROR_PREFIX, MANAGER_IFACE, PROGRAM_IFACE
+from taskmasterd.bus.writer import close_after_send
 from taskmasterd.errors import BadName, NoOutput, NoSuchProgram, NotAFile, TaskmasterError
 from taskmasterd.process import worst_state
 from taskmasterd.reload import ReloadPlan
@@ -143,7 +143,7 @@ class Manager(ServiceInterface):
                 os.close(fd)
                 raise NotAFile(f"the {stream} of {process} goes to {path}, which is not a "
                                "regular file")
-            return compat.close_after_send(fd)
+            return close_after_send(fd)
 
     @method()
     async def TestAlerts(self, target: 's') -> 'a(sbs)':

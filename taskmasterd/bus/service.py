@@ -16,13 +16,13 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from dbus_next import BusType
-from dbus_next.aio import MessageBus
 from dbus_next.constants import NameFlag, RequestNameReply
 
 from taskmasterd import events
-from taskmasterd.bus import compat
+from taskmasterd.bus.messagebus import TaskmasterBus, close
 from taskmasterd.bus.names import BUS_NAME, MANAGER_PATH, program_path
 from taskmasterd.bus.objects import Controller, Manager, Program
+from taskmasterd.bus.pinned import WrongDbusNext
 from taskmasterd.events import Event
 
 log = logging.getLogger("taskmasterd")
@@ -44,7 +44,7 @@ def retry_delay(attempt: int) -> float:
 class BusService:
     def __init__(self, controller: Controller) -> None:
         self._c = controller
-        self.bus: MessageBus | None = None
+        self.bus: TaskmasterBus | None = None
         self.manager = Manager(controller)
         self.programs: dict[str, Program] = {}
         # programs whose properties changed -> whether their config did too
@@ -52,25 +52,21 @@ class BusService:
         self._flush_scheduled = False
 
     async def connect(self, *, address: str | None = None, bus_type: BusType = BusType.SYSTEM) -> None:
-        compat.install()
-        compat.install_error_reply_fix()
-        compat.install_fast_marshall()
-        compat.install_fast_unmarshall()
         try:
-            bus = MessageBus(bus_address=address, bus_type=bus_type, negotiate_unix_fd=True)
+            bus = TaskmasterBus(bus_address=address, bus_type=bus_type, negotiate_unix_fd=True,
+                                manager_path=MANAGER_PATH)
             await bus.connect()
+        except WrongDbusNext:
+            raise
         except Exception as exc:  # dbus-next raises several kinds here
             where = address or bus_type.name.lower() + " bus"
             raise BusUnavailable(f"cannot connect to the D-Bus {where}: {exc}") from None
         self.bus = bus
-        compat.skip_unwanted_bodies(bus)
         # Fresh objects on every connection: dbus-next's interfaces remember
         # every bus they were exported on, a dead one included.
         self.manager = Manager(self._c)
         self.programs = {}
-        compat.set_object_manager(bus, MANAGER_PATH)
-        compat.index_signal_paths(bus)
-        with compat.unannounced_exports(bus):
+        with bus.unannounced_exports():
             bus.export(MANAGER_PATH, self.manager)
             for program in self._c.supervisor.config.programs:
                 self._export(program.name)
@@ -88,7 +84,7 @@ class BusService:
         bus, self.bus = self.bus, None
         if bus is None:
             return
-        await compat.close(bus)
+        await close(bus)
 
     async def keep_connected(self, reconnect: Callable[[], Awaitable[None]], where: str) -> None:
         """Run until close(): whenever the connection drops, reconnect.
@@ -108,7 +104,7 @@ class BusService:
             if self.bus is not bus:  # close() was called
                 return
             self.bus = None
-            await compat.close(bus)
+            await close(bus)
             log.warning("D-Bus: lost the connection to %s; supervision goes on without it, "
                         "reconnecting", where)
             attempt = 0

@@ -15,8 +15,7 @@ the caller falls back to the library. Writing keeps the library's type check
 (`SignatureTree.verify`), so a bad body raises the same
 SignatureBodyMismatchError as before.
 
-Used through taskmasterd.bus.compat (install_fast_marshall /
-install_fast_unmarshall), which is the only module that patches dbus-next.
+Used by TaskmasterBus's writer (marshall.py) and reader (reader.py).
 """
 
 from __future__ import annotations
@@ -29,7 +28,9 @@ from typing import Any
 from dbus_next.signature import SignatureTree, SignatureType, Variant
 
 Encoder = Callable[[bytearray, Any], None]
-Decoder = Callable[[bytes, int], tuple[Any, int]]
+# What a message is read from: the reader's buffer is a bytearray.
+Buffer = bytes | bytearray
+Decoder = Callable[[Buffer, int], tuple[Any, int]]
 
 _FIXED = {"y": ("B", 1), "n": ("h", 2), "q": ("H", 2), "i": ("i", 4), "u": ("I", 4),
           "h": ("I", 4), "x": ("q", 8), "t": ("Q", 8), "d": ("d", 8)}
@@ -160,7 +161,7 @@ def _decoder_for(signature: str) -> list[Decoder]:
     return [_decoder(t) for t in SignatureTree._get(signature).types]
 
 
-def decode_body(signature: str, buf: bytes, offset: int) -> list[Any]:
+def decode_body(signature: str, buf: Buffer, offset: int) -> list[Any]:
     """The values of a little-endian body starting at `offset` of `buf`
     (offsets are relative to the message start: alignment depends on them)."""
     body = []
@@ -176,17 +177,17 @@ def _decoder(t: SignatureType) -> Decoder:
         fmt, size = _FIXED[token]
         unpack = struct.Struct("<" + fmt).unpack_from
 
-        def fixed(buf: bytes, off: int) -> tuple[Any, int]:
+        def fixed(buf: Buffer, off: int) -> tuple[Any, int]:
             off += -off & (size - 1)
             return unpack(buf, off)[0], off + size
         return fixed
     if token == "b":
-        def boolean(buf: bytes, off: int) -> tuple[Any, int]:
+        def boolean(buf: Buffer, off: int) -> tuple[Any, int]:
             off += -off & 3
             return bool(_U32.unpack_from(buf, off)[0]), off + 4
         return boolean
     if token in "so":
-        def string(buf: bytes, off: int) -> tuple[Any, int]:
+        def string(buf: Buffer, off: int) -> tuple[Any, int]:
             off += -off & 3
             n = _U32.unpack_from(buf, off)[0]
             off += 4
@@ -195,7 +196,7 @@ def _decoder(t: SignatureType) -> Decoder:
     if token == "g":
         return _read_signature
     if token == "v":
-        def variant(buf: bytes, off: int) -> tuple[Any, int]:
+        def variant(buf: Buffer, off: int) -> tuple[Any, int]:
             signature, off = _read_signature(buf, off)
             value, off = _decoder_for(signature)[0](buf, off)
             return Variant(SignatureTree._get(signature), value), off
@@ -203,7 +204,7 @@ def _decoder(t: SignatureType) -> Decoder:
     if token == "(":
         children = [_decoder(c) for c in t.children]
 
-        def struct_(buf: bytes, off: int) -> tuple[Any, int]:
+        def struct_(buf: Buffer, off: int) -> tuple[Any, int]:
             off += -off & 7
             result = []
             for dec in children:
@@ -214,7 +215,7 @@ def _decoder(t: SignatureType) -> Decoder:
     if token == "{":
         key_dec, value_dec = (_decoder(c) for c in t.children)
 
-        def entry(buf: bytes, off: int) -> tuple[Any, int]:
+        def entry(buf: Buffer, off: int) -> tuple[Any, int]:
             off += -off & 7
             key, off = key_dec(buf, off)
             value, off = value_dec(buf, off)
@@ -225,7 +226,7 @@ def _decoder(t: SignatureType) -> Decoder:
         element = _decoder(child)
         first_align = child.token in _ALIGN_8_FIRST
 
-        def array(buf: bytes, off: int) -> tuple[Any, int]:
+        def array(buf: Buffer, off: int) -> tuple[Any, int]:
             off += -off & 3
             length = _U32.unpack_from(buf, off)[0]
             off += 4
@@ -249,6 +250,6 @@ def _decoder(t: SignatureType) -> Decoder:
     raise NotImplementedError(f'dont know how to read yet: "{token}"')
 
 
-def _read_signature(buf: bytes, off: int) -> tuple[str, int]:
+def _read_signature(buf: Buffer, off: int) -> tuple[str, int]:
     n = buf[off]
     return buf[off + 1:off + 1 + n].decode(), off + n + 2

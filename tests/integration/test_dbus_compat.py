@@ -1,7 +1,6 @@
-"""taskmasterd.bus.compat against dbus-next 0.2.3 on a private dbus-daemon.
-
-`compat.install()` patches dbus-next globally (that is its point): the check
-that the *unpatched* library drops the connection runs in a subprocess.
+"""TaskmasterBus (taskmasterd.bus.messagebus, writer, reader): its fixes of
+dbus-next 0.2.3, on a private dbus-daemon. The library's own classes stay
+untouched: a plain MessageBus beside it shows the library's behaviour.
 
 No `from __future__ import annotations`: dbus-next reads D-Bus signatures
 from the annotations of the service interfaces below.
@@ -24,7 +23,8 @@ from dbus_next import Message, MessageType
 from dbus_next.aio import MessageBus
 from dbus_next.service import PropertyAccess, ServiceInterface, dbus_property, method, signal
 
-from taskmasterd.bus import compat
+from taskmasterd.bus.messagebus import TaskmasterBus, close
+from taskmasterd.bus.writer import Writer
 from tests.dbus_fixtures import bus_directory, session_bus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,21 +74,36 @@ class Burst(ServiceInterface):  # type: ignore[misc]
 # ---------------------------------------------------------------- 1. the writer
 
 
-def test_install_is_idempotent() -> None:
+def test_the_library_classes_are_left_alone(address: str) -> None:
+    """Every fix is an override in TaskmasterBus, its writer or its reader:
+    no dbus-next class is modified, so other buses keep the library's code."""
+    from dbus_next._private.unmarshaller import Unmarshaller
     from dbus_next.aio.message_bus import _MessageWriter
+    from dbus_next.message_bus import BaseMessageBus
 
-    compat.install()
-    patched = _MessageWriter.write_callback
-    compat.install()
-    assert _MessageWriter.write_callback is patched
-    assert compat.installed()
+    replaced = [(_MessageWriter, "write_callback"), (_MessageWriter, "buffer_message"),
+                (Message, "_marshall"), (Unmarshaller, "_unmarshall"),
+                (MessageBus, "_create_unmarshaller")] + [
+        (BaseMessageBus, name) for name in ("_emit_interface_added", "_emit_interface_removed",
+                                            "export", "unexport", "_interface_signal_notify",
+                                            "_send_reply")]
+
+    async def main() -> None:
+        service = await TaskmasterBus(bus_address=address, manager_path=MANAGER_PATH).connect()
+        try:
+            assert isinstance(service._writer, Writer)
+            assert type(service._unmarshaller).__module__ == "taskmasterd.bus.reader"
+            for cls, name in replaced:
+                assert getattr(cls, name).__module__.startswith("dbus_next."), (cls, name)
+        finally:
+            await close(service)
+
+    run(main)
 
 
 def test_burst_of_signals_arrives_in_order(address: str) -> None:
-    compat.install()
-
     async def main() -> None:
-        service = await MessageBus(bus_address=address).connect()
+        service = await TaskmasterBus(bus_address=address).connect()
         client = await MessageBus(bus_address=address).connect()
         try:
             iface = Burst()
@@ -113,8 +128,8 @@ def test_burst_of_signals_arrives_in_order(address: str) -> None:
             await ping(client, service.unique_name)
             await ping(service, client.unique_name)
         finally:
-            await compat.close(service)
-            await compat.close(client)
+            await close(service)
+            await close(client)
 
     run(main)
 
@@ -165,7 +180,7 @@ UNPATCHED = textwrap.dedent("""
 
 
 def test_unpatched_library_drops_the_connection(address: str) -> None:
-    """The trap compat.install() fixes, shown on the library as shipped (in a subprocess)."""
+    """The trap TaskmasterBus's writer fixes, shown on the library as shipped (in a subprocess)."""
     proc = subprocess.run([sys.executable, "-c", UNPATCHED, address, str(BURST), str(PAD)],
                           capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
@@ -215,13 +230,10 @@ class FullSocket:
 
 def test_full_socket_keeps_the_message_and_its_fds() -> None:
     """Unit check of the patched writer: nothing lost, fds not dropped, writer stays registered."""
-    from dbus_next.aio.message_bus import _MessageWriter
-
-    compat.install()
 
     async def main() -> None:
         finalized: list[Exception] = []
-        writer = _MessageWriter.__new__(_MessageWriter)
+        writer = Writer.__new__(Writer)
         writer.messages = asyncio.Queue()
         writer.negotiate_unix_fd = True
         writer.bus = type("Bus", (), {"_finalize": lambda self, e: finalized.append(e)})()
@@ -252,9 +264,6 @@ def test_full_socket_keeps_the_message_and_its_fds() -> None:
 
 
 def test_real_errors_still_finalize() -> None:
-    from dbus_next.aio.message_bus import _MessageWriter
-
-    compat.install()
 
     class Broken:
         def send(self, buffer: memoryview) -> int:
@@ -262,7 +271,7 @@ def test_real_errors_still_finalize() -> None:
 
     async def main() -> None:
         finalized: list[Exception] = []
-        writer = _MessageWriter.__new__(_MessageWriter)
+        writer = Writer.__new__(Writer)
         writer.messages = asyncio.Queue()
         writer.negotiate_unix_fd = False
         writer.bus = type("Bus", (), {"_finalize": lambda self, e: finalized.append(e)})()
@@ -287,10 +296,6 @@ def test_a_send_nobody_awaits_fails_without_a_traceback() -> None:
     one, asyncio must not log 'Future exception was never retrieved' (issue 11, 7.)."""
     import gc
 
-    from dbus_next.aio.message_bus import _MessageWriter
-
-    compat.install()
-
     class Broken:
         def send(self, buffer: memoryview) -> int:
             raise BrokenPipeError(32, "Broken pipe")
@@ -300,7 +305,7 @@ def test_a_send_nobody_awaits_fails_without_a_traceback() -> None:
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(lambda _loop, context: reported.append(context))
         finalized: list[Exception] = []
-        writer = _MessageWriter.__new__(_MessageWriter)
+        writer = Writer.__new__(Writer)
         writer.messages = asyncio.Queue()
         writer.negotiate_unix_fd = False
         writer.bus = type("Bus", (), {"_finalize": lambda self, e: finalized.append(e)})()
@@ -350,11 +355,10 @@ async def next_signal(queue: "asyncio.Queue[Any]") -> Any:
 
 def test_object_manager_signals_come_from_the_manager_path(address: str) -> None:
     async def main() -> None:
-        service = await MessageBus(bus_address=address).connect()
-        plain = await MessageBus(bus_address=address).connect()  # no set_object_manager
+        service = await TaskmasterBus(bus_address=address, manager_path=MANAGER_PATH).connect()
+        plain = await MessageBus(bus_address=address).connect()  # the library's
         client = await MessageBus(bus_address=address).connect()
         try:
-            compat.set_object_manager(service, MANAGER_PATH)
             signals: asyncio.Queue[Any] = asyncio.Queue()
 
             def on_message(msg: Any) -> None:
@@ -401,7 +405,7 @@ def test_object_manager_signals_come_from_the_manager_path(address: str) -> None
             assert (msg.sender, msg.path, msg.body[0]) == (plain.unique_name, x, x)
         finally:
             for bus in (service, plain, client):
-                await compat.close(bus)
+                await close(bus)
 
     run(main)
 
@@ -417,10 +421,9 @@ class Talker(ServiceInterface):  # type: ignore[misc]
 
 def test_indexed_signal_paths_follow_export_and_unexport(address: str) -> None:
     async def main() -> None:
-        service = await MessageBus(bus_address=address).connect()
+        service = await TaskmasterBus(bus_address=address).connect()
         client = await MessageBus(bus_address=address).connect()
         try:
-            compat.index_signal_paths(service)
             signals: asyncio.Queue[Any] = asyncio.Queue()
             client.add_message_handler(
                 lambda m: signals.put_nowait(m) if m.message_type == MessageType.SIGNAL
@@ -445,24 +448,23 @@ def test_indexed_signal_paths_follow_export_and_unexport(address: str) -> None:
             assert (msg.path, msg.body) == ("/t/0", ["still"])
         finally:
             for bus in (service, client):
-                await compat.close(bus)
+                await close(bus)
 
     run(main)
 
 
 def test_unannounced_exports_send_no_interfaces_added(address: str) -> None:
     async def main() -> None:
-        service = await MessageBus(bus_address=address).connect()
+        service = await TaskmasterBus(bus_address=address, manager_path=MANAGER_PATH).connect()
         client = await MessageBus(bus_address=address).connect()
         try:
-            compat.set_object_manager(service, MANAGER_PATH)
             signals: asyncio.Queue[Any] = asyncio.Queue()
             client.add_message_handler(
                 lambda m: signals.put_nowait(m) if m.message_type == MessageType.SIGNAL
                 and m.interface == OBJECT_MANAGER else None)
             await add_match(client, f"type='signal',sender='{service.unique_name}',"
                                     f"interface='{OBJECT_MANAGER}'")
-            with compat.unannounced_exports(service):
+            with service.unannounced_exports():
                 service.export(MANAGER_PATH, Manager())
                 service.export(f"{MANAGER_PATH}/program/quiet", Program("quiet"))
             service.export(f"{MANAGER_PATH}/program/loud", Program("loud"))  # announced again
@@ -476,7 +478,7 @@ def test_unannounced_exports_send_no_interfaces_added(address: str) -> None:
                                           f"{MANAGER_PATH}/program/loud"}
         finally:
             for bus in (service, client):
-                await compat.close(bus)
+                await close(bus)
 
     run(main)
 
@@ -484,9 +486,8 @@ def test_unannounced_exports_send_no_interfaces_added(address: str) -> None:
 def test_busctl_sees_interfaces_added_on_the_manager_path(address: str) -> None:
     """The same, watched by an independent client: `busctl monitor`."""
     async def main() -> None:
-        service = await MessageBus(bus_address=address).connect()
+        service = await TaskmasterBus(bus_address=address, manager_path=MANAGER_PATH).connect()
         try:
-            compat.set_object_manager(service, MANAGER_PATH)
             proc = await asyncio.create_subprocess_exec(
                 "busctl", f"--address={address}", "monitor", "--json=short", service.unique_name,
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -511,7 +512,7 @@ def test_busctl_sees_interfaces_added_on_the_manager_path(address: str) -> None:
                 proc.kill()
                 await proc.wait()
         finally:
-            await compat.close(service)
+            await close(service)
 
     if not shutil.which("busctl"):
         pytest.skip("needs busctl")
@@ -541,10 +542,8 @@ class Slow(ServiceInterface):  # type: ignore[misc]
 
 
 def test_caller_disconnecting_during_a_coroutine_handler(address: str) -> None:
-    compat.install()
-
     async def main() -> None:
-        service = await MessageBus(bus_address=address).connect()
+        service = await TaskmasterBus(bus_address=address).connect()
         leaver = await MessageBus(bus_address=address).connect()
         other = await MessageBus(bus_address=address).connect()
         try:
@@ -570,7 +569,7 @@ def test_caller_disconnecting_during_a_coroutine_handler(address: str) -> None:
             await ping(other, service.unique_name)
         finally:
             for bus in (service, leaver, other):
-                await compat.close(bus)
+                await close(bus)
 
     run(main)
 
@@ -583,11 +582,9 @@ ERRORS = textwrap.dedent("""
     from dbus_next.aio import MessageBus
     from dbus_next.errors import DBusError
     from dbus_next.service import ServiceInterface, method
-    from taskmasterd.bus import compat
+    from taskmasterd.bus.messagebus import TaskmasterBus, close
 
-    if sys.argv[2] == "fix":
-        compat.install_error_reply_fix()
-        compat.install_error_reply_fix()
+    Bus = TaskmasterBus if sys.argv[2] == "fix" else MessageBus
 
     class Failing(ServiceInterface):
         def __init__(self):
@@ -606,7 +603,7 @@ ERRORS = textwrap.dedent("""
             raise KeyError("bug")
 
     async def main():
-        service = await MessageBus(bus_address=sys.argv[1]).connect()
+        service = await Bus(bus_address=sys.argv[1]).connect()
         client = await MessageBus(bus_address=sys.argv[1]).connect()
         service.export("/f", Failing())
         for member in ("Sync", "Async", "Bug"):
@@ -614,8 +611,8 @@ ERRORS = textwrap.dedent("""
                                               interface="org.taskmaster.Test.Failing", member=member))
             print(member, reply.error_name, flush=True)
         print("MARK", file=sys.stderr, flush=True)
-        await compat.close(service)
-        await compat.close(client)
+        await close(service)
+        await close(client)
 
     asyncio.run(main())
 """)

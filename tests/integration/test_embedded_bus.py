@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from taskmasterd.bus import compat
 from taskmasterd.bus.embedded import EmbeddedBus, bus_config, read_address_file
+from taskmasterd.bus.messagebus import close
 from tests.dbus_fixtures import bus_directory
 
 pytestmark = pytest.mark.skipif(not shutil.which("dbus-daemon"), reason="needs dbus-daemon")
@@ -75,7 +75,7 @@ def test_start_publish_connect_stop(base: Path) -> None:
                 for name in ("org.taskmaster.Test.Anything", "org.taskmaster.Taskmaster1"):
                     assert await client.request_name(name) == RequestNameReply.PRIMARY_OWNER
             finally:
-                await compat.close(client)
+                await close(client)
         finally:
             await bus.stop()
         assert not Path(bus.address_file).exists()
@@ -205,7 +205,7 @@ def test_other_users_connect_but_only_through_the_policy(base: Path) -> None:
                                       "org.freedesktop.DBus.Peer", "Ping")
             assert rc == 0, out
         finally:
-            await compat.close(service)
+            await close(service)
             await bus.stop()
 
     run(main)

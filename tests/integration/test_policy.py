@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from taskmasterd.bus import compat
+from taskmasterd.bus.messagebus import close
 from tests.dbus_fixtures import bus_directory, system_bus
 
 pytestmark = [
@@ -82,7 +82,7 @@ async def _with_service(address: str, body: Callable[[Any], Awaitable[None]]) ->
         assert reply == RequestNameReply.PRIMARY_OWNER
         await body(iface)
     finally:
-        await compat.close(bus)
+        await close(bus)
 
 
 async def _run(*argv: str, timeout: float = TIMEOUT) -> tuple[int, str, str]:

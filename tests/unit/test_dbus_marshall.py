@@ -1,4 +1,4 @@
-"""compat's D-Bus codec (taskmasterd.bus.wire + the header code in compat)
+"""TaskmasterBus's D-Bus codec (taskmasterd.bus.wire, marshall and reader)
 against dbus-next 0.2.3's own Marshaller/Unmarshaller: same bytes written,
 same values read, on generated signatures, values and messages.
 
@@ -15,10 +15,12 @@ from dbus_next._private.unmarshaller import Unmarshaller
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from taskmasterd.bus import compat, wire
+from taskmasterd.bus import wire
+from taskmasterd.bus.marshall import marshall
+from taskmasterd.bus.reader import Reader
 
-# The library's function, even when another test already installed ours.
-LIBRARY = compat.LIBRARY.get("Message._marshall", Message._marshall)
+# The library's function (never replaced: TaskmasterBus's writer calls ours).
+LIBRARY = Message._marshall
 
 element = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,12}", fullmatch=True)
 paths = st.one_of(st.just("/"), st.lists(st.from_regex(r"[A-Za-z0-9_]{1,10}", fullmatch=True),
@@ -68,14 +70,7 @@ def messages(draw: st.DrawFn) -> tuple[Message, bool]:
 @given(messages())
 def test_fast_marshall_gives_the_library_bytes(case: tuple[Message, bool]) -> None:
     msg, negotiate_unix_fd = case
-    assert compat._fast_marshall(msg, negotiate_unix_fd) == LIBRARY(msg, negotiate_unix_fd)
-
-
-def test_install_fast_marshall_is_idempotent_and_keeps_the_library_function() -> None:
-    compat.install_fast_marshall()
-    compat.install_fast_marshall()
-    assert Message._marshall is compat._fast_marshall
-    assert compat.LIBRARY["Message._marshall"] is LIBRARY
+    assert marshall(msg, negotiate_unix_fd) == LIBRARY(msg, negotiate_unix_fd)
 
 
 def test_a_bad_body_is_still_refused_by_the_library_marshaller() -> None:
@@ -84,7 +79,7 @@ def test_a_bad_body_is_still_refused_by_the_library_marshaller() -> None:
 
     msg = Message(path="/a", member="M", signature="s", body=[42])
     with pytest.raises(SignatureBodyMismatchError):
-        compat._fast_marshall(msg)
+        marshall(msg)
 
 
 # ---- any signature, any value ----------------------------------------------------
@@ -162,12 +157,12 @@ def fast_read(data: bytes, chunk: int = 0) -> Any:
         class Trickle:
             def read(self, n: int) -> bytes:
                 return stream.read(min(n, chunk))
-        unmarshaller = Unmarshaller(Trickle())
+        unmarshaller = Reader(Trickle())
     else:
-        unmarshaller = Unmarshaller(stream)
+        unmarshaller = Reader(stream)
     for _ in range(len(data) + 2):
         try:
-            compat._fast_unmarshall(unmarshaller)
+            unmarshaller._unmarshall()
             return unmarshaller.message
         except Exception as exc:  # MarshallerStreamEndError: more bytes to come
             if type(exc).__name__ != "MarshallerStreamEndError":

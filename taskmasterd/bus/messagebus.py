@@ -1,0 +1,209 @@
+"""`TaskmasterBus`: the daemon's dbus-next MessageBus, with the fixes it needs.
+
+Every fix is an override in this subclass (or in the writer and reader it
+makes, writer.py and reader.py): the library's classes are left as they are,
+so any other MessageBus in the process (a test's client) is the library's
+own. It overrides private methods of dbus-next 0.2.3 (the version Debian 12
+ships): pinned.py refuses any other version before a bus is made.
+
+What each override replaces, and why:
+
+- `__init__`: `_writer` is a `writer.Writer` (a full socket no longer drops
+  the connection; faster marshalling; fds closed once sent).
+- `_create_unmarshaller`: a `reader.Reader` (faster reading; bodies nothing
+  on this bus would read are dropped unread, fds nobody takes closed).
+- `_emit_interface_added` / `_emit_interface_removed`: the library sends
+  InterfacesAdded/InterfacesRemoved from the exported object's own path;
+  the D-Bus specification (and GDBusObjectManagerClient, busctl) expect them
+  from the ObjectManager's path. For objects strictly below `manager_path`
+  they now come from there (same interface, member and body); other objects
+  keep the library behaviour. `GetManagedObjects` needs no change: 0.2.3
+  answers it on a path P with the objects strictly below P. Exports inside
+  `unannounced_exports()` send nothing.
+- `export` / `unexport` / `_interface_signal_notify`: every signal an
+  exported interface emits goes through `_interface_signal_notify`, which
+  finds the interface's path by scanning every export (1000 programs: as
+  much time as fork+exec when they all start). A map interface -> path is
+  kept, dropped by export/unexport and rebuilt on the next signal.
+- `_send_reply`: 0.2.3's `SendReply.__exit__` does not return what `_exit`
+  decided, so a `DBusError` raised by a handler, although answered, also
+  propagates and is logged at ERROR with a traceback. Here `DBusError`s are
+  suppressed; any other exception is answered as before
+  (`com.dubstepdish.dbus.next.ServiceError` with the traceback in its text)
+  and still logged.
+
+`close(bus)` (any aio MessageBus): 0.2.3 never closes a bus's socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from dbus_next import BusType, Message
+from dbus_next.aio import MessageBus
+from dbus_next.errors import DBusError
+from dbus_next.service import ServiceInterface
+from dbus_next.validators import assert_object_path_valid
+
+from taskmasterd.bus import pinned
+from taskmasterd.bus.reader import Reader
+from taskmasterd.bus.writer import Writer
+
+OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
+
+log = logging.getLogger(__name__)
+
+
+class TaskmasterBus(MessageBus):  # type: ignore[misc]
+    """`MessageBus(bus_address, bus_type, auth, negotiate_unix_fd)`, plus `manager_path`:
+    the ObjectManager's path (None: the library's signals). Raises pinned.WrongDbusNext
+    when the installed dbus-next is not the one these overrides were written for."""
+
+    def __init__(self, bus_address: str | None = None, bus_type: BusType = BusType.SESSION,
+                 auth: Any = None, negotiate_unix_fd: bool = False,
+                 manager_path: str | None = None) -> None:
+        pinned.check_installed()
+        if manager_path is not None:
+            assert_object_path_valid(manager_path)
+        self.manager_path = manager_path
+        self._announce = True
+        # id(interface) -> path; ids are safe keys: _path_exports keeps the
+        # interfaces alive, and the map is dropped whenever that changes.
+        self._signal_paths: dict[int, str] | None = None
+        super().__init__(bus_address, bus_type, auth, negotiate_unix_fd)
+        self._writer = Writer(self)
+
+    def _create_unmarshaller(self) -> Reader:
+        """Replaces dbus-next 0.2.3's aio `MessageBus._create_unmarshaller` (its body, with Reader)."""
+        return Reader(self._stream, self._sock if self._negotiate_unix_fd else None, bus=self)
+
+    # ---- ObjectManager signals --------------------------------------------
+
+    def object_manager_of(self, path: str) -> str | None:
+        """The path InterfacesAdded/Removed for an object at `path` come from
+        when it is not `path` itself: `manager_path` for objects strictly below it."""
+        manager = self.manager_path
+        if manager is None or path == manager:
+            return None
+        return manager if path.startswith("/" if manager == "/" else manager + "/") else None
+
+    @contextlib.contextmanager
+    def unannounced_exports(self) -> Iterator[None]:
+        """Objects exported inside this block get no InterfacesAdded signal.
+
+        For objects exported before the bus name is requested: such a signal
+        would come from a connection no client can know yet (a match on our
+        well-known name does not match it), and costs a GetAll of the object's
+        properties plus a message (1000 programs: 0.2 s of start-up). Clients
+        learn of these objects with GetManagedObjects once the name is ours.
+        """
+        self._announce = False
+        try:
+            yield
+        finally:
+            self._announce = True
+
+    def _emit_interface_added(self, path: str, interface: Any) -> None:
+        """Replaces dbus-next 0.2.3's `BaseMessageBus._emit_interface_added` (module docstring)."""
+        if not self._announce:
+            return
+        manager = self.object_manager_of(path)
+        if manager is None:
+            super()._emit_interface_added(path, interface)
+            return
+        if self._disconnected:
+            return
+
+        def on_properties(interface: Any, result: dict[str, Any], _user_data: Any,
+                          e: Exception | None) -> None:
+            if e is not None:
+                log.error("could not read every property of %s at %s for InterfacesAdded: "
+                          "some are left out", interface.name, path, exc_info=e)
+            self.send(Message.new_signal(path=manager, interface=OBJECT_MANAGER,
+                                         member="InterfacesAdded", signature="oa{sa{sv}}",
+                                         body=[path, {interface.name: result}]))
+
+        ServiceInterface._get_all_property_values(interface, on_properties)
+
+    def _emit_interface_removed(self, path: str, removed_interfaces: list[str]) -> None:
+        """Replaces dbus-next 0.2.3's `BaseMessageBus._emit_interface_removed` (module docstring)."""
+        manager = self.object_manager_of(path)
+        if manager is None:
+            super()._emit_interface_removed(path, removed_interfaces)
+            return
+        if self._disconnected:
+            return
+        self.send(Message.new_signal(path=manager, interface=OBJECT_MANAGER,
+                                     member="InterfacesRemoved", signature="oas",
+                                     body=[path, removed_interfaces]))
+
+    # ---- signal paths -----------------------------------------------------
+
+    def export(self, path: str, interface: Any) -> None:
+        self._signal_paths = None
+        super().export(path, interface)
+
+    def unexport(self, path: str, interface: Any = None) -> None:
+        self._signal_paths = None
+        super().unexport(path, interface)
+
+    def _interface_signal_notify(self, interface: Any, interface_name: str, member: str,
+                                 signature: str, body: list[Any],
+                                 unix_fds: list[int] | None = None) -> None:
+        """Replaces dbus-next 0.2.3's `BaseMessageBus._interface_signal_notify`: the same
+        signal (path: the last one the interface was exported on), found in O(1)."""
+        if self._signal_paths is None:
+            self._signal_paths = {id(i): p for p, ifaces in self._path_exports.items() for i in ifaces}
+        path = self._signal_paths.get(id(interface))
+        if path is None:
+            raise Exception("Could not find interface on bus (this is a bug in dbus-next)")
+        self.send(Message.new_signal(path=path, interface=interface_name, member=member,
+                                     signature=signature, body=body, unix_fds=unix_fds or []))
+
+    # ---- replies ----------------------------------------------------------
+
+    def _send_reply(self, msg: Any) -> Any:
+        """dbus-next 0.2.3's `BaseMessageBus._send_reply`, whose `SendReply.__exit__`
+        also suppresses the DBusError it has answered (module docstring)."""
+        send_reply = super()._send_reply(msg)
+        type(send_reply).__exit__ = _exit_suppressing_answered  # a class of its own, made by each call
+        return send_reply
+
+
+def _exit_suppressing_answered(send_reply: Any, exc_type: Any, exc_value: Any, tb: Any) -> bool:
+    """`SendReply.__exit__` of dbus-next 0.2.3, returning True for a DBusError (answered)."""
+    send_reply._exit(exc_type, exc_value, tb)
+    return exc_type is not None and issubclass(exc_type, DBusError)
+
+
+async def close(bus: Any, timeout: float = 5.0) -> None:
+    """Disconnect `bus` (any dbus-next aio MessageBus), wait (at most `timeout` s) until
+    dbus-next has finalized it, close its socket.
+
+    0.2.3 never closes a bus's socket (`disconnect()` only shuts it down): the
+    fd lives until the MessageBus is garbage-collected (then a ResourceWarning).
+    Safe on a bus already disconnected or dropped by an error (the error is not raised again).
+    """
+    if not bus._disconnected:
+        # Flush first: the writer is FIFO, so once a Ping to the bus daemon is
+        # answered, every reply queued before it (Shutdown's own) has left.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(timeout):
+                await bus.call(Message(destination="org.freedesktop.DBus",
+                                       path="/org/freedesktop/DBus",
+                                       interface="org.freedesktop.DBus.Peer", member="Ping"))
+        bus.disconnect()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(timeout):
+                await bus.wait_for_disconnect()
+    if not bus._disconnected:  # the reader never saw the end: finalize it ourselves
+        bus._finalize(None)
+    with contextlib.suppress(Exception):
+        bus._disconnect_future.exception()  # retrieved: no "exception was never retrieved"
+    for closeable in (bus._stream, bus._sock):
+        with contextlib.suppress(OSError):
+            closeable.close()

@@ -1,0 +1,112 @@
+"""`Writer`: dbus-next's aio message writer, surviving a full socket.
+
+`TaskmasterBus` replaces its `_writer` by one; other buses keep the library's.
+
+dbus-next 0.2.3's `_MessageWriter.write_callback` treats `BlockingIOError`
+from `sock.send`/`sendmsg` (the kernel buffer is full) as a fatal error and
+finalizes the connection: a burst of a few hundred signals dropped the bus.
+Here it (and `InterruptedError`) means "nothing was written": the message
+stays at the head of the queue, with its unix fds, and the loop's writer
+callback stays registered, so writing resumes when the socket is writable
+again. Any other error still finalizes the bus. Also: messages are written
+with `marshall.marshall` (the library's bytes, faster), a send nobody awaits
+failing does not print "Future exception was never retrieved", and fds a
+handler returned through `close_after_send` are closed once sent (the
+library never closes the fds of a message it sends).
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import os
+import socket
+from copy import copy
+from typing import Any
+
+from dbus_next.aio.message_bus import _future_set_exception, _future_set_result, _MessageWriter
+
+from taskmasterd.bus.marshall import marshall
+
+# fds handed to a reply (OpenLog) that are ours to close once the kernel has
+# a copy.
+_CLOSE_AFTER_SEND: set[int] = set()
+
+
+def close_after_send(fd: int) -> int:
+    """Mark `fd` (returned by a handler as 'h') to be closed once sent."""
+    _CLOSE_AFTER_SEND.add(fd)
+    return fd
+
+
+def _close_sent(fds: list[int]) -> None:
+    for fd in fds:
+        if fd in _CLOSE_AFTER_SEND:
+            _CLOSE_AFTER_SEND.discard(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class Writer(_MessageWriter):  # type: ignore[misc]
+    """`_MessageWriter(bus)`, see the module docstring."""
+
+    # the library's attributes used here (set by its __init__)
+    buf: memoryview | None
+    unix_fds: list[int] | None
+    offset: int
+    fut: Any
+
+    def buffer_message(self, msg: Any, future: Any = None) -> None:
+        """Replaces dbus-next 0.2.3's `_MessageWriter.buffer_message`: `marshall` for `msg._marshall`."""
+        self.messages.put_nowait((marshall(msg, self.negotiate_unix_fd), copy(msg.unix_fds), future))
+
+    def write_callback(self) -> None:
+        """A copy of dbus-next 0.2.3's `_MessageWriter.write_callback`, except for
+        the `BlockingIOError` case, the fds closed once sent, and the failed
+        future marked retrieved."""
+        try:
+            while True:
+                if self.buf is None:
+                    if self.messages.qsize() == 0:
+                        # nothing more to write
+                        self.loop.remove_writer(self.fd)
+                        return
+                    buf, unix_fds, fut = self.messages.get_nowait()
+                    self.unix_fds = unix_fds
+                    self.buf = memoryview(buf)
+                    self.offset = 0
+                    self.fut = fut
+
+                try:
+                    if self.unix_fds and self.negotiate_unix_fd:
+                        ancdata = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                    array.array("i", self.unix_fds))]
+                        self.offset += self.sock.sendmsg([self.buf[self.offset:]], ancdata)
+                        # the fds went with the first byte sent: never again
+                        _close_sent(self.unix_fds)
+                        self.unix_fds = None
+                    else:
+                        self.offset += self.sock.send(self.buf[self.offset:])
+                except (BlockingIOError, InterruptedError):
+                    # Kernel buffer full: nothing was written. Keep the message (and
+                    # its fds) at the head and wait for the socket to be writable.
+                    self.loop.add_writer(self.fd, self.write_callback)
+                    return
+
+                if self.offset >= len(self.buf):
+                    # finished writing
+                    self.buf = None
+                    _future_set_result(self.fut, None)
+                else:
+                    # wait for writable
+                    return
+        except Exception as e:
+            _future_set_exception(self.fut, e)
+            if self.fut is not None and self.fut.done() and not self.fut.cancelled():
+                # Most sends are fire-and-forget (signals, replies): nobody awaits
+                # their future, and asyncio would print "Future exception was never
+                # retrieved" with a traceback when it is collected. The error is the
+                # connection's, reported once by _finalize (the disconnect future);
+                # a caller that does await the future still gets it.
+                self.fut.exception()
+            self.bus._finalize(e)
