@@ -82,6 +82,11 @@ class TaskmasterBus(MessageBus):  # type: ignore[misc]
         return Reader(self._stream, self._sock if self._negotiate_unix_fd else None, bus=self)
 
     # ---- ObjectManager signals --------------------------------------------
+    # Where the ObjectManager lives is decided here: `object_manager_of` for
+    # the signals. The interface itself is the library's: 0.2.3 lists it on
+    # every exported node (`_introspect_export_path`, via intr.Node.default)
+    # and answers GetManagedObjects on any path (`_find_message_handler`);
+    # overrides of those two belong in this class too.
 
     def object_manager_of(self, path: str) -> str | None:
         """The path InterfacesAdded/Removed for an object at `path` come from
