@@ -174,6 +174,20 @@ def test_depends_are_satisfiable_on_debian_12(built: Built) -> None:
     assert field(built.deb, "Pre-Depends") == ""
 
 
+def test_dbus_next_is_pinned_to_0_2_3(built: Built) -> None:
+    """taskmasterd overrides dbus-next 0.2.3's internals: apt must refuse any other version."""
+    clauses = [c for c in parse_depends(field(built.deb, "Depends"))
+               if any(name == "python3-dbus-next" for name, _, _ in c)]
+
+    def accepts(version: str) -> bool:
+        return bool(clauses) and all(
+            any(name == "python3-dbus-next" and (op is None or satisfied(version, op, wanted or ""))
+                for name, op, wanted in clause) for clause in clauses)
+
+    assert accepts("0.2.3-3") and accepts("0.2.3-3+deb12u1") and accepts("0.2.3-1")
+    assert not any(accepts(v) for v in ("0.2.2-1", "0.2.4-1", "0.2.4~rc1-1", "0.3.0-1"))
+
+
 def test_lintian_reports_no_errors(built: Built) -> None:
     r = run("lintian", "--fail-on", "none", "--tag-display-limit", "0", built.deb, env=CLEAN_ENV)
     assert r.returncode == 0, r.stderr
