@@ -56,8 +56,8 @@ class BusService:
             bus = TaskmasterBus(bus_address=address, bus_type=bus_type, negotiate_unix_fd=True,
                                 manager_path=MANAGER_PATH)
             await bus.connect()
-        except WrongDbusNext:
-            raise
+        except WrongDbusNext as exc:  # (cli.main checks first: only if started otherwise)
+            raise BusUnavailable(str(exc)) from None
         except Exception as exc:  # dbus-next raises several kinds here
             where = address or bus_type.name.lower() + " bus"
             raise BusUnavailable(f"cannot connect to the D-Bus {where}: {exc}") from None

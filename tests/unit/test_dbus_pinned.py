@@ -61,3 +61,15 @@ def test_the_daemon_does_not_start_with_another_version(tmp_path: Path) -> None:
     assert r.stderr.splitlines() == [
         "taskmasterd: not started: " + (pinned.problem("0.2.4") or "")], r.stderr
     assert r.stdout == ""
+
+
+def test_the_bus_service_reports_it_as_a_bus_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without cli.main's check (another caller), still one line, not a traceback."""
+    import asyncio
+
+    from taskmasterd.bus.service import BusService, BusUnavailable
+
+    monkeypatch.setattr(pinned, "found_version", lambda: "0.2.4")
+    service = BusService(controller=None)  # type: ignore[arg-type]  # never reached
+    with pytest.raises(BusUnavailable, match=r"^dbus-next 0\.2\.4 is installed, "):
+        asyncio.run(service.connect(address="unix:path=/nonexistent/bus"))
