@@ -165,3 +165,37 @@ def test_the_shipped_policy_is_found_beside_the_package(tmp_path: Path) -> None:
     found = daemon_module._policy_file(str(tmp_path / "missing.conf"))
     assert found == str(ROOT / "taskmasterd" / "bus" / f"{NAME}.conf")
     assert Path(found).read_bytes() == (ROOT / "dbus" / f"{NAME}.conf").read_bytes()
+
+
+@pytest.mark.slow
+def test_another_dbus_next_is_refused_by_pip_and_by_the_daemon(tmp_path: Path) -> None:
+    """dbus-next is pinned to 0.2.3 (its internals are overridden): with 0.2.4 in the
+    venv, `pip install .` refuses, and a `--no-deps` install does not start. Offline:
+    Debian's packages (system site) and no package index or config."""
+    src = tmp_path / "src"
+    copy_of_the_tree(src)
+    venv = tmp_path / "venv"
+    made = run("/usr/bin/python3", "-m", "venv", "--system-site-packages", venv, env=CLEAN_ENV)
+    assert made.returncode == 0, made.stderr
+    purelib = run(venv / "bin/python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))",
+                  env=CLEAN_ENV).stdout.strip()
+    info = Path(purelib) / "dbus_next-0.2.4.dist-info"  # found before Debian's 0.2.3
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dbus-next\nVersion: 0.2.4\n")
+    (info / "RECORD").write_text("")
+    env = {**CLEAN_ENV, "PIP_CONFIG_FILE": os.devnull}
+    pip = [venv / "bin/pip", "install", "--no-index", "--no-build-isolation"]
+
+    refused = run(*pip, src, env=env, cwd=tmp_path)
+    assert refused.returncode != 0
+    assert "dbus-next==0.2.3 (from taskmaster)" in refused.stderr, refused.stderr
+
+    forced = run(*pip, "--no-deps", src, env=env, cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    started = run(venv / "bin/taskmasterd", "-c", src / "etc/taskmaster.yaml", env=CLEAN_ENV,
+                  cwd=tmp_path, timeout=TIMEOUT)
+    assert started.returncode == 1
+    assert started.stderr.splitlines() == [
+        "taskmasterd: not started: dbus-next 0.2.4 is installed, taskmasterd needs exactly 0.2.3 "
+        "(it extends that version's internals): pip install 'dbus-next==0.2.3', "
+        "or on Debian 12: apt install python3-dbus-next"], started.stderr
