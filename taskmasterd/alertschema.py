@@ -2,16 +2,16 @@
 events and template fields) and its schema, read off the node tree as the
 rest of the file is (taskmasterd.config's validator inherits `AlertReader`).
 
-Alert URLs are checked by apprise itself (`Apprise().add(url)`), imported
-only when the file has alerts; title/body templates are str.format strings
-whose fields must be named and among TEMPLATE_FIELDS. Pure but for that
-import: no asyncio, no D-Bus.
+An alert URL is checked for its syntax only (scheme://...): whether apprise
+can use it is asked once the file is loaded (taskmasterd.alerts.urls), at
+the place AlertConfig keeps (line, column). Title/body templates are
+str.format strings whose fields must be named and among TEMPLATE_FIELDS.
+Pure: no apprise, no asyncio, no D-Bus.
 """
 
 from __future__ import annotations
 
 import difflib
-import functools
 import re
 import string
 from collections.abc import Callable
@@ -41,7 +41,7 @@ ALERT_EVENTS: tuple[str, ...] = (
 )
 
 # Named fields an alert's title/body template may use (str.format style; every
-# value is text, empty when it does not apply). See taskmasterd/alerts.py.
+# value is text, empty when it does not apply). See taskmasterd/alerts/render.py.
 TEMPLATE_FIELDS: tuple[str, ...] = (
     "host",
     "program",
@@ -130,17 +130,14 @@ class AlertReader(NodeReader):
             return None
         if not ok:
             return None
-        return AlertConfig(**values, line=url_node.start_mark.line + 1,
-                           column=url_node.start_mark.column + 1)
+        line, column = self.where(url_node)
+        return AlertConfig(**values, line=line, column=column)
 
     def _url(self, node: Node) -> str:
         text = self._text(node, "a URL", strict=True)
         scheme, sep, _rest = text.partition("://")
         if not sep or not scheme:
             raise Reject(f"expected a URL like {_URL_EXAMPLE} (apprise's syntax), found {show(node)}")
-        problem = _apprise_problem(text)
-        if problem is not None:
-            raise Reject(problem)
         return text
 
     def _template(self, node: Node) -> str:
@@ -185,54 +182,7 @@ class AlertReader(NodeReader):
 
 
 _URL_EXAMPLE = "json://example.com/hook or mailto://user:password@smtp.example.com?to=ops@example.com"
-_APPRISE_WIKI = "https://github.com/caronc/apprise/wiki"
-
-
-def _apprise_problem(url: str) -> str | None:
-    """Why apprise cannot use `url`, or None when it can.
-
-    apprise is imported here, on the first alert URL (it costs ~0.1-0.3 s).
-    The URL is never quoted back: it may hold a password or a token.
-    """
-    try:
-        import apprise
-    except ImportError:
-        return ("alerts need the apprise package (Debian: python3-apprise), which is not "
-                "installed; install it or remove 'alerts:'")
-    scheme = url.partition("://")[0]
-    try:
-        targets = apprise.Apprise()
-        accepted = bool(targets.add(url))
-        count = len(targets)
-    except Exception:  # a plugin that chokes on odd input: still "cannot use it"
-        accepted, count = False, 0
-    if accepted and count == 1:
-        return None
-    if accepted:
-        return (f"this is {count} URLs for apprise (separated by a comma or a space); "
-                "write one '- url:' item per target")
-    if scheme.lower() in ("http", "https"):
-        secure = "s" if scheme.lower() == "https" else ""
-        return (f"apprise has no {scheme}:// service: for a web hook write json{secure}:// "
-                f"(JSON POST), form{secure}:// or xml{secure}:// instead of {scheme}://")
-    if scheme.lower() not in _apprise_schemes(apprise):
-        return f"apprise has no service '{scheme}://'; the services and their URLs: {_APPRISE_WIKI}"
-    return (f"apprise cannot use this {scheme}:// URL: a part is missing or invalid "
-            f"(host, port, token, address...); see {_APPRISE_WIKI} for its format")
-
-
-@functools.lru_cache(maxsize=1)
-def _apprise_schemes(apprise: Any) -> frozenset[str]:
-    # ~50 ms (apprise describes every plugin): once per process, not per URL.
-    schemes: set[str] = set()
-    try:
-        for entry in apprise.Apprise().details().get("schemas", ()):
-            for key in ("protocols", "secure_protocols"):
-                value = entry.get(key) or ()
-                schemes.update(str(v).lower() for v in ([value] if isinstance(value, str) else value))
-    except Exception:
-        pass
-    return frozenset(schemes)
+APPRISE_WIKI = "https://github.com/caronc/apprise/wiki"
 
 
 def _template_problem(text: str) -> str | None:

@@ -5,9 +5,12 @@ every error carries file:line:column and so that YAML 1.1 resolution cannot
 bite: `umask: 022` is read as the digits written, `env: {A: 042}` keeps the
 string "042", and `stdout: null` (written) is told apart from an absent key.
 
-No I/O here except reading the one file; no asyncio, no D-Bus. This module
-is Taskmaster's schema; composing the file, locating issues, merge keys and
-the generic scalar readers are in `taskmasterd.yamlnodes`.
+No I/O here except reading the one file; no apprise, no asyncio, no D-Bus.
+This module is Taskmaster's schema: the top level and `taskmasterd:` here,
+`programs:` in `taskmasterd.programschema` (ProgramConfig and its key
+table), `alerts:` in `taskmasterd.alertschema`; composing the file, locating
+issues, merge keys and the generic scalar readers are in
+`taskmasterd.yamlnodes`.
 
 Entry points: `load_config(path)` reads a file, `parse_config(text, path)`
 validates text said to come from `path`. Both return a `Config` or raise
@@ -45,10 +48,11 @@ How values are read (the node's source text decides, never YAML 1.1):
 * the top-level sections taskmasterd, programs and alerts may be left
   empty (null), which means the same as absent.
 * alerts (taskmasterd.alertschema, whose reader the validator inherits):
-  URLs are checked by apprise itself (`Apprise().add(url)`), imported only
-  when the file has alerts; an URL it cannot use is an error at the url's
-  line. Alert title/body templates (any non-null scalar) are str.format
-  strings whose fields must be named and among TEMPLATE_FIELDS.
+  a URL is checked for its syntax here (scheme://...) and keeps its place
+  in the file; whether apprise can use it is asked by the daemon's loader
+  once the file is valid (hostcheck.load -> alerts.urls), an error at the
+  same place. Alert title/body templates (any non-null scalar) are
+  str.format strings whose fields must be named and among TEMPLATE_FIELDS.
 
 Aliases are fine anywhere, and merge keys (`<<: *defaults`, or a list of
 aliases) work in every mapping: keys written in the mapping win over merged
@@ -56,131 +60,42 @@ ones, and among merged mappings the first listed wins (as in YAML). A key
 written twice in one mapping is an error at the second occurrence.
 """
 
+
 from __future__ import annotations
 
-import enum
 import functools
 import os
-import re
-import shlex
-import signal
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import MappingNode, Node
 
-from taskmasterd import signames
-
-# Re-exported: the alerts' model and the loader's errors are part of this module's API.
+# Re-exported: the models, the key lists and the loader's errors are part of this module's API.
 from taskmasterd.alertschema import ALERT_EVENTS as ALERT_EVENTS
 from taskmasterd.alertschema import DEFAULT_ALERT_RATE as DEFAULT_ALERT_RATE
 from taskmasterd.alertschema import TEMPLATE_FIELDS as TEMPLATE_FIELDS
 from taskmasterd.alertschema import AlertConfig as AlertConfig
 from taskmasterd.alertschema import AlertReader
-from taskmasterd.yamlnodes import (
-    BOOLEANS,
-    NULL,
-    Reject,
-    Reported,
-    is_null,
-    kind,
-    quoted,
-    show,
-    suggest,
-    surrogate_problem,
-    unknown_key,
-)
+from taskmasterd.programschema import DEFAULT_BACKUPS as DEFAULT_BACKUPS
+from taskmasterd.programschema import DEFAULT_MAXBYTES as DEFAULT_MAXBYTES
+from taskmasterd.programschema import LAUNCH_KEYS as LAUNCH_KEYS
+from taskmasterd.programschema import MAX_BACKUPS as MAX_BACKUPS
+from taskmasterd.programschema import MAX_MAXBYTES as MAX_MAXBYTES
+from taskmasterd.programschema import PROGRAM_KEYS as PROGRAM_KEYS
+from taskmasterd.programschema import AutoRestart as AutoRestart
+from taskmasterd.programschema import Output as Output
+from taskmasterd.programschema import OutputKind as OutputKind
+from taskmasterd.programschema import ProgramConfig as ProgramConfig
+from taskmasterd.programschema import ProgramReader
+from taskmasterd.programschema import parse_size as parse_size
 from taskmasterd.yamlnodes import ConfigError as ConfigError
 from taskmasterd.yamlnodes import ConfigIssue as ConfigIssue
+from taskmasterd.yamlnodes import Reject, is_null, kind, show, suggest, unknown_key
 
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
-
-
-class AutoRestart(enum.Enum):
-    ALWAYS = "always"
-    NEVER = "never"
-    UNEXPECTED = "unexpected"
-
-
-class OutputKind(enum.Enum):
-    AUTO = "auto"  # key absent: the journal under journald, else a file in logdir
-    NULL = "null"  # explicitly discarded (null, ~, /dev/null)
-    FILE = "file"  # an explicit path
-    JOURNAL = "journal"  # a journal stream, identifier = program name
-
-
-@dataclass(frozen=True)
-class Output:
-    kind: OutputKind = OutputKind.AUTO
-    path: str | None = None  # absolute; set only for FILE
-    # Where the value is in the file (1-based; 0 when absent or not from a
-    # file), for errors found once the file is loaded ("no journal on this
-    # host"). Not part of the value, as for AlertConfig.
-    line: int = field(default=0, compare=False)
-    column: int = field(default=0, compare=False)
-
-
-DEFAULT_MAXBYTES = 50 * 1024 * 1024  # supervisord's stdout_logfile_maxbytes
-DEFAULT_BACKUPS = 10  # supervisord's stdout_logfile_backups
-MAX_MAXBYTES = 1024 ** 4  # 1 TB: anything larger is a typo, not a bound
-MAX_BACKUPS = 1000
-_SIZE_UNITS = {"KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3}
-_SIZE_RE = re.compile(r"([0-9]+)\s*(KB|MB|GB)?", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int | None:
-    """supervisord's byte sizes: digits, optionally followed by KB, MB or GB
-    (any case, 1024-based). None when `text` is not one."""
-    m = _SIZE_RE.fullmatch(text.strip())
-    if m is None or not text.isascii() or len(m.group(1)) > 18:
-        return None
-    return int(m.group(1)) * _SIZE_UNITS.get((m.group(2) or "").upper(), 1)
-
-
-@dataclass(frozen=True)
-class ProgramConfig:
-    name: str
-    cmd: str  # as written
-    argv: tuple[str, ...]  # shlex-split cmd; argv[0] is looked up in PATH
-    numprocs: int = 1
-    umask: int | None = None  # None: inherit the daemon's
-    workingdir: str | None = None  # absolute; None: the daemon's cwd
-    autostart: bool = True
-    autorestart: AutoRestart = AutoRestart.UNEXPECTED
-    exitcodes: frozenset[int] = frozenset({0})
-    startretries: int = 3
-    starttime: float = 1.0
-    # systemd's StartLimitBurst/StartLimitIntervalSec over automatic restarts
-    # (process.StartLimit); 0 in either disables the limit.
-    startlimit_burst: int = 10
-    startlimit_interval: float = 10.0
-    stopsignal: signal.Signals = signal.SIGTERM
-    stoptime: float = 10.0
-    stdout: Output = Output()
-    stderr: Output = Output()
-    env: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs
-    user: str | None = None
-    restartdelay: float = 0.0
-    # Rotation of FILE/AUTO-file outputs (supervisord's stdout_logfile_maxbytes
-    # and _backups): at most maxbytes per file, FILE.1 ... FILE.<backups>;
-    # maxbytes 0 = unbounded, the child writes its file itself.
-    stdout_maxbytes: int = DEFAULT_MAXBYTES
-    stdout_backups: int = DEFAULT_BACKUPS
-    stderr_maxbytes: int = DEFAULT_MAXBYTES
-    stderr_backups: int = DEFAULT_BACKUPS
-
-    @property
-    def env_dict(self) -> dict[str, str]:
-        return dict(self.env)
-
-    def process_names(self) -> list[str]:
-        """`prog` when numprocs is 1, else `prog:0` ... `prog:N-1`."""
-        if self.numprocs == 1:
-            return [self.name]
-        return [f"{self.name}:{i}" for i in range(self.numprocs)]
 
 
 @dataclass(frozen=True)
@@ -281,69 +196,10 @@ def parse_config(text: str, path: str) -> Config:
 
 TOP_KEYS: tuple[str, ...] = ("taskmasterd", "programs", "alerts")
 GLOBAL_KEYS: tuple[str, ...] = ("logfile", "loglevel", "logdir", "statedir")
-PROGRAM_KEYS: tuple[str, ...] = (
-    "cmd",
-    "numprocs",
-    "umask",
-    "workingdir",
-    "autostart",
-    "autorestart",
-    "exitcodes",
-    "startretries",
-    "starttime",
-    "startlimit_burst",
-    "startlimit_interval",
-    "stopsignal",
-    "stoptime",
-    "stdout",
-    "stderr",
-    "env",
-    "user",
-    "restartdelay",
-    "stdout_maxbytes",
-    "stdout_backups",
-    "stderr_maxbytes",
-    "stderr_backups",
-)
-
-# supervisord's [program:x] option names -> Taskmaster's, or None if unsupported.
-_SUPERVISORD_NAMES: dict[str, str | None] = {
-    "command": "cmd",
-    "directory": "workingdir",
-    "startsecs": "starttime",
-    "stopwaitsecs": "stoptime",
-    "environment": "env",
-    "stdout_logfile": "stdout",
-    "stderr_logfile": "stderr",
-    "process_name": None,
-    "numprocs_start": None,
-    "priority": None,
-    "redirect_stderr": None,
-    "stopasgroup": None,
-    "killasgroup": None,
-    "stdout_logfile_maxbytes": "stdout_maxbytes",
-    "stderr_logfile_maxbytes": "stderr_maxbytes",
-    "stdout_logfile_backups": "stdout_backups",
-    "stderr_logfile_backups": "stderr_backups",
-}
 
 
-_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
-_OCTAL_RE = re.compile(r"[0-7]+")
-_UMASK_MSG = "umask must be octal digits like 022 (a digit 8 or 9 is not octal)"
-_SIGNAL_HINT = (
-    "expected a signal name like TERM, HUP, INT, QUIT, KILL, USR1 or USR2 (with or without SIG), "
-    "or its number"
-)
-
-
-class _Validator(AlertReader):
+class _Validator(ProgramReader, AlertReader):
     """Taskmaster's schema, read off the node tree (see the module docstring)."""
-
-    def __init__(self, text: str, path: str) -> None:
-        super().__init__(text, path)
-        self.abspath = os.path.abspath(path)
-        self.basedir = os.path.dirname(self.abspath)
 
     # ---- entry point
 
@@ -434,304 +290,3 @@ class _Validator(AlertReader):
         if text.lower() not in LOG_LEVELS:
             raise Reject(f"expected debug, info, warning or error, found {show(node)}")
         return text.lower()
-
-    # ---- programs:
-
-    def _programs(self, node: Node) -> tuple[ProgramConfig, ...] | None:
-        if is_null(node):
-            return ()
-        if not isinstance(node, MappingNode):
-            self.error(
-                node,
-                "programs",
-                f"expected a mapping of program name -> settings, found {kind(node)}",
-            )
-            return None
-        entries = self.entries(node, "programs")
-        out: list[ProgramConfig] = []
-        ok = True
-        for i, (k, v) in enumerate(entries):
-            name = k.value
-            kp = f"programs.{name}"
-            if name in PROGRAM_KEYS and not self._has_key(v, "cmd"):
-                if isinstance(v, MappingNode) or not is_null(v):
-                    what = (
-                        "has no 'cmd'"
-                        if isinstance(v, MappingNode)
-                        else (f"must be a mapping of settings, found {kind(v)}")
-                    )
-                else:
-                    what = "has no settings"
-                self.error(
-                    k,
-                    kp,
-                    f"program '{name}' {what}; '{name}' is a program setting — indent it under its program",
-                )
-                ok = False
-                continue
-            ok = self._program_name(k, kp) and ok
-            if is_null(v):
-                nxt = entries[i + 1][0] if i + 1 < len(entries) else None
-                if (
-                    nxt is not None
-                    and nxt.value in PROGRAM_KEYS
-                    and nxt.start_mark.line > k.start_mark.line
-                    and nxt.start_mark.column == k.start_mark.column
-                ):
-                    msg = (
-                        f"program '{name}' has no settings — the keys after it are at "
-                        f"the same indentation as '{name}:' and must be indented under it"
-                    )
-                else:
-                    msg = (
-                        f"program '{name}' has no settings; expected a mapping with at "
-                        f"least 'cmd:', indented under '{name}:'"
-                    )
-                self.error(k, kp, msg)
-                ok = False
-                continue
-            if not isinstance(v, MappingNode):
-                self.error(
-                    v,
-                    kp,
-                    f"program '{name}' must be a mapping of settings, found {kind(v)}; "
-                    f"write its command as 'cmd: ...' indented under '{name}:'",
-                )
-                ok = False
-                continue
-            program = self._program(name, k, v, kp)
-            if program is None:
-                ok = False
-            else:
-                out.append(program)
-        return tuple(out) if ok else None
-
-    def _program_name(self, k: ScalarNode, kp: str) -> bool:
-        name = k.value
-        allowed = "use 1 to 64 letters, digits, '_', '.' or '-'"
-        problem: str | None = None
-        if not name:
-            problem = f"a program name must not be empty; {allowed}"
-        elif ":" in name:
-            problem = (
-                f"program name '{name}' must not contain ':' (it names processes, as in prog:0); {allowed}"
-            )
-        elif any(c in name for c in "*?[]"):
-            problem = (
-                f"program name '{name}' must not contain the glob characters * ? [ ] "
-                f"(they match program names); {allowed}"
-            )
-        elif len(name) > 64:
-            problem = f"program name is {len(name)} characters long; {allowed}"
-        elif not _NAME_RE.fullmatch(name):
-            problem = f"program name '{name}' has characters that are not allowed; {allowed}"
-        elif name == "all":
-            problem = "program name 'all' is reserved (it targets every program); choose another name"
-        elif set(name) == {"."}:
-            problem = f"program name '{name}' is not allowed (it is a path component); {allowed}"
-        if problem is None:
-            return True
-        self.error(k, kp, problem)
-        return False
-
-    def _program(self, name: str, name_node: ScalarNode, node: MappingNode, kp: str) -> ProgramConfig | None:
-        readers: dict[str, Callable[[Node], Any]] = {
-            "cmd": self._cmd,
-            "numprocs": lambda n: self._int(n, 1, 1000),
-            "umask": self._umask,
-            "workingdir": self._path,
-            "autostart": self._bool,
-            "autorestart": self._autorestart,
-            "exitcodes": lambda n: self._exitcodes(n, f"{kp}.exitcodes"),
-            "startretries": lambda n: self._int(n, 0, 1000),
-            "starttime": self._seconds,
-            "startlimit_burst": lambda n: self._int(n, 0, 1000),
-            "startlimit_interval": self._seconds,
-            "stopsignal": self._signal,
-            "stoptime": self._seconds,
-            "stdout": self._output,
-            "stderr": self._output,
-            "env": lambda n: self._env(n, f"{kp}.env"),
-            "user": lambda n: self._text(n, "a user name or numeric uid"),
-            "restartdelay": self._seconds,
-            "stdout_maxbytes": self._size,
-            "stdout_backups": lambda n: self._int(n, 0, MAX_BACKUPS),
-            "stderr_maxbytes": self._size,
-            "stderr_backups": lambda n: self._int(n, 0, MAX_BACKUPS),
-        }
-        values: dict[str, Any] = {}
-        ok = True
-        has_cmd = False
-        for k, v in self.entries(node, kp):
-            key = k.value
-            fkp = f"{kp}.{key}"
-            reader = readers.get(key)
-            if reader is None:
-                self.error(k, fkp, self._unknown_program_key(key))
-                ok = False
-                continue
-            has_cmd = has_cmd or key == "cmd"
-            ok = self._read(reader, v, fkp, values, key) and ok
-        if not has_cmd:
-            self.error(
-                name_node,
-                kp,
-                f"program '{name}' has no 'cmd'; every program needs a command, "
-                "e.g. cmd: /usr/bin/nginx -g 'daemon off;'",
-            )
-            return None
-        if not ok:
-            return None
-        cmd, argv = values.pop("cmd")
-        return ProgramConfig(name=name, cmd=cmd, argv=argv, **values)
-
-    @staticmethod
-    def _unknown_program_key(key: str) -> str:
-        if key in _SUPERVISORD_NAMES:
-            new = _SUPERVISORD_NAMES[key]
-            if new is None:
-                return f"unknown key '{key}': supervisord's '{key}' is not supported by Taskmaster"
-            return f"unknown key '{key}' (did you mean '{new}'? '{key}' is supervisord's name for it)"
-        return unknown_key(key, PROGRAM_KEYS, "a program")
-
-    # ---- Taskmaster's own readers (raise Reject)
-
-    def _resolve(self, text: str) -> str:
-        return os.path.normpath(os.path.join(self.basedir, text))
-
-    def _path(self, node: Node) -> str:
-        return self._resolve(self._text(node, "a path", strict=True))
-
-    def _cmd(self, node: Node) -> tuple[str, tuple[str, ...]]:
-        cmd = self._text(node, "a command line")
-        try:
-            argv = tuple(shlex.split(cmd))
-        except ValueError as e:
-            raise Reject(
-                f"cannot split cmd into words: {e} (unbalanced quotes or a trailing backslash?); "
-                "check its quoting"
-            ) from None
-        if not argv or not argv[0]:
-            raise Reject(
-                "cmd has no program to run after splitting into words; "
-                "expected a command like /usr/bin/nginx -c /etc/nginx.conf"
-            )
-        return cmd, argv
-
-    def _umask(self, node: Node) -> int:
-        if not isinstance(node, ScalarNode) or node.tag == NULL or node.tag.startswith("!"):
-            raise Reject(f"{_UMASK_MSG}, found {kind(node)}")
-        text = node.value
-        digits = text[2:] if text[:2] in ("0o", "0O") else text
-        if not _OCTAL_RE.fullmatch(digits):
-            raise Reject(f"{_UMASK_MSG}, found {show(node)}")
-        value = int(digits, 8)
-        if value > 0o777:
-            raise Reject(f"{_UMASK_MSG}, found {show(node)}, which is above the largest umask 0777")
-        return value
-
-    def _autorestart(self, node: Node) -> AutoRestart:
-        what = "always, never or unexpected (or true/false)"
-        scalar = self._scalar(node, what)
-        text = scalar.value.lower()
-        if text in BOOLEANS:
-            return AutoRestart.ALWAYS if BOOLEANS[text] else AutoRestart.NEVER
-        try:
-            return AutoRestart(text)
-        except ValueError:
-            raise Reject(f"expected {what}, found {show(scalar)}") from None
-
-    def _exitcodes(self, node: Node, kp: str) -> frozenset[int]:
-        if isinstance(node, ScalarNode):
-            return frozenset({self._int(node, 0, 255)})
-        if not isinstance(node, SequenceNode):
-            raise Reject(f"expected an exit code 0–255 or a list of them, found {kind(node)}")
-        if not node.value:
-            raise Reject("expected an exit code 0–255 or a list of them, found an empty list")
-        codes: set[int] = set()
-        bad = False
-        for i, item in enumerate(node.value):
-            try:
-                codes.add(self._int(item, 0, 255))
-            except Reject as r:
-                self.error(item, f"{kp}[{i}]", r.message)
-                bad = True
-        if bad:
-            raise Reported
-        return frozenset(codes)
-
-    def _signal(self, node: Node) -> signal.Signals:
-        scalar = self._scalar(node, "a signal name")
-        text = scalar.value
-        if quoted(scalar) and text.strip().isdigit():  # "9" is text: not a number here
-            raise Reject(f"unknown signal {text!r} (a signal number is written without quotes); "
-                         f"{_SIGNAL_HINT}")
-        try:
-            return signames.parse(text)
-        except ValueError:
-            if text.isascii() and text.isdigit():
-                raise Reject(f"{text} is not a signal number here; {_SIGNAL_HINT}") from None
-            ascii_note = "" if text.isascii() else " (signal names and numbers are ASCII)"
-            raise Reject(f"unknown signal {text!r}{ascii_note}; {_SIGNAL_HINT}") from None
-
-    def _output(self, node: Node) -> Output:
-        what = "a file path, 'journal' or null"
-        line, column = node.start_mark.line + 1, node.start_mark.column + 1
-        if isinstance(node, ScalarNode) and node.tag == NULL:
-            return Output(OutputKind.NULL, line=line, column=column)
-        text = self._text(node, what, strict=True)
-        if text == "journal":
-            return Output(OutputKind.JOURNAL, line=line, column=column)
-        path = self._resolve(text)
-        if path == os.devnull:
-            return Output(OutputKind.NULL, line=line, column=column)
-        return Output(OutputKind.FILE, path, line=line, column=column)
-
-    def _size(self, node: Node) -> int:
-        what = "a size in bytes like 50MB, 512KB, 1GB or 1048576 (0 = unlimited)"
-        scalar = self._scalar(node, what)
-        value = parse_size(scalar.value)
-        if value is None:
-            raise Reject(f"expected {what}, found {show(scalar)}")
-        if value > MAX_MAXBYTES:
-            raise Reject(f"must be at most 1024GB, found {show(scalar)}")
-        return value
-
-    def _env(self, node: Node, kp: str) -> tuple[tuple[str, str], ...]:
-        if not isinstance(node, MappingNode):
-            raise Reject(f"expected a mapping of NAME: value, found {kind(node)}")
-        out: dict[str, str] = {}
-        bad = False
-        for k, v in self.entries(node, kp):
-            name = k.value
-            vkp = f"{kp}.{name}"
-            if not name or "=" in name or "\0" in name or surrogate_problem(name):
-                self.error(
-                    k,
-                    vkp,
-                    f"invalid environment variable name {name!r}; expected a non-empty "
-                    "name without '=' or NUL",
-                )
-                bad = True
-                continue
-            if not isinstance(v, ScalarNode) or v.tag.startswith("!"):
-                self.error(v, vkp, f"env values must be strings or numbers, found {kind(v)}")
-                bad = True
-            elif v.tag == NULL:
-                self.error(
-                    v,
-                    vkp,
-                    "env values must be strings or numbers, found null; use '' for an empty value",
-                )
-                bad = True
-            elif "\0" in v.value:
-                self.error(v, vkp, "env values must not contain a NUL character")
-                bad = True
-            elif surrogate_problem(v.value):
-                self.error(v, vkp, f"env values must be text, found {surrogate_problem(v.value)}")
-                bad = True
-            else:
-                out[name] = v.value
-        if bad:
-            raise Reported
-        return tuple(sorted(out.items()))

@@ -5,7 +5,8 @@ that `stdout: journal` names a journal this host does not have (the spawn
 then failed with `ENOENT (open stdout)`). `load()` is what the daemon and
 `--check-config` call instead of `config.load_config`: the same errors, plus
 these, located like the others. The host is asked through `journal_present`
-(injectable: tests pass their own).
+(injectable: tests pass their own); its apprise, whether it can use each
+alert URL, through `alerts.urls.url_issues`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from taskmasterd.alerts.urls import url_issues
 from taskmasterd.config import Config, ConfigError, ConfigIssue, OutputKind, load_config
 
 # Where journald takes stream connections (sd_journal_stream_fd's socket).
@@ -58,9 +60,10 @@ def host_issues(config: Config, *, journal: Callable[[], bool] = journal_present
 
 
 def load(path: str | Path, *, journal: Callable[[], bool] = journal_present) -> Config:
-    """`config.load_config(path)` plus `host_issues`; ConfigError with every issue."""
+    """`config.load_config(path)` plus `host_issues` and the alert URLs apprise
+    cannot use; ConfigError with every issue."""
     config = load_config(path)
-    issues = host_issues(config, journal=journal)
+    issues = host_issues(config, journal=journal) + url_issues(config)
     if issues:
         # Issues name the file as given, like load_config's.
         name = os.fspath(path)

@@ -1,8 +1,13 @@
 """Config diff -> reload plan (pure).
 
-A program whose launch-relevant keys changed is restarted; one whose only
-change is numprocs is resized (the surviving processes keep their PIDs); any
-other change is applied in place without touching its processes.
+A program whose launch keys changed is restarted; one whose only change is
+numprocs is resized (the surviving processes keep their PIDs); any other
+change is applied in place without touching its processes.
+
+The launch keys are those that shape the exec'd process (cmd, env, user,
+outputs...): marked `launch=True` in programschema's key table, the one list
+of program keys. Everything else (startretries, startlimit_burst/_interval,
+...) is read by the state machine when it decides, so it applies in place.
 """
 
 from __future__ import annotations
@@ -10,15 +15,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from taskmasterd.config import LAUNCH_KEYS as LAUNCH_KEYS
 from taskmasterd.config import Config, OutputKind, ProgramConfig
-
-# Keys that shape the exec'd process: changing one means a new process.
-# Everything else (startretries, startlimit_burst/_interval, ...) is read by
-# the state machine when it decides, so it applies in place.
-LAUNCH_KEYS = ("cmd", "argv", "env", "workingdir", "umask", "user", "stdout", "stderr",
-               # How output is carried (a file the child holds, or a pipe to
-               # the log writer) is decided at spawn: a new bound is a restart.
-               "stdout_maxbytes", "stdout_backups", "stderr_maxbytes", "stderr_backups")
 
 
 @dataclass(frozen=True)

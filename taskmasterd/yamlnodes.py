@@ -5,64 +5,38 @@ of every value and the text as written, so a reader built on them can say
 `file:line:column: key.path: what is wrong, what was expected` and is not
 bitten by YAML 1.1's resolution (022 an octal int, `on` a boolean).
 
-`NodeReader` composes a file (libyaml when PyYAML has it; PyYAML's own
-parser again for a file libyaml rejects, so that the syntax errors keep
-PyYAML's wording), records every issue instead of stopping at the first,
-walks mappings with merge keys and duplicate keys handled, and reads typed
-scalars (`_text`, `_int`, `_seconds`, `_bool`...) that raise `Reject` with
-"expected X, found Y". It knows nothing of Taskmaster's schema: that is
-`taskmasterd.config`, which subclasses it.
+`NodeReader` composes a file (yamlcompose.Composer), records every issue
+instead of stopping at the first (yamlissues.IssueLog), walks mappings with
+merge keys and duplicate keys handled, and reads typed scalars (`_text`,
+`_int`, `_seconds`, `_bool`...) that raise `Reject` with "expected X,
+found Y". It knows nothing of Taskmaster's schema: that is
+`taskmasterd.config` (with programschema and alertschema), which
+subclasses it.
 """
 
 from __future__ import annotations
 
-import bisect
 import difflib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
-import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-
-@dataclass(frozen=True)
-class ConfigIssue:
-    """One problem in a config file, located and explained."""
-
-    file: str
-    line: int  # 1-based
-    column: int  # 1-based
-    keypath: str  # e.g. "programs.nginx.umask"
-    message: str  # what is wrong and what is expected
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.column}"
-        if self.keypath:
-            return f"{where}: {self.keypath}: {self.message}"
-        return f"{where}: {self.message}"
-
-
-@dataclass
-class ConfigError(Exception):
-    """Every problem found in a file; raised by load_config."""
-
-    issues: list[ConfigIssue] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        return "\n".join(str(i) for i in self.issues)
-
-
-# The tags PyYAML's resolver gives plain scalars (YAML 1.1).
-TAG = "tag:yaml.org,2002:"
-NULL = TAG + "null"
-BOOL = TAG + "bool"
-INT = TAG + "int"
-FLOAT = TAG + "float"
-STR = TAG + "str"
-TIMESTAMP = TAG + "timestamp"
-MERGE = TAG + "merge"
+# Re-exported: the tags and limits are part of this module's API.
+from taskmasterd.yamlcompose import BOOL as BOOL
+from taskmasterd.yamlcompose import FLOAT as FLOAT
+from taskmasterd.yamlcompose import INT as INT
+from taskmasterd.yamlcompose import MAX_DEPTH as MAX_DEPTH
+from taskmasterd.yamlcompose import MERGE as MERGE
+from taskmasterd.yamlcompose import NULL as NULL
+from taskmasterd.yamlcompose import STR as STR
+from taskmasterd.yamlcompose import TIMESTAMP as TIMESTAMP
+from taskmasterd.yamlcompose import Composer
+from taskmasterd.yamlissues import MAX_ISSUES as MAX_ISSUES
+from taskmasterd.yamlissues import ConfigError as ConfigError
+from taskmasterd.yamlissues import ConfigIssue as ConfigIssue
+from taskmasterd.yamlissues import surrogate_problem as surrogate_problem
 
 BOOLEANS: dict[str, bool] = {
     "true": True,
@@ -72,60 +46,9 @@ BOOLEANS: dict[str, bool] = {
     "no": False,
     "off": False,
 }
-
-# Tags a node may carry explicitly, when they only restate what YAML would
-# resolve anyway (`!!int 3`, `!!map {...}`); `!!str` is accepted on any
-# scalar. Anything else (`!!binary`, `!!python/object`, `!!int "sleep 1"`,
-# `!local`) is refused: the schema reads text, and a tag that changes the
-# meaning of a value would be silently ignored.
-SEQ = TAG + "seq"
-MAP = TAG + "map"
-CORE_SCALAR_TAGS = frozenset({NULL, BOOL, INT, FLOAT, STR, TIMESTAMP, MERGE})
-# The deepest nesting of mappings and lists accepted. Taskmaster's schema
-# needs 4 levels; PyYAML composes recursively (1,000 nested '[' overflowed
-# Python's stack), and libyaml stops at 1,000 levels anyway.
-MAX_DEPTH = 100
-# The most issues reported for one file. A 16 MB file of bad keys made
-# 1.3 million of them: a minute of work and a D-Bus error (Reload) bigger
-# than any bus accepts. Past this many, reading stops.
-MAX_ISSUES = 100
-MAX_KEYPATH = 200  # characters of a key path shown in an issue
-MAX_MESSAGE = 1000  # characters of an issue's message
-
 MAX_SECONDS = 86400.0  # the longest duration `_seconds` accepts: one day
 INT_RE = re.compile(r"-?[0-9]+")
-# Line breaks YAML counts but editors, grep -n and sed -n Np do not: a lone CR,
-# NEL, LINE SEPARATOR, PARAGRAPH SEPARATOR. A file holding one gets its issue
-# positions recomputed from the character offset, lines counted by '\n' only.
-ODD_BREAK_RE = re.compile("\r(?!\n)|[\x85\u2028\u2029]")
 NUMBER_RE = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
-
-
-_SURROGATE_RE = re.compile("[\ud800-\udfff]")
-_PAIR_RE = re.compile("[\ud800-\udbff][\udc00-\udfff]")
-
-
-def surrogate_problem(value: str) -> str | None:
-    """What is wrong with a string holding a surrogate code point (written as a
-    "\\udXXX" escape), or None. Such a string cannot be encoded, so it could
-    reach neither execve, nor open, nor the environment, nor D-Bus."""
-    found = _SURROGATE_RE.search(value)
-    if found is None:
-        return None
-    pair = _PAIR_RE.search(value)
-    if pair is not None:
-        char = pair.group().encode("utf-16-le", "surrogatepass").decode("utf-16-le")
-        return (f"a string with the surrogate pair \\u{ord(pair.group()[0]):04x}"
-                f"\\u{ord(pair.group()[1]):04x}: YAML's \\u escapes are not combined; "
-                f"write \\U{ord(char):08X} or the character itself")
-    return (f"a string with the lone surrogate \\u{ord(found.group()):04x}, which is not "
-            "a character; remove it")
-
-
-def _printable(text: str) -> str:
-    if _SURROGATE_RE.search(text) is None:
-        return text
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class Reject(Exception):
@@ -198,196 +121,8 @@ def unknown_key(key: str, known: tuple[str, ...], where: str) -> str:
     return f"{msg}; {where} accepts: {', '.join(known)}"
 
 
-class NodeReader:
+class NodeReader(Composer):
     """Composes one file and reads its node tree, recording every issue."""
-
-    def __init__(self, text: str, path: str) -> None:
-        self.text = text
-        self.file = path
-        self.issues: list[ConfigIssue] = []
-        self._seen: set[tuple[int, int, str, str]] = set()
-        self._odd_breaks = ODD_BREAK_RE.search(text) is not None
-        self._line_starts: list[int] | None = None
-
-    # ---- recording
-
-    def error(self, node: Node | None, keypath: str, message: str) -> None:
-        if node is None:
-            line = column = 1
-        elif self._odd_breaks:
-            line, column = self._position(node.start_mark.index)
-        else:
-            line, column = node.start_mark.line + 1, node.start_mark.column + 1
-        # A key or value quoted back may hold a lone surrogate (a "\\udXXX"
-        # escape): shown as that escape, so that the issue can be printed,
-        # logged and sent over D-Bus. A key or value of a megabyte would be
-        # quoted whole in the message and the key path (and in a D-Bus reply
-        # past the bus's limit): both are clipped.
-        keypath = _clip(_printable(keypath), MAX_KEYPATH)
-        message = _clip(_printable(message), MAX_MESSAGE)
-        key = (line, column, keypath, message)
-        if key not in self._seen:
-            self._seen.add(key)
-            if len(self.issues) >= MAX_ISSUES:
-                self.issues.append(ConfigIssue(
-                    self.file, line, column, "",
-                    f"more than {MAX_ISSUES} errors: the rest of the file was not checked; "
-                    "fix these first"))
-                self.fail()
-            self.issues.append(ConfigIssue(self.file, line, column, keypath, message))
-
-    def _position(self, index: int) -> tuple[int, int]:
-        """1-based (line, column) of a character offset, lines split at '\n' only."""
-        if self._line_starts is None:
-            self._line_starts = [0] + [m.end() for m in re.finditer("\n", self.text)]
-        index = max(0, min(index, len(self.text)))
-        line = bisect.bisect_right(self._line_starts, index)
-        return line, index - self._line_starts[line - 1] + 1
-
-    def fail(self) -> NoReturn:
-        self.issues.sort(key=lambda i: (i.line, i.column))
-        raise ConfigError(self.issues)
-
-    # ---- composing
-
-    def _compose(self) -> Node | None:
-        # libyaml composes ~10x faster (1000 programs: 30 ms instead of
-        # 300 ms of the daemon's start-up); its node tree is the same (the
-        # tags are resolved by the same Python resolver), only its error
-        # messages and marks differ. So a file libyaml finds fault with is
-        # parsed again by PyYAML, whose messages the hints below explain.
-        # Its character offsets are not PyYAML's when the text starts with a
-        # BOM; with odd line breaks positions come from the offsets: PyYAML then.
-        fast = getattr(yaml, "CSafeLoader", None)
-        if fast is not None and not self._odd_breaks:
-            try:
-                root, second = _compose_with(fast(self.text))
-                if second is None:
-                    self._check_tree(root)
-                    return root
-            except yaml.YAMLError:
-                pass
-        try:
-            loader = _DepthCappedLoader(self.text)
-        except yaml.reader.ReaderError as e:
-            self._reader_error(e)
-            self.fail()
-        try:
-            root, second = _compose_with(loader)
-        except yaml.reader.ReaderError as e:
-            self._reader_error(e)
-            self.fail()
-        except yaml.MarkedYAMLError as e:
-            self._syntax_error(e)
-            self.fail()
-        except yaml.YAMLError as e:
-            self.error(None, "", f"invalid YAML: {e}")
-            self.fail()
-        if second is not None:
-            self.error(
-                _Mark(second),
-                "",
-                "the file holds more than one YAML document (a '---' or '...' "
-                "separator); expected a single document",
-            )
-        self._check_tree(root)
-        return root
-
-    def _check_tree(self, root: Node | None) -> None:
-        """Refuse tags outside the core schema and nesting deeper than
-        MAX_DEPTH, each located; fail when there is any.
-
-        Iterative (no recursion on hostile depth), and each node is visited
-        once even when aliases share it (an alias bomb costs its size, not
-        its expansion). Key paths are worked out only when there is a
-        problem to report."""
-        if root is None:
-            return
-        problems: list[tuple[Node, str]] = []
-        resolved: dict[str, str] = {}  # plain-scalar text -> its implicit tag
-        seen: set[int] = set()
-        todo: list[tuple[Node, int]] = [(root, 1)]
-        while todo:
-            node, depth = todo.pop()
-            if id(node) in seen:
-                continue
-            seen.add(id(node))
-            if type(node) is ScalarNode and node.tag == STR:
-                continue  # the common case, first
-            problem = _tag_problem(node, resolved)
-            if problem is not None:
-                problems.append((node, problem))
-                continue
-            if isinstance(node, ScalarNode):
-                continue
-            if depth > MAX_DEPTH:
-                problems.append((node, f"mappings and lists nested more than {MAX_DEPTH} "
-                                       "levels deep; Taskmaster's configuration needs 4"))
-                break
-            # Pushed last first: nodes are met in document order, so a node
-            # shared through aliases counts at the depth where it is written.
-            if isinstance(node, SequenceNode):
-                todo.extend((item, depth + 1) for item in reversed(node.value))
-            else:
-                for k, v in reversed(node.value):
-                    todo.append((v, depth + 1))
-                    todo.append((k, depth + 1))
-        if not problems:
-            return
-        paths = self._keypaths(root, {id(n) for n, _ in problems})
-        for node, problem in problems:
-            self.error(node, paths.get(id(node), ""), problem)
-        self.fail()
-
-    def _keypaths(self, root: Node, wanted: set[int]) -> dict[int, str]:
-        """The key path where each node of `wanted` is first met (id -> path)."""
-        out: dict[int, str] = {}
-        seen: set[int] = set()
-        todo: list[tuple[Node, str, int]] = [(root, "", 1)]
-        while todo and len(out) < len(wanted):
-            node, keypath, depth = todo.pop()
-            if id(node) in seen:
-                continue
-            seen.add(id(node))
-            if id(node) in wanted:
-                out[id(node)] = keypath
-            if isinstance(node, ScalarNode) or depth > MAX_DEPTH:
-                continue
-            if isinstance(node, SequenceNode):
-                for i, item in reversed(list(enumerate(node.value))):
-                    todo.append((item, f"{keypath}[{i}]", depth + 1))
-            else:
-                for k, v in reversed(node.value):
-                    sub = self._join(keypath, k.value) if isinstance(k, ScalarNode) else keypath
-                    todo.append((v, sub, depth + 1))
-                    todo.append((k, keypath, depth + 1))
-        return out
-
-    def _reader_error(self, e: yaml.reader.ReaderError) -> None:
-        code = ord(e.character) if isinstance(e.character, str) else e.character
-        before = self.text[: e.position]
-        line = before.count("\n")
-        column = e.position - (before.rfind("\n") + 1)
-        self.error(
-            _Mark(yaml.Mark("", e.position, line, column, None, 0)),
-            "",
-            f"invalid YAML: unacceptable character #x{code:04x}"
-            f" ({e.reason}); remove it or write it as an escape in a double-quoted string",
-        )
-
-    def _syntax_error(self, e: yaml.MarkedYAMLError) -> None:
-        mark = e.problem_mark or e.context_mark
-        problem = e.problem or e.context or "syntax error"
-        message = f"invalid YAML: {problem}"
-        if e.context and e.problem and e.context_mark is not None:
-            message += f" ({e.context} started at line {e.context_mark.line + 1})"
-        if "'\\t'" in problem:
-            message += "; indent with spaces, not tabs"
-        elif "expected <block end>" in problem:
-            message += "; check the indentation: keys of one mapping must start in the same column"
-        elif "mapping values are not allowed here" in problem:
-            message += "; check the indentation, or quote a value that contains ': '"
-        self.error(_Mark(mark) if mark is not None else None, "", message)
 
     # ---- mappings
 
@@ -466,10 +201,6 @@ class NodeReader:
                         seen.add(mk.value)
                         out.append((mk, mv))
         return out
-
-    @staticmethod
-    def _join(keypath: str, key: str) -> str:
-        return f"{keypath}.{key}" if keypath else key
 
     def _has_key(self, node: Node, key: str, _seen: set[int] | None = None,
                  _depth: int = 0) -> bool:
@@ -579,78 +310,3 @@ class NodeReader:
             raise Reject(f"expected {what} (or yes/no, on/off), found {show(scalar)}")
         return value
 
-
-def _compose_with(loader: yaml.SafeLoader | yaml.CSafeLoader) -> tuple[Node | None, Any]:
-    """The first document's node tree, and where a second one starts (None if
-    none: else a yaml.Mark, or libyaml's own Mark class: Any)."""
-    try:
-        root: Node | None = loader.get_node() if loader.check_node() else None
-        event = loader.peek_event() if loader.check_node() else None
-    finally:
-        loader.dispose()
-    return root, None if event is None else event.start_mark
-
-
-_RESOLVER: Any = yaml.resolver.Resolver()  # PyYAML's methods are untyped
-
-
-def _tag_problem(node: Node, resolved: dict[str, str]) -> str | None:
-    """Why a node's tag is refused, or None (see CORE_SCALAR_TAGS).
-    `resolved` caches the implicit tag of each scalar text met."""
-    tag = node.tag
-    if isinstance(node, ScalarNode):
-        if tag == STR:
-            return None
-        if tag in CORE_SCALAR_TAGS:
-            # Implicit, or an explicit tag that says what the text is anyway.
-            implicit = resolved.get(node.value)
-            if implicit is None:
-                implicit = resolved[node.value] = _RESOLVER.resolve(
-                    ScalarNode, node.value, (True, False))
-            if implicit == tag:
-                return None
-            shown = node.value if len(node.value) <= 40 else node.value[:37] + "..."
-            return (f"the tag '{_short(tag)}' does not fit the value {shown!r}; "
-                    "remove the tag")
-    elif tag == (SEQ if isinstance(node, SequenceNode) else MAP):
-        return None
-    return (f"unsupported YAML tag '{_short(tag)}'; only plain YAML is read "
-            "(strings, numbers, booleans, null, lists, mappings): remove the tag")
-
-
-def _clip(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit - 40]}... ({len(text)} characters)"
-
-
-def _short(tag: str) -> str:
-    return "!!" + tag[len(TAG):] if tag.startswith(TAG) else tag
-
-
-class _DepthCappedLoader(yaml.SafeLoader):
-    """PyYAML's pure loader with the composer's recursion capped at MAX_DEPTH
-    (for files libyaml refused, re-read for PyYAML's error messages)."""
-
-    _depth = 0
-
-    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH and not self.check_event(
-                    yaml.ScalarEvent, yaml.AliasEvent):
-                event: Any = self.peek_event()  # type: ignore[no-untyped-call]
-                raise yaml.composer.ComposerError(
-                    None, None,
-                    f"mappings and lists nested more than {MAX_DEPTH} levels deep; "
-                    "Taskmaster's configuration needs 4", event.start_mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-class _Mark(Node):
-    """A stand-in node carrying only a position (for parser errors)."""
-
-    def __init__(self, mark: yaml.Mark) -> None:
-        super().__init__("", None, mark, mark)

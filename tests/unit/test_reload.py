@@ -7,9 +7,18 @@ from dataclasses import replace
 
 import pytest
 
-from taskmasterd.config import AutoRestart, Config, GlobalConfig, Output, OutputKind, ProgramConfig
+from taskmasterd.config import (
+    PROGRAM_KEYS,
+    AutoRestart,
+    Config,
+    GlobalConfig,
+    Output,
+    OutputKind,
+    ProgramConfig,
+)
 from taskmasterd.errors import BadName, NoSuchProgram
-from taskmasterd.reload import ReloadPlan, Resize, in_place_fields, plan_reload
+from taskmasterd.programschema import PROGRAM_TABLE, ProgramKey
+from taskmasterd.reload import LAUNCH_KEYS, ReloadPlan, Resize, in_place_fields, plan_reload
 from taskmasterd.targets import resolve
 
 
@@ -59,6 +68,46 @@ def test_other_keys_apply_in_place(key: str, value: object) -> None:
     plan = plan_reload(config(prog("a")), config(new))
     assert plan.updated == (new,) and not plan.restarted and not plan.resized
     assert in_place_fields(prog("a"), new) == [key]
+
+
+# Another value for every program key: a key added to the table without
+# one here fails the test below, which then says what a change of it does.
+OTHER_VALUE: dict[str, object] = {
+    "cmd": "sleep 2", "numprocs": 3, "umask": 0o77, "workingdir": "/srv", "autostart": False,
+    "autorestart": AutoRestart.NEVER, "exitcodes": frozenset({0, 2}), "startretries": 9,
+    "starttime": 0.5, "startlimit_burst": 0, "startlimit_interval": 60.0,
+    "stopsignal": signal.SIGUSR1, "stoptime": 30.0, "stdout": Output(OutputKind.NULL),
+    "stderr": Output(OutputKind.FILE, "/tmp/x"), "env": (("A", "1"),), "user": "nobody",
+    "restartdelay": 2.0, "stdout_maxbytes": 0, "stdout_backups": 1, "stderr_maxbytes": 1024,
+    "stderr_backups": 0,
+}
+
+
+def test_the_key_lists_come_from_one_table() -> None:
+    assert tuple(k.name for k in PROGRAM_TABLE) == PROGRAM_KEYS
+    assert tuple(k.name for k in PROGRAM_TABLE if k.launch) == LAUNCH_KEYS
+    assert set(OTHER_VALUE) == set(PROGRAM_KEYS)
+    base = prog("a")
+    for entry in PROGRAM_TABLE:
+        if entry.name != "cmd":  # required: no default
+            assert getattr(base, entry.name) == entry.default, entry.name
+
+
+@pytest.mark.parametrize("entry", PROGRAM_TABLE, ids=lambda k: k.name)
+def test_a_launch_key_restarts_numprocs_resizes_any_other_applies_in_place(entry: ProgramKey) -> None:
+    name = entry.name
+    new = prog("a", **{name: OTHER_VALUE[name]})
+    if name == "cmd":
+        new = replace(new, argv=("sleep", "2"))
+    plan = plan_reload(config(prog("a")), config(new))
+    assert plan.changed == ["a"]
+    if entry.launch:
+        assert plan.restarted == (new,) and not plan.updated and not plan.resized
+    elif name == "numprocs":
+        assert plan.resized == (Resize(new, 1),) and not plan.restarted and not plan.updated
+    else:
+        assert plan.updated == (new,) and not plan.restarted and not plan.resized
+        assert in_place_fields(prog("a"), new) == [name]
 
 
 def test_numprocs_alone_resizes_but_with_a_launch_key_restarts() -> None:

@@ -1,0 +1,487 @@
+"""The `programs:` part of the configuration: ProgramConfig, its key table
+and its reader (the validator in taskmasterd.config inherits `ProgramReader`).
+
+A program key is one field of ProgramConfig, declared with `key(default,
+read, launch=...)`: its name, its reader, its default and whether it is a
+launch setting (a change restarts the processes at a reload: it shapes the
+exec'd process). PROGRAM_TABLE is read off those fields; the key list the
+validator accepts (PROGRAM_KEYS) and the one reload.py restarts on
+(LAUNCH_KEYS) come from it. A new key is one field plus its consumer.
+
+How values are read is told in taskmasterd.config's docstring. Pure: no
+I/O, no asyncio, no D-Bus.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import os
+import re
+import shlex
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from taskmasterd import signames
+from taskmasterd.yamlnodes import (
+    BOOLEANS,
+    NULL,
+    NodeReader,
+    Reject,
+    Reported,
+    is_null,
+    kind,
+    quoted,
+    show,
+    surrogate_problem,
+    unknown_key,
+)
+
+
+class AutoRestart(enum.Enum):
+    ALWAYS = "always"
+    NEVER = "never"
+    UNEXPECTED = "unexpected"
+
+
+class OutputKind(enum.Enum):
+    AUTO = "auto"  # key absent: the journal under journald, else a file in logdir
+    NULL = "null"  # explicitly discarded (null, ~, /dev/null)
+    FILE = "file"  # an explicit path
+    JOURNAL = "journal"  # a journal stream, identifier = program name
+
+
+@dataclass(frozen=True)
+class Output:
+    kind: OutputKind = OutputKind.AUTO
+    path: str | None = None  # absolute; set only for FILE
+    # Where the value is in the file (1-based; 0 when absent or not from a
+    # file), for errors found once the file is loaded ("no journal on this
+    # host"). Not part of the value, as for AlertConfig.
+    line: int = field(default=0, compare=False)
+    column: int = field(default=0, compare=False)
+
+
+DEFAULT_MAXBYTES = 50 * 1024 * 1024  # supervisord's stdout_logfile_maxbytes
+DEFAULT_BACKUPS = 10  # supervisord's stdout_logfile_backups
+MAX_MAXBYTES = 1024 ** 4  # 1 TB: anything larger is a typo, not a bound
+MAX_BACKUPS = 1000
+_SIZE_UNITS = {"KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3}
+_SIZE_RE = re.compile(r"([0-9]+)\s*(KB|MB|GB)?", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int | None:
+    """supervisord's byte sizes: digits, optionally followed by KB, MB or GB
+    (any case, 1024-based). None when `text` is not one."""
+    m = _SIZE_RE.fullmatch(text.strip())
+    if m is None or not text.isascii() or len(m.group(1)) > 18:
+        return None
+    return int(m.group(1)) * _SIZE_UNITS.get((m.group(2) or "").upper(), 1)
+
+
+# supervisord's [program:x] option names -> Taskmaster's, or None if unsupported.
+_SUPERVISORD_NAMES: dict[str, str | None] = {
+    "command": "cmd",
+    "directory": "workingdir",
+    "startsecs": "starttime",
+    "stopwaitsecs": "stoptime",
+    "environment": "env",
+    "stdout_logfile": "stdout",
+    "stderr_logfile": "stderr",
+    "process_name": None,
+    "numprocs_start": None,
+    "priority": None,
+    "redirect_stderr": None,
+    "stopasgroup": None,
+    "killasgroup": None,
+    "stdout_logfile_maxbytes": "stdout_maxbytes",
+    "stderr_logfile_maxbytes": "stderr_maxbytes",
+    "stdout_logfile_backups": "stdout_backups",
+    "stderr_logfile_backups": "stderr_backups",
+}
+
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+_OCTAL_RE = re.compile(r"[0-7]+")
+_UMASK_MSG = "umask must be octal digits like 022 (a digit 8 or 9 is not octal)"
+_SIGNAL_HINT = (
+    "expected a signal name like TERM, HUP, INT, QUIT, KILL, USR1 or USR2 (with or without SIG), "
+    "or its number"
+)
+
+
+class ProgramReader(NodeReader):
+    """Reads `programs:` into ProgramConfig values, each key by its entry
+    in PROGRAM_TABLE. Relative paths are resolved against the directory of
+    the file."""
+
+    def __init__(self, text: str, path: str) -> None:
+        super().__init__(text, path)
+        self.abspath = os.path.abspath(path)
+        self.basedir = os.path.dirname(self.abspath)
+
+    def _programs(self, node: Node) -> tuple[ProgramConfig, ...] | None:
+        if is_null(node):
+            return ()
+        if not isinstance(node, MappingNode):
+            self.error(
+                node,
+                "programs",
+                f"expected a mapping of program name -> settings, found {kind(node)}",
+            )
+            return None
+        entries = self.entries(node, "programs")
+        out: list[ProgramConfig] = []
+        ok = True
+        for i, (k, v) in enumerate(entries):
+            name = k.value
+            kp = f"programs.{name}"
+            if name in PROGRAM_KEYS and not self._has_key(v, "cmd"):
+                if isinstance(v, MappingNode) or not is_null(v):
+                    what = (
+                        "has no 'cmd'"
+                        if isinstance(v, MappingNode)
+                        else (f"must be a mapping of settings, found {kind(v)}")
+                    )
+                else:
+                    what = "has no settings"
+                self.error(
+                    k,
+                    kp,
+                    f"program '{name}' {what}; '{name}' is a program setting — indent it under its program",
+                )
+                ok = False
+                continue
+            ok = self._program_name(k, kp) and ok
+            if is_null(v):
+                nxt = entries[i + 1][0] if i + 1 < len(entries) else None
+                if (
+                    nxt is not None
+                    and nxt.value in PROGRAM_KEYS
+                    and nxt.start_mark.line > k.start_mark.line
+                    and nxt.start_mark.column == k.start_mark.column
+                ):
+                    msg = (
+                        f"program '{name}' has no settings — the keys after it are at "
+                        f"the same indentation as '{name}:' and must be indented under it"
+                    )
+                else:
+                    msg = (
+                        f"program '{name}' has no settings; expected a mapping with at "
+                        f"least 'cmd:', indented under '{name}:'"
+                    )
+                self.error(k, kp, msg)
+                ok = False
+                continue
+            if not isinstance(v, MappingNode):
+                self.error(
+                    v,
+                    kp,
+                    f"program '{name}' must be a mapping of settings, found {kind(v)}; "
+                    f"write its command as 'cmd: ...' indented under '{name}:'",
+                )
+                ok = False
+                continue
+            program = self._program(name, k, v, kp)
+            if program is None:
+                ok = False
+            else:
+                out.append(program)
+        return tuple(out) if ok else None
+
+    def _program_name(self, k: ScalarNode, kp: str) -> bool:
+        name = k.value
+        allowed = "use 1 to 64 letters, digits, '_', '.' or '-'"
+        problem: str | None = None
+        if not name:
+            problem = f"a program name must not be empty; {allowed}"
+        elif ":" in name:
+            problem = (
+                f"program name '{name}' must not contain ':' (it names processes, as in prog:0); {allowed}"
+            )
+        elif any(c in name for c in "*?[]"):
+            problem = (
+                f"program name '{name}' must not contain the glob characters * ? [ ] "
+                f"(they match program names); {allowed}"
+            )
+        elif len(name) > 64:
+            problem = f"program name is {len(name)} characters long; {allowed}"
+        elif not _NAME_RE.fullmatch(name):
+            problem = f"program name '{name}' has characters that are not allowed; {allowed}"
+        elif name == "all":
+            problem = "program name 'all' is reserved (it targets every program); choose another name"
+        elif set(name) == {"."}:
+            problem = f"program name '{name}' is not allowed (it is a path component); {allowed}"
+        if problem is None:
+            return True
+        self.error(k, kp, problem)
+        return False
+
+    def _program(self, name: str, name_node: ScalarNode, node: MappingNode, kp: str) -> ProgramConfig | None:
+        values: dict[str, Any] = {}
+        ok = True
+        has_cmd = False
+        for k, v in self.entries(node, kp):
+            key = k.value
+            fkp = f"{kp}.{key}"
+            entry = _BY_NAME.get(key)
+            if entry is None:
+                self.error(k, fkp, self._unknown_program_key(key))
+                ok = False
+                continue
+            has_cmd = has_cmd or key == "cmd"
+            ok = self._read(functools.partial(entry.read, self, fkp), v, fkp, values, key) and ok
+        if not has_cmd:
+            self.error(
+                name_node,
+                kp,
+                f"program '{name}' has no 'cmd'; every program needs a command, "
+                "e.g. cmd: /usr/bin/nginx -g 'daemon off;'",
+            )
+            return None
+        if not ok:
+            return None
+        cmd, argv = values.pop("cmd")
+        return ProgramConfig(name=name, cmd=cmd, argv=argv, **values)
+
+    @staticmethod
+    def _unknown_program_key(key: str) -> str:
+        if key in _SUPERVISORD_NAMES:
+            new = _SUPERVISORD_NAMES[key]
+            if new is None:
+                return f"unknown key '{key}': supervisord's '{key}' is not supported by Taskmaster"
+            return f"unknown key '{key}' (did you mean '{new}'? '{key}' is supervisord's name for it)"
+        return unknown_key(key, PROGRAM_KEYS, "a program")
+
+    # ---- Taskmaster's own readers (raise Reject)
+
+    def _resolve(self, text: str) -> str:
+        return os.path.normpath(os.path.join(self.basedir, text))
+
+    def _path(self, node: Node) -> str:
+        return self._resolve(self._text(node, "a path", strict=True))
+
+    def _cmd(self, node: Node) -> tuple[str, tuple[str, ...]]:
+        cmd = self._text(node, "a command line")
+        try:
+            argv = tuple(shlex.split(cmd))
+        except ValueError as e:
+            raise Reject(
+                f"cannot split cmd into words: {e} (unbalanced quotes or a trailing backslash?); "
+                "check its quoting"
+            ) from None
+        if not argv or not argv[0]:
+            raise Reject(
+                "cmd has no program to run after splitting into words; "
+                "expected a command like /usr/bin/nginx -c /etc/nginx.conf"
+            )
+        return cmd, argv
+
+    def _umask(self, node: Node) -> int:
+        if not isinstance(node, ScalarNode) or node.tag == NULL or node.tag.startswith("!"):
+            raise Reject(f"{_UMASK_MSG}, found {kind(node)}")
+        text = node.value
+        digits = text[2:] if text[:2] in ("0o", "0O") else text
+        if not _OCTAL_RE.fullmatch(digits):
+            raise Reject(f"{_UMASK_MSG}, found {show(node)}")
+        value = int(digits, 8)
+        if value > 0o777:
+            raise Reject(f"{_UMASK_MSG}, found {show(node)}, which is above the largest umask 0777")
+        return value
+
+    def _autorestart(self, node: Node) -> AutoRestart:
+        what = "always, never or unexpected (or true/false)"
+        scalar = self._scalar(node, what)
+        text = scalar.value.lower()
+        if text in BOOLEANS:
+            return AutoRestart.ALWAYS if BOOLEANS[text] else AutoRestart.NEVER
+        try:
+            return AutoRestart(text)
+        except ValueError:
+            raise Reject(f"expected {what}, found {show(scalar)}") from None
+
+    def _exitcodes(self, node: Node, kp: str) -> frozenset[int]:
+        if isinstance(node, ScalarNode):
+            return frozenset({self._int(node, 0, 255)})
+        if not isinstance(node, SequenceNode):
+            raise Reject(f"expected an exit code 0–255 or a list of them, found {kind(node)}")
+        if not node.value:
+            raise Reject("expected an exit code 0–255 or a list of them, found an empty list")
+        codes: set[int] = set()
+        bad = False
+        for i, item in enumerate(node.value):
+            try:
+                codes.add(self._int(item, 0, 255))
+            except Reject as r:
+                self.error(item, f"{kp}[{i}]", r.message)
+                bad = True
+        if bad:
+            raise Reported
+        return frozenset(codes)
+
+    def _signal(self, node: Node) -> signal.Signals:
+        scalar = self._scalar(node, "a signal name")
+        text = scalar.value
+        if quoted(scalar) and text.strip().isdigit():  # "9" is text: not a number here
+            raise Reject(f"unknown signal {text!r} (a signal number is written without quotes); "
+                         f"{_SIGNAL_HINT}")
+        try:
+            return signames.parse(text)
+        except ValueError:
+            if text.isascii() and text.isdigit():
+                raise Reject(f"{text} is not a signal number here; {_SIGNAL_HINT}") from None
+            ascii_note = "" if text.isascii() else " (signal names and numbers are ASCII)"
+            raise Reject(f"unknown signal {text!r}{ascii_note}; {_SIGNAL_HINT}") from None
+
+    def _output(self, node: Node) -> Output:
+        what = "a file path, 'journal' or null"
+        line, column = self.where(node)
+        if isinstance(node, ScalarNode) and node.tag == NULL:
+            return Output(OutputKind.NULL, line=line, column=column)
+        text = self._text(node, what, strict=True)
+        if text == "journal":
+            return Output(OutputKind.JOURNAL, line=line, column=column)
+        path = self._resolve(text)
+        if path == os.devnull:
+            return Output(OutputKind.NULL, line=line, column=column)
+        return Output(OutputKind.FILE, path, line=line, column=column)
+
+    def _size(self, node: Node) -> int:
+        what = "a size in bytes like 50MB, 512KB, 1GB or 1048576 (0 = unlimited)"
+        scalar = self._scalar(node, what)
+        value = parse_size(scalar.value)
+        if value is None:
+            raise Reject(f"expected {what}, found {show(scalar)}")
+        if value > MAX_MAXBYTES:
+            raise Reject(f"must be at most 1024GB, found {show(scalar)}")
+        return value
+
+    def _env(self, node: Node, kp: str) -> tuple[tuple[str, str], ...]:
+        if not isinstance(node, MappingNode):
+            raise Reject(f"expected a mapping of NAME: value, found {kind(node)}")
+        out: dict[str, str] = {}
+        bad = False
+        for k, v in self.entries(node, kp):
+            name = k.value
+            vkp = f"{kp}.{name}"
+            if not name or "=" in name or "\0" in name or surrogate_problem(name):
+                self.error(
+                    k,
+                    vkp,
+                    f"invalid environment variable name {name!r}; expected a non-empty "
+                    "name without '=' or NUL",
+                )
+                bad = True
+                continue
+            if not isinstance(v, ScalarNode) or v.tag.startswith("!"):
+                self.error(v, vkp, f"env values must be strings or numbers, found {kind(v)}")
+                bad = True
+            elif v.tag == NULL:
+                self.error(
+                    v,
+                    vkp,
+                    "env values must be strings or numbers, found null; use '' for an empty value",
+                )
+                bad = True
+            elif "\0" in v.value:
+                self.error(v, vkp, "env values must not contain a NUL character")
+                bad = True
+            elif surrogate_problem(v.value):
+                self.error(v, vkp, f"env values must be text, found {surrogate_problem(v.value)}")
+                bad = True
+            else:
+                out[name] = v.value
+        if bad:
+            raise Reported
+        return tuple(sorted(out.items()))
+
+
+Read = Callable[[ProgramReader, str, Node], Any]
+"""A key's reader: (the reader, the key path, the value node) -> the value;
+raises Reject (or Reported, the issues recorded)."""
+
+
+def _meta(read: Read, launch: bool) -> dict[str, Any]:
+    return {"read": read, "launch": launch}
+
+
+def key(default: Any, *, read: Read, launch: bool = False) -> Any:
+    """A ProgramConfig field that is a program key (see the module docstring)."""
+    return field(default=default, metadata=_meta(read, launch))
+
+
+@dataclass(frozen=True)
+class ProgramConfig:
+    """One program of the file. Each field but name and argv is a key of its
+    mapping, declared with its default, its reader and whether it is a
+    launch setting: the table of program keys (PROGRAM_TABLE)."""
+
+    name: str
+    # A key without a default (required): as written.
+    cmd: str = field(metadata=_meta(lambda r, kp, n: r._cmd(n), launch=True))
+    argv: tuple[str, ...]  # shlex-split cmd; argv[0] is looked up in PATH
+    numprocs: int = key(1, read=lambda r, kp, n: r._int(n, 1, 1000))  # a change resizes
+    umask: int | None = key(None, read=lambda r, kp, n: r._umask(n), launch=True)  # None: inherit
+    workingdir: str | None = key(None, read=lambda r, kp, n: r._path(n), launch=True)  # None: cwd
+    autostart: bool = key(True, read=lambda r, kp, n: r._bool(n))
+    autorestart: AutoRestart = key(AutoRestart.UNEXPECTED, read=lambda r, kp, n: r._autorestart(n))
+    exitcodes: frozenset[int] = key(frozenset({0}), read=lambda r, kp, n: r._exitcodes(n, kp))
+    startretries: int = key(3, read=lambda r, kp, n: r._int(n, 0, 1000))
+    starttime: float = key(1.0, read=lambda r, kp, n: r._seconds(n))
+    # systemd's StartLimitBurst/StartLimitIntervalSec over automatic restarts
+    # (process.StartLimit); 0 in either disables the limit.
+    startlimit_burst: int = key(10, read=lambda r, kp, n: r._int(n, 0, 1000))
+    startlimit_interval: float = key(10.0, read=lambda r, kp, n: r._seconds(n))
+    stopsignal: signal.Signals = key(signal.SIGTERM, read=lambda r, kp, n: r._signal(n))
+    stoptime: float = key(10.0, read=lambda r, kp, n: r._seconds(n))
+    stdout: Output = key(Output(), read=lambda r, kp, n: r._output(n), launch=True)
+    stderr: Output = key(Output(), read=lambda r, kp, n: r._output(n), launch=True)
+    # sorted (key, value) pairs
+    env: tuple[tuple[str, str], ...] = key((), read=lambda r, kp, n: r._env(n, kp), launch=True)
+    user: str | None = key(None, read=lambda r, kp, n: r._text(n, "a user name or numeric uid"),
+                           launch=True)
+    restartdelay: float = key(0.0, read=lambda r, kp, n: r._seconds(n))
+    # Rotation of FILE/AUTO-file outputs (supervisord's stdout_logfile_maxbytes
+    # and _backups): at most maxbytes per file, FILE.1 ... FILE.<backups>;
+    # maxbytes 0 = unbounded, the child writes its file itself. Launch
+    # settings: how output is carried (a file the child holds, or a pipe to
+    # the log writer) is decided at spawn.
+    stdout_maxbytes: int = key(DEFAULT_MAXBYTES, read=lambda r, kp, n: r._size(n), launch=True)
+    stdout_backups: int = key(DEFAULT_BACKUPS, read=lambda r, kp, n: r._int(n, 0, MAX_BACKUPS),
+                              launch=True)
+    stderr_maxbytes: int = key(DEFAULT_MAXBYTES, read=lambda r, kp, n: r._size(n), launch=True)
+    stderr_backups: int = key(DEFAULT_BACKUPS, read=lambda r, kp, n: r._int(n, 0, MAX_BACKUPS),
+                              launch=True)
+
+    @property
+    def env_dict(self) -> dict[str, str]:
+        return dict(self.env)
+
+    def process_names(self) -> list[str]:
+        """`prog` when numprocs is 1, else `prog:0` ... `prog:N-1`."""
+        if self.numprocs == 1:
+            return [self.name]
+        return [f"{self.name}:{i}" for i in range(self.numprocs)]
+
+
+@dataclass(frozen=True)
+class ProgramKey:
+    """One entry of the program key table (read off a ProgramConfig field)."""
+
+    name: str
+    read: Read
+    default: Any  # dataclasses.MISSING: required (cmd)
+    launch: bool  # a change restarts the processes at a reload
+
+
+PROGRAM_TABLE: tuple[ProgramKey, ...] = tuple(
+    ProgramKey(f.name, f.metadata["read"], f.default, f.metadata["launch"])
+    for f in dataclasses.fields(ProgramConfig) if "read" in f.metadata)
+PROGRAM_KEYS: tuple[str, ...] = tuple(k.name for k in PROGRAM_TABLE)
+LAUNCH_KEYS: tuple[str, ...] = tuple(k.name for k in PROGRAM_TABLE if k.launch)
+_BY_NAME = {k.name: k for k in PROGRAM_TABLE}
