@@ -359,14 +359,15 @@ def read_journal(target: str, since: float | None, directory: str | None = None
                 yield entry
 
 
-def daemon_log_file(ctx: Context) -> str:
+def daemon_log_file(ctx: Context) -> tuple[str, bool]:
     """Where the daemon writes its lifecycle log: its configuration's
     `logfile`, resolved as the daemon does (for the daemon's uid). Without
-    a daemon: the default configuration of this user."""
+    a daemon: the default configuration of this user (and False)."""
     from taskmasterd.config import ConfigError, GlobalConfig, load_config
     from taskmasterd.paths import default_config_path, resolve_paths
 
     uid: int | None = None
+    reachable = True
     try:
         config_path = ctx.client.config_file()
         try:
@@ -374,12 +375,12 @@ def daemon_log_file(ctx: Context) -> str:
         except OSError:
             pass
     except (Unreachable, CallError):
-        config_path = default_config_path()
+        config_path, reachable = default_config_path(), False
     try:
         settings = load_config(config_path).daemon
     except (ConfigError, OSError):  # unreadable (0640) or changed since: the defaults
         settings = GlobalConfig()
-    return resolve_paths(settings, uid=uid).logfile
+    return resolve_paths(settings, uid=uid).logfile, reachable
 
 
 # ---- the command ----------------------------------------------------------------------------
@@ -425,8 +426,14 @@ def run(ctx: Context, args: argparse.Namespace, now: float | None = None) -> int
             entries = window(read_journal(args.target, since, args.directory), args.target,
                              since, until, args.lines)
         else:
-            path = args.file or daemon_log_file(ctx)
-            entries = window(read_log(path), args.target, since, until, args.lines)
+            path, found = (args.file, True) if args.file else daemon_log_file(ctx)
+            try:
+                entries = window(read_log(path), args.target, since, until, args.lines)
+            except SourceError as exc:
+                if found:
+                    raise
+                raise SourceError(f"{exc}; taskmasterd is not reachable to say where its log "
+                                  "is, so this is where its default configuration puts it") from None
     except SourceError as exc:
         ctx.error(f"taskctl history: {exc}")
         return EXIT_ERROR

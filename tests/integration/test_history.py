@@ -129,6 +129,12 @@ def test_history_from_the_journal(write_config: WriteConfig, bus_address: str,
         r = taskctl("--address", bus_address, "history", "--since", "@1", "--until", "@2",
                     "crashy", prefix=d.enter())
         assert r.stdout == "" and "no events of crashy in that time" in r.stderr
+        # -D: the journal files of a directory (as journalctl -D), not the system's
+        where = f"/run/log/journal/{Path('/etc/machine-id').read_text().strip()}"  # not flushed
+        r = taskctl("history", "-D", where, "--json", "crashy", prefix=d.enter())
+        assert [json.loads(line) for line in r.stdout.splitlines()] == objs
+        r = taskctl("history", "-D", str(workdir), "crashy", prefix=d.enter())
+        assert r.returncode == 0 and "no events of crashy" in r.stderr
     finally:
         code = d.terminate()
         d.close_journald()

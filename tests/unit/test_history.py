@@ -307,3 +307,32 @@ def test_history_is_a_command_with_target_completion() -> None:
         build_parser().parse_args(["history", "-n", "0", "web"])
     args = build_parser().parse_args(["history", "web"])
     assert isinstance(args, argparse.Namespace) and args.target == "web" and args.lines is None
+
+
+class _NoDaemon:
+    def config_file(self) -> str:
+        from taskctl.model import Unreachable
+
+        raise Unreachable("the system bus", "no such file", kind="system")
+
+
+def test_without_a_daemon_the_default_location_is_read_and_said(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(No journald here: the auto choice would read the journal.)"""
+    monkeypatch.setattr(history, "JOURNAL_SOCKET", str(tmp_path / "no-journald"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # no configuration there
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # a user's default locations
+    args = build_parser().parse_args(["history", "web"])
+    ctx = _Ctx()
+    ctx.client = _NoDaemon()  # type: ignore[assignment]
+    assert history.run(ctx, args, now=T0 + 60) == 1  # type: ignore[arg-type]
+    expected = tmp_path / "state" / "taskmaster" / "log" / "taskmasterd.log"
+    assert ctx.err.getvalue().startswith(f"taskctl history: no log file at {expected} ")
+    assert "taskmasterd is not reachable to say where its log is" in ctx.err.getvalue()
+    expected.parent.mkdir(parents=True)
+    written_log(expected.parent, EVENTS)
+    ctx = _Ctx()
+    ctx.client = _NoDaemon()  # type: ignore[assignment]
+    assert history.run(ctx, args, now=T0 + 60) == 0  # type: ignore[arg-type]
+    assert len(ctx.out.getvalue().splitlines()) == 1 + 5
