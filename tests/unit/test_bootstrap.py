@@ -216,3 +216,11 @@ def test_setup_and_test_put_nothing_on_path(tree: Path) -> None:
     assert bootstrap(tree, "setup", uid=0)[0] == 0
     assert bootstrap(tree, "test", uid=0)[0] == 0
     assert not (tree / "bin").exists()
+
+
+def test_the_readmes_first_lines_show_how_to_reach_taskctl() -> None:
+    readme = (ROOT / "README.md").read_text()
+    first_block = readme.split("```sh\n", 1)[1].split("```", 1)[0]
+    assert "sh bootstrap run" in first_block and "\ntaskctl status" in first_block
+    assert BINDIR in (ROOT / "bootstrap").read_text()  # where the README says
+    assert "`/usr/local/bin/taskctl`" in readme.split("\n---\n", 1)[0]
