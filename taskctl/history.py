@@ -352,7 +352,7 @@ def read_journal(target: str, since: float | None, directory: str | None = None
             reader.add_disjunction()
             reader.add_match(SYSLOG_IDENTIFIER=IDENTIFIER, TASKMASTER_PROCESS=target)
         if since is not None:
-            reader.seek_realtime(dt.datetime.fromtimestamp(since))
+            reader.seek_realtime(float(since))  # seconds (an int would be read as µs)
         for fields in reader:
             entry = from_journal(fields)
             if entry is not None:

@@ -336,3 +336,11 @@ def test_without_a_daemon_the_default_location_is_read_and_said(
     ctx.client = _NoDaemon()  # type: ignore[assignment]
     assert history.run(ctx, args, now=T0 + 60) == 0  # type: ignore[arg-type]
     assert len(ctx.out.getvalue().splitlines()) == 1 + 5
+
+
+def test_the_shell_completes_history_names_and_options() -> None:
+    from taskctl.shell import complete_words
+
+    assert complete_words("history ", "w", lambda: ["web:0", "web:1", "db"]) == ["web:0", "web:1"]
+    assert complete_words("history ", "--s", lambda: []) == ["--since"]
+    assert complete_words("", "hi", lambda: []) == ["history"]
