@@ -2,6 +2,16 @@
 
 import sys
 
-from taskctl.cli import main
+from taskmasterd.missing import hint
 
-sys.exit(main())
+try:
+    from taskctl.cli import main
+
+    code = main()
+except ModuleNotFoundError as exc:
+    line = hint(exc, "taskctl", sys.executable)
+    if line is None:
+        raise
+    print(line, file=sys.stderr)
+    code = 1
+sys.exit(code)

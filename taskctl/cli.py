@@ -61,12 +61,13 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("tail", "[-f] [--stderr] [-c BYTES] PROCESS",
      "end of a process's output (-f: keep following, across rotations)"),
     ("events", "", "follow state changes and reloads (Ctrl-C to stop)"),
+    ("history", "[--since TIME] [-n N] TARGET", "past state changes, from the journal or the log file"),
     ("alert", "test [URL|INDEX]", "send a test message to every alert target, or to one"),
     ("help", "[COMMAND]", "list the commands, or explain one"),
 )
 COMMAND_NAMES = tuple(c[0] for c in COMMANDS)
 # Commands whose arguments are targets (program, prog:N, glob, all).
-TARGET_COMMANDS = frozenset({"status", "start", "stop", "restart", "signal", "pid", "tail"})
+TARGET_COMMANDS = frozenset({"status", "start", "stop", "restart", "signal", "pid", "tail", "history"})
 
 ERROR_LABELS = {
     "NoSuchProgram": "no such process",
@@ -360,6 +361,9 @@ def build_parser(*, shell: bool = False) -> argparse.ArgumentParser:
     sp.add_argument("process", metavar="PROCESS",
                     help="a process; one that never ran has no output yet (exit 1)")
     command("events")
+    from taskctl import history
+
+    history.add_arguments(command("history"))
     sp = command("alert")
     sp.add_argument("action", choices=("test",), metavar="test",
                     help="send a test message and report, per target, whether it was delivered")
@@ -668,6 +672,12 @@ def cmd_alert(ctx: Context, args: argparse.Namespace) -> int:
     return alert_exit_code(results)
 
 
+def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
+    from taskctl import history
+
+    return history.run(ctx, args)
+
+
 def cmd_help(ctx: Context, args: argparse.Namespace) -> int:
     ctx.print(help_text(args.topic))
     return EXIT_OK
@@ -676,7 +686,7 @@ def cmd_help(ctx: Context, args: argparse.Namespace) -> int:
 COMMAND_FUNCS = {
     "status": cmd_status, "start": cmd_action, "stop": cmd_action, "restart": cmd_action,
     "signal": cmd_action, "reload": cmd_reload, "shutdown": cmd_shutdown, "pid": cmd_pid,
-    "tail": cmd_tail, "events": cmd_events, "alert": cmd_alert, "help": cmd_help,
+    "tail": cmd_tail, "events": cmd_events, "history": cmd_history, "alert": cmd_alert, "help": cmd_help,
 }
 
 

@@ -245,6 +245,16 @@ def test_a_killed_program_restarts_and_the_journal_says_why(booted: Container) -
     assert re.fullmatch(r"[0-9a-f]{32}", running.get("MESSAGE_ID", "")), running
     assert running["MESSAGE_ID"] != exited["MESSAGE_ID"]
 
+    # taskctl history reads it back from the journal (old states included);
+    # a user outside systemd-journal/adm is told how to get access.
+    proc = taskctl(box, "history", "--json", "--since", "1h", "web")
+    assert proc.returncode == 0, proc.stderr
+    timeline = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert {"old": "RUNNING", "new": "EXITED", "pid": old, "exit_status": -9} in [
+        {k: e[k] for k in ("old", "new", "pid", "exit_status")} for e in timeline], timeline
+    proc = taskctl(box, "history", "web", user="nobody")
+    assert proc.returncode == 1 and "systemd-journal" in proc.stderr, proc.stderr
+
 
 def test_program_output_goes_straight_to_the_journal(booted: Container) -> None:
     """Automatic output under journald: each process writes into a journal

@@ -123,6 +123,23 @@ def test_the_package_holds_the_programs_units_policy_and_config(built: Built) ->
         (REPO / "etc/taskmaster.yaml").read_bytes()
 
 
+def test_the_docs_are_where_the_man_pages_say(built: Built) -> None:
+    """docs/ is shipped whole (dh_compress gzips the larger files), and each
+    man page names the place."""
+    import gzip
+
+    doc = built.root / "usr/share/doc/taskmasterd"
+    for source in (REPO / "docs").glob("*.md"):
+        shipped = doc / "docs" / source.name
+        text = shipped.read_bytes() if shipped.exists() else \
+            gzip.decompress((doc / "docs" / f"{source.name}.gz").read_bytes())
+        assert text == source.read_bytes(), source.name
+    assert (doc / "README.md.gz").exists()
+    for page in ("taskmasterd.1", "taskctl.1"):
+        text = (REPO / "packaging/debian" / page).read_text()
+        assert "/usr/share/doc/taskmasterd/docs/" in text, page
+
+
 def test_the_example_configuration_is_a_conffile(built: Built) -> None:
     control = built.root.parent / "control"
     shutil.rmtree(control, ignore_errors=True)

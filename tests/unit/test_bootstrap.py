@@ -36,11 +36,12 @@ echo "pip $*" >> calls
 case "$*" in *"--upgrade pip"*) exit 0 ;; esac
 if [ "${FAIL_PIP:-}" = 1 ]; then echo "pip: network unreachable" >&2; exit 1; fi
 printf '#!/bin/sh\necho "taskmasterd $*" >> calls\n' > .venv/bin/taskmasterd
+printf '#!/bin/sh\nfor a; do echo "taskctl arg: $a"; done\n' > .venv/bin/taskctl
 case "$*" in *"[test]"*)
     for tool in ruff mypy; do printf '#!/bin/sh\necho "%s $*" >> calls\n' $tool > .venv/bin/$tool; done
     chmod +x .venv/bin/ruff .venv/bin/mypy ;;
 esac
-chmod +x .venv/bin/taskmasterd
+chmod +x .venv/bin/taskmasterd .venv/bin/taskctl
 EOF
 chmod +x "$3/bin/python" "$3/bin/pip"
 """
@@ -48,12 +49,22 @@ chmod +x "$3/bin/python" "$3/bin/pip"
 FAKE_DPKG_QUERY = "#!/bin/sh\nprintf 'install ok installed'\n"
 
 
+BINDIR = "\nbindir=/usr/local/bin  # where `run` puts taskctl, as root\n"
+
+
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
+    return make_tree(tmp_path)
+
+
+def make_tree(tmp_path: Path) -> Path:
+    """The copy of bootstrap in tmp_path; what it would put in /usr/local/bin goes to bin/."""
     text = (ROOT / "bootstrap").read_text()
-    assert text.count("\npython=/usr/bin/python3\n") == 1
+    assert text.count("\npython=/usr/bin/python3\n") == 1 and text.count(BINDIR) == 1
+    tmp_path.mkdir(exist_ok=True)
+    text = text.replace(BINDIR, f'\nbindir="{tmp_path}/bin"\n')
     (tmp_path / "bootstrap").write_text(text.replace("\npython=/usr/bin/python3\n",
-                                                     f"\npython={tmp_path}/shims/python3\n"))
+                                                     f'\npython="{tmp_path}/shims/python3"\n'))
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
     shims = tmp_path / "shims"
     shims.mkdir()
@@ -65,11 +76,18 @@ def tree(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def bootstrap(tree: Path, *args: str, fail_pip: bool = False) -> tuple[int, list[str], str]:
-    """Run the copy with dash: (exit status, what it called, stderr)."""
+def bootstrap(tree: Path, *args: str, fail_pip: bool = False, uid: int | None = None
+              ) -> tuple[int, list[str], str]:
+    """Run the copy with dash: (exit status, what it called, stderr). `uid`:
+    what `id -u` says (default: the truth)."""
     calls = tree / "calls"
     calls.unlink(missing_ok=True)
-    env = {"PATH": f"{tree}/shims:/usr/bin:/bin", "HOME": str(tree)}
+    shims = tree / "shims"
+    (shims / "id").unlink(missing_ok=True)
+    if uid is not None:
+        (shims / "id").write_text(f"#!/bin/sh\necho {uid}\n")
+        (shims / "id").chmod(0o755)
+    env = {"PATH": f"{shims}:/usr/bin:/bin", "HOME": str(tree)}
     if fail_pip:
         env["FAIL_PIP"] = "1"
     assert DASH is not None
@@ -154,3 +172,55 @@ def test_an_older_bootstraps_empty_stamp_counts_as_set_up(tree: Path) -> None:
     os.utime(tree / "pyproject.toml", (future, future))
     rc, calls, err = bootstrap(tree, "test")
     assert rc == 0 and installs(calls) == [], err
+
+
+# ---- taskctl reachable after `sh bootstrap run` (issue 12, 3.) ------------------------------
+
+
+def test_run_as_root_puts_taskctl_on_path_and_says_so(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "it's a clone")  # a quote in the path, on purpose
+    rc, calls, err = bootstrap(tree, "run", uid=0)
+    assert rc == 0 and calls[-1] == "taskmasterd -c etc/taskmaster.yaml", err
+    wrapper = tree / "bin" / "taskctl"
+    assert f"in another terminal: taskctl status   ({wrapper} runs {tree}/.venv/bin/taskctl)" in err
+    r = subprocess.run([str(wrapper), "status", "two words", "$HOME"], capture_output=True,
+                       text=True, timeout=30)
+    assert r.stdout.splitlines() == ["taskctl arg: status", "taskctl arg: two words",
+                                     "taskctl arg: $HOME"], r.stderr
+    assert not (tree / "bin" / "taskctl.tmp").exists()
+
+    rc, _, err = bootstrap(tree, "run", uid=0)  # ours: written again
+    assert rc == 0 and "in another terminal: taskctl status" in err
+
+    shutil.rmtree(tree / ".venv")  # the clone's venv gone: the wrapper says so
+    r = subprocess.run([str(wrapper), "status"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 127 and r.stderr.startswith(f"taskctl: {tree}/.venv/bin/taskctl is gone")
+
+
+def test_run_leaves_a_taskctl_that_is_not_its_own_alone(tree: Path) -> None:
+    (tree / "bin").mkdir()
+    (tree / "bin" / "taskctl").write_text("#!/bin/sh\necho mine\n")
+    rc, _, err = bootstrap(tree, "run", uid=0)
+    assert rc == 0 and (tree / "bin" / "taskctl").read_text() == "#!/bin/sh\necho mine\n"
+    assert f"is not ours, left alone; in another terminal: {tree}/.venv/bin/taskctl status" in err
+
+
+def test_run_as_another_user_prints_the_command(tree: Path) -> None:
+    rc, calls, err = bootstrap(tree, "run", uid=1000)
+    assert rc == 0 and calls[-1] == "taskmasterd -c etc/taskmaster.yaml", err
+    assert f"bootstrap: in another terminal: {tree}/.venv/bin/taskctl status" in err
+    assert not (tree / "bin").exists()
+
+
+def test_setup_and_test_put_nothing_on_path(tree: Path) -> None:
+    assert bootstrap(tree, "setup", uid=0)[0] == 0
+    assert bootstrap(tree, "test", uid=0)[0] == 0
+    assert not (tree / "bin").exists()
+
+
+def test_the_readmes_first_lines_show_how_to_reach_taskctl() -> None:
+    readme = (ROOT / "README.md").read_text()
+    first_block = readme.split("```sh\n", 1)[1].split("```", 1)[0]
+    assert "sh bootstrap run" in first_block and "\ntaskctl status" in first_block
+    assert BINDIR in (ROOT / "bootstrap").read_text()  # where the README says
+    assert "`/usr/local/bin/taskctl`" in readme.split("\n---\n", 1)[0]
