@@ -85,7 +85,7 @@ def parse_size(text: str) -> int | None:
 
 
 # supervisord's [program:x] option names -> Taskmaster's, or None if unsupported.
-_SUPERVISORD_NAMES: dict[str, str | None] = {
+SUPERVISORD_NAMES: dict[str, str | None] = {
     "command": "cmd",
     "directory": "workingdir",
     "startsecs": "starttime",
@@ -251,8 +251,8 @@ class ProgramReader(NodeReader):
 
     @staticmethod
     def _unknown_program_key(key: str) -> str:
-        if key in _SUPERVISORD_NAMES:
-            new = _SUPERVISORD_NAMES[key]
+        if key in SUPERVISORD_NAMES:
+            new = SUPERVISORD_NAMES[key]
             if new is None:
                 return f"unknown key '{key}': supervisord's '{key}' is not supported by Taskmaster"
             return f"unknown key '{key}' (did you mean '{new}'? '{key}' is supervisord's name for it)"

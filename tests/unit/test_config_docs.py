@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from taskmasterd import config
+from taskmasterd import config, programschema
 from taskmasterd.alertschema import ALERT_KEYS
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "config.md"
@@ -112,7 +112,7 @@ def test_every_supervisord_name_is_listed_with_ours(tmp_path: Path) -> None:
             left, right = line.strip("|").split("|")[:2]
             for name in re.findall(r"`([a-z_]+)`", left):
                 rows[name] = right
-    names = config._SUPERVISORD_NAMES
+    names = programschema.SUPERVISORD_NAMES
     assert set(rows) == set(names)
     for old, new in names.items():
         if new is not None:
