@@ -32,6 +32,7 @@ from taskctl.format import (
 )
 from taskctl.model import CallError, Unreachable
 from taskctl.parser import help_text
+from taskctl.waiting import act_and_wait
 
 if TYPE_CHECKING:
     from taskctl.client import Client
@@ -70,6 +71,8 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_action(ctx: Context, args: argparse.Namespace) -> int:
     command = args.command
+    if command != "signal" and not args.no_block:
+        return act_and_wait(ctx, command, args.targets, args.timeout)
     code = EXIT_OK
     results = []
     for target in args.targets:

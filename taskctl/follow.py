@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from taskctl.context import Context
 from taskctl.exitcodes import EXIT_ERROR, EXIT_OK
@@ -15,11 +15,25 @@ from taskctl.model import CallError
 FOLLOW_POLL = 0.2  # seconds between reads of a followed log file
 REOPEN_AFTER = 1.0  # seconds without new data before checking for a rotation
 
+
+def several_line(program: str, names: Sequence[str]) -> str:
+    """`tail web` when web has several processes (supervisorctl refuses
+    a group too): which ones to choose from."""
+    return (f"{program}: ERROR (no such process): {program} has {len(names)} processes: "
+            f"{' '.join(names)}; tail one of them (taskctl tail {names[0]})")
+
+
 def cmd_tail(ctx: Context, args: argparse.Namespace) -> int:
     stream = "stderr" if args.stderr else "stdout"
     try:
         fd = ctx.client.open_log(args.process, stream)
     except CallError as exc:
+        if exc.name == "NoSuchProgram":
+            names = [r.name for r in ctx.client.list_processes()
+                     if r.program == args.process and r.name != args.process]
+            if names:
+                ctx.error(several_line(args.process, names))
+                return exit_code_for(exc.name)
         if exc.name != "NotAFile" or "goes to the journal" not in exc.message:
             ctx.error(error_line(args.process, exc))
             return exit_code_for(exc.name)

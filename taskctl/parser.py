@@ -10,13 +10,16 @@ import argparse
 from typing import Any
 
 TAIL_BYTES = 1600  # supervisorctl's default
+# start/stop/restart: seconds before taskctl gives up waiting. A safety net:
+# the daemon's startretries and stoptime (then SIGKILL) decide long before.
+DEFAULT_TIMEOUT = 300.0
 
 # name, arguments, summary: `help` and the shell's completion use this.
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("status", "[TARGET...]", "state, uptime, restarts of processes (exit 3 when one shown is not RUNNING)"),
-    ("start", "TARGET...", "start processes"),
-    ("stop", "TARGET...", "stop processes"),
-    ("restart", "TARGET...", "stop then start processes"),
+    ("start", "[--no-block] TARGET...", "start processes; wait until RUNNING (exit 1 if one fails)"),
+    ("stop", "[--no-block] TARGET...", "stop processes; wait until they are down"),
+    ("restart", "[--no-block] TARGET...", "stop then start processes; wait until RUNNING"),
     ("signal", "SIG TARGET...", "send a signal (TERM, HUP, USR1, 9, ...) to processes"),
     ("reload", "", "re-read the configuration and apply the changes"),
     ("shutdown", "", "stop every process and taskmasterd itself"),
@@ -54,9 +57,11 @@ def build_parser(*, shell: bool = False) -> argparse.ArgumentParser:
         prog="taskctl",
         description="Control taskmasterd over D-Bus. Without a command: an interactive shell.",
         epilog="targets: a program (web), a process (web:0), a glob (web-*), or all. "
-               "Exit status: 0 ok, 1 error, 2 bad usage (an unknown signal, a malformed --address "
-               "too), 3 a process is not running (status), 4 no such program, 7 taskmasterd "
-               "unreachable, 130 interrupted.")
+               "start, stop and restart wait for the outcome (--no-block: not). "
+               "Exit status: 0 ok, 1 error (a start that ended FATAL too), 2 bad usage (an "
+               "unknown signal, a malformed --address too), 3 a process is not running "
+               "(status), 4 no such program, 7 taskmasterd unreachable, 124 gave up waiting "
+               "(--timeout), 130 interrupted.")
     if not shell:
         where = p.add_mutually_exclusive_group()
         where.add_argument("--system", dest="bus", action="store_const", const="system",
@@ -78,7 +83,14 @@ def build_parser(*, shell: bool = False) -> argparse.ArgumentParser:
 
     command("status").add_argument("targets", nargs="*", metavar="TARGET")
     for name in ("start", "stop", "restart"):
-        command(name).add_argument("targets", nargs="+", metavar="TARGET")
+        sp = command(name)
+        sp.add_argument("--no-block", action="store_true",
+                        help="return once taskmasterd has accepted the request, without waiting "
+                             "for the outcome")
+        sp.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                        help="give up waiting after this long, exit 124; the request goes on "
+                             f"(default {DEFAULT_TIMEOUT:g}; 0: no limit)")
+        sp.add_argument("targets", nargs="+", metavar="TARGET")
     sp = command("signal")
     sp.add_argument("signal", metavar="SIG", type=_signal,
                     help="TERM, SIGHUP, USR1, 9, ... (ASCII; an unknown one: exit 2, nothing sent)")
@@ -92,7 +104,8 @@ def build_parser(*, shell: bool = False) -> argparse.ArgumentParser:
     sp.add_argument("-c", "--bytes", type=_positive, default=TAIL_BYTES, metavar="BYTES",
                     help=f"how much of the end to print first (default {TAIL_BYTES})")
     sp.add_argument("process", metavar="PROCESS",
-                    help="a process; one that never ran has no output yet (exit 1)")
+                    help="a process (web:0 when its program has several); one that never "
+                         "ran has no output yet (exit 1)")
     command("events")
     sp = command("alert")
     sp.add_argument("action", choices=("test",), metavar="test",
@@ -113,6 +126,16 @@ def _signal(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or more seconds: {text}")
+    return value
 
 
 def _positive(text: str) -> int:

@@ -21,15 +21,17 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, NamedTuple, TextIO
+from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
 
-from taskctl.model import Event, OwnerChanged, ProcessRow, Reloaded, StateChange
+from taskctl.context import Context
+from taskctl.exitcodes import EXIT_ERROR, EXIT_OK, EXIT_TIMEOUT
+from taskctl.format import VERBS, dumps, error_line, exit_code_for, result_json
+from taskctl.model import CallError, Event, OwnerChanged, ProcessRow, Reloaded, StateChange
 from taskmasterd.states import State
 
 if TYPE_CHECKING:
     from taskctl.client import Client
 
-DEFAULT_TIMEOUT = 300.0  # seconds; a safety net: the daemon's startretries/stoptime decide first
 PROGRESS_AFTER = 1.0  # seconds of waiting before a progress line appears (terminal only)
 PROGRESS_EVERY = 0.5  # seconds between two refreshes of that line
 PROGRESS_NAMES = 4  # processes named on the line; the rest are counted
@@ -156,7 +158,7 @@ def progress_text(watch: Watch, waited: float, left: float | None) -> str:
 
 def pending_text(watch: Watch) -> str:
     """`web:0 is still BACKOFF, web:1 STARTING`."""
-    parts = [f"{n} {watch.state[n] or 'not seen yet'}" for n in watch.pending()]
+    parts = [f"{n} {watch.state[n] or 'UNKNOWN'}" for n in watch.pending()]
     return parts[0].replace(" ", " is still ", 1) + "".join(f", {p}" for p in parts[1:])
 
 
@@ -171,16 +173,20 @@ class Progress:
         except (AttributeError, ValueError):
             self.enabled = False
         self.shown = False
+        self.last = ""
 
     def show(self, text: str) -> None:
         if not self.enabled:
             return
         try:
-            width = os.get_terminal_size(self.stream.fileno()).columns
+            width = os.get_terminal_size(self.stream.fileno()).columns or 80  # 0: size unset
         except (OSError, ValueError):
             width = 80
         if len(text) >= width:  # a wrapped line could not be rewritten in place
             text = text[:max(0, width - 2)] + "…"
+        if self.shown and text == self.last:
+            return
+        self.last = text
         self.stream.write("\r\x1b[K" + text)
         self.stream.flush()
         self.shown = True
@@ -200,13 +206,14 @@ class TimedOut(Exception):
 
 
 def wait(client: Client, watch: Watch, *, timeout: float | None, progress: Progress,
-         report: Callable[[Outcome], None], started: float | None = None) -> None:
+         report: Callable[[Outcome], None], started: float | None = None,
+         clock: Callable[[], float] = time.monotonic) -> None:
     """Wait until every process of `watch` is decided (each reported as it
     is). `client` is subscribed and the requests were made. Raises TimedOut
     after `timeout` seconds (None: no limit), Unreachable if the daemon
     goes, KeyboardInterrupt on Ctrl-C (the requests go on: only taskctl
     stops waiting)."""
-    started = time.monotonic() if started is None else started
+    started = clock() if started is None else started
     deadline = None if timeout is None else started + timeout
 
     def emit(outcomes: list[Outcome]) -> None:
@@ -229,7 +236,7 @@ def wait(client: Client, watch: Watch, *, timeout: float | None, progress: Progr
             if watch.recheck:
                 check()
                 continue
-            now = time.monotonic()
+            now = clock()
             left = None if deadline is None else deadline - now
             if left is not None and left <= 0:
                 raise TimedOut
@@ -245,3 +252,78 @@ def wait(client: Client, watch: Watch, *, timeout: float | None, progress: Progr
                 emit(watch.on_event(event))
     finally:
         progress.clear()
+
+
+# ---- the commands --------------------------------------------------------------
+
+
+def outcome_line(outcome: Outcome, command: str) -> str:
+    """`web:0: started`, or supervisorctl's `web:0: ERROR (spawn error): ENOENT ...`."""
+    if outcome.ok:
+        return f"{outcome.process}: {VERBS[command]}"
+    return f"{outcome.process}: ERROR ({outcome.label}): {outcome.reason}"
+
+
+def outcome_json(watch: Watch, name: str) -> dict[str, Any]:
+    outcome = watch.outcomes.get(name)
+    if outcome is None:
+        return {"process": name, "ok": False, "state": watch.state[name] or None,
+                "error": "timeout", "message": "still on its way when taskctl gave up waiting"}
+    return {"process": name, "ok": outcome.ok, "state": outcome.state or None,
+            "error": outcome.label or None, "message": outcome.reason or None}
+
+
+def act_and_wait(ctx: Context, command: str, targets: Sequence[str],
+                 timeout: float | None) -> int:
+    """start/stop/restart each target, then wait until every process they
+    affected has reached its goal or failed; print each outcome as it comes.
+    Subscribed BEFORE the requests: no transition can be missed."""
+    client = ctx.client
+    code = EXIT_OK
+    results: list[dict[str, Any]] = []
+    names: list[str] = []
+    with client.subscription():
+        started = time.monotonic()
+        for target in targets:
+            try:
+                done = list(getattr(client, command)(target))
+            except CallError as exc:
+                ctx.error(error_line(target, exc))
+                code = max(code, exit_code_for(exc.name))
+                results.append(result_json(target, None, exc))
+                continue
+            results.append(result_json(target, done))
+            names += done
+        watch = Watch(command, names)
+
+        def report(outcome: Outcome) -> None:
+            if ctx.json:
+                return
+            if outcome.ok:
+                ctx.print(outcome_line(outcome, command))
+                ctx.out.flush()
+            else:
+                ctx.error(outcome_line(outcome, command))
+
+        try:
+            if watch.names:
+                wait(client, watch, timeout=timeout or None, progress=Progress(ctx.err),
+                     report=report, started=started)
+        except TimedOut:
+            ctx.error(f"taskctl: gave up waiting after {timeout:g} s: {pending_text(watch)} "
+                      f"(the {command} goes on; taskctl status shows where it is)")
+            code = max(code, EXIT_TIMEOUT)
+        except KeyboardInterrupt:
+            if watch.pending():
+                ctx.error(f"taskctl: stopped waiting: {pending_text(watch)} "
+                          f"(the {command} goes on)")
+            raise
+    if any(not o.ok for o in watch.outcomes.values()):
+        code = max(code, EXIT_ERROR)
+    if ctx.json:
+        for result in results:
+            if result["ok"]:
+                result["outcome"] = [outcome_json(watch, n) for n in result["processes"]]
+                result["ok"] = all(o["ok"] for o in result["outcome"])
+        ctx.print(dumps(results))
+    return code
