@@ -438,11 +438,12 @@ def run(client: FakeClient, *argv: str, interactive: bool = False) -> tuple[int,
 def test_execute_status_and_actions() -> None:
     code, out, err = run(FakeClient(), "status", "web")
     assert code == 0 and out.splitlines()[1].startswith("web:0 ") and err == ""
-    code, out, err = run(FakeClient(), "start", "web", "nope", "idle")
+    # --no-block: as soon as the daemon accepted (waiting: test_taskctl_waiting.py)
+    code, out, err = run(FakeClient(), "start", "--no-block", "web", "nope", "idle")
     assert code == 4
     assert out == "web:0: started\nweb:1: started\nidle: started\n"
     assert err == "nope: ERROR (no such process): no such program\n"
-    code, out, _ = run(FakeClient(), "--json", "start", "idle")
+    code, out, _ = run(FakeClient(), "--json", "start", "--no-block", "idle")
     assert json.loads(out) == [{"target": "idle", "ok": True, "processes": ["idle"]}]
 
 
