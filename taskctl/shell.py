@@ -61,6 +61,8 @@ def complete_words(before: str, text: str, names: Callable[[], list[str]]) -> li
         options = ["--json", "--help"]
         if command == "tail":
             options += ["--follow", "--stderr", "--bytes"]
+        if command in ("start", "stop", "restart"):
+            options += ["--no-block", "--timeout"]
         return [o for o in options if o.startswith(text)]
     if command == "help":
         return [w for w in COMMAND_NAMES if w.startswith(text)] if not args else []
