@@ -14,9 +14,11 @@ from typing import Any
 
 from taskctl.exitcodes import EXIT_ERROR, EXIT_NO_SUCH, EXIT_NOT_RUNNING, EXIT_OK, EXIT_UNREACHABLE
 from taskctl.model import UP_STATES, CallError, Event, ProcessRow, Reloaded, StateChange
-from taskmasterd.states import describe_status
+from taskmasterd.states import State, describe_status
 
 GLOB_CHARS = frozenset("*?[")
+# States whose event line shows the exit status when there is one (EXITED always does).
+STATUS_STATES = frozenset(s.value for s in (State.STOPPED, State.BACKOFF, State.FATAL))
 
 ERROR_LABELS = {
     "NoSuchProgram": "no such process",
@@ -116,7 +118,7 @@ def filter_rows(rows: Sequence[ProcessRow], targets: Sequence[str]
 def status_exit_code(rows: Sequence[ProcessRow], missing: Sequence[str] = ()) -> int:
     if missing:
         return EXIT_NO_SUCH
-    return EXIT_NOT_RUNNING if any(r.state != "RUNNING" for r in rows) else EXIT_OK
+    return EXIT_NOT_RUNNING if any(r.state != State.RUNNING.value for r in rows) else EXIT_OK
 
 
 def exit_code_for(error: str) -> int:
@@ -192,10 +194,9 @@ def event_line(event: Event) -> str:
         details = []
         if event.pid:
             details.append(f"pid {event.pid}")
-        if event.new == "EXITED" or (event.exit_status and event.new in
-                                     ("STOPPED", "BACKOFF", "FATAL")):
+        if event.new == State.EXITED.value or (event.exit_status and event.new in STATUS_STATES):
             details.append(describe_status(event.exit_status))
-        if event.new == "EXITED":
+        if event.new == State.EXITED.value:
             details.append("expected" if event.expected else "unexpected")
         tail = f" ({', '.join(details)})" if details else ""
         return f"{clock(event.time)} {event.process}: {event.old} -> {event.new}{tail}"

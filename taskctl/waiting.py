@@ -228,8 +228,9 @@ def wait(client: Client, watch: Watch, *, timeout: float | None, progress: Progr
         emit(watch.on_rows(rows))
 
     try:
-        # Events that came with the requests' replies may predate them: they
-        # only prepare (a STARTING seen); the rows that follow decide.
+        # The events received with the requests' replies first, in order
+        # (a RUNNING counts only after a STARTING seen here), then the rows,
+        # which are newer, for the rest.
         emit(watch.on_events(client.take_events()))
         check()
         while watch.pending():
