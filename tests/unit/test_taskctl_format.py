@@ -304,6 +304,17 @@ def test_help_and_usage_do_not_import_dbus_next() -> None:
     assert r.returncode == 0, r.stderr
 
 
+def test_no_import_circle_between_the_shell_and_the_command_line() -> None:
+    """cli runs the shell; the shell uses the parser and the commands, never cli."""
+    import subprocess
+    import sys
+
+    code = ("import sys, taskctl.shell, taskctl.commands, taskctl.waiting; "
+            "assert 'taskctl.cli' not in sys.modules, sorted(sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+
+
 # ---- where to connect -------------------------------------------------------------------------
 
 
