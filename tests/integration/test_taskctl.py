@@ -372,6 +372,22 @@ def test_a_program_that_exits_at_once_ends_fatal_exit_1(waits: Daemon, bus_addre
     assert slow["ok"] is True and slow["outcome"][0]["state"] == "RUNNING"
 
 
+def test_a_start_stopped_by_someone_else_meanwhile_exits_1(waits: Daemon, bus_address: str
+                                                           ) -> None:
+    starting = popen_taskctl(bus_address, "start", "slow")
+    try:
+        waits.wait_for(event("STARTING", "slow"))  # requested: it waits for RUNNING (2 s)
+        r = taskctl(bus_address, "stop", "slow")
+        assert (r.returncode, r.stdout) == (0, "slow: stopped\n")
+        out, err = starting.communicate(timeout=30)
+    finally:
+        if starting.poll() is None:
+            starting.kill()
+            starting.wait()
+    assert (starting.returncode, out) == (1, b"")
+    assert err.decode().startswith("slow: ERROR (stopped): STOPPED before reaching RUNNING")
+
+
 def test_no_block_returns_at_once(waits: Daemon, bus_address: str) -> None:
     r = taskctl(bus_address, "start", "--no-block", "slow")
     assert (r.returncode, r.stdout, r.stderr) == (0, "slow: started\n", "")
