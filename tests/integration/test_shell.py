@@ -228,7 +228,7 @@ def test_start_and_stop_wait_in_the_shell_too(tm: Daemon, terminals: Callable[[]
     t.expect(r"launcher: ERROR \(spawn error\): ENOENT \(execve /nonexistent/launcher\)")
     t.prompt()
     t.send("start slow\r")  # starttime 2: RUNNING after it, the progress line meanwhile
-    t.expect("waiting for slow \\(STARTING\\); 1 s")
+    t.expect(r"waiting for slow \(STARTING\); \d s")
     t.expect("slow: started")
     t.prompt()
     t.send("stop slow\r")
