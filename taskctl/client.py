@@ -14,40 +14,36 @@ is no bus, nobody owns org.taskmaster.Taskmaster1, or the connection drops.
 
 Interrupts: in the main thread, Ctrl-C raises `KeyboardInterrupt` out of a
 request (the connection is then dropped and made again by the next one);
-waiting for events, a SIGINT is never missed (`_wait_readable`). From
+waiting for events, a SIGINT is never missed (`taskctl.connection.wait_readable`). From
 another thread, `cancel()` does the same for the request under way.
 """
 
 from __future__ import annotations
 
 import os
-import select
-import signal
 import socket
-import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
-from taskctl.model import (
-    CallError,
-    Event,
-    OwnerChanged,
-    ProcessRow,
-    Reloaded,
-    StateChange,
-    TaskctlError,
-    Unreachable,
+from taskctl.buses import Candidate, address_problem, candidates  # re-exported
+from taskctl.connection import (
+    DBUS_NAME,
+    DBUS_PATH,
+    close_fds,
+    event_of,
+    has_owner,
+    open_bus,
+    received,
+    wait_readable,
 )
+from taskctl.model import CallError, Event, ProcessRow, Reloaded, TaskctlError, Unreachable
 from taskmasterd.bus.names import BUS_NAME, MANAGER_IFACE, MANAGER_PATH
-from taskmasterd.busaddr import SYSTEM_SOCKET, BusChoice, address_file, read_address
+from taskmasterd.busaddr import BusChoice
 
-DBUS_NAME = "org.freedesktop.DBus"
-DBUS_PATH = "/org/freedesktop/DBus"
 PROPERTIES_IFACE = "org.freedesktop.DBus.Properties"
 # Error replies that mean "there is no taskmasterd on this bus".
 GONE_ERRORS = frozenset({
@@ -64,107 +60,6 @@ SILENT_ERRORS = frozenset({
 CONNECT_TIMEOUT = 10.0
 CALL_TIMEOUT = 30.0
 ALERT_TEST_TIMEOUT = 45.0  # the daemon gives each target 20 s, all at once
-NO_WAKEUP_SLICE = 0.5  # seconds: a wait that no signal can wake looks again this often
-
-
-# ---- where to connect (pure) ------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A bus to try: its choice, its address (None: cannot even be tried, see `why`)."""
-
-    choice: BusChoice
-    address: str | None
-    why: str = ""
-
-
-def _is_socket(path: str) -> bool:
-    try:
-        return stat.S_ISSOCK(os.stat(path).st_mode)
-    except OSError:
-        return False
-
-
-def session_address(environ: Mapping[str, str]) -> Candidate:
-    choice = BusChoice("user")
-    if environ.get("DBUS_SESSION_BUS_ADDRESS"):
-        return Candidate(choice, environ["DBUS_SESSION_BUS_ADDRESS"])
-    runtime = environ.get("XDG_RUNTIME_DIR", "")
-    if runtime and _is_socket(os.path.join(runtime, "bus")):
-        return Candidate(choice, "unix:path=" + os.path.join(runtime, "bus"))
-    return Candidate(choice, None, "DBUS_SESSION_BUS_ADDRESS is not set and there is no "
-                                   "$XDG_RUNTIME_DIR/bus")
-
-
-def system_address(environ: Mapping[str, str]) -> Candidate:
-    return Candidate(BusChoice("system"),
-                     environ.get("DBUS_SYSTEM_BUS_ADDRESS") or f"unix:path={SYSTEM_SOCKET}")
-
-
-def embedded_address(uid: int, environ: Mapping[str, str]) -> Candidate:
-    path = address_file(uid, environ)
-    address = read_address(path)
-    return Candidate(BusChoice("private"), address, "" if address else f"no address in {path}")
-
-
-def candidates(choice: BusChoice | None, uid: int | None = None,
-               environ: Mapping[str, str] = os.environ) -> list[Candidate]:
-    """The buses to try, in order. No choice (taskctl without a bus flag): the
-    embedded bus if its address file exists, then (not root) the session bus
-    if there is one, then the system bus. The first of them where
-    taskmasterd owns its name wins (see Client._ensure): a user reaches the
-    system-wide daemon without a flag."""
-    uid = os.geteuid() if uid is None else uid
-    if choice is None:
-        out = []
-        embedded = embedded_address(uid, environ)
-        if embedded.address:
-            out.append(embedded)
-        if uid != 0:
-            session = session_address(environ)
-            if session.address:
-                out.append(session)
-        out.append(system_address(environ))
-        return out
-    if choice.kind == "system":
-        return [system_address(environ)]
-    if choice.kind == "user":
-        return [session_address(environ)]
-    if choice.kind == "address":
-        return [Candidate(choice, choice.address or None, "empty address")]
-    if choice.kind == "private":
-        return [embedded_address(uid, environ)]
-    raise ValueError(f"unknown bus kind {choice.kind!r}")
-
-
-_ADDRESS_EXAMPLE = ("expected a D-Bus address like unix:path=/run/taskmaster/bus.socket "
-                    "or unix:abstract=NAME")
-
-
-def address_problem(address: str) -> str | None:
-    """Why `address` is not a D-Bus address taskctl can connect to, or None.
-
-    D-Bus addresses are `transport:key=value,...`, several separated by ';';
-    taskctl (jeepney) connects over unix sockets only."""
-    shown = repr(address if len(address) <= 80 else address[:77] + "...")
-    usable = False
-    for part in address.split(";"):
-        transport, colon, info = part.partition(":")
-        if not colon or not transport:
-            return f"{shown} is not a D-Bus address; {_ADDRESS_EXAMPLE}"
-        keys: dict[str, str] = {}
-        for pair in info.split(",") if info else []:
-            key, equals, value = pair.partition("=")
-            if not equals or not key:
-                return (f"{shown} is not a D-Bus address ({pair[:40]!r} is not key=value); "
-                        f"{_ADDRESS_EXAMPLE}")
-            keys[key] = value
-        usable = usable or (transport == "unix" and any(keys.get(k) for k in ("path", "abstract")))
-    if not usable:
-        return (f"{shown} has no unix:path= or unix:abstract= part (taskctl connects over "
-                f"unix sockets only); {_ADDRESS_EXAMPLE}")
-    return None
 
 
 def _reason(exc: BaseException) -> str:
@@ -257,14 +152,14 @@ class Client:
                 last = _unreachable(cand.choice, cand.why)
                 continue
             try:
-                conn = _open(cand.address)
+                conn = open_bus(cand.address, CONNECT_TIMEOUT)
             except Exception as exc:
                 why = "timed out" if isinstance(exc, TimeoutError) else _reason(exc)
                 last = _unreachable(cand.choice, f"cannot connect to it: {why}")
                 continue
             # With other buses left to try, take this one only if taskmasterd is on it.
             try:
-                if i < len(cands) - 1 and not _has_owner(conn, self.timeout):
+                if i < len(cands) - 1 and not has_owner(conn, BUS_NAME, self.timeout):
                     if fallback is None:
                         fallback, conn = (conn, cand), None
                     else:
@@ -289,7 +184,7 @@ class Client:
         self.choice = cand.choice
         self._matches = []
         # Every signal the bus routes to us is kept while subscribed (our match
-        # rules decide which come); _event() picks the ones that mean something.
+        # rules decide which come); event_of() picks the ones that mean something.
         self._filter = conn.filter(MatchRule(type="signal"), queue=deque())
         return conn
 
@@ -327,7 +222,7 @@ class Client:
                                    Unreachable.NO_REPLY) from None
             self._keep_signals()
         if reply.header.message_type is MessageType.error:
-            _close_fds(reply.body)
+            close_fds(reply.body)
             name = reply.header.fields.get(HeaderFields.error_name) or \
                 "org.freedesktop.DBus.Error.Failed"
             text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
@@ -368,7 +263,7 @@ class Client:
         Variants come back as (signature, value) pairs."""
         reply = self._call(member, signature, body, destination=destination, path=path,
                            interface=interface)
-        _close_fds(reply.body)
+        close_fds(reply.body)
         return list(reply.body)
 
     def get_property(self, name: str, *, interface: str = MANAGER_IFACE,
@@ -421,7 +316,7 @@ class Client:
         reply = self._call("OpenLog", "ss", [process, stream])
         fd = reply.body[0] if reply.body else None
         if not isinstance(fd, FileDescriptor):
-            _close_fds(reply.body)
+            close_fds(reply.body)
             raise CallError("org.taskmaster.Taskmaster1.Error.Failed",
                             "OpenLog returned no file descriptor (is fd passing "
                             "supported by this bus?)")
@@ -498,7 +393,7 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             while self._signals:
-                event = _event(self._signals.popleft(), time.time())
+                event = event_of(self._signals.popleft(), time.time())
                 if event is not None:
                     return event
             conn = self._conn
@@ -509,17 +404,31 @@ class Client:
                 with self._request():  # one request: a cancel() meanwhile is not forgotten
                     # What is already buffered or readable, without blocking; else
                     # wait for the socket, a signal, or the deadline, and look again.
-                    if not _received(conn):
+                    if not received(conn):
                         left = None if deadline is None else deadline - time.monotonic()
                         if left is not None and left <= 0:
                             return None
-                        _wait_readable(conn.sock, left)
-                        if not _received(conn):
+                        wait_readable(conn.sock, left)
+                        if not received(conn):
                             continue  # a signal that raised nothing, or a slice of the wait
             except Unreachable:
                 self._signals = None
                 raise
             self._keep_signals()
+
+    def take_events(self) -> list[Event]:
+        """The events received so far and not taken yet, without waiting:
+        after a request, every signal the daemon sent before its reply."""
+        if self._signals is None:
+            raise RuntimeError("take_events() without subscribe()")
+        now = time.time()
+        events = [event_of(m, now) for m in self._signals]
+        self._signals.clear()
+        return [e for e in events if e is not None]
+
+    def gone(self, reason: str) -> Unreachable:
+        """The error for a daemon that went away (left the bus) meanwhile."""
+        return _unreachable(self._where(), reason, Unreachable.LOST)
 
     def events(self) -> Iterator[Event]:
         """Every event, forever (until interrupted or the connection drops)."""
@@ -549,159 +458,6 @@ class Client:
         self.close()
 
 
-def _received(conn: Any) -> bool:
-    """Read one message if one is buffered or readable now (without blocking)."""
-    try:
-        conn.recv_messages(timeout=0)
-    except TimeoutError:
-        return False
-    return True
-
-
-def _wait_readable(sock: socket.socket, timeout: float | None) -> None:
-    """Block until `sock` is readable, `timeout` seconds pass, or a signal
-    arrives: then its Python handler runs here (SIGINT: KeyboardInterrupt).
-
-    A blocking wait alone would miss a SIGINT that lands just before it
-    starts (CPython runs the handler between bytecodes, and nothing wakes a
-    wait that begins after) or in another thread (`taskmasterd --shell`:
-    the kernel may give it to the daemon's thread; only the main thread is
-    woken by EINTR): `events` then hung until the next event. The signal
-    wakeup fd catches both: whichever thread takes the signal writes a byte
-    to it, and a byte written before the wait makes the wait return at once.
-    """
-    wake = _SignalWakeup.install()
-    try:
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        if wake is not None:
-            poller.register(wake.read, select.POLLIN)
-        elif timeout is None or timeout > NO_WAKEUP_SLICE:
-            timeout = NO_WAKEUP_SLICE  # cannot be woken: look again soon
-        poller.poll(None if timeout is None else max(0, int(timeout * 1000) + 1))
-    finally:
-        if wake is not None:
-            wake.uninstall()
-
-
-class _SignalWakeup:
-    """The signal wakeup fd (`signal.set_wakeup_fd`) for the length of one wait.
-    None when it cannot be had: not the main thread, or the fd is someone
-    else's (an asyncio loop's); the waits are then sliced (NO_WAKEUP_SLICE)."""
-
-    def __init__(self, read: int, write: int) -> None:
-        self.read, self.write = read, write
-
-    @classmethod
-    def install(cls) -> _SignalWakeup | None:
-        if threading.current_thread() is not threading.main_thread():
-            return None
-        read, write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        wake = cls(read, write)
-        try:
-            previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
-        except (ValueError, OSError):
-            wake.close()
-            return None
-        if previous != -1:  # not ours to take
-            signal.set_wakeup_fd(previous)
-            wake.close()
-            return None
-        return wake
-
-    def uninstall(self) -> None:
-        signal.set_wakeup_fd(-1)
-        self.close()
-
-    def close(self) -> None:
-        os.close(self.read)
-        os.close(self.write)
-
-
-def _open(address: str) -> Any:
-    """A jeepney connection to the bus at `address`, authenticated, with fd
-    passing (OpenLog), Hello said."""
-    from jeepney.bus import get_bus
-    from jeepney.io.blocking import DBusConnection, prep_socket
-
-    problem = address_problem(address)
-    if problem is not None:  # jeepney's own words would be "not enough values to unpack"
-        raise ValueError(problem)
-    sock = prep_socket(get_bus(address), enable_fds=True, timeout=CONNECT_TIMEOUT)
-    # jeepney says Hello in the constructor and waits for the answer without a
-    # limit: a bus that authenticates us and then never answers would hang
-    # taskctl. Past the limit, the socket is shut down and the wait ends.
-    hung = threading.Event()
-
-    def give_up() -> None:
-        hung.set()
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-    watchdog = threading.Timer(CONNECT_TIMEOUT, give_up)
-    watchdog.start()
-    conn, error = None, None
-    try:
-        conn = DBusConnection(sock, enable_fds=True)
-    except BaseException as exc:  # Ctrl-C included: re-raised below
-        error = exc
-    watchdog.cancel()
-    watchdog.join()  # give_up() is not running any more: `hung` is final
-    if hung.is_set():
-        if conn is not None:
-            conn.close()
-        sock.close()
-        raise TimeoutError(f"no answer to Hello within {CONNECT_TIMEOUT:g} s")
-    if conn is None:
-        sock.close()
-        assert error is not None
-        raise error
-    return conn
-
-
-def _event(msg: Any, now: float) -> Event | None:
-    """A signal as one of taskctl's events (None: not one we know)."""
-    from jeepney import HeaderFields
-
-    fields = msg.header.fields
-    member, signature = fields.get(HeaderFields.member), fields.get(HeaderFields.signature, "")
-    try:
-        if (fields.get(HeaderFields.interface) == MANAGER_IFACE
-                and fields.get(HeaderFields.path) == MANAGER_PATH):
-            if member == "ProcessStateChanged" and signature == "ssssiib":
-                process, program, old, new, pid, status, expected = msg.body
-                return StateChange(process, program, old, new, int(pid), int(status),
-                                   bool(expected), now)
-            if member == "Reloaded" and signature == "asasas":
-                added, changed, removed = msg.body
-                return Reloaded(tuple(added), tuple(changed), tuple(removed), now)
-        elif (member == "NameOwnerChanged" and fields.get(HeaderFields.sender) == DBUS_NAME
-              and msg.body and msg.body[0] == BUS_NAME):
-            return OwnerChanged(str(msg.body[2]), now)
-    except (ValueError, TypeError):
-        return None
-    return None
-
-
-def _close_fds(values: Sequence[Any] | None) -> None:
-    """Close the file descriptors found among a reply's values (fds we did not ask for)."""
-    from jeepney import FileDescriptor
-
-    for value in values or ():
-        if isinstance(value, FileDescriptor):
-            value.close()
-
-
-def _has_owner(conn: Any, timeout: float) -> bool:
-    from jeepney import DBusAddress, MessageType, new_method_call
-
-    bus = DBusAddress(DBUS_PATH, bus_name=DBUS_NAME, interface=DBUS_NAME)
-    reply = conn.send_and_get_reply(new_method_call(bus, "NameHasOwner", "s", (BUS_NAME,)),
-                                    timeout=timeout)
-    return bool(reply.header.message_type is MessageType.method_return and reply.body
-                and reply.body[0])
-
 
 def connect(choice: BusChoice | None = None, *, timeout: float = CALL_TIMEOUT) -> Client:
     """A connected Client (raises Unreachable)."""
@@ -714,4 +470,4 @@ def connect(choice: BusChoice | None = None, *, timeout: float = CALL_TIMEOUT) -
     return client
 
 
-__all__ = ["Candidate", "Client", "candidates", "connect"]
+__all__ = ["Candidate", "Client", "address_problem", "candidates", "connect"]

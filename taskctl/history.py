@@ -27,15 +27,17 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from taskctl.model import STATES, CallError, Unreachable
+from taskctl.model import CallError, Unreachable
+from taskmasterd.states import State
 
 if TYPE_CHECKING:
-    from taskctl.cli import Context
+    from taskctl.context import Context
 
 IDENTIFIER = "taskmasterd"  # SYSLOG_IDENTIFIER of the daemon's journal entries
 JOURNAL_SOCKET = "/run/systemd/journal/socket"  # the daemon sends its events there when it exists
 JOURNAL_DIRS = ("/var/log/journal", "/run/log/journal")
 GLOB_CHARS = frozenset("*?[")
+_STATE_NAMES = frozenset(s.value for s in State)
 DAEMON = "taskmasterd"  # the `process` of daemon-level events (RELOAD, DAEMON_START...)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -56,7 +58,7 @@ class Entry(NamedTuple):
 
     @property
     def is_state(self) -> bool:
-        return self.kind in STATES
+        return self.kind in _STATE_NAMES
 
 
 # ---- parsing: log lines, journal fields ------------------------------------------------

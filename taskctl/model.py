@@ -1,7 +1,7 @@
 """What taskctl gets from taskmasterd, as plain typed values, and its errors.
 
 Pure and cheap to import (no asyncio, no dbus-next, not even dataclasses):
-the formatting code in `taskctl.cli` and the unit tests use these without
+the formatting code in `taskctl.format` and the unit tests use these without
 touching D-Bus.
 """
 
@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-# States of SPEC section 3 (supervisord's).
-STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "UNKNOWN")
-# States in which a process has a live pid and started_at means "up since".
-UP_STATES = frozenset({"STARTING", "RUNNING", "STOPPING"})
+from taskmasterd.states import State
+
+# States (as the daemon sends them: State's values) in which a process has a
+# live pid and started_at means "up since".
+UP_STATES = frozenset(s.value for s in (State.STARTING, State.RUNNING, State.STOPPING))
 
 
 class ProcessRow(NamedTuple):

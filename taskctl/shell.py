@@ -1,7 +1,7 @@
 """taskctl's interactive shell (`taskctl` without a command).
 
 Every command of the command line works as a shell line (the same parser and
-`cli.execute`); errors are printed and the shell goes on. readline gives
+`taskctl.commands.execute`); errors are printed and the shell goes on. readline gives
 line editing, a history kept in `$XDG_STATE_HOME/taskmaster/taskctl_history`
 (or `$TASKCTL_HISTFILE`), and tab completion of commands, signal names and
 program/process names (from ListProcesses, refreshed after a reload).
@@ -22,7 +22,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TextIO
 
-from taskctl import cli
+from taskctl.commands import execute
+from taskctl.exitcodes import EXIT_OK
+from taskctl.parser import COMMAND_NAMES, TARGET_COMMANDS, build_parser, help_text
 
 if TYPE_CHECKING:
     from taskctl.client import Client
@@ -32,7 +34,7 @@ HISTORY_LENGTH = 1000
 NAMES_TTL = 2.0  # seconds a ListProcesses answer serves completion
 COMPLETION_TIMEOUT = 2.0
 LEAVE = ("exit", "quit")
-SHELL_WORDS = (*cli.COMMAND_NAMES, *LEAVE)
+SHELL_WORDS = (*COMMAND_NAMES, *LEAVE)
 SIGNAL_NAMES = tuple(sorted(s.name[3:] for s in signal.Signals
                             if s.name.startswith("SIG") and not s.name.startswith("SIGRT")))
 
@@ -59,15 +61,17 @@ def complete_words(before: str, text: str, names: Callable[[], list[str]]) -> li
         options = ["--json", "--help"]
         if command == "tail":
             options += ["--follow", "--stderr", "--bytes"]
+        if command in ("start", "stop", "restart"):
+            options += ["--no-block", "--timeout"]
         if command == "history":
             options += ["--since", "--until", "--lines", "--file", "--directory"]
         return [o for o in options if o.startswith(text)]
     if command == "help":
-        return [w for w in cli.COMMAND_NAMES if w.startswith(text)] if not args else []
+        return [w for w in COMMAND_NAMES if w.startswith(text)] if not args else []
     if command == "signal" and not args:
         upper = text.upper()
         return [s for s in SIGNAL_NAMES if s.startswith(upper.removeprefix("SIG"))]
-    if command in cli.TARGET_COMMANDS:
+    if command in TARGET_COMMANDS:
         if command == "tail" and args:
             return []
         return [n for n in names() if n.startswith(text)]
@@ -83,7 +87,7 @@ class Shell:
         self.stdin = stdin or sys.stdin
         self.stdout = stdout or sys.stdout
         self.stderr = stderr or sys.stderr
-        self.parser = cli.build_parser(shell=True)
+        self.parser = build_parser(shell=True)
         self._names: list[str] = []
         self._names_at = -1e9
         self._matches: list[str] = []
@@ -201,9 +205,9 @@ class Shell:
                     self.stdout.write("\n")
                     continue
                 if line is None:
-                    return cli.EXIT_OK
+                    return EXIT_OK
                 if self.onecmd(line):
-                    return cli.EXIT_OK
+                    return EXIT_OK
         finally:
             self.save_history()
             self.stdout.flush()
@@ -226,7 +230,7 @@ class Shell:
             words[0] = "help"
         if words[0] == "help":
             return self.help(words[1:])
-        if words[0] not in cli.COMMAND_NAMES and not words[0].startswith("-"):
+        if words[0] not in COMMAND_NAMES and not words[0].startswith("-"):
             self.stderr.write(f"taskctl: unknown command {words[0]!r}; type help for the list\n")
             return False
         try:
@@ -239,25 +243,25 @@ class Shell:
         args.json = bool(args.json) or self.json_output
         self.stdout.flush()
         try:
-            code = cli.execute(self.client, args, out=self.stdout, err=self.stderr,
+            code = execute(self.client, args, out=self.stdout, err=self.stderr,
                                interactive=True)
         except KeyboardInterrupt:  # stops events, tail -f, a slow call
             self.stdout.write("\n")
             self.stdout.flush()
             return False
-        if args.command == "reload" and code == cli.EXIT_OK:
+        if args.command == "reload" and code == EXIT_OK:
             self._names_at = -1e9
-        return args.command == "shutdown" and code == cli.EXIT_OK
+        return args.command == "shutdown" and code == EXIT_OK
 
     def help(self, topics: list[str]) -> bool:
         if not topics:
-            self.stdout.write(cli.help_text() + "\n"
+            self.stdout.write(help_text() + "\n"
                               "exit, quit or Ctrl-D: leave the shell; Ctrl-C: cancel the line "
                               "or stop events / tail -f\n")
             return False
         for topic in topics:
             try:
-                self.stdout.write(cli.help_text(topic) + "\n")
+                self.stdout.write(help_text(topic) + "\n")
             except KeyError:
                 if topic in LEAVE:
                     self.stdout.write(f"{topic}: leave the shell (Ctrl-D too)\n")

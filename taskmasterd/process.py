@@ -25,18 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from taskmasterd.config import AutoRestart, ProgramConfig
-
-
-class State(enum.Enum):
-    STOPPED = "STOPPED"
-    STARTING = "STARTING"
-    RUNNING = "RUNNING"
-    BACKOFF = "BACKOFF"
-    STOPPING = "STOPPING"
-    EXITED = "EXITED"
-    FATAL = "FATAL"
-    UNKNOWN = "UNKNOWN"
-
+from taskmasterd.states import State as State  # re-exported: defined with its text there
+from taskmasterd.states import describe_status as describe_status
 
 # States in which a process is "started" for the purpose of Start requests
 # (supervisord's RUNNING_STATES) and in which it has (or is getting) a pid.
@@ -173,16 +163,6 @@ class Refused(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code  # AlreadyStarted | NotRunning
-
-
-def describe_status(status: int) -> str:
-    if status < 0:
-        try:
-            name = signal.Signals(-status).name
-        except ValueError:
-            name = f"signal {-status}"
-        return f"killed by {name}"
-    return f"exit status {status}"
 
 
 # ---- the state machine -----------------------------------------------------

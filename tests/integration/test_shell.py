@@ -112,6 +112,8 @@ def tm(write_config: WriteConfig, daemons: Start) -> Daemon:
     d = daemons(write_config({
         "web": {"cmd": "sleep 100000", "numprocs": 2, "starttime": 0},
         "idle": {"cmd": "sleep 100000", "autostart": False},
+        "launcher": {"cmd": "/nonexistent/launcher", "autostart": False, "startretries": 0},
+        "slow": {"cmd": "sleep 100000", "autostart": False, "starttime": 2},
     }))
     d.wait_count(lambda ln: ln.kind == "RUNNING", 2)
     return d
@@ -215,6 +217,33 @@ def test_json_in_the_shell_and_completion_after_reload(
     t.expect("zebra: started")
     t.prompt()
     t.send("quit\r")
+    assert t.wait() == 0
+
+
+def test_start_and_stop_wait_in_the_shell_too(tm: Daemon, terminals: Callable[[], Terminal]
+                                              ) -> None:
+    t = terminals()
+    t.prompt()
+    t.send("start launcher\r")
+    t.expect(r"launcher: ERROR \(spawn error\): ENOENT \(execve /nonexistent/launcher\)")
+    t.prompt()
+    t.send("start slow\r")  # starttime 2: RUNNING after it, the progress line meanwhile
+    t.expect(r"waiting for slow \(STARTING\); \d s")
+    t.expect("slow: started")
+    t.prompt()
+    t.send("stop slow\r")
+    t.expect("slow: stopped")
+    t.prompt()
+    t.send("status slow\r")
+    t.expect(r"slow\s+STOPPED")
+    t.prompt()
+    t.send("start --no-block slow\r")
+    t.expect("slow: started")
+    t.prompt()
+    t.send("status slow\r")
+    t.expect(r"slow\s+STARTING")
+    t.prompt()
+    t.send("exit\r")
     assert t.wait() == 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
 import select
 import shutil
@@ -310,6 +311,173 @@ def test_tail(write_config: WriteConfig, daemons: Start, bus_address: str, workd
         code, err = interrupt(follower)
     assert code == 130 and "Traceback" not in err
     d.wait_for(event("RUNNING", "talker"))
+
+
+# ---- start / stop / restart wait for the outcome ---------------------------------------------
+
+
+@pytest.fixture
+def waits(write_config: WriteConfig, daemons: Start, workdir: Path) -> Daemon:
+    d = daemons(write_config({
+        "slow": {"cmd": SLEEPER, "autostart": False, "starttime": 2},
+        "launcher": {"cmd": "/nonexistent/launcher", "autostart": False, "startretries": 1},
+        "quick": {"cmd": "sh -c 'exit 3'", "autostart": False, "startretries": 1,
+                  "starttime": 1},
+        # Ignores SIGTERM: its stop lasts stoptime, then SIGKILL.
+        "stubborn": {"cmd": "sh -c 'trap \"\" TERM; exec sleep 100000'", "starttime": 0,
+                     "stoptime": 1.5},
+        "web": {"cmd": SLEEPER, "numprocs": 3, "starttime": 0},
+    }))
+    d.wait_count(lambda ln: ln.kind == "RUNNING", 4)
+    return d
+
+
+def state_of(address: str, name: str) -> str:
+    r = taskctl(address, "--json", "status", name)
+    [row] = json.loads(r.stdout)
+    return str(row["state"])
+
+
+def test_start_waits_until_running(waits: Daemon, bus_address: str) -> None:
+    began = time.monotonic()
+    r = taskctl(bus_address, "start", "slow")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "slow: started\n", "")
+    assert time.monotonic() - began >= 2  # starttime: RUNNING only after it
+    assert state_of(bus_address, "slow") == "RUNNING"
+    r = taskctl(bus_address, "restart", "web")
+    assert r.returncode == 0 and r.stderr == ""
+    assert sorted(r.stdout.splitlines()) == [f"web:{i}: restarted" for i in range(3)]
+
+
+def test_a_spawn_error_exits_1_with_the_reason(waits: Daemon, bus_address: str) -> None:
+    for command in ("start", "restart"):
+        r = taskctl(bus_address, command, "launcher")
+        assert (r.returncode, r.stdout) == (1, ""), r.stderr
+        assert r.stderr.startswith("launcher: ERROR (spawn error): ENOENT (execve "
+                                   "/nonexistent/launcher)"), r.stderr
+        assert state_of(bus_address, "launcher") == "FATAL"  # after the retries, not BACKOFF
+
+
+def test_a_program_that_exits_at_once_ends_fatal_exit_1(waits: Daemon, bus_address: str) -> None:
+    r = taskctl(bus_address, "start", "quick")
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr == ("quick: ERROR (abnormal termination): exited too quickly "
+                        "(exit status 3), gave up\n")
+    r = taskctl(bus_address, "--json", "start", "quick", "slow")
+    assert r.returncode == 1
+    quick, slow = json.loads(r.stdout)
+    assert quick["ok"] is False and quick["outcome"] == [{
+        "process": "quick", "ok": False, "state": "FATAL", "error": "abnormal termination",
+        "message": "exited too quickly (exit status 3), gave up"}]
+    assert slow["ok"] is True and slow["outcome"][0]["state"] == "RUNNING"
+
+
+def test_a_start_stopped_by_someone_else_meanwhile_exits_1(waits: Daemon, bus_address: str
+                                                           ) -> None:
+    starting = popen_taskctl(bus_address, "start", "slow")
+    try:
+        waits.wait_for(event("STARTING", "slow"))  # requested: it waits for RUNNING (2 s)
+        r = taskctl(bus_address, "stop", "slow")
+        assert (r.returncode, r.stdout) == (0, "slow: stopped\n")
+        out, err = starting.communicate(timeout=30)
+    finally:
+        if starting.poll() is None:
+            starting.kill()
+            starting.wait()
+    assert (starting.returncode, out) == (1, b"")
+    assert err.decode().startswith("slow: ERROR (stopped): STOPPED before reaching RUNNING")
+
+
+def test_no_block_returns_at_once(waits: Daemon, bus_address: str) -> None:
+    r = taskctl(bus_address, "start", "--no-block", "slow")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "slow: started\n", "")
+    assert state_of(bus_address, "slow") == "STARTING"
+    waits.wait_for(event("RUNNING", "slow"))
+    r = taskctl(bus_address, "stop", "--no-block", "stubborn")
+    assert (r.returncode, r.stdout) == (0, "stubborn: stopped\n")
+    assert state_of(bus_address, "stubborn") == "STOPPING"
+
+
+def test_stop_waits_until_it_is_down(waits: Daemon, bus_address: str) -> None:
+    r = taskctl(bus_address, "stop", "stubborn")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "stubborn: stopped\n", "")
+    assert state_of(bus_address, "stubborn") == "STOPPED"
+    waits.wait_for(event("KILLED", "stubborn"), timeout=0)  # it took the SIGKILL
+
+
+def test_timeout_exits_124_and_says_what_is_pending(waits: Daemon, bus_address: str) -> None:
+    r = taskctl(bus_address, "start", "--timeout", "0.3", "slow")
+    assert (r.returncode, r.stdout) == (124, "")
+    assert r.stderr == ("taskctl: gave up waiting after 0.3 s: slow is still STARTING "
+                        "(the start goes on; taskctl status shows where it is)\n")
+    waits.wait_for(event("RUNNING", "slow"))  # it went on
+
+
+def run_on_a_terminal(address: str, *args: str) -> tuple[subprocess.Popen[bytes], int]:
+    """taskctl with its stderr on a pseudo-terminal (stdout a pipe); the pty's master."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "taskctl", "--address", address, *args],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    return proc, master
+
+
+def read_terminal(fd: int, until: str, timeout: float = 15.0) -> str:
+    """What was written on the terminal, up to `until` (or its end)."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while until.encode() not in seen:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise AssertionError(f"{until!r} not seen within {timeout}s: {seen!r}")
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the child has gone
+            chunk = b""
+        if not chunk:
+            break
+        seen += chunk
+    return seen.decode()
+
+
+def test_progress_on_a_terminal_only(waits: Daemon, bus_address: str) -> None:
+    proc, master = run_on_a_terminal(bus_address, "start", "slow")
+    try:
+        screen = read_terminal(master, "\x00")  # to the end
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        os.close(master)
+    assert proc.returncode == 0 and out == b"slow: started\n"
+    assert re.search(r"\r\x1b\[Kwaiting for slow \(STARTING\); \d s, gives up in 29\d s", screen)
+    assert screen.endswith("\r\x1b[K")  # the line is cleared before taskctl ends
+    # The same on a pipe: nothing but the outcome.
+    r = taskctl(bus_address, "restart", "slow")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "slow: restarted\n", "")
+
+
+def test_ctrl_c_stops_waiting_not_the_start(waits: Daemon, bus_address: str) -> None:
+    proc, master = run_on_a_terminal(bus_address, "start", "slow")
+    try:
+        read_terminal(master, "waiting for slow")  # it is waiting now
+        proc.send_signal(signal.SIGINT)
+        screen = read_terminal(master, "\x00")
+        proc.wait(timeout=10)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    assert "taskctl: stopped waiting: slow is still STARTING (the start goes on)" in screen
+    waits.wait_for(event("RUNNING", "slow"))
+
+
+def test_tail_of_a_program_with_several_processes_names_them(
+        waits: Daemon, bus_address: str) -> None:
+    r = taskctl(bus_address, "tail", "web")
+    assert (r.returncode, r.stdout) == (4, "")
+    assert r.stderr == ("web: ERROR (no such process): web has 3 processes: web:0 web:1 web:2; "
+                        "tail one of them (taskctl tail web:0)\n")
 
 
 # ---- events ----------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from taskctl import history
-from taskctl.cli import build_parser
 from taskctl.history import Entry, parse_time
+from taskctl.parser import build_parser
 from taskmasterd import journal, logsink
 from taskmasterd.events import Event
 
@@ -299,7 +299,7 @@ def test_no_journal_access_as_another_user() -> None:
 
 
 def test_history_is_a_command_with_target_completion() -> None:
-    from taskctl.cli import COMMAND_NAMES, TARGET_COMMANDS, help_text
+    from taskctl.parser import COMMAND_NAMES, TARGET_COMMANDS, help_text
 
     assert "history" in COMMAND_NAMES and "history" in TARGET_COMMANDS
     assert "--since TIME" in help_text("history")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from taskctl import cli
+from taskctl import context, follow
 from taskmasterd.config import (
     DEFAULT_BACKUPS,
     DEFAULT_MAXBYTES,
@@ -338,9 +338,9 @@ def test_tail_follows_across_a_rotation(tmp_path: Path) -> None:
     path.write_bytes(b"a1\n")
     client = RotatingClient(path)
     out = io.StringIO()
-    ctx = cli.Context(client, out, io.StringIO())  # type: ignore[arg-type]
+    ctx = context.Context(client, out, io.StringIO())  # type: ignore[arg-type]
     with pytest.raises(KeyboardInterrupt):
-        cli.follow_fd(ctx, os.open(path, os.O_RDONLY), 1000, True, client.open_log)
+        follow.follow_fd(ctx, os.open(path, os.O_RDONLY), 1000, True, client.open_log)
     assert out.getvalue() == "a1\na2\na3\nb1\n"
     assert client.reopens >= 2  # once more after the switch: nothing changed, fd closed
     assert len(os.listdir(f"/proc/{os.getpid()}/fd")) < 50

@@ -12,9 +12,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from taskctl import cli, shell
+from taskctl import cli, commands, context, follow, parser, shell
+from taskctl import format as fmt
 from taskctl.client import candidates
 from taskctl.model import CallError, OwnerChanged, ProcessRow, Reloaded, StateChange, Unreachable
+from taskmasterd import states
 from taskmasterd.busaddr import BusChoice
 
 NOW = 1_700_000_000.0
@@ -50,12 +52,12 @@ LOOP = row("loop", "FATAL", status=5, restarts=10,
     (100 * 3600 + 1, "100:00:01"), (-5, "0:00:00"),
 ])
 def test_format_duration(seconds: float, text: str) -> None:
-    assert cli.format_duration(seconds) == text
+    assert fmt.format_duration(seconds) == text
 
 
 @given(st.integers(min_value=0, max_value=10**7))
 def test_format_duration_round_trips(seconds: int) -> None:
-    h, m, s = cli.format_duration(seconds).split(":")
+    h, m, s = fmt.format_duration(seconds).split(":")
     assert len(m) == len(s) == 2 and int(h) * 3600 + int(m) * 60 + int(s) == seconds
 
 
@@ -64,40 +66,40 @@ def test_format_duration_round_trips(seconds: int) -> None:
     (-9, "killed by SIGKILL"), (-15, "killed by SIGTERM"), (-200, "killed by signal 200"),
 ])
 def test_describe_status(status: int, text: str) -> None:
-    assert cli.describe_status(status) == text
+    assert states.describe_status(status) == text
 
 
 def test_describe_row_uses_uptime_for_live_processes_and_the_daemon_otherwise() -> None:
     by = {r.name: r for r in ROWS}
-    assert cli.describe_row(by["web:0"], NOW) == "uptime 0:01:02"
-    assert cli.describe_row(by["web:1"], NOW + 10) == "uptime 1:02:13"  # computed, not copied
-    assert cli.describe_row(by["crashy"], NOW) == by["crashy"].description
-    assert cli.describe_row(by["idle"], NOW) == "not started"
-    assert cli.describe_row(by["flaky"], NOW) == "killed by SIGKILL"
+    assert fmt.describe_row(by["web:0"], NOW) == "uptime 0:01:02"
+    assert fmt.describe_row(by["web:1"], NOW + 10) == "uptime 1:02:13"  # computed, not copied
+    assert fmt.describe_row(by["crashy"], NOW) == by["crashy"].description
+    assert fmt.describe_row(by["idle"], NOW) == "not started"
+    assert fmt.describe_row(by["flaky"], NOW) == "killed by SIGKILL"
 
 
 def test_describe_row_fallbacks() -> None:
     # An up state without a start time: the daemon's text, minus the pid (its own column).
     r = row("w", "STOPPING", pid=7, description="pid 7, uptime 0:00:03")
-    assert cli.describe_row(r, NOW) == "uptime 0:00:03"
+    assert fmt.describe_row(r, NOW) == "uptime 0:00:03"
     # A spawn error the description does not mention; an exit status with no text.
-    assert cli.describe_row(row("c", "BACKOFF", spawn_error="EACCES (execve /x)"), NOW) == \
+    assert fmt.describe_row(row("c", "BACKOFF", spawn_error="EACCES (execve /x)"), NOW) == \
         "spawn error: EACCES (execve /x)"
-    assert cli.describe_row(row("e", "EXITED", status=3), NOW) == "exit status 3"
+    assert fmt.describe_row(row("e", "EXITED", status=3), NOW) == "exit status 3"
 
 
 def test_describe_row_counts_automatic_restarts_once_there_are_any() -> None:
     by = {r.name: r for r in ROWS}
-    assert cli.describe_row(LOOP, NOW) == \
+    assert fmt.describe_row(LOOP, NOW) == \
         "start limit hit (10 restarts in 0.04 s); last: exit status 5, restarts 10"
     looping = row("w", pid=7, up=0, description="pid 7, uptime 0:00:00", restarts=1234)
-    assert cli.describe_row(looping, NOW) == "uptime 0:00:00, restarts 1234"
-    assert cli.describe_row(row("w", "STOPPED", restarts=3), NOW) == "restarts 3"
-    assert "restarts" not in cli.describe_row(by["web:0"], NOW)  # none: nothing said
+    assert fmt.describe_row(looping, NOW) == "uptime 0:00:00, restarts 1234"
+    assert fmt.describe_row(row("w", "STOPPED", restarts=3), NOW) == "restarts 3"
+    assert "restarts" not in fmt.describe_row(by["web:0"], NOW)  # none: nothing said
 
 
 def test_status_table_is_aligned_with_a_header() -> None:
-    lines = cli.status_lines(ROWS, NOW)
+    lines = fmt.status_lines(ROWS, NOW)
     assert lines[0].split() == ["NAME", "STATE", "PID", "DESCRIPTION"]
     assert len(lines) == len(ROWS) + 1
     width = max(len(r.name) for r in ROWS)
@@ -109,13 +111,13 @@ def test_status_table_is_aligned_with_a_header() -> None:
         assert line[:state_col].rstrip() == r.name
         assert line[state_col:pid_col].rstrip() == r.state
         assert line[pid_col:desc_col].rstrip() == (str(r.pid) if r.pid else "-")
-        assert line[desc_col:] == cli.describe_row(r, NOW)
+        assert line[desc_col:] == fmt.describe_row(r, NOW)
     assert lines[1].endswith("uptime 0:01:02") and "FATAL" in lines[4]
     assert all(line == line.rstrip() for line in lines)
 
 
 def test_format_table_does_not_pad_the_last_column() -> None:
-    assert cli.format_table(("A", "B"), [("xx", ""), ("y", "z")]) == ["A    B", "xx", "y    z"]
+    assert fmt.format_table(("A", "B"), [("xx", ""), ("y", "z")]) == ["A    B", "xx", "y    z"]
 
 
 # ---- targets ------------------------------------------------------------------------
@@ -138,17 +140,17 @@ def test_format_table_does_not_pad_the_last_column() -> None:
 ])
 def test_filter_rows_follows_the_daemon_rules(targets: list[str], names: list[str],
                                               missing: list[str]) -> None:
-    shown, not_found = cli.filter_rows(ROWS, targets)
+    shown, not_found = fmt.filter_rows(ROWS, targets)
     assert [r.name for r in shown] == names
     assert not_found == missing
 
 
 @given(st.lists(st.sampled_from([r.name for r in ROWS] + ["web", "all", "*", "nope"]), max_size=4))
 def test_filter_rows_is_a_subsequence(targets: list[str]) -> None:
-    shown, missing = cli.filter_rows(ROWS, targets)
+    shown, missing = fmt.filter_rows(ROWS, targets)
     assert [r for r in ROWS if r in shown] == shown
     assert set(missing) <= set(targets)
-    assert all(any(cli.matches(t, r) for t in targets) for r in shown) or not targets
+    assert all(any(fmt.matches(t, r) for t in targets) for r in shown) or not targets
 
 
 # ---- exit codes ------------------------------------------------------------------------
@@ -156,11 +158,11 @@ def test_filter_rows_is_a_subsequence(targets: list[str]) -> None:
 
 def test_status_exit_codes() -> None:
     running = [r for r in ROWS if r.state == "RUNNING"]
-    assert cli.status_exit_code(running) == 0
-    assert cli.status_exit_code([]) == 0
-    assert cli.status_exit_code(ROWS) == 3
-    assert cli.status_exit_code([row("s", "STARTING")]) == 3
-    assert cli.status_exit_code(running, ["nope"]) == 4
+    assert fmt.status_exit_code(running) == 0
+    assert fmt.status_exit_code([]) == 0
+    assert fmt.status_exit_code(ROWS) == 3
+    assert fmt.status_exit_code([row("s", "STARTING")]) == 3
+    assert fmt.status_exit_code(running, ["nope"]) == 4
 
 
 @pytest.mark.parametrize(("error", "code"), [
@@ -169,17 +171,17 @@ def test_status_exit_codes() -> None:
     ("ServiceUnknown", 7), ("NameHasNoOwner", 7), ("NoReply", 7), ("Whatever", 1),
 ])
 def test_exit_code_for_errors(error: str, code: int) -> None:
-    assert cli.exit_code_for(error) == code
+    assert fmt.exit_code_for(error) == code
 
 
 def test_error_lines() -> None:
     exc = CallError("org.taskmaster.Taskmaster1.Error.AlreadyStarted", "idle is already RUNNING")
     assert exc.name == "AlreadyStarted" and exc.message == "idle is already RUNNING"
-    assert cli.error_line("idle", exc) == "idle: ERROR (already started): idle is already RUNNING"
+    assert fmt.error_line("idle", exc) == "idle: ERROR (already started): idle is already RUNNING"
     denied = CallError("org.freedesktop.DBus.Error.AccessDenied", "Rejected send message, 2 matched")
-    line = cli.error_line("web", denied)
+    line = fmt.error_line("web", denied)
     assert line.startswith("web: ERROR (access denied): ") and "group taskmaster" in line
-    assert cli.error_line("x", CallError("a.b.Odd", "")) == "x: ERROR (Odd)"
+    assert fmt.error_line("x", CallError("a.b.Odd", "")) == "x: ERROR (Odd)"
 
 
 def test_unreachable_is_one_line_with_a_hint() -> None:
@@ -194,10 +196,10 @@ def test_unreachable_is_one_line_with_a_hint() -> None:
 
 
 def test_action_lines() -> None:
-    assert cli.action_lines("start", ["web:0", "web:1"]) == ["web:0: started", "web:1: started"]
-    assert cli.action_lines("stop", ["idle"]) == ["idle: stopped"]
-    assert cli.action_lines("restart", ["w"]) == ["w: restarted"]
-    assert cli.action_lines("signal", ["w"]) == ["w: signalled"]
+    assert fmt.action_lines("start", ["web:0", "web:1"]) == ["web:0: started", "web:1: started"]
+    assert fmt.action_lines("stop", ["idle"]) == ["idle: stopped"]
+    assert fmt.action_lines("restart", ["w"]) == ["w: restarted"]
+    assert fmt.action_lines("signal", ["w"]) == ["w: signalled"]
 
 
 # ---- JSON shapes ----------------------------------------------------------------------------
@@ -205,54 +207,54 @@ def test_action_lines() -> None:
 
 def test_row_json_shape() -> None:
     by = {r.name: r for r in ROWS}
-    live = cli.row_json(by["web:0"], NOW)
+    live = fmt.row_json(by["web:0"], NOW)
     assert live == {"name": "web:0", "program": "web", "state": "RUNNING", "pid": 101,
                     "exit_status": 0, "started_at": NOW - 62, "uptime": 62,
                     "description": "uptime 0:01:02", "spawn_error": None, "restarts": 0}
-    assert cli.row_json(LOOP, NOW)["restarts"] == 10
-    dead = cli.row_json(by["crashy"], NOW)
+    assert fmt.row_json(LOOP, NOW)["restarts"] == 10
+    dead = fmt.row_json(by["crashy"], NOW)
     assert dead["pid"] is None and dead["started_at"] is None and dead["uptime"] is None
     assert dead["spawn_error"].startswith("ENOENT")
-    assert json.loads(json.dumps([cli.row_json(r, NOW) for r in ROWS]))
+    assert json.loads(json.dumps([fmt.row_json(r, NOW) for r in ROWS]))
 
 
 def test_result_and_reload_json() -> None:
-    assert cli.result_json("web", ["web:0"]) == {"target": "web", "ok": True,
+    assert fmt.result_json("web", ["web:0"]) == {"target": "web", "ok": True,
                                                  "processes": ["web:0"]}
-    err = cli.result_json("nope", None, CallError("org.taskmaster.Taskmaster1.Error.NoSuchProgram",
+    err = fmt.result_json("nope", None, CallError("org.taskmaster.Taskmaster1.Error.NoSuchProgram",
                                                   "no such program: 'nope'"))
     assert err == {"target": "nope", "ok": False, "error": "NoSuchProgram",
                    "message": "no such program: 'nope'"}
     result = Reloaded(("c",), ("b",), ("a", "d"))
-    assert cli.reload_json(result) == {"added": ["c"], "changed": ["b"], "removed": ["a", "d"]}
-    assert cli.reload_lines(result) == ["added: c", "changed: b", "removed: a, d"]
-    assert cli.reload_lines(Reloaded((), ("b",), ())) == ["changed: b"]
-    assert cli.reload_lines(Reloaded((), (), ())) == ["no changes"]
+    assert fmt.reload_json(result) == {"added": ["c"], "changed": ["b"], "removed": ["a", "d"]}
+    assert fmt.reload_lines(result) == ["added: c", "changed: b", "removed: a, d"]
+    assert fmt.reload_lines(Reloaded((), ("b",), ())) == ["changed: b"]
+    assert fmt.reload_lines(Reloaded((), (), ())) == ["no changes"]
 
 
 def test_events_json_and_lines() -> None:
     t = NOW + 0.25
     stop = StateChange("web:0", "web", "STOPPING", "STOPPED", 101, -15, True, t)
-    assert cli.event_json(stop) == {"event": "ProcessStateChanged", "time": t, "process": "web:0",
+    assert fmt.event_json(stop) == {"event": "ProcessStateChanged", "time": t, "process": "web:0",
                                     "program": "web", "old": "STOPPING", "new": "STOPPED",
                                     "pid": 101, "exit_status": -15, "expected": True}
-    assert cli.event_line(stop).endswith(" web:0: STOPPING -> STOPPED (pid 101, killed by SIGTERM)")
-    assert cli.event_line(stop).split()[0].endswith(".250")
+    assert fmt.event_line(stop).endswith(" web:0: STOPPING -> STOPPED (pid 101, killed by SIGTERM)")
+    assert fmt.event_line(stop).split()[0].endswith(".250")
     exited = StateChange("w", "w", "RUNNING", "EXITED", 5, 1, False, t)
-    assert cli.event_line(exited).endswith("w: RUNNING -> EXITED (pid 5, exit status 1, unexpected)")
+    assert fmt.event_line(exited).endswith("w: RUNNING -> EXITED (pid 5, exit status 1, unexpected)")
     starting = StateChange("w", "w", "STOPPED", "STARTING", 0, 0, True, t)
-    assert cli.event_line(starting).endswith("w: STOPPED -> STARTING")
-    assert cli.event_json(starting)["pid"] is None
+    assert fmt.event_line(starting).endswith("w: STOPPED -> STARTING")
+    assert fmt.event_json(starting)["pid"] is None
     reloaded = Reloaded(("c",), (), ("a",), t)
-    assert cli.event_json(reloaded) == {"event": "Reloaded", "time": t, "added": ["c"],
+    assert fmt.event_json(reloaded) == {"event": "Reloaded", "time": t, "added": ["c"],
                                         "changed": [], "removed": ["a"]}
-    assert cli.event_line(reloaded).endswith("reloaded: added: c; removed: a")
+    assert fmt.event_line(reloaded).endswith("reloaded: added: c; removed: a")
     gone = OwnerChanged("", t)
-    assert cli.event_json(gone) == {"event": "NameOwnerChanged", "time": t, "owner": None}
-    assert "left the bus" in cli.event_line(gone)
-    assert "is on the bus" in cli.event_line(OwnerChanged(":1.5", t))
+    assert fmt.event_json(gone) == {"event": "NameOwnerChanged", "time": t, "owner": None}
+    assert "left the bus" in fmt.event_line(gone)
+    assert "is on the bus" in fmt.event_line(OwnerChanged(":1.5", t))
     for e in (stop, exited, reloaded, gone):
-        assert json.loads(json.dumps(cli.event_json(e)))["event"]
+        assert json.loads(json.dumps(fmt.event_json(e)))["event"]
 
 
 # ---- parsing, help --------------------------------------------------------------------------
@@ -274,9 +276,9 @@ def test_json_flag_before_or_after_the_command() -> None:
     assert p.parse_args(["status", "web"]).json is False
     args = p.parse_args(["--address", "unix:path=/x", "signal", "HUP", "web", "db:1"])
     assert (args.signal, args.targets) == ("HUP", ["web", "db:1"])
-    assert cli.bus_choice(args) == BusChoice("address", "unix:path=/x")
-    assert cli.bus_choice(p.parse_args(["--user", "pid"])) == BusChoice("user")
-    assert cli.bus_choice(p.parse_args(["pid"])) is None
+    assert parser.bus_choice(args) == BusChoice("address", "unix:path=/x")
+    assert parser.bus_choice(p.parse_args(["--user", "pid"])) == BusChoice("user")
+    assert parser.bus_choice(p.parse_args(["pid"])) is None
     tail = p.parse_args(["tail", "-f", "--stderr", "web:0"])
     assert (tail.follow, tail.stderr, tail.bytes, tail.process) == (True, True, 1600, "web:0")
 
@@ -284,11 +286,11 @@ def test_json_flag_before_or_after_the_command() -> None:
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["help"]) == 0
     out = capsys.readouterr().out
-    for name in cli.COMMAND_NAMES:
+    for name in parser.COMMAND_NAMES:
         assert f"\n  {name}" in out
     assert cli.main(["help", "tail"]) == 0
     assert "--stderr" in capsys.readouterr().out
-    assert set(cli.COMMAND_FUNCS) == set(cli.COMMAND_NAMES)
+    assert set(commands.COMMAND_FUNCS) == set(parser.COMMAND_NAMES)
 
 
 def test_help_and_usage_do_not_import_dbus_next() -> None:
@@ -298,6 +300,17 @@ def test_help_and_usage_do_not_import_dbus_next() -> None:
     code = ("import sys; from taskctl.cli import main; main(['help']); "
             "main(['frob']); assert 'dbus_next' not in sys.modules, 'dbus_next'; "
             "assert 'asyncio' not in sys.modules, 'asyncio'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+
+
+def test_no_import_circle_between_the_shell_and_the_command_line() -> None:
+    """cli runs the shell; the shell uses the parser and the commands, never cli."""
+    import subprocess
+    import sys
+
+    code = ("import sys, taskctl.shell, taskctl.commands, taskctl.waiting; "
+            "assert 'taskctl.cli' not in sys.modules, sorted(sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
 
@@ -365,6 +378,7 @@ NAMES = ["all", "crashy", "idle", "web", "web-api", "web:0", "web:1"]
     ("tail ", "web:", ["web:0", "web:1"]),
     ("tail web:0 ", "", []),
     ("tail ", "--s", ["--stderr"]),
+    ("restart ", "--n", ["--no-block"]),
     ("help ", "re", ["restart", "reload"]),
     ("help status ", "", []),
     ("reload ", "", []),
@@ -413,7 +427,7 @@ class FakeClient:
         self._call("start", target)
         if target == "nope":
             raise CallError("org.taskmaster.Taskmaster1.Error.NoSuchProgram", "no such program")
-        return [r.name for r in ROWS if cli.matches(target, r)]
+        return [r.name for r in ROWS if fmt.matches(target, r)]
 
     def reload(self) -> Reloaded:
         self._call("reload")
@@ -429,18 +443,19 @@ def run(client: FakeClient, *argv: str, interactive: bool = False) -> tuple[int,
 
     out, err = io.StringIO(), io.StringIO()
     args = cli.build_parser().parse_args(argv)
-    code = cli.execute(client, args, out=out, err=err, interactive=interactive)  # type: ignore[arg-type]
+    code = commands.execute(client, args, out=out, err=err, interactive=interactive)  # type: ignore[arg-type]
     return code, out.getvalue(), err.getvalue()
 
 
 def test_execute_status_and_actions() -> None:
     code, out, err = run(FakeClient(), "status", "web")
     assert code == 0 and out.splitlines()[1].startswith("web:0 ") and err == ""
-    code, out, err = run(FakeClient(), "start", "web", "nope", "idle")
+    # --no-block: as soon as the daemon accepted (waiting: test_taskctl_waiting.py)
+    code, out, err = run(FakeClient(), "start", "--no-block", "web", "nope", "idle")
     assert code == 4
     assert out == "web:0: started\nweb:1: started\nidle: started\n"
     assert err == "nope: ERROR (no such process): no such program\n"
-    code, out, _ = run(FakeClient(), "--json", "start", "idle")
+    code, out, _ = run(FakeClient(), "--json", "start", "--no-block", "idle")
     assert json.loads(out) == [{"target": "idle", "ok": True, "processes": ["idle"]}]
 
 
@@ -501,7 +516,7 @@ def test_tail_prints_the_end_of_the_file(tmp_path: Path) -> None:
     path.write_bytes(b"x" * 5000 + b"\nlast line \xc3\xa9\n")
     fd = os.open(path, os.O_RDONLY)
     out = io.StringIO()
-    ctx = cli.Context(FakeClient(), out, io.StringIO())  # type: ignore[arg-type]
-    assert cli.follow_fd(ctx, fd, 1600, follow=False) == 0  # and closes fd
+    ctx = context.Context(FakeClient(), out, io.StringIO())  # type: ignore[arg-type]
+    assert follow.follow_fd(ctx, fd, 1600, follow=False) == 0  # and closes fd
     text = out.getvalue()
     assert text.endswith("\nlast line é\n") and len(text.encode()) == 1600

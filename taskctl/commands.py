@@ -1,0 +1,185 @@
+"""Running one parsed command against the daemon: `execute` and one
+function per command (`COMMAND_FUNCS`). The shell and the command line both
+come through here; what is printed is decided in `taskctl.format`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import TYPE_CHECKING, TextIO
+
+from taskctl.context import Context
+from taskctl.exitcodes import EXIT_ERROR, EXIT_NO_SUCH, EXIT_OK, EXIT_UNREACHABLE
+from taskctl.follow import cmd_tail
+from taskctl.format import (
+    action_lines,
+    alert_exit_code,
+    alert_json,
+    alert_lines,
+    dumps,
+    error_line,
+    event_json,
+    event_line,
+    exit_code_for,
+    filter_rows,
+    reload_json,
+    reload_lines,
+    result_json,
+    row_json,
+    status_exit_code,
+    status_lines,
+)
+from taskctl.model import CallError, Unreachable
+from taskctl.parser import help_text
+from taskctl.waiting import act_and_wait
+
+if TYPE_CHECKING:
+    from taskctl.client import Client
+
+
+def execute(client: Client, args: argparse.Namespace, *, out: TextIO, err: TextIO,
+            interactive: bool = False) -> int:
+    """Run one parsed command; returns its exit code. Unreachable and error
+    replies are printed, never raised; KeyboardInterrupt propagates."""
+    ctx = Context(client, out, err, bool(getattr(args, "json", False)), interactive)
+    try:
+        return COMMAND_FUNCS[args.command](ctx, args)
+    except Unreachable as exc:
+        ctx.error(f"taskctl: {exc.line()}")
+        return EXIT_UNREACHABLE
+    except CallError as exc:
+        ctx.error(error_line("taskctl", exc))
+        return exit_code_for(exc.name)
+    finally:
+        out.flush()
+
+
+def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
+    rows = ctx.client.list_processes()
+    now = time.time()
+    shown, missing = filter_rows(rows, args.targets)
+    if ctx.json:
+        ctx.print(dumps([row_json(r, now) for r in shown]))
+    elif shown:
+        for line in status_lines(shown, now):
+            ctx.print(line)
+    for target in missing:
+        ctx.error(f"{target}: ERROR (no such process)")
+    return status_exit_code(shown, missing)
+
+
+def cmd_action(ctx: Context, args: argparse.Namespace) -> int:
+    command = args.command
+    if command != "signal" and not args.no_block:
+        return act_and_wait(ctx, command, args.targets, args.timeout)
+    code = EXIT_OK
+    results = []
+    for target in args.targets:
+        try:
+            if command == "signal":
+                names = ctx.client.signal(target, args.signal)
+            else:
+                names = getattr(ctx.client, command)(target)
+        except CallError as exc:
+            ctx.error(error_line(target, exc))
+            code = max(code, exit_code_for(exc.name))
+            results.append(result_json(target, None, exc))
+            continue
+        results.append(result_json(target, names))
+        if not ctx.json:
+            for line in action_lines(command, names):
+                ctx.print(line)
+            ctx.out.flush()
+    if ctx.json:
+        ctx.print(dumps(results))
+    return code
+
+
+def cmd_reload(ctx: Context, args: argparse.Namespace) -> int:
+    try:
+        result = ctx.client.reload()
+    except CallError as exc:
+        if exc.name != "ConfigInvalid":
+            raise
+        ctx.error("taskctl: reload refused, the configuration is invalid "
+                  "(taskmasterd keeps running the previous one):")
+        ctx.error(exc.message.rstrip())
+        return EXIT_ERROR
+    if ctx.json:
+        ctx.print(dumps(reload_json(result)))
+    else:
+        for line in reload_lines(result):
+            ctx.print(line)
+    return EXIT_OK
+
+
+def cmd_shutdown(ctx: Context, args: argparse.Namespace) -> int:
+    ctx.client.shutdown()
+    if ctx.json:
+        ctx.print(dumps({"shutdown": True}))
+    else:
+        ctx.print("taskmasterd: shutting down")
+    return EXIT_OK
+
+
+def cmd_pid(ctx: Context, args: argparse.Namespace) -> int:
+    if not args.targets:
+        pid = ctx.client.daemon_pid()
+        ctx.print(dumps({"pid": pid}) if ctx.json else str(pid))
+        return EXIT_OK
+    shown, missing = filter_rows(ctx.client.list_processes(), args.targets)
+    if ctx.json:
+        ctx.print(dumps({r.name: r.pid or None for r in shown}))
+    else:
+        for r in shown:
+            ctx.print(str(r.pid))
+    for target in missing:
+        ctx.error(f"{target}: ERROR (no such process)")
+    return EXIT_NO_SUCH if missing else EXIT_OK
+
+
+
+def cmd_events(ctx: Context, args: argparse.Namespace) -> int:
+    with ctx.client.subscription():
+        # Subscribed first, then checked that someone is there: no event is missed.
+        pid = ctx.client.daemon_pid()
+        where = ctx.client.choice.describe() if ctx.client.choice else "the bus"
+        ctx.error(f"taskctl: following the events of taskmasterd (pid {pid}) on {where}; "
+                  "Ctrl-C to stop")
+        for event in ctx.client.events():
+            ctx.print(json.dumps(event_json(event)) if ctx.json else event_line(event))
+            ctx.out.flush()
+    return EXIT_OK  # not reached: events() ends by an exception
+
+
+def cmd_alert(ctx: Context, args: argparse.Namespace) -> int:
+    results = ctx.client.test_alerts(args.target)
+    if ctx.json:
+        ctx.print(dumps(alert_json(results)))
+    else:
+        for line in alert_lines(results):
+            ctx.print(line)
+    if not results:
+        ctx.error("taskctl: taskmasterd has no alert targets (add an 'alerts:' section to its "
+                  "configuration, then reload)")
+    return alert_exit_code(results)
+
+
+def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
+    from taskctl import history
+
+    return history.run(ctx, args)
+
+
+def cmd_help(ctx: Context, args: argparse.Namespace) -> int:
+    ctx.print(help_text(args.topic))
+    return EXIT_OK
+
+
+COMMAND_FUNCS = {
+    "status": cmd_status, "start": cmd_action, "stop": cmd_action, "restart": cmd_action,
+    "signal": cmd_action, "reload": cmd_reload, "shutdown": cmd_shutdown, "pid": cmd_pid,
+    "tail": cmd_tail, "events": cmd_events, "history": cmd_history, "alert": cmd_alert, "help": cmd_help,
+}
+

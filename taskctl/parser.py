@@ -1,0 +1,177 @@
+"""taskctl's command line grammar: the commands, their arguments, their help.
+
+Shared by the command line (`taskctl.cli`) and the shell (`taskctl.shell`).
+Imports stay light: nothing here talks to the daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+TAIL_BYTES = 1600  # supervisorctl's default
+# start/stop/restart: seconds before taskctl gives up waiting. A safety net:
+# the daemon's startretries and stoptime (then SIGKILL) decide long before.
+DEFAULT_TIMEOUT = 300.0
+
+# name, arguments, summary: `help` and the shell's completion use this.
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("status", "[TARGET...]", "state, uptime, restarts of processes (exit 3 when one shown is not RUNNING)"),
+    ("start", "[--no-block] TARGET...", "start processes; wait until RUNNING (exit 1 if one fails)"),
+    ("stop", "[--no-block] TARGET...", "stop processes; wait until they are down"),
+    ("restart", "[--no-block] TARGET...", "stop then start processes; wait until RUNNING"),
+    ("signal", "SIG TARGET...", "send a signal (TERM, HUP, USR1, 9, ...) to processes"),
+    ("reload", "", "re-read the configuration and apply the changes"),
+    ("shutdown", "", "stop every process and taskmasterd itself"),
+    ("pid", "[TARGET...]", "pid of taskmasterd, or of processes"),
+    ("tail", "[-f] [--stderr] [-c BYTES] PROCESS",
+     "end of a process's output (-f: keep following, across rotations)"),
+    ("events", "", "follow state changes and reloads (Ctrl-C to stop)"),
+    ("history", "[--since TIME] [-n N] TARGET", "past state changes, from the journal or the log file"),
+    ("alert", "test [URL|INDEX]", "send a test message to every alert target, or to one"),
+    ("help", "[COMMAND]", "list the commands, or explain one"),
+)
+COMMAND_NAMES = tuple(c[0] for c in COMMANDS)
+# Commands whose arguments are targets (program, prog:N, glob, all).
+TARGET_COMMANDS = frozenset({"status", "start", "stop", "restart", "signal", "pid", "tail", "history"})
+
+
+def help_text(command: str | None = None) -> str:
+    if command is None:
+        width = max(len(f"{n} {a}".strip()) for n, a, _ in COMMANDS)
+        lines = ["commands (help COMMAND for details):"]
+        lines += [f"  {f'{n} {a}'.strip():<{width}}  {s}" for n, a, s in COMMANDS]
+        lines.append("targets: a program (web), a process (web:0), a glob (web-*), or all")
+        return "\n".join(lines)
+    parser = build_parser()
+    sub: argparse.ArgumentParser | None = _subparsers(parser).choices.get(command)
+    if sub is None:
+        raise KeyError(command)
+    return sub.format_help().rstrip()
+
+
+# ---- parsing ----------------------------------------------------------------------------
+
+
+def build_parser(*, shell: bool = False) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="taskctl",
+        description="Control taskmasterd over D-Bus. Without a command: an interactive shell.",
+        epilog="targets: a program (web), a process (web:0), a glob (web-*), or all. "
+               "start, stop and restart wait for the outcome (--no-block: not). "
+               "Exit status: 0 ok, 1 error (a start that ended FATAL too), 2 bad usage (an "
+               "unknown signal, a malformed --address too), 3 a process is not running "
+               "(status), 4 no such program, 7 taskmasterd unreachable, 124 gave up waiting "
+               "(--timeout), 130 interrupted.")
+    if not shell:
+        where = p.add_mutually_exclusive_group()
+        where.add_argument("--system", dest="bus", action="store_const", const="system",
+                           help="talk to taskmasterd on the system bus")
+        where.add_argument("--user", dest="bus", action="store_const", const="user",
+                           help="talk to taskmasterd on the session bus")
+        where.add_argument("--address", metavar="ADDR",
+                           help="talk to taskmasterd on the bus at this D-Bus address")
+        p.add_argument("--version", action="version", version=f"taskctl {_version()}")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    summaries = {n: s for n, _a, s in COMMANDS}
+
+    def command(name: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=summaries[name], description=summaries[name])
+        sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="machine-readable output")
+        return sp
+
+    command("status").add_argument("targets", nargs="*", metavar="TARGET")
+    for name in ("start", "stop", "restart"):
+        sp = command(name)
+        sp.add_argument("--no-block", action="store_true",
+                        help="return once taskmasterd has accepted the request, without waiting "
+                             "for the outcome")
+        sp.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                        help="give up waiting after this long, exit 124; the request goes on "
+                             f"(default {DEFAULT_TIMEOUT:g}; 0: no limit)")
+        sp.add_argument("targets", nargs="+", metavar="TARGET")
+    sp = command("signal")
+    sp.add_argument("signal", metavar="SIG", type=_signal,
+                    help="TERM, SIGHUP, USR1, 9, ... (ASCII; an unknown one: exit 2, nothing sent)")
+    sp.add_argument("targets", nargs="+", metavar="TARGET")
+    command("reload")
+    command("shutdown")
+    command("pid").add_argument("targets", nargs="*", metavar="TARGET")
+    sp = command("tail")
+    sp.add_argument("-f", "--follow", action="store_true", help="keep printing what is added")
+    sp.add_argument("--stderr", action="store_true", help="the standard error instead of output")
+    sp.add_argument("-c", "--bytes", type=_positive, default=TAIL_BYTES, metavar="BYTES",
+                    help=f"how much of the end to print first (default {TAIL_BYTES})")
+    sp.add_argument("process", metavar="PROCESS",
+                    help="a process (web:0 when its program has several); one that never "
+                         "ran has no output yet (exit 1)")
+    command("events")
+    from taskctl import history
+
+    history.add_arguments(command("history"))
+    sp = command("alert")
+    sp.add_argument("action", choices=("test",), metavar="test",
+                    help="send a test message and report, per target, whether it was delivered")
+    sp.add_argument("target", nargs="?", default="", metavar="URL|INDEX",
+                    help="only this target: its number (from 0, in the file's order) or its URL")
+    command("help").add_argument("topic", nargs="?", metavar="COMMAND", choices=COMMAND_NAMES)
+    return p
+
+
+def _signal(text: str) -> str:
+    """A signal name or number as taskmasterd reads it (checked here: a bad one
+    is bad usage, exit 2, not a reply from the daemon); sent as typed."""
+    from taskmasterd import signames
+
+    try:
+        signames.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or more seconds: {text}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text}")
+    return value
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> Any:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    raise LookupError("no subcommands")
+
+
+def _version() -> str:
+    from taskmasterd import __version__
+
+    return __version__
+
+
+def bus_choice(args: argparse.Namespace) -> Any:
+    """The BusChoice the flags force, or None for the default resolution."""
+    from taskmasterd.busaddr import BusChoice
+
+    if getattr(args, "address", None):
+        return BusChoice("address", args.address)
+    if getattr(args, "bus", None):
+        return BusChoice(args.bus)
+    return None
+
