@@ -180,9 +180,11 @@ def _unreachable(choice: BusChoice, reason: str, cause: str = Unreachable.NO_BUS
 
 
 def _row(values: Sequence[Any]) -> ProcessRow:
-    name, program, state, pid, status, started, description, spawn_error, restarts = values
+    (name, program, state, pid, status, started, description, spawn_error, restarts,
+     last_status, last_us, last_expected) = values
     return ProcessRow(str(name), str(program), str(state), int(pid), int(status), int(started),
-                      str(description), str(spawn_error), int(restarts))
+                      str(description), str(spawn_error), int(restarts), int(last_status),
+                      int(last_us), bool(last_expected))
 
 
 # ---- the client ---------------------------------------------------------------
@@ -669,7 +671,7 @@ def _event(msg: Any, now: float) -> Event | None:
     try:
         if (fields.get(HeaderFields.interface) == MANAGER_IFACE
                 and fields.get(HeaderFields.path) == MANAGER_PATH):
-            if member == "ProcessStateChanged" and signature == "ssssiib":
+            if member == "ProcessStateChanged" and signature == "ssssuib":
                 process, program, old, new, pid, status, expected = msg.body
                 return StateChange(process, program, old, new, int(pid), int(status),
                                    bool(expected), now)
