@@ -55,6 +55,25 @@ def canonical(element: ET.Element) -> str:
     return walk(element)
 
 
+def normalised(xml: str) -> str:
+    """A node's introspection XML in a stable form, for the golden files:
+    no DOCTYPE, comments or whitespace, no path in the root's name; the
+    interfaces, their members and the child nodes sorted by name (their
+    order means nothing in D-Bus); the arguments in their order (it does)."""
+    def walk(e: ET.Element, root: bool = False) -> ET.Element:
+        out = ET.Element(e.tag, {k: v for k, v in sorted(e.attrib.items())
+                                 if not (root and k == "name")})
+        children = [walk(c) for c in e]
+        if e.tag != "method" and e.tag != "signal":
+            children.sort(key=lambda c: (c.tag, c.get("name", "")))
+        out.extend(children)
+        return out
+
+    node = walk(ET.fromstring(xml), root=True)
+    ET.indent(node)
+    return ET.tostring(node, encoding="unicode") + "\n"
+
+
 def manager_only_at(bus: Any, manager_path: str) -> None:
     """Make `bus` list the ObjectManager interface on `manager_path` only,
     and answer GetManagedObjects elsewhere with UnknownMethod (per bus)."""
