@@ -34,6 +34,7 @@ class Kind(enum.StrEnum):
     DAEMON_STOP = "DAEMON_STOP"
 
 
+# The kinds by their old module-level names (events.RELOAD ...), still used by alerts.
 SPAWN_ERROR = Kind.SPAWN_ERROR
 KILLED = Kind.KILLED
 SIGNALLED = Kind.SIGNALLED
