@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -208,9 +209,12 @@ def test_reload_during_shutdown_is_refused(
             name, text = await c.error("Reload")
             assert name == "org.taskmaster.Taskmaster1.Error.ShuttingDown", text
             assert "shutting down" in text
+            os.kill(d.pid, signal.SIGHUP)  # the same refusal, logged
+            d.wait_text("SIGHUP ignored: taskmasterd is shutting down")
     asyncio.run(main())
     assert d.terminate() == 0
     assert not [ln for ln in d.lines if ln.kind == "RELOAD"]
+    assert "Traceback" not in d.text()
 
 
 @pytest.mark.parametrize(("member", "signature", "body", "error", "phrase"), [
