@@ -75,9 +75,11 @@ def _unreachable(choice: BusChoice, reason: str, cause: str = Unreachable.NO_BUS
 
 
 def _row(values: Sequence[Any]) -> ProcessRow:
-    name, program, state, pid, status, started, description, spawn_error, restarts = values
+    (name, program, state, pid, status, started, description, spawn_error, restarts,
+     last_status, last_us, last_expected) = values
     return ProcessRow(str(name), str(program), str(state), int(pid), int(status), int(started),
-                      str(description), str(spawn_error), int(restarts))
+                      str(description), str(spawn_error), int(restarts), int(last_status),
+                      int(last_us), bool(last_expected))
 
 
 # ---- the client ---------------------------------------------------------------

@@ -100,7 +100,7 @@ def event_of(msg: Any, now: float) -> Event | None:
         if (fields.get(HeaderFields.interface) == MANAGER_IFACE
                 and fields.get(HeaderFields.path) == MANAGER_PATH):
             # pid: i up to API 1.0, u since (as everywhere else): both read
-            if member == "ProcessStateChanged" and signature in ("ssssiib", "ssssuib"):
+            if member == "ProcessStateChanged" and signature == "ssssuib":
                 process, program, old, new, pid, status, expected = msg.body
                 return StateChange(process, program, old, new, int(pid), int(status),
                                    bool(expected), now)

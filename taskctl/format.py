@@ -161,6 +161,8 @@ def row_json(row: ProcessRow, now: float) -> dict[str, Any]:
         "description": describe_row(row, now),
         "spawn_error": row.spawn_error or None,
         "restarts": row.restarts,
+        "last_exit": {"status": row.last_exit_status, "time": row.last_exit_us / 1_000_000,
+                      "expected": row.last_exit_expected} if row.last_exit_us else None,
     }
 
 

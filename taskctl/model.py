@@ -17,7 +17,7 @@ UP_STATES = frozenset(s.value for s in (State.STARTING, State.RUNNING, State.STO
 
 
 class ProcessRow(NamedTuple):
-    """One row of ListProcesses (a(sssuitssu))."""
+    """One row of ListProcesses (a(sssuitssuitb), docs/dbus-api.md)."""
 
     name: str  # "web" or "web:0"
     program: str
@@ -28,6 +28,9 @@ class ProcessRow(NamedTuple):
     description: str  # the daemon's: "pid 123, uptime 0:01:02", "exit status 1", ...
     spawn_error: str  # "" = none
     restarts: int  # NRestarts: automatic restarts since the last administrative start
+    last_exit_status: int = 0  # the last exit ever (< 0: killed by that signal)
+    last_exit_us: int = 0  # when, µs since the epoch; 0 = it never exited
+    last_exit_expected: bool = False
 
 
 class StateChange(NamedTuple):

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, NoReturn
 
 from dbus_next import BusType
 
-from taskmasterd import __version__, events
+from taskmasterd import __version__
 from taskmasterd.alerts import CLOSE_TIMEOUT, AlertDispatcher
 from taskmasterd.bus.names import BUS_NAME
 from taskmasterd.bus.service import BusService, BusUnavailable
 from taskmasterd.busaddr import BusChoice, runtime_dir
 from taskmasterd.config import Config, ConfigError
-from taskmasterd.errors import ConfigInvalid
-from taskmasterd.events import Event, EventBus
+from taskmasterd.errors import ConfigInvalid, ShuttingDown
+from taskmasterd.events import Event, EventBus, Kind
 from taskmasterd.exposure import exposure_warning
 from taskmasterd.hostcheck import load as load_config
 from taskmasterd.journal import JournalSink
@@ -144,7 +144,11 @@ class Daemon:
             log.warning("%s", warning)
 
     def reload(self) -> ReloadPlan:
-        """Re-read the file; on errors keep the running config and raise."""
+        """Re-read the file; on errors keep the running config and raise.
+        Refused once a shutdown is requested: what it would start would be
+        stopped at once, and what it reports would not happen."""
+        if self._stop.is_set() or self.supervisor.shutting_down:
+            raise ShuttingDown("taskmasterd is shutting down: reload refused")
         previous = self.state
         self._set_state("reloading")
         try:
@@ -172,7 +176,7 @@ class Daemon:
 
     def _reload_failed(self, lines: list[str]) -> NoReturn:
         self.bus.publish(Event(
-            kind=events.RELOAD_FAILED,
+            kind=Kind.RELOAD_FAILED,
             message=f"{self.config_path}: {len(lines)} error(s); still running the "
                     "previous configuration:\n  " + "\n  ".join(lines)))
         raise ConfigInvalid("\n".join(lines))
@@ -189,7 +193,7 @@ class Daemon:
             loop.add_signal_handler(signal.SIGHUP, self.reload_quietly)
             loop.add_signal_handler(signal.SIGUSR2, self.reopen_logs)
         self.bus.publish(Event(
-            kind=events.DAEMON_START, fields={"pid": str(os.getpid())},
+            kind=Kind.DAEMON_START, pid=os.getpid(),
             message=f"taskmasterd {__version__} started with {self.config_path} "
                     f"({len(self.config.programs)} programs)"))
         self.supervisor.launch_autostart()
@@ -198,10 +202,10 @@ class Daemon:
         await self._stop.wait()
         self._set_state("stopping")
         live = self.supervisor.live_children()
-        self.bus.publish(Event(kind=events.DAEMON_STOP,
+        self.bus.publish(Event(kind=Kind.DAEMON_STOP,
                                message=f"shutting down: stopping {live} running process(es)"))
         await self.supervisor.shutdown()
-        self.bus.publish(Event(kind=events.DAEMON_STOP, message="every process stopped; exiting"))
+        self.bus.publish(Event(kind=Kind.DAEMON_STOP, message="every process stopped; exiting"))
         if self.alerts is not None:
             await self.alerts.close()  # the last messages, a few seconds at most
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2) if handle_signals else ():
@@ -228,6 +232,8 @@ class Daemon:
             self.reload()
         except ConfigInvalid:
             pass  # already logged; the old config keeps running
+        except ShuttingDown:
+            log.info("SIGHUP ignored: taskmasterd is shutting down")
 
 
 def _journal_sink() -> JournalSink | None:

@@ -1,46 +1,89 @@
 """One event type and one bus: the log file, the journal, D-Bus and alerts
 all subscribe here. Publishing is synchronous and never raises: a broken
 subscriber is reported (once per failure) and the others still get the event.
+
+The record is typed: a process transition's kind and states are
+`process.State`s, the other kinds are `Kind`s (both are str enums: their
+text is their name, as written in the log and the journal); a reload carries
+the names it added, changed and removed as tuples, a spawn error its
+`SpawnError`, the daemon's start its pid (in `pid`, as a process event does).
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from taskmasterd.process import SpawnError, State
+
 log = logging.getLogger("taskmasterd")
 
-# Event kinds. Process transitions use the new state's name (STARTING,
-# RUNNING, BACKOFF, STOPPING, STOPPED, EXITED, FATAL, UNKNOWN); the others:
-SPAWN_ERROR = "SPAWN_ERROR"
-KILLED = "KILLED"  # SIGKILL sent because stoptime ran out
-SIGNALLED = "SIGNALLED"  # a signal sent on request (taskctl signal)
-RELOAD = "RELOAD"
-RELOAD_FAILED = "RELOAD_FAILED"
-DAEMON_START = "DAEMON_START"
-DAEMON_STOP = "DAEMON_STOP"
+
+class Kind(enum.StrEnum):
+    """Event kinds other than process transitions (those use the new State)."""
+
+    SPAWN_ERROR = "SPAWN_ERROR"
+    KILLED = "KILLED"  # SIGKILL sent because stoptime ran out
+    SIGNALLED = "SIGNALLED"  # a signal sent on request (taskctl signal)
+    RELOAD = "RELOAD"
+    RELOAD_FAILED = "RELOAD_FAILED"
+    DAEMON_START = "DAEMON_START"
+    DAEMON_STOP = "DAEMON_STOP"
+
+
+# The kinds by their old module-level names (events.RELOAD ...), still used by alerts.
+SPAWN_ERROR = Kind.SPAWN_ERROR
+KILLED = Kind.KILLED
+SIGNALLED = Kind.SIGNALLED
+RELOAD = Kind.RELOAD
+RELOAD_FAILED = Kind.RELOAD_FAILED
+DAEMON_START = Kind.DAEMON_START
+DAEMON_STOP = Kind.DAEMON_STOP
 DAEMON = "taskmasterd"  # the `process` of daemon-level events
 
 
 @dataclass(frozen=True)
+class Reloaded:
+    """The program names a reload added, changed (restarted, resized or
+    updated in place) and removed, in config order."""
+
+    added: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Event:
-    kind: str
+    kind: State | Kind
     message: str  # one human sentence, used as-is in the log
     process: str = DAEMON
     program: str = ""
-    old_state: str = ""
-    new_state: str = ""
-    pid: int = 0
+    old_state: State | None = None  # set on transitions only
+    new_state: State | None = None
+    pid: int = 0  # the process's, or the daemon's for DAEMON_START
     exit_status: int | None = None  # returncode convention (< 0: signal)
     expected: bool = True
-    fields: dict[str, str] = field(default_factory=dict)  # extra key=value
+    spawn_error: SpawnError | None = None  # SPAWN_ERROR
+    reload: Reloaded | None = None  # RELOAD
     time: float = field(default_factory=time.time)
 
     @property
     def is_transition(self) -> bool:
-        return bool(self.new_state)
+        return self.new_state is not None
+
+    def extra_fields(self) -> list[tuple[str, str]]:
+        """The kind's own key=value pairs, as text, in the order the log line
+        writes them (the journal prefixes the keys with TASKMASTER_)."""
+        if self.spawn_error is not None:
+            return [("errno", self.spawn_error.code)]
+        if self.reload is not None:
+            return [("added", ",".join(self.reload.added)),
+                    ("changed", ",".join(self.reload.changed)),
+                    ("removed", ",".join(self.reload.removed))]
+        return []
 
 
 Subscriber = Callable[[Event], None]

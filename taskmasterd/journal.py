@@ -15,15 +15,13 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from taskmasterd import events
-from taskmasterd.events import Event
+from taskmasterd.events import Event, Kind
 from taskmasterd.logsink import format_event, level_of
+from taskmasterd.process import State
 
 # Fixed forever: MESSAGE_IDs are derived from this namespace and the kind.
 _NAMESPACE = uuid.UUID("8b0f4a6e-2f7c-4d0b-9a55-6a3e1c2d7f10")
-KINDS = ("STARTING", "RUNNING", "BACKOFF", "STOPPING", "STOPPED", "EXITED", "FATAL", "UNKNOWN",
-         events.SPAWN_ERROR, events.KILLED, events.SIGNALLED, events.RELOAD, events.RELOAD_FAILED,
-         events.DAEMON_START, events.DAEMON_STOP)
+KINDS: tuple[str, ...] = (*(s.value for s in State), *(k.value for k in Kind))
 MESSAGE_IDS = {kind: uuid.uuid5(_NAMESPACE, kind).hex for kind in KINDS}
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 _PRIORITY = {50: 2, 40: 3, 30: 4, 20: 6, 10: 7}  # logging level -> syslog priority
@@ -36,7 +34,7 @@ def fields(event: Event) -> dict[str, str]:
         "MESSAGE": format_event(event),
         "PRIORITY": str(_PRIORITY.get(level_of(event), 6)),
         "SYSLOG_IDENTIFIER": "taskmasterd",
-        "TASKMASTER_EVENT": event.kind,
+        "TASKMASTER_EVENT": str(event.kind),
         "TASKMASTER_PROCESS": event.process,
     }
     if event.kind in MESSAGE_IDS:
@@ -47,11 +45,11 @@ def fields(event: Event) -> dict[str, str]:
         out["TASKMASTER_PID"] = str(event.pid)
     if event.exit_status is not None:
         out["TASKMASTER_EXIT_STATUS"] = str(event.exit_status)
-    if event.kind in ("EXITED", "STOPPED"):
+    if event.kind in (State.EXITED, State.STOPPED):
         out["TASKMASTER_EXPECTED"] = "yes" if event.expected else "no"
-    if event.old_state:
-        out["TASKMASTER_OLD_STATE"] = event.old_state
-    for key, value in event.fields.items():
+    if event.old_state is not None:
+        out["TASKMASTER_OLD_STATE"] = str(event.old_state)
+    for key, value in event.extra_fields():
         out[f"TASKMASTER_{key.upper()}"] = value
     return out
 

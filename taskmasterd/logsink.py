@@ -26,8 +26,8 @@ import logging.handlers
 import os
 import sys
 
-from taskmasterd import events
-from taskmasterd.events import Event
+from taskmasterd.events import Event, Kind
+from taskmasterd.process import State
 
 log = logging.getLogger("taskmasterd")
 
@@ -190,11 +190,11 @@ class _BatchedFile(_Batching, logging.handlers.WatchedFileHandler):
 
 
 def level_of(event: Event) -> int:
-    if event.kind in ("FATAL", events.RELOAD_FAILED, "UNKNOWN"):
+    if event.kind in (State.FATAL, Kind.RELOAD_FAILED, State.UNKNOWN):
         return logging.ERROR
-    if event.kind in ("BACKOFF", events.SPAWN_ERROR, events.KILLED):
+    if event.kind in (State.BACKOFF, Kind.SPAWN_ERROR, Kind.KILLED):
         return logging.WARNING
-    if event.kind == "EXITED" and not event.expected:
+    if event.kind == State.EXITED and not event.expected:
         return logging.WARNING
     return logging.INFO
 
@@ -205,9 +205,9 @@ def format_event(event: Event) -> str:
         fields.append(f"pid={event.pid}")
     if event.exit_status is not None:
         fields.append(f"status={event.exit_status}")
-    if event.kind in ("EXITED", "STOPPED"):
+    if event.kind in (State.EXITED, State.STOPPED):
         fields.append(f"expected={'yes' if event.expected else 'no'}")
-    fields += [f"{k}={v}" for k, v in event.fields.items()]
+    fields += [f"{k}={v}" for k, v in event.extra_fields()]
     tail = "".join(" " + f for f in fields)
     return f"{event.process} {event.kind}{tail}: {event.message}"
 

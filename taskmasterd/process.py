@@ -70,6 +70,17 @@ class SpawnError:
         return f"{self.code} ({self.syscall}): {self.message}"
 
 
+@dataclass(frozen=True)
+class LastExit:
+    """How the process last ended, kept across restarts (systemd's
+    ExecMainStatus/ExecMainExitTimestamp): what monitoring shows for a
+    crash without a trip to the log."""
+
+    status: int  # returncode: >= 0 exit code, < 0 killed by that signal
+    at: float  # `now` (monotonic seconds) when the exit was collected
+    expected: bool  # in exitcodes while RUNNING, or stopped on request
+
+
 # ---- the start limit ---------------------------------------------------------
 
 
@@ -184,6 +195,7 @@ class Process:
     want_up: bool = False  # wanted state (s6): should it be running?
     start_pending: bool = False  # start again once STOPPED (restart)
     restarts: int = 0  # automatic restarts since the last administrative start
+    last_exit: LastExit | None = None  # the last exit ever collected (never reset)
     start_limit: StartLimit = field(default_factory=StartLimit, repr=False)
     start_limit_hit: StartLimitHit | None = None  # why it is FATAL, if the start limit
     _out: list[Action] = field(default_factory=list, repr=False)
@@ -223,6 +235,10 @@ class Process:
     def on_exit(self, status: int, now: float) -> list[Action]:
         return self._dispatch(Event.EXIT, now, status)
 
+    def _record_exit(self, status: int, now: float, expected: bool) -> None:
+        self.exit_status = status
+        self.last_exit = LastExit(status, now, expected)
+
     def on_timer(self, now: float) -> list[Action]:
         if self.deadline is None or now < self.deadline:
             return []  # stale or early wake-up: nothing is due
@@ -239,6 +255,8 @@ class Process:
                 raise Refused("NotRunning", f"{self.name} is not running ({self.state.value})")
             if event is Event.EXIT:
                 # An exit we did not expect in this state: record it, don't guess.
+                if isinstance(arg, int):
+                    self.last_exit = LastExit(arg, now, False)
                 self._to(State.UNKNOWN, exit_status=arg if isinstance(arg, int) else None)
                 self.pid = 0
             elif event is Event.TIMER:
@@ -335,15 +353,15 @@ class Process:
     def _exit_while_starting(self, now: float, status: object) -> None:
         assert isinstance(status, int)
         # Exit codes don't matter before RUNNING: it did not stay up.
-        self.exit_status = status
+        self._record_exit(status, now, expected=False)
         self.deadline = None
         self._enter_backoff(now)
         self.pid = 0
 
     def _exit_while_running(self, now: float, status: object) -> None:
         assert isinstance(status, int)
-        self.exit_status = status
         self.expected = status >= 0 and status in self.config.exitcodes
+        self._record_exit(status, now, self.expected)
         self._to(State.EXITED, exit_status=status, expected=self.expected)
         self.pid = 0
         policy = self.config.autorestart
@@ -359,7 +377,7 @@ class Process:
 
     def _exit_while_stopping(self, now: float, status: object) -> None:
         assert isinstance(status, int)
-        self.exit_status = status
+        self._record_exit(status, now, expected=True)
         self.deadline = None
         self._to(State.STOPPED, exit_status=status, expected=True)
         self.pid = 0

@@ -109,10 +109,6 @@ SUPERVISORD_NAMES: dict[str, str | None] = {
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _OCTAL_RE = re.compile(r"[0-7]+")
 _UMASK_MSG = "umask must be octal digits like 022 (a digit 8 or 9 is not octal)"
-_SIGNAL_HINT = (
-    "expected a signal name like TERM, HUP, INT, QUIT, KILL, USR1 or USR2 (with or without SIG), "
-    "or its number"
-)
 
 
 class ProgramReader(NodeReader):
@@ -329,14 +325,11 @@ class ProgramReader(NodeReader):
         text = scalar.value
         if quoted(scalar) and text.strip().isdigit():  # "9" is text: not a number here
             raise Reject(f"unknown signal {text!r} (a signal number is written without quotes); "
-                         f"{_SIGNAL_HINT}")
+                         f"{signames.HINT}")
         try:
             return signames.parse(text)
-        except ValueError:
-            if text.isascii() and text.isdigit():
-                raise Reject(f"{text} is not a signal number here; {_SIGNAL_HINT}") from None
-            ascii_note = "" if text.isascii() else " (signal names and numbers are ASCII)"
-            raise Reject(f"unknown signal {text!r}{ascii_note}; {_SIGNAL_HINT}") from None
+        except ValueError as exc:
+            raise Reject(str(exc)) from None
 
     def _output(self, node: Node) -> Output:
         what = "a file path, 'journal' or null"

@@ -11,7 +11,10 @@ import enum
 import signal
 
 
-class State(enum.Enum):
+class State(enum.StrEnum):
+    """A process state. A str (its name): the event record, the log, the
+    journal and D-Bus carry it as is."""
+
     STOPPED = "STOPPED"
     STARTING = "STARTING"
     RUNNING = "RUNNING"

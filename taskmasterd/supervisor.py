@@ -20,14 +20,24 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from taskmasterd import events, spawn, targets
+from taskmasterd import spawn, targets
 from taskmasterd.config import Config, OutputKind, ProgramConfig
 from taskmasterd.deadline import cancel as cancel_timer
 from taskmasterd.deadline import follow as follow_deadline
 from taskmasterd.errors import AlreadyStarted, BadName, NoSuchProgram, NotAFile, NotRunning, ShuttingDown
-from taskmasterd.events import Event, EventBus
+from taskmasterd.events import Event, EventBus, Kind, Reloaded
 from taskmasterd.logpipes import LogPipes
-from taskmasterd.process import Action, Changed, Kill, Process, Refused, Spawn, State, describe_status
+from taskmasterd.process import (
+    Action,
+    Changed,
+    Kill,
+    Process,
+    Refused,
+    Spawn,
+    SpawnError,
+    State,
+    describe_status,
+)
 from taskmasterd.reload import ReloadPlan, in_place_fields, plan_reload
 
 log = logging.getLogger("taskmasterd")
@@ -45,6 +55,7 @@ class Slot:
     timer: asyncio.TimerHandle | None = None
     timer_at: float | None = None
     started_wall: float = 0.0  # time.time() of the last spawn
+    exited_wall: float = 0.0  # time.time() of the last exit (the core's last_exit)
     retiring: bool = False  # removed by a reload: drop once it is down
     pipes: list[int] = field(default_factory=list)  # the log writer's ids of its bounded outputs
 
@@ -60,6 +71,9 @@ class ProcessInfo:
     description: str
     spawn_error: str
     restarts: int  # automatic restarts since the last administrative start
+    last_exit_status: int  # returncode convention (< 0: signal); 0 if it never exited
+    last_exit_at: float  # wall clock seconds, 0 if it never exited
+    last_exit_expected: bool  # False if it never exited
 
 
 @dataclass
@@ -111,7 +125,7 @@ class Supervisor:
                 continue
             spawn.kill_group(slot.child, sig)
             hit.append(name)
-            self._publish_process(slot, events.SIGNALLED, f"sent {sig.name} on request",
+            self._publish_process(slot, Kind.SIGNALLED, f"sent {sig.name} on request",
                                   pid=slot.child.pid)
         if not hit:
             raise NotRunning(f"{target}: no running process to signal")
@@ -123,10 +137,31 @@ class Supervisor:
     def process(self, name: str) -> ProcessInfo:
         return self._info(self.slots[name])
 
+    def program_processes(self, program: str) -> list[ProcessInfo]:
+        """The processes of `program`: those of its config, or, for a program
+        a reload removed, those still going down."""
+        config = self.config.program(program)
+        if config is not None:
+            return [self._info(self.slots[n]) for n in config.process_names()]
+        leaving = [self._info(s) for s in self._retired if s.process.program == program]
+        if not leaving:
+            raise NoSuchProgram(f"{program} was removed by a reload")
+        return leaving
+
+    def leaving(self, program: str) -> bool:
+        """Whether `program` (removed by a reload) still has a process alive."""
+        return any(s.child is not None and s.process.program == program for s in self._retired)
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutting_down
+
     def reload(self, new: Config) -> ReloadPlan:
         """Apply `new`: first the structure (slots added, renamed, retired),
         then the RELOAD event, then the starts/stops it causes — so that a
         subscriber knows every process before it hears of its state."""
+        if self._shutting_down:
+            raise ShuttingDown("taskmasterd is shutting down: no reload")
         plan = plan_reload(self.config, new)
         old_programs = {p.name: p for p in self.config.programs}
         self.config = new
@@ -247,8 +282,8 @@ class Supervisor:
             # Log order: STARTING, then why it failed, then BACKOFF/FATAL.
             starting, *rest = proc.on_spawn_failed(exc.error, now)
             self._apply(slot, [starting])
-            self._publish_process(slot, events.SPAWN_ERROR, f"spawn error: {exc.error}",
-                                  errno=exc.error.code)
+            self._publish_process(slot, Kind.SPAWN_ERROR, f"spawn error: {exc.error}",
+                                  spawn_error=exc.error)
             return rest
         slot.child = child
         slot.pipes = [self.logpipes.follow(p.fd, p.path, p.maxbytes, p.backups) for p in child.pipes]
@@ -263,7 +298,7 @@ class Supervisor:
             return
         spawn.kill_group(slot.child, action.sig)
         if action.sig is signals.SIGKILL:
-            self._publish_process(slot, events.KILLED,
+            self._publish_process(slot, Kind.KILLED,
                                   f"{action.reason}: sent SIGKILL to process group {slot.child.pid}",
                                   pid=slot.child.pid)
 
@@ -289,6 +324,7 @@ class Supervisor:
         """The exit, published once the output is in its files (at once for
         unbounded outputs: the child wrote them itself)."""
         self._alive.discard(slot)
+        slot.exited_wall = time.time()
         self._apply(slot, slot.process.on_exit(status, self._loop.time()))
         if slot.retiring and slot.child is None:
             self._retired.remove(slot)
@@ -342,11 +378,15 @@ class Supervisor:
     def _info(self, slot: Slot) -> ProcessInfo:
         p = slot.process
         err = str(p.spawn_error) if p.spawn_error else ""
+        last = p.last_exit
         return ProcessInfo(
             name=p.name, program=p.program, state=p.state, pid=p.pid,
             exit_status=p.exit_status or 0,
             started_at=slot.started_wall if p.pid else 0.0,
-            description=self._description(slot), spawn_error=err, restarts=p.restarts)
+            description=self._description(slot), spawn_error=err, restarts=p.restarts,
+            last_exit_status=last.status if last is not None else 0,
+            last_exit_at=slot.exited_wall if last is not None else 0.0,
+            last_exit_expected=last.expected if last is not None else False)
 
     def _description(self, slot: Slot) -> str:
         p = slot.process
@@ -363,17 +403,17 @@ class Supervisor:
             return f"exited too quickly ({_last_outcome(p)}), gave up"
         return "not started"
 
-    def _publish_process(self, slot: Slot, kind: str, message: str, *, pid: int = 0,
-                         **fields: str) -> None:
+    def _publish_process(self, slot: Slot, kind: Kind, message: str, *, pid: int = 0,
+                         spawn_error: SpawnError | None = None) -> None:
         p = slot.process
         self.bus.publish(Event(kind=kind, message=message, process=p.name, program=p.program,
-                               pid=pid, fields=fields))
+                               pid=pid, spawn_error=spawn_error))
 
     def _publish_change(self, slot: Slot, ch: Changed) -> None:
         p = slot.process
         self.bus.publish(Event(
-            kind=ch.new.value, message=_transition_message(p, ch), process=p.name,
-            program=p.program, old_state=ch.old.value, new_state=ch.new.value, pid=ch.pid,
+            kind=ch.new, message=_transition_message(p, ch), process=p.name,
+            program=p.program, old_state=ch.old, new_state=ch.new, pid=ch.pid,
             exit_status=ch.exit_status, expected=ch.expected))
 
     def _publish_reload(self, plan: ReloadPlan, old: dict[str, ProgramConfig]) -> None:
@@ -387,9 +427,9 @@ class Supervisor:
                              ("removed", list(plan.removed))):
             if names:
                 parts.append(f"{label}: {', '.join(names)}")
-        fields = {"added": ",".join(p.name for p in plan.added), "changed": ",".join(plan.changed),
-                  "removed": ",".join(plan.removed)}
-        self.bus.publish(Event(kind=events.RELOAD, fields=fields,
+        summary = Reloaded(tuple(p.name for p in plan.added), tuple(plan.changed),
+                           tuple(plan.removed))
+        self.bus.publish(Event(kind=Kind.RELOAD, reload=summary,
                                message="reloaded; " + ("; ".join(parts) or "nothing changed")))
 
 

@@ -45,6 +45,7 @@ from typing import Any
 
 from dbus_next import BusType, Message
 from dbus_next.aio import MessageBus
+from dbus_next.constants import ErrorType
 from dbus_next.errors import DBusError
 from dbus_next.service import ServiceInterface
 from dbus_next.validators import assert_object_path_valid
@@ -81,12 +82,29 @@ class TaskmasterBus(MessageBus):  # type: ignore[misc]
         """Replaces dbus-next 0.2.3's aio `MessageBus._create_unmarshaller` (its body, with Reader)."""
         return Reader(self._stream, self._sock if self._negotiate_unix_fd else None, bus=self)
 
-    # ---- ObjectManager signals --------------------------------------------
+    # ---- ObjectManager ----------------------------------------------------
     # Where the ObjectManager lives is decided here: `object_manager_of` for
-    # the signals. The interface itself is the library's: 0.2.3 lists it on
-    # every exported node (`_introspect_export_path`, via intr.Node.default)
-    # and answers GetManagedObjects on any path (`_find_message_handler`);
-    # overrides of those two belong in this class too.
+    # the signals; `_introspect_export_path` and
+    # `_default_get_managed_objects_handler` keep the interface itself on
+    # `manager_path` only (0.2.3 lists it on every exported node, via
+    # intr.Node.default, and answers GetManagedObjects on any path).
+
+    def _introspect_export_path(self, path: str) -> Any:
+        """Replaces dbus-next 0.2.3's `BaseMessageBus._introspect_export_path`
+        (calls it, then drops the ObjectManager from nodes other than ours)."""
+        node = super()._introspect_export_path(path)
+        if self.manager_path is not None and path != self.manager_path:
+            node.interfaces = [i for i in node.interfaces if i.name != OBJECT_MANAGER]
+        return node
+
+    def _default_get_managed_objects_handler(self, msg: Any, send_reply: Any) -> None:
+        """Replaces dbus-next 0.2.3's `BaseMessageBus._default_get_managed_objects_handler`:
+        GetManagedObjects anywhere but `manager_path` is UnknownMethod."""
+        manager = self.manager_path
+        if manager is not None and msg.path != manager:
+            raise DBusError(ErrorType.UNKNOWN_METHOD,
+                            f"no {OBJECT_MANAGER} at {msg.path}: it is at {manager}")
+        super()._default_get_managed_objects_handler(msg, send_reply)
 
     def object_manager_of(self, path: str) -> str | None:
         """The path InterfacesAdded/Removed for an object at `path` come from

@@ -5,18 +5,24 @@ signatures ('s', 'as', ...) from the annotations at class creation. mypy
 reads those strings as type names, hence the per-module override in
 pyproject.toml; everything these adapters call is typed.
 
+Every argument is named in the introspection data: in-arguments after
+the Python parameters (dbus-next does that), out-arguments and signal
+arguments by `named` (dbus-next 0.2.3 leaves them unnamed; gdbus would show
+arg_0, and generated client code would be poorer for it).
+
 Errors: a domain error becomes org.taskmaster.Taskmaster1.Error.<code> with
 its message; anything else becomes .Failed with a one-line message (the
 traceback goes to the debug log, never to the caller).
 """
 
 import contextlib
+import inspect
 import logging
 import os
 import signal
 import stat
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 from dbus_next import DBusError, PropertyAccess
 from dbus_next.service import ServiceInterface, dbus_property, method
@@ -25,7 +31,7 @@ from dbus_next.service import signal as dbus_signal
 from taskmasterd import __version__, signames
 from taskmasterd.bus.names import ERROR_PREFIX, MANAGER_IFACE, PROGRAM_IFACE
 from taskmasterd.bus.writer import close_after_send
-from taskmasterd.errors import BadName, NoOutput, NoSuchProgram, NotAFile, TaskmasterError
+from taskmasterd.errors import BadName, NoOutput, NotAFile, TaskmasterError
 from taskmasterd.process import worst_state
 from taskmasterd.reload import ReloadPlan
 from taskmasterd.supervisor import ProcessInfo, Supervisor
@@ -76,12 +82,47 @@ def parse_signal(name: str) -> signal.Signals:
         raise BadName(str(exc)) from None
 
 
+def named(*names: str) -> Callable[[Any], Any]:
+    """Name the out-arguments of a dbus-next `@method` (`names`), or the
+    arguments of a `@signal` (its Python parameters when `names` is empty).
+    Goes above the dbus-next decorator, whose introspection data it edits."""
+    def apply(member: Any) -> Any:
+        if "__DBUS_METHOD" in member.__dict__:
+            args = member.__dict__["__DBUS_METHOD"].introspection.out_args
+            given = names
+        else:
+            args = member.__dict__["__DBUS_SIGNAL"].introspection.args
+            given = names or tuple(inspect.signature(member).parameters)[1:]  # after self
+        if len(given) != len(args):
+            raise TypeError(f"{member.__name__}: {len(args)} arguments, {len(given)} names")
+        for arg, name in zip(args, given, strict=True):
+            arg.name = name
+        return member
+    return apply
+
+
+def _us(seconds: float) -> int:
+    """Wall clock seconds as µs since the epoch (systemd's timestamps); 0 stays 0."""
+    return int(seconds * 1_000_000)
+
+
 def process_row(info: ProcessInfo) -> list[object]:
-    """One ListProcesses struct; NRestarts (systemd's name) is last, so that
-    a client reading the first eight fields by position still works."""
-    started_us = int(info.started_at * 1_000_000)
-    return [info.name, info.program, info.state.value, info.pid, info.exit_status, started_us,
-            info.description, info.spawn_error, info.restarts]
+    """One ListProcesses struct, (sssuitssuitb): name, program, state, pid,
+    exit_status, started_us, description, spawn_error, restarts,
+    last_exit_status, last_exit_us, last_exit_expected (docs/dbus-api.md).
+    The first nine are those of before 1.0, in the same order: a client
+    reading them by position still works."""
+    return [info.name, info.program, info.state.value, info.pid, info.exit_status,
+            _us(info.started_at), info.description, info.spawn_error, info.restarts,
+            info.last_exit_status, _us(info.last_exit_at), info.last_exit_expected]
+
+
+def program_process(info: ProcessInfo) -> list[object]:
+    """One struct of a program's Processes property, (ssuutitb): name,
+    state, pid, restarts, started_us, last_exit_status, last_exit_us,
+    last_exit_expected."""
+    return [info.name, info.state.value, info.pid, info.restarts, _us(info.started_at),
+            info.last_exit_status, _us(info.last_exit_at), info.last_exit_expected]
 
 
 class Manager(ServiceInterface):
@@ -93,34 +134,40 @@ class Manager(ServiceInterface):
     def _sup(self) -> Supervisor:
         return self._c.supervisor
 
+    @named("processes")
     @method()
     def Start(self, target: 's') -> 'as':
         with dbus_errors("Start"):
             return self._sup.start(check_arg(target, "target"))
 
+    @named("processes")
     @method()
     def Stop(self, target: 's') -> 'as':
         with dbus_errors("Stop"):
             return self._sup.stop(check_arg(target, "target"))
 
+    @named("processes")
     @method()
     def Restart(self, target: 's') -> 'as':
         with dbus_errors("Restart"):
             return self._sup.restart(check_arg(target, "target"))
 
+    @named("processes")
     @method()
     def Signal(self, target: 's', signal: 's') -> 'as':
         with dbus_errors("Signal"):
             return self._sup.signal(check_arg(target, "target"), parse_signal(signal))
 
+    @named("added", "changed", "removed")
     @method()
     def Reload(self) -> 'asasas':
         with dbus_errors("Reload"):
             plan = self._c.reload()
             return [[p.name for p in plan.added], plan.changed, list(plan.removed)]
 
+    @named("processes")
     @method()
-    def ListProcesses(self) -> 'a(sssuitssu)':
+    def ListProcesses(self) -> 'a(sssuitssuitb)':
         with dbus_errors("ListProcesses"):
             return [process_row(i) for i in self._sup.processes()]
 
@@ -129,6 +176,7 @@ class Manager(ServiceInterface):
         with dbus_errors("Shutdown"):
             self._c.request_shutdown()
 
+    @named("fd")
     @method()
     def OpenLog(self, process: 's', stream: 's') -> 'h':
         with dbus_errors("OpenLog"):
@@ -145,6 +193,7 @@ class Manager(ServiceInterface):
                                "regular file")
             return close_after_send(fd)
 
+    @named("results")
     @method()
     async def TestAlerts(self, target: 's') -> 'a(sbs)':
         """A test message to every alert target ("") or one (its index or URL):
@@ -166,11 +215,13 @@ class Manager(ServiceInterface):
     def ConfigFile(self) -> 's':
         return self._c.config_path
 
+    @named()
     @dbus_signal()
-    def ProcessStateChanged(self, process: str, program: str, old: str, new: str, pid: int,
-                            exit_status: int, expected: bool) -> 'ssssiib':
-        return [process, program, old, new, pid, exit_status, expected]
+    def ProcessStateChanged(self, process: str, program: str, old_state: str, new_state: str,
+                            pid: int, exit_status: int, expected: bool) -> 'ssssuib':
+        return [process, program, old_state, new_state, pid, exit_status, expected]
 
+    @named()
     @dbus_signal()
     def Reloaded(self, added: list[str], changed: list[str], removed: list[str]) -> 'asasas':
         return [added, changed, removed]
@@ -187,26 +238,27 @@ class Program(ServiceInterface):
         return self._c.supervisor
 
     def _infos(self) -> list[ProcessInfo]:
-        config = self._sup.config.program(self.program)
-        if config is None:
-            raise NoSuchProgram(f"{self.program} was removed by a reload")
-        return [self._sup.process(n) for n in config.process_names()]
+        return self._sup.program_processes(self.program)
 
+    @named("processes")
     @method()
     def Start(self) -> 'as':
         with dbus_errors("Start"):
             return self._sup.start(self.program)
 
+    @named("processes")
     @method()
     def Stop(self) -> 'as':
         with dbus_errors("Stop"):
             return self._sup.stop(self.program)
 
+    @named("processes")
     @method()
     def Restart(self) -> 'as':
         with dbus_errors("Restart"):
             return self._sup.restart(self.program)
 
+    @named("processes")
     @method()
     def Signal(self, signal: 's') -> 'as':
         with dbus_errors("Signal"):
@@ -232,7 +284,7 @@ class Program(ServiceInterface):
             return worst_state([i.state for i in self._infos()]).value
 
     @dbus_property(access=PropertyAccess.READ)
-    def Processes(self) -> 'a(ssiu)':
-        """(name, state, pid, NRestarts) of each process."""
+    def Processes(self) -> 'a(ssuutitb)':
+        """`program_process` of each process."""
         with dbus_errors("Processes"):
-            return [[i.name, i.state.value, i.pid, i.restarts] for i in self._infos()]
+            return [program_process(i) for i in self._infos()]

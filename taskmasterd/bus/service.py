@@ -6,6 +6,11 @@ When the connection drops (the bus daemon died or was restarted),
 (RETRY_DELAYS, then every 30 s) until it succeeds or the daemon stops;
 supervision never waits for it. No signal is queued meanwhile: a client
 that reconnects reads the current state (ListProcesses, GetManagedObjects).
+
+Object life: a program's object is exported (InterfacesAdded) before the
+first state change of its processes, and unexported (InterfacesRemoved)
+once a reload removed it and its last process is down (after their
+STOPPING/STOPPED signals).
 """
 
 from __future__ import annotations
@@ -18,12 +23,11 @@ from collections.abc import Awaitable, Callable
 from dbus_next import BusType
 from dbus_next.constants import NameFlag, RequestNameReply
 
-from taskmasterd import events
 from taskmasterd.bus.messagebus import TaskmasterBus, close
 from taskmasterd.bus.names import BUS_NAME, MANAGER_PATH, program_path
 from taskmasterd.bus.objects import Controller, Manager, Program
 from taskmasterd.bus.pinned import WrongDbusNext
-from taskmasterd.events import Event
+from taskmasterd.events import Event, Kind
 
 log = logging.getLogger("taskmasterd")
 
@@ -47,6 +51,8 @@ class BusService:
         self.bus: TaskmasterBus | None = None
         self.manager = Manager(controller)
         self.programs: dict[str, Program] = {}
+        # removed by a reload, exported until their last process is down
+        self._leaving: set[str] = set()
         # programs whose properties changed -> whether their config did too
         self._dirty: dict[str, bool] = {}
         self._flush_scheduled = False
@@ -122,27 +128,40 @@ class BusService:
     def on_event(self, ev: Event) -> None:
         if self.bus is None:
             return
-        if ev.is_transition:
+        if ev.old_state is not None and ev.new_state is not None:
             self.manager.ProcessStateChanged(
-                ev.process, ev.program, ev.old_state, ev.new_state, ev.pid,
+                ev.process, ev.program, ev.old_state.value, ev.new_state.value, ev.pid,
                 ev.exit_status or 0, ev.expected)
             self._mark(ev.program)
-        elif ev.kind == events.RELOAD:
-            self._sync_programs(ev)
+            if ev.program in self._leaving and not self._c.supervisor.leaving(ev.program):
+                self._unexport(ev.program)  # its last process is down
+        elif ev.kind is Kind.RELOAD and ev.reload is not None:
+            self._sync_programs(list(ev.reload.added), list(ev.reload.changed),
+                                list(ev.reload.removed))
 
-    def _sync_programs(self, ev: Event) -> None:
-        assert self.bus is not None
-        current = {p.name for p in self._c.supervisor.config.programs}
-        for name in [n for n in self.programs if n not in current]:
-            self.bus.unexport(program_path(name), self.programs.pop(name))
+    def _sync_programs(self, added: list[str], changed: list[str], removed: list[str]) -> None:
+        """After a reload (its stops and starts are yet to come): export the
+        new programs; unexport the removed ones, or those with processes
+        alive once those are down."""
+        sup = self._c.supervisor
+        current = {p.name for p in sup.config.programs}
+        self._leaving -= current  # removed, then added back while going down
+        for name in [n for n in self.programs if n not in current and n not in self._leaving]:
+            if sup.leaving(name):
+                self._leaving.add(name)
+            else:
+                self._unexport(name)
         for name in sorted(current - set(self.programs)):
             self._export(name)
-        added = _names(ev, "added")
-        changed = _names(ev, "changed")
-        removed = _names(ev, "removed")
         for name in changed:
             self._mark(name, config=True)
         self.manager.Reloaded(added, changed, removed)
+
+    def _unexport(self, name: str) -> None:
+        self._leaving.discard(name)
+        obj = self.programs.pop(name, None)
+        if obj is not None and self.bus is not None:
+            self.bus.unexport(program_path(name), obj)
 
     def _export(self, name: str) -> None:
         assert self.bus is not None
@@ -178,9 +197,4 @@ class BusService:
         if self.bus is None:
             return
         self.manager.emit_properties_changed({"State": self._c.state})
-
-
-def _names(ev: Event, key: str) -> list[str]:
-    value = ev.fields.get(key, "")
-    return value.split(",") if value else []
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -115,6 +117,8 @@ def test_busctl_restart_introspect_and_properties(vogsphere: Daemon, bus_address
     assert ".ListProcesses" in intro and ".ProcessStateChanged" in intro
     prog = busctl(bus_address, "introspect", NAME, f"{PATH}/program/vogsphere").stdout
     assert "org.taskmaster.Taskmaster1.Program" in prog and ".Processes" in prog
+    # The ObjectManager is the root's alone (issue 12).
+    assert "org.freedesktop.DBus.ObjectManager" not in prog
     state = busctl(bus_address, "get-property", NAME, PATH, MANAGER, "State").stdout
     assert state.strip() == 's "running"'
     nprocs = busctl(bus_address, "get-property", NAME, f"{PATH}/program/vogsphere",
@@ -142,7 +146,7 @@ def test_subscriber_sees_restart_in_order(vogsphere: Daemon, bus_address: str) -
             # A transition sends what it changes; Command/NumProcs only on a reload.
             changed = props.body[1]
             assert set(changed) == {"State", "Processes"}
-            [[name, state, _pid, _restarts]] = changed["Processes"].value
+            [[name, state, _pid, _restarts, *_times]] = changed["Processes"].value
             assert name == "web" and state in ("STOPPING", "STOPPED", "STARTING", "RUNNING")
     asyncio.run(main())
 
@@ -153,12 +157,64 @@ def test_list_processes_struct_array(vogsphere: Daemon, bus_address: str) -> Non
             [rows] = await c.ok("ListProcesses")
             by_name = {r[0]: r for r in rows}
             assert set(by_name) == {"vogsphere:0", "vogsphere:1", "web"}
-            _name, program, state, pid, status, started_us, description, err, restarts = by_name["web"]
+            (_name, program, state, pid, status, started_us, description, err, restarts,
+             last_status, last_us, last_expected) = by_name["web"]
             assert (program, state, err, restarts) == ("web", "RUNNING", "", 0)
             assert pid == vogsphere.latest_pids()["web"] and status == 0
             assert started_us > 1_600_000_000 * 1_000_000
             assert description.startswith(f"pid {pid}, uptime")
+            assert (last_status, last_us, last_expected) == (0, 0, False)  # never exited
     asyncio.run(main())
+
+
+def test_last_exit_and_restarts_for_monitoring(
+        write_config: WriteConfig, daemons: Start, bus_address: str) -> None:
+    """A crash (SIGKILL) is read back, after the automatic restart, from
+    ListProcesses and from the program's Processes: status (here a signal),
+    time, expected; restarts and the new start time."""
+    d = daemons(write_config({"web": {"cmd": SLEEPER, "starttime": 0, "autorestart": True}}))
+    first = d.wait_for(event("RUNNING", "web")).pid
+
+    async def main() -> None:
+        async with client(bus_address) as c:
+            before = time.time()
+            await c.ok("Signal", "ss", ["web", "KILL"])
+            await c.next_signal(state_change("web", "EXITED"))
+            await c.next_signal(state_change("web", "RUNNING"))
+            after = time.time()
+            [rows] = await c.ok("ListProcesses")
+            [row] = rows
+            assert row[2] == "RUNNING" and row[3] not in (0, first)
+            assert row[8:10] == [1, -9] and row[11] is False  # NRestarts, killed by 9, unexpected
+            assert before - 0.01 <= row[10] / 1e6 <= after + 0.01  # µs since the epoch
+            assert row[10] <= row[5]  # exited, then started again
+            [processes] = await c.ok("Get", "ss", ["org.taskmaster.Taskmaster1.Program",
+                                                   "Processes"], path=f"{PATH}/program/web",
+                                     interface="org.freedesktop.DBus.Properties")
+            assert processes.signature == "a(ssuutitb)"
+            assert processes.value == [[row[0], row[2], row[3], row[8], row[5], *row[9:]]]
+    asyncio.run(main())
+
+
+def test_reload_during_shutdown_is_refused(
+        write_config: WriteConfig, daemons: Start, bus_address: str) -> None:
+    # Ignores SIGTERM: the shutdown lasts its stoptime, time enough to try.
+    d = daemons(write_config({"stubborn": {"cmd": "sh -c 'trap \"\" TERM; exec sleep 100000'",
+                                           "starttime": 0, "stoptime": 3}}))
+    d.wait_for(event("RUNNING", "stubborn"))
+
+    async def main() -> None:
+        async with client(bus_address) as c:
+            await c.ok("Shutdown")
+            name, text = await c.error("Reload")
+            assert name == "org.taskmaster.Taskmaster1.Error.ShuttingDown", text
+            assert "shutting down" in text
+            os.kill(d.pid, signal.SIGHUP)  # the same refusal, logged
+            d.wait_text("SIGHUP ignored: taskmasterd is shutting down")
+    asyncio.run(main())
+    assert d.terminate() == 0
+    assert not [ln for ln in d.lines if ln.kind == "RELOAD"]
+    assert "Traceback" not in d.text()
 
 
 @pytest.mark.parametrize(("member", "signature", "body", "error", "phrase"), [
@@ -170,7 +226,7 @@ def test_list_processes_struct_array(vogsphere: Daemon, bus_address: str) -> Non
     ("Start", "s", [""], "BadName", "1 to 256"),
     ("Start", "s", ["web\u00e9\u0000"[:-1] + "\n"], "BadName", "control characters"),
     ("Signal", "ss", ["web", "SIGNOPE"], "BadName", "unknown signal"),
-    ("Signal", "ss", ["web", "99"], "BadName", "no signal number"),
+    ("Signal", "ss", ["web", "99"], "BadName", "99 is not a signal number"),
     ("Start", "s", ["web"], "AlreadyStarted", "already RUNNING"),
     ("OpenLog", "ss", ["web", "stdin"], "BadName", "stdout or stderr"),
     ("OpenLog", "ss", ["ghost", "stdout"], "NoSuchProgram", "no such process"),
@@ -246,12 +302,18 @@ def test_reload_signals_and_object_manager_from_the_manager_path(
             [added] = [m for m in c.history if m.member == "InterfacesAdded"]
             assert added.path == PATH and added.body[0] == f"{PATH}/program/c_2d1"
             assert added.body[1]["org.taskmaster.Taskmaster1.Program"]["Name"].value == "c-1"
-            [removed] = [m for m in c.history if m.member == "InterfacesRemoved"]
-            assert removed.path == PATH and removed.body[0] == f"{PATH}/program/a"
-            # The objects exist before their processes' first state change.
+            # The objects exist before their processes' first state change,
             members = [m.member for m in c.history]
             assert members.index("InterfacesAdded") < members.index("Reloaded")
-            await c.next_signal(state_change("c-1", "RUNNING"))
+            # and disappear once their processes are down (issue 12).
+            removed = await c.next_signal(lambda m: m.member == "InterfacesRemoved")
+            assert removed.path == PATH and removed.body[0] == f"{PATH}/program/a"
+            # (from Reloaded on: a's start-up signals may reach a fresh subscriber late)
+            a_states = [m.body[3] for m in c.history[c.history.index(reloaded):]
+                        if m.member == "ProcessStateChanged" and m.body[0] == "a"]
+            assert a_states == ["STOPPING", "STOPPED"]
+            if not any(map(state_change("c-1", "RUNNING"), c.history)):
+                await c.next_signal(state_change("c-1", "RUNNING"))
             # b's config changed: its PropertiesChanged carries Command/NumProcs too.
             # (the first one after Reloaded: one from b's start may come before)
             def b_props(m: Message) -> bool:

@@ -57,15 +57,17 @@ def test_a_crash_loop_gives_up_after_the_burst_and_shows_its_restarts(
     assert fatal.message.endswith("; last: exit status 5") and fatal.fields["status"] == "5"
     assert "startlimit_burst 10 per startlimit_interval 10s" in fatal.message
 
-    # D-Bus: ListProcesses ends with NRestarts, the program's Processes too.
+    # D-Bus: ListProcesses has NRestarts and the last exit, the program's Processes too.
     listed = shlex.split(busctl(bus_address, "call", NAME, PATH, MANAGER, "ListProcesses"))
-    assert listed[:5] == ["a(sssuitssu)", "1", "loop", "loop", "FATAL"]
-    description, spawn_error, n_restarts = listed[-3:]
+    assert listed[:5] == ["a(sssuitssuitb)", "1", "loop", "loop", "FATAL"]
+    description, spawn_error, n_restarts, last_status, _last_us, last_expected = listed[-6:]
     assert HIT.match(description) and description.endswith("; last: exit status 5")
-    assert (spawn_error, n_restarts) == ("", "10")
+    assert (spawn_error, n_restarts, last_status, last_expected) == ("", "10", "5", "false")
     processes = busctl(bus_address, "get-property", NAME, f"{PATH}/program/loop", PROGRAM,
                        "Processes")
-    assert shlex.split(processes) == ["a(ssiu)", "1", "loop", "FATAL", "0", "10"]
+    got = shlex.split(processes)
+    assert got[:6] == ["a(ssuutitb)", "1", "loop", "FATAL", "0", "10"]
+    assert got[7] == "5" and got[9] == "false"  # (got[6], got[8]: the start and exit times)
 
     # taskctl: the table and --json.
     r = taskctl(bus_address, "status", "loop")

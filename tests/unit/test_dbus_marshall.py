@@ -32,8 +32,8 @@ text = st.text(max_size=40)  # any unicode: lengths are of the UTF-8 bytes
 BODIES: list[st.SearchStrategy[tuple[str, list[Any]]]] = [
     st.just(("", [])),
     st.tuples(text).map(lambda b: ("s", list(b))),
-    st.tuples(text, text, text, text, st.integers(-2**31, 2**31 - 1), st.integers(-2**31, 2**31 - 1),
-              st.booleans()).map(lambda b: ("ssssiib", list(b))),
+    st.tuples(text, text, text, text, st.integers(0, 2**32 - 1), st.integers(-2**31, 2**31 - 1),
+              st.booleans()).map(lambda b: ("ssssuib", list(b))),  # ProcessStateChanged
     st.lists(st.tuples(text, text, st.integers(-2**31, 2**31 - 1)).map(list), max_size=5)
     .map(lambda rows: ("a(ssi)", [rows])),
     st.dictionaries(text, text.map(lambda v: Variant("s", v)), max_size=4)

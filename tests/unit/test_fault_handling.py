@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from taskmasterd.bus.service import RETRY_DELAYS, retry_delay
-from taskmasterd.events import Event
+from taskmasterd.events import Event, Kind, Reloaded
 from taskmasterd.journal import JournalSink
 from taskmasterd.logsink import LifecycleLog
+from taskmasterd.process import State
 
 
 class Records(logging.Handler):
@@ -39,7 +40,7 @@ def records() -> Iterator[Records]:
 
 
 def ev(n: int) -> Event:
-    return Event(kind="EXITED", message=f"exit number {n}", process="web", program="web",
+    return Event(kind=State.EXITED, message=f"exit number {n}", process="web", program="web",
                  pid=100 + n, exit_status=3, expected=False)
 
 
@@ -116,7 +117,7 @@ def test_undecodable_path_bytes_reach_the_journal_and_dbus_escaped() -> None:
     odd = "/etc/t" + os.fsdecode(b"\xfe") + ".yaml"
     sent: list[tuple[str, dict[str, str]]] = []
     JournalSink(send=lambda text, **kw: sent.append((text, kw))).write(
-        Event(kind="RELOAD", message=f"reloaded {odd}", fields={"file": odd}))
+        Event(kind=Kind.RELOAD, message=f"reloaded {odd}", reload=Reloaded(added=(odd,))))
     [(text, kw)] = sent
-    assert text.endswith("reloaded /etc/t\\udcfe.yaml") and kw["TASKMASTER_FILE"] == "/etc/t\\udcfe.yaml"
+    assert text.endswith("reloaded /etc/t\\udcfe.yaml") and kw["TASKMASTER_ADDED"] == "/etc/t\\udcfe.yaml"
     assert wire.encode_body("s", [odd]).endswith(b"/etc/t\\udcfe.yaml\0")

@@ -21,24 +21,26 @@ from taskctl import history
 from taskctl.history import Entry, parse_time
 from taskctl.parser import build_parser
 from taskmasterd import journal, logsink
-from taskmasterd.events import Event
+from taskmasterd.events import Event, Kind
+from taskmasterd.process import SpawnError, State
 
 T0 = dt.datetime(2026, 12, 2, 10, 0, 0).timestamp()
 
 EVENTS = [
-    Event("DAEMON_START", "taskmasterd 0.1.0 started", time=T0),
-    Event("STARTING", "spawned with pid 41", "web:0", "web", "STOPPED", "STARTING", pid=41,
-          time=T0 + 1),
-    Event("RUNNING", "entered RUNNING state", "web:0", "web", "STARTING", "RUNNING", pid=41,
-          time=T0 + 2.5),
-    Event("STARTING", "spawned with pid 42", "db", "db", "STOPPED", "STARTING", pid=42,
-          time=T0 + 3),
-    Event("EXITED", "exited (exit status 3; not expected)", "web:0", "web", "RUNNING", "EXITED",
-          pid=41, exit_status=3, expected=False, time=T0 + 4),
-    Event("SPAWN_ERROR", "spawn error: ENOENT (execve /x): No such file or directory",
-          "web:0", "web", fields={"errno": "ENOENT"}, time=T0 + 5),
-    Event("BACKOFF", "exited too quickly", "web:0", "web", "STARTING", "BACKOFF", pid=43,
-          exit_status=-9, time=T0 + 6),
+    Event(Kind.DAEMON_START, "taskmasterd 0.1.0 started", pid=40, time=T0),
+    Event(State.STARTING, "spawned with pid 41", "web:0", "web", State.STOPPED, State.STARTING,
+          pid=41, time=T0 + 1),
+    Event(State.RUNNING, "entered RUNNING state", "web:0", "web", State.STARTING, State.RUNNING,
+          pid=41, time=T0 + 2.5),
+    Event(State.STARTING, "spawned with pid 42", "db", "db", State.STOPPED, State.STARTING,
+          pid=42, time=T0 + 3),
+    Event(State.EXITED, "exited (exit status 3; not expected)", "web:0", "web", State.RUNNING,
+          State.EXITED, pid=41, exit_status=3, expected=False, time=T0 + 4),
+    Event(Kind.SPAWN_ERROR, "spawn error: ENOENT (execve /x): No such file or directory",
+          "web:0", "web", spawn_error=SpawnError("ENOENT", "execve /x", "No such file or directory"),
+          time=T0 + 5),
+    Event(State.BACKOFF, "exited too quickly", "web:0", "web", State.STARTING, State.BACKOFF,
+          pid=43, exit_status=-9, time=T0 + 6),
 ]
 
 

@@ -14,6 +14,7 @@ from taskmasterd.process import (
     Action,
     Changed,
     Kill,
+    LastExit,
     Process,
     Refused,
     Spawn,
@@ -327,6 +328,31 @@ def test_user_start_after_fatal_gets_fresh_retries() -> None:
 def test_exit_in_a_state_without_a_process_is_unknown() -> None:
     p = Process(name="web", config=program())
     assert changes(p.on_exit(0, 0)) == [(S.STOPPED, S.UNKNOWN)]
+    assert p.last_exit == LastExit(0, 0, expected=False)
+
+
+def test_last_exit_is_every_exit_and_survives_restarts() -> None:
+    """Status (or signal), when, expected: kept through the respawns that
+    clear `exit_status`, and never reset by an administrative start."""
+    p, clock = running(autorestart=AutoRestart.UNEXPECTED, exitcodes=frozenset({0}))
+    assert p.last_exit is None
+    p.on_exit(-9, clock.advance(60))  # RUNNING -> EXITED, unexpected: restarted at once
+    assert p.last_exit == LastExit(-9, clock.now, expected=False)
+    p.on_spawned(101, clock.advance(1))
+    assert p.exit_status is None and p.last_exit == LastExit(-9, clock.now - 1, expected=False)
+    p.on_timer(clock.advance(p.config.starttime))
+    assert p.state is S.RUNNING
+    p.on_exit(0, clock.advance(5))  # expected: not restarted
+    assert p.last_exit == LastExit(0, clock.now, expected=True)
+    started(p, clock, pid=102)
+    p.on_exit(3, clock.advance(0.1))  # too quickly: BACKOFF, never expected
+    assert p.state is S.BACKOFF and p.last_exit == LastExit(3, clock.now, expected=False)
+    p.on_timer(clock.advance(p.deadline - clock.now if p.deadline else 0))
+    p.on_spawned(103, clock.now)
+    p.stop(clock.advance(1))
+    p.on_exit(-15, clock.advance(0.5))  # stopped on request: expected
+    assert p.state is S.STOPPED and p.last_exit == LastExit(-15, clock.now, expected=True)
+    assert p.start(clock.now) == [Spawn()] and p.last_exit.status == -15
 
 
 def test_stale_timer_is_ignored() -> None:

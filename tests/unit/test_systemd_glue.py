@@ -7,31 +7,50 @@ from pathlib import Path
 
 import pytest
 
-from taskmasterd.events import Event
+from taskmasterd.events import Event, Kind, Reloaded
 from taskmasterd.journal import MESSAGE_IDS, JournalSink, fields
+from taskmasterd.logsink import format_event
 from taskmasterd.notify import Notifier, status_line, watchdog_interval
-from taskmasterd.process import State
+from taskmasterd.process import SpawnError, State
 
 
 def test_exit_event_fields() -> None:
-    ev = Event(kind="EXITED", message="exited (killed by SIGKILL; not expected)", process="web:1",
-               program="web", old_state="RUNNING", new_state="EXITED", pid=4242, exit_status=-9,
-               expected=False)
+    ev = Event(kind=State.EXITED, message="exited (killed by SIGKILL; not expected)",
+               process="web:1", program="web", old_state=State.RUNNING, new_state=State.EXITED,
+               pid=4242, exit_status=-9, expected=False)
     f = fields(ev)
     assert f["TASKMASTER_EVENT"] == "EXITED" and f["TASKMASTER_PROGRAM"] == "web"
     assert f["TASKMASTER_PROCESS"] == "web:1" and f["TASKMASTER_PID"] == "4242"
     assert f["TASKMASTER_EXIT_STATUS"] == "-9" and f["TASKMASTER_EXPECTED"] == "no"
     assert f["MESSAGE_ID"] == MESSAGE_IDS["EXITED"] and f["PRIORITY"] == "4"
+    assert f["TASKMASTER_OLD_STATE"] == "RUNNING"
     assert f["MESSAGE"].startswith("web:1 EXITED pid=4242 status=-9 expected=no: ")
 
 
 def test_daemon_event_fields_and_priorities() -> None:
-    f = fields(Event(kind="RELOAD_FAILED", message="bad"))
+    f = fields(Event(kind=Kind.RELOAD_FAILED, message="bad"))
     assert f["TASKMASTER_PROCESS"] == "taskmasterd" and "TASKMASTER_PROGRAM" not in f
     assert f["PRIORITY"] == "3" and "TASKMASTER_PID" not in f
-    spawn = fields(Event(kind="SPAWN_ERROR", message="x", process="a", program="a",
-                         fields={"errno": "ENOENT"}))
-    assert spawn["TASKMASTER_ERRNO"] == "ENOENT"
+    error = SpawnError("ENOENT", "execve /nope", "No such file or directory")
+    spawn = fields(Event(kind=Kind.SPAWN_ERROR, message=f"spawn error: {error}", process="a",
+                         program="a", spawn_error=error))
+    assert spawn["TASKMASTER_ERRNO"] == "ENOENT" and spawn["TASKMASTER_EVENT"] == "SPAWN_ERROR"
+    assert spawn["MESSAGE"] == ("a SPAWN_ERROR errno=ENOENT: spawn error: ENOENT (execve /nope): "
+                                "No such file or directory")
+
+
+def test_typed_reload_and_daemon_start_give_the_same_lines_and_fields() -> None:
+    """The typed record renders exactly as the key=value fields of before."""
+    reload = Event(kind=Kind.RELOAD, message="reloaded; added: c, d; removed: a",
+                   reload=Reloaded(added=("c", "d"), removed=("a",)))
+    assert format_event(reload) == ("taskmasterd RELOAD added=c,d changed= removed=a: "
+                                    "reloaded; added: c, d; removed: a")
+    f = fields(reload)
+    assert (f["TASKMASTER_ADDED"], f["TASKMASTER_CHANGED"], f["TASKMASTER_REMOVED"]) == ("c,d", "", "a")
+    started = Event(kind=Kind.DAEMON_START, message="taskmasterd 1 started", pid=4321)
+    assert format_event(started) == "taskmasterd DAEMON_START pid=4321: taskmasterd 1 started"
+    assert fields(started)["TASKMASTER_PID"] == "4321"
+    assert started.is_transition is False and reload.is_transition is False
 
 
 def test_message_ids_are_stable_distinct_and_documented() -> None:

@@ -210,8 +210,13 @@ def test_row_json_shape() -> None:
     live = fmt.row_json(by["web:0"], NOW)
     assert live == {"name": "web:0", "program": "web", "state": "RUNNING", "pid": 101,
                     "exit_status": 0, "started_at": NOW - 62, "uptime": 62,
-                    "description": "uptime 0:01:02", "spawn_error": None, "restarts": 0}
+                    "description": "uptime 0:01:02", "spawn_error": None, "restarts": 0,
+                    "last_exit": None}
     assert fmt.row_json(LOOP, NOW)["restarts"] == 10
+    crashed = LOOP._replace(last_exit_status=-9, last_exit_us=int((NOW - 5) * 1_000_000),
+                            last_exit_expected=False)
+    assert fmt.row_json(crashed, NOW)["last_exit"] == {"status": -9, "time": NOW - 5,
+                                                        "expected": False}
     dead = fmt.row_json(by["crashy"], NOW)
     assert dead["pid"] is None and dead["started_at"] is None and dead["uptime"] is None
     assert dead["spawn_error"].startswith("ENOENT")
