@@ -1,17 +1,15 @@
 """python -m taskctl"""
 
 import sys
+from collections.abc import Callable
 
-from taskmasterd.missing import hint
+from taskmasterd import missing
 
-try:
+
+def _main() -> Callable[[], int]:
     from taskctl.cli import main
 
-    code = main()
-except ModuleNotFoundError as exc:
-    line = hint(exc, "taskctl", sys.executable)
-    if line is None:
-        raise
-    print(line, file=sys.stderr)
-    code = 1
-sys.exit(code)
+    return main
+
+
+sys.exit(missing.run("taskctl", _main))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from taskctl.context import Context
 from taskctl.exitcodes import EXIT_ERROR, EXIT_NO_SUCH, EXIT_OK, EXIT_UNREACHABLE
@@ -25,14 +25,13 @@ from taskctl.format import (
     filter_rows,
     reload_json,
     reload_lines,
-    result_json,
     row_json,
     status_exit_code,
     status_lines,
 )
 from taskctl.model import CallError, Unreachable
 from taskctl.parser import help_text
-from taskctl.waiting import act_and_wait
+from taskctl.waiting import act_and_wait, request_each
 
 if TYPE_CHECKING:
     from taskctl.client import Client
@@ -73,24 +72,16 @@ def cmd_action(ctx: Context, args: argparse.Namespace) -> int:
     command = args.command
     if command != "signal" and not args.no_block:
         return act_and_wait(ctx, command, args.targets, args.timeout)
-    code = EXIT_OK
-    results = []
-    for target in args.targets:
-        try:
-            if command == "signal":
-                names = ctx.client.signal(target, args.signal)
-            else:
-                names = getattr(ctx.client, command)(target)
-        except CallError as exc:
-            ctx.error(error_line(target, exc))
-            code = max(code, exit_code_for(exc.name))
-            results.append(result_json(target, None, exc))
-            continue
-        results.append(result_json(target, names))
+    results: list[dict[str, Any]] = []
+
+    def show(names: list[str]) -> None:
         if not ctx.json:
             for line in action_lines(command, names):
                 ctx.print(line)
             ctx.out.flush()
+
+    code = request_each(ctx, command, args.targets, results, show,
+                        signal=getattr(args, "signal", ""))
     if ctx.json:
         ctx.print(dumps(results))
     return code

@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from taskctl import argtypes
 from taskctl.model import CallError, Unreachable
 from taskmasterd.states import State
 
@@ -395,22 +396,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--since", metavar="TIME", help="from this time: 1h, 30min, 2d, today, "
                    "yesterday, 10:00, '2026-12-02 10:00', @EPOCH (local time)")
     p.add_argument("--until", metavar="TIME", help="up to this time (same forms)")
-    p.add_argument("-n", "--lines", type=_count, metavar="N", help="only the last N events")
+    p.add_argument("-n", "--lines", type=argtypes.at_least(1), metavar="N", help="only the last N events")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--file", metavar="PATH",
                         help="read this lifecycle log file (and its rotated copies)")
     source.add_argument("-D", "--directory", metavar="DIR",
                         help="read the journal files in DIR (as journalctl -D)")
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more: {text}")
-    return value
 
 
 def run(ctx: Context, args: argparse.Namespace, now: float | None = None) -> int:

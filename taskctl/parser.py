@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from taskctl import argtypes
+
 TAIL_BYTES = 1600  # supervisorctl's default
 # start/stop/restart: seconds before taskctl gives up waiting. A safety net:
 # the daemon's startretries and stoptime (then SIGKILL) decide long before.
@@ -88,12 +90,12 @@ def build_parser(*, shell: bool = False) -> argparse.ArgumentParser:
         sp.add_argument("--no-block", action="store_true",
                         help="return once taskmasterd has accepted the request, without waiting "
                              "for the outcome")
-        sp.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+        sp.add_argument("--timeout", type=argtypes.seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                         help="give up waiting after this long, exit 124; the request goes on "
                              f"(default {DEFAULT_TIMEOUT:g}; 0: no limit)")
         sp.add_argument("targets", nargs="+", metavar="TARGET")
     sp = command("signal")
-    sp.add_argument("signal", metavar="SIG", type=_signal,
+    sp.add_argument("signal", metavar="SIG", type=argtypes.signal_name,
                     help="TERM, SIGHUP, USR1, 9, ... (ASCII; an unknown one: exit 2, nothing sent)")
     sp.add_argument("targets", nargs="+", metavar="TARGET")
     command("reload")
@@ -102,7 +104,7 @@ def build_parser(*, shell: bool = False) -> argparse.ArgumentParser:
     sp = command("tail")
     sp.add_argument("-f", "--follow", action="store_true", help="keep printing what is added")
     sp.add_argument("--stderr", action="store_true", help="the standard error instead of output")
-    sp.add_argument("-c", "--bytes", type=_positive, default=TAIL_BYTES, metavar="BYTES",
+    sp.add_argument("-c", "--bytes", type=argtypes.at_least(0), default=TAIL_BYTES, metavar="BYTES",
                     help=f"how much of the end to print first (default {TAIL_BYTES})")
     sp.add_argument("process", metavar="PROCESS",
                     help="a process (web:0 when its program has several); one that never "
@@ -118,38 +120,6 @@ def build_parser(*, shell: bool = False) -> argparse.ArgumentParser:
                     help="only this target: its number (from 0, in the file's order) or its URL")
     command("help").add_argument("topic", nargs="?", metavar="COMMAND", choices=COMMAND_NAMES)
     return p
-
-
-def _signal(text: str) -> str:
-    """A signal name or number as taskmasterd reads it (checked here: a bad one
-    is bad usage, exit 2, not a reply from the daemon); sent as typed."""
-    from taskmasterd import signames
-
-    try:
-        signames.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or more seconds: {text}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more: {text}")
-    return value
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> Any:

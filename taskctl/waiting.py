@@ -274,27 +274,41 @@ def outcome_json(watch: Watch, name: str) -> dict[str, Any]:
             "error": outcome.label or None, "message": outcome.reason or None}
 
 
+def request_each(ctx: Context, command: str, targets: Sequence[str],
+                 results: list[dict[str, Any]], affected: Callable[[list[str]], None],
+                 signal: str = "") -> int:
+    """Send `command` (start, stop, restart, signal) for each target in turn:
+    a failed target gets its error line and does not stop the others; each
+    target's result (result_json) goes to `results`, the processes it affected
+    to `affected`. Returns the exit code of the requests themselves."""
+    code = EXIT_OK
+    for target in targets:
+        try:
+            if command == "signal":
+                names = list(ctx.client.signal(target, signal))
+            else:
+                names = list(getattr(ctx.client, command)(target))
+        except CallError as exc:
+            ctx.error(error_line(target, exc))
+            code = max(code, exit_code_for(exc.name))
+            results.append(result_json(target, None, exc))
+            continue
+        results.append(result_json(target, names))
+        affected(names)
+    return code
+
+
 def act_and_wait(ctx: Context, command: str, targets: Sequence[str],
                  timeout: float | None) -> int:
     """start/stop/restart each target, then wait until every process they
     affected has reached its goal or failed; print each outcome as it comes.
     Subscribed BEFORE the requests: no transition can be missed."""
     client = ctx.client
-    code = EXIT_OK
     results: list[dict[str, Any]] = []
     names: list[str] = []
     with client.subscription():
         started = time.monotonic()
-        for target in targets:
-            try:
-                done = list(getattr(client, command)(target))
-            except CallError as exc:
-                ctx.error(error_line(target, exc))
-                code = max(code, exit_code_for(exc.name))
-                results.append(result_json(target, None, exc))
-                continue
-            results.append(result_json(target, done))
-            names += done
+        code = request_each(ctx, command, targets, results, names.extend)
         watch = Watch(command, names)
 
         def report(outcome: Outcome) -> None:

@@ -1,15 +1,14 @@
-import sys
+"""python -m taskmasterd"""
 
-from taskmasterd.missing import hint
+from collections.abc import Callable
 
-try:
+from taskmasterd import missing
+
+
+def _main() -> Callable[[], int]:
     from taskmasterd.cli import main
 
-    code = main()
-except ModuleNotFoundError as exc:
-    line = hint(exc, "taskmasterd", sys.executable)
-    if line is None:
-        raise
-    print(line, file=sys.stderr)
-    code = 1
-raise SystemExit(code)
+    return main
+
+
+raise SystemExit(missing.run("taskmasterd", _main))

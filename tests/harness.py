@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,12 +78,16 @@ class Daemon:
     """A taskmasterd subprocess whose stderr is drained by a thread as it
     comes (a test busy elsewhere must never block the daemon on a full pipe)."""
 
-    def __init__(self, config: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, *extra: str, env: dict[str, str] | None = None,
+                 prefix: Sequence[str] = (), unset: Sequence[str] = ()) -> None:
+        """`prefix`: a command the daemon runs under (it ends with exec "$@");
+        `unset`: environment variables the daemon must not inherit."""
         self.config = config
+        environ = {k: v for k, v in os.environ.items() if k not in unset}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "taskmasterd", "-c", str(config), *extra],
+            [*prefix, sys.executable, "-m", "taskmasterd", "-c", str(config), *extra],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            env={**os.environ, **(env or {})}, cwd=config.parent)
+            env={**environ, **(env or {})}, cwd=config.parent)
         self.lines: list[LogLine] = []
         self.raw: list[str] = []
         self.eof = False

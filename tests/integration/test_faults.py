@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -238,19 +237,9 @@ class NamespacedDaemon(Daemon):
     def __init__(self, journal_dir: Path, config: Path, *extra: str) -> None:
         script = ('mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && '
                   'mount --bind "$0" /run/systemd/journal && exec "$@"')
-        self.config = config
-        self.proc = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
-             str(journal_dir), sys.executable, "-m", "taskmasterd", "-c", str(config), *extra],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            env={k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}, cwd=config.parent)
-        self.lines = []
-        self.raw = []
-        self.eof = False
-        self.cursor = 0
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._drain, daemon=True)
-        self._reader.start()
+        super().__init__(config, *extra, unset=("JOURNAL_STREAM",), prefix=(
+            "unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+            str(journal_dir)))
 
 
 @needs_dbus

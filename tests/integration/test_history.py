@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -74,20 +73,9 @@ class JournaldDaemon(Daemon):
                   'if [ -d /var/log/journal ]; then mount -t tmpfs tmpfs /var/log/journal; fi && '
                   f'{{ {JOURNALD} </dev/null >/dev/null 2>&1 & echo $! > "$0/journald.pid"; }} && '
                   'while [ ! -S /run/systemd/journal/socket ]; do sleep 0.05; done && exec "$@"')
-        self.config = config
         self.workdir = workdir
-        self.proc = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(workdir),
-             sys.executable, "-m", "taskmasterd", "-c", str(config), *extra],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            env={k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}, cwd=config.parent)
-        self.lines = []
-        self.raw = []
-        self.eof = False
-        self.cursor = 0
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._drain, daemon=True)
-        self._reader.start()
+        super().__init__(config, *extra, unset=("JOURNAL_STREAM",), prefix=(
+            "unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(workdir)))
 
     def enter(self) -> tuple[str, ...]:
         return ("nsenter", f"--mount=/proc/{self.pid}/ns/mnt")

@@ -1,0 +1,44 @@
+"""argparse value types shared by taskctl's commands: a bad value is bad
+usage (exit 2) with one line saying what was expected."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+
+def signal_name(text: str) -> str:
+    """A signal name or number as taskmasterd reads it (checked here: a bad one
+    is bad usage, exit 2, not a reply from the daemon); sent as typed."""
+    from taskmasterd import signames
+
+    try:
+        signames.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or more seconds: {text}")
+    return value
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An integer >= minimum (a count: -n, --bytes)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more: {text}")
+        return value
+
+    return parse
