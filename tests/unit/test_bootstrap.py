@@ -220,7 +220,10 @@ def test_setup_and_test_put_nothing_on_path(tree: Path) -> None:
 
 def test_the_readmes_first_lines_show_how_to_reach_taskctl() -> None:
     readme = (ROOT / "README.md").read_text()
-    first_block = readme.split("```sh\n", 1)[1].split("```", 1)[0]
-    assert "sh bootstrap run" in first_block and "\ntaskctl status" in first_block
+    blocks = [b.split("```", 1)[0] for b in readme.split("```sh\n")[1:3]]
+    # the two commands first (run, test), then how to reach the running daemon
+    assert [line.split("#")[0].strip() for line in blocks[0].splitlines()] == [
+        "sh bootstrap run", "sh bootstrap test"]
+    assert blocks[1].startswith("taskctl status")
     assert BINDIR in (ROOT / "bootstrap").read_text()  # where the README says
     assert "`/usr/local/bin/taskctl`" in readme.split("\n---\n", 1)[0]
