@@ -286,7 +286,8 @@ class Supervisor:
                                   spawn_error=exc.error)
             return rest
         slot.child = child
-        slot.pipes = [self.logpipes.follow(p.fd, p.path, p.maxbytes, p.backups) for p in child.pipes]
+        slot.pipes = [self.logpipes.follow(p.fd, p.path, p.maxbytes, p.backups, process=proc.name,
+                                           stream=p.stream) for p in child.pipes]
         self._alive.add(slot)
         slot.started_wall = time.time()
         self._all_down.clear()
