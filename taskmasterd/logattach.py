@@ -76,9 +76,9 @@ def writer_socket(runtime: str, statedir: str, config_path: str) -> str:
     return os.path.join(runtime, f"logwriter-{hashlib.sha256(key.encode()).hexdigest()[:16]}.sock")
 
 
-def connect(path: str, timeout: float = ATTACH_TIMEOUT) -> Survivor:
+def connect(path: str, timeout: float | None = None) -> Survivor:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    sock.settimeout(timeout)
+    sock.settimeout(ATTACH_TIMEOUT if timeout is None else timeout)
     try:
         sock.connect(path)
     except (FileNotFoundError, ConnectionRefusedError):
@@ -134,11 +134,12 @@ def _pipes(sock: socket.socket, pid: int, announced: int) -> list[Held]:
         raise Unusable(f"pid {pid} {why} after {len(pipes)} of {announced} pipe(s)", pid) from None
 
 
-def dismiss(survivor: Survivor, timeout: float = ATTACH_TIMEOUT) -> str:
+def dismiss(survivor: Survivor, timeout: float | None = None) -> str:
     """Tell a writer of another version to leave and wait for its exit
     (SIGKILL after `timeout`): after this nobody else reads its pipes.
     Returns how it went, for the log."""
     how = "left"
+    timeout = ATTACH_TIMEOUT if timeout is None else timeout
     try:
         pidfd = os.pidfd_open(survivor.pid)
     except ProcessLookupError:

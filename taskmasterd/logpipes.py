@@ -271,8 +271,7 @@ class LogPipes:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             sock.bind(path)
-            os.chmod(path, 0o600)
-            sock.listen(8)
+            os.chmod(path, 0o600)  # the writer calls listen()
         except OSError as exc:
             sock.close()
             log.warning("taskmasterd: the log writer cannot listen on %s: %s; it cannot be re-attached "

@@ -90,6 +90,9 @@ class Writer:
             self.poll.register(self.ctl.fileno(), select.EPOLLIN)
             self.daemon_pid = peer_uid_pid(self.ctl)[1]
         if self.listener is not None:
+            # listen() here, not by the daemon that bound it: SO_PEERCRED,
+            # what a connecting daemon reads, names who called listen().
+            self.listener.listen(8)
             self.listener.setblocking(False)
             self.poll.register(self.listener.fileno(), select.EPOLLIN)
 
@@ -196,10 +199,7 @@ class Writer:
                 return
             except OSError:
                 return  # EMFILE...: the connection waits in the backlog
-            uid, _pid = peer_uid_pid(conn)
-            if uid != os.geteuid():
-                _refuse(conn, f"uid {uid} may not attach to a log writer of uid {os.geteuid()}")
-            elif len(self.pending) >= MAX_PENDING:
+            if len(self.pending) >= MAX_PENDING:
                 _refuse(conn, "too many connections waiting")
             else:
                 conn.setblocking(False)
@@ -221,6 +221,12 @@ class Writer:
             conn.close()
             return
         self._unpend(fd)
+        # Refused once its hello is read: a socket closed with unread data
+        # would reset the connection, and the peer would never read why.
+        uid, _pid = peer_uid_pid(conn)
+        if uid != os.geteuid():
+            _refuse(conn, f"uid {uid} may not attach to a log writer of uid {os.geteuid()}")
+            return
         if self.ctl is not None:
             with contextlib.suppress(OSError):
                 conn.send(encode("busy", pid=self.daemon_pid))
