@@ -81,6 +81,7 @@ class LogPipes:
         self._waiters: list[_Waiter] = []
         self._listen_path: str | None = None  # where our writer listens; None: nowhere
         self._surviving: dict[Key, Held] | None = None
+        self._foreign: set[int] = set()  # re-attached pipes of processes not re-adopted
 
     @property
     def pid(self) -> int:
@@ -162,6 +163,7 @@ class LogPipes:
         assert self._surviving is not None
         for held in sorted(pipes, key=lambda h: h.id):
             self._hold(held)
+            self._foreign.add(held.id)
             self._next_id = max(self._next_id, held.id + 1)
             if held.process:
                 self._surviving[(held.process, held.stream)] = held
@@ -170,7 +172,10 @@ class LogPipes:
         """The id of the pipe a re-adopted `process` writes its `stream` to
         (for when_drained), or None when no writer kept one."""
         pipe = self._keys.get((process, stream))
-        return pipe if pipe in self._held else None
+        if pipe not in self._held:
+            return None
+        self._foreign.discard(pipe)
+        return pipe
 
     def release(self, process: str) -> None:
         """`process` is gone (not re-adopted): forget its keys. Its pipes
@@ -218,6 +223,18 @@ class LogPipes:
         try:
             await asyncio.wait_for(self._exited.wait(), timeout)
         except TimeoutError:
+            foreign = self._foreign & self._held.keys()
+            if foreign:
+                # Programs this daemon found alive but did not take back:
+                # killing the writer would SIGPIPE them. It drains on alone.
+                log.warning("taskmasterd log writer (pid %d): %d pipe(s) of programs this daemon did not "
+                            "re-adopt are still open; left draining them on its own", self.pid,
+                            len(foreign))
+                self._loop.remove_reader(self._pidfd)
+                os.close(self._pidfd)
+                self._pidfd = -1
+                self._close_held()
+                return
             log.warning("taskmasterd log writer (pid %d): %d pipe(s) still open %g s after every program "
                         "stopped (a process that left its group?); killing it",
                         self.pid, len(self._held), timeout)
@@ -389,6 +406,7 @@ class LogPipes:
             held = self._held.pop(int(str(msg["id"])), None)
             if held is not None:
                 os.close(held.fd)
+                self._foreign.discard(held.id)
                 if held.process and self._keys.get((held.process, held.stream)) == held.id:
                     del self._keys[(held.process, held.stream)]
                 for waiter in list(self._waiters):

@@ -82,6 +82,7 @@ class Writer:
     draining: bool = False  # told to finish: exit once every pipe is at EOF
     leaving: bool = False  # told to leave: exit now
     daemon_pid: int = 0
+    _listen_file: tuple[str, int, int] | None = None  # path, st_dev, st_ino
 
     def __post_init__(self) -> None:
         self.poll = select.epoll()
@@ -94,6 +95,7 @@ class Writer:
             # what a connecting daemon reads, names who called listen().
             self.listener.listen(8)
             self.listener.setblocking(False)
+            self._listen_file = _file_id(self.listener)
             self.poll.register(self.listener.fileno(), select.EPOLLIN)
 
     def done(self) -> bool:
@@ -124,7 +126,19 @@ class Writer:
             self._expire()
         if not self.leaving:
             self._flush()
+            self._unlink()
         return 0
+
+    def _unlink(self) -> None:
+        """Remove our socket's name, unless it names another's by now (a
+        daemon that found us unusable bound a new writer there)."""
+        if self._listen_file is None:
+            return
+        path, dev, ino = self._listen_file
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) == (dev, ino):
+                os.unlink(path)
 
     # ---- control socket
 
@@ -234,7 +248,8 @@ class Writer:
             return
         # The connection becomes the control socket; the daemon gets a copy
         # of every read end (it holds the pipes again, as before its death).
-        self.ctl, self.daemon_pid = conn, peer_uid_pid(conn)[1]
+        # A finish its predecessor gave is forgotten: this one says when.
+        self.ctl, self.daemon_pid, self.draining = conn, peer_uid_pid(conn)[1], False
         self.poll.register(conn.fileno(), select.EPOLLIN)
         self._send(encode("welcome", pid=os.getpid(), pipes=len(self.streams)))
         for s in self.streams.values():
@@ -359,6 +374,18 @@ class Writer:
             sink.close()
             del self.sinks[sink.path]
         self._send(encode("eof", id=stream.id))
+
+
+def _file_id(listener: socket.socket) -> tuple[str, int, int] | None:
+    """The listening socket's path and file identity, None when unnamed."""
+    path = listener.getsockname()
+    if not isinstance(path, str) or not path.startswith("/"):
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return path, st.st_dev, st.st_ino
 
 
 def _refuse(conn: socket.socket, reason: str) -> None:

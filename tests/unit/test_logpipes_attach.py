@@ -194,3 +194,29 @@ def test_no_writer_and_a_stale_socket_are_nothing_to_say(tmp_path: Path,
     with caplog.at_level(logging.INFO, "taskmasterd"):
         asyncio.run(main())
     assert caplog.text == ""
+
+
+def test_a_shutdown_leaves_the_pipes_of_programs_not_readopted_draining(
+        tmp_path: Path, procs: list[subprocess.Popen[bytes]], caplog: pytest.LogCaptureFixture) -> None:
+    """Killing the writer at shutdown would SIGPIPE a program this daemon
+    found alive but did not take back: it is left draining alone."""
+    path, out = str(tmp_path / "w.sock"), tmp_path / "web.log"
+    old, w = orphan_writer(path, out)
+    procs.append(old)
+
+    async def main() -> None:
+        pipes = LogPipes()
+        assert list(pipes.attach_surviving(path)) == [("web", "stdout")]
+        pipes.release("web")  # not re-adopted
+        await pipes.finish(timeout=0.2)
+
+    with caplog.at_level(logging.INFO, "taskmasterd"):
+        asyncio.run(main())
+    assert (f"log writer (pid {old.pid}): 1 pipe(s) of programs this daemon did not re-adopt are still "
+            "open; left draining them on its own") in caplog.text
+    os.write(w, lines(0, 1000))
+    assert old.poll() is None and os.path.exists(path)  # still there for the next daemon
+    os.close(w)
+    assert old.wait(timeout=10) == 0  # told to finish: gone once its last pipe is at EOF
+    assert out.read_bytes() == lines(0, 1000)
+    assert not os.path.exists(path)  # and its socket with it
