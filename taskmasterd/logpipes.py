@@ -177,6 +177,19 @@ class LogPipes:
         self._foreign.discard(pipe)
         return pipe
 
+    def rename(self, old: str, new: str) -> None:
+        """A reload renamed process `old` to `new` (prog <-> prog:0): its
+        pipes follow, here and in the writer (the next daemon looks them up
+        by the new name)."""
+        for stream in ("stdout", "stderr"):
+            pipe = self._keys.pop((old, stream), None)
+            if pipe is None or pipe not in self._held:
+                continue
+            self._keys[(new, stream)] = pipe
+            self._held[pipe].process = new
+            if self._sock is not None:
+                self._send(encode("rename", id=pipe, process=new), [])
+
     def release(self, process: str) -> None:
         """`process` is gone (not re-adopted): forget its keys. Its pipes
         stay held until the writer drains them to EOF, as any other's."""

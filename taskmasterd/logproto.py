@@ -7,6 +7,7 @@ read end travels with its message (SCM_RIGHTS, one fd):
 
     daemon -> writer  follow {id, process, stream, path, maxbytes, backups} + fd
                       finish: drain every pipe to EOF, then exit
+                      rename {id, process}: the pipe's process was renamed (a reload)
     writer -> daemon  eof {id}: drained and closed
                       error / recovered {path, message}: a file fails / works again
 
@@ -49,6 +50,7 @@ _PIPE = {"id": "pos", "process": "name", "stream": "stream", "path": "path",
 SCHEMA: dict[str, tuple[dict[str, str], int]] = {
     "follow": (_PIPE, 1),
     "finish": ({}, 0),
+    "rename": ({"id": "pos", "process": "name"}, 0),
     "eof": ({"id": "pos"}, 0),
     "error": ({"path": "text", "message": "text"}, 0),
     "recovered": ({"path": "text", "message": "text"}, 0),
@@ -61,7 +63,7 @@ SCHEMA: dict[str, tuple[dict[str, str], int]] = {
     "leave": ({}, 0),
 }
 FROZEN = frozenset({"hello", "welcome", "pipe", "end", "busy", "refused", "leave"})
-TO_WRITER = frozenset({"follow", "finish", "hello", "leave"})
+TO_WRITER = frozenset({"follow", "finish", "rename", "hello", "leave"})
 TO_DAEMON = frozenset(SCHEMA) - TO_WRITER
 
 

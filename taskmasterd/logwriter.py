@@ -160,6 +160,10 @@ class Writer:
                 self._follow(msg, fds[0])
             elif msg["op"] == "finish":
                 self.draining = True
+            elif msg["op"] == "rename":
+                for s in self.streams.values():
+                    if s.id == msg["id"]:
+                        s.process = str(msg["process"])
             elif msg["op"] == "leave":
                 self.leaving = True
 

@@ -365,6 +365,8 @@ class Supervisor:
         old_names, new_names = old.process_names(), new.process_names()
         kept = [self.slots.pop(old_names[i]) for i in range(keep)]
         for i, slot in enumerate(kept):
+            if slot.process.name != new_names[i]:
+                self.logpipes.rename(slot.process.name, new_names[i])  # its output keeps its key
             slot.process.name = new_names[i]  # prog <-> prog:0 when crossing 1
             slot.process.config = new
             self.slots[new_names[i]] = slot

@@ -98,6 +98,8 @@ def test_a_surviving_writer_is_reattached_and_its_death_loses_nothing(
         assert (held.id, held.path, held.maxbytes, held.backups) == (7, str(out), 10 ** 9, 1)
         assert pipes.pid == old.pid and pipes.held() == 1
         assert pipes.adopt("web", "stdout") == 7 and pipes.adopt("web", "stderr") is None
+        pipes.rename("web", "web:0")  # a reload: numprocs 1 -> 2
+        assert pipes.adopt("web", "stdout") is None and pipes.adopt("web:0", "stdout") == 7
         os.write(w, lines(1000, 2000))
         old.send_signal(signal.SIGKILL)  # the daemon holds a copy: a new writer takes over
         await until("a new writer", lambda: pipes.pid not in (0, old.pid))
@@ -107,7 +109,7 @@ def test_a_surviving_writer_is_reattached_and_its_death_loses_nothing(
         pipes.when_drained([7], lambda: drained.append(7), timeout=10)
         os.close(w)
         await until("the pipe drained", lambda: drained == [7])
-        assert pipes.held() == 0 and pipes.adopt("web", "stdout") is None
+        assert pipes.held() == 0 and pipes.adopt("web:0", "stdout") is None
         follow_r, follow_w = os.pipe()  # a program started by this daemon
         pipes.follow(follow_r, str(tmp_path / "new.log"), 1000, 0, process="db", stream="stderr")
         os.close(follow_w)

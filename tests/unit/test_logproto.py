@@ -25,7 +25,8 @@ from taskmasterd.logproto import (
 PIPE = {"id": 3, "process": "web:0", "stream": "stdout", "path": "/var/log/web.log",
         "maxbytes": 1024, "backups": 2}
 VALID = {
-    "follow": PIPE, "finish": {}, "eof": {"id": 1}, "error": {"path": "/x", "message": "m"},
+    "follow": PIPE, "finish": {}, "rename": {"id": 3, "process": "web"}, "eof": {"id": 1},
+    "error": {"path": "/x", "message": "m"},
     "recovered": {"path": "/x", "message": "m"}, "hello": {"pid": 10}, "welcome": {"pid": 11, "pipes": 0},
     "pipe": PIPE, "end": {}, "busy": {"pid": 12}, "refused": {"message": "no"}, "leave": {},
 }

@@ -193,3 +193,15 @@ def test_leave_stops_reading_at_once(writer: Writer, tmp_path: Path) -> None:
     assert out.read_bytes() == b""
     os.close(w)
     os.close(fds[0])
+
+
+def test_a_renamed_process_is_handed_back_under_its_new_name(writer: Writer, tmp_path: Path) -> None:
+    w, _ino = writer.follow(tmp_path / "out.log", "prog")  # numprocs 1 -> 2: prog becomes prog:0
+    writer.ctl.send(encode("rename", id=1, process="prog:0"))
+    writer.ctl.close()
+    sock = writer.connect()
+    assert hello(sock)["op"] == "welcome"
+    msg, fds = receive(sock, TO_DAEMON)
+    assert (msg["op"], msg["id"], msg["process"]) == ("pipe", 1, "prog:0")
+    os.close(fds[0])
+    os.close(w)
