@@ -33,6 +33,7 @@ the receiver logs or answers it and goes on.
 
 from __future__ import annotations
 
+import array
 import json
 import os
 import socket
@@ -65,6 +66,9 @@ SCHEMA: dict[str, tuple[dict[str, str], int]] = {
 FROZEN = frozenset({"hello", "welcome", "pipe", "end", "busy", "refused", "leave"})
 TO_WRITER = frozenset({"follow", "finish", "rename", "hello", "leave"})
 TO_DAEMON = frozenset(SCHEMA) - TO_WRITER
+
+
+_INT = array.array("i")
 
 
 class ProtocolError(ValueError):
@@ -139,7 +143,15 @@ def receive(sock: socket.socket, expect: Collection[str]) -> tuple[dict[str, obj
     """One message and its fds from `sock` (BlockingIOError when there is
     none, EOFError at the end). On a bad message the fds are closed and
     ProtocolError raised."""
-    data, fds, flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 4)
+    # CLOEXEC: a received read end must never leak into a program. (Not
+    # socket.recv_fds: Python 3.11's ignores its flags.)
+    data, ancdata, flags, _addr = sock.recvmsg(MAX_MESSAGE, socket.CMSG_LEN(4 * _INT.itemsize),
+                                               socket.MSG_CMSG_CLOEXEC)
+    received = array.array("i")
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            received.frombytes(payload[:len(payload) - len(payload) % received.itemsize])
+    fds = list(received)
     if not data and not fds:
         raise EOFError
     try:

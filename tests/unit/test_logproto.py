@@ -111,6 +111,10 @@ def test_a_bad_message_with_fds_gets_them_closed() -> None:
     with pytest.raises(ProtocolError, match="truncated"):
         receive(b, {"follow"})
     assert set(os.listdir("/proc/self/fd")) == before
+    socket.send_fds(a, [encode("follow", **PIPE)], [r])
+    _msg, [got] = receive(b, {"follow"})
+    assert not os.get_inheritable(got)  # never leaks into a program
+    os.close(got)
     a.close()
     with pytest.raises(EOFError):
         receive(b, {"eof"})
