@@ -11,13 +11,18 @@ and both gaps) and the daemon's fds (a copy of the program's pipe)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from taskmasterd.config import Config, ProgramConfig
+from taskmasterd.events import EventBus
+from taskmasterd.supervisor import Supervisor
 from tests.harness import Daemon, alive, event, wait_until
 from tests.integration.conftest import WriteConfig
 from tests.integration.test_output_rotation import (
@@ -166,3 +171,22 @@ def test_a_live_daemons_writer_is_not_taken(write_config: WriteConfig, daemons: 
         d2.close()
     assert len(writers_of(d1.pid)) == 1 and list((workdir / "run").glob("logwriter-*.sock"))
     assert d1.terminate() == 0
+
+
+def test_a_process_renamed_by_a_reload_keeps_its_pipes_key(tmp_path: Path) -> None:
+    """numprocs 1 -> 2 renames web to web:0 without restarting it: its pipes
+    are found under the new name (what the next daemon looks up)."""
+    async def main() -> None:
+        bus = EventBus()
+        web = replace(ProgramConfig(name="web", cmd="sleep 100000", argv=("sleep", "100000")), starttime=0)
+        sup = Supervisor(Config(path="/x.yaml", programs=(web,)), bus, logdir=str(tmp_path))
+        sup.launch_autostart()
+        pipes = list(sup.slots["web"].pipes)
+        assert len(pipes) == 2  # stdout and stderr: automatic files, bounded by default
+        assert [sup.logpipes.adopt("web", s) for s in ("stdout", "stderr")] == pipes
+        sup.reload(Config(path="/x.yaml", programs=(replace(web, numprocs=2),)))
+        assert sup.slots["web:0"].pipes == pipes
+        assert [sup.logpipes.adopt("web:0", s) for s in ("stdout", "stderr")] == pipes
+        assert sup.logpipes.adopt("web", "stdout") is None
+        await sup.shutdown()
+    asyncio.run(main())
