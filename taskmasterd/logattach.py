@@ -73,7 +73,8 @@ def writer_socket(runtime: str, statedir: str, config_path: str) -> str:
     (the instance that re-adopts the programs): a daemon never takes the
     writer of another instance sharing the runtime directory."""
     key = f"{os.path.abspath(statedir)}\0{os.path.realpath(config_path)}"
-    return os.path.join(runtime, f"logwriter-{hashlib.sha256(key.encode()).hexdigest()[:16]}.sock")
+    digest = hashlib.sha256(os.fsencode(key)).hexdigest()[:16]  # fsencode: any bytes in a path
+    return os.path.join(runtime, f"logwriter-{digest}.sock")
 
 
 def connect(path: str, timeout: float | None = None) -> Survivor:
@@ -95,7 +96,10 @@ def connect(path: str, timeout: float | None = None) -> Survivor:
 
 
 def _greet(sock: socket.socket, path: str) -> Survivor:
-    uid, pid = peer_uid_pid(sock)
+    try:
+        uid, pid = peer_uid_pid(sock)
+    except OSError as exc:
+        raise Unusable(f"{path}: no peer credentials: {exc.strerror}") from None
     if uid != os.geteuid():  # somebody else's socket in our directory: never trusted
         raise Unusable(f"{path} is served by uid {uid}, not {os.geteuid()}")
     try:

@@ -127,6 +127,9 @@ class LogPipes:
         self._listen_path = path
         try:
             found = logattach.connect(path)
+        except OSError as exc:  # never the daemon's death
+            log.warning("taskmasterd: cannot look for a surviving log writer at %s: %s", path, exc)
+            return self._surviving
         except logattach.NoWriter:
             return self._surviving
         except logattach.Busy as exc:

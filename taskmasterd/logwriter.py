@@ -241,7 +241,11 @@ class Writer:
         self._unpend(fd)
         # Refused once its hello is read: a socket closed with unread data
         # would reset the connection, and the peer would never read why.
-        uid, _pid = peer_uid_pid(conn)
+        try:
+            uid, pid = peer_uid_pid(conn)
+        except OSError:
+            conn.close()
+            return
         if uid != os.geteuid():
             _refuse(conn, f"uid {uid} may not attach to a log writer of uid {os.geteuid()}")
             return
@@ -253,7 +257,7 @@ class Writer:
         # The connection becomes the control socket; the daemon gets a copy
         # of every read end (it holds the pipes again, as before its death).
         # A finish its predecessor gave is forgotten: this one says when.
-        self.ctl, self.daemon_pid, self.draining = conn, peer_uid_pid(conn)[1], False
+        self.ctl, self.daemon_pid, self.draining = conn, pid, False
         self.poll.register(conn.fileno(), select.EPOLLIN)
         self._send(encode("welcome", pid=os.getpid(), pipes=len(self.streams)))
         for s in self.streams.values():
@@ -291,9 +295,17 @@ class Writer:
                 self._fail(sink, exc, "open")
         sink.maxbytes, sink.backups = maxbytes, backups  # the newest config wins
         sink.refs += 1
-        os.set_blocking(fd, False)
-        self.streams[fd] = Stream(int(str(msg["id"])), fd, sink, str(msg["process"]), str(msg["stream"]))
-        self.poll.register(fd, select.EPOLLIN)
+        stream = Stream(int(str(msg["id"])), fd, sink, str(msg["process"]), str(msg["stream"]))
+        try:
+            os.set_blocking(fd, False)
+            self.poll.register(fd, select.EPOLLIN)  # EPERM for a regular file: not a pipe
+        except OSError as exc:
+            self._send(encode("error", path=path, message=f"log writer: follow {stream.id}: not a pipe "
+                                                          f"({exc.strerror}); closed"))
+            self.streams[fd] = stream
+            self._eof(stream, registered=False)
+            return
+        self.streams[fd] = stream
 
     def _pump(self, stream: Stream, hup: bool) -> int:
         """Move what the pipe holds (up to a few MB per wake-up, to be fair);
@@ -368,8 +380,9 @@ class Writer:
                           message=f"cannot {what} {sink.path}: {exc.strerror}; its output is dropped "
                                   "until it can be written again"))
 
-    def _eof(self, stream: Stream) -> None:
-        self.poll.unregister(stream.fd)
+    def _eof(self, stream: Stream, registered: bool = True) -> None:
+        if registered:
+            self.poll.unregister(stream.fd)
         os.close(stream.fd)
         del self.streams[stream.fd]
         sink = stream.sink

@@ -80,6 +80,8 @@ def test_the_socket_is_per_statedir_and_config(tmp_path: Path) -> None:
     assert a == writer_socket("/run/taskmaster", "/var/lib/taskmaster/", "/etc/taskmaster/taskmaster.yaml")
     assert a != writer_socket("/run/taskmaster", "/var/lib/other", "/etc/taskmaster/taskmaster.yaml")
     assert a != writer_socket("/run/taskmaster", "/var/lib/taskmaster", "/etc/taskmaster/b.yaml")
+    undecodable = os.fsdecode(b"/etc/\xfe.yaml")  # a config path that is not UTF-8
+    assert writer_socket("/run/taskmaster", "/var/lib/taskmaster", undecodable).endswith(".sock")
 
 
 def test_a_surviving_writer_is_reattached_and_its_death_loses_nothing(

@@ -205,3 +205,20 @@ def test_a_renamed_process_is_handed_back_under_its_new_name(writer: Writer, tmp
     assert (msg["op"], msg["id"], msg["process"]) == ("pipe", 1, "prog:0")
     os.close(fds[0])
     os.close(w)
+
+
+def test_a_follow_of_something_not_a_pipe_is_refused(writer: Writer, tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    fd = os.open(plain, os.O_RDONLY)
+    socket.send_fds(writer.ctl, [encode("follow", id=1, process="x", stream="stdout",
+                                        path=str(tmp_path / "out.log"), maxbytes=10, backups=0)], [fd])
+    os.close(fd)
+    msg = receive(writer.ctl, TO_DAEMON)[0]
+    assert msg["op"] == "error" and "follow 1: not a pipe" in str(msg["message"])
+    assert receive(writer.ctl, TO_DAEMON)[0] == {"v": PROTOCOL, "op": "eof", "id": 1}
+    w, _ino = writer.follow(tmp_path / "out.log", "web")  # and it goes on
+    os.write(w, b"ok\n")
+    os.close(w)
+    assert receive(writer.ctl, TO_DAEMON)[0]["op"] == "eof"
+    assert (tmp_path / "out.log").read_bytes() == b"ok\n"
