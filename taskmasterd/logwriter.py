@@ -250,6 +250,11 @@ class Writer:
             _refuse(conn, f"uid {uid} may not attach to a log writer of uid {os.geteuid()}")
             return
         if self.ctl is not None:
+            # Read what the attached daemon sent first: a daemon that died
+            # (or re-executed itself: its fds closed at exec) has left its
+            # EOF there before its successor could connect.
+            self._control()
+        if self.ctl is not None:
             with contextlib.suppress(OSError):
                 conn.send(encode("busy", pid=self.daemon_pid))
             conn.close()

@@ -6,6 +6,7 @@ strangers and garbage with a reason, and leaves at once when told to."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -222,3 +223,23 @@ def test_a_follow_of_something_not_a_pipe_is_refused(writer: Writer, tmp_path: P
     os.close(w)
     assert receive(writer.ctl, TO_DAEMON)[0]["op"] == "eof"
     assert (tmp_path / "out.log").read_bytes() == b"ok\n"
+
+
+def test_a_daemon_gone_a_moment_ago_is_not_taken_for_a_live_one(writer: Writer, tmp_path: Path) -> None:
+    """Its EOF may still be unread when the next daemon's hello is (both
+    came while the writer was busy): that daemon is welcome, not busy."""
+    w, _ino = writer.follow(tmp_path / "out.log", "web")
+    fds = len(os.listdir(f"/proc/{writer.proc.pid}/fd"))
+    sock = writer.connect()
+    deadline = time.monotonic() + 10
+    while len(os.listdir(f"/proc/{writer.proc.pid}/fd")) == fds:  # until accepted
+        assert time.monotonic() < deadline
+        time.sleep(0.01)  # sleep-ok: polling /proc, which has no notification
+    writer.proc.send_signal(signal.SIGSTOP)  # busy elsewhere: both events wait, the hello first
+    try:
+        sock.send(encode("hello", pid=os.getpid()))
+        writer.ctl.close()
+    finally:
+        writer.proc.send_signal(signal.SIGCONT)
+    assert receive(sock, TO_DAEMON)[0]["op"] == "welcome"
+    os.close(w)
