@@ -181,12 +181,14 @@ def test_a_process_renamed_by_a_reload_keeps_its_pipes_key(tmp_path: Path) -> No
         web = replace(ProgramConfig(name="web", cmd="sleep 100000", argv=("sleep", "100000")), starttime=0)
         sup = Supervisor(Config(path="/x.yaml", programs=(web,)), bus, logdir=str(tmp_path))
         sup.launch_autostart()
-        pipes = list(sup.slots["web"].pipes)
-        assert len(pipes) == 2  # stdout and stderr: automatic files, bounded by default
-        assert [sup.logpipes.adopt("web", s) for s in ("stdout", "stderr")] == pipes
-        sup.reload(Config(path="/x.yaml", programs=(replace(web, numprocs=2),)))
-        assert sup.slots["web:0"].pipes == pipes
-        assert [sup.logpipes.adopt("web:0", s) for s in ("stdout", "stderr")] == pipes
-        assert sup.logpipes.adopt("web", "stdout") is None
-        await sup.shutdown()
+        try:
+            pipes = list(sup.slots["web"].pipes)
+            assert len(pipes) == 2  # stdout and stderr: automatic files, bounded by default
+            assert [sup.logpipes.adopt("web", s) for s in ("stdout", "stderr")] == pipes
+            sup.reload(Config(path="/x.yaml", programs=(replace(web, numprocs=2),)))
+            assert sup.slots["web:0"].pipes == pipes
+            assert [sup.logpipes.adopt("web:0", s) for s in ("stdout", "stderr")] == pipes
+            assert sup.logpipes.adopt("web", "stdout") is None
+        finally:
+            await sup.shutdown()  # no program nor writer left behind, even on a failure
     asyncio.run(main())
