@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -301,6 +302,10 @@ class LogPipes:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            st = os.stat(os.path.dirname(path))
+            if st.st_uid != os.geteuid() or st.st_mode & 0o022:  # another user could swap our socket
+                raise OSError(errno.EPERM, f"{os.path.dirname(path)} is not ours alone (uid {st.st_uid}, "
+                                           f"mode {st.st_mode & 0o7777:o})")
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             sock.bind(path)

@@ -224,3 +224,25 @@ def test_a_shutdown_leaves_the_pipes_of_programs_not_readopted_draining(
     assert old.wait(timeout=10) == 0  # told to finish: gone once its last pipe is at EOF
     assert out.read_bytes() == lines(0, 1000)
     assert not os.path.exists(path)  # and its socket with it
+
+
+def test_no_socket_in_a_directory_others_may_write(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                   procs: list[subprocess.Popen[bytes]]) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # as /tmp/taskmaster-UID created by somebody else could be
+
+    async def main() -> None:
+        pipes = LogPipes()
+        assert pipes.attach_surviving(str(shared / "w.sock")) == {}
+        r, w = os.pipe()
+        pipes.follow(r, str(tmp_path / "out.log"), 1000, 0, process="web", stream="stdout")
+        procs.append(pipes._proc)  # type: ignore[arg-type]
+        os.write(w, b"still written\n")  # the writer runs, only without a socket
+        os.close(w)
+        await pipes.finish()
+
+    with caplog.at_level(logging.INFO, "taskmasterd"):
+        asyncio.run(main())
+    assert f"the log writer cannot listen on {shared}/w.sock: {shared} is not ours alone" in caplog.text
+    assert not (shared / "w.sock").exists() and (tmp_path / "out.log").read_bytes() == b"still written\n"
