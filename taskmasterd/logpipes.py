@@ -325,7 +325,8 @@ class LogPipes:
         except ProcessLookupError:  # already gone: a dead pidfd would never be readable
             pidfd = -1
         self._proc, self._pid, self._pidfd, self._sock = proc, pid, pidfd, sock
-        self._started_at = self._loop.time()
+        # A re-attached writer did start, long ago: its death is never "quick".
+        self._started_at = self._loop.time() - (0 if proc is not None else _QUICK_DEATH)
         self._exited.clear()
         self._outbox.clear()
         sock.setblocking(False)
