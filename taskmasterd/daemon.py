@@ -27,7 +27,7 @@ from taskmasterd.events import Event, EventBus, Kind
 from taskmasterd.exposure import exposure_warning
 from taskmasterd.hostcheck import load as load_config
 from taskmasterd.journal import JournalSink
-from taskmasterd.logpipes import DRAIN_WAIT, FINISH_TIMEOUT
+from taskmasterd.logpipes import DRAIN_WAIT, FINISH_TIMEOUT, writer_socket
 from taskmasterd.logsink import LifecycleLog
 from taskmasterd.logwriter import raise_nofile
 from taskmasterd.notify import Notifier, status_line
@@ -126,6 +126,8 @@ class Daemon:
         if sink is not None:
             bus.subscribe(sink.write)
         sup = Supervisor(config, bus, logdir=paths.logdir, journal=journald)
+        # Before any program starts: the log writer a dead daemon left draining.
+        sup.logpipes.attach_surviving(writer_socket(runtime_dir(), paths.statedir, config.path))
         daemon = cls(config.path, config, bus, lifelog, sup)
         bus.subscribe(daemon._on_event)
         daemon.alerts = AlertDispatcher(config.alerts, config_path=config.path,

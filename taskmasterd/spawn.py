@@ -59,6 +59,7 @@ class Pipe:
     path: str
     maxbytes: int
     backups: int
+    stream: str = ""  # stdout or stderr: with the process name, its key in the log writer
 
 
 @dataclass
@@ -125,7 +126,7 @@ def _open_output(spec: LaunchSpec, stream: str, pipes: list[Pipe]) -> int:
     os.close(fd)
     r, w = os.pipe2(os.O_CLOEXEC)
     grow_pipe(w)
-    pipes.append(Pipe(r, path, maxbytes, backups))
+    pipes.append(Pipe(r, path, maxbytes, backups, stream))
     return w
 
 

@@ -286,7 +286,8 @@ class Supervisor:
                                   spawn_error=exc.error)
             return rest
         slot.child = child
-        slot.pipes = [self.logpipes.follow(p.fd, p.path, p.maxbytes, p.backups) for p in child.pipes]
+        slot.pipes = [self.logpipes.follow(p.fd, p.path, p.maxbytes, p.backups, process=proc.name,
+                                           stream=p.stream) for p in child.pipes]
         self._alive.add(slot)
         slot.started_wall = time.time()
         self._all_down.clear()
@@ -364,6 +365,8 @@ class Supervisor:
         old_names, new_names = old.process_names(), new.process_names()
         kept = [self.slots.pop(old_names[i]) for i in range(keep)]
         for i, slot in enumerate(kept):
+            if slot.process.name != new_names[i]:
+                self.logpipes.rename(slot.process.name, new_names[i])  # its output keeps its key
             slot.process.name = new_names[i]  # prog <-> prog:0 when crossing 1
             slot.process.config = new
             self.slots[new_names[i]] = slot

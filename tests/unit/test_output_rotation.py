@@ -24,6 +24,7 @@ from taskmasterd.config import (
     parse_config,
     parse_size,
 )
+from taskmasterd.logproto import PROTOCOL, encode
 from taskmasterd.logwriter import FALLOC_FL_KEEP_SIZE, fallocate, next_move, rotation_renames
 from taskmasterd.reload import plan_reload
 
@@ -133,16 +134,18 @@ class WriterProc:
     def follow(self, path: Path, maxbytes: int, backups: int) -> tuple[int, int]:
         """A pipe whose data goes to `path`: (its write end, its id)."""
         r, w = os.pipe()
-        msg = {"op": "follow", "id": self.next_id, "path": str(path), "maxbytes": maxbytes,
-               "backups": backups}
-        socket.send_fds(self.sock, [json.dumps(msg).encode()], [r])
+        msg = encode("follow", id=self.next_id, process="p", stream="stdout", path=str(path),
+                     maxbytes=maxbytes, backups=backups)
+        socket.send_fds(self.sock, [msg], [r])
         os.close(r)
         self.next_id += 1
         return w, self.next_id - 1
 
     def receive(self, timeout: float = 10.0) -> dict[str, object]:
         self.sock.settimeout(timeout)
-        return dict(json.loads(self.sock.recv(65536)))
+        msg = dict(json.loads(self.sock.recv(65536)))
+        assert msg.pop("v") == PROTOCOL
+        return msg
 
     def close(self) -> int:
         self.sock.close()  # as if the daemon died: drain, then exit
@@ -292,7 +295,7 @@ def test_finish_drains_then_exits_without_spinning(tmp_path: Path) -> None:
     out = tmp_path / "out.log"
     fd, sid = w.follow(out, 10 ** 9, 1)
     for _ in range(2):  # a second "finish" must not stay unread (a busy loop)
-        w.sock.send(b'{"op":"finish"}')
+        w.sock.send(encode("finish"))
     cpu = cpu_seconds(w.proc.pid)
     time.sleep(1.0)  # a window to measure: the writer waits for the pipe meanwhile
     assert cpu_seconds(w.proc.pid) - cpu < 0.2, "the writer spins while it waits"

@@ -1,0 +1,174 @@
+"""Finding the log writer a dead daemon left behind (taskmasterd/logpipes.py
+uses it once, at start).
+
+The writer listens on a unix socket in the runtime directory, one per
+(statedir, config file): `writer_socket()`. `connect()` says hello there and
+collects the read end of every pipe the writer holds, with its key and file
+settings (taskmasterd/logproto.py). Blocking, with a timeout per message: it
+runs before the daemon does anything else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+from dataclasses import dataclass
+
+from taskmasterd.logproto import PROTOCOL, ProtocolError, encode, peer_uid_pid, receive
+
+ATTACH_TIMEOUT = 2.0  # seconds a surviving writer gets for each answer
+
+
+@dataclass
+class Held:
+    """A pipe read end the daemon keeps, and where its data goes."""
+
+    id: int
+    fd: int
+    path: str
+    maxbytes: int
+    backups: int
+    process: str = ""  # the key: process name and stream ("" for none)
+    stream: str = ""
+
+
+@dataclass
+class Survivor:
+    """A writer that answered: its connection (the control socket from now
+    on, unless its version differs), pid, version and pipes."""
+
+    sock: socket.socket
+    pid: int
+    version: int
+    pipes: list[Held]
+
+
+class NoWriter(Exception):
+    """Nobody listens there (no writer survived): nothing to say."""
+
+
+class Busy(Exception):
+    """Another daemon, alive, is attached to that writer."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(f"daemon pid {pid}")
+        self.pid = pid
+
+
+class Unusable(Exception):
+    """A writer is there but cannot be used; str() says why. `pipes` are
+    those it handed over before it died (ours to keep: nobody else reads
+    them), `pid` is 0 when unknown."""
+
+    def __init__(self, reason: str, pid: int = 0, pipes: list[Held] | None = None) -> None:
+        super().__init__(reason)
+        self.pid = pid
+        self.pipes = pipes or []
+
+
+def writer_socket(runtime: str, statedir: str, config_path: str) -> str:
+    """Where this daemon's writer listens. Keyed by statedir and config file
+    (the instance that re-adopts the programs): a daemon never takes the
+    writer of another instance sharing the runtime directory."""
+    key = f"{os.path.abspath(statedir)}\0{os.path.realpath(config_path)}"
+    digest = hashlib.sha256(os.fsencode(key)).hexdigest()[:16]  # fsencode: any bytes in a path
+    return os.path.join(runtime, f"logwriter-{digest}.sock")
+
+
+def connect(path: str, timeout: float | None = None) -> Survivor:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.settimeout(ATTACH_TIMEOUT if timeout is None else timeout)
+    try:
+        sock.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        raise NoWriter(path) from None
+    except OSError as exc:
+        sock.close()
+        raise Unusable(f"cannot connect to {path}: {exc.strerror}") from None
+    try:
+        return _greet(sock, path)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _greet(sock: socket.socket, path: str) -> Survivor:
+    try:
+        uid, pid = peer_uid_pid(sock)
+    except OSError as exc:
+        raise Unusable(f"{path}: no peer credentials: {exc.strerror}") from None
+    if uid != os.geteuid():  # somebody else's socket in our directory: never trusted
+        raise Unusable(f"{path} is served by uid {uid}, not {os.geteuid()}")
+    try:
+        sock.send(encode("hello", pid=os.getpid()))
+        msg, _fds = receive(sock, {"welcome", "busy", "refused"})
+    except TimeoutError:
+        raise Unusable(f"pid {pid} at {path} does not answer", pid) from None
+    except (ProtocolError, EOFError, OSError) as exc:
+        raise Unusable(f"pid {pid} at {path} answers badly: {exc or 'hung up'}", pid) from None
+    if msg["op"] == "busy":
+        raise Busy(int(str(msg["pid"])))
+    if msg["op"] == "refused":
+        raise Unusable(f"pid {pid} at {path} refused this daemon: {msg['message']}", pid)
+    return Survivor(sock, pid, int(str(msg["v"])), _pipes(sock, pid, int(str(msg["pipes"]))))
+
+
+def _pipes(sock: socket.socket, pid: int, announced: int) -> list[Held]:
+    pipes: list[Held] = []
+    try:
+        while True:
+            msg, fds = receive(sock, {"pipe", "end"})
+            if msg["op"] == "end":
+                return pipes
+            pipes.append(Held(int(str(msg["id"])), fds[0], str(msg["path"]), int(str(msg["maxbytes"])),
+                              int(str(msg["backups"])), str(msg["process"]), str(msg["stream"])))
+    except EOFError:
+        # It died while handing them over: those we got have no other reader.
+        raise Unusable(f"pid {pid} hung up after {len(pipes)} of {announced} pipe(s)",
+                       pid, pipes) from None
+    except (TimeoutError, ProtocolError, OSError) as exc:
+        # Alive but garbled: it still reads the pipes, so our copies go (two
+        # readers on one pipe would interleave its data).
+        for held in pipes:
+            os.close(held.fd)
+        why = "stopped answering" if isinstance(exc, TimeoutError) else f"sent a bad message: {exc}"
+        raise Unusable(f"pid {pid} {why} after {len(pipes)} of {announced} pipe(s)", pid) from None
+
+
+def dismiss(survivor: Survivor, timeout: float | None = None) -> str:
+    """Tell a writer of another version to leave and wait for its exit
+    (SIGKILL after `timeout`): after this nobody else reads its pipes.
+    Returns how it went, for the log."""
+    how = "left"
+    timeout = ATTACH_TIMEOUT if timeout is None else timeout
+    try:
+        pidfd = os.pidfd_open(survivor.pid)
+    except ProcessLookupError:
+        survivor.sock.close()
+        return "was gone"
+    try:
+        with contextlib.suppress(OSError):
+            survivor.sock.send(encode("leave"))
+        if not _wait_fd(pidfd, timeout):
+            import signal
+
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            how = f"did not leave within {timeout:g} s, killed"
+            _wait_fd(pidfd, 10.0)
+    finally:
+        os.close(pidfd)
+        survivor.sock.close()
+    return how
+
+
+def _wait_fd(fd: int, timeout: float) -> bool:
+    import select
+
+    return bool(select.select([fd], [], [], timeout)[0])
+
+
+__all__ = ["ATTACH_TIMEOUT", "PROTOCOL", "Busy", "Held", "NoWriter", "Survivor", "Unusable", "connect",
+           "dismiss", "writer_socket"]
