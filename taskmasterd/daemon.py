@@ -33,6 +33,7 @@ from taskmasterd.logwriter import raise_nofile
 from taskmasterd.notify import Notifier, status_line
 from taskmasterd.paths import resolve_paths
 from taskmasterd.reload import ReloadPlan
+from taskmasterd.statestore import Snapshot, StateStore, StoreBusy, StoreWriter
 from taskmasterd.supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -74,6 +75,8 @@ class Daemon:
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _status_pending: bool = False
     alerts: AlertDispatcher | None = None  # set by create()
+    store: StateStore | None = None  # set by create(); used from run() on
+    writer: StoreWriter | None = None  # while this daemon owns the store
 
     def _set_state(self, state: str) -> None:
         if state == self.state:
@@ -126,7 +129,7 @@ class Daemon:
         if sink is not None:
             bus.subscribe(sink.write)
         sup = Supervisor(config, bus, logdir=paths.logdir, journal=journald)
-        daemon = cls(config.path, config, bus, lifelog, sup)
+        daemon = cls(config.path, config, bus, lifelog, sup, store=StateStore(paths.statedir))
         bus.subscribe(daemon._on_event)
         daemon.alerts = AlertDispatcher(config.alerts, config_path=config.path,
                                         stderr_file=lambda p: sup.output_file(p, "stderr"))
@@ -196,6 +199,7 @@ class Daemon:
             kind=Kind.DAEMON_START, pid=os.getpid(),
             message=f"taskmasterd {__version__} started with {self.config_path} "
                     f"({len(self.config.programs)} programs)"))
+        self._open_store()
         self.supervisor.launch_autostart()
         self._set_state("running")  # READY=1: the bus name is ours, autostart launched
         self.notifier.start_watchdog()
@@ -205,6 +209,9 @@ class Daemon:
         self.bus.publish(Event(kind=Kind.DAEMON_STOP,
                                message=f"shutting down: stopping {live} running process(es)"))
         await self.supervisor.shutdown()
+        if self.writer is not None:  # nothing runs: nothing for a next daemon to adopt
+            self.writer.close(clean=True)
+            self.writer = None
         self.bus.publish(Event(kind=Kind.DAEMON_STOP, message="every process stopped; exiting"))
         if self.alerts is not None:
             await self.alerts.close()  # the last messages, a few seconds at most
@@ -215,6 +222,31 @@ class Daemon:
             signal.signal(sig, signal.SIG_IGN)
         self.lifelog.close()
         return 0
+
+    def _open_store(self) -> None:
+        """Own the state store (its lock), take back the processes it
+        records, then keep it current. Without it (another daemon holds it,
+        statedir unusable) supervision works as before, minus re-adoption."""
+        store = self.store
+        if store is None:
+            return
+        try:
+            store.lock()
+        except StoreBusy as exc:
+            log.warning("state store: %s: no process is re-adopted and this daemon records "
+                        "none (give each daemon its own statedir)", exc)
+            return
+        except OSError as exc:
+            log.warning("state store: cannot use %s (%s): no process is re-adopted and this "
+                        "daemon's processes could not be re-adopted after a crash", store.statedir,
+                        exc.strerror)
+            return
+        snapshot = store.load()
+        if isinstance(snapshot, Snapshot) and snapshot.processes:
+            self.supervisor.adopt(snapshot)
+        self.writer = StoreWriter(store, self.supervisor.snapshot)
+        self.bus.subscribe(self.writer.changed)
+        self.writer.changed()
 
     def reopen_logs(self) -> None:
         """SIGUSR2 (supervisord's habit; logrotate's postrotate sends it):

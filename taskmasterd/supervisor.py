@@ -6,7 +6,9 @@ timer (loop.call_at on the machine's `deadline`). Nothing polls: an idle
 daemon has no timers and sleeps in epoll.
 
 Public methods (start/stop/restart/signal/reload/processes/shutdown) are what
-the D-Bus adapters and the daemon's signal handlers call.
+the D-Bus adapters and the daemon's signal handlers call; `snapshot()` is
+what the state store records and `adopt()` takes back what a previous
+daemon left running (taskmasterd/statestore).
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from taskmasterd import spawn, targets
-from taskmasterd.config import Config, OutputKind, ProgramConfig
+from taskmasterd.config import AutoRestart, Config, OutputKind, ProgramConfig
 from taskmasterd.deadline import cancel as cancel_timer
 from taskmasterd.deadline import follow as follow_deadline
+from taskmasterd.describe import adopted_message, description, reload_message, transition_message
 from taskmasterd.errors import AlreadyStarted, BadName, NoSuchProgram, NotAFile, NotRunning, ShuttingDown
 from taskmasterd.events import Event, EventBus, Kind, Reloaded
 from taskmasterd.logpipes import LogPipes
@@ -36,9 +39,9 @@ from taskmasterd.process import (
     Spawn,
     SpawnError,
     State,
-    describe_status,
 )
-from taskmasterd.reload import ReloadPlan, in_place_fields, plan_reload
+from taskmasterd.reload import ReloadPlan, plan_reload
+from taskmasterd.statestore.records import ProcessRecord, Snapshot, launch_fingerprint
 
 log = logging.getLogger("taskmasterd")
 
@@ -58,6 +61,7 @@ class Slot:
     exited_wall: float = 0.0  # time.time() of the last exit (the core's last_exit)
     retiring: bool = False  # removed by a reload: drop once it is down
     pipes: list[int] = field(default_factory=list)  # the log writer's ids of its bounded outputs
+    fingerprint: str = ""  # launch fingerprint of the config its child was started with
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,8 @@ class Supervisor:
     # ---- public API ------------------------------------------------------
 
     def launch_autostart(self) -> list[str]:
-        names = [n for p in self.config.programs if p.autostart for n in p.process_names()]
+        names = [n for p in self.config.programs if p.autostart for n in p.process_names()
+                 if self.slots[n].process.state is State.STOPPED]  # not the adopted ones
         for name in names:
             self._request(self.slots[name], Process.start)
         return names
@@ -236,6 +241,102 @@ class Supervisor:
             out[slot.process.state] = out.get(slot.process.state, 0) + 1
         return out
 
+    # ---- the state store ---------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """Every process with a live child, for the state store."""
+        records = []
+        for slot in [*self.slots.values(), *self._retired]:
+            child, p = slot.child, slot.process
+            if child is None or p.state not in (State.STARTING, State.RUNNING, State.STOPPING):
+                continue
+            records.append(ProcessRecord(
+                program=p.program, process=p.name, index=p.index, pid=child.pid,
+                start_ticks=child.start_ticks, fingerprint=slot.fingerprint, state=p.state,
+                started_at=slot.started_wall, restarts=p.restarts,
+                stopsignal=int(p.config.stopsignal), stoptime=p.config.stoptime))
+        return Snapshot(tuple(records), daemon_pid=os.getpid())
+
+    def adopt(self, snapshot: Snapshot) -> list[str]:
+        """Take back every recorded process still alive (same pid, same start
+        time), then treat those whose program left the configuration or
+        whose launch settings changed as a reload would: stop the former,
+        restart the latter. Before launch_autostart, which then skips them."""
+        todo: list[tuple[Slot, Request]] = []
+        adopted: list[str] = []
+        for rec in snapshot.processes:
+            child = spawn.adopt(rec.pid, rec.start_ticks)
+            if isinstance(child, str):
+                log.info("%s: pid %d not re-adopted: %s", rec.process, rec.pid, child)
+                continue
+            slot, leaving = self._adoption_slot(rec)
+            if slot is None:
+                log.warning("%s: pid %d not re-adopted: its place is taken", rec.process, rec.pid)
+                os.close(child.pidfd)
+                continue
+            self._take_back(slot, child, rec)
+            adopted.append(slot.process.name)
+            if leaving or rec.state is State.STOPPING:  # a stop under way goes on
+                todo.append((slot, Process.stop))
+            elif rec.fingerprint != self._fingerprint(slot.process.config):
+                todo.append((slot, Process.relaunch))
+        if adopted:
+            log.info("re-adopted %d process(es); %d to stop (left the configuration or were "
+                     "stopping), %d to restart (launch settings changed)", len(adopted),
+                     sum(r is Process.stop for _, r in todo),
+                     sum(r is Process.relaunch for _, r in todo))
+        for slot, request in todo:
+            with contextlib.suppress(Refused):
+                self._request(slot, request)
+        return adopted
+
+    def _adoption_slot(self, rec: ProcessRecord) -> tuple[Slot | None, bool]:
+        """The slot a record goes back to, and whether it is leaving (its
+        program left the configuration, or no longer has that many processes)."""
+        program = self.config.program(rec.program)
+        if program is not None and rec.index < program.numprocs:
+            slot = self.slots[program.process_names()[rec.index]]
+            fresh = slot.child is None and slot.process.state is State.STOPPED
+            return (slot if fresh else None), False
+        if any(s.process.name == rec.process for s in self._retired):
+            return None, True
+        # Gone from the file: what a reload's retire does needs only how to stop it.
+        config = program or ProgramConfig(
+            name=rec.program, cmd="", argv=(), autostart=False, autorestart=AutoRestart.NEVER,
+            stopsignal=signals.Signals(rec.stopsignal), stoptime=rec.stoptime)
+        slot = Slot(Process(name=rec.process, config=config, index=rec.index), retiring=True)
+        self._retired.append(slot)
+        return slot, True
+
+    def _take_back(self, slot: Slot, child: spawn.Child, rec: ProcessRecord) -> None:
+        age = spawn.process_age(child.start_ticks)
+        slot.child = child
+        slot.fingerprint = rec.fingerprint
+        slot.started_wall = time.time() - age
+        slot.process.restarts = rec.restarts
+        self._alive.add(slot)
+        self._all_down.clear()
+        self._loop.add_reader(child.pidfd, self._on_pidfd, slot)
+        self._reattach_outputs(slot)
+        (changed,) = slot.process.adopt(child.pid, age, self._loop.time())
+        assert isinstance(changed, Changed)
+        p = slot.process
+        self.bus.publish(Event(kind=Kind.ADOPTED, message=adopted_message(changed, age),
+                               process=p.name, program=p.program, old_state=changed.old,
+                               new_state=changed.new, pid=child.pid))
+        self._sync_timer(slot)
+
+    def _reattach_outputs(self, slot: Slot) -> None:
+        """The one place where an adopted process's bounded outputs (pipes to
+        the log writer) would be taken back. TODO(i13-logwriter): the branch
+        that makes the log writer outlive the daemon re-attaches them here,
+        keyed by process name and stream (LogPipes); until then an adopted
+        process's rotated output is not followed by this daemon (outputs
+        with maxbytes 0, null or journal are written by the child itself)."""
+
+    def _fingerprint(self, program: ProgramConfig) -> str:
+        return launch_fingerprint(program, self.logdir, self.journal)
+
     # ---- requests --------------------------------------------------------
 
     def _each(self, target: str, request: Request) -> list[str]:
@@ -286,6 +387,7 @@ class Supervisor:
                                   spawn_error=exc.error)
             return rest
         slot.child = child
+        slot.fingerprint = self._fingerprint(proc.config)
         slot.pipes = [self.logpipes.follow(p.fd, p.path, p.maxbytes, p.backups) for p in child.pipes]
         self._alive.add(slot)
         slot.started_wall = time.time()
@@ -305,6 +407,13 @@ class Supervisor:
     def _on_pidfd(self, slot: Slot) -> None:
         child = slot.child
         assert child is not None
+        if child.adopted:  # readable: it exited; how cannot be known (not our child)
+            self._loop.remove_reader(child.pidfd)
+            spawn.reap_adopted(child)
+            slot.child = None
+            self._exited(slot, None)
+            return
+        status: int | None
         try:
             status = spawn.collect(child)
         except OSError as exc:
@@ -320,7 +429,7 @@ class Supervisor:
         pipes, slot.pipes = slot.pipes, []
         self.logpipes.when_drained(pipes, lambda: self._exited(slot, status))
 
-    def _exited(self, slot: Slot, status: int) -> None:
+    def _exited(self, slot: Slot, status: int | None) -> None:
         """The exit, published once the output is in its files (at once for
         unbounded outputs: the child wrote them itself)."""
         self._alive.discard(slot)
@@ -383,25 +492,11 @@ class Supervisor:
             name=p.name, program=p.program, state=p.state, pid=p.pid,
             exit_status=p.exit_status or 0,
             started_at=slot.started_wall if p.pid else 0.0,
-            description=self._description(slot), spawn_error=err, restarts=p.restarts,
-            last_exit_status=last.status if last is not None else 0,
+            description=description(p, time.time() - slot.started_wall), spawn_error=err,
+            restarts=p.restarts,
+            last_exit_status=(last.status or 0) if last is not None else 0,
             last_exit_at=slot.exited_wall if last is not None else 0.0,
             last_exit_expected=last.expected if last is not None else False)
-
-    def _description(self, slot: Slot) -> str:
-        p = slot.process
-        if p.state in (State.RUNNING, State.STARTING, State.STOPPING) and p.pid:
-            up = int(time.time() - slot.started_wall)
-            return f"pid {p.pid}, uptime {up // 3600}:{up // 60 % 60:02d}:{up % 60:02d}"
-        if p.state is State.FATAL and p.start_limit_hit is not None:
-            return f"{p.start_limit_hit}; last: {_last_outcome(p)}"
-        if p.spawn_error is not None:
-            return f"spawn error: {p.spawn_error}"
-        if p.state in (State.EXITED, State.STOPPED, State.BACKOFF) and p.exit_status is not None:
-            return describe_status(p.exit_status)
-        if p.state is State.FATAL:
-            return f"exited too quickly ({_last_outcome(p)}), gave up"
-        return "not started"
 
     def _publish_process(self, slot: Slot, kind: Kind, message: str, *, pid: int = 0,
                          spawn_error: SpawnError | None = None) -> None:
@@ -412,63 +507,12 @@ class Supervisor:
     def _publish_change(self, slot: Slot, ch: Changed) -> None:
         p = slot.process
         self.bus.publish(Event(
-            kind=ch.new, message=_transition_message(p, ch), process=p.name,
+            kind=ch.new, message=transition_message(p, ch), process=p.name,
             program=p.program, old_state=ch.old, new_state=ch.new, pid=ch.pid,
-            exit_status=ch.exit_status, expected=ch.expected))
+            exit_status=ch.exit_status, expected=ch.expected, exit_unknown=ch.status_unknown))
 
     def _publish_reload(self, plan: ReloadPlan, old: dict[str, ProgramConfig]) -> None:
-        parts = []
-        for label, names in (("added", [p.name for p in plan.added]),
-                             ("restarted", [p.name for p in plan.restarted]),
-                             ("resized", [f"{r.program.name} {r.old_numprocs}->{r.program.numprocs}"
-                                          for r in plan.resized]),
-                             ("updated in place", [f"{p.name} ({', '.join(in_place_fields(old[p.name], p))})"
-                                                   for p in plan.updated]),
-                             ("removed", list(plan.removed))):
-            if names:
-                parts.append(f"{label}: {', '.join(names)}")
         summary = Reloaded(tuple(p.name for p in plan.added), tuple(plan.changed),
                            tuple(plan.removed))
         self.bus.publish(Event(kind=Kind.RELOAD, reload=summary,
-                               message="reloaded; " + ("; ".join(parts) or "nothing changed")))
-
-
-def _transition_message(p: Process, ch: Changed) -> str:
-    cfg = p.config
-    new = ch.new
-    if new is State.STARTING:
-        return f"spawned with pid {ch.pid}" if ch.pid else "spawning"
-    if new is State.RUNNING:
-        return f"entered RUNNING state, process has stayed up for > {cfg.starttime:g}s (starttime)"
-    if new is State.STOPPING:
-        return f"stopping: sent SIG{cfg.stopsignal.name.removeprefix('SIG')} to process group {ch.pid}"
-    if new is State.STOPPED:
-        if ch.exit_status is None:
-            return "stopped (no process was running)"
-        return f"stopped ({describe_status(ch.exit_status)})"
-    if new is State.EXITED:
-        assert ch.exit_status is not None
-        return f"exited ({describe_status(ch.exit_status)}; {'expected' if ch.expected else 'not expected'})"
-    if new is State.BACKOFF:
-        why = (f"could not spawn: {ch.spawn_error}" if ch.spawn_error
-               else f"exited too quickly ({describe_status(ch.exit_status or 0)})")
-        if ch.retry_in is None:
-            return f"{why}; no retries left"
-        return f"{why}; retry {p.retries} of {cfg.startretries} in {ch.retry_in:g}s"
-    if new is State.FATAL:
-        last = _last_outcome(p)
-        if ch.start_limit_hit is not None:
-            return (f"gave up: entered FATAL state, {ch.start_limit_hit} (limit: startlimit_burst "
-                    f"{cfg.startlimit_burst} per startlimit_interval {cfg.startlimit_interval:g}s); "
-                    f"last: {last}")
-        return f"gave up: entered FATAL state, too many start retries too quickly; last: {last}"
-    return f"entered {new.value} state from {ch.old.value}"
-
-
-def _last_outcome(p: Process) -> str:
-    """How the last attempt ended: its spawn error or its exit status."""
-    if p.spawn_error is not None:
-        return f"spawn error: {p.spawn_error}"
-    if p.exit_status is not None:
-        return describe_status(p.exit_status)
-    return "no exit status"
+                               message=reload_message(plan, old)))
