@@ -210,7 +210,7 @@ class Daemon:
                                message=f"shutting down: stopping {live} running process(es)"))
         await self.supervisor.shutdown()
         if self.writer is not None:  # nothing runs: nothing for a next daemon to adopt
-            self.writer.close(clean=True)
+            await self.writer.close(clean=True)
             self.writer = None
         self.bus.publish(Event(kind=Kind.DAEMON_STOP, message="every process stopped; exiting"))
         if self.alerts is not None:

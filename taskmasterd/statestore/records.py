@@ -128,17 +128,24 @@ def parse_proc_stat(text: str) -> ProcStat | None:
 
 
 def encode(snapshot: Snapshot) -> bytes:
-    doc = {
-        "format": FORMAT,
-        "version": VERSION,
-        "daemon_pid": snapshot.daemon_pid,
-        "processes": [{
-            "program": r.program, "process": r.process, "index": r.index, "pid": r.pid,
-            "start_ticks": r.start_ticks, "fingerprint": r.fingerprint, "state": r.state.value,
-            "started_at": r.started_at, "restarts": r.restarts, "stopsignal": r.stopsignal,
-            "stoptime": r.stoptime} for r in snapshot.processes],
-    }
-    return (json.dumps(doc, separators=(",", ":"), ensure_ascii=True) + "\n").encode()
+    return assemble(snapshot.daemon_pid, [encode_record(r) for r in snapshot.processes])
+
+
+def encode_record(r: ProcessRecord) -> str:
+    """One record's JSON text (the writer caches it: most records do not
+    change between two writes)."""
+    return json.dumps({
+        "program": r.program, "process": r.process, "index": r.index, "pid": r.pid,
+        "start_ticks": r.start_ticks, "fingerprint": r.fingerprint, "state": r.state.value,
+        "started_at": r.started_at, "restarts": r.restarts, "stopsignal": r.stopsignal,
+        "stoptime": r.stoptime}, separators=(",", ":"), ensure_ascii=True)
+
+
+def assemble(daemon_pid: int, records: list[str]) -> bytes:
+    """The file's bytes from the records' texts (encode_record)."""
+    head = json.dumps({"format": FORMAT, "version": VERSION, "daemon_pid": daemon_pid},
+                      separators=(",", ":"))
+    return f'{head[:-1]},"processes":[{",".join(records)}]}}\n'.encode()
 
 
 class _Bad(Exception):

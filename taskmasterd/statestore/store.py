@@ -45,6 +45,7 @@ class StateStore:
     def load(self) -> Snapshot | Refused:
         """The recorded snapshot; an empty one when there is no file. A
         refused file is logged and moved aside to `<path>.bad`."""
+        self._remove_leftovers()
         try:
             with open(self.path, "rb") as f:
                 data = f.read(MAX_SIZE + 1)
@@ -66,6 +67,19 @@ class StateStore:
             log.warning("state store %s refused: %s (%s); no process is re-adopted, starting "
                         "afresh", self.path, result.reason, where)
         return result
+
+    def _remove_leftovers(self) -> None:
+        """Temporary files of a write a crash interrupted (only the lock's
+        owner loads, so none of them is being written)."""
+        prefix = f".{os.path.basename(self.path)}."
+        try:
+            names = os.listdir(self.statedir)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(prefix) and name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.statedir, name))
 
     # ---- writing ----------------------------------------------------------
 

@@ -234,6 +234,8 @@ def test_save_load_modes_and_no_leftovers(tmp_path: Path) -> None:
     store.remove()
     store.remove()
     assert store.load() == Snapshot()
+    (tmp_path / "state" / ".processes.json.x1y2.tmp").write_bytes(b"{")  # a write cut by a crash
+    assert store.load() == Snapshot() and os.listdir(tmp_path / "state") == []
 
 
 def test_a_refused_file_is_logged_and_kept_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -295,17 +297,16 @@ def test_many_changes_in_one_turn_are_one_write(tmp_path: Path) -> None:
         for i in range(1000):
             current[0] = Snapshot((record(pid=100 + i),))
             writer.changed()
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
+        await writer.drain()
         assert len(store.saved) == 1 and decode(store.saved[0]) == Snapshot((record(pid=1099),))
         writer.changed()  # nothing changed since: no write
-        await asyncio.sleep(0)
+        await writer.drain()
         assert len(store.saved) == 1
         loop = asyncio.get_running_loop()
         assert [h for h in loop._scheduled if not h.cancelled()] == []  # type: ignore[attr-defined]
         await asyncio.sleep(3600)  # an hour idle: no write, no wake-up needed
         assert len(store.saved) == 1 and loop.time() == 3600
-        writer.close(clean=True)
+        await writer.close(clean=True)
         writer.changed()
         assert not os.path.exists(store.path)
     run(main())
@@ -330,13 +331,40 @@ def test_a_failing_write_is_logged_once_and_retried(tmp_path: Path, caplog: pyte
         for pid in (10, 11):
             current[0] = Snapshot((record(pid=pid),))
             writer.changed()
-            await asyncio.sleep(0)
+            await writer.drain()
         store.failing = False
         writer.changed()  # the same snapshot as the failed one: written now
-        await asyncio.sleep(0)
+        await writer.drain()
         assert writer.writes == 1
     run(main())
     assert caplog.text.count("state store: cannot write") == 1
     assert "No space left on device" in caplog.text
     assert caplog.text.count("is written again") == 1
     assert store.load() == Snapshot((record(pid=11),))
+
+
+def test_a_change_during_a_write_is_written_after_it(tmp_path: Path) -> None:
+    import threading
+    gate = threading.Event()
+
+    class SlowStore(CountingStore):
+        def save_bytes(self, data: bytes) -> None:
+            gate.wait(10)
+            super().save_bytes(data)
+    store = SlowStore(str(tmp_path))
+    current = [Snapshot((record(pid=10),))]
+
+    async def main() -> None:
+        writer = StoreWriter(store, lambda: current[0])
+        writer.changed()
+        await asyncio.sleep(0)  # the first write is under way (blocked)
+        for pid in (11, 12, 13):
+            current[0] = Snapshot((record(pid=pid),))
+            writer.changed()
+            await asyncio.sleep(0)
+        assert store.saved == []
+        gate.set()
+        await writer.drain()
+    run(main())
+    assert [decode(d) for d in store.saved] == [Snapshot((record(pid=10),)), Snapshot((record(pid=13),))]
+    assert store.load() == Snapshot((record(pid=13),))
