@@ -4,6 +4,7 @@ applies what changed in the configuration meanwhile as a reload would."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from taskmasterd.statestore.records import parse_proc_stat
 from tests.dbus_fixtures import session_bus
 from tests.harness import Daemon, alive, event, processes_with_env, wait_until
 from tests.integration.conftest import WriteConfig
+from tests.integration.test_dbus_service import client, state_change
 from tests.integration.test_taskctl import taskctl
 
 Start = Callable[..., Daemon]
@@ -213,3 +215,23 @@ def test_a_second_daemon_on_the_same_statedir_adopts_nothing(
         finally:
             second.close()
     assert first.terminate() == 0
+
+
+def test_adoption_is_a_state_change_on_dbus(write_config: WriteConfig, daemons: Start,
+                                             bus_address: str, marker: str) -> None:
+    config = write_config({"a": sleeper(marker)})
+    first = daemons(config)
+    first.wait_for(event("RUNNING", "a"))
+    pid = first.latest_pids()["a"]
+    sigkill(first)
+
+    async def main() -> None:
+        async with client(bus_address) as c:
+            second = daemons(config)
+            msg = await asyncio.wait_for(c.next_signal(state_change("a", "RUNNING")), 15)
+            assert msg.body[:5] == ["a", "a", "STOPPED", "RUNNING", pid]
+            second.wait_for(event("ADOPTED", "a"))
+            os.kill(pid, signal.SIGKILL)
+            exited = await asyncio.wait_for(c.next_signal(state_change("a", "EXITED")), 15)
+            assert exited.body[4:] == [pid, 0, False]  # the status is unknown: 0, unexpected
+    asyncio.run(main())
