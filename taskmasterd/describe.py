@@ -26,9 +26,10 @@ def description(p: Process, uptime: float) -> str:
     return "not started"
 
 
-def adopted_message(ch: Changed, age: float) -> str:
+def adopted_message(ch: Changed, age: float, starttime: float) -> str:
     up = int(age)
-    state = "RUNNING" if ch.new is State.RUNNING else "STARTING until its starttime is over"
+    state = "RUNNING" if ch.new is State.RUNNING else \
+        f"STARTING, RUNNING in {max(0.0, starttime - age):.1f}s (what is left of starttime {starttime:g}s)"
     return (f"re-adopted pid {ch.pid} (started by a previous taskmasterd, up "
             f"{up // 3600}:{up // 60 % 60:02d}:{up % 60:02d}): {state}; no second copy started")
 

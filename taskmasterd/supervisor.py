@@ -321,7 +321,7 @@ class Supervisor:
         (changed,) = slot.process.adopt(child.pid, age, self._loop.time())
         assert isinstance(changed, Changed)
         p = slot.process
-        self.bus.publish(Event(kind=Kind.ADOPTED, message=adopted_message(changed, age),
+        self.bus.publish(Event(kind=Kind.ADOPTED, message=adopted_message(changed, age, p.config.starttime),
                                process=p.name, program=p.program, old_state=changed.old,
                                new_state=changed.new, pid=child.pid))
         self._sync_timer(slot)

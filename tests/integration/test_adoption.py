@@ -235,3 +235,20 @@ def test_adoption_is_a_state_change_on_dbus(write_config: WriteConfig, daemons: 
             exited = await asyncio.wait_for(c.next_signal(state_change("a", "EXITED")), 15)
             assert exited.body[4:] == [pid, 0, False]  # the status is unknown: 0, unexpected
     asyncio.run(main())
+
+
+def test_adopted_while_starting_keeps_what_is_left_of_starttime(
+        write_config: WriteConfig, daemons: Start, marker: str) -> None:
+    config = write_config({"slow": sleeper(marker, starttime=60)})
+    first = daemons(config)
+    pid = first.wait_for(event("STARTING", "slow")).pid
+    store = config.parent / "state" / "processes.json"
+    wait_until("the store", lambda: store.exists() and f'"pid":{pid}'.encode() in store.read_bytes())
+    sigkill(first)
+    second = daemons(config)
+    adopted = second.wait_for(event("ADOPTED", "slow"))
+    assert adopted.pid == pid and "STARTING, RUNNING in " in adopted.message
+    left = float(adopted.message.split("RUNNING in ")[1].split("s ")[0])
+    assert 0 < left < 60  # counted from its start, not from the adoption
+    assert not [ln for ln in second.lines if ln.kind in ("STARTING", "RUNNING")]
+    assert second.terminate() == 0
