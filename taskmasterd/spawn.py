@@ -66,13 +66,10 @@ class Pipe:
 class Child:
     pid: int
     pidfd: int
-    popen: subprocess.Popen[bytes] | None  # None: adopted, not our child (see adopt)
+    popen: subprocess.Popen[bytes] | None  # None: taken back (adopt, or kept across an exec)
     pipes: tuple[Pipe, ...] = ()
     start_ticks: int = 0  # /proc/PID/stat field 22: with the pid, its identity
-
-    @property
-    def adopted(self) -> bool:
-        return self.popen is None
+    adopted: bool = False  # not our child: its exit status cannot be collected
 
 
 def launch_spec(program: ProgramConfig, index: int, *, logdir: str, journal: bool,
@@ -218,24 +215,27 @@ def proc_stat(pid: int) -> ProcStat | None:
         return None
 
 
-def adopt(pid: int, start_ticks: int) -> Child | str:
+def adopt(pid: int, start_ticks: int, pidfd: int | None = None) -> Child | str:
     """Take back a process a previous daemon started: a pidfd on it, if it
     is still the same process (its start time matches: a pid reused since
     is not it) and leads its own process group (ours all do). Else why not.
 
-    It is not our child: its exit is seen through the pidfd, its status
-    cannot be collected (see reap_adopted)."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return "no longer running"
-    except OSError as exc:
-        return f"pidfd_open: {exc.strerror}"
+    After a crash it is not our child: its exit is seen through the pidfd,
+    its status cannot be collected. Across our own exec it still is (same
+    pid): `pidfd` is then the one handed over, and the status is real."""
+    if pidfd is None:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return "no longer running"
+        except OSError as exc:
+            return f"pidfd_open: {exc.strerror}"
     # Read after the pidfd is open: if the pid was reused in between, the
     # start time read now is the new process's, and we refuse it.
     stat = proc_stat(pid)
+    ours = _is_our_child(pid)
     why = None
-    if stat is None or stat.state in ("Z", "X"):
+    if stat is None or (stat.state in ("Z", "X") and not ours):
         why = "no longer running"
     elif stat.start_ticks != start_ticks:
         why = f"pid {pid} is another process now (start time {stat.start_ticks}, recorded {start_ticks})"
@@ -244,7 +244,18 @@ def adopt(pid: int, start_ticks: int) -> Child | str:
     if why is not None:
         os.close(pidfd)
         return why
-    return Child(pid=pid, pidfd=pidfd, popen=None, start_ticks=start_ticks)
+    return Child(pid=pid, pidfd=pidfd, popen=None, start_ticks=start_ticks, adopted=not ours)
+
+
+def _is_our_child(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("PPid:"):
+                    return int(line.split()[1]) == os.getpid()
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def reap_adopted(child: Child) -> None:
