@@ -223,7 +223,9 @@ def adopt(pid: int, start_ticks: int, pidfd: int | None = None) -> Child | str:
     After a crash it is not our child: its exit is seen through the pidfd,
     its status cannot be collected. Across our own exec it still is (same
     pid): `pidfd` is then the one handed over, and the status is real."""
-    if pidfd is None:
+    if pidfd is not None:
+        os.set_inheritable(pidfd, False)  # it was open across our exec: not for children
+    else:
         try:
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:

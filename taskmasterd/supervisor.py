@@ -83,9 +83,10 @@ class Supervisor(Takeover):
 
     # ---- public API ------------------------------------------------------
 
-    def launch_autostart(self) -> list[str]:
+    def launch_autostart(self, skip: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
+        """Start the autostart processes, but those taken back (and `skip`)."""
         names = [n for p in self.config.programs if p.autostart for n in p.process_names()
-                 if self.slots[n].process.state is State.STOPPED]  # not the adopted ones
+                 if self.slots[n].process.state is State.STOPPED and n not in skip]
         for name in names:
             self._request(self.slots[name], Process.start)
         return names
@@ -213,6 +214,9 @@ class Supervisor(Takeover):
     def longest_stop(self) -> float:
         """The longest stoptime among processes alive now (0 if none)."""
         return max((s.process.config.stoptime for s in self._alive), default=0.0)
+
+    def live_slots(self) -> list[Slot]:
+        return list(self._alive)
 
     def live_children(self) -> int:
         return len(self._alive)

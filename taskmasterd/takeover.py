@@ -13,7 +13,7 @@ import logging
 import os
 import signal as signals
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from taskmasterd import spawn
@@ -21,6 +21,7 @@ from taskmasterd.config import AutoRestart, Config, ProgramConfig
 from taskmasterd.describe import adopted_message
 from taskmasterd.events import Event, EventBus, Kind
 from taskmasterd.process import Action, Changed, Process, Refused, State
+from taskmasterd.statestore.handover import Down
 from taskmasterd.statestore.records import ProcessRecord, Snapshot, launch_fingerprint
 
 log = logging.getLogger("taskmasterd")
@@ -73,15 +74,18 @@ class Takeover:
                 stopsignal=int(p.config.stopsignal), stoptime=p.config.stoptime))
         return Snapshot(tuple(records), daemon_pid=os.getpid())
 
-    def adopt(self, snapshot: Snapshot) -> list[str]:
+    def adopt(self, snapshot: Snapshot, pidfds: Mapping[str, int] | None = None) -> list[str]:
         """Take back every recorded process still alive (same pid, same start
         time), then treat those whose program left the configuration or
         whose launch settings changed as a reload would: stop the former,
-        restart the latter. Before launch_autostart, which then skips them."""
+        restart the latter. Before launch_autostart, which then skips them.
+
+        `pidfds` (process name -> pidfd): handed over by our own re-exec; those
+        processes are still our children, taken back without an ADOPTED event."""
         todo: list[tuple[Slot, Request]] = []
         adopted: list[str] = []
         for rec in snapshot.processes:
-            child = spawn.adopt(rec.pid, rec.start_ticks)
+            child = spawn.adopt(rec.pid, rec.start_ticks, (pidfds or {}).get(rec.process))
             if isinstance(child, str):
                 log.info("%s: pid %d not re-adopted: %s", rec.process, rec.pid, child)
                 continue
@@ -97,7 +101,7 @@ class Takeover:
             elif rec.fingerprint != self._fingerprint(slot.process.config):
                 todo.append((slot, Process.relaunch))
         if adopted:
-            log.info("re-adopted %d process(es); %d to stop (left the configuration or were "
+            log.info("took back %d process(es); %d to stop (left the configuration or were "
                      "stopping), %d to restart (launch settings changed)", len(adopted),
                      sum(r is Process.stop for _, r in todo),
                      sum(r is Process.relaunch for _, r in todo))
@@ -137,10 +141,37 @@ class Takeover:
         (changed,) = slot.process.adopt(child.pid, age, self._loop.time())
         assert isinstance(changed, Changed)
         p = slot.process
-        self.bus.publish(Event(kind=Kind.ADOPTED, message=adopted_message(changed, age, p.config.starttime),
-                               process=p.name, program=p.program, old_state=changed.old,
-                               new_state=changed.new, pid=child.pid))
+        if child.adopted:  # across our own exec nothing changed for the outside
+            self.bus.publish(Event(kind=Kind.ADOPTED, process=p.name, program=p.program,
+                                   message=adopted_message(changed, age, p.config.starttime),
+                                   old_state=changed.old, new_state=changed.new, pid=child.pid))
         self._sync_timer(slot)
+
+    def down_states(self) -> list[Down]:
+        """The processes without a child, for a re-exec: their state survives it."""
+        return [Down(process=s.process.name, state=s.process.state,
+                     exit_status=s.process.exit_status, exit_unknown=s.process.exit_unknown,
+                     restarts=s.process.restarts,
+                     restart_pending=s.process.deadline is not None or s.process.start_pending)
+                for s in self.slots.values() if s.child is None]
+
+    def restore(self, downs: list[Down]) -> list[str]:
+        """Put back the states `down_states` saved (before our exec); a
+        pending restart or retry is started now. Returns their names."""
+        names = []
+        for down in downs:
+            slot = self.slots.get(down.process)
+            if slot is None or slot.child is not None or slot.process.state is not State.STOPPED:
+                continue
+            names.append(slot.process.name)
+            if down.restart_pending:  # a retry or an autorestart was due: now
+                with contextlib.suppress(Refused):
+                    self._request(slot, Process.start)
+                continue
+            p = slot.process
+            p.state, p.exit_status, p.exit_unknown = down.state, down.exit_status, down.exit_unknown
+            p.restarts = down.restarts
+        return names
 
     def _reattach_outputs(self, slot: Slot) -> None:
         """The one place where an adopted process's bounded outputs (pipes to

@@ -91,7 +91,7 @@ def test_sigkilled_daemon_is_replaced_without_second_copies(
     adopted = second.wait_count(event("ADOPTED"), 4)
     assert {ln.process: ln.pid for ln in adopted} == pids
     assert all("RUNNING" in ln.message for ln in adopted)
-    second.wait_text("re-adopted 4 process(es)")
+    second.wait_text("took back 4 process(es)")
     assert not [ln for ln in second.lines if ln.kind == "STARTING"]  # nothing spawned
     assert named(marker) == {name: [pid] for name, pid in pids.items()}  # one copy each
     status = taskctl(bus_address, "status")
