@@ -136,7 +136,10 @@ class Daemon:
             assert slot.child is not None
             os.set_inheritable(slot.child.pidfd, True)
             pidfds[slot.process.name] = slot.child.pidfd
-        h = Handover(snapshot, pidfds, tuple(sup.down_states()), __version__, embedded_bus)
+        # The log writer (a child) keeps draining the pipes it holds until
+        # their programs exit; the new image only collects its exit.
+        reap = (sup.logpipes.pid,) if sup.logpipes.pid else ()
+        h = Handover(snapshot, pidfds, tuple(sup.down_states()), __version__, embedded_bus, reap)
         fd = handovers.write_memfd(h)
         if self.store is not None and self.writer is not None:
             try:  # the store too: if the new image dies early, a next start adopts them
@@ -285,6 +288,8 @@ class Daemon:
         h = self.handover
         if h is not None:  # our own children, handed over: taken back whatever the store says
             self.supervisor.adopt(h.snapshot, h.pidfds)
+            for pid in h.reap:
+                _reap_later(pid)
         if store is None:
             return
         try:
@@ -324,6 +329,26 @@ class Daemon:
             pass  # already logged; the old config keeps running
         except ShuttingDown:
             log.info("SIGHUP ignored: taskmasterd is shutting down")
+
+
+def _reap_later(pid: int) -> None:
+    """Collect the exit of a child of ours nothing else watches (the log
+    writer of our image before a re-exec), so that it leaves no zombie."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return
+    loop = asyncio.get_running_loop()
+
+    def collect() -> None:
+        try:
+            if os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG) is None:
+                return
+        except ChildProcessError:
+            pass  # not ours after all: nothing to collect
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+    loop.add_reader(pidfd, collect)
 
 
 def _journal_sink() -> JournalSink | None:

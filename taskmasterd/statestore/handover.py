@@ -43,6 +43,7 @@ class Handover:
     down: tuple[Down, ...]
     from_version: str
     embedded_bus: dict[str, object] | None = None  # the private bus kept alive, if any
+    reap: tuple[int, ...] = ()  # other children of ours to collect when they exit (log writer)
 
 
 def encode(h: Handover) -> bytes:
@@ -54,6 +55,7 @@ def encode(h: Handover) -> bytes:
                   "exit_unknown": d.exit_unknown, "restarts": d.restarts,
                   "restart_pending": d.restart_pending} for d in h.down],
         "embedded_bus": h.embedded_bus,
+        "reap": list(h.reap),
     }
     return json.dumps(doc, separators=(",", ":")).encode()
 
@@ -69,14 +71,15 @@ def decode(data: bytes) -> Handover | Refused:
     if isinstance(snapshot, Refused):
         return snapshot
     pidfds, down, version = doc.get("pidfds"), doc.get("down"), doc.get("from_version")
-    embedded = doc.get("embedded_bus")
+    embedded, reap = doc.get("embedded_bus"), doc.get("reap")
     if not isinstance(pidfds, dict) or not all(
             isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
             for k, v in pidfds.items()):
         return Refused("pidfds: not a map of process names to fd numbers")
     if not isinstance(down, list) or not isinstance(version, str) or not (
-            embedded is None or isinstance(embedded, dict)):
-        return Refused("down, from_version or embedded_bus malformed")
+            embedded is None or isinstance(embedded, dict)) or not isinstance(reap, list) or not all(
+            isinstance(p, int) and not isinstance(p, bool) and p > 1 for p in reap):
+        return Refused("down, from_version, embedded_bus or reap malformed")
     try:
         downs = tuple(Down(process=str(d["process"]), state=State(d["state"]),
                            exit_status=d["exit_status"] if isinstance(d["exit_status"], int) else None,
@@ -84,7 +87,7 @@ def decode(data: bytes) -> Handover | Refused:
                            restart_pending=bool(d["restart_pending"])) for d in down)
     except (KeyError, TypeError, ValueError):
         return Refused("down: malformed entry")
-    return Handover(snapshot, dict(pidfds), downs, version, embedded)
+    return Handover(snapshot, dict(pidfds), downs, version, embedded, tuple(reap))
 
 
 def write_memfd(h: Handover) -> int:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from taskmasterd import __version__
-from tests.harness import Daemon, alive, event
+from tests.harness import Daemon, alive, event, wait_until
 from tests.integration.conftest import WriteConfig
 from tests.integration.test_adoption import marker, named, sleeper  # noqa: F401 (fixture)
 from tests.integration.test_notify import NotifySocket, notify  # noqa: F401 (fixture)
@@ -91,3 +91,36 @@ def test_reexec_refused_during_a_shutdown_is_an_error_not_a_hang(
     assert r.returncode != 0 and "shutting down" in r.stderr, r
     os.killpg(d.latest_pids()["slow"], signal.SIGKILL)
     assert d.proc.wait(30) == 0
+
+
+def zombies_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] == "Z" and fields[1] == str(pid):
+                found.append(int(entry))
+    return found
+
+
+def test_reexec_with_a_rotated_output(write_config: WriteConfig, daemons: Start, bus_address: str,
+                                      marker: str, workdir: Path) -> None:  # noqa: F811
+    out = workdir / "talk.out"
+    talk = sleeper(marker, cmd="sh -c 'while :; do echo tick; sleep 0.05; done'",
+                   stdout=str(out), stdout_maxbytes="1MB")
+    d = daemons(write_config({"talk": talk}))
+    d.wait_for(event("RUNNING", "talk"))
+    pid = d.latest_pids()["talk"]
+    r = taskctl(bus_address, "daemon-reexec")
+    assert r.returncode == 0, r.stderr
+    size = out.stat().st_size
+    wait_until("output after the re-exec", lambda: out.stat().st_size > size + 100)
+    os.killpg(pid, signal.SIGKILL)  # its old log writer drains to EOF, exits, is collected
+    exited = d.wait_for(event("EXITED", "talk"), timeout=5)
+    assert exited.fields["status"] == str(-signal.SIGKILL)
+    d.wait_for(event("RUNNING", "talk"))
+    wait_until("the old log writer collected", lambda: zombies_of(d.pid) == [])
+    assert d.terminate() == 0
