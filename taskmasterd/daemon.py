@@ -410,7 +410,9 @@ async def serve(config: Config, choice: BusChoice, *, shell: bool = False,
         if choice.kind == "private":
             from taskmasterd.bus.embedded import EmbeddedBus
 
-            embedded = await EmbeddedBus.start(runtime_dir(), _policy_file())
+            kept = handover.embedded_bus if isinstance(handover, Handover) else None
+            embedded = EmbeddedBus.inherit(kept) if kept is not None else \
+                await EmbeddedBus.start(runtime_dir(), _policy_file())
             await service.connect(address=embedded.address)
             choice = BusChoice("address", embedded.address)
             log.info("taskmasterd D-Bus: no system/session bus, serving on %s "
@@ -439,10 +441,7 @@ async def serve(config: Config, choice: BusChoice, *, shell: bool = False,
         keeper = asyncio.create_task(service.keep_connected(reconnect, where))
         daemon.bus.subscribe(service.on_event)
         daemon.state_changed = service.properties_changed
-        daemon.reexec_supported = lambda: (
-            "not with --shell" if shell else
-            "not on the private bus yet (it would go with the old image)" if embedded is not None
-            else None)
+        daemon.reexec_supported = lambda: "not with --shell" if shell else None
         if started is not None:
             started(daemon, asyncio.get_running_loop(), choice)
         code = await daemon.run(handle_signals=not shell)
@@ -451,7 +450,7 @@ async def serve(config: Config, choice: BusChoice, *, shell: bool = False,
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
-            daemon.exec_self(None)
+            daemon.exec_self(embedded.handover() if embedded is not None else None)
         return code
     except (BusUnavailable, RuntimeError, OSError) as exc:
         print(f"taskmasterd: not started: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -124,3 +125,28 @@ def test_reexec_with_a_rotated_output(write_config: WriteConfig, daemons: Start,
     d.wait_for(event("RUNNING", "talk"))
     wait_until("the old log writer collected", lambda: zombies_of(d.pid) == [])
     assert d.terminate() == 0
+
+
+def test_reexec_on_the_private_bus_keeps_the_bus(
+        write_config: WriteConfig, workdir: Path, marker: str) -> None:  # noqa: F811
+    runtime = workdir / "run"
+    env = {"TASKMASTER_RUNTIME_DIR": str(runtime)}
+    d = Daemon(write_config({"a": sleeper(marker)}), "--bus", "private", env=env)
+    try:
+        d.wait_for(event("RUNNING", "a"))
+        address = (runtime / "bus").read_text().strip()
+        bus_pid = int(subprocess.run(
+            ["busctl", f"--address={address}", "call", "org.freedesktop.DBus",
+             "/org/freedesktop/DBus", "org.freedesktop.DBus", "GetConnectionUnixProcessID", "s",
+             "org.freedesktop.DBus"], capture_output=True, text=True, check=True,
+            timeout=30).stdout.split()[1])
+        pid = d.latest_pids()["a"]
+        r = taskctl(address, "daemon-reexec")
+        assert r.returncode == 0, r.stderr
+        assert (runtime / "bus").read_text().strip() == address  # the same bus
+        assert alive(bus_pid) and alive(pid)
+        assert taskctl(address, "status", "a").stdout.split()[4:7] == ["a", "RUNNING", str(pid)]
+        assert d.terminate() == 0
+        assert not alive(bus_pid)  # stopped with the daemon, as before
+    finally:
+        d.close()
