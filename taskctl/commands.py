@@ -9,8 +9,9 @@ import json
 import time
 from typing import TYPE_CHECKING, Any, TextIO
 
+from taskctl.connection import DBUS_NAME, DBUS_PATH
 from taskctl.context import Context
-from taskctl.exitcodes import EXIT_ERROR, EXIT_NO_SUCH, EXIT_OK, EXIT_UNREACHABLE
+from taskctl.exitcodes import EXIT_ERROR, EXIT_NO_SUCH, EXIT_OK, EXIT_TIMEOUT, EXIT_UNREACHABLE
 from taskctl.follow import cmd_tail
 from taskctl.format import (
     action_lines,
@@ -32,6 +33,7 @@ from taskctl.format import (
 from taskctl.model import CallError, Unreachable
 from taskctl.parser import help_text
 from taskctl.waiting import act_and_wait, request_each
+from taskmasterd.bus.names import BUS_NAME
 
 if TYPE_CHECKING:
     from taskctl.client import Client
@@ -114,6 +116,45 @@ def cmd_shutdown(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_daemon_reexec(ctx: Context, args: argparse.Namespace) -> int:
+    """Manager.Reexecute, then wait for the new image: the name owned by a new
+    connection (NameOwnerChanged) whose State is running (it sent READY=1).
+    In between, the bus answers ServiceUnknown: retried until --timeout."""
+    client = ctx.client
+    before = _owner(ctx)
+    client.call("Reexecute")
+    deadline = time.monotonic() + (args.timeout or float("inf"))
+    while True:
+        try:
+            owner = _owner(ctx)
+            if owner not in ("", before) and client.state() == "running":
+                break
+        except (Unreachable, CallError):
+            pass  # the gap: nobody owns the name, or the new image is not serving yet
+        if time.monotonic() > deadline:
+            ctx.error(f"taskctl: taskmasterd did not come back within {args.timeout:g} s")
+            return EXIT_TIMEOUT
+        client.sleep(0.05)
+    version, pid = client.version(), client.daemon_pid()
+    if ctx.json:
+        ctx.print(dumps({"reexecuted": True, "pid": pid, "version": version}))
+    else:
+        ctx.print(f"taskmasterd: re-executed (pid {pid}, version {version})")
+    return EXIT_OK
+
+
+def _owner(ctx: Context) -> str:
+    """The unique name owning org.taskmaster.Taskmaster1 ("" if none)."""
+    try:
+        [owner] = ctx.client.call("GetNameOwner", "s", [BUS_NAME], destination=DBUS_NAME,
+                                  path=DBUS_PATH, interface=DBUS_NAME)
+    except Unreachable as exc:
+        if exc.cause == Unreachable.NO_OWNER:
+            return ""
+        raise
+    return str(owner)
+
+
 def cmd_pid(ctx: Context, args: argparse.Namespace) -> int:
     if not args.targets:
         pid = ctx.client.daemon_pid()
@@ -171,6 +212,7 @@ def cmd_help(ctx: Context, args: argparse.Namespace) -> int:
 COMMAND_FUNCS = {
     "status": cmd_status, "start": cmd_action, "stop": cmd_action, "restart": cmd_action,
     "signal": cmd_action, "reload": cmd_reload, "shutdown": cmd_shutdown, "pid": cmd_pid,
+    "daemon-reexec": cmd_daemon_reexec,
     "tail": cmd_tail, "events": cmd_events, "history": cmd_history, "alert": cmd_alert, "help": cmd_help,
 }
 

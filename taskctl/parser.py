@@ -17,6 +17,8 @@ TAIL_BYTES = 1600  # supervisorctl's default
 DEFAULT_TIMEOUT = 300.0
 
 # name, arguments, summary: `help` and the shell's completion use this.
+REEXEC_TIMEOUT = 30.0  # seconds daemon-reexec waits for the new daemon
+
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("status", "[TARGET...]", "state, uptime, restarts of processes (exit 3 when one shown is not RUNNING)"),
     ("start", "[--no-block] TARGET...", "start processes; wait until RUNNING (exit 1 if one fails)"),
@@ -25,6 +27,8 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("signal", "SIG TARGET...", "send a signal (TERM, HUP, USR1, 9, ...) to processes"),
     ("reload", "", "re-read the configuration and apply the changes"),
     ("shutdown", "", "stop every process and taskmasterd itself"),
+    ("daemon-reexec", "[--timeout SECONDS]",
+     "re-execute taskmasterd in place (an upgrade): no program is restarted"),
     ("pid", "[TARGET...]", "pid of taskmasterd, or of processes"),
     ("tail", "[-f] [--stderr] [-c BYTES] PROCESS",
      "end of a process's output (-f: keep following, across rotations)"),
@@ -100,6 +104,10 @@ def build_parser(*, shell: bool = False) -> argparse.ArgumentParser:
     sp.add_argument("targets", nargs="+", metavar="TARGET")
     command("reload")
     command("shutdown")
+    command("daemon-reexec").add_argument(
+        "--timeout", type=argtypes.seconds, default=REEXEC_TIMEOUT, metavar="SECONDS",
+        help=f"give up waiting for the new daemon after this long, exit 124 (default "
+             f"{REEXEC_TIMEOUT:g})")
     command("pid").add_argument("targets", nargs="*", metavar="TARGET")
     sp = command("tail")
     sp.add_argument("-f", "--follow", action="store_true", help="keep printing what is added")

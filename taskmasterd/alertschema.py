@@ -34,6 +34,7 @@ ALERT_EVENTS: tuple[str, ...] = (
     "EXITED_UNEXPECTED",
     "FATAL",
     "SPAWN_ERROR",
+    "ADOPTED",
     "RELOAD",
     "RELOAD_FAILED",
     "DAEMON_START",

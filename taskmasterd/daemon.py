@@ -22,7 +22,7 @@ from taskmasterd.bus.names import BUS_NAME
 from taskmasterd.bus.service import BusService, BusUnavailable
 from taskmasterd.busaddr import BusChoice, runtime_dir
 from taskmasterd.config import Config, ConfigError
-from taskmasterd.errors import ConfigInvalid, ShuttingDown
+from taskmasterd.errors import ConfigInvalid, ShuttingDown, TaskmasterError
 from taskmasterd.events import Event, EventBus, Kind
 from taskmasterd.exposure import exposure_warning
 from taskmasterd.hostcheck import load as load_config
@@ -33,6 +33,9 @@ from taskmasterd.logwriter import raise_nofile
 from taskmasterd.notify import Notifier, status_line
 from taskmasterd.paths import resolve_paths
 from taskmasterd.reload import ReloadPlan
+from taskmasterd.statestore import Refused, Snapshot, StateStore, StoreBusy, StoreWriter
+from taskmasterd.statestore import handover as handovers
+from taskmasterd.statestore.handover import Handover
 from taskmasterd.supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -40,6 +43,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("taskmasterd")
 
+
+# run()'s result when the daemon is to re-execute itself (serve() does it).
+REEXEC = -1
 
 # The longest the daemon may still take once every program is down: a last
 # exit waiting for its output to land, the log writer's drain, the last alerts.
@@ -74,6 +80,11 @@ class Daemon:
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _status_pending: bool = False
     alerts: AlertDispatcher | None = None  # set by create()
+    store: StateStore | None = None  # set by create(); used from run() on
+    writer: StoreWriter | None = None  # while this daemon owns the store
+    handover: Handover | None = None  # what our previous image handed over (daemon-reexec)
+    reexec_supported: Callable[[], str | None] = lambda: None  # why not, or None
+    _reexec: bool = False
 
     def _set_state(self, state: str) -> None:
         if state == self.state:
@@ -100,6 +111,49 @@ class Daemon:
 
     def request_shutdown(self) -> None:
         self._stop.set()
+
+    def reexecute(self) -> None:
+        """Manager.Reexecute: RELOADING=1 now; once the reply is sent, serve()
+        hands the state over and executes taskmasterd again in this process."""
+        if self._stop.is_set() or self.supervisor.shutting_down:
+            raise ShuttingDown("taskmasterd is shutting down: no re-exec")
+        why = self.reexec_supported()
+        if why is not None:
+            raise TaskmasterError(f"cannot re-execute: {why}")
+        if self.state != "running":
+            raise TaskmasterError(f"cannot re-execute while {self.state}; try again")
+        self._reexec = True
+        self._set_state("reloading")  # RELOADING=1: READY=1 comes from the new image
+        self._stop.set()
+
+    def exec_self(self, embedded_bus: dict[str, object] | None) -> NoReturn:
+        """Hand the state over (memfd) and become the taskmasterd on disk now,
+        with the same pid: children stay ours, their pidfds stay open."""
+        sup = self.supervisor
+        snapshot = sup.snapshot()
+        pidfds: dict[str, int] = {}
+        for slot in sup.live_slots():
+            assert slot.child is not None
+            os.set_inheritable(slot.child.pidfd, True)
+            pidfds[slot.process.name] = slot.child.pidfd
+        # The log writer (a child) keeps draining the pipes it holds; the new
+        # image re-attaches it (LogPipes.attach_surviving: our control socket
+        # closes at exec) or, if it cannot, collects its exit.
+        reap = (sup.logpipes.pid,) if sup.logpipes.pid else ()
+        h = Handover(snapshot, pidfds, tuple(sup.down_states()), __version__, embedded_bus, reap)
+        fd = handovers.write_memfd(h)
+        if self.store is not None and self.writer is not None:
+            try:  # the store too: if the new image dies early, a next start adopts them
+                self.store.save(snapshot)
+            except OSError as exc:
+                log.warning("state store: cannot write %s before re-exec: %s", self.store.path,
+                            exc.strerror)
+        log.info("re-executing %s (%d process(es) kept, state handed over in fd %d)",
+                 sys.executable, len(pidfds), fd)
+        self.lifelog.close()  # flushes this turn's lines
+        env = dict(os.environ)
+        env[handovers.ENV] = str(fd)
+        os.execve(sys.executable, sys.orig_argv, env)
 
     def output_file(self, process: str, stream: str) -> str:
         return self.supervisor.output_file(process, stream)
@@ -128,7 +182,7 @@ class Daemon:
         sup = Supervisor(config, bus, logdir=paths.logdir, journal=journald)
         # Before any program starts: the log writer a dead daemon left draining.
         sup.logpipes.attach_surviving(writer_socket(runtime_dir(), paths.statedir, config.path))
-        daemon = cls(config.path, config, bus, lifelog, sup)
+        daemon = cls(config.path, config, bus, lifelog, sup, store=StateStore(paths.statedir))
         bus.subscribe(daemon._on_event)
         daemon.alerts = AlertDispatcher(config.alerts, config_path=config.path,
                                         stderr_file=lambda p: sup.output_file(p, "stderr"))
@@ -198,15 +252,26 @@ class Daemon:
             kind=Kind.DAEMON_START, pid=os.getpid(),
             message=f"taskmasterd {__version__} started with {self.config_path} "
                     f"({len(self.config.programs)} programs)"))
-        self.supervisor.launch_autostart()
+        self._open_store()
+        if self.handover is not None:  # after our own exec: what ran, runs; what did not, not
+            known = {r.process for r in self.handover.snapshot.processes}
+            known |= set(self.supervisor.restore(list(self.handover.down)))
+            self.supervisor.launch_autostart(skip=known)
+        else:
+            self.supervisor.launch_autostart()
         self._set_state("running")  # READY=1: the bus name is ours, autostart launched
         self.notifier.start_watchdog()
         await self._stop.wait()
+        if self._reexec:
+            return REEXEC
         self._set_state("stopping")
         live = self.supervisor.live_children()
         self.bus.publish(Event(kind=Kind.DAEMON_STOP,
                                message=f"shutting down: stopping {live} running process(es)"))
         await self.supervisor.shutdown()
+        if self.writer is not None:  # nothing runs: nothing for a next daemon to adopt
+            await self.writer.close(clean=True)
+            self.writer = None
         self.bus.publish(Event(kind=Kind.DAEMON_STOP, message="every process stopped; exiting"))
         if self.alerts is not None:
             await self.alerts.close()  # the last messages, a few seconds at most
@@ -217,6 +282,38 @@ class Daemon:
             signal.signal(sig, signal.SIG_IGN)
         self.lifelog.close()
         return 0
+
+    def _open_store(self) -> None:
+        """Own the state store (its lock), take back the processes it
+        records, then keep it current. Without it (another daemon holds it,
+        statedir unusable) supervision works as before, minus re-adoption."""
+        store = self.store
+        h = self.handover
+        if h is not None:  # our own children, handed over: taken back whatever the store says
+            self.supervisor.adopt(h.snapshot, h.pidfds)
+            for pid in h.reap:
+                if pid != self.supervisor.logpipes.pid:  # re-attached: LogPipes collects it
+                    _reap_later(pid)
+        if store is None:
+            return
+        try:
+            store.lock()
+        except StoreBusy as exc:
+            log.warning("state store: %s: no process is re-adopted and this daemon records "
+                        "none (give each daemon its own statedir)", exc)
+            return
+        except OSError as exc:
+            log.warning("state store: cannot use %s (%s): no process is re-adopted and this "
+                        "daemon's processes could not be re-adopted after a crash", store.statedir,
+                        exc.strerror)
+            return
+        if h is None:
+            snapshot = store.load()
+            if isinstance(snapshot, Snapshot) and snapshot.processes:
+                self.supervisor.adopt(snapshot)
+        self.writer = StoreWriter(store, self.supervisor.snapshot)
+        self.bus.subscribe(self.writer.changed)
+        self.writer.changed()
 
     def reopen_logs(self) -> None:
         """SIGUSR2 (supervisord's habit; logrotate's postrotate sends it):
@@ -236,6 +333,26 @@ class Daemon:
             pass  # already logged; the old config keeps running
         except ShuttingDown:
             log.info("SIGHUP ignored: taskmasterd is shutting down")
+
+
+def _reap_later(pid: int) -> None:
+    """Collect the exit of a child of ours nothing else watches (the log
+    writer of our image before a re-exec), so that it leaves no zombie."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return
+    loop = asyncio.get_running_loop()
+
+    def collect() -> None:
+        try:
+            if os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG) is None:
+                return
+        except ChildProcessError:
+            pass  # not ours after all: nothing to collect
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+    loop.add_reader(pidfd, collect)
 
 
 def _journal_sink() -> JournalSink | None:
@@ -278,11 +395,18 @@ async def serve(config: Config, choice: BusChoice, *, shell: bool = False,
     shell), signals are left to the caller, and `started(daemon, loop,
     where)` is called once the bus name is owned, `where` being the bus a
     client should use."""
+    handover = handovers.take()  # set when we are our own re-exec
     try:
         daemon = await Daemon.create(config, stderr=not shell)
     except StartupError as exc:
         print(f"taskmasterd: not started: {exc}", file=sys.stderr)
         return 1
+    if isinstance(handover, Refused):  # the store written before the exec serves instead
+        log.warning("re-exec: the handover is refused (%s); taking processes back from the "
+                    "state store", handover.reason)
+    elif handover is not None:
+        daemon.handover = handover
+        log.info("re-executed: taskmasterd %s, was %s", __version__, handover.from_version)
     embedded: EmbeddedBus | None = None
     service = BusService(daemon)
     keeper: asyncio.Task[None] | None = None
@@ -290,7 +414,9 @@ async def serve(config: Config, choice: BusChoice, *, shell: bool = False,
         if choice.kind == "private":
             from taskmasterd.bus.embedded import EmbeddedBus
 
-            embedded = await EmbeddedBus.start(runtime_dir(), _policy_file())
+            kept = handover.embedded_bus if isinstance(handover, Handover) else None
+            embedded = EmbeddedBus.inherit(kept) if kept is not None else \
+                await EmbeddedBus.start(runtime_dir(), _policy_file())
             await service.connect(address=embedded.address)
             choice = BusChoice("address", embedded.address)
             log.info("taskmasterd D-Bus: no system/session bus, serving on %s "
@@ -319,9 +445,17 @@ async def serve(config: Config, choice: BusChoice, *, shell: bool = False,
         keeper = asyncio.create_task(service.keep_connected(reconnect, where))
         daemon.bus.subscribe(service.on_event)
         daemon.state_changed = service.properties_changed
+        daemon.reexec_supported = lambda: "not with --shell" if shell else None
         if started is not None:
             started(daemon, asyncio.get_running_loop(), choice)
-        return await daemon.run(handle_signals=not shell)
+        code = await daemon.run(handle_signals=not shell)
+        if code == REEXEC:
+            await service.close()  # after the reply to Reexecute: the bus frees our name
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            daemon.exec_self(embedded.handover() if embedded is not None else None)
+        return code
     except (BusUnavailable, RuntimeError, OSError) as exc:
         print(f"taskmasterd: not started: {exc}", file=sys.stderr)
         await daemon.supervisor.shutdown()

@@ -32,6 +32,9 @@ class Kind(enum.StrEnum):
     RELOAD_FAILED = "RELOAD_FAILED"
     DAEMON_START = "DAEMON_START"
     DAEMON_STOP = "DAEMON_STOP"
+    # A process a previous daemon started, taken back alive at start-up
+    # (statestore): a transition too (STOPPED -> RUNNING or STARTING).
+    ADOPTED = "ADOPTED"
 
 
 # The kinds by their old module-level names (events.RELOAD ...), still used by alerts.
@@ -42,6 +45,7 @@ RELOAD = Kind.RELOAD
 RELOAD_FAILED = Kind.RELOAD_FAILED
 DAEMON_START = Kind.DAEMON_START
 DAEMON_STOP = Kind.DAEMON_STOP
+ADOPTED = Kind.ADOPTED
 DAEMON = "taskmasterd"  # the `process` of daemon-level events
 
 
@@ -65,6 +69,7 @@ class Event:
     new_state: State | None = None
     pid: int = 0  # the process's, or the daemon's for DAEMON_START
     exit_status: int | None = None  # returncode convention (< 0: signal)
+    exit_unknown: bool = False  # an adopted process exited: no status (exit_status None)
     expected: bool = True
     spawn_error: SpawnError | None = None  # SPAWN_ERROR
     reload: Reloaded | None = None  # RELOAD

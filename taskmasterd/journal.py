@@ -45,6 +45,8 @@ def fields(event: Event) -> dict[str, str]:
         out["TASKMASTER_PID"] = str(event.pid)
     if event.exit_status is not None:
         out["TASKMASTER_EXIT_STATUS"] = str(event.exit_status)
+    elif event.exit_unknown:
+        out["TASKMASTER_EXIT_STATUS"] = "unknown"  # an adopted process: not our child
     if event.kind in (State.EXITED, State.STOPPED):
         out["TASKMASTER_EXPECTED"] = "yes" if event.expected else "no"
     if event.old_state is not None:

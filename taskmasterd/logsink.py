@@ -205,6 +205,8 @@ def format_event(event: Event) -> str:
         fields.append(f"pid={event.pid}")
     if event.exit_status is not None:
         fields.append(f"status={event.exit_status}")
+    elif event.exit_unknown:
+        fields.append("status=unknown")
     if event.kind in (State.EXITED, State.STOPPED):
         fields.append(f"expected={'yes' if event.expected else 'no'}")
     fields += [f"{k}={v}" for k, v in event.extra_fields()]

@@ -28,6 +28,15 @@ from taskmasterd.config import AutoRestart, ProgramConfig
 from taskmasterd.states import State as State  # re-exported: defined with its text there
 from taskmasterd.states import describe_status as describe_status
 
+# What is said of an exit whose status cannot be known: an adopted process
+# is not our child, its pidfd tells that it exited, not how.
+UNKNOWN_EXIT = "exit status unknown (adopted)"
+
+
+def describe_exit(status: int | None) -> str:
+    """describe_status, or UNKNOWN_EXIT for None (an adopted process's exit)."""
+    return UNKNOWN_EXIT if status is None else describe_status(status)
+
 # States in which a process is "started" for the purpose of Start requests
 # (supervisord's RUNNING_STATES) and in which it has (or is getting) a pid.
 STARTED_STATES = frozenset({State.STARTING, State.RUNNING, State.BACKOFF})
@@ -76,7 +85,7 @@ class LastExit:
     ExecMainStatus/ExecMainExitTimestamp): what monitoring shows for a
     crash without a trip to the log."""
 
-    status: int  # returncode: >= 0 exit code, < 0 killed by that signal
+    status: int | None  # returncode: >= 0 exit code, < 0 signal; None: unknown (adopted)
     at: float  # `now` (monotonic seconds) when the exit was collected
     expected: bool  # in exitcodes while RUNNING, or stopped on request
 
@@ -163,6 +172,7 @@ class Changed:
     spawn_error: SpawnError | None = None
     retry_in: float | None = None  # BACKOFF: seconds until the next try
     start_limit_hit: StartLimitHit | None = None  # FATAL: gave up on the start limit
+    status_unknown: bool = False  # the exit of an adopted process: exit_status is None
 
 
 Action = Spawn | Kill | Changed
@@ -198,6 +208,7 @@ class Process:
     last_exit: LastExit | None = None  # the last exit ever collected (never reset)
     start_limit: StartLimit = field(default_factory=StartLimit, repr=False)
     start_limit_hit: StartLimitHit | None = None  # why it is FATAL, if the start limit
+    exit_unknown: bool = False  # the last exit was an adopted process's: no status
     _out: list[Action] = field(default_factory=list, repr=False)
     _spawning: bool = field(default=False, repr=False)
 
@@ -232,12 +243,37 @@ class Process:
     def on_spawn_failed(self, error: SpawnError, now: float) -> list[Action]:
         return self._dispatch(Event.SPAWN_FAILED, now, error)
 
-    def on_exit(self, status: int, now: float) -> list[Action]:
-        return self._dispatch(Event.EXIT, now, status)
+    def on_exit(self, status: int | None, now: float) -> list[Action]:
+        """`status` None: it exited, how is unknown (an adopted process)."""
+        return self._dispatch(Event.EXIT, now, _UNKNOWN if status is None else status)
 
-    def _record_exit(self, status: int, now: float, expected: bool) -> None:
-        self.exit_status = status
-        self.last_exit = LastExit(status, now, expected)
+    def adopt(self, pid: int, age: float, now: float) -> list[Action]:
+        """Take back a live process a previous daemon started `age` seconds
+        ago: RUNNING, or STARTING for what is left of its starttime. Only a
+        fresh (STOPPED, never spawned) process can adopt."""
+        if self.state is not State.STOPPED or self._spawning or self.pid:
+            raise AssertionError(f"{self.name}: adopt in {self.state}")
+        self.want_up = True
+        self.pid = pid
+        self.started_at = now - age
+        self.spawn_error = None
+        self._to(State.STARTING)
+        left = self.config.starttime - age
+        if left <= 0:
+            self._running(now, None)
+        else:
+            self.deadline = now + left
+        out, self._out = self._out, []
+        # One transition, STOPPED -> STARTING or RUNNING, not two.
+        first, last = out[0], out[-1]
+        assert isinstance(first, Changed) and isinstance(last, Changed)
+        return [Changed(first.old, last.new, pid)]
+
+    def _record_exit(self, status: object, now: float, expected: bool) -> None:
+        known = status if isinstance(status, int) else None
+        self.exit_status = known
+        self.exit_unknown = known is None
+        self.last_exit = LastExit(known, now, expected)
 
     def on_timer(self, now: float) -> list[Action]:
         if self.deadline is None or now < self.deadline:
@@ -255,9 +291,9 @@ class Process:
                 raise Refused("NotRunning", f"{self.name} is not running ({self.state.value})")
             if event is Event.EXIT:
                 # An exit we did not expect in this state: record it, don't guess.
-                if isinstance(arg, int):
-                    self.last_exit = LastExit(arg, now, False)
-                self._to(State.UNKNOWN, exit_status=arg if isinstance(arg, int) else None)
+                self._record_exit(arg, now, False)
+                self._to(State.UNKNOWN, exit_status=self.exit_status,
+                         status_unknown=self.exit_unknown)
                 self.pid = 0
             elif event is Event.TIMER:
                 self.deadline = None
@@ -277,6 +313,7 @@ class Process:
     def _spawn(self) -> None:
         self.deadline = None
         self.exit_status = None
+        self.exit_unknown = False
         self._spawning = True
         self._out.append(Spawn())
 
@@ -334,15 +371,15 @@ class Process:
         self.retries += 1
         if self.retries > self.config.startretries:
             self._to(State.BACKOFF, exit_status=self.exit_status, expected=False,
-                     spawn_error=self.spawn_error)
+                     spawn_error=self.spawn_error, status_unknown=self.exit_unknown)
             self.deadline = None
             self._to(State.FATAL, exit_status=self.exit_status, expected=False,
-                     spawn_error=self.spawn_error)
+                     spawn_error=self.spawn_error, status_unknown=self.exit_unknown)
             self.retries = 0
             return
         delay = self._backoff_delay()
         self._to(State.BACKOFF, exit_status=self.exit_status, expected=False,
-                 spawn_error=self.spawn_error, retry_in=delay)
+                 spawn_error=self.spawn_error, retry_in=delay, status_unknown=self.exit_unknown)
         self.deadline = now + delay
 
     def _running(self, now: float, _: object) -> None:
@@ -351,7 +388,6 @@ class Process:
         self._to(State.RUNNING)
 
     def _exit_while_starting(self, now: float, status: object) -> None:
-        assert isinstance(status, int)
         # Exit codes don't matter before RUNNING: it did not stay up.
         self._record_exit(status, now, expected=False)
         self.deadline = None
@@ -359,10 +395,11 @@ class Process:
         self.pid = 0
 
     def _exit_while_running(self, now: float, status: object) -> None:
-        assert isinstance(status, int)
-        self.expected = status >= 0 and status in self.config.exitcodes
+        # An unknown status (adopted) is never expected: autorestart decides.
+        self.expected = isinstance(status, int) and status >= 0 and status in self.config.exitcodes
         self._record_exit(status, now, self.expected)
-        self._to(State.EXITED, exit_status=status, expected=self.expected)
+        self._to(State.EXITED, exit_status=self.exit_status, expected=self.expected,
+                 status_unknown=self.exit_unknown)
         self.pid = 0
         policy = self.config.autorestart
         again = policy is AutoRestart.ALWAYS or (
@@ -376,10 +413,10 @@ class Process:
             self._auto_restart(now, None)
 
     def _exit_while_stopping(self, now: float, status: object) -> None:
-        assert isinstance(status, int)
         self._record_exit(status, now, expected=True)
         self.deadline = None
-        self._to(State.STOPPED, exit_status=status, expected=True)
+        self._to(State.STOPPED, exit_status=self.exit_status, expected=True,
+                 status_unknown=self.exit_unknown)
         self.pid = 0
         if self.start_pending:
             self._start(now, None)
@@ -424,8 +461,15 @@ class Process:
         self.retries = 0
         self.start_limit_hit = self.start_limit.hit(now)
         self._to(State.FATAL, exit_status=self.exit_status, expected=False,
-                 spawn_error=self.spawn_error, start_limit_hit=self.start_limit_hit)
+                 spawn_error=self.spawn_error, start_limit_hit=self.start_limit_hit,
+                 status_unknown=self.exit_unknown)
 
+
+class _Unknown:
+    """The EXIT argument of an adopted process's exit (no status)."""
+
+
+_UNKNOWN = _Unknown()
 
 Handler = Callable[[Process, float, object], None]
 

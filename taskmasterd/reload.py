@@ -44,11 +44,13 @@ class ReloadPlan:
         return not (self.added or self.removed or self.changed)
 
 
-def _launch_view(p: ProgramConfig, old_logdir: str | None) -> tuple[object, ...]:
+def launch_view(p: ProgramConfig, logdir: str | None) -> tuple[object, ...]:
+    """What a reload compares to decide a restart (the state store's launch
+    fingerprint hashes the same view: the two cannot disagree)."""
     values: list[object] = [getattr(p, k) for k in LAUNCH_KEYS]
     # Auto output lives under logdir: moving logdir moves those files.
     uses_logdir = OutputKind.AUTO in (p.stdout.kind, p.stderr.kind)
-    values.append(old_logdir if uses_logdir else None)
+    values.append(logdir if uses_logdir else None)
     return tuple(values)
 
 
@@ -65,7 +67,7 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
             added.append(p)
         elif before == p and old.daemon.logdir == new.daemon.logdir:
             continue
-        elif _launch_view(before, old.daemon.logdir) != _launch_view(p, new.daemon.logdir):
+        elif launch_view(before, old.daemon.logdir) != launch_view(p, new.daemon.logdir):
             restarted.append(p)
         elif before.numprocs != p.numprocs:
             resized.append(Resize(p, before.numprocs))

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from taskmasterd.config import Output, OutputKind, ProgramConfig
 from taskmasterd.logwriter import grow_pipe
 from taskmasterd.process import SpawnError
+from taskmasterd.statestore.records import ProcStat, parse_proc_stat
 
 _OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOCTTY
 
@@ -66,8 +67,10 @@ class Pipe:
 class Child:
     pid: int
     pidfd: int
-    popen: subprocess.Popen[bytes]
+    popen: subprocess.Popen[bytes] | None  # None: taken back (adopt, or kept across an exec)
     pipes: tuple[Pipe, ...] = ()
+    start_ticks: int = 0  # /proc/PID/stat field 22: with the pid, its identity
+    adopted: bool = False  # not our child: its exit status cannot be collected
 
 
 def launch_spec(program: ProgramConfig, index: int, *, logdir: str, journal: bool,
@@ -199,7 +202,73 @@ def spawn(spec: LaunchSpec) -> Child:
         for pipe in pipes:
             os.close(pipe.fd)
         raise _error(exc, "pidfd_open") from None
-    return Child(pid=popen.pid, pidfd=pidfd, popen=popen, pipes=tuple(pipes))
+    # A zombie still has its stat: this cannot miss a child that died at once.
+    stat = proc_stat(popen.pid)
+    return Child(pid=popen.pid, pidfd=pidfd, popen=popen, pipes=tuple(pipes),
+                 start_ticks=stat.start_ticks if stat is not None else 0)
+
+
+def proc_stat(pid: int) -> ProcStat | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="surrogateescape") as f:
+            return parse_proc_stat(f.read())
+    except OSError:
+        return None
+
+
+def adopt(pid: int, start_ticks: int, pidfd: int | None = None) -> Child | str:
+    """Take back a process a previous daemon started: a pidfd on it, if it
+    is still the same process (its start time matches: a pid reused since
+    is not it) and leads its own process group (ours all do). Else why not.
+
+    After a crash it is not our child: its exit is seen through the pidfd,
+    its status cannot be collected. Across our own exec it still is (same
+    pid): `pidfd` is then the one handed over, and the status is real."""
+    if pidfd is not None:
+        os.set_inheritable(pidfd, False)  # it was open across our exec: not for children
+    else:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return "no longer running"
+        except OSError as exc:
+            return f"pidfd_open: {exc.strerror}"
+    # Read after the pidfd is open: if the pid was reused in between, the
+    # start time read now is the new process's, and we refuse it.
+    stat = proc_stat(pid)
+    ours = _is_our_child(pid)
+    why = None
+    if stat is None or (stat.state in ("Z", "X") and not ours):
+        why = "no longer running"
+    elif stat.start_ticks != start_ticks:
+        why = f"pid {pid} is another process now (start time {stat.start_ticks}, recorded {start_ticks})"
+    elif stat.pgrp != pid:
+        why = f"pid {pid} no longer leads its process group ({stat.pgrp})"
+    if why is not None:
+        os.close(pidfd)
+        return why
+    return Child(pid=pid, pidfd=pidfd, popen=None, start_ticks=start_ticks, adopted=not ours)
+
+
+def _is_our_child(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("PPid:"):
+                    return int(line.split()[1]) == os.getpid()
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def reap_adopted(child: Child) -> None:
+    """An adopted process exited (its pidfd is readable): SIGKILL what it
+    left in its group, as collect() does for our children, and close the
+    pidfd. While a member lives, the kernel keeps the group's number from
+    being reused, so this cannot reach an unrelated group."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signal.SIGKILL)
+    os.close(child.pidfd)
 
 
 def _exec_error(exc: OSError, spec: LaunchSpec) -> SpawnFailed:
@@ -232,7 +301,8 @@ def collect(child: Child) -> int | None:
         status = info.si_status
     else:  # CLD_KILLED / CLD_DUMPED
         status = -info.si_status
-    child.popen.returncode = status  # so Popen never waits for it itself
+    if child.popen is not None:
+        child.popen.returncode = status  # so Popen never waits for it itself
     os.close(child.pidfd)
     return status
 
@@ -243,3 +313,14 @@ def kill_group(child: Child, sig: signal.Signals) -> None:
         os.killpg(child.pid, sig)
     except ProcessLookupError:
         pass  # already gone; its exit is on its way through the pidfd
+
+
+def process_age(start_ticks: int) -> float:
+    """Seconds since a process started, from its /proc start time (clock
+    ticks after boot) and the time since boot: immune to wall-clock jumps."""
+    try:
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))

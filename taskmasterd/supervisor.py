@@ -6,7 +6,9 @@ timer (loop.call_at on the machine's `deadline`). Nothing polls: an idle
 daemon has no timers and sleeps in epoll.
 
 Public methods (start/stop/restart/signal/reload/processes/shutdown) are what
-the D-Bus adapters and the daemon's signal handlers call.
+the D-Bus adapters and the daemon's signal handlers call; `snapshot()` is
+what the state store records and `adopt()` takes back what a previous
+daemon left running (taskmasterd/statestore).
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import logging
 import os
 import signal as signals
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from taskmasterd import spawn, targets
 from taskmasterd.config import Config, OutputKind, ProgramConfig
 from taskmasterd.deadline import cancel as cancel_timer
 from taskmasterd.deadline import follow as follow_deadline
+from taskmasterd.describe import description, reload_message, transition_message
 from taskmasterd.errors import AlreadyStarted, BadName, NoSuchProgram, NotAFile, NotRunning, ShuttingDown
 from taskmasterd.events import Event, EventBus, Kind, Reloaded
 from taskmasterd.logpipes import LogPipes
@@ -36,28 +39,11 @@ from taskmasterd.process import (
     Spawn,
     SpawnError,
     State,
-    describe_status,
 )
-from taskmasterd.reload import ReloadPlan, in_place_fields, plan_reload
+from taskmasterd.reload import ReloadPlan, plan_reload
+from taskmasterd.takeover import Request, Slot, Takeover
 
 log = logging.getLogger("taskmasterd")
-
-
-Request = Callable[[Process, float], list[Action]]
-
-
-@dataclass(eq=False)
-class Slot:
-    """One process: its state machine and its runtime handles."""
-
-    process: Process
-    child: spawn.Child | None = None
-    timer: asyncio.TimerHandle | None = None
-    timer_at: float | None = None
-    started_wall: float = 0.0  # time.time() of the last spawn
-    exited_wall: float = 0.0  # time.time() of the last exit (the core's last_exit)
-    retiring: bool = False  # removed by a reload: drop once it is down
-    pipes: list[int] = field(default_factory=list)  # the log writer's ids of its bounded outputs
 
 
 @dataclass(frozen=True)
@@ -77,7 +63,7 @@ class ProcessInfo:
 
 
 @dataclass
-class Supervisor:
+class Supervisor(Takeover):
     config: Config
     bus: EventBus
     logdir: str
@@ -97,8 +83,10 @@ class Supervisor:
 
     # ---- public API ------------------------------------------------------
 
-    def launch_autostart(self) -> list[str]:
-        names = [n for p in self.config.programs if p.autostart for n in p.process_names()]
+    def launch_autostart(self, skip: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
+        """Start the autostart processes, but those taken back (and `skip`)."""
+        names = [n for p in self.config.programs if p.autostart for n in p.process_names()
+                 if self.slots[n].process.state is State.STOPPED and n not in skip]
         for name in names:
             self._request(self.slots[name], Process.start)
         return names
@@ -227,6 +215,9 @@ class Supervisor:
         """The longest stoptime among processes alive now (0 if none)."""
         return max((s.process.config.stoptime for s in self._alive), default=0.0)
 
+    def live_slots(self) -> list[Slot]:
+        return list(self._alive)
+
     def live_children(self) -> int:
         return len(self._alive)
 
@@ -286,6 +277,7 @@ class Supervisor:
                                   spawn_error=exc.error)
             return rest
         slot.child = child
+        slot.fingerprint = self._fingerprint(proc.config)
         slot.pipes = [self.logpipes.follow(p.fd, p.path, p.maxbytes, p.backups, process=proc.name,
                                            stream=p.stream) for p in child.pipes]
         self._alive.add(slot)
@@ -306,6 +298,13 @@ class Supervisor:
     def _on_pidfd(self, slot: Slot) -> None:
         child = slot.child
         assert child is not None
+        if child.adopted:  # readable: it exited; how cannot be known (not our child)
+            self._loop.remove_reader(child.pidfd)
+            spawn.reap_adopted(child)
+            slot.child = None
+            self._exited(slot, None)
+            return
+        status: int | None
         try:
             status = spawn.collect(child)
         except OSError as exc:
@@ -321,7 +320,7 @@ class Supervisor:
         pipes, slot.pipes = slot.pipes, []
         self.logpipes.when_drained(pipes, lambda: self._exited(slot, status))
 
-    def _exited(self, slot: Slot, status: int) -> None:
+    def _exited(self, slot: Slot, status: int | None) -> None:
         """The exit, published once the output is in its files (at once for
         unbounded outputs: the child wrote them itself)."""
         self._alive.discard(slot)
@@ -386,25 +385,11 @@ class Supervisor:
             name=p.name, program=p.program, state=p.state, pid=p.pid,
             exit_status=p.exit_status or 0,
             started_at=slot.started_wall if p.pid else 0.0,
-            description=self._description(slot), spawn_error=err, restarts=p.restarts,
-            last_exit_status=last.status if last is not None else 0,
+            description=description(p, time.time() - slot.started_wall), spawn_error=err,
+            restarts=p.restarts,
+            last_exit_status=(last.status or 0) if last is not None else 0,
             last_exit_at=slot.exited_wall if last is not None else 0.0,
             last_exit_expected=last.expected if last is not None else False)
-
-    def _description(self, slot: Slot) -> str:
-        p = slot.process
-        if p.state in (State.RUNNING, State.STARTING, State.STOPPING) and p.pid:
-            up = int(time.time() - slot.started_wall)
-            return f"pid {p.pid}, uptime {up // 3600}:{up // 60 % 60:02d}:{up % 60:02d}"
-        if p.state is State.FATAL and p.start_limit_hit is not None:
-            return f"{p.start_limit_hit}; last: {_last_outcome(p)}"
-        if p.spawn_error is not None:
-            return f"spawn error: {p.spawn_error}"
-        if p.state in (State.EXITED, State.STOPPED, State.BACKOFF) and p.exit_status is not None:
-            return describe_status(p.exit_status)
-        if p.state is State.FATAL:
-            return f"exited too quickly ({_last_outcome(p)}), gave up"
-        return "not started"
 
     def _publish_process(self, slot: Slot, kind: Kind, message: str, *, pid: int = 0,
                          spawn_error: SpawnError | None = None) -> None:
@@ -415,63 +400,12 @@ class Supervisor:
     def _publish_change(self, slot: Slot, ch: Changed) -> None:
         p = slot.process
         self.bus.publish(Event(
-            kind=ch.new, message=_transition_message(p, ch), process=p.name,
+            kind=ch.new, message=transition_message(p, ch), process=p.name,
             program=p.program, old_state=ch.old, new_state=ch.new, pid=ch.pid,
-            exit_status=ch.exit_status, expected=ch.expected))
+            exit_status=ch.exit_status, expected=ch.expected, exit_unknown=ch.status_unknown))
 
     def _publish_reload(self, plan: ReloadPlan, old: dict[str, ProgramConfig]) -> None:
-        parts = []
-        for label, names in (("added", [p.name for p in plan.added]),
-                             ("restarted", [p.name for p in plan.restarted]),
-                             ("resized", [f"{r.program.name} {r.old_numprocs}->{r.program.numprocs}"
-                                          for r in plan.resized]),
-                             ("updated in place", [f"{p.name} ({', '.join(in_place_fields(old[p.name], p))})"
-                                                   for p in plan.updated]),
-                             ("removed", list(plan.removed))):
-            if names:
-                parts.append(f"{label}: {', '.join(names)}")
         summary = Reloaded(tuple(p.name for p in plan.added), tuple(plan.changed),
                            tuple(plan.removed))
         self.bus.publish(Event(kind=Kind.RELOAD, reload=summary,
-                               message="reloaded; " + ("; ".join(parts) or "nothing changed")))
-
-
-def _transition_message(p: Process, ch: Changed) -> str:
-    cfg = p.config
-    new = ch.new
-    if new is State.STARTING:
-        return f"spawned with pid {ch.pid}" if ch.pid else "spawning"
-    if new is State.RUNNING:
-        return f"entered RUNNING state, process has stayed up for > {cfg.starttime:g}s (starttime)"
-    if new is State.STOPPING:
-        return f"stopping: sent SIG{cfg.stopsignal.name.removeprefix('SIG')} to process group {ch.pid}"
-    if new is State.STOPPED:
-        if ch.exit_status is None:
-            return "stopped (no process was running)"
-        return f"stopped ({describe_status(ch.exit_status)})"
-    if new is State.EXITED:
-        assert ch.exit_status is not None
-        return f"exited ({describe_status(ch.exit_status)}; {'expected' if ch.expected else 'not expected'})"
-    if new is State.BACKOFF:
-        why = (f"could not spawn: {ch.spawn_error}" if ch.spawn_error
-               else f"exited too quickly ({describe_status(ch.exit_status or 0)})")
-        if ch.retry_in is None:
-            return f"{why}; no retries left"
-        return f"{why}; retry {p.retries} of {cfg.startretries} in {ch.retry_in:g}s"
-    if new is State.FATAL:
-        last = _last_outcome(p)
-        if ch.start_limit_hit is not None:
-            return (f"gave up: entered FATAL state, {ch.start_limit_hit} (limit: startlimit_burst "
-                    f"{cfg.startlimit_burst} per startlimit_interval {cfg.startlimit_interval:g}s); "
-                    f"last: {last}")
-        return f"gave up: entered FATAL state, too many start retries too quickly; last: {last}"
-    return f"entered {new.value} state from {ch.old.value}"
-
-
-def _last_outcome(p: Process) -> str:
-    """How the last attempt ended: its spawn error or its exit status."""
-    if p.spawn_error is not None:
-        return f"spawn error: {p.spawn_error}"
-    if p.exit_status is not None:
-        return describe_status(p.exit_status)
-    return "no exit status"
+                               message=reload_message(plan, old)))

@@ -13,7 +13,7 @@ from taskmasterd.events import Event
 DAEMON_KINDS = frozenset({events.RELOAD, events.RELOAD_FAILED, events.DAEMON_START,
                           events.DAEMON_STOP})
 _ALERTABLE = frozenset({"STARTING", "RUNNING", "BACKOFF", "STOPPING", "STOPPED", "EXITED", "FATAL",
-                        events.SPAWN_ERROR, *DAEMON_KINDS})
+                        events.SPAWN_ERROR, events.ADOPTED, *DAEMON_KINDS})
 
 
 def alert_name(event: Event) -> str | None:

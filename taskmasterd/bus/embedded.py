@@ -226,8 +226,47 @@ async def _read_first_line(fd: int) -> bytes:
     return data.split(b"\n", 1)[0]
 
 
+class _KeptChild:
+    """The dbus-daemon our image before a re-exec started: still our child,
+    without its Popen. The few Popen methods stop() uses, over a pidfd."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG)
+            except ChildProcessError:
+                info, self.returncode = None, 0
+            if info is not None:
+                self.returncode = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int:
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
+            time.sleep(0.01)  # only reached without pidfds (see _wait_exit)
+        assert self.returncode is not None
+        return self.returncode
+
+
 class EmbeddedBus:
-    """A running private dbus-daemon. Create with `await EmbeddedBus.start(...)`."""
+    """A running private dbus-daemon. Create with `await EmbeddedBus.start(...)`,
+    or `EmbeddedBus.inherit(...)` after our own re-exec (it kept running)."""
 
     address: str  # as printed by dbus-daemon: "unix:path=<runtime_dir>/bus.socket,guid=..."
     address_file: str  # <runtime_dir>/bus: the address + "\n"
@@ -235,8 +274,8 @@ class EmbeddedBus:
     socket_path: str
     config_file: str
 
-    def __init__(self, *, proc: subprocess.Popen[bytes], address: str, runtime_dir: str,
-                 stderr: IO[bytes]) -> None:
+    def __init__(self, *, proc: subprocess.Popen[bytes] | _KeptChild, address: str,
+                 runtime_dir: str, stderr: IO[bytes]) -> None:
         self._proc = proc
         self._stderr = stderr
         self._stopped = False
@@ -323,6 +362,26 @@ class EmbeddedBus:
             raise
         return bus
 
+    def handover(self) -> dict[str, object]:
+        """What our re-executed image needs to keep this bus (see inherit):
+        the fd of dbus-daemon's stderr file stays open across the exec."""
+        os.set_inheritable(self._stderr.fileno(), True)
+        return {"pid": self.pid, "address": self.address, "runtime_dir": self.runtime_dir,
+                "stderr_fd": self._stderr.fileno()}
+
+    @classmethod
+    def inherit(cls, info: dict[str, object]) -> EmbeddedBus:
+        """The bus of our image before a re-exec, still running (an error if
+        `info` is not what handover() wrote: RuntimeError)."""
+        pid, fd = info.get("pid"), info.get("stderr_fd")
+        address, runtime_dir = info.get("address"), info.get("runtime_dir")
+        if not (isinstance(pid, int) and isinstance(fd, int) and isinstance(address, str)
+                and isinstance(runtime_dir, str)):
+            raise RuntimeError(f"not a private bus handover: {info!r}")
+        stderr = os.fdopen(fd, "w+b")
+        os.set_inheritable(fd, False)
+        return cls(proc=_KeptChild(pid), address=address, runtime_dir=runtime_dir, stderr=stderr)
+
     def stderr_text(self) -> str:
         """What dbus-daemon wrote on its stderr so far (warnings about the configuration...)."""
         if self._stderr.closed:
@@ -351,7 +410,7 @@ def _unlink(path: str) -> None:
         os.unlink(path)
 
 
-async def _kill(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
+async def _kill(proc: subprocess.Popen[bytes] | _KeptChild, timeout: float = STOP_TIMEOUT) -> None:
     """SIGTERM `proc`, SIGKILL it after `timeout` seconds, and reap it."""
     if proc.poll() is not None:
         return
@@ -362,7 +421,7 @@ async def _kill(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) ->
     proc.wait()
 
 
-async def _wait_exit(proc: subprocess.Popen[bytes], timeout: float | None) -> bool:
+async def _wait_exit(proc: subprocess.Popen[bytes] | _KeptChild, timeout: float | None) -> bool:
     """Wait (without blocking the loop) until `proc` exits; False on timeout. Does not reap."""
     try:
         pidfd = os.pidfd_open(proc.pid)

@@ -50,6 +50,7 @@ class Controller(Protocol):
 
     def reload(self) -> ReloadPlan: ...
     def request_shutdown(self) -> None: ...
+    def reexecute(self) -> None: ...
     def output_file(self, process: str, stream: str) -> str: ...
     async def test_alerts(self, target: str) -> list[tuple[str, bool, str]]: ...
 
@@ -175,6 +176,15 @@ class Manager(ServiceInterface):
     def Shutdown(self) -> None:
         with dbus_errors("Shutdown"):
             self._c.request_shutdown()
+
+    @method()
+    def Reexecute(self) -> None:
+        """Re-execute taskmasterd in the same process (an upgrade applied
+        without restarting any program): RELOADING=1 now, the name leaves the
+        bus once this reply is sent, the new image owns it again and says
+        READY=1 (State "running"). Calls in between get ServiceUnknown."""
+        with dbus_errors("Reexecute"):
+            self._c.reexecute()
 
     @named("fd")
     @method()

@@ -29,7 +29,10 @@ def write_config(workdir: Path) -> WriteConfig:
               **daemon: Any) -> Path:
         doc = {
             "taskmasterd": {"logfile": str(workdir / "taskmasterd.log"),
-                            "logdir": str(workdir / "logs"), **daemon},
+                            "logdir": str(workdir / "logs"),
+                            # the test's own: a store shared between tests would have
+                            # one test's daemon re-adopt (or stop) another's processes
+                            "statedir": str(workdir / "state"), **daemon},
             "programs": programs,
         }
         path = workdir / name

@@ -80,7 +80,8 @@ def alert(**kw: object) -> AlertConfig:
 def test_alert_names_split_exits_and_leave_out_what_no_alert_can_ask_for() -> None:
     assert alert_name(exited(expected=False)) == "EXITED_UNEXPECTED"
     assert alert_name(exited(expected=True)) == "EXITED_EXPECTED"
-    for kind in ("STARTING", "RUNNING", "BACKOFF", "STOPPING", "STOPPED", "FATAL", "SPAWN_ERROR"):
+    for kind in ("STARTING", "RUNNING", "BACKOFF", "STOPPING", "STOPPED", "FATAL", "SPAWN_ERROR",
+                 "ADOPTED"):
         assert alert_name(state(kind)) == kind
     for kind in ("RELOAD", "RELOAD_FAILED", "DAEMON_START", "DAEMON_STOP"):
         assert alert_name(daemon_event(kind)) == kind

@@ -1217,6 +1217,7 @@ def test_alert_events_constant() -> None:
         "EXITED_UNEXPECTED",
         "FATAL",
         "SPAWN_ERROR",
+        "ADOPTED",
         "RELOAD",
         "RELOAD_FAILED",
         "DAEMON_START",

@@ -664,3 +664,59 @@ def test_any_sequence_with_a_start_limit_keeps_the_invariants(
         assert bool(p.pid) == (p.state in (S.STARTING, S.RUNNING, S.STOPPING))
         if p.state is S.FATAL:
             assert p.deadline is None and p.start_limit_hit is not None and burst > 0
+
+
+# ---- adoption (a process a previous daemon started) --------------------------
+
+
+def test_adopt_past_starttime_is_running_at_once() -> None:
+    p = Process("web", program(starttime=5))
+    actions = p.adopt(4242, age=60.0, now=1000.0)
+    assert actions == [Changed(S.STOPPED, S.RUNNING, 4242)]
+    assert (p.pid, p.want_up, p.deadline, p.started_at) == (4242, True, None, 940.0)
+
+
+def test_adopt_within_starttime_is_starting_for_what_is_left() -> None:
+    p = Process("web", program(starttime=5))
+    assert p.adopt(4242, age=2.0, now=1000.0) == [Changed(S.STOPPED, S.STARTING, 4242)]
+    assert p.deadline == 1003.0
+    assert changes(p.on_timer(1003.0)) == [(S.STARTING, S.RUNNING)]
+
+
+def test_adopt_only_a_fresh_process() -> None:
+    p = Process("web", program())
+    started(p, Clock())
+    with pytest.raises(AssertionError):
+        p.adopt(7, 1.0, 1000.0)
+
+
+def test_unknown_exit_of_an_adopted_process_is_unexpected() -> None:
+    p = Process("web", program(starttime=1, exitcodes=frozenset({0})))
+    p.adopt(4242, age=60.0, now=1000.0)
+    actions = p.on_exit(None, 1001.0)
+    exited = actions[0]
+    assert isinstance(exited, Changed) and exited.new is S.EXITED
+    assert (exited.exit_status, exited.expected, exited.status_unknown) == (None, False, True)
+    assert Spawn() in actions  # autorestart: unexpected
+    assert p.last_exit == LastExit(None, 1001.0, False)
+    never = Process("db", program(autorestart=AutoRestart.NEVER))
+    never.adopt(7, age=60.0, now=1000.0)
+    never.on_exit(None, 1001.0)
+    assert (never.state, never.exit_unknown, never.exit_status) == (S.EXITED, True, None)
+
+
+def test_unknown_exit_while_stopping_and_starting() -> None:
+    p = Process("web", program(starttime=10))
+    p.adopt(4242, age=1.0, now=1000.0)
+    stop = p.stop(1000.5)
+    assert any(isinstance(a, Kill) for a in stop)
+    stopped = p.on_exit(None, 1000.6)
+    assert stopped == [Changed(S.STOPPING, S.STOPPED, 4242, None, True, status_unknown=True)]
+    q = Process("web", program(starttime=10))
+    q.adopt(4242, age=1.0, now=1000.0)
+    backoff = q.on_exit(None, 1001.0)
+    assert [(a.new, a.status_unknown) for a in backoff if isinstance(a, Changed)] == \
+        [(S.BACKOFF, True)]
+    q.on_timer(q.deadline or 0)
+    q.on_spawned(5, 1002.0)
+    assert not q.exit_unknown  # a new run: its exit will be known
