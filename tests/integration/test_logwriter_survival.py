@@ -3,11 +3,10 @@ programs keep writing their rotated output, never blocked and never EPIPE,
 and the next daemon of the same instance (statedir + config file, same
 runtime directory) re-attaches the writer and holds every pipe again.
 
-Re-adoption of the programs themselves is the supervisor's (another part of
-issue 13): here the second daemon runs the same config with autostart off,
-so the program that outlived the first one is the only writer of its file,
-and what is checked is the file (a counter, contiguous across rotations
-and both gaps) and the daemon's fds (a copy of the program's pipe)."""
+What is checked is the file (a counter, contiguous across rotations and
+every gap) and the daemon's fds (a copy of the program's pipe); the last
+test adds the supervisor's re-adoption of the program itself (takeover.py):
+its pipe is followed again, and its stop waits for the drain."""
 
 from __future__ import annotations
 
@@ -102,8 +101,8 @@ def test_programs_outlive_the_daemon_and_the_next_daemon_reattaches_the_writer(
         assert alive(program) and alive(writer) and not epipe.exists()
         assert os.path.exists(f"{out}.3")  # it rotated meanwhile
 
-        # The next daemon (no re-adoption here: autostart off, so the
-        # surviving program stays the file's only writer).
+        # The next daemon (the program is re-adopted from the state store
+        # whatever autostart says: it stays the file's only writer).
         setup(workdir, write_config, autostart=False)
         d2 = daemons(cfg, env=env)
         d2.wait_text(f"re-attached the log writer (pid {writer}) and its 1 pipe(s)")
@@ -118,9 +117,7 @@ def test_programs_outlive_the_daemon_and_the_next_daemon_reattaches_the_writer(
         grows(out)
         assert alive(program) and not epipe.exists()
 
-        os.kill(program, signal.SIGTERM)  # not d2's child: ended by hand
-        wait_until("the program's exit", lambda: not alive(program))
-        assert d2.terminate() == 0  # finish: drain, exit, socket removed
+        assert d2.terminate() == 0  # stops the adopted program too  # finish: drain, exit, socket removed
         assert not any(alive(p) for p in leftovers)
         assert not list((workdir / "run").glob("logwriter-*.sock"))
     assert not epipe.exists(), epipe.read_text()
@@ -192,3 +189,39 @@ def test_a_process_renamed_by_a_reload_keeps_its_pipes_key(tmp_path: Path) -> No
         finally:
             await sup.shutdown()  # no program nor writer left behind, even on a failure
     asyncio.run(main())
+
+
+def test_an_adopted_program_keeps_its_rotated_output(
+        write_config: WriteConfig, daemons: Start, workdir: Path, bus_address: str) -> None:
+    """The whole path: daemon SIGKILLed, the next one re-adopts the program
+    (same pid, ADOPTED) and re-attaches its pipe; `taskctl stop` then stops
+    it and its last lines land: the counter has no gap, no EPIPE, ever."""
+    from tests.integration.test_taskctl import taskctl
+
+    out, epipe, env = setup(workdir, write_config)
+    cfg = workdir / "taskmaster.yaml"
+    d1 = daemons(cfg, env=env)
+    d1.wait_for(event("RUNNING", "count"))
+    program = d1.latest_pids()["count"]
+    wait_until("a log writer", lambda: len(writers_of(d1.pid)) == 1)
+    [writer] = writers_of(d1.pid)
+    pipe = pipe_of(program, 1)
+    with killed_at_end(program, writer):
+        grows(out)
+        os.kill(d1.pid, signal.SIGKILL)
+        d1.proc.wait(timeout=10)
+        grows(out)
+        d2 = daemons(cfg, env=env)
+        adopted = d2.wait_for(event("ADOPTED", "count"))
+        assert adopted.pid == program
+        d2.wait_text(f"re-attached the log writer (pid {writer}) and its 1 pipe(s)")
+        assert holds(d2.pid, pipe)
+        assert not [ln for ln in d2.lines if ln.kind == "STARTING"]  # no second copy
+        grows(out)
+        r = taskctl(bus_address, "stop", "count")
+        assert r.returncode == 0, r.stderr
+        assert not alive(program)
+        assert d2.terminate() == 0
+        assert not alive(writer)
+    assert not epipe.exists(), epipe.read_text()
+    assert_no_gap(numbers_in_order(out, BACKUPS))
