@@ -13,6 +13,7 @@ import contextlib
 import functools
 import http.client
 import os
+import select
 import shlex
 import signal
 import socket
@@ -281,8 +282,13 @@ class Taskmasterd(Driver):
         self.bus = None
         self._buscm: contextlib.AbstractContextManager[str] | None = None
         self.address = ""
+        self.conf = Path()
+        self.env: dict[str, str] = {}
+        self.notify_sock: socket.socket | None = None
 
-    def start(self, programs: dict[str, Program]) -> float:
+    def start(self, programs: dict[str, Program], notify: bool = False) -> float:
+        """`notify`: the daemon gets a NOTIFY_SOCKET the bench listens on
+        (`wait_notify`), as under systemd's Type=notify."""
         import yaml
         self._mkdir()
         self._buscm = session_bus(self.dir)
@@ -297,19 +303,83 @@ class Taskmasterd(Driver):
                  "stdout_maxbytes": p.maxbytes, "stdout_backups": p.backups,
                  "startlimit_burst": 0}
             progs[name] = d
-        conf = self.dir / "taskmaster.yaml"
-        conf.write_text(yaml.safe_dump({
-            "taskmasterd": {"logfile": str(self.dir / "taskmasterd.log"),
-                            "logdir": str(self.dir / "logs")},
+        self.conf = self.dir / "taskmaster.yaml"
+        # statedir and runtime dir private too: the state store (re-adoption)
+        # and the log writer's socket are never another daemon's.
+        self.conf.write_text(yaml.safe_dump({
+            "taskmasterd": {"logfile": str(self.logfile),
+                            "logdir": str(self.dir / "logs"),
+                            "statedir": str(self.dir / "state")},
             "programs": progs}, sort_keys=False))
-        err = open(self.dir / "stderr.txt", "wb")  # noqa: SIM115 (closed once handed over)
+        self.env = dict(os.environ, TASKMASTER_RUNTIME_DIR=str(self.dir / "run"))
+        self.env.pop("NOTIFY_SOCKET", None)
+        if notify:
+            self.notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self.notify_sock.bind(str(self.dir / "notify.sock"))
+            self.env["NOTIFY_SOCKET"] = str(self.dir / "notify.sock")
+        return self.launch()
+
+    def launch(self) -> float:
+        """Start taskmasterd on the config written by start(); returns the
+        perf_counter() just before the fork. Also how a second daemon is
+        started on the same config and statedir (readopt)."""
+        err = open(self.dir / "stderr.txt", "ab")  # noqa: SIM115 (closed once handed over)
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(
-            [self.python, "-m", "taskmasterd", "-c", str(conf), "--address", self.address],
+            [self.python, "-m", "taskmasterd", "-c", str(self.conf), "--address", self.address],
             stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=self.dir,
-            start_new_session=True)
+            start_new_session=True, env=self.env)
         err.close()
         return t0
+
+    @property
+    def logfile(self) -> Path:
+        return self.dir / "taskmasterd.log"
+
+    def log_kinds(self, offset: int = 0) -> tuple[list[str], int]:
+        """Event kinds of the lifecycle log's lines from byte `offset` on
+        ("2026-11-23 10:42:04.723 INFO name KIND ..."), and the new offset."""
+        with open(self.logfile, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+        kinds = [ln.split()[4].decode() for ln in data.splitlines()
+                 if len(ln.split()) > 4 and ln[:2] == b"20"]
+        return kinds, offset + len(data)
+
+    def wait_notify(self, key: str, timeout: float) -> float | None:
+        """perf_counter() when a datagram holding `key`=... arrives (None at
+        the timeout); earlier datagrams are read and dropped."""
+        assert self.notify_sock is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([self.notify_sock], [], [], left)
+            if ready:
+                text = self.notify_sock.recv(65536).decode(errors="replace")
+                t = time.perf_counter()
+                if any(line.startswith(key + "=") for line in text.splitlines()):
+                    return t
+
+    def drain_notify(self) -> None:
+        assert self.notify_sock is not None
+        while select.select([self.notify_sock], [], [], 0)[0]:
+            self.notify_sock.recv(65536)
+
+    def reexecute(self) -> None:
+        """Manager.Reexecute: replied before the exec."""
+        self._call("Reexecute")
+
+    def kill9(self) -> None:
+        """SIGKILL the daemon alone (not its programs, each in its own group)."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        if self.bus is not None:  # its unique name is gone; a new connection for the next
+            with contextlib.suppress(Exception):
+                self.bus.disconnect()
+            self.bus = None
 
     async def _connect(self):
         from dbus_next.aio import MessageBus
@@ -377,6 +447,9 @@ class Taskmasterd(Driver):
                 self.bus.disconnect()
             self.bus = None
         self._kill_daemon(60)
+        if self.notify_sock is not None:
+            self.notify_sock.close()
+            self.notify_sock = None
         if self._buscm is not None:
             self._buscm.__exit__(None, None, None)
             self._buscm = None
@@ -423,7 +496,10 @@ class Supervisord(Driver):
             lines.append("")
         self.conf = self.dir / "supervisord.conf"
         self.conf.write_text("\n".join(lines))
-        err = open(self.dir / "stderr.txt", "wb")  # noqa: SIM115 (closed once handed over)
+        return self.launch()
+
+    def launch(self) -> float:
+        err = open(self.dir / "stderr.txt", "ab")  # noqa: SIM115 (closed once handed over)
         t0 = time.perf_counter()
         self.proc = subprocess.Popen([str(self.exe), "-n", "-c", str(self.conf)],
                                      stdin=subprocess.DEVNULL, stdout=err, stderr=err,
@@ -451,12 +527,47 @@ class Supervisord(Driver):
     def cli_status(self) -> list[str]:
         return [str(SUP_VENV / "bin" / "supervisorctl"), "-c", str(self.conf), "status"]
 
+    def kill9(self) -> None:
+        """SIGKILL the daemon alone: its programs (each in its own process
+        group, setpgrp) are orphaned and keep running."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        self._rpc = None
+
     def stop(self) -> None:
         self._rpc = None
         self._kill_daemon(60)
         if self.tmp is not None:
             self.tmp.cleanup()
             self.tmp = None
+
+
+def marked(marker: str) -> list[int]:
+    """Live pids whose environment holds MARKER_KEY=marker (a /proc scan:
+    never while timing)."""
+    needle = f"{MARKER_KEY}={marker}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or not alive(int(entry)):
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read():
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def kill_marked(marker: str) -> None:
+    """SIGKILL every process of the workload still alive (and its group):
+    programs orphaned by a daemon killed with -9 outlive `stop()`."""
+    for pid in marked(marker):
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def shq(s: str) -> str:

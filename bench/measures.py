@@ -6,6 +6,7 @@ time; every daemon started is stopped in a finally."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -23,7 +24,9 @@ from drivers import (
     comm,
     cpu_seconds,
     ctx_switches,
+    kill_marked,
     log_writers_of,
+    marked,
     project_python,
     rss_kib,
 )
@@ -339,6 +342,153 @@ def floors(drv_cls, opts) -> list[dict]:
                 "the machine, not a supervisor")]
 
 
+def _survival_workload(n: int, marker: str, outdir: str) -> dict[str, Program]:
+    """The scale measure's N `sleep`s, outputs a third each: discarded,
+    a file the child writes itself (unbounded), a file rotated at 1 MB
+    (taskmasterd: through its log writer's pipes; supervisord pipes all)."""
+    progs = {}
+    for i in range(n):
+        out, maxbytes = [(None, 0), (f"{outdir}/p{i}.out", 0),
+                         (f"{outdir}/p{i}.log", 1024 * 1024)][i % 3]
+        progs[f"p{i}"] = Program(SLEEP, stdout=out, maxbytes=maxbytes, backups=1 if maxbytes else 0,
+                                 env={MARKER_KEY: marker})
+    return progs
+
+
+def _running(d) -> dict[str, int]:
+    return {name: pid for name, state, pid in d.list_processes() if state == "RUNNING"}
+
+
+def _until_running(d, n: int, deadline: float, same: dict[str, int] | None = None,
+                   poll: float = 0.02) -> float | None:
+    """perf_counter() when the API shows all `n` RUNNING (with the pids in
+    `same` when given); None at the deadline. Calls failing while the daemon
+    is not on the bus yet are retried."""
+    while time.perf_counter() < deadline:
+        if d.proc.poll() is not None:
+            raise RuntimeError(f"{d.name} exited ({d.proc.returncode})")
+        try:
+            now = _running(d)
+        except Exception:
+            time.sleep(0.005)
+            continue
+        t = time.perf_counter()
+        if len(now) == n and (same is None or now == same):
+            return t
+        time.sleep(poll)
+    return None
+
+
+def reexec(drv_cls, opts) -> list[dict]:
+    """With N programs running: Manager.Reexecute (what `taskctl
+    daemon-reexec` calls) -> READY=1 from the new image on the NOTIFY_SOCKET
+    the bench listens on; then every process must be RUNNING with the pid it
+    had, and the log must hold no STARTING line since the call."""
+    n = max(opts.sizes)
+    t_name = f"daemon-reexec time N={n} (Reexecute -> READY=1)"
+    r_name = f"daemon-reexec restarts N={n} (pid changed or spawned)"
+    if drv_cls.name != "taskmasterd":
+        why = "n/a (no re-exec keeping its children: `reload` restarts every program)"
+        return [row(t_name, "s", [], why), row(r_name, "programs", [], "n/a")]
+    marker = uuid.uuid4().hex
+    outdir = tempfile.mkdtemp(prefix="bench-reexec-")
+    d = drv_cls()
+    times: list[float] = []
+    restarts: list[float] = []
+    note = ""
+    try:
+        d.start(_survival_workload(n, marker, outdir), notify=True)
+        if d.wait_notify("READY", opts.mass_timeout) is None or \
+                _until_running(d, n, time.perf_counter() + opts.mass_timeout) is None:
+            raise RuntimeError(f"not all {n} RUNNING after {opts.mass_timeout:g} s")
+        spawned_total = 0
+        for _ in range(opts.reps_reexec):
+            before = _running(d)
+            _, offset = d.log_kinds()
+            d.drain_notify()
+            t0 = time.perf_counter()
+            d.reexecute()
+            t = d.wait_notify("READY", 30)
+            if t is None:
+                note = "> 30 s"
+                break
+            times.append(t - t0)
+            after = _running(d)
+            assert d.proc.poll() is None, "the daemon exited instead of re-executing"
+            kinds, _ = d.log_kinds(offset)
+            spawned = kinds.count("STARTING")
+            spawned_total += spawned
+            changed = sum(1 for name, pid in before.items() if after.get(name) != pid)
+            restarts.append(float(max(changed, spawned)))
+        if len(marked(marker)) != n:
+            note = f"{len(marked(marker))} copies alive for {n} programs"
+    finally:
+        d.stop()
+        kill_marked(marker)
+        shutil.rmtree(outdir, ignore_errors=True)
+    return [row(t_name, "s", times, note),
+            row(r_name, "programs", restarts,
+                f"{spawned_total} STARTING in the log over {len(restarts)} re-execs")]
+
+
+def readopt(drv_cls, opts) -> list[dict]:
+    """With N programs running: SIGKILL the daemon alone, start a new one on
+    the same config (and statedir): its exec -> all N RUNNING again, and how
+    many second copies of a program are alive then. taskmasterd: READY=1,
+    then ListProcesses must show every process RUNNING with its old pid.
+    supervisord cannot take its orphans back; what a user sees from it is
+    the same restart: launch -> all N RUNNING (new pids), the orphans still
+    running beside them."""
+    n = max(opts.sizes)
+    t_name = f"re-adopt time N={n} (kill -9, new daemon exec -> all RUNNING)"
+    c_name = f"re-adopt second copies N={n} (programs running twice)"
+    tm = drv_cls.name == "taskmasterd"
+    reps = opts.reps_readopt if tm else 1  # supervisord: each restart doubles the processes
+    marker = uuid.uuid4().hex
+    outdir = tempfile.mkdtemp(prefix="bench-readopt-")
+    d = drv_cls()
+    times: list[float] = []
+    copies: list[float] = []
+    kept = 0
+    note = ""
+    try:
+        if tm:
+            d.start(_survival_workload(n, marker, outdir), notify=True)
+        else:
+            d.start(_survival_workload(n, marker, outdir))
+        if _until_running(d, n, time.perf_counter() + opts.mass_timeout, poll=0.5) is None:
+            raise RuntimeError(f"not all {n} RUNNING after {opts.mass_timeout:g} s")
+        for _ in range(reps):
+            before = _running(d)
+            d.kill9()
+            if tm:
+                d.drain_notify()  # the killed daemon's READY/STATUS lines still queued
+            t0 = d.launch()
+            deadline = t0 + opts.mass_timeout
+            if tm:
+                ready = d.wait_notify("READY", opts.mass_timeout)
+                t = _until_running(d, n, deadline, same=before) if ready is not None else None
+                if t is not None and t - ready < 0.2:
+                    t = ready  # all were back when it said READY (the first check proved it)
+            else:
+                watcher = ExecWatcher(d.pid, "sleep")  # cheap: no API poll during the start
+                while time.perf_counter() < deadline and watcher.count() < n:
+                    time.sleep(0.02)
+                t = _until_running(d, n, deadline)
+            if t is None:
+                note = f"> {opts.mass_timeout:g} s"
+                break
+            times.append(t - t0)
+            copies.append(float(len(marked(marker)) - n))
+            kept = sum(1 for name, pid in _running(d).items() if before.get(name) == pid)
+    finally:
+        d.stop()
+        kill_marked(marker)
+        shutil.rmtree(outdir, ignore_errors=True)
+    return [row(t_name, "s", times, note or ("" if tm else "restarted, not re-adopted")),
+            row(c_name, "programs", copies, f"{kept}/{n} kept their pid")]
+
+
 MEASURES = {
     "floor": floors,
     "restart": restart_latency,
@@ -346,6 +496,8 @@ MEASURES = {
     "flood": output_flood,
     "rotate": rotated_flood,
     "scale": mass_start_and_status,
+    "reexec": reexec,
+    "readopt": readopt,
 }
 
 

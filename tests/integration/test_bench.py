@@ -35,6 +35,32 @@ def test_bench_quick_run_writes_a_table_and_json(tmp_path: Path) -> None:
     assert doc["machine"]["nproc"] >= 1 and doc["quick"] is True
 
 
+def test_bench_quick_reexec_and_readopt(tmp_path: Path) -> None:
+    """Issue 13's measures at 50 programs, both daemons: every sample is
+    taken, no program restarted by the re-exec, none started twice by the
+    re-adoption; supervisord has no re-exec (n/a) and restarts its 50
+    beside the orphans."""
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only", "reexec,readopt",
+         "--sizes", "50", "--results", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "(failed)" not in r.stdout, r.stdout
+    res = json.loads((tmp_path / "latest.json").read_text())["results"]
+    reexec_time = res["daemon-reexec time N=50 (Reexecute -> READY=1)"]
+    assert reexec_time["taskmasterd"]["n"] == 2 and reexec_time["taskmasterd"]["median"] > 0
+    assert reexec_time["supervisord"]["note"].startswith("n/a")
+    restarts = res["daemon-reexec restarts N=50 (pid changed or spawned)"]["taskmasterd"]
+    assert restarts["samples"] == [0, 0] and restarts["note"].startswith("0 STARTING")
+    readopt_time = res["re-adopt time N=50 (kill -9, new daemon exec -> all RUNNING)"]
+    assert readopt_time["taskmasterd"]["n"] == 2 and readopt_time["supervisord"]["n"] == 1
+    copies = res["re-adopt second copies N=50 (programs running twice)"]
+    assert copies["taskmasterd"]["samples"] == [0, 0]
+    assert copies["taskmasterd"]["note"] == "50/50 kept their pid"
+    assert copies["supervisord"]["samples"] == [50]  # its orphans run on beside the new ones
+    assert copies["target"]["met"] is True
+
+
 def test_compare_reads_two_runs_and_marks_the_direction(tmp_path: Path) -> None:
     def run(stamp: str, tm: float, sup: float, rss: float) -> Path:
         doc = {"timestamp": stamp, "quick": False, "results": {
