@@ -18,6 +18,7 @@ from tests.harness import Daemon, alive, event, wait_until
 from tests.integration.conftest import WriteConfig
 from tests.integration.test_adoption import marker, named, sleeper  # noqa: F401 (fixture)
 from tests.integration.test_notify import NotifySocket, notify  # noqa: F401 (fixture)
+from tests.integration.test_output_rotation import writers_of
 from tests.integration.test_taskctl import taskctl
 
 Start = Callable[..., Daemon]
@@ -115,16 +116,22 @@ def test_reexec_with_a_rotated_output(write_config: WriteConfig, daemons: Start,
     d = daemons(write_config({"talk": talk}))
     d.wait_for(event("RUNNING", "talk"))
     pid = d.latest_pids()["talk"]
+    wait_until("a log writer", lambda: len(writers_of(d.pid)) == 1)
+    [writer] = writers_of(d.pid)
     r = taskctl(bus_address, "daemon-reexec")
     assert r.returncode == 0, r.stderr
+    # The new image re-attaches the same writer (our control socket closed at exec).
+    d.wait_text(f"re-attached the log writer (pid {writer}) and its 1 pipe(s)")
+    assert writers_of(d.pid) == [writer]
     size = out.stat().st_size
     wait_until("output after the re-exec", lambda: out.stat().st_size > size + 100)
-    os.killpg(pid, signal.SIGKILL)  # its old log writer drains to EOF, exits, is collected
+    os.killpg(pid, signal.SIGKILL)
     exited = d.wait_for(event("EXITED", "talk"), timeout=5)
     assert exited.fields["status"] == str(-signal.SIGKILL)
     d.wait_for(event("RUNNING", "talk"))
-    wait_until("the old log writer collected", lambda: zombies_of(d.pid) == [])
+    assert zombies_of(d.pid) == []  # nothing left uncollected across the exec
     assert d.terminate() == 0
+    assert not alive(writer)  # the re-attached writer finished with the daemon
 
 
 def test_reexec_on_the_private_bus_keeps_the_bus(
