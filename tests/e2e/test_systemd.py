@@ -472,8 +472,10 @@ def test_a_crashed_daemon_is_restarted_and_its_programs_survive(booted: Containe
         assert systemctl_show(box, "ActiveState") == "active" and main not in (0, daemon), main
         return main
     new_daemon = wait_until(restarted, 30, "systemd to restart the unit (Restart=on-failure)")
-    # Right after the restart (the new daemon said READY=1): systemd killed none of them.
+    # Right after the restart (the new daemon said READY=1): systemd killed none of them,
+    # and they are still the unit's (what unit_pids reads is not empty by construction).
     assert alive(box, programs.values()) == sorted(programs.values())
+    assert set(programs.values()) | {new_daemon} <= set(unit_pids(box))
     # systemd 252 starts the cleanup unit then (OnSuccess=): it saw the restart job and did nothing.
     assert cleanup_kills(box, since) == []
     journal_entry(box, "saying the cleanup was skipped", f"UNIT={CLEANUP}.service", since=since,
@@ -486,8 +488,11 @@ def test_after_a_crash_each_program_runs_once_with_its_old_pid(booted: Container
     box = booted
     assert CRASH, "needs test_a_crashed_daemon_is_restarted_and_its_programs_survive"
     old: dict[str, int] = CRASH["programs"]
-    rows = wait_state(box, dict.fromkeys(STEADY, "RUNNING"))
-    assert pids(rows, STEADY) == old
+    # vogsphere runs in either case (a second copy starts fine): no waiting on
+    # web, whose second copy cannot bind its port today.
+    rows = wait_state(box, dict.fromkeys(VOGSPHERE, "RUNNING"))
+    assert {n: (rows[n]["state"], rows[n]["pid"]) for n in STEADY} == {
+        n: ("RUNNING", pid) for n, pid in old.items()}
     workers = box.run(["pgrep", "-f", "vogsphere worker"], check=False).stdout.split()
     assert sorted(map(int, workers)) == sorted(old[n] for n in VOGSPHERE)
     web = box.run(["pgrep", "-f", "http.server 8042"], check=False).stdout.split()
