@@ -37,7 +37,9 @@ VOGSPHERE = ("vogsphere:0", "vogsphere:1", "vogsphere:2")
 UP = (*VOGSPHERE, "web", "crashy")  # what the example keeps RUNNING
 STEADY = (*VOGSPHERE, "web")  # RUNNING and never exiting by themselves
 CLEANUP = "taskmasterd-cleanup"
-PATTERNS = ("vogsphere worker", "http.server 8042", "crashing on purpose", "taskmasterd")
+# The daemon as `/usr/bin/taskmasterd`: the cleanup unit's own commands name
+# taskmasterd.service.
+PATTERNS = ("vogsphere worker", "http.server 8042", "crashing on purpose", "/usr/bin/taskmasterd")
 # Everyone may read (ListProcesses) and receive the signals; a user's plain
 # taskctl finds the system-wide daemon by itself (no flag).
 Rows = dict[str, dict[str, Any]]
@@ -405,6 +407,8 @@ CRASH: dict[str, Any] = {}  # what test_a_crashed_daemon... leaves to the next t
 
 def assert_nothing_left(box: Container, program_pids: Iterable[int], what: str) -> None:
     wait_cgroup_empty(box, what)
+    wait_until(lambda: not box.run(["systemctl", "list-jobs", "--no-legend", f"{CLEANUP}.service"]
+                                   ).stdout.strip(), 15, "the cleanup unit's job to finish")
     assert alive(box, program_pids) == [], f"{what}: programs still alive"
     for pattern in PATTERNS:
         found = box.run(["pgrep", "-a", "-f", pattern], check=False)
@@ -509,3 +513,22 @@ def test_stop_after_a_crash_leaves_nothing_behind(booted: Container) -> None:
     assert box.run(["systemctl", "is-active", UNIT], check=False).stdout.strip() == "inactive"
     assert systemctl_show(box, "Result") == "success"
     assert_nothing_left(box, everyone, "after a stop following a crash")
+
+
+def test_a_restart_by_hand_is_a_stop_and_a_start(booted: Container) -> None:
+    """`systemctl restart`: the daemon stops its programs; the cleanup that
+    OnSuccess= starts sees the queued start and leaves the new daemon be."""
+    box = booted
+    programs = start_and_wait(box)
+    daemon = int(systemctl_show(box, "MainPID"))
+    since = box.journal_mark()
+    box.run(["systemctl", "restart", UNIT], timeout=60)
+    assert box.run(["systemctl", "is-active", UNIT], check=False).stdout.strip() == "active"
+    new_daemon = int(systemctl_show(box, "MainPID"))
+    assert new_daemon not in (0, daemon)
+    assert alive(box, programs.values()) == []  # stopped by the old daemon
+    after = pids(wait_state(box, dict.fromkeys(STEADY, "RUNNING")), STEADY)
+    assert alive(box, [new_daemon, *after.values()]) == sorted([new_daemon, *after.values()])
+    assert cleanup_kills(box, since) == []
+    box.run(["systemctl", "stop", UNIT], timeout=60)
+    assert_nothing_left(box, [new_daemon, *after.values()], "after the restart and stop")
