@@ -99,6 +99,7 @@ def test_the_package_holds_the_programs_units_policy_and_config(built: Built) ->
     site = "/usr/lib/python3/dist-packages"
     for path in ("/usr/bin/taskmasterd", "/usr/bin/taskctl",
                  "/lib/systemd/system/taskmasterd.service",
+                 "/lib/systemd/system/taskmasterd-cleanup.service",
                  "/usr/lib/systemd/user/taskmasterd.service",
                  f"/usr/share/dbus-1/system.d/{BUS_NAME}.conf",
                  f"/usr/share/dbus-1/interfaces/{BUS_NAME}.Manager.xml",
@@ -117,6 +118,8 @@ def test_the_package_holds_the_programs_units_policy_and_config(built: Built) ->
     root = built.root
     assert (root / "lib/systemd/system/taskmasterd.service").read_bytes() == \
         (REPO / "etc/taskmasterd.service").read_bytes()
+    assert (root / "lib/systemd/system/taskmasterd-cleanup.service").read_bytes() == \
+        (REPO / "etc/taskmasterd-cleanup.service").read_bytes()
     assert (root / "usr/lib/systemd/user/taskmasterd.service").read_bytes() == \
         (REPO / "etc/taskmasterd-user.service").read_bytes()
     assert (root / "etc/taskmaster/taskmaster.yaml").read_bytes() == \
@@ -150,6 +153,8 @@ def test_the_example_configuration_is_a_conffile(built: Built) -> None:
     postinst = (control / "postinst").read_text()
     assert "addgroup --system" in postinst and "taskmaster" in postinst
     assert "deb-systemd-helper enable 'taskmasterd.service'" in postinst  # system unit enabled
+    # The cleanup unit is started by the main unit only (RefuseManualStart=).
+    assert "taskmasterd-cleanup" not in postinst
     postrm = (control / "postrm").read_text()
     purge = postrm[postrm.index('"$1" = purge'):]
     assert "/var/log/taskmaster" in purge and "/var/lib/taskmaster" in purge
@@ -227,11 +232,16 @@ def test_systemd_analyze_verify_finds_nothing(built: Built, tmp_path: Path, unit
     (tmp_path / "units").mkdir()
     copy = tmp_path / "units" / "taskmasterd.service"
     copy.write_text(text.replace("/usr/bin/taskmasterd", str(built.root / "usr/bin/taskmasterd")))
+    units = [copy]
+    if scope == "--system":  # OnSuccess=/OnFailure= name it: verified alongside
+        cleanup = built.root / "lib/systemd/system/taskmasterd-cleanup.service"
+        units.append(tmp_path / "units" / cleanup.name)
+        shutil.copyfile(cleanup, units[-1])
     runtime = tmp_path / "run"
     runtime.mkdir(mode=0o700)
     env = {**CLEAN_ENV, "MANPATH": str(built.root / "usr/share/man"),
            "XDG_RUNTIME_DIR": str(runtime)}
-    r = run("systemd-analyze", scope, "verify", copy, env=env)
+    r = run("systemd-analyze", scope, "verify", *units, env=env)
     assert (r.returncode, r.stdout + r.stderr) == (0, "")
 
 

@@ -45,11 +45,26 @@ chmod +x .venv/bin/taskmasterd .venv/bin/taskctl
 EOF
 chmod +x "$3/bin/python" "$3/bin/pip"
 """
-# Every Debian package is there: apt-get is never reached.
-FAKE_DPKG_QUERY = "#!/bin/sh\nprintf 'install ok installed'\n"
+# Every Debian package is there (but those named in $MISSING): apt-get is
+# never reached unless a test says so.
+FAKE_DPKG_QUERY = r"""#!/bin/sh
+for p; do :; done
+case " ${MISSING:-} " in *" $p "*) exit 1 ;; esac
+printf 'install ok installed'
+"""
+# The apt-get stand-in for tests that let it run: logs its calls and, for an
+# install, what the policy-rc.d file said then (or that there was none).
+FAKE_APT_GET = r"""#!/bin/sh
+echo "apt-get $*" >> calls
+if [ "$1" = install ]; then
+    if [ -e "$POLICY" ]; then echo "policy: $(tail -n 1 "$POLICY")" >> calls
+    else echo "policy: none" >> calls; fi
+fi
+"""
 
 
 BINDIR = "\nbindir=/usr/local/bin  # where `run` puts taskctl, as root\n"
+POLICY = "\npolicy=/usr/sbin/policy-rc.d  # Debian's switch for starting services from maintainer scripts\n"
 
 
 @pytest.fixture
@@ -61,8 +76,10 @@ def make_tree(tmp_path: Path) -> Path:
     """The copy of bootstrap in tmp_path; what it would put in /usr/local/bin goes to bin/."""
     text = (ROOT / "bootstrap").read_text()
     assert text.count("\npython=/usr/bin/python3\n") == 1 and text.count(BINDIR) == 1
+    assert text.count(POLICY) == 1
     tmp_path.mkdir(exist_ok=True)
     text = text.replace(BINDIR, f'\nbindir="{tmp_path}/bin"\n')
+    text = text.replace(POLICY, f'\npolicy="{tmp_path}/policy-rc.d"\n')
     (tmp_path / "bootstrap").write_text(text.replace("\npython=/usr/bin/python3\n",
                                                      f'\npython="{tmp_path}/shims/python3"\n'))
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
@@ -76,10 +93,11 @@ def make_tree(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def bootstrap(tree: Path, *args: str, fail_pip: bool = False, uid: int | None = None
-              ) -> tuple[int, list[str], str]:
+def bootstrap(tree: Path, *args: str, fail_pip: bool = False, uid: int | None = None,
+              missing: str = "") -> tuple[int, list[str], str]:
     """Run the copy with dash: (exit status, what it called, stderr). `uid`:
-    what `id -u` says (default: the truth)."""
+    what `id -u` says (default: the truth); `missing`: the Debian packages
+    dpkg-query says are not installed (apt-get then runs, a stand-in)."""
     calls = tree / "calls"
     calls.unlink(missing_ok=True)
     shims = tree / "shims"
@@ -87,7 +105,12 @@ def bootstrap(tree: Path, *args: str, fail_pip: bool = False, uid: int | None = 
     if uid is not None:
         (shims / "id").write_text(f"#!/bin/sh\necho {uid}\n")
         (shims / "id").chmod(0o755)
-    env = {"PATH": f"{shims}:/usr/bin:/bin", "HOME": str(tree)}
+    env = {"PATH": f"{shims}:/usr/bin:/bin", "HOME": str(tree), "MISSING": missing,
+           "POLICY": str(tree / "policy-rc.d")}
+    (shims / "apt-get").write_text(FAKE_APT_GET if missing else
+                                   "#!/bin/sh\necho 'apt-get must not run' >&2\nexit 9\n")
+    (shims / "systemctl").write_text('#!/bin/sh\necho "systemctl $*" >> calls\n')
+    (shims / "systemctl").chmod(0o755)
     if fail_pip:
         env["FAIL_PIP"] = "1"
     assert DASH is not None
@@ -195,6 +218,40 @@ def test_run_as_root_puts_taskctl_on_path_and_says_so(tmp_path: Path) -> None:
     shutil.rmtree(tree / ".venv")  # the clone's venv gone: the wrapper says so
     r = subprocess.run([str(wrapper), "status"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 127 and r.stderr.startswith(f"taskctl: {tree}/.venv/bin/taskctl is gone")
+
+
+def test_the_test_servers_are_installed_without_starting_them_and_left_disabled(
+        tree: Path) -> None:
+    rc, calls, err = bootstrap(tree, "setup", uid=0, missing="make nginx redis-server")
+    assert rc == 0, err
+    apt = [c for c in calls if c.startswith(("apt-get", "policy", "systemctl"))]
+    assert apt == [
+        "apt-get update -qq",
+        "apt-get install -y -qq --no-install-recommends make", "policy: none",
+        "apt-get install -y -qq --no-install-recommends nginx redis-server", "policy: exit 101",
+        "systemctl disable --quiet nginx.service", "systemctl disable --quiet redis-server.service",
+    ]
+    assert "bootstrap: installing make nginx redis-server" in err
+    assert not (tree / "policy-rc.d").exists()  # bootstrap's own, removed after
+
+
+def test_a_policy_rc_d_already_there_is_kept(tree: Path) -> None:
+    mine = "#!/bin/sh\n# a container's own\nexit 0\n"
+    (tree / "policy-rc.d").write_text(mine)
+    rc, calls, err = bootstrap(tree, "setup", uid=0, missing="redis-server")
+    assert rc == 0, err
+    assert "policy: exit 0" in calls and (tree / "policy-rc.d").read_text() == mine
+
+
+def test_run_needs_no_test_server(tree: Path) -> None:
+    rc, calls, err = bootstrap(tree, "run", uid=0, missing="nginx redis-server")
+    assert rc == 0, err
+    assert not [c for c in calls if c.startswith("apt-get")]
+
+
+def test_missing_servers_without_root_are_named(tree: Path) -> None:
+    rc, _, err = bootstrap(tree, "setup", uid=1000, missing="nginx")
+    assert rc == 1 and "missing Debian packages: nginx (run as root" in err
 
 
 def test_run_leaves_a_taskctl_that_is_not_its_own_alone(tree: Path) -> None:
