@@ -487,7 +487,6 @@ def test_a_crashed_daemon_is_restarted_and_its_programs_survive(booted: Containe
     CRASH.update(programs=programs, daemon=new_daemon)
 
 
-@pytest.mark.xfail(strict=True, reason="re-adoption lands with i13-store")
 def test_after_a_crash_each_program_runs_once_with_its_old_pid(booted: Container) -> None:
     box = booted
     assert CRASH, "needs test_a_crashed_daemon_is_restarted_and_its_programs_survive"

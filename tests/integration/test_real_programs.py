@@ -4,9 +4,9 @@ taskctl on the test's private bus.
 
 Readiness is a TCP connect to the port with a timeout, never a sleep. An HTTP
 loop (http.client in a thread, a new connection per request) counts the
-requests nginx failed to answer. The re-adoption scenario (SIGKILL the
-daemon, start it again on the same statedir and configuration) is marked
-xfail until the state store lands: today the new daemon starts second copies.
+requests nginx failed to answer. The re-adoption scenario: SIGKILL the
+daemon, start it again on the same statedir and configuration: both servers
+are taken back (same pids, no second copy, no failed request).
 Whatever a test leaves running (the orphans of a killed daemon) is killed at
 teardown by process group.
 """
@@ -334,7 +334,6 @@ def test_stop_leaves_no_nginx_worker(servers: Servers, daemons: Start, bus_addre
 
 # -- after a daemon crash: re-adoption -----------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="re-adoption lands with i13-store")
 def test_a_restarted_daemon_adopts_nginx_and_redis(servers: Servers, daemons: Start,
                                                    bus_address: str, reaper: set[int]) -> None:
     first, pids = start_daemon(daemons, servers, bus_address, reaper)
