@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Daemon, wait_until
+from tests.harness import Daemon, event, wait_until
 from tests.integration.conftest import WriteConfig
 
 Start = Callable[..., Daemon]
@@ -373,4 +373,41 @@ def test_a_restarted_daemon_adopts_nginx_and_redis(servers: Servers, daemons: St
     r = taskctl(bus_address, "stop", "nginx")
     assert r.returncode == 0, r.stderr
     assert in_group(new) == [] and not [p for p in new_workers if stat_fields(p) is not None]
+    assert wait_running(bus_address, ("redis",))["redis"] == pids["redis"]
+
+
+# -- an upgrade in place: daemon-reexec ------------------------------------------
+
+def test_daemon_reexec_keeps_nginx_and_redis(servers: Servers, daemons: Start,
+                                             bus_address: str, reaper: set[int]) -> None:
+    """The same after `taskctl daemon-reexec`: the daemon is the same process
+    running its code again, the servers its children still (real exit
+    statuses), nothing restarted, no failed request."""
+    daemon, pids = start_daemon(daemons, servers, bus_address, reaper)
+    workers = set(nginx_workers(pids["nginx"]))
+    with HttpLoop(servers.http) as loop:
+        r = taskctl(bus_address, "daemon-reexec")
+        assert r.returncode == 0, r.stderr
+        rows = status(bus_address)
+        assert {n: (rows[n]["state"], rows[n]["pid"]) for n in pids} == {
+            n: ("RUNNING", pid) for n, pid in pids.items()}
+        assert set(children(pids["nginx"])) == workers
+        assert redis_ping(servers.redis) == b"+PONG\r\n"
+        r = taskctl(bus_address, "signal", "HUP", "nginx")
+        assert r.returncode == 0, r.stderr
+        nginx_workers(pids["nginx"], not_in=workers)
+        loop.stop()
+    assert loop.ok > 0
+    assert loop.failures == [], "nginx did not answer across the re-exec"
+    assert daemon.proc.poll() is None  # the same process
+
+    # Still our children: stop is a real exit status (SIGQUIT's graceful stop
+    # or TERM, as configured), and nothing is left in nginx's group.
+    new_workers = nginx_workers(pids["nginx"])
+    r = taskctl(bus_address, "stop", "nginx")
+    assert r.returncode == 0, r.stderr
+    stopped = daemon.wait_for(event("STOPPED", "nginx"))
+    assert stopped.fields.get("status") not in (None, "unknown")
+    assert in_group(pids["nginx"]) == [] and not [
+        p for p in new_workers if stat_fields(p) is not None]
     assert wait_running(bus_address, ("redis",))["redis"] == pids["redis"]
