@@ -236,7 +236,7 @@ def adopt(pid: int, start_ticks: int, pidfd: int | None = None) -> Child | str:
     # Read after the pidfd is open: if the pid was reused in between, the
     # start time read now is the new process's, and we refuse it.
     stat = proc_stat(pid)
-    ours = _is_our_child(pid)
+    ours = stat is not None and stat.ppid == os.getpid()  # after our own exec
     why = None
     if stat is None or (stat.state in ("Z", "X") and not ours):
         why = "no longer running"
@@ -248,17 +248,6 @@ def adopt(pid: int, start_ticks: int, pidfd: int | None = None) -> Child | str:
         os.close(pidfd)
         return why
     return Child(pid=pid, pidfd=pidfd, popen=None, start_ticks=start_ticks, adopted=not ours)
-
-
-def _is_our_child(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("PPid:"):
-                    return int(line.split()[1]) == os.getpid()
-    except (OSError, ValueError):
-        pass
-    return False
 
 
 def reap_adopted(child: Child) -> None:

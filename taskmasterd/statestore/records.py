@@ -100,6 +100,7 @@ class ProcStat:
     pid: int
     comm: str
     state: str  # R, S, D, Z, T, ...
+    ppid: int
     pgrp: int
     start_ticks: int
 
@@ -118,10 +119,10 @@ def parse_proc_stat(text: str) -> ProcStat | None:
     if len(fields) < 20 or not pid_text.isdigit() or len(fields[0]) != 1:
         return None
     try:
-        pgrp, start = int(fields[2]), int(fields[19])
+        ppid, pgrp, start = int(fields[1]), int(fields[2]), int(fields[19])
     except ValueError:
         return None
-    return ProcStat(int(pid_text), comm, fields[0], pgrp, start)
+    return ProcStat(int(pid_text), comm, fields[0], ppid, pgrp, start)
 
 
 # ---- encoding ----------------------------------------------------------------

@@ -168,8 +168,8 @@ TAIL = " S 1 4242 4242 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 10000 100 
 def test_proc_stat_with_hostile_comm(comm: str) -> None:
     parsed = parse_proc_stat(f"4242 ({comm}){TAIL}\n")
     assert parsed is not None
-    assert (parsed.pid, parsed.comm, parsed.state, parsed.pgrp, parsed.start_ticks) == \
-        (4242, comm, "S", 4242, 987654)
+    assert (parsed.pid, parsed.comm, parsed.state, parsed.ppid, parsed.pgrp,
+            parsed.start_ticks) == (4242, comm, "S", 1, 4242, 987654)
 
 
 @pytest.mark.parametrize("text", ["", "4242", "4242 (x)", "x (sleep)" + TAIL,
@@ -181,6 +181,7 @@ def test_proc_stat_garbage_is_none(text: str) -> None:
 def test_proc_stat_of_this_process() -> None:
     parsed = parse_proc_stat(Path(f"/proc/{os.getpid()}/stat").read_text())
     assert parsed is not None and parsed.pid == os.getpid() and parsed.start_ticks > 0
+    assert parsed.ppid == os.getppid()
 
 
 @given(st.text(max_size=40))
