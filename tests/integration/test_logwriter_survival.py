@@ -65,6 +65,16 @@ def setup(workdir: Path, write_config: WriteConfig, **program: Any) -> tuple[Pat
     return workdir / "count.out", epipe, {"TASKMASTER_RUNTIME_DIR": str(workdir / "run")}
 
 
+def start_counting(daemons: Start, cfg: Path, env: dict[str, str]) -> tuple[Daemon, int, int]:
+    """A daemon running the counter: it, the counter's pid, its log writer's pid."""
+    d = daemons(cfg, env=env)
+    d.wait_for(event("RUNNING", "count"))
+    program = d.latest_pids()["count"]
+    wait_until("a log writer", lambda: len(writers_of(d.pid)) == 1)
+    [writer] = writers_of(d.pid)
+    return d, program, writer
+
+
 def pipe_of(pid: int, fd: int) -> str:
     return os.readlink(f"/proc/{pid}/fd/{fd}")
 
@@ -83,11 +93,7 @@ def test_programs_outlive_the_daemon_and_the_next_daemon_reattaches_the_writer(
         write_config: WriteConfig, daemons: Start, workdir: Path) -> None:
     out, epipe, env = setup(workdir, write_config)
     cfg = workdir / "taskmaster.yaml"
-    d1 = daemons(cfg, env=env)
-    d1.wait_for(event("RUNNING", "count"))
-    program = d1.latest_pids()["count"]
-    wait_until("a log writer", lambda: len(writers_of(d1.pid)) == 1)
-    [writer] = writers_of(d1.pid)
+    d1, program, writer = start_counting(daemons, cfg, env)
     pipe = pipe_of(program, 1)
     assert pipe.startswith("pipe:") and holds(d1.pid, pipe)  # the daemon's copy (s6 style)
     sockets = list((workdir / "run").glob("logwriter-*.sock"))
@@ -117,7 +123,7 @@ def test_programs_outlive_the_daemon_and_the_next_daemon_reattaches_the_writer(
         grows(out)
         assert alive(program) and not epipe.exists()
 
-        assert d2.terminate() == 0  # stops the adopted program too  # finish: drain, exit, socket removed
+        assert d2.terminate() == 0  # stops the adopted program; the writer drains, exits, removes its socket
         assert not any(alive(p) for p in leftovers)
         assert not list((workdir / "run").glob("logwriter-*.sock"))
     assert not epipe.exists(), epipe.read_text()
@@ -128,11 +134,7 @@ def test_a_writer_with_no_daemon_and_no_program_left_exits(
         write_config: WriteConfig, daemons: Start, workdir: Path) -> None:
     out, epipe, env = setup(workdir, write_config)
     cfg = workdir / "taskmaster.yaml"
-    d1 = daemons(cfg, env=env)
-    d1.wait_for(event("RUNNING", "count"))
-    program = d1.latest_pids()["count"]
-    wait_until("a log writer", lambda: len(writers_of(d1.pid)) == 1)
-    [writer] = writers_of(d1.pid)
+    d1, program, writer = start_counting(daemons, cfg, env)
     with killed_at_end(program, writer):
         grows(out)
         os.kill(d1.pid, signal.SIGKILL)
@@ -200,11 +202,7 @@ def test_an_adopted_program_keeps_its_rotated_output(
 
     out, epipe, env = setup(workdir, write_config)
     cfg = workdir / "taskmaster.yaml"
-    d1 = daemons(cfg, env=env)
-    d1.wait_for(event("RUNNING", "count"))
-    program = d1.latest_pids()["count"]
-    wait_until("a log writer", lambda: len(writers_of(d1.pid)) == 1)
-    [writer] = writers_of(d1.pid)
+    d1, program, writer = start_counting(daemons, cfg, env)
     pipe = pipe_of(program, 1)
     with killed_at_end(program, writer):
         grows(out)

@@ -334,6 +334,21 @@ def test_stop_leaves_no_nginx_worker(servers: Servers, daemons: Start, bus_addre
 
 # -- after a daemon crash: re-adoption -----------------------------------------
 
+def assert_kept(servers: Servers, address: str, pids: dict[str, int], workers: set[int]) -> None:
+    """Both servers RUNNING with their old pids (as soon as the daemon
+    answers), nginx's workers the same, redis answering; then SIGHUP reaches
+    the master taken back: same master, new workers."""
+    rows: dict[str, dict[str, object]] = {}
+    wait_until("the daemon's status", lambda: bool(rows.update(status(address)) or rows), 15)
+    assert {n: (rows[n]["state"], rows[n]["pid"]) for n in pids} == {
+        n: ("RUNNING", pid) for n, pid in pids.items()}, "not taken back"
+    assert set(children(pids["nginx"])) == workers
+    assert redis_ping(servers.redis) == b"+PONG\r\n"
+    r = taskctl(address, "signal", "HUP", "nginx")
+    assert r.returncode == 0, r.stderr
+    nginx_workers(pids["nginx"], not_in=workers)
+
+
 def test_a_restarted_daemon_adopts_nginx_and_redis(servers: Servers, daemons: Start,
                                                    bus_address: str, reaper: set[int]) -> None:
     first, pids = start_daemon(daemons, servers, bus_address, reaper)
@@ -344,18 +359,7 @@ def test_a_restarted_daemon_adopts_nginx_and_redis(servers: Servers, daemons: St
         first.proc.wait()
         daemons(servers.config)  # the same configuration, so the same statedir
         # Adopted at start: RUNNING (up longer than starttime) with the old pids at once.
-        rows: dict[str, dict[str, object]] = {}
-        wait_until("the new daemon's status", lambda: bool(rows.update(status(bus_address))
-                                                           or rows), 15)
-        assert {n: (rows[n]["state"], rows[n]["pid"]) for n in pids} == {
-            n: ("RUNNING", pid) for n, pid in pids.items()}, "not adopted"
-        assert set(children(pids["nginx"])) == workers
-        assert redis_ping(servers.redis) == b"+PONG\r\n"
-
-        # SIGHUP reaches the adopted master: same master, new workers.
-        r = taskctl(bus_address, "signal", "HUP", "nginx")
-        assert r.returncode == 0, r.stderr
-        nginx_workers(pids["nginx"], not_in=workers)
+        assert_kept(servers, bus_address, pids, workers)
         loop.stop()
     assert loop.ok > 0
     assert loop.failures == [], "nginx did not answer across the daemon's restart"
@@ -388,14 +392,7 @@ def test_daemon_reexec_keeps_nginx_and_redis(servers: Servers, daemons: Start,
     with HttpLoop(servers.http) as loop:
         r = taskctl(bus_address, "daemon-reexec")
         assert r.returncode == 0, r.stderr
-        rows = status(bus_address)
-        assert {n: (rows[n]["state"], rows[n]["pid"]) for n in pids} == {
-            n: ("RUNNING", pid) for n, pid in pids.items()}
-        assert set(children(pids["nginx"])) == workers
-        assert redis_ping(servers.redis) == b"+PONG\r\n"
-        r = taskctl(bus_address, "signal", "HUP", "nginx")
-        assert r.returncode == 0, r.stderr
-        nginx_workers(pids["nginx"], not_in=workers)
+        assert_kept(servers, bus_address, pids, workers)
         loop.stop()
     assert loop.ok > 0
     assert loop.failures == [], "nginx did not answer across the re-exec"
