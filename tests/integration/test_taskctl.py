@@ -320,6 +320,8 @@ def test_tail(write_config: WriteConfig, daemons: Start, bus_address: str, workd
 def waits(write_config: WriteConfig, daemons: Start, workdir: Path) -> Daemon:
     d = daemons(write_config({
         "slow": {"cmd": SLEEPER, "autostart": False, "starttime": 2},
+        # Long enough that a Ctrl-C always lands while it starts, however loaded the machine.
+        "slower": {"cmd": SLEEPER, "autostart": False, "starttime": 600},
         "launcher": {"cmd": "/nonexistent/launcher", "autostart": False, "startretries": 1},
         "quick": {"cmd": "sh -c 'exit 3'", "autostart": False, "startretries": 1,
                   "starttime": 1},
@@ -456,9 +458,9 @@ def test_progress_on_a_terminal_only(waits: Daemon, bus_address: str) -> None:
 
 
 def test_ctrl_c_stops_waiting_not_the_start(waits: Daemon, bus_address: str) -> None:
-    proc, master = run_on_a_terminal(bus_address, "start", "slow")
+    proc, master = run_on_a_terminal(bus_address, "start", "slower")
     try:
-        read_terminal(master, "waiting for slow")  # it is waiting now
+        read_terminal(master, "waiting for slower")  # it is waiting now
         proc.send_signal(signal.SIGINT)
         screen = read_terminal(master, "\x00")
         proc.wait(timeout=10)
@@ -468,8 +470,8 @@ def test_ctrl_c_stops_waiting_not_the_start(waits: Daemon, bus_address: str) -> 
             proc.kill()
             proc.wait()
     assert proc.returncode == 130
-    assert "taskctl: stopped waiting: slow is still STARTING (the start goes on)" in screen
-    waits.wait_for(event("RUNNING", "slow"))
+    assert "taskctl: stopped waiting: slower is still STARTING (the start goes on)" in screen
+    assert state_of(bus_address, "slower") == "STARTING"  # the start went on
 
 
 def test_tail_of_a_program_with_several_processes_names_them(
