@@ -24,8 +24,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.container import Container, wait_until
-from tests.e2e.repack import Repacked, repack
-from tests.e2e.test_systemd import (
+from tests.e2e.helpers import (
     STEADY,
     UNIT,
     alive,
@@ -36,6 +35,7 @@ from tests.e2e.test_systemd import (
     systemctl_show,
     wait_state,
 )
+from tests.e2e.repack import Repacked, repack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
