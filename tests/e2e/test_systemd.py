@@ -1,7 +1,8 @@
 """taskmasterd as Debian installs it, under a real systemd (SPEC §5, §6, §8).
 
-One container is booted for the module and the tests run in order, each on
-the state the previous one left: start → control and policy → signals →
+One container is booted for the run (conftest.booted, shared with
+test_upgrade.py) and the tests run in order, each on the state the previous
+one left: start → control and policy → signals →
 crash and journal → reload → stop. The configuration is the example the
 package installs as /etc/taskmaster/taskmaster.yaml: vogsphere (3 processes),
 web, crashy (exits every 20 s), launcher (cannot start: FATAL), report (not
