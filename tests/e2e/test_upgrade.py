@@ -157,6 +157,17 @@ def test_a_reinstall_and_a_downgrade_take_the_same_path(
         output = dpkg_install(box, deb)
         assert_reexecuted(box, **STATE, since=since, output=output, version=version, was=was)
 
+    # After three re-execs the programs are still the daemon's children: a
+    # SIGKILLed one is seen with its real exit status and started again.
+    web = STATE["programs"]["web"]
+    since = box.journal_mark()
+    box.run(["kill", "-9", str(web)])
+    new = wait_state(box, {"web": "RUNNING"}, not_pids={"web": web})["web"]["pid"]
+    exited = journal_entry(box, "for web's death by SIGKILL", "TASKMASTER_PROGRAM=web",
+                           "TASKMASTER_EVENT=EXITED", since=since)
+    assert (exited.get("TASKMASTER_PID"), exited.get("TASKMASTER_EXIT_STATUS")) == (str(web), "-9")
+    STATE["programs"] = {**STATE["programs"], "web": new}
+
 
 def test_a_changed_execstart_restarts_and_says_why(booted: Container, package: Path) -> None:
     """A re-exec runs the daemon's own command line again: when the unit
