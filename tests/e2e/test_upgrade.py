@@ -124,6 +124,11 @@ def assert_reexecuted(box: Container, *, daemon: int, programs: dict[str, int], 
                  if e.get("TASKMASTER_EVENT") in ("STARTING", "ADOPTED")
                  and e.get("TASKMASTER_PROCESS") in programs]
     assert restarted == []
+    # The system bus refused nothing the daemon sent meanwhile (its flush
+    # before leaving the bus once was a Peer.Ping, which the policy denies).
+    rejected = [str(e.get("MESSAGE")) for e in box.journal("_COMM=dbus-daemon", since=since)
+                if "Rejected" in str(e.get("MESSAGE")) and f"pid={daemon} " in str(e.get("MESSAGE"))]
+    assert rejected == []
 
 
 # -- the tests, in order -------------------------------------------------------
