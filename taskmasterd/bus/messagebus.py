@@ -212,13 +212,16 @@ async def close(bus: Any, timeout: float = 5.0) -> None:
     Safe on a bus already disconnected or dropped by an error (the error is not raised again).
     """
     if not bus._disconnected:
-        # Flush first: the writer is FIFO, so once a Ping to the bus daemon is
+        # Flush first: the writer is FIFO, so once a call to the bus daemon is
         # answered, every reply queued before it (Shutdown's own) has left.
+        # GetId: the system bus's default policy lets anyone call the
+        # org.freedesktop.DBus interface, not Peer.Ping (dbus-daemon would
+        # log a "Rejected send message" at every stop and re-exec).
         with contextlib.suppress(Exception):
             async with asyncio.timeout(timeout):
                 await bus.call(Message(destination="org.freedesktop.DBus",
                                        path="/org/freedesktop/DBus",
-                                       interface="org.freedesktop.DBus.Peer", member="Ping"))
+                                       interface="org.freedesktop.DBus", member="GetId"))
         bus.disconnect()
         with contextlib.suppress(Exception):
             async with asyncio.timeout(timeout):

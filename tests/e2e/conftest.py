@@ -96,7 +96,7 @@ def deb_package() -> Path:
     return deb
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def rootfs() -> Path:
     started = time.monotonic()
     try:
@@ -108,17 +108,24 @@ def rootfs() -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def booted(rootfs: Path) -> Iterator[Container]:
+@pytest.fixture(scope="session")
+def package() -> Path:
+    """The .deb under test (see deb_package)."""
+    return deb_package()
+
+
+@pytest.fixture(scope="session")
+def booted(rootfs: Path, package: Path) -> Iterator[Container]:
     """A container with the package installed, its unit disabled (the tests
-    start it themselves), booted once for the module."""
+    start it themselves), booted once for the run: each test module starts
+    the unit itself and leaves it stopped, with the package under test
+    installed (test_upgrade.py ends with it too)."""
     try:
         require_host(*HOST_TOOLS)
     except Unavailable as exc:
         unavailable(str(exc))
-    deb = deb_package()
     with Container(rootfs) as box:
-        box.install_deb(deb)
+        box.install_deb(package)
         # The package enables the unit (Debian's norm): it would start at
         # boot. Disabled here so that the test's `systemctl start` is the start.
         box.chroot(["systemctl", "disable", "--quiet", "taskmasterd.service"])

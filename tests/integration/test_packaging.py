@@ -5,8 +5,10 @@ python3 with Debian's dbus-next and PyYAML (not the project's .venv)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -288,7 +290,7 @@ def test_the_configuration_is_not_world_readable(built: Built) -> None:
     assert group < chown < postinst.index('chmod 0640 "$conf"')
     assert "for conf in /etc/taskmaster/taskmaster.yaml; do" in postinst
     assert 'dpkg-statoverride --list "$conf"' in postinst  # an admin's override is kept
-    assert chown < postinst.index("deb-systemd-invoke")  # before the service starts
+    assert chown < postinst.index("deb-systemd-invoke start")  # before the service starts
 
 
 def test_the_package_rotates_the_lifecycle_log(built: Built, tmp_path: Path) -> None:
@@ -329,3 +331,151 @@ def test_logrotate_accepts_the_configuration(built: Built, tmp_path: Path) -> No
     assert r.returncode == 0, output
     assert "error" not in output.lower(), output
     assert "rotating pattern: /var/log/taskmaster/taskmasterd.log  weekly (4 rotations)" in output
+
+
+# -- upgrades: re-exec, not restart --------------------------------------------
+
+def maintainer_script(built: Built, name: str) -> str:
+    control = built.root.parent / "control-scripts"
+    if not control.exists():
+        e = run("dpkg-deb", "-e", built.deb, control)
+        assert e.returncode == 0, e.stderr
+    return (control / name).read_text()
+
+
+def test_an_upgrade_neither_stops_nor_restarts_the_service(built: Built) -> None:
+    """--no-stop-on-upgrade: prerm stops on remove only, postinst's snippet
+    only starts (a no-op for a running unit); the re-exec is postinst's own."""
+    prerm = maintainer_script(built, "prerm")
+    stops = [line for line in prerm.splitlines() if "deb-systemd-invoke stop" in line]
+    assert len(stops) == 1, prerm
+    assert re.search(r'if .*\[ "\$1" = remove \].*\n\s*deb-systemd-invoke stop', prerm), prerm
+    postinst = maintainer_script(built, "postinst")
+    assert "_dh_action=restart" not in postinst
+    assert "deb-systemd-invoke start 'taskmasterd.service'" in postinst
+    dispatch = postinst.index('case "$was" in')
+    # After debhelper's section: modules byte-compiled and systemd reloaded first.
+    assert postinst.index("py3compile -p taskmasterd") < dispatch
+    assert postinst.index("systemctl --system daemon-reload") < dispatch
+    # `was` is read before that section, which may start a stopped unit (with the new code).
+    assert postinst.index("was=$(systemctl show -p ActiveState") < postinst.index("#" " Automatically added")
+    assert "exit 0" in postinst[dispatch:]
+
+
+class Postinst:
+    """The upgrade part of the built postinst (its functions and the final
+    dispatch on the unit's state), run against stand-ins for systemctl,
+    taskctl and deb-systemd-invoke that log their arguments. The daemon is a
+    real process (a shell script, so that its command line starts with the
+    interpreter as taskmasterd's does: /usr/bin/python3 /usr/bin/taskmasterd ...)."""
+
+    def __init__(self, built: Built, tmp_path: Path) -> None:
+        text = maintainer_script(built, "postinst")
+        parts = [re.search(r"^UNIT=.*$", text, re.M)]
+        for name in ("restart_taskmasterd", "reexec_taskmasterd"):
+            parts.append(re.search(rf"^{name}\(\) \{{\n.*?^\}}$", text, re.M | re.S))
+        parts.append(re.search(r'^case "\$was" in\n.*?^esac$', text, re.M | re.S))
+        assert all(parts), "postinst no longer has UNIT=, the two functions and the case"
+        self.script = "\n".join(m[0] for m in parts if m)
+        self.tmp = tmp_path
+        self.calls = tmp_path / "calls"
+        bin_ = tmp_path / "bin"
+        bin_.mkdir()
+        shims = {
+            "systemctl": 'echo "systemctl $*" >> "$CALLS"\n'
+                         'case "$*" in\n'
+                         '*MainPID*) echo "$MAIN" ;;\n'
+                         '*ExecStart*) echo "{ path=/x ; argv[]=$ARGV ; ignore_errors=no ; '
+                         'start_time=[n/a] ; stop_time=[n/a] ; pid=$MAIN ; code=(null) ; status=0/0 }" ;;\n'
+                         "esac\n",
+            # taskctl [--system] pid|daemon-reexec: $SYSTEM_PID / $DEFAULT_PID
+            # answer `pid` (empty: unreachable, exit 7); daemon-reexec exits $REEXEC.
+            "taskctl": 'echo "taskctl $*" >> "$CALLS"\n'
+                       'if [ "$1" = --system ]; then pid=$SYSTEM_PID; shift; else pid=$DEFAULT_PID; fi\n'
+                       'case "$1" in\n'
+                       'pid) [ -n "$pid" ] || exit 7; echo "$pid" ;;\n'
+                       'daemon-reexec) [ "$REEXEC" = 0 ] && echo "taskmasterd: re-executed"\n'
+                       '    exit "$REEXEC" ;;\n'
+                       "esac\n",
+            "deb-systemd-invoke": 'echo "deb-systemd-invoke $*" >> "$CALLS"\n',
+        }
+        for name, body in shims.items():
+            (bin_ / name).write_text("#!/bin/sh\n" + body)
+            (bin_ / name).chmod(0o755)
+        self.path = f"{bin_}:/usr/bin:/bin"
+        daemon = tmp_path / "taskmasterd"
+        daemon.write_text("#!/bin/sh\nsleep 600\n")
+        daemon.chmod(0o755)
+        self.argv = f"{daemon} --system -c /etc/taskmaster/taskmaster.yaml"
+        self.daemon = subprocess.Popen([str(daemon), "--system", "-c", "/etc/taskmaster/taskmaster.yaml"],
+                                       start_new_session=True)
+
+    def close(self) -> None:
+        os.killpg(self.daemon.pid, signal.SIGKILL)
+        self.daemon.wait()
+
+    def run(self, was: str, *, argv: str | None = None, system_pid: int | None = None,
+            default_pid: int | None = None, reexec: int = 0) -> tuple[list[str], str]:
+        """(the commands called, what the script printed)."""
+        self.calls.write_text("")
+        env = {"PATH": self.path, "CALLS": str(self.calls), "MAIN": str(self.daemon.pid),
+               "ARGV": self.argv if argv is None else argv, "REEXEC": str(reexec),
+               "SYSTEM_PID": "" if system_pid is None else str(system_pid),
+               "DEFAULT_PID": "" if default_pid is None else str(default_pid)}
+        r = run("sh", "-ec", f"was={was}\n{self.script}", env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return self.calls.read_text().splitlines(), r.stdout + r.stderr
+
+
+@pytest.fixture
+def postinst(built: Built, tmp_path: Path) -> Iterator[Postinst]:
+    p = Postinst(built, tmp_path)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+SHOW = ["systemctl show -p MainPID --value taskmasterd.service",
+        "systemctl show -p ExecStart --value taskmasterd.service"]
+RESTART = "deb-systemd-invoke restart taskmasterd.service"
+
+
+def test_postinst_reexecutes_the_running_daemon(postinst: Postinst) -> None:
+    main = postinst.daemon.pid
+    for was in ("active", "reloading"):
+        calls, out = postinst.run(was, system_pid=main)
+        assert calls == [*SHOW, "taskctl --system pid", "taskctl --system daemon-reexec"], was
+        assert "taskmasterd: re-executed" in out and "restarting" not in out
+    # No system bus (the daemon serves its private bus): taskctl without a flag finds it.
+    calls, out = postinst.run("active", default_pid=main)
+    assert calls == [*SHOW, "taskctl --system pid", "taskctl pid", "taskctl daemon-reexec"]
+    assert RESTART not in calls
+
+
+def test_postinst_restarts_and_says_why_when_it_cannot_reexec(postinst: Postinst) -> None:
+    main = postinst.daemon.pid
+    # The re-exec refused or failed (a daemon without Reexecute, a timeout).
+    calls, out = postinst.run("active", system_pid=main, reexec=1)
+    assert calls[-2:] == ["taskctl --system daemon-reexec", RESTART]
+    assert (f"taskmasterd: the re-exec of pid {main} failed: restarting taskmasterd.service "
+            "instead (its programs restart too)") in out
+    # Nobody answers as the unit's MainPID (unreachable, or another daemon).
+    calls, out = postinst.run("active", system_pid=main + 1)
+    assert calls == [*SHOW, "taskctl --system pid", "taskctl pid", RESTART]
+    assert f"taskctl cannot reach the daemon (pid {main}) over D-Bus: restarting" in out
+    # The unit now says another command line: a re-exec would run the old one.
+    calls, out = postinst.run("active", system_pid=main,
+                              argv=postinst.argv.replace(" --system", " --bus private"))
+    assert calls == [*SHOW, RESTART]
+    assert "the unit's ExecStart= (" in out and "is not the daemon's command line (/bin/sh " in out
+    # The unit was starting (with the old code) when the upgrade came.
+    calls, out = postinst.run("activating", system_pid=main)
+    assert calls == [RESTART]
+    assert "it was starting during the upgrade: restarting" in out
+
+
+def test_postinst_leaves_a_stopped_unit_alone(postinst: Postinst) -> None:
+    for was in ("", "inactive", "failed", "deactivating"):
+        calls, out = postinst.run(was or "''", system_pid=postinst.daemon.pid)
+        assert (calls, out) == ([], ""), was
