@@ -155,25 +155,33 @@ class Takeover:
         return [Down(process=s.process.name, state=s.process.state,
                      exit_status=s.process.exit_status, exit_unknown=s.process.exit_unknown,
                      restarts=s.process.restarts,
-                     restart_pending=s.process.deadline is not None or s.process.start_pending)
+                     restart_pending=s.process.deadline is not None or s.process.start_pending,
+                     retries=s.process.retries)
                 for s in self.slots.values() if s.child is None]
 
     def restore(self, downs: list[Down]) -> list[str]:
         """Put back the states `down_states` saved (before our exec); a
-        pending restart or retry is started now. Returns their names."""
+        pending retry (BACKOFF) or autorestart (EXITED) is due now, through
+        the core's own timer path, so retries and restarts go on counting
+        (a re-exec never grants a failing program extra retries); a start
+        requested while it was stopping is started now. Returns their names."""
         names = []
         for down in downs:
             slot = self.slots.get(down.process)
             if slot is None or slot.child is not None or slot.process.state is not State.STOPPED:
                 continue
             names.append(slot.process.name)
-            if down.restart_pending:  # a retry or an autorestart was due: now
-                with contextlib.suppress(Refused):
+            p = slot.process
+            if down.restart_pending and down.state not in (State.BACKOFF, State.EXITED):
+                with contextlib.suppress(Refused):  # a restart's start, still to come
                     self._request(slot, Process.start)
                 continue
-            p = slot.process
             p.state, p.exit_status, p.exit_unknown = down.state, down.exit_status, down.exit_unknown
-            p.restarts = down.restarts
+            p.restarts, p.retries = down.restarts, down.retries
+            if down.restart_pending:
+                p.want_up = True
+                p.deadline = self._loop.time()  # due now: the core's timer path spawns it
+                self._sync_timer(slot)
         return names
 
     def _reattach_outputs(self, slot: Slot) -> None:

@@ -34,6 +34,7 @@ class Down:
     exit_unknown: bool
     restarts: int
     restart_pending: bool  # a retry or an autorestart was due: start it
+    retries: int = 0  # failed starts in a row (BACKOFF): startretries goes on counting
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def encode(h: Handover) -> bytes:
         "pidfds": h.pidfds,
         "down": [{"process": d.process, "state": d.state.value, "exit_status": d.exit_status,
                   "exit_unknown": d.exit_unknown, "restarts": d.restarts,
-                  "restart_pending": d.restart_pending} for d in h.down],
+                  "restart_pending": d.restart_pending, "retries": d.retries} for d in h.down],
         "embedded_bus": h.embedded_bus,
         "reap": list(h.reap),
     }
@@ -84,7 +85,8 @@ def decode(data: bytes) -> Handover | Refused:
         downs = tuple(Down(process=str(d["process"]), state=State(d["state"]),
                            exit_status=d["exit_status"] if isinstance(d["exit_status"], int) else None,
                            exit_unknown=bool(d["exit_unknown"]), restarts=int(d["restarts"]),
-                           restart_pending=bool(d["restart_pending"])) for d in down)
+                           restart_pending=bool(d["restart_pending"]),
+                           retries=int(d.get("retries", 0))) for d in down)
     except (KeyError, TypeError, ValueError):
         return Refused("down: malformed entry")
     return Handover(snapshot, dict(pidfds), downs, version, embedded, tuple(reap))

@@ -157,3 +157,21 @@ def test_reexec_on_the_private_bus_keeps_the_bus(
         assert not alive(bus_pid)  # stopped with the daemon, as before
     finally:
         d.close()
+
+
+def test_a_retry_in_backoff_goes_on_counting_across_a_reexec(
+        write_config: WriteConfig, daemons: Start, bus_address: str) -> None:
+    """A re-exec during BACKOFF neither grants extra retries nor loses the
+    one that was due: retry 1 of 2 before it, retry 2 of 2 after, then FATAL."""
+    d = daemons(write_config({"flaky": {"cmd": "sh -c 'exit 3'", "starttime": 1,
+                                        "startretries": 2, "restartdelay": 1,
+                                        "stdout": None, "stderr": None}}))
+    first = d.wait_for(event("BACKOFF", "flaky"))
+    assert "retry 1 of 2" in first.message
+    r = taskctl(bus_address, "daemon-reexec")
+    assert r.returncode == 0, r.stderr
+    second = d.wait_for(event("BACKOFF", "flaky"))
+    assert "retry 2 of 2" in second.message, second.message
+    d.wait_for(event("FATAL", "flaky"))
+    spawned = [ln for ln in d.lines if ln.kind == "STARTING" and ln.process == "flaky"]
+    assert len(spawned) == 3  # the first start and 2 retries, not one more
