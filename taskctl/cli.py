@@ -22,8 +22,12 @@ from taskctl.parser import bus_choice, help_text
 
 def follows(args: argparse.Namespace) -> bool:
     """Whether the command runs until it is interrupted (the shell, `events`,
-    `tail -f`): Ctrl-C is the way to stop it."""
-    return args.command in (None, "events") or (args.command == "tail" and args.follow)
+    `tail -f`) or waits for an outcome (start, stop, restart without
+    --no-block; daemon-reexec): Ctrl-C is a way to stop it."""
+    command = args.command
+    waits = (command in ("start", "stop", "restart") and not args.no_block) \
+        or command == "daemon-reexec"
+    return command in (None, "events") or (command == "tail" and args.follow) or waits
 
 
 def take_sigint() -> None:
@@ -31,8 +35,9 @@ def take_sigint() -> None:
     started. A shell without job control starts background commands with
     SIGINT ignored (`sh -c 'taskctl events &'`, a script, some CI runners),
     and Python then keeps it ignored: `events` or `tail -f` could then be
-    stopped by nothing but SIGTERM. For a command whose only way to end is
-    Ctrl-C, an ignored SIGINT is never what was meant."""
+    stopped by nothing but SIGTERM, and a start could only be waited out.
+    For a command that runs or waits until interrupted, an ignored SIGINT is
+    never what was meant."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 

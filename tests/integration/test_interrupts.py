@@ -15,6 +15,7 @@ wait for something."""
 from __future__ import annotations
 
 import os
+import pty
 import random
 import signal
 import subprocess
@@ -32,7 +33,7 @@ from taskmasterd.busaddr import BusChoice
 from tests.harness import Daemon, event
 from tests.integration.conftest import WriteConfig
 from tests.integration.test_shell import CTRL_C, Terminal
-from tests.integration.test_taskctl import Lines, interrupt
+from tests.integration.test_taskctl import Lines, interrupt, read_terminal
 
 Start = Callable[..., Daemon]
 # Runs taskctl with SIGINT ignored, as a shell without job control starts a
@@ -77,6 +78,33 @@ def test_sigint_stops_events_and_tail_f_even_when_ignored_at_start(
     finally:
         results = [interrupt(p) for p in (events, tail)]
     assert all(code == 130 and "Traceback" not in err for code, err in results), results
+
+
+def test_sigint_stops_a_start_that_waits_even_when_ignored_at_start(
+        write_config: WriteConfig, daemons: Start, bus_address: str) -> None:
+    """start waits for RUNNING (starttime 600 s here): SIGINT ends the wait
+    (130, the start goes on), whatever the disposition taskctl started with."""
+    d = daemons(write_config({"slower": {"cmd": "sleep 100000", "autostart": False,
+                                         "starttime": 600}}))
+    d.wait_for(lambda ln: ln.kind == "DAEMON_START")
+    master, slave = pty.openpty()  # stderr on a terminal: the progress line says it waits
+    waiting = subprocess.Popen([sys.executable, "-c", IGNORING_SIGINT, "--address", bus_address,
+                                "start", "slower"], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    try:
+        read_terminal(master, "waiting for slower")
+        waiting.send_signal(signal.SIGINT)
+        screen = read_terminal(master, "\x00")  # to the end
+        waiting.wait(timeout=10)
+    finally:
+        os.close(master)
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+    assert waiting.returncode == 130
+    assert "stopped waiting: slower is still STARTING (the start goes on)" in screen
+    assert "Traceback" not in screen
 
 
 def test_ctrl_c_stops_events_in_the_shell_even_when_ignored_at_start(
