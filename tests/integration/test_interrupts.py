@@ -143,7 +143,7 @@ def blocked_in_a_syscall(tid: int) -> bool:
     for _ in range(3):
         with open(f"/proc/self/task/{tid}/syscall") as f:
             seen.append(f.read().split()[0])
-        time.sleep(0.01)
+        time.sleep(0.01)  # sleep-ok: the sampling interval of the observation
     return seen[0] != "running" and len(set(seen)) == 1
 
 
@@ -194,7 +194,7 @@ def test_sigint_at_any_moment_of_the_wait_ends_taskctl(tm: Daemon, bus_address: 
         p = spawn(bus_address, *args)
         first = Lines(p.stderr if args[0] == "events" else p.stdout).next()
         assert first
-        time.sleep(rng.uniform(0, 0.05))  # the moment itself is what varies
+        time.sleep(rng.uniform(0, 0.05))  # sleep-ok: the moment itself is what varies
         code, err = interrupt(p)
         assert (code, "Traceback" in err) == (130, False), (args, err)
 

@@ -6,28 +6,24 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from taskmasterd.logsink import LifecycleLog
-from tests.harness import Daemon, event
+from tests.harness import Daemon, event, wait_until
 from tests.integration.conftest import WriteConfig
 
 
 def wait_file_text(path: Path, text: str, timeout: float = 10.0) -> str:
     """The file's text once it holds `text` (the file is written at the end of
     the loop turn, just after stderr)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        content = path.read_text() if path.exists() else ""
-        if text in content:
-            return content
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {text!r} in {path}:\n{content}")
-        time.sleep(0.01)
+    def content() -> str:
+        return path.read_text() if path.exists() else ""
+
+    wait_until(f"{text!r} in {path}", lambda: text in content(), timeout)
+    return content()
 
 
 def open_files(pid: int) -> set[str]:

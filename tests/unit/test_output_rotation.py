@@ -27,6 +27,7 @@ from taskmasterd.config import (
 from taskmasterd.logproto import PROTOCOL, encode
 from taskmasterd.logwriter import FALLOC_FL_KEEP_SIZE, fallocate, next_move, rotation_renames
 from taskmasterd.reload import plan_reload
+from tests.harness import wait_until
 
 # ---- the keys
 
@@ -197,13 +198,6 @@ def test_zero_backups_restart_the_file_empty(tmp_path: Path) -> None:
     assert w.close() == 0
 
 
-def wait_for(cond: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def test_a_restarted_file_has_its_blocks_reserved_until_it_closes(tmp_path: Path) -> None:
     probe = tmp_path / "probe"
     with open(probe, "wb") as f:
@@ -213,7 +207,7 @@ def test_a_restarted_file_has_its_blocks_reserved_until_it_closes(tmp_path: Path
     out = tmp_path / "out.log"
     fd, sid = w.follow(out, 100_000, 1)
     write_all(fd, 150_000, b"0123456789" * 1000)
-    wait_for(lambda: Path(f"{out}.1").exists() and out.stat().st_size == 50_000)
+    wait_until("the rotation", lambda: Path(f"{out}.1").exists() and out.stat().st_size == 50_000)
     st = out.stat()
     # Reserved up to maxbytes (no block reserved one by one as data comes);
     # the size is the data's.
@@ -297,7 +291,7 @@ def test_finish_drains_then_exits_without_spinning(tmp_path: Path) -> None:
     for _ in range(2):  # a second "finish" must not stay unread (a busy loop)
         w.sock.send(encode("finish"))
     cpu = cpu_seconds(w.proc.pid)
-    time.sleep(1.0)  # a window to measure: the writer waits for the pipe meanwhile
+    time.sleep(1.0)  # sleep-ok: a window to measure: the writer waits for the pipe meanwhile
     assert cpu_seconds(w.proc.pid) - cpu < 0.2, "the writer spins while it waits"
     assert w.proc.poll() is None  # the pipe is still open: still draining
     os.write(fd, b"last\n")
