@@ -227,23 +227,35 @@ class FullSocket:
         self.sent.append((bytes(buffer), []))
         return len(buffer)
 
+class BrokenSocket:
+    def send(self, buffer: memoryview) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def fake_writer(sock: Any, finalized: list[Exception], *, unix_fds: bool = False) -> Writer:
+    """Our Writer on a fake socket and loop, as MessageBus sets one up (no
+    connection): what it finalizes the bus with goes to `finalized`."""
+    writer = Writer.__new__(Writer)
+    writer.messages = asyncio.Queue()
+    writer.negotiate_unix_fd = unix_fds
+    writer.bus = type("Bus", (), {"_finalize": lambda self, e: finalized.append(e)})()
+    writer.sock = sock
+    writer.loop = FakeLoop()
+    writer.fd = 99
+    writer.buf = None
+    writer.offset = 0
+    writer.unix_fds = None
+    writer.fut = None
+    return writer
+
+
 
 def test_full_socket_keeps_the_message_and_its_fds() -> None:
     """Unit check of the patched writer: nothing lost, fds not dropped, writer stays registered."""
 
     async def main() -> None:
         finalized: list[Exception] = []
-        writer = Writer.__new__(Writer)
-        writer.messages = asyncio.Queue()
-        writer.negotiate_unix_fd = True
-        writer.bus = type("Bus", (), {"_finalize": lambda self, e: finalized.append(e)})()
-        writer.sock = FullSocket(full=2)
-        writer.loop = FakeLoop()
-        writer.fd = 99
-        writer.buf = None
-        writer.offset = 0
-        writer.unix_fds = None
-        writer.fut = None
+        writer = fake_writer(FullSocket(full=2), finalized, unix_fds=True)
         loop = asyncio.get_running_loop()
         futures = [loop.create_future(), loop.create_future()]
         writer.messages.put_nowait((b"with-fds", [5, 6], futures[0]))
@@ -265,23 +277,9 @@ def test_full_socket_keeps_the_message_and_its_fds() -> None:
 
 def test_real_errors_still_finalize() -> None:
 
-    class Broken:
-        def send(self, buffer: memoryview) -> int:
-            raise BrokenPipeError(32, "Broken pipe")
-
     async def main() -> None:
         finalized: list[Exception] = []
-        writer = Writer.__new__(Writer)
-        writer.messages = asyncio.Queue()
-        writer.negotiate_unix_fd = False
-        writer.bus = type("Bus", (), {"_finalize": lambda self, e: finalized.append(e)})()
-        writer.sock = Broken()
-        writer.loop = FakeLoop()
-        writer.fd = 99
-        writer.buf = None
-        writer.offset = 0
-        writer.unix_fds = None
-        writer.fut = None
+        writer = fake_writer(BrokenSocket(), finalized)
         fut = asyncio.get_running_loop().create_future()
         writer.messages.put_nowait((b"x", [], fut))
         writer.write_callback()
@@ -296,26 +294,12 @@ def test_a_send_nobody_awaits_fails_without_a_traceback() -> None:
     one, asyncio must not log 'Future exception was never retrieved' (issue 11, 7.)."""
     import gc
 
-    class Broken:
-        def send(self, buffer: memoryview) -> int:
-            raise BrokenPipeError(32, "Broken pipe")
-
     async def main() -> None:
         reported: list[dict[str, Any]] = []
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(lambda _loop, context: reported.append(context))
         finalized: list[Exception] = []
-        writer = Writer.__new__(Writer)
-        writer.messages = asyncio.Queue()
-        writer.negotiate_unix_fd = False
-        writer.bus = type("Bus", (), {"_finalize": lambda self, e: finalized.append(e)})()
-        writer.sock = Broken()
-        writer.loop = FakeLoop()
-        writer.fd = 99
-        writer.buf = None
-        writer.offset = 0
-        writer.unix_fds = None
-        writer.fut = None
+        writer = fake_writer(BrokenSocket(), finalized)
         writer.messages.put_nowait((b"x", [], loop.create_future()))  # as bus.send() leaves it
         writer.write_callback()
         assert len(finalized) == 1 and isinstance(finalized[0], BrokenPipeError)
