@@ -384,6 +384,17 @@ def test_worst_state() -> None:
 EVENTS = st.sampled_from(["start", "stop", "restart", "exit", "timer"])
 
 
+def drive(p: Process, what: str, code: int, now: float) -> list[Action] | None:
+    """One random step of the property tests: a request (start, stop,
+    restart), an exit with `code` (None: no process to exit), or the timer
+    (at its deadline when that is later than now). Raises Refused as the core does."""
+    if what == "exit":
+        return p.on_exit(code, now) if p.pid else None
+    if what == "timer":
+        return p.on_timer(now if p.deadline is None else max(now, p.deadline))
+    return list(getattr(p, what)(now))
+
+
 @settings(max_examples=300)
 @given(st.lists(st.tuples(EVENTS, st.floats(0, 5), st.integers(-15, 3)), max_size=40))
 def test_any_sequence_keeps_the_invariants(steps: list[tuple[str, float, int]]) -> None:
@@ -397,16 +408,11 @@ def test_any_sequence_keeps_the_invariants(steps: list[tuple[str, float, int]]) 
         clock.advance(dt)
         before = p.state
         try:
-            if what == "exit":
-                if not p.pid:
-                    continue
-                out = p.on_exit(code, clock.now)
-            elif what == "timer":
-                out = p.on_timer(clock.now if p.deadline is None else max(clock.now, p.deadline))
-            else:
-                out = getattr(p, what)(clock.now)
+            out = drive(p, what, code, clock.now)
         except Refused:
             assert p.state is before
+            continue
+        if out is None:
             continue
         while out and out[-1] == Spawn():
             pid += 1
@@ -643,18 +649,13 @@ def test_any_sequence_with_a_start_limit_keeps_the_invariants(
     for what, dt, code in steps:
         clock.advance(dt)
         try:
-            if what == "exit":
-                if not p.pid:
-                    continue
-                out = p.on_exit(code, clock.now)
-            elif what == "timer":
-                out = p.on_timer(clock.now if p.deadline is None else max(clock.now, p.deadline))
-            else:
-                out = getattr(p, what)(clock.now)
-                if p.restarts == 0:
-                    spawns_since_start = 0
+            out = drive(p, what, code, clock.now)
         except Refused:
             continue
+        if out is None:
+            continue
+        if what not in ("exit", "timer") and p.restarts == 0:
+            spawns_since_start = 0
         while out and out[-1] == Spawn():
             pid += 1
             spawns_since_start += 1
