@@ -15,7 +15,6 @@ wait for something."""
 from __future__ import annotations
 
 import os
-import pty
 import random
 import signal
 import subprocess
@@ -33,7 +32,7 @@ from taskmasterd.busaddr import BusChoice
 from tests.harness import Daemon, event
 from tests.integration.conftest import WriteConfig
 from tests.integration.test_shell import CTRL_C, Terminal
-from tests.integration.test_taskctl import Lines, interrupt, read_terminal
+from tests.integration.test_taskctl import Lines, ctrl_c_while_waiting, interrupt, run_on_a_terminal
 
 Start = Callable[..., Daemon]
 # Runs taskctl with SIGINT ignored, as a shell without job control starts a
@@ -87,22 +86,11 @@ def test_sigint_stops_a_start_that_waits_even_when_ignored_at_start(
     d = daemons(write_config({"slower": {"cmd": "sleep 100000", "autostart": False,
                                          "starttime": 600}}))
     d.wait_for(lambda ln: ln.kind == "DAEMON_START")
-    master, slave = pty.openpty()  # stderr on a terminal: the progress line says it waits
-    waiting = subprocess.Popen([sys.executable, "-c", IGNORING_SIGINT, "--address", bus_address,
-                                "start", "slower"], stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=slave)
-    os.close(slave)
-    try:
-        read_terminal(master, "waiting for slower")
-        waiting.send_signal(signal.SIGINT)
-        screen = read_terminal(master, "\x00")  # to the end
-        waiting.wait(timeout=10)
-    finally:
-        os.close(master)
-        if waiting.poll() is None:
-            waiting.kill()
-            waiting.wait()
-    assert waiting.returncode == 130
+    # stderr on a terminal: the progress line says when it waits
+    waiting = run_on_a_terminal(bus_address, "start", "slower",
+                                head=(sys.executable, "-c", IGNORING_SIGINT))
+    code, screen = ctrl_c_while_waiting(*waiting, "slower")
+    assert code == 130
     assert "stopped waiting: slower is still STARTING (the start goes on)" in screen
     assert "Traceback" not in screen
 

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -415,10 +415,13 @@ def test_timeout_exits_124_and_says_what_is_pending(waits: Daemon, bus_address: 
     waits.wait_for(event("RUNNING", "slow"))  # it went on
 
 
-def run_on_a_terminal(address: str, *args: str) -> tuple[subprocess.Popen[bytes], int]:
-    """taskctl with its stderr on a pseudo-terminal (stdout a pipe); the pty's master."""
+def run_on_a_terminal(address: str, *args: str,
+                      head: Sequence[str] = (sys.executable, "-m", "taskctl"),
+                      ) -> tuple[subprocess.Popen[bytes], int]:
+    """taskctl (run as `head`) with its stderr on a pseudo-terminal (stdout a
+    pipe); the pty's master."""
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "taskctl", "--address", address, *args],
+    proc = subprocess.Popen([*head, "--address", address, *args],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
     os.close(slave)
     return proc, master
@@ -457,19 +460,26 @@ def test_progress_on_a_terminal_only(waits: Daemon, bus_address: str) -> None:
     assert (r.returncode, r.stdout, r.stderr) == (0, "slow: restarted\n", "")
 
 
-def test_ctrl_c_stops_waiting_not_the_start(waits: Daemon, bus_address: str) -> None:
-    proc, master = run_on_a_terminal(bus_address, "start", "slower")
+def ctrl_c_while_waiting(proc: subprocess.Popen[bytes], master: int, process: str
+                         ) -> tuple[int, str]:
+    """SIGINT once taskctl's progress line says it waits for `process`; its
+    exit status and all it wrote on the terminal."""
     try:
-        read_terminal(master, "waiting for slower")  # it is waiting now
+        read_terminal(master, f"waiting for {process}")  # it is waiting now
         proc.send_signal(signal.SIGINT)
-        screen = read_terminal(master, "\x00")
+        screen = read_terminal(master, "\x00")  # to the end
         proc.wait(timeout=10)
     finally:
         os.close(master)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130
+    return proc.returncode, screen
+
+
+def test_ctrl_c_stops_waiting_not_the_start(waits: Daemon, bus_address: str) -> None:
+    code, screen = ctrl_c_while_waiting(*run_on_a_terminal(bus_address, "start", "slower"), "slower")
+    assert code == 130
     assert "taskctl: stopped waiting: slower is still STARTING (the start goes on)" in screen
     assert state_of(bus_address, "slower") == "STARTING"  # the start went on
 
