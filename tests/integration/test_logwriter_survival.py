@@ -28,6 +28,7 @@ from tests.integration.test_output_rotation import (
     assert_no_gap,
     killed_at_end,
     numbers_in_order,
+    start_counting,
     total,
     writers_of,
 )
@@ -63,16 +64,6 @@ def setup(workdir: Path, write_config: WriteConfig, **program: Any) -> tuple[Pat
                             "starttime": 0, **program}},
                  statedir=str(workdir / "state"))
     return workdir / "count.out", epipe, {"TASKMASTER_RUNTIME_DIR": str(workdir / "run")}
-
-
-def start_counting(daemons: Start, cfg: Path, env: dict[str, str]) -> tuple[Daemon, int, int]:
-    """A daemon running the counter: it, the counter's pid, its log writer's pid."""
-    d = daemons(cfg, env=env)
-    d.wait_for(event("RUNNING", "count"))
-    program = d.latest_pids()["count"]
-    wait_until("a log writer", lambda: len(writers_of(d.pid)) == 1)
-    [writer] = writers_of(d.pid)
-    return d, program, writer
 
 
 def pipe_of(pid: int, fd: int) -> str:

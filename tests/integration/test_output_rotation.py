@@ -62,6 +62,18 @@ def assert_no_gap(numbers: list[int]) -> None:
     assert not gaps, f"lines missing or out of order at {gaps[:5]} (of {len(numbers)} lines)"
 
 
+def start_counting(daemons: Start, cfg: Path, env: dict[str, str] | None = None
+                   ) -> tuple[Daemon, int, int]:
+    """A daemon running the program `count` with a bounded output: the
+    daemon, the program's pid, its log writer's pid."""
+    d = daemons(cfg, env=env)
+    d.wait_for(event("RUNNING", "count"))
+    program = d.latest_pids()["count"]
+    wait_until("a log writer", lambda: len(writers_of(d.pid)) == 1)
+    [writer] = writers_of(d.pid)
+    return d, program, writer
+
+
 @contextlib.contextmanager
 def killed_at_end(*pids: int) -> Iterator[list[int]]:
     """SIGKILL what is left of these (and those added to the list) at the end."""
@@ -131,11 +143,7 @@ def test_sigkill_of_the_daemon_loses_no_line_and_never_blocks_the_program(
     out = workdir / "count.out"
     cfg = write_config({"count": {"cmd": COUNTER, "stdout": str(out), "stdout_maxbytes": "1MB",
                                   "stdout_backups": 200, "starttime": 0}})
-    d = daemons(cfg)
-    d.wait_for(event("RUNNING", "count"))
-    program = d.latest_pids()["count"]
-    wait_until("a log writer", lambda: len(writers_of(d.pid)) == 1)
-    [writer] = writers_of(d.pid)
+    d, program, writer = start_counting(daemons, cfg)
     with killed_at_end(program, writer):
         wait_until("some output", lambda: total(out) > 100_000)
         os.kill(d.pid, signal.SIGKILL)
@@ -156,10 +164,7 @@ def test_a_killed_log_writer_is_replaced_and_no_line_is_lost(
     out = workdir / "count.out"
     cfg = write_config({"count": {"cmd": COUNTER, "stdout": str(out), "stdout_maxbytes": "1MB",
                                   "stdout_backups": 200, "starttime": 0}})
-    d = daemons(cfg)
-    d.wait_for(event("RUNNING", "count"))
-    wait_until("a log writer", lambda: len(writers_of(d.pid)) == 1)
-    [first] = writers_of(d.pid)
+    d, _program, first = start_counting(daemons, cfg)
     with killed_at_end(first) as leftovers:
         wait_until("some output", lambda: total(out) > 100_000)
         os.kill(first, signal.SIGKILL)
