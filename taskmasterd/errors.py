@@ -43,7 +43,20 @@ class ShuttingDown(TaskmasterError):
     code = "ShuttingDown"
 
 
+class NoSuchTask(TaskmasterError):
+    """No task or activity has that id (never had, or removed after `tasks.keep`)."""
+
+    code = "NoSuchTask"
+
+
+class TaskInvalid(TaskmasterError):
+    """A task or activity as submitted is not one: the message names the key and why."""
+
+    code = "TaskInvalid"
+
+
 BY_CODE: dict[str, type[TaskmasterError]] = {
     cls.code: cls for cls in (NoSuchProgram, BadName, AlreadyStarted, NotRunning,
-                              ConfigInvalid, NotAFile, NoOutput, ShuttingDown)
+                              ConfigInvalid, NotAFile, NoOutput, ShuttingDown, NoSuchTask,
+                              TaskInvalid)
 }

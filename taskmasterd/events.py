@@ -35,6 +35,19 @@ class Kind(enum.StrEnum):
     # A process a previous daemon started, taken back alive at start-up
     # (statestore): a transition too (STOPPED -> RUNNING or STARTING).
     ADOPTED = "ADOPTED"
+    # One-shot tasks and activities (taskmasterd/tasks): `Event.task` says
+    # which, and its old and new state.
+    TASK_QUEUED = "TASK_QUEUED"
+    TASK_STARTED = "TASK_STARTED"
+    TASK_SUCCEEDED = "TASK_SUCCEEDED"
+    TASK_FAILED = "TASK_FAILED"
+    TASK_CANCELLED = "TASK_CANCELLED"
+    TASK_LOST = "TASK_LOST"
+    TASK_ADOPTED = "TASK_ADOPTED"  # running under a runner that outlived the daemon
+    ACTIVITY_STARTED = "ACTIVITY_STARTED"
+    ACTIVITY_SUCCEEDED = "ACTIVITY_SUCCEEDED"
+    ACTIVITY_FAILED = "ACTIVITY_FAILED"
+    ACTIVITY_CANCELLED = "ACTIVITY_CANCELLED"
 
 
 # The kinds by their old module-level names (events.RELOAD ...), still used by alerts.
@@ -60,6 +73,22 @@ class Reloaded:
 
 
 @dataclass(frozen=True)
+class TaskChange:
+    """A task's or an activity's change of state (`is_activity`); states are
+    the text of records.TaskState / ActivityState ("" : none before)."""
+
+    id: str
+    name: str
+    old: str
+    new: str
+    activity: str = ""  # a task's activity id ("" : none)
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str = ""
+    is_activity: bool = False
+
+
+@dataclass(frozen=True)
 class Event:
     kind: State | Kind
     message: str  # one human sentence, used as-is in the log
@@ -73,6 +102,7 @@ class Event:
     expected: bool = True
     spawn_error: SpawnError | None = None  # SPAWN_ERROR
     reload: Reloaded | None = None  # RELOAD
+    task: TaskChange | None = None  # TASK_* and ACTIVITY_*
     time: float = field(default_factory=time.time)
 
     @property
