@@ -230,7 +230,7 @@ def _header(d: object, fmt: str) -> Mapping[str, object]:
         raise ValueError(f"format is {d.get('format')!r}, not {fmt!r}")
     if d.get("version") != VERSION:
         raise ValueError(f"version {d.get('version')!r} is not {VERSION}")
-    if not isinstance(d.get("id"), str) or not ID_RE.match(str(d["id"])) and d["id"] != "cli":
+    if not isinstance(d.get("id"), str) or (not ID_RE.match(str(d["id"])) and d["id"] != "cli"):
         raise ValueError("id: expected 8 to 32 lowercase hex digits")
     return d
 
@@ -239,7 +239,7 @@ def decode_task(data: bytes) -> TaskStatus | Refused:
     try:
         d = _header(json.loads(data), TASK_FORMAT)
         try:
-            state = TaskState(d.get("state"))
+            state = TaskState(str(d.get("state")))
         except ValueError:
             raise ValueError(f"state: {d.get('state')!r} is not a task state") from None
         spec_obj: dict[str, object] = {"command": d.get("command"), "args": d.get("args") or [],
@@ -308,7 +308,7 @@ def decode_activity(data: bytes) -> ActivityStatus | Refused:
     try:
         d = _header(json.loads(data), ACTIVITY_FORMAT)
         try:
-            state = ActivityState(d.get("state"))
+            state = ActivityState(str(d.get("state")))
         except ValueError:
             raise ValueError(f"state: {d.get('state')!r} is not an activity state") from None
         tasks = d.get("tasks")

@@ -1,0 +1,168 @@
+"""Tasks and activities on disk (blocking I/O; no asyncio): one directory each.
+
+    statedir/tasks/<id>/status.json      records.encode_task
+    statedir/tasks/<id>/stdout, stderr   the task's output (it holds them, O_APPEND)
+    statedir/activities/<id>/status.json records.encode_activity
+
+`TaskDir` is one task's directory (the standalone `--run-task` uses the
+current directory as one); `TaskFiles` is the tree. Every status write is
+atomic and durable (temp file + fsync + rename + fsync of the directory,
+the state store's `save_bytes`): a crash leaves the old status or the new
+one. Directories are 0700 and files 0600: a task's environment may hold
+secrets. A status file that cannot be trusted is refused with a reason and
+its directory renamed `<id>.bad` (kept for inspection, never read again).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from taskmasterd.statestore.records import Refused
+from taskmasterd.statestore.store import StateStore
+from taskmasterd.tasks.records import (
+    ActivityStatus,
+    TaskStatus,
+    decode_activity,
+    decode_task,
+    encode_activity,
+    encode_task,
+)
+from taskmasterd.tasks.spec import ID_RE
+
+log = logging.getLogger("taskmasterd")
+R = TypeVar("R", TaskStatus, ActivityStatus)
+
+STATUS = "status.json"
+STREAMS = ("stdout", "stderr")
+MAX_STATUS = 4 * 1024 * 1024  # a status is a few KB; args and env are bounded (spec.py)
+
+
+def _read(path: str) -> bytes | Refused:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_STATUS + 1)
+    except FileNotFoundError:
+        return Refused("no status.json")
+    except OSError as exc:
+        return Refused(f"cannot read it: {exc.strerror}")
+    if len(data) > MAX_STATUS:
+        return Refused(f"larger than {MAX_STATUS} bytes")
+    return data
+
+
+@dataclass(frozen=True)
+class TaskDir:
+    """One task's directory: its status file and its two output files."""
+
+    path: str
+
+    @property
+    def status_path(self) -> str:
+        return os.path.join(self.path, STATUS)
+
+    def output(self, stream: str) -> str:
+        if stream not in STREAMS:
+            raise ValueError(f"{stream!r} is not stdout or stderr")
+        return os.path.join(self.path, stream)
+
+    def write(self, status: TaskStatus) -> None:
+        """Replace status.json atomically and durably (raises OSError)."""
+        StateStore(self.path, name=STATUS).save_bytes(encode_task(status))
+
+    def read(self) -> TaskStatus | Refused:
+        data = _read(self.status_path)
+        return data if isinstance(data, Refused) else decode_task(data)
+
+
+class TaskFiles:
+    def __init__(self, statedir: str) -> None:
+        self.statedir = statedir
+        self.tasks_root = os.path.join(statedir, "tasks")
+        self.activities_root = os.path.join(statedir, "activities")
+
+    # ---- tasks --------------------------------------------------------------
+
+    def task_dir(self, id: str) -> TaskDir:
+        return TaskDir(os.path.join(self.tasks_root, id))
+
+    def create_task(self, status: TaskStatus) -> None:
+        """Its directory (0700) and its first status, durably."""
+        path = self.task_dir(status.id).path
+        os.makedirs(self.tasks_root, mode=0o700, exist_ok=True)
+        os.mkdir(path, 0o700)
+        self.task_dir(status.id).write(status)
+
+    def write_task(self, status: TaskStatus) -> None:
+        self.task_dir(status.id).write(status)
+
+    def read_task(self, id: str) -> TaskStatus | Refused:
+        return self.task_dir(id).read()
+
+    def scan_tasks(self) -> tuple[list[TaskStatus], list[tuple[str, str]]]:
+        """Every task on disk, by seq; and (id, reason) of each refused one,
+        whose directory is now `<id>.bad`."""
+        good, bad = self._scan(self.tasks_root, self.read_task, "task")
+        return sorted(good, key=lambda s: s.seq), bad
+
+    def remove_task(self, id: str) -> None:
+        shutil.rmtree(self.task_dir(id).path, ignore_errors=True)
+
+    # ---- activities -----------------------------------------------------------
+
+    def activity_path(self, id: str) -> str:
+        return os.path.join(self.activities_root, id)
+
+    def write_activity(self, activity: ActivityStatus) -> None:
+        path = self.activity_path(activity.id)
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        StateStore(path, name=STATUS).save_bytes(encode_activity(activity))
+
+    def read_activity(self, id: str) -> ActivityStatus | Refused:
+        data = _read(os.path.join(self.activity_path(id), STATUS))
+        return data if isinstance(data, Refused) else decode_activity(data)
+
+    def scan_activities(self) -> tuple[list[ActivityStatus], list[tuple[str, str]]]:
+        good, bad = self._scan(self.activities_root, self.read_activity, "activity")
+        return sorted(good, key=lambda a: a.seq), bad
+
+    def remove_activity(self, id: str) -> None:
+        shutil.rmtree(self.activity_path(id), ignore_errors=True)
+
+    # ---- both -------------------------------------------------------------------
+
+    def taken(self, id: str) -> bool:
+        """Whether a task or an activity has that id (for records.new_id)."""
+        return any(os.path.lexists(os.path.join(root, id)) or
+                   os.path.lexists(os.path.join(root, id + ".bad"))
+                   for root in (self.tasks_root, self.activities_root))
+
+    def _scan(self, root: str, read: Callable[[str], R | Refused],
+              what: str) -> tuple[list[R], list[tuple[str, str]]]:
+        try:
+            names = sorted(os.listdir(root))
+        except FileNotFoundError:
+            return [], []
+        good: list[R] = []
+        bad: list[tuple[str, str]] = []
+        for name in names:
+            if not ID_RE.match(name):
+                continue  # <id>.bad, and whatever else someone put there
+            result = read(name)
+            if isinstance(result, Refused) or result.id != name:
+                reason = result.reason if isinstance(result, Refused) else \
+                    f"its status names another id ({result.id})"
+                bad.append((name, reason))
+                path = os.path.join(root, name)
+                with contextlib.suppress(OSError):
+                    os.replace(path, path + ".bad")
+                log.warning("%s %s: %s refused (%s); kept as %s.bad, not read again", what, name,
+                            STATUS, reason, path)
+                continue
+            good.append(result)
+        return good, bad
