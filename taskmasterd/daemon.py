@@ -40,6 +40,7 @@ from taskmasterd.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from taskmasterd.bus.embedded import EmbeddedBus
+    from taskmasterd.bus.taskobjects import Tasks
 
 log = logging.getLogger("taskmasterd")
 
@@ -80,6 +81,7 @@ class Daemon:
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _status_pending: bool = False
     alerts: AlertDispatcher | None = None  # set by create()
+    tasks: Tasks | None = None  # the task manager (issue 14: not built yet, None: no tasks)
     store: StateStore | None = None  # set by create(); used from run() on
     writer: StoreWriter | None = None  # while this daemon owns the store
     handover: Handover | None = None  # what our previous image handed over (daemon-reexec)

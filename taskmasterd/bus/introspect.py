@@ -23,6 +23,7 @@ from dbus_next import DBusError, Message
 from dbus_next.constants import ErrorType
 
 from taskmasterd.bus.objects import Manager, Program
+from taskmasterd.bus.taskobjects import Activity, Task
 
 OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
 
@@ -33,7 +34,8 @@ DOCTYPE = ('<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspectio
 def interfaces() -> dict[str, ET.Element]:
     controller: Any = None  # introspection reads the class, never the engine
     out = {}
-    for obj in (Manager(controller), Program(controller, "x")):
+    for obj in (Manager(controller), Program(controller, "x"), Task(controller, "x"),
+                Activity(controller, "x")):
         element = obj.introspect().to_xml()
         out[element.get("name", "")] = element
     return out

@@ -25,6 +25,10 @@ What each override replaces, and why:
   finds the interface's path by scanning every export (1000 programs: as
   much time as fork+exec when they all start). A map interface -> path is
   kept, dropped by export/unexport and rebuilt on the next signal.
+- `_make_method_handler`: handlers get only their arguments; the caller's
+  unique name is put in the context variable `CALLER` (with this bus) for
+  the call (a coroutine handler's task copies the context when made), so
+  `caller_uid()` can ask the bus who called (a cancel's reason says who).
 - `_send_reply`: 0.2.3's `SendReply.__exit__` does not return what `_exit`
   decided, so a `DBusError` raised by a handler, although answered, also
   propagates and is logged at ERROR with a traceback. Here `DBusError`s are
@@ -39,11 +43,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Iterator
 from typing import Any
 
-from dbus_next import BusType, Message
+from dbus_next import BusType, Message, MessageType
 from dbus_next.aio import MessageBus
 from dbus_next.constants import ErrorType
 from dbus_next.errors import DBusError
@@ -57,6 +62,10 @@ from taskmasterd.bus.writer import Writer
 OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
 
 log = logging.getLogger(__name__)
+
+# (bus, sender) of the method call being handled; None outside a call.
+CALLER: contextvars.ContextVar[tuple[MessageBus, str] | None] = contextvars.ContextVar(
+    "taskmaster_dbus_caller", default=None)
 
 
 class TaskmasterBus(MessageBus):  # type: ignore[misc]
@@ -187,6 +196,20 @@ class TaskmasterBus(MessageBus):  # type: ignore[misc]
         self.send(Message.new_signal(path=path, interface=interface_name, member=member,
                                      signature=signature, body=body, unix_fds=unix_fds or []))
 
+    # ---- the caller -------------------------------------------------------
+
+    def _make_method_handler(self, interface: Any, method: Any) -> Any:
+        """dbus-next 0.2.3's `_make_method_handler`, with `CALLER` set during the call."""
+        handler = super()._make_method_handler(interface, method)
+
+        def with_caller(msg: Any, send_reply: Any) -> None:
+            token = CALLER.set((self, msg.sender or ""))
+            try:
+                handler(msg, send_reply)
+            finally:
+                CALLER.reset(token)
+        return with_caller
+
     # ---- replies ----------------------------------------------------------
 
     def _send_reply(self, msg: Any) -> Any:
@@ -233,3 +256,28 @@ async def close(bus: Any, timeout: float = 5.0) -> None:
     for closeable in (bus._stream, bus._sock):
         with contextlib.suppress(OSError):
             closeable.close()
+
+
+async def caller_uid(timeout: float = 5.0) -> tuple[str, int | None]:
+    """(unique name, uid) of the caller of the method call being handled (its
+    handler's context): the uid from the bus (GetConnectionUnixUser), None
+    when the bus would not tell; ("", None) outside a call."""
+    caller = CALLER.get()
+    if caller is None:
+        return "", None
+    bus, sender = caller
+    if not sender:
+        return "", None
+    try:
+        async with asyncio.timeout(timeout):
+            reply = await bus.call(Message(destination="org.freedesktop.DBus",
+                                           path="/org/freedesktop/DBus",
+                                           interface="org.freedesktop.DBus",
+                                           member="GetConnectionUnixUser", signature="s",
+                                           body=[sender]))
+    except Exception:  # the bus went away, or is slow: the name will do
+        return sender, None
+    if reply is None or reply.message_type is not MessageType.METHOD_RETURN or \
+            reply.signature != "u":
+        return sender, None
+    return sender, int(reply.body[0])

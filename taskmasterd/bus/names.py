@@ -5,8 +5,12 @@ from __future__ import annotations
 BUS_NAME = "org.taskmaster.Taskmaster1"
 MANAGER_PATH = "/org/taskmaster/Taskmaster1"
 PROGRAM_PREFIX = MANAGER_PATH + "/program/"
+TASK_PREFIX = MANAGER_PATH + "/task/"
+ACTIVITY_PREFIX = MANAGER_PATH + "/activity/"
 MANAGER_IFACE = "org.taskmaster.Taskmaster1.Manager"
 PROGRAM_IFACE = "org.taskmaster.Taskmaster1.Program"
+TASK_IFACE = "org.taskmaster.Taskmaster1.Task"
+ACTIVITY_IFACE = "org.taskmaster.Taskmaster1.Activity"
 ERROR_PREFIX = "org.taskmaster.Taskmaster1.Error."
 
 
@@ -35,3 +39,13 @@ def path_decode(label: str) -> str:
 
 def program_path(name: str) -> str:
     return PROGRAM_PREFIX + path_encode(name)
+
+
+def task_path(task_id: str) -> str:
+    """A task's object; ids are lowercase hex (records.new_id), which the
+    escaping leaves as they are."""
+    return TASK_PREFIX + path_encode(task_id)
+
+
+def activity_path(activity_id: str) -> str:
+    return ACTIVITY_PREFIX + path_encode(activity_id)

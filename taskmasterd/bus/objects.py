@@ -10,35 +10,25 @@ the Python parameters (dbus-next does that), out-arguments and signal
 arguments by `named` (dbus-next 0.2.3 leaves them unnamed; gdbus would show
 arg_0, and generated client code would be poorer for it).
 
-Errors: a domain error becomes org.taskmaster.Taskmaster1.Error.<code> with
-its message; anything else becomes .Failed with a one-line message (the
-traceback goes to the debug log, never to the caller).
+Errors, argument bounds and names: calls.py (shared with taskobjects.py,
+the tasks' and activities' objects and the Manager's task methods).
 """
 
-import contextlib
-import inspect
-import logging
-import os
 import signal
-import stat
-from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Protocol
 
-from dbus_next import DBusError, PropertyAccess
+from dbus_next import PropertyAccess
 from dbus_next.service import ServiceInterface, dbus_property, method
 from dbus_next.service import signal as dbus_signal
 
 from taskmasterd import __version__, signames
-from taskmasterd.bus.names import ERROR_PREFIX, MANAGER_IFACE, PROGRAM_IFACE
-from taskmasterd.bus.writer import close_after_send
-from taskmasterd.errors import BadName, NoOutput, NotAFile, TaskmasterError
+from taskmasterd.bus.calls import check_arg, dbus_errors, named, open_output, us
+from taskmasterd.bus.names import MANAGER_IFACE, PROGRAM_IFACE
+from taskmasterd.bus.taskobjects import TaskMethods, Tasks
+from taskmasterd.errors import BadName
 from taskmasterd.process import worst_state
 from taskmasterd.reload import ReloadPlan
 from taskmasterd.supervisor import ProcessInfo, Supervisor
-
-log = logging.getLogger("taskmasterd")
-
-MAX_ARG = 4096  # longer strings are refused before any work is done
 
 
 class Controller(Protocol):
@@ -48,31 +38,16 @@ class Controller(Protocol):
     config_path: str
     state: str
 
+    @property
+    def tasks(self) -> Tasks | None:
+        """The daemon's tasks.manager.TaskManager; None: it runs no tasks (the
+        task methods answer Error.Failed, no task object is exported)."""
+
     def reload(self) -> ReloadPlan: ...
     def request_shutdown(self) -> None: ...
     def reexecute(self) -> None: ...
     def output_file(self, process: str, stream: str) -> str: ...
     async def test_alerts(self, target: str) -> list[tuple[str, bool, str]]: ...
-
-
-@contextlib.contextmanager
-def dbus_errors(call: str) -> Iterator[None]:
-    try:
-        yield
-    except DBusError:
-        raise
-    except TaskmasterError as exc:
-        raise DBusError(ERROR_PREFIX + exc.code, str(exc)) from None
-    except Exception as exc:
-        log.debug("D-Bus call %s failed", call, exc_info=True)
-        log.warning("D-Bus call %s failed: %s: %s", call, type(exc).__name__, exc)
-        raise DBusError(ERROR_PREFIX + "Failed", f"{call} failed: {exc}") from None
-
-
-def check_arg(value: str, what: str) -> str:
-    if len(value) > MAX_ARG:
-        raise BadName(f"{what} is {len(value)} characters long; at most {MAX_ARG} are accepted")
-    return value
 
 
 def parse_signal(name: str) -> signal.Signals:
@@ -83,30 +58,6 @@ def parse_signal(name: str) -> signal.Signals:
         raise BadName(str(exc)) from None
 
 
-def named(*names: str) -> Callable[[Any], Any]:
-    """Name the out-arguments of a dbus-next `@method` (`names`), or the
-    arguments of a `@signal` (its Python parameters when `names` is empty).
-    Goes above the dbus-next decorator, whose introspection data it edits."""
-    def apply(member: Any) -> Any:
-        if "__DBUS_METHOD" in member.__dict__:
-            args = member.__dict__["__DBUS_METHOD"].introspection.out_args
-            given = names
-        else:
-            args = member.__dict__["__DBUS_SIGNAL"].introspection.args
-            given = names or tuple(inspect.signature(member).parameters)[1:]  # after self
-        if len(given) != len(args):
-            raise TypeError(f"{member.__name__}: {len(args)} arguments, {len(given)} names")
-        for arg, name in zip(args, given, strict=True):
-            arg.name = name
-        return member
-    return apply
-
-
-def _us(seconds: float) -> int:
-    """Wall clock seconds as µs since the epoch (systemd's timestamps); 0 stays 0."""
-    return int(seconds * 1_000_000)
-
-
 def process_row(info: ProcessInfo) -> list[object]:
     """One ListProcesses struct, (sssuitssuitb): name, program, state, pid,
     exit_status, started_us, description, spawn_error, restarts,
@@ -114,22 +65,27 @@ def process_row(info: ProcessInfo) -> list[object]:
     The first nine are those of before 1.0, in the same order: a client
     reading them by position still works."""
     return [info.name, info.program, info.state.value, info.pid, info.exit_status,
-            _us(info.started_at), info.description, info.spawn_error, info.restarts,
-            info.last_exit_status, _us(info.last_exit_at), info.last_exit_expected]
+            us(info.started_at), info.description, info.spawn_error, info.restarts,
+            info.last_exit_status, us(info.last_exit_at), info.last_exit_expected]
 
 
 def program_process(info: ProcessInfo) -> list[object]:
     """One struct of a program's Processes property, (ssuutitb): name,
     state, pid, restarts, started_us, last_exit_status, last_exit_us,
     last_exit_expected."""
-    return [info.name, info.state.value, info.pid, info.restarts, _us(info.started_at),
-            info.last_exit_status, _us(info.last_exit_at), info.last_exit_expected]
+    return [info.name, info.state.value, info.pid, info.restarts, us(info.started_at),
+            info.last_exit_status, us(info.last_exit_at), info.last_exit_expected]
 
 
-class Manager(ServiceInterface):
+class Manager(TaskMethods, ServiceInterface):
+    """The root's interface; its task methods and signals are TaskMethods'."""
+
     def __init__(self, controller: Controller) -> None:
         super().__init__(MANAGER_IFACE)
         self._c = controller
+
+    def _tasks(self) -> Tasks | None:
+        return self._c.tasks
 
     @property
     def _sup(self) -> Supervisor:
@@ -191,17 +147,10 @@ class Manager(ServiceInterface):
     def OpenLog(self, process: 's', stream: 's') -> 'h':
         with dbus_errors("OpenLog"):
             path = self._c.output_file(check_arg(process, "process"), check_arg(stream, "stream"))
-            try:
-                # O_NONBLOCK: a FIFO as output file must not stall the daemon here.
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
-            except FileNotFoundError:
-                raise NoOutput(f"{process} has no {stream} output yet ({path} does not exist: "
-                               "the process has not run since the file was set)") from None
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.close(fd)
-                raise NotAFile(f"the {stream} of {process} goes to {path}, which is not a "
-                               "regular file")
-            return close_after_send(fd)
+            return open_output(
+                path, f"{process} has no {stream} output yet ({path} does not exist: the process "
+                "has not run since the file was set)",
+                f"the {stream} of {process} goes to {path}, which is not a regular file")
 
     @named("results")
     @method()

@@ -333,3 +333,95 @@ def test_real_daemon_on_a_system_like_bus() -> None:
             assert daemon.latest_pids()["web"] != pid
         finally:
             assert daemon.terminate() == 0
+
+
+async def _with_tasks(address: str, body: Callable[[Any, str, str], Awaitable[None]]) -> None:
+    """The real BusService over a stand-in task manager (tests/fake_tasks.py)
+    with a task and an activity: `body(fake, task id, activity id)`."""
+    from taskmasterd.bus.service import BusService
+    from taskmasterd.events import EventBus
+    from taskmasterd.tasks.spec import TaskSpec
+    from tests.fake_tasks import FakeController, FakeTasks
+
+    with bus_directory() as statedir:
+        events = EventBus()
+        fake = FakeTasks(events, statedir)
+        task = await fake.submit(TaskSpec(command="/bin/true", name="web-task"))
+        activity = await fake.submit_activity("deploy", [TaskSpec(command="/bin/true")])
+        (statedir / "tasks" / task.id).mkdir(parents=True)
+        (statedir / "tasks" / task.id / "stdout").write_text("out\n")
+        service = BusService(FakeController(fake))
+        await service.connect(address=address)
+        events.subscribe(service.on_event)
+        try:
+            await body(fake, task.id, activity.id)
+        finally:
+            await service.close()
+
+
+def test_nobody_may_list_and_read_tasks_but_not_submit_or_cancel(address: str) -> None:
+    async def body(fake: Any, task: str, activity: str) -> None:
+        task_path, activity_path = f"{PATH}/task/{task}", f"{PATH}/activity/{activity}"
+        rc, out, err = await _run(*_busctl(address, "call", NAME, PATH, MANAGER, "ListTasks",
+                                           prefix=AS_NOBODY))
+        assert rc == 0 and f'"{task}" "web-task" "queued"' in out, (out, err)
+        rc, out, err = await _run(*_busctl(address, "call", NAME, PATH, MANAGER, "ListActivities",
+                                           prefix=AS_NOBODY))
+        assert rc == 0 and f'"{activity}" "deploy" "queued"' in out, (out, err)
+        rc, out, err = await _run(*_busctl(address, "get-property", NAME, task_path,
+                                           "org.taskmaster.Taskmaster1.Task", "State",
+                                           prefix=AS_NOBODY))
+        assert rc == 0 and out.strip() == 's "queued"', (out, err)
+        rc, out, err = await _run(*_busctl(address, "call", NAME, activity_path,
+                                           "org.freedesktop.DBus.Properties", "GetAll", "s",
+                                           "org.taskmaster.Taskmaster1.Activity",
+                                           prefix=AS_NOBODY))
+        assert rc == 0 and '"deploy"' in out, (out, err)
+        denied = [
+            (PATH, MANAGER, "SubmitTask", "a{sv}", "1", "command", "s", "/bin/true"),
+            (PATH, MANAGER, "SubmitActivity", "saa{sv}", "a", "1", "1", "command", "s", "true"),
+            (PATH, MANAGER, "CancelTask", "s", task),
+            (PATH, MANAGER, "CancelActivity", "s", activity),
+            (task_path, "org.taskmaster.Taskmaster1.Task", "Cancel"),
+            (task_path, "org.taskmaster.Taskmaster1.Task", "OpenOutput", "s", "stdout"),
+            (activity_path, "org.taskmaster.Taskmaster1.Activity", "Cancel"),
+        ]
+        for path, interface, member, *args in denied:
+            rc, _, err = await _run(*_busctl(address, "call", NAME, path, interface, member,
+                                             *args, prefix=AS_NOBODY))
+            assert _denied(rc, err), (member, rc, err)
+        assert len(fake.tasks()) == 2 and fake.cancelled == []
+        # root may
+        rc, out, err = await _run(*_busctl(address, "call", NAME, PATH, MANAGER, "SubmitTask",
+                                           "a{sv}", "1", "command", "s", "/bin/true"))
+        assert rc == 0 and out.startswith('s "'), (out, err)
+        rc, out, err = await _run(*_busctl(address, "call", NAME, task_path,
+                                           "org.taskmaster.Taskmaster1.Task", "Cancel"))
+        assert rc == 0, err
+        assert fake.cancelled == [(task, "cancelled over D-Bus by uid 0")]
+        assert len(fake.tasks()) == 3
+
+    asyncio.run(_with_tasks(address, body))
+
+
+def test_group_taskmaster_may_submit_and_cancel_tasks() -> None:
+    if not shutil.which("groupadd"):
+        pytest.skip("needs groupadd")
+    with _taskmaster_gid() as gid, bus_directory() as d, system_bus(d, POLICY) as addr:
+        member = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", f"--groups={gid}"]
+
+        async def body(fake: Any, task: str, activity: str) -> None:
+            rc, out, err = await _run(*_busctl(addr, "call", NAME, PATH, MANAGER, "SubmitTask",
+                                               "a{sv}", "1", "command", "s", "/bin/true",
+                                               prefix=member))
+            assert rc == 0 and out.startswith('s "'), (out, err)
+            rc, _, err = await _run(*_busctl(addr, "call", NAME, PATH, MANAGER, "CancelActivity",
+                                             "s", activity, prefix=member))
+            assert rc == 0, err
+            assert fake.cancelled == [(activity, f"cancelled over D-Bus by uid {NOBODY}")]
+            rc, out, err = await _run(*_busctl(addr, "call", NAME, f"{PATH}/task/{task}",
+                                               "org.taskmaster.Taskmaster1.Task", "OpenOutput",
+                                               "s", "stdout", prefix=member))
+            assert rc == 0 and out.startswith("h "), (out, err)
+
+        asyncio.run(_with_tasks(addr, body))
