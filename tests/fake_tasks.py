@@ -38,6 +38,7 @@ class FakeTasks:
         self._activities: dict[str, ActivityStatus] = {}
         self.removed_listeners: list[Callable[[list[str], list[str]], None]] = []
         self.cancelled: list[tuple[str, str]] = []  # (id, reason) of each cancel asked
+        self.quiet = False  # True: submissions publish no event (objects come from the reply)
         self._seq = 0
 
     def _taken(self, id: str) -> bool:
@@ -52,6 +53,8 @@ class FakeTasks:
         return status
 
     def _publish_task(self, old: str, s: TaskStatus) -> None:
+        if self.quiet and not old:
+            return
         self.events.publish(Event(
             kind=TASK_KINDS[s.state], message=f"task {s.id} is {s.state.value}", process=s.id,
             program=s.name, task=TaskChange(s.id, s.name, old, s.state.value, s.activity,
@@ -122,6 +125,10 @@ class FakeTasks:
         return str(self.statedir / "tasks" / id / stream)
 
     # ---- what the tests do ----------------------------------------------------
+
+    def add_silently(self, spec: TaskSpec) -> TaskStatus:
+        """A task the manager knows without having published it (a recovery's)."""
+        return self._new(spec)
 
     def change(self, id: str, **changes: Any) -> TaskStatus:
         """Record a task's new status and publish its event."""

@@ -62,14 +62,18 @@ def _expected(types: tuple[str, ...]) -> str:
 
 def unwrap_task(task: Mapping[str, Any], where: str) -> dict[str, object]:
     """The plain values of a task's `a{sv}`, for parse_task; TaskInvalid
-    names a known key whose variant is not of its D-Bus type (unknown keys
-    pass: parse_task names them)."""
+    names a known key whose variant is not of its D-Bus type (an unknown key
+    is passed alone: parse_task names it)."""
     out: dict[str, object] = {}
     for key, value in task.items():
         if not isinstance(value, Variant):  # (dbus-next always gives Variants for 'v')
             raise TaskInvalid(f"{where}.{key}: expected a variant")
         types = KEY_TYPES.get(key)
-        if types is not None and value.signature not in types:
+        if types is None:
+            # parse_task names it (and what was meant): no need to unwrap the
+            # rest (a caller may send a million keys)
+            return {key: value.value}
+        if value.signature not in types:
             raise TaskInvalid(f"{where}.{key}: expected the D-Bus type {_expected(types)}, got "
                               f"'{value.signature}'")
         out[key] = value.value

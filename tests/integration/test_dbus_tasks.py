@@ -354,6 +354,38 @@ def test_objects_known_at_connection_and_removed_by_the_manager(bus_address: str
     run(bus_address, tmp_path, body, before=before)
 
 
+def test_an_unknown_id_is_exported_on_its_first_event(bus_address: str, tmp_path: Path) -> None:
+    async def body(fake: FakeTasks, c: Client) -> None:
+        id = fake.add_silently(TaskSpec(command="/bin/sleep", args=("1",))).id
+        fake.change(id, state=TaskState.RUNNING, pid=77)
+        seen = [await c.next_signal(lambda m: m.member in ("InterfacesAdded", "TaskStateChanged",
+                                                           "PropertiesChanged"))
+                for _ in range(2)]
+        assert [(m.member, m.body[0]) for m in seen] == [("InterfacesAdded", task_path(id)),
+                                                          ("TaskStateChanged", id)]
+        assert seen[0].body[1][TASK]["State"].value == "running"
+        # what InterfacesAdded showed is not sent again as PropertiesChanged
+        await c.ok("Ping", path=PATH, interface="org.freedesktop.DBus.Peer")
+        assert c.signals.empty()
+        assert (await get_all(c, task_path(id), TASK))["Pid"] == 77
+
+    run(bus_address, tmp_path, body)
+
+
+def test_the_object_exists_when_submit_answers(bus_address: str, tmp_path: Path) -> None:
+    """Even if the manager published nothing yet."""
+    async def body(fake: FakeTasks, c: Client) -> None:
+        fake.quiet = True
+        [id] = await c.ok("SubmitTask", "a{sv}", [good_task()])
+        assert (await get_all(c, task_path(id), TASK))["State"] == "queued"
+        [activity] = await c.ok("SubmitActivity", "saa{sv}", ["a", [good_task()]])
+        [member] = fake.activity(activity).tasks
+        assert (await get_all(c, activity_path(activity), ACTIVITY))["Tasks"] == [member]
+        assert (await get_all(c, task_path(member), TASK))["Activity"] == activity
+
+    run(bus_address, tmp_path, body)
+
+
 def test_open_output(bus_address: str, tmp_path: Path) -> None:
     async def body(fake: FakeTasks, c: Client) -> None:
         [id] = await c.ok("SubmitTask", "a{sv}", [good_task()])
