@@ -21,7 +21,6 @@ PropertiesChanged is coalesced like the programs' and carries only the
 properties that changed since the object was announced or last changed.
 """
 
-
 from __future__ import annotations
 
 import asyncio
