@@ -237,12 +237,30 @@ def parse_activity_tasks(value: object, where: str) -> list[TaskSpec]:
     return specs
 
 
+class _Twice(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """An object's keys, each once: JSON alone lets the last of two win
+    (`{"command": "rm", "command": "ls"}` would run ls, silently)."""
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Twice(key)
+        out[key] = value
+    return out
+
+
 def load_json(text: str | bytes, path: str) -> object:
     """A task or activity file's JSON value, or TaskInvalid with `path:line:col`."""
     if len(text) > MAX_FILE:
         raise TaskInvalid(f"{path}: {len(text)} bytes; at most {MAX_FILE} are accepted")
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique)
+    except _Twice as exc:
+        raise TaskInvalid(f"{path}: key {exc.key!r} given twice in one object") from None
     except json.JSONDecodeError as exc:
         raise TaskInvalid(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
     except (ValueError, RecursionError) as exc:

@@ -369,3 +369,12 @@ def test_an_integer_too_long_for_python_is_a_named_error() -> None:
 
 def test_load_json_is_the_parser_of_both() -> None:
     assert load_json('{"a": [1, 2.5, null, true]}', "f") == {"a": [1, 2.5, None, True]}
+
+
+def test_a_key_given_twice_is_refused() -> None:
+    """JSON itself lets the last one win: `{"command": "rm", "command": "ls"}`
+    ran `ls` without a word. The configuration file refuses duplicates too."""
+    assert file_refused('{"command": "rm", "args": [], "command": "ls"}') == \
+        "/etc/t.json: key 'command' given twice in one object"
+    assert file_refused('{"tasks": [{"command": "a", "env": {"A": "1", "A": "2"}}]}',
+                        "a.json", activity=True) == "a.json: key 'A' given twice in one object"
