@@ -378,3 +378,12 @@ def test_new_id_is_8_hex_and_never_taken() -> None:
     assert got == seen[-1] and len(seen) == 4
     assert len(got) == 8 and ID_RE.match(got)
     assert len({new_id(lambda _: False) for _ in range(200)}) == 200
+
+
+def test_the_recorded_limit_is_the_specs_timeout_once_read() -> None:
+    """A file holds one `timeout`, the limit in force: read back, the spec's
+    timeout is that value (no longer None, "the configured default")."""
+    submitted = task(spec=TaskSpec(command="/bin/true"), timeout=45.0)  # spec.timeout None
+    decoded = decode_task(encode_task(submitted))
+    assert isinstance(decoded, TaskStatus)
+    assert decoded.timeout == decoded.spec.timeout == 45.0
