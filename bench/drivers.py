@@ -286,9 +286,11 @@ class Taskmasterd(Driver):
         self.env: dict[str, str] = {}
         self.notify_sock: socket.socket | None = None
 
-    def start(self, programs: dict[str, Program], notify: bool = False) -> float:
+    def start(self, programs: dict[str, Program], notify: bool = False,
+              sections: dict[str, dict] | None = None) -> float:
         """`notify`: the daemon gets a NOTIFY_SOCKET the bench listens on
-        (`wait_notify`), as under systemd's Type=notify."""
+        (`wait_notify`), as under systemd's Type=notify. `sections`: more
+        top-level sections of the config (e.g. `tasks:`)."""
         import yaml
         self._mkdir()
         self._buscm = session_bus(self.dir)
@@ -310,7 +312,7 @@ class Taskmasterd(Driver):
             "taskmasterd": {"logfile": str(self.logfile),
                             "logdir": str(self.dir / "logs"),
                             "statedir": str(self.dir / "state")},
-            "programs": progs}, sort_keys=False))
+            "programs": progs, **(sections or {})}, sort_keys=False))
         self.env = dict(os.environ, TASKMASTER_RUNTIME_DIR=str(self.dir / "run"))
         self.env.pop("NOTIFY_SOCKET", None)
         if notify:

@@ -30,6 +30,7 @@ from drivers import (
     project_python,
     rss_kib,
 )
+from taskbench import tasks
 
 SLEEP = "sleep 100000"
 
@@ -498,6 +499,7 @@ MEASURES = {
     "scale": mass_start_and_status,
     "reexec": reexec,
     "readopt": readopt,
+    "tasks": tasks,
 }
 
 

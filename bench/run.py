@@ -1,6 +1,6 @@
 """Benchmark taskmasterd against supervisord (issue 7).
 
-    python bench/run.py [--quick] [--only restart,stop,...,reexec,readopt] [--daemons taskmasterd]
+    python bench/run.py [--quick] [--only restart,stop,...,readopt,tasks] [--daemons taskmasterd]
 
 Prints a table (measure | taskmasterd | supervisord | ratio | target met?)
 and writes bench/results/<UTC timestamp>.json and bench/results/latest.json.
@@ -20,6 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from drivers import DRIVERS, SUPERVISOR_VERSION, ensure_supervisor, project_python
 from measures import MEASURES, summary
+from taskbench import TARGET_TEXT as TASKS_TARGET
+from taskbench import verdict as tasks_verdict
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -50,6 +52,9 @@ TARGETS = [
      "a process was restarted by the re-exec: see the daemon's log"),
     ("re-adopt second copies", "0", lambda m, sv: m == 0,
      "a process was started again beside its adopted copy: see the daemon's log"),
+    ("tasks: wall time / floor", TASKS_TARGET, lambda m, sv: tasks_verdict(m),
+     "see the floor rows of the same run: the spawns, and the durable status files (3 fsynced "
+     "writes per task) the design asks for; bench/README.md"),
     ("stop precision", "1000 ms ± 10", lambda m, sv: abs(m - 1000) <= 10,
      "timer slack or stop-request round trip"),
 ]
@@ -87,6 +92,7 @@ def main() -> int:
     ap.add_argument("--daemons", default="taskmasterd,supervisord")
     ap.add_argument("--sizes", default="100,500,1000", help="N for the scale measures")
     ap.add_argument("--results", default=str(RESULTS), help="where the JSON files go")
+    ap.add_argument("--tasks", type=int, default=1000, help="N for the tasks measure")
     a = ap.parse_args()
     opts = argparse.Namespace(
         reps_cheap=3 if a.quick else 7, reps_cli=3 if a.quick else 5,
@@ -97,7 +103,9 @@ def main() -> int:
         idle_window=5.0 if a.quick else 10.0, idle_reps=1 if a.quick else 3,
         flood_secs=3.0 if a.quick else 5.0,
         fanout_n=500,
-        reps_reexec=2 if a.quick else 5, reps_readopt=2 if a.quick else 3)
+        reps_reexec=2 if a.quick else 5, reps_readopt=2 if a.quick else 3,
+        tasks_n=a.tasks, tasks_parallel=16, reps_tasks=1 if a.quick else 3,
+        tasks_timeout=60.0 if a.quick else 120.0)
     names = [n for n in (a.only.split(",") if a.only else MEASURES) if n]
     daemons = a.daemons.split(",")
     if "supervisord" in daemons:

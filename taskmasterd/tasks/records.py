@@ -35,6 +35,12 @@ TASK_FORMAT = "taskmaster-task"
 ACTIVITY_FORMAT = "taskmaster-activity"
 VERSION = 1
 
+# Bounds of what a file may say, so that a damaged or hand-edited status is
+# refused here rather than breaking a D-Bus reply (pid is `u`, exit_code `i`)
+# or a signal later.
+PID_MAX = 4194304  # the kernel's PID_MAX_LIMIT (64-bit)
+INT_MAX = 2**63 - 1
+
 
 class TaskState(enum.StrEnum):
     QUEUED = "queued"
@@ -147,7 +153,15 @@ def _from_iso(value: object, key: str) -> float:
         raise ValueError(f"{key}: {value!r} is not an ISO 8601 time") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=datetime.UTC)
-    return when.timestamp()
+    try:
+        t = when.timestamp()
+        # what _iso must be able to write back: UTC years 1970..9999
+        datetime.datetime.fromtimestamp(t, datetime.UTC)
+    except (OverflowError, ValueError, OSError):
+        t = -1.0
+    if t < 0:
+        raise ValueError(f"{key}: {value!r} is out of range")
+    return t
 
 
 # ---- tasks ----------------------------------------------------------------------
@@ -192,12 +206,15 @@ def encode_task(s: TaskStatus) -> bytes:
     return (json.dumps(task_json(s), indent=1, ensure_ascii=False) + "\n").encode()
 
 
-def _int(d: Mapping[str, object], key: str, *, none: bool = True) -> int | None:
+def _int(d: Mapping[str, object], key: str, *, none: bool = True,
+         limit: int = INT_MAX) -> int | None:
     value = d.get(key)
     if value is None and none:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{key}: expected a non-negative integer")
+    if value > limit:
+        raise ValueError(f"{key}: {value} is above {limit}")
     return value
 
 
@@ -218,8 +235,9 @@ def _signal_number(value: object) -> int | None:
     member = signal.Signals.__members__.get(value)
     if member is not None:
         return int(member)
-    if value[3:].isdigit():
-        return int(value[3:])
+    number = value[3:]
+    if number.isascii() and number.isdigit() and 0 < int(number) <= signal.SIGRTMAX:
+        return int(number)
     raise ValueError(f"signal: unknown signal {value!r}")
 
 
@@ -272,11 +290,11 @@ def decode_task(data: bytes) -> TaskStatus | Refused:
             started=_from_iso(d.get("started"), "started"),
             ended=_from_iso(d.get("ended"), "ended"),
             heartbeat=_from_iso(d.get("heartbeat"), "heartbeat"),
-            pid=_int(d, "pid") or 0, start_ticks=_int(d, "start_ticks") or 0,
-            runner_pid=_int(d, "runner_pid") or 0,
-            exit_code=_int(d, "exit_code"), signal=_signal_number(d.get("signal")),
+            pid=_int(d, "pid", limit=PID_MAX) or 0, start_ticks=_int(d, "start_ticks") or 0,
+            runner_pid=_int(d, "runner_pid", limit=PID_MAX) or 0,
+            exit_code=_int(d, "exit_code", limit=255), signal=_signal_number(d.get("signal")),
             spawn_error=spawn_error, reason=_str(d, "reason"))
-    except (ValueError, TaskInvalid, RecursionError) as exc:  # JSONDecodeError is a ValueError
+    except (ValueError, TaskInvalid, RecursionError, OverflowError) as exc:  # JSONDecodeError is a ValueError
         return Refused(str(exc))
 
 
@@ -323,5 +341,5 @@ def decode_activity(data: bytes) -> ActivityStatus | Refused:
             started=_from_iso(d.get("started"), "started"),
             ended=_from_iso(d.get("ended"), "ended"), failed_task=failed,
             reason=_str(d, "reason"))
-    except (ValueError, RecursionError) as exc:
+    except (ValueError, RecursionError, OverflowError) as exc:
         return Refused(str(exc))

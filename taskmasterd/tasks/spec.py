@@ -44,9 +44,11 @@ MAX_TASKS = 10000  # tasks per activity
 MAX_TIMEOUT = 366 * 86400.0  # a year
 MAX_FILE = 16 * 1024 * 1024  # a task or activity JSON file
 
-ID_RE = re.compile(r"^[0-9a-f]{8,32}$")  # what new ids look like (records.new_id)
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_NAME = re.compile(r"^[^\x00-\x1f\x7f]+$")  # a label: any printable text
+# \Z, not $: `$` also matches before a final newline, and "3df2bb24\n" is
+# not an id (nor "A\n" a variable name, nor a name ending in a newline a label).
+ID_RE = re.compile(r"^[0-9a-f]{8,32}\Z")  # what new ids look like (records.new_id)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+_NAME = re.compile(r"^[^\x00-\x1f\x7f]+\Z")  # a label: any printable text
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,9 @@ def _timeout(value: object, where: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TaskInvalid(f"{where}: expected a number of seconds, got {_type_name(value)}")
-    seconds = float(value)
+    if isinstance(value, int) and value > MAX_TIMEOUT:  # checked before float(): 10**400
+        raise TaskInvalid(f"{where}: {value} seconds is more than a year; use 0 for no limit")
+    seconds = float(value) if value >= 0 else -1.0
     if not math.isfinite(seconds) or seconds < 0:
         raise TaskInvalid(f"{where}: expected 0 (no limit) or a positive number of seconds, got "
                           f"{value}")
@@ -233,15 +237,35 @@ def parse_activity_tasks(value: object, where: str) -> list[TaskSpec]:
     return specs
 
 
+class _Twice(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """An object's keys, each once: JSON alone lets the last of two win
+    (`{"command": "rm", "command": "ls"}` would run ls, silently)."""
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Twice(key)
+        out[key] = value
+    return out
+
+
 def load_json(text: str | bytes, path: str) -> object:
     """A task or activity file's JSON value, or TaskInvalid with `path:line:col`."""
     if len(text) > MAX_FILE:
         raise TaskInvalid(f"{path}: {len(text)} bytes; at most {MAX_FILE} are accepted")
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique)
+    except _Twice as exc:
+        raise TaskInvalid(f"{path}: key {exc.key!r} given twice in one object") from None
     except json.JSONDecodeError as exc:
         raise TaskInvalid(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
-    except (UnicodeDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # undecodable bytes (UnicodeDecodeError), an integer of more than
+        # 4300 digits (Python >= 3.11's limit: a plain ValueError), nesting
         raise TaskInvalid(f"{path}: not valid JSON: {exc}") from None
 
 

@@ -94,7 +94,7 @@ class TaskFiles:
     def create_task(self, status: TaskStatus) -> None:
         """Its directory (0700) and its first status, durably."""
         path = self.task_dir(status.id).path
-        os.makedirs(self.tasks_root, mode=0o700, exist_ok=True)
+        self._root(self.tasks_root)
         os.mkdir(path, 0o700)
         self.task_dir(status.id).write(status)
 
@@ -120,7 +120,9 @@ class TaskFiles:
 
     def write_activity(self, activity: ActivityStatus) -> None:
         path = self.activity_path(activity.id)
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        self._root(self.activities_root)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
         StateStore(path, name=STATUS).save_bytes(encode_activity(activity))
 
     def read_activity(self, id: str) -> ActivityStatus | Refused:
@@ -135,6 +137,14 @@ class TaskFiles:
         shutil.rmtree(self.activity_path(id), ignore_errors=True)
 
     # ---- both -------------------------------------------------------------------
+
+    def _root(self, root: str) -> None:
+        """statedir and `root` made 0700 if missing, each as the last
+        directory of its own makedirs: makedirs gives `mode` to the last one
+        only, the others get 0777 minus the umask. An existing statedir keeps
+        the mode its owner gave it."""
+        for path in (self.statedir, root):
+            os.makedirs(path, mode=0o700, exist_ok=True)
 
     def taken(self, id: str) -> bool:
         """Whether a task or an activity has that id (for records.new_id)."""
@@ -159,10 +169,15 @@ class TaskFiles:
                     f"its status names another id ({result.id})"
                 bad.append((name, reason))
                 path = os.path.join(root, name)
-                with contextlib.suppress(OSError):
+                try:
                     os.replace(path, path + ".bad")
-                log.warning("%s %s: %s refused (%s); kept as %s.bad, not read again", what, name,
-                            STATUS, reason, path)
+                except OSError as exc:  # e.g. an <id>.bad already there, not empty
+                    log.warning("%s %s: %s refused (%s); %s could not be renamed %s.bad (%s): "
+                                "it will be refused again at the next start", what, name, STATUS,
+                                reason, path, name, exc.strerror)
+                else:
+                    log.warning("%s %s: %s refused (%s); kept as %s.bad, not read again", what,
+                                name, STATUS, reason, path)
                 continue
             good.append(result)
         return good, bad

@@ -1,0 +1,275 @@
+"""The `tasks` measure (issue 14): N `true` tasks with tasks.max_parallel
+LANES, submitted over D-Bus, against the machine's floor measured in the
+same run (N spawns of `true` in LANES lanes, no daemon).
+
+Wall time: from just before the first SubmitTask is sent to the
+TaskStateChanged signal that brings the last submitted task to a final
+state. The calls are pipelined (all sent before any reply is read: a client
+submitting a batch does not wait for each id), on the connection that
+subscribed to the signals first, so no end can be missed. If the signals
+stop short of the last end (none pending for IDLE seconds), ListTasks
+decides: the time is then the latest `ended` it reports.
+
+The floor is `xargs -P LANES -n 1 true`: a C program doing fork + exec +
+wait, LANES at a time -- the machine's cost of the spawns alone, what no
+supervisor goes below (a Python Popen loop would add the interpreter's
+~0.3 ms per spawn and measure Python, not the machine; bench/floor.c's
+style of C loop would measure the same as xargs). A second floor row says
+what the design's durable status files cost on this disk (3 atomic,
+fsynced writes per task: queued by the daemon, running and the end by the
+runner), one after another, without a daemon either.
+
+supervisord has no one-shot tasks: `n/a`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from drivers import ROOT, project_python
+
+FINAL = frozenset({"succeeded", "failed", "cancelled", "lost"})
+TARGET = 2.0  # issue 14: within 2x of the floor
+TARGET_TEXT = "within 2x of the floor"
+IDLE = 2.0  # seconds without a signal before ListTasks is asked
+WRITES_PER_TASK = 3  # queued (daemon), running and the end (runner)
+NA = ("n/a (supervisord has no one-shot tasks: a [program] is kept running or not, "
+      "with no queue and no per-task record)")
+
+
+def ratio(wall: float, floor: float) -> float:
+    """How many floors the wall time is."""
+    if floor <= 0:
+        raise ValueError(f"floor must be positive, got {floor}")
+    return wall / floor
+
+
+def verdict(r: float) -> bool:
+    """Whether a ratio meets the target: within TARGET x of the floor."""
+    return r <= TARGET
+
+
+def paired_ratios(walls: list[float], floors: list[float]) -> list[float]:
+    """One ratio per repetition, each wall time over the floor measured just
+    before it (the VM's speed drifts within minutes: pairs, not medians of
+    two separate series)."""
+    return [ratio(w, f) for w, f in zip(walls, floors, strict=True)]
+
+
+@dataclass
+class EndTracker:
+    """Which submitted tasks have ended, from TaskStateChanged bodies (s id,
+    s name, s activity, s old_state, s new_state, i exit_code, s reason).
+    A signal may come before the SubmitTask reply that names its id: ends
+    are kept by id, whoever submitted them, and matched at the end."""
+
+    expected: int
+    submitted: set[str] = field(default_factory=set)
+    ended: dict[str, tuple[float, str]] = field(default_factory=dict)  # id -> (when, state)
+    signals: int = 0
+
+    def on_signal(self, body: list[object], when: float) -> None:
+        self.signals += 1
+        task_id, new_state = str(body[0]), str(body[4])
+        if new_state in FINAL and task_id not in self.ended:
+            self.ended[task_id] = (when, new_state)
+
+    def on_reply(self, task_id: str) -> None:
+        self.submitted.add(task_id)
+
+    @property
+    def done(self) -> bool:
+        return len(self.submitted) == self.expected and self.submitted <= self.ended.keys()
+
+    def last_end(self) -> float:
+        return max(self.ended[t][0] for t in self.submitted)
+
+    def states(self) -> Counter[str]:
+        return Counter(self.ended[t][1] for t in self.submitted if t in self.ended)
+
+    def pending(self) -> int:
+        return len(self.submitted - self.ended.keys())
+
+
+def end_from_list(rows: list[list[object]], submitted: set[str],
+                  wall_minus_perf: float) -> tuple[float | None, Counter[str]]:
+    """From ListTasks rows a(sssssuisssttt): the perf_counter() time of the
+    latest end among `submitted` (None unless all have ended) and their
+    states. `wall_minus_perf` = time.time() - time.perf_counter()."""
+    mine = [r for r in rows if r[0] in submitted]
+    states = Counter(str(r[2]) for r in mine)
+    if len(mine) < len(submitted) or any(r[2] not in FINAL for r in mine):
+        return None, states
+    latest_us = max(int(r[12]) for r in mine)  # type: ignore[call-overload]
+    return latest_us / 1e6 - wall_minus_perf, states
+
+
+# ---- floors --------------------------------------------------------------------------
+
+
+def spawn_floor(n: int, lanes: int, true: str) -> float:
+    """Seconds for `xargs -P lanes` to run `true` n times."""
+    feed = ("0\n" * n).encode()
+    t = time.perf_counter()
+    subprocess.run(["xargs", "-P", str(lanes), "-n", "1", true], input=feed, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    return time.perf_counter() - t
+
+
+_WRITES = """
+import os, sys, time
+from taskmasterd.statestore.store import StateStore
+root, n, writes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+data = b"x" * 900  # a task's status.json is ~900 bytes
+t = time.perf_counter()
+for i in range(n):
+    path = os.path.join(root, f"{i:08x}")
+    os.mkdir(path, 0o700)
+    store = StateStore(path, name="status.json")
+    for _ in range(writes):
+        store.save_bytes(data)
+print(time.perf_counter() - t)
+"""
+
+
+def durable_writes_floor(python: str, n: int) -> float:
+    """Seconds for n task directories and WRITES_PER_TASK atomic, fsynced
+    status writes each, in a loop (the state store's code), in a temporary
+    directory on the file system the daemon's statedir is on."""
+    tmp = tempfile.mkdtemp(prefix="bench-taskwrites-")
+    try:
+        out = subprocess.run([python, "-c", _WRITES, tmp, str(n), str(WRITES_PER_TASK)], check=True, cwd=ROOT,
+                             capture_output=True, text=True, timeout=600)
+        return float(out.stdout)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---- the daemon side ---------------------------------------------------------------------
+
+
+async def _submit_and_wait(d, n: int, true: str, timeout: float) -> tuple[float | None, str]:
+    """(seconds from the first SubmitTask to the last end, or None; a note)."""
+    from dbus_next import Message, MessageType, Variant
+    from dbus_next.aio import MessageBus
+
+    from taskmasterd.bus.writer import Writer
+
+    # The library's MessageBus with the daemon's writer: the library's own
+    # drops the connection when a burst of calls fills the socket
+    # (BlockingIOError; tests/integration/test_bench_tasks_client.py hit it
+    # with 300), the daemon's waits for the socket. Not TaskmasterBus: its
+    # reader drops the bodies of signals (the daemon subscribes to none).
+    bus = MessageBus(bus_address=d.address)
+    bus._writer = Writer(bus)  # before connect(): docs/dbus-next.md
+    await bus.connect()
+    tracker = EndTracker(n)
+    last_signal = [time.perf_counter()]
+    finished = asyncio.Event()
+
+    def handler(msg: Message) -> None:
+        if msg.message_type == MessageType.SIGNAL and msg.member == "TaskStateChanged":
+            now = time.perf_counter()
+            last_signal[0] = now
+            tracker.on_signal(msg.body, now)
+            if tracker.done:
+                finished.set()
+
+    bus.add_message_handler(handler)
+    try:
+        await bus.call(Message(
+            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus", member="AddMatch", signature="s",
+            body=[f"type='signal',sender='{d.DEST}',interface='{d.IFACE}',"
+                  "member='TaskStateChanged'"]))
+
+        def submit() -> Message:
+            return Message(destination=d.DEST, path=d.PATH, interface=d.IFACE,
+                           member="SubmitTask", signature="a{sv}",
+                           body=[{"command": Variant("s", true)}])
+
+        wall_minus_perf = time.time() - time.perf_counter()
+        t0 = time.perf_counter()
+        replies = await asyncio.gather(*(bus.call(submit()) for _ in range(n)))
+        for reply in replies:
+            if reply.message_type == MessageType.ERROR:
+                raise RuntimeError(f"SubmitTask: {reply.error_name}: {reply.body}")
+            tracker.on_reply(reply.body[0])
+        if tracker.done:
+            finished.set()
+        deadline = t0 + timeout
+        source = "TaskStateChanged"
+        end: float | None = None
+        states: Counter[str] = Counter()
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(finished.wait(), IDLE)
+            if finished.is_set():
+                end, states = tracker.last_end(), tracker.states()
+                break
+            now = time.perf_counter()
+            if now - last_signal[0] >= IDLE or now > deadline:
+                # no signal pending: what the daemon has recorded decides
+                reply = await bus.call(Message(destination=d.DEST, path=d.PATH,
+                                               interface=d.IFACE, member="ListTasks"))
+                if reply.message_type == MessageType.ERROR:
+                    raise RuntimeError(f"ListTasks: {reply.error_name}: {reply.body}")
+                end, states = end_from_list(reply.body[0], tracker.submitted, wall_minus_perf)
+                if end is not None:
+                    source = f"ListTasks ({tracker.pending()} end signals not received)"
+                    break
+                if now > deadline:
+                    done = sum(v for k, v in states.items() if k in FINAL)
+                    return None, f"> {timeout:g} s ({done}/{n} ended)"
+        bad = {k: v for k, v in states.items() if k != "succeeded"}
+        note = f"{states['succeeded']}/{n} succeeded; ends from {source}"
+        if bad:
+            note += "; " + ", ".join(f"{v} {k}" for k, v in sorted(bad.items()))
+        return end - t0, note
+    finally:
+        bus.disconnect()
+
+
+def tasks(drv_cls, opts) -> list[dict]:
+    from measures import row
+
+    n, lanes = opts.tasks_n, opts.tasks_parallel
+    wall_name = f"tasks: {n} x `true`, max_parallel {lanes} (SubmitTask -> all ended)"
+    ratio_name = f"tasks: wall time / floor ({n} spawns in {lanes} lanes, same run)"
+    if drv_cls.name != "taskmasterd":
+        return [row(wall_name, "s", [], NA), row(ratio_name, "x", [], "n/a")]
+    true = shutil.which("true") or "/bin/true"
+    walls: list[float] = []
+    floors: list[float] = []
+    notes: list[str] = []
+    for _ in range(opts.reps_tasks):
+        floors.append(spawn_floor(n, lanes, true))
+        d = drv_cls()
+        try:
+            d.start({}, sections={"tasks": {"max_parallel": lanes}})
+            d.wait_ready()
+            secs, note = d.loop.run_until_complete(
+                _submit_and_wait(d, n, true, opts.tasks_timeout))
+        finally:
+            d.stop()
+        notes.append(note)
+        if secs is None:
+            floors.pop()
+            break
+        walls.append(secs)
+    writes = durable_writes_floor(project_python(), n)
+    return [
+        row(wall_name, "s", walls, notes[-1] if notes else ""),
+        row(f"tasks floor: {n} x `true` in {lanes} lanes (xargs -P{lanes}, no daemon)", "s",
+            floors, "the machine, not a supervisor"),
+        row(ratio_name, "x", paired_ratios(walls, floors)),
+        row(f"tasks floor: {n} x {WRITES_PER_TASK} durable status writes (fsync), no daemon",
+            "s", [writes], "the disk: what the design's files cost, one after another"),
+    ]
