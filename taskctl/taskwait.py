@@ -62,8 +62,11 @@ class TaskWatch:
         return []
 
     def fetch(self, client: Client) -> Rows:
-        activities = taskapi.list_activities(client) if self.kind == "activity" else []
-        return taskapi.list_tasks(client), activities
+        # The activities last: their reply comes after every signal taken
+        # with the rows, so a final ActivityStateChanged is never older
+        # than what the rows say (`wait` takes the events, then on_rows).
+        tasks = taskapi.list_tasks(client)
+        return tasks, taskapi.list_activities(client) if self.kind == "activity" else []
 
     def on_rows(self, rows: Rows) -> list[Ended]:
         self.recheck = False
@@ -91,6 +94,10 @@ class TaskWatch:
         if act.state == "succeeded":
             return self._end(Ended(self.id, act.state, 0, None, act))
         failed = by_id.get(act.failed_task)
+        if failed is not None and failed.state not in FINAL_TASK_STATES:
+            # The tasks were listed just before the activity ended: once more.
+            self.recheck = True
+            return []
         code = task_exit_code(failed) if failed is not None else 1
         return self._end(Ended(self.id, act.state, code or 1, failed, act))
 
