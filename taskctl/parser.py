@@ -35,7 +35,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("events", "", "follow state changes and reloads (Ctrl-C to stop)"),
     ("history", "[--since TIME] [-n N] TARGET", "past state changes, from the journal or the log file"),
     ("alert", "test [URL|INDEX]", "send a test message to every alert target, or to one"),
-    ("run", "[--name N] [--timeout S] [--env K=V]... [--wait] -- CMD ARGS... | --file FILE",
+    ("run", "[OPTIONS] [--wait] -- CMD ARGS... | --file FILE",
      "submit a one-shot task; print its id (--wait: exit with its exit status)"),
     ("activity", "--file FILE [--wait]", "submit an activity: tasks run one after the other"),
     ("tasks", "[--state S] [--activity ID]", "the tasks: state, exit, start, duration, reason"),

@@ -236,6 +236,13 @@ def test_activity_wait_exits_with_the_failing_tasks_code(fake: Fake, workdir: Pa
     r = tc(fake, "activities")
     assert r.stdout.splitlines()[0].split() == ["ID", "NAME", "STATE", "TASKS", "STARTED",
                                                 "DURATION", "REASON"]
+    r = tc(fake, "task", aid)  # an activity id: the activity, then its tasks
+    assert r.returncode == 0 and r.stdout.splitlines()[1].split()[:3] == [aid, "deploy", "failed"]
+    assert len(r.stdout.splitlines()) == 2 + 1 + 4
+    # The daemon refuses a task for an ended activity (TaskInvalid): exit 2, its words.
+    r = tc(fake, "run", "--activity", aid, "--", "true")
+    assert r.returncode == 2 and r.stderr == (f"run: ERROR (invalid task): activity {aid} has "
+                                              "ended (failed)\n"), r
 
 
 @pytest.mark.parametrize(("text", "where"), [
