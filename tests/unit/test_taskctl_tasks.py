@@ -252,3 +252,34 @@ def test_completion_of_task_ids() -> None:
                                                                      "--wait-timeout"]
     assert {"run", "activity", "tasks", "activities", "task", "cancel"} <= \
         set(complete_words("", "", names, lambda: ids))
+
+
+# ---- the signals, as events -----------------------------------------------------------------
+
+
+def test_task_signals_become_events_and_lines() -> None:
+    from jeepney import DBusAddress, HeaderFields, new_signal
+
+    from taskctl.connection import event_of
+    from taskctl.format import event_json, event_line
+    from taskmasterd.bus.names import MANAGER_IFACE, MANAGER_PATH
+
+    manager = DBusAddress(MANAGER_PATH, interface=MANAGER_IFACE)
+    msg = new_signal(manager, "TaskStateChanged", "sssssis",
+                     ("3df2bb24", "backup", "", "running", "failed", 3, "exited with status 3"))
+    msg.header.fields[HeaderFields.path] = MANAGER_PATH
+    event = event_of(msg, NOW)
+    assert event == TaskChanged("3df2bb24", "backup", "", "running", "failed", 3,
+                                "exited with status 3", NOW)
+    assert event_line(event).endswith(
+        " task 3df2bb24 backup: running -> failed (exited with status 3)")
+    assert event_json(event)["event"] == "TaskStateChanged"
+    assert event_json(event)["exit_code"] == 3 and event_json(event)["activity"] is None
+    msg = new_signal(manager, "ActivityStateChanged", "ssssss",
+                     ("aaaa0001", "deploy", "running", "succeeded", "", ""))
+    event = event_of(msg, NOW)
+    assert isinstance(event, ActivityChanged) and event.new == "succeeded"
+    assert event_line(event).endswith(" activity aaaa0001 deploy: running -> succeeded")
+    assert event_json(event)["failed_task"] is None
+    wrong = new_signal(manager, "TaskStateChanged", "sssssss", ("a",) * 7)  # not the design's
+    assert event_of(wrong, NOW) is None
