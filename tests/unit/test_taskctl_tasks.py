@@ -213,8 +213,9 @@ def test_run_takes_the_command_after_its_options() -> None:
                            "30", "--workdir", "/srv", "--", "ls", "-l", "--name"))
     assert (spec.command, spec.args, spec.name, spec.env, spec.timeout, spec.workingdir) == \
         ("ls", ("-l", "--name"), "b", (("A", "1"), ("B", "x=y")), 30.0, "/srv")
-    spec = task_spec(parse("run", "sleep", "5"))  # without --: up to the first option
-    assert (spec.command, spec.args) == ("sleep", ("5",))
+    # without --: from the first word that is not one of run's options, all of it
+    spec = task_spec(parse("run", "--name", "l", "ls", "-l", "--name", "x"))
+    assert (spec.command, spec.args, spec.name) == ("ls", ("-l", "--name", "x"), "l")
 
 
 def test_run_usage_errors() -> None:
