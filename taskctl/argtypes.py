@@ -42,3 +42,12 @@ def at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def env_pair(text: str) -> tuple[str, str]:
+    """K=V (an environment variable for a task); the name is checked by the
+    task checker, with the others."""
+    name, eq, value = text.partition("=")
+    if not eq or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value

@@ -313,14 +313,19 @@ class Client:
     def open_log(self, process: str, stream: str = "stdout") -> int:
         """A read-only fd of the process's output file (the caller closes it).
         CallError "NotAFile" when the output goes to the journal or is discarded."""
+        return self.call_fd("OpenLog", "ss", [process, stream])
+
+    def call_fd(self, member: str, signature: str, body: Sequence[Any], *,
+                path: str = MANAGER_PATH, interface: str = MANAGER_IFACE) -> int:
+        """A method returning a file descriptor (h): the fd (the caller closes it)."""
         from jeepney import FileDescriptor
 
-        reply = self._call("OpenLog", "ss", [process, stream])
+        reply = self._call(member, signature, body, path=path, interface=interface)
         fd = reply.body[0] if reply.body else None
         if not isinstance(fd, FileDescriptor):
             close_fds(reply.body)
             raise CallError("org.taskmaster.Taskmaster1.Error.Failed",
-                            "OpenLog returned no file descriptor (is fd passing "
+                            f"{member} returned no file descriptor (is fd passing "
                             "supported by this bus?)")
         return int(fd.to_raw_fd())
 

@@ -9,6 +9,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any, TextIO
 
+from taskctl import tasks
 from taskctl.connection import DBUS_NAME, DBUS_PATH
 from taskctl.context import Context
 from taskctl.exitcodes import EXIT_ERROR, EXIT_NO_SUCH, EXIT_OK, EXIT_TIMEOUT, EXIT_UNREACHABLE
@@ -214,5 +215,6 @@ COMMAND_FUNCS = {
     "signal": cmd_action, "reload": cmd_reload, "shutdown": cmd_shutdown, "pid": cmd_pid,
     "daemon-reexec": cmd_daemon_reexec,
     "tail": cmd_tail, "events": cmd_events, "history": cmd_history, "alert": cmd_alert, "help": cmd_help,
+    **tasks.COMMANDS,
 }
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from taskctl.buses import address_problem
-from taskctl.model import Event, OwnerChanged, Reloaded, StateChange
+from taskctl.model import ActivityChanged, Event, OwnerChanged, Reloaded, StateChange, TaskChanged
 from taskmasterd.bus.names import BUS_NAME, MANAGER_IFACE, MANAGER_PATH
 
 DBUS_NAME = "org.freedesktop.DBus"
@@ -107,6 +107,12 @@ def event_of(msg: Any, now: float) -> Event | None:
             if member == "Reloaded" and signature == "asasas":
                 added, changed, removed = msg.body
                 return Reloaded(tuple(added), tuple(changed), tuple(removed), now)
+            if member == "TaskStateChanged" and signature == "sssssis":
+                tid, name, activity, old, new, code, reason = msg.body
+                return TaskChanged(tid, name, activity, old, new, int(code), reason, now)
+            if member == "ActivityStateChanged" and signature == "ssssss":
+                aid, name, old, new, failed, reason = msg.body
+                return ActivityChanged(aid, name, old, new, failed, reason, now)
         elif (member == "NameOwnerChanged" and fields.get(HeaderFields.sender) == DBUS_NAME
               and msg.body and msg.body[0] == BUS_NAME):
             return OwnerChanged(str(msg.body[2]), now)

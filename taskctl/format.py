@@ -12,8 +12,24 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from taskctl.exitcodes import EXIT_ERROR, EXIT_NO_SUCH, EXIT_NOT_RUNNING, EXIT_OK, EXIT_UNREACHABLE
-from taskctl.model import UP_STATES, CallError, Event, ProcessRow, Reloaded, StateChange
+from taskctl.exitcodes import (
+    EXIT_ERROR,
+    EXIT_NO_SUCH,
+    EXIT_NOT_RUNNING,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+)
+from taskctl.model import (
+    UP_STATES,
+    ActivityChanged,
+    CallError,
+    Event,
+    ProcessRow,
+    Reloaded,
+    StateChange,
+    TaskChanged,
+)
 from taskmasterd.states import State, describe_status
 
 GLOB_CHARS = frozenset("*?[")
@@ -22,6 +38,8 @@ STATUS_STATES = frozenset(s.value for s in (State.STOPPED, State.BACKOFF, State.
 
 ERROR_LABELS = {
     "NoSuchProgram": "no such process",
+    "NoSuchTask": "no such task",
+    "TaskInvalid": "invalid task",
     "BadName": "bad name",
     "AlreadyStarted": "already started",
     "NotRunning": "not running",
@@ -123,8 +141,10 @@ def status_exit_code(rows: Sequence[ProcessRow], missing: Sequence[str] = ()) ->
 
 def exit_code_for(error: str) -> int:
     """Exit code for a D-Bus error (short name)."""
-    if error in ("NoSuchProgram", "BadName"):
+    if error in ("NoSuchProgram", "BadName", "NoSuchTask"):
         return EXIT_NO_SUCH
+    if error == "TaskInvalid":  # what was submitted is not a task: bad usage
+        return EXIT_USAGE
     if error in ("ServiceUnknown", "NameHasNoOwner", "NoReply", "Disconnected"):
         return EXIT_UNREACHABLE
     return EXIT_ERROR
@@ -204,6 +224,13 @@ def event_line(event: Event) -> str:
         return f"{clock(event.time)} {event.process}: {event.old} -> {event.new}{tail}"
     if isinstance(event, Reloaded):
         return f"{clock(event.time)} reloaded: " + "; ".join(reload_lines(event))
+    if isinstance(event, TaskChanged):
+        why = f" ({event.reason})" if event.reason else ""
+        return f"{clock(event.time)} task {event.id} {event.name}: {event.old} -> {event.new}{why}"
+    if isinstance(event, ActivityChanged):
+        why = f" ({event.reason})" if event.reason else ""
+        return (f"{clock(event.time)} activity {event.id} {event.name}: "
+                f"{event.old} -> {event.new}{why}")
     if event.owner:
         return f"{clock(event.time)} taskmasterd is on the bus"
     return f"{clock(event.time)} taskmasterd left the bus"
@@ -217,6 +244,15 @@ def event_json(event: Event) -> dict[str, Any]:
                 "expected": event.expected}
     if isinstance(event, Reloaded):
         return {"event": "Reloaded", "time": event.time, **reload_json(event)}
+    if isinstance(event, TaskChanged):
+        return {"event": "TaskStateChanged", "time": event.time, "id": event.id,
+                "name": event.name, "activity": event.activity or None, "old": event.old,
+                "new": event.new, "exit_code": None if event.exit_code < 0 else event.exit_code,
+                "reason": event.reason or None}
+    if isinstance(event, ActivityChanged):
+        return {"event": "ActivityStateChanged", "time": event.time, "id": event.id,
+                "name": event.name, "old": event.old, "new": event.new,
+                "failed_task": event.failed_task or None, "reason": event.reason or None}
     return {"event": "NameOwnerChanged", "time": event.time, "owner": event.owner or None}
 
 

@@ -62,7 +62,68 @@ class OwnerChanged(NamedTuple):
     time: float
 
 
-Event = StateChange | Reloaded | OwnerChanged
+
+# ---- tasks and activities (docs/dbus-api.md, API 1.2) ------------------------------
+
+
+class TaskRow(NamedTuple):
+    """One row of ListTasks (a(sssssuisssttt))."""
+
+    id: str
+    name: str
+    state: str  # queued running succeeded failed cancelled lost
+    activity: str  # "" = none
+    command: str
+    pid: int  # 0 = none
+    exit_code: int  # -1 = none
+    signal: str  # "SIGKILL", "" = none
+    spawn_error: str  # "ENOENT (spawn x): No such file or directory", "" = none
+    reason: str
+    submitted_us: int  # µs since the epoch, 0 = not yet
+    started_us: int
+    ended_us: int
+
+
+class ActivityRow(NamedTuple):
+    """One row of ListActivities (a(sssassttt))."""
+
+    id: str
+    name: str
+    state: str  # queued running succeeded failed cancelled
+    tasks: tuple[str, ...]
+    failed_task: str  # "" = none
+    reason: str
+    submitted_us: int
+    started_us: int
+    ended_us: int
+
+
+class TaskChanged(NamedTuple):
+    """The TaskStateChanged signal."""
+
+    id: str
+    name: str
+    activity: str
+    old: str
+    new: str
+    exit_code: int  # -1 = none
+    reason: str
+    time: float
+
+
+class ActivityChanged(NamedTuple):
+    """The ActivityStateChanged signal."""
+
+    id: str
+    name: str
+    old: str
+    new: str
+    failed_task: str
+    reason: str
+    time: float
+
+
+Event = StateChange | Reloaded | OwnerChanged | TaskChanged | ActivityChanged
 
 
 class TaskctlError(Exception):

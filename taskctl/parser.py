@@ -35,11 +35,20 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("events", "", "follow state changes and reloads (Ctrl-C to stop)"),
     ("history", "[--since TIME] [-n N] TARGET", "past state changes, from the journal or the log file"),
     ("alert", "test [URL|INDEX]", "send a test message to every alert target, or to one"),
+    ("run", "[OPTIONS] [--wait] -- CMD ARGS... | --file FILE",
+     "submit a one-shot task; print its id (--wait: exit with its exit status)"),
+    ("activity", "--file FILE [--wait]", "submit an activity: tasks run one after the other"),
+    ("tasks", "[--state S] [--activity ID]", "the tasks: state, exit, start, duration, reason"),
+    ("activities", "[--state S]", "the activities: state, tasks, reason"),
+    ("task", "[-n LINES] ID", "a task's properties and the end of its stdout and stderr"),
+    ("cancel", "ID...", "cancel a task or an activity (its running task is stopped)"),
     ("help", "[COMMAND]", "list the commands, or explain one"),
 )
 COMMAND_NAMES = tuple(c[0] for c in COMMANDS)
 # Commands whose arguments are targets (program, prog:N, glob, all).
 TARGET_COMMANDS = frozenset({"status", "start", "stop", "restart", "signal", "pid", "tail", "history"})
+# Commands whose arguments are task (or activity) ids.
+TASK_ID_COMMANDS = frozenset({"task", "cancel"})
 
 
 def help_text(command: str | None = None) -> str:
@@ -66,9 +75,10 @@ def build_parser(*, shell: bool = False) -> argparse.ArgumentParser:
         epilog="targets: a program (web), a process (web:0), a glob (web-*), or all. "
                "start, stop and restart wait for the outcome (--no-block: not). "
                "Exit status: 0 ok, 1 error (a start that ended FATAL too), 2 bad usage (an "
-               "unknown signal, a malformed --address too), 3 a process is not running "
-               "(status), 4 no such program, 7 taskmasterd unreachable, 124 gave up waiting "
-               "(--timeout), 130 interrupted.")
+               "unknown signal, a malformed --address, an invalid task too), 3 a process is "
+               "not running (status), 4 no such program or task, 7 taskmasterd unreachable, "
+               "124 gave up waiting (--timeout), 130 interrupted; run --wait: the task's "
+               "exit status.")
     if not shell:
         where = p.add_mutually_exclusive_group()
         where.add_argument("--system", dest="bus", action="store_const", const="system",
@@ -126,6 +136,10 @@ def build_parser(*, shell: bool = False) -> argparse.ArgumentParser:
                     help="send a test message and report, per target, whether it was delivered")
     sp.add_argument("target", nargs="?", default="", metavar="URL|INDEX",
                     help="only this target: its number (from 0, in the file's order) or its URL")
+    from taskctl import tasks
+
+    for name in ("run", "activity", "tasks", "activities", "task", "cancel"):
+        tasks.add_arguments(name, command(name))
     command("help").add_argument("topic", nargs="?", metavar="COMMAND", choices=COMMAND_NAMES)
     return p
 

@@ -3,8 +3,10 @@
 Every command of the command line works as a shell line (the same parser and
 `taskctl.commands.execute`); errors are printed and the shell goes on. readline gives
 line editing, a history kept in `$XDG_STATE_HOME/taskmaster/taskctl_history`
-(or `$TASKCTL_HISTFILE`), and tab completion of commands, signal names and
-program/process names (from ListProcesses, refreshed after a reload).
+(or `$TASKCTL_HISTFILE`), and tab completion of commands, signal names,
+program/process names (from ListProcesses, refreshed after a reload) and
+task/activity ids (from ListTasks and ListActivities, for task, cancel and
+--activity).
 
 `run_shell(client)` is usable from another program too (taskmasterd --shell
 runs it in a thread): it installs no signal handler. In the main thread,
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from taskctl.commands import execute
 from taskctl.exitcodes import EXIT_OK
-from taskctl.parser import COMMAND_NAMES, TARGET_COMMANDS, build_parser, help_text
+from taskctl.parser import COMMAND_NAMES, TARGET_COMMANDS, TASK_ID_COMMANDS, build_parser, help_text
 
 if TYPE_CHECKING:
     from taskctl.client import Client
@@ -48,9 +50,24 @@ def history_file(environ: Mapping[str, str] = os.environ) -> str:
     return os.path.join(state, "taskmaster", "taskctl_history")
 
 
-def complete_words(before: str, text: str, names: Callable[[], list[str]]) -> list[str]:
+OPTIONS = {
+    "tail": ["--follow", "--stderr", "--bytes"],
+    "start": ["--no-block", "--timeout"], "stop": ["--no-block", "--timeout"],
+    "restart": ["--no-block", "--timeout"],
+    "history": ["--since", "--until", "--lines", "--file", "--directory"],
+    "run": ["--name", "--timeout", "--env", "--workdir", "--user", "--activity", "--file",
+            "--wait", "--wait-timeout"],
+    "activity": ["--file", "--wait", "--timeout"],
+    "tasks": ["--state", "--activity"], "activities": ["--state"], "task": ["--lines"],
+}
+TASK_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "lost")
+
+
+def complete_words(before: str, text: str, names: Callable[[], list[str]],
+                   task_ids: Callable[[], list[str]] = list) -> list[str]:
     """Completions of `text`, the word being typed after `before` (pure but
-    for `names`, called only when program/process names are wanted)."""
+    for `names`, called only when program/process names are wanted, and
+    `task_ids`, only when task or activity ids are)."""
     words = before.split()
     while words and words[0].startswith("-"):  # e.g. "--json status"
         words.pop(0)
@@ -58,14 +75,19 @@ def complete_words(before: str, text: str, names: Callable[[], list[str]]) -> li
         return [w for w in SHELL_WORDS if w.startswith(text)]
     command, args = words[0], [w for w in words[1:] if not w.startswith("-")]
     if text.startswith("-"):
-        options = ["--json", "--help"]
-        if command == "tail":
-            options += ["--follow", "--stderr", "--bytes"]
-        if command in ("start", "stop", "restart"):
-            options += ["--no-block", "--timeout"]
-        if command == "history":
-            options += ["--since", "--until", "--lines", "--file", "--directory"]
+        options = ["--json", "--help", *OPTIONS.get(command, [])]
         return [o for o in options if o.startswith(text)]
+    last = words[-1] if len(words) > 1 else ""
+    if last == "--activity" and command in ("run", "tasks"):
+        return [i for i in task_ids() if i.startswith(text)]
+    if last == "--state" and command in ("tasks", "activities"):
+        return [s for s in TASK_STATES if s.startswith(text)]
+    if command in TASK_ID_COMMANDS:
+        given = [w for i, w in enumerate(words[1:], 1)
+                 if not w.startswith("-") and words[i - 1] not in ("-n", "--lines")]
+        if command == "task" and given:
+            return []
+        return [i for i in task_ids() if i.startswith(text) and i not in given]
     if command == "help":
         return [w for w in COMMAND_NAMES if w.startswith(text)] if not args else []
     if command == "signal" and not args:
@@ -90,6 +112,8 @@ class Shell:
         self.parser = build_parser(shell=True)
         self._names: list[str] = []
         self._names_at = -1e9
+        self._ids: list[str] = []
+        self._ids_at = -1e9
         self._matches: list[str] = []
         self._readline: Any = None
         self._history_start = 0
@@ -154,7 +178,7 @@ class Shell:
             if state == 0:
                 line = self._readline.get_line_buffer()
                 before = line[:self._readline.get_begidx()]
-                self._matches = complete_words(before, text, self.names)
+                self._matches = complete_words(before, text, self.names, self.task_ids)
                 if len(self._matches) == 1:  # Python's readline appends nothing itself
                     self._matches[0] += " "
             return self._matches[state] if state < len(self._matches) else None
@@ -179,6 +203,25 @@ class Shell:
         self._names = sorted(names)
         self._names_at = time.monotonic()
         return self._names
+
+    def task_ids(self) -> list[str]:
+        """Task and activity ids, from ListTasks and ListActivities (cached briefly)."""
+        if time.monotonic() - self._ids_at < NAMES_TTL:
+            return self._ids
+        from taskctl import taskapi
+
+        saved = self.client.timeout
+        self.client.timeout = COMPLETION_TIMEOUT
+        try:
+            ids = [t.id for t in taskapi.list_tasks(self.client)]
+            ids += [a.id for a in taskapi.list_activities(self.client)]
+        except Exception:
+            return self._ids
+        finally:
+            self.client.timeout = saved
+        self._ids = sorted(set(ids))
+        self._ids_at = time.monotonic()
+        return self._ids
 
     # -- the loop --------------------------------------------------------------------
 
@@ -251,6 +294,8 @@ class Shell:
             return False
         if args.command == "reload" and code == EXIT_OK:
             self._names_at = -1e9
+        if args.command in ("run", "activity", "cancel"):
+            self._ids_at = -1e9  # a new id (or a new state)
         return args.command == "shutdown" and code == EXIT_OK
 
     def help(self, topics: list[str]) -> bool:

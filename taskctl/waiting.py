@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TextIO, TypeVar
 
 from taskctl.context import Context
 from taskctl.exitcodes import EXIT_ERROR, EXIT_OK, EXIT_TIMEOUT
@@ -52,6 +52,25 @@ class Outcome(NamedTuple):
     state: str
     label: str = ""
     reason: str = ""
+
+
+O_ = TypeVar("O_")
+R = TypeVar("R")
+
+
+class Waited(Protocol, Generic[O_, R]):
+    """What `wait` drives: a pure watch told the events and the present
+    state (`fetch`, a list call answered after every signal sent before
+    it), which decides outcomes. `Watch` (processes) and
+    `taskctl.taskwait.TaskWatch` (a task or an activity) are ones."""
+
+    recheck: bool
+
+    def pending(self) -> list[str]: ...
+    def on_event(self, event: Event) -> list[O_]: ...
+    def fetch(self, client: Client) -> R: ...
+    def on_rows(self, rows: R) -> list[O_]: ...
+    def progress(self, waited: float, left: float | None) -> str: ...
 
 
 class Watch:
@@ -96,6 +115,12 @@ class Watch:
         elif new != State.STOPPING.value:
             self.recheck = True  # started again?
         return []
+
+    def fetch(self, client: Client) -> list[ProcessRow]:
+        return client.list_processes()
+
+    def progress(self, waited: float, left: float | None) -> str:
+        return progress_text(self, waited, left)
 
     def on_rows(self, rows: Sequence[ProcessRow]) -> list[Outcome]:
         """The present state (ListProcesses), which decides every process
@@ -205,10 +230,10 @@ class TimedOut(Exception):
     """The processes still pending after the timeout are in the watch."""
 
 
-def wait(client: Client, watch: Watch, *, timeout: float | None, progress: Progress,
-         report: Callable[[Outcome], None], started: float | None = None,
+def wait(client: Client, watch: Waited[O_, R], *, timeout: float | None, progress: Progress,
+         report: Callable[[O_], None], started: float | None = None,
          clock: Callable[[], float] = time.monotonic) -> None:
-    """Wait until every process of `watch` is decided (each reported as it
+    """Wait until everything `watch` waits for is decided (each reported as it
     is). `client` is subscribed and the requests were made. Raises TimedOut
     after `timeout` seconds (None: no limit), Unreachable if the daemon
     goes, KeyboardInterrupt on Ctrl-C (the requests go on: only taskctl
@@ -216,22 +241,25 @@ def wait(client: Client, watch: Watch, *, timeout: float | None, progress: Progr
     started = clock() if started is None else started
     deadline = None if timeout is None else started + timeout
 
-    def emit(outcomes: list[Outcome]) -> None:
+    def emit(outcomes: list[O_]) -> None:
         if outcomes:
             progress.clear()
         for outcome in outcomes:
             report(outcome)
 
+    def on_events(events: Iterable[Event]) -> list[O_]:
+        return [o for e in events for o in watch.on_event(e)]
+
     def check() -> None:
-        rows = client.list_processes()
-        emit(watch.on_events(client.take_events()))  # older than the rows
+        rows = watch.fetch(client)
+        emit(on_events(client.take_events()))  # older than the rows
         emit(watch.on_rows(rows))
 
     try:
         # The events received with the requests' replies first, in order
         # (a RUNNING counts only after a STARTING seen here), then the rows,
         # which are newer, for the rest.
-        emit(watch.on_events(client.take_events()))
+        emit(on_events(client.take_events()))
         check()
         while watch.pending():
             if watch.recheck:
@@ -242,7 +270,7 @@ def wait(client: Client, watch: Watch, *, timeout: float | None, progress: Progr
             if left is not None and left <= 0:
                 raise TimedOut
             if progress.enabled and now - started >= PROGRESS_AFTER:
-                progress.show(progress_text(watch, now - started, left))
+                progress.show(watch.progress(now - started, left))
             wake = PROGRESS_EVERY if progress.enabled else None  # else: only events wake us
             if left is not None:
                 wake = left if wake is None else min(wake, left)
