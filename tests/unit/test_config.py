@@ -302,7 +302,7 @@ def test_top_level_must_be_a_mapping(tmp_path: Path, text: str, found: str) -> N
         ("web:\n  cmd: /bin/true\n", "web", "a program belongs under 'programs:' — indent it there"),
         ("cmd: /bin/true\n", "cmd", "'cmd' is a program setting"),
         ("loglevel: debug\n", "loglevel", "'loglevel' is a daemon setting — indent it under 'taskmasterd:'"),
-        ("zzz: 1\n", "zzz", "unknown top-level key 'zzz'; expected taskmasterd, programs or alerts"),
+        ("zzz: 1\n", "zzz", "unknown top-level key 'zzz'; expected taskmasterd, programs, alerts or tasks"),
         ("taskmaster:\n  loglevel: info\n", "taskmaster", "did you mean 'taskmasterd'?"),
     ],
 )
