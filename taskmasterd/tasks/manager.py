@@ -115,6 +115,18 @@ class TaskManager:
         self.task(id)
         return self.files.task_dir(id).output(stream)
 
+    def knows(self, id: str) -> bool:
+        return id in self._tasks or id in self._activities
+
+    def stderr_file(self, id: str) -> str:
+        """The stderr an alert about task or activity `id` shows the tail of:
+        the task's own; for an activity, its failing task's (its last
+        task's when it succeeded). NoSuchTask otherwise."""
+        a = self._activities.get(id)
+        if a is not None:
+            id = a.failed_task or (a.tasks[-1] if a.tasks else "")
+        return self.output_file(id, "stderr")
+
     # ---- submitting ---------------------------------------------------------------
 
     async def submit(self, spec: TaskSpec) -> TaskStatus:

@@ -1222,6 +1222,17 @@ def test_alert_events_constant() -> None:
         "RELOAD_FAILED",
         "DAEMON_START",
         "DAEMON_STOP",
+        "TASK_QUEUED",
+        "TASK_STARTED",
+        "TASK_SUCCEEDED",
+        "TASK_FAILED",
+        "TASK_CANCELLED",
+        "TASK_LOST",
+        "TASK_ADOPTED",
+        "ACTIVITY_STARTED",
+        "ACTIVITY_SUCCEEDED",
+        "ACTIVITY_FAILED",
+        "ACTIVITY_CANCELLED",
     )
 
 
@@ -1242,7 +1253,8 @@ alerts:
         ),
         AlertConfig(url="mailto://ops@example.com"),
     )
-    assert config.alerts[1].events == frozenset({"FATAL", "EXITED_UNEXPECTED"})
+    assert config.alerts[1].events == frozenset({"FATAL", "EXITED_UNEXPECTED", "TASK_FAILED",
+                                                 "ACTIVITY_FAILED", "ACTIVITY_SUCCEEDED"})
     assert config.alerts[1].programs == ("*",)
 
 
