@@ -33,6 +33,7 @@ from taskmasterd import spawn
 from taskmasterd.errors import BadName, NoSuchTask, NotRunning, TaskInvalid, TaskmasterError
 from taskmasterd.events import EventBus
 from taskmasterd.tasks import notices
+from taskmasterd.tasks.keep import expired
 from taskmasterd.tasks.queue import ActivityEnd, TaskQueue
 from taskmasterd.tasks.records import (
     ActivityState,
@@ -50,7 +51,6 @@ log = logging.getLogger("taskmasterd")
 T = TypeVar("T")
 
 CLEANUP_EVERY = 60.0  # seconds between two clean-ups after task ends (no timer)
-DAY = 86400.0
 UNWATCHED = "ended while no task runner watched it: exit status unknown"
 
 RemovedListener = Callable[[list[str], list[str]], None]
@@ -87,6 +87,9 @@ class TaskManager:
         self._append_lock = asyncio.Lock()
         self._last_cleanup: float | None = None
         self._closed = False
+        # Why submissions are refused (None: they are taken): until open(),
+        # or when another daemon owns this statedir.
+        self.unavailable: str | None = "taskmasterd is starting"
         self._jobs: set[asyncio.Task[None]] = set()
 
     # ---- reading -----------------------------------------------------------
@@ -132,6 +135,7 @@ class TaskManager:
     async def submit(self, spec: TaskSpec) -> TaskStatus:
         """Queue one task (appended to `spec.activity` when set); its queued
         status is on disk, fsynced, when this returns."""
+        self._check_available()
         if spec.activity:
             async with self._append_lock:  # positions in an activity follow the order of calls
                 return await self._append(spec)
@@ -164,6 +168,7 @@ class TaskManager:
 
     async def submit_activity(self, name: str, specs: list[TaskSpec]) -> ActivityStatus:
         """Queue an activity and all its tasks at once (durable on return)."""
+        self._check_available()
         if not specs:
             raise TaskInvalid("activity.tasks: expected at least one task")
         for i, spec in enumerate(specs):
@@ -182,6 +187,10 @@ class TaskManager:
         self._queue.add_activity(act.id, list(act.tasks))
         self._schedule()
         return act
+
+    def _check_available(self) -> None:
+        if self.unavailable is not None:
+            raise TaskmasterError(f"tasks cannot be submitted: {self.unavailable}")
 
     def _take_seq(self) -> int:
         seq = self._seq
@@ -460,17 +469,10 @@ class TaskManager:
         """Remove finished tasks (and ended activities whose tasks are all
         gone) that ended more than `keep` days ago."""
         self._last_cleanup = asyncio.get_running_loop().time()
-        cutoff = self.clock() - self.settings.keep * DAY
-        ended_acts = {a.id for a in self._activities.values() if a.state.final}
-        tasks = [s.id for s in self._tasks.values()
-                 if s.state.final and (s.ended or s.submitted) < cutoff
-                 and (not s.activity or s.activity in ended_acts or
-                      s.activity not in self._activities)]
+        tasks, acts = expired(self._tasks.values(), self._activities.values(), self.clock(),
+                              self.settings.keep)
         for id in tasks:
             del self._tasks[id]
-        still = {s.activity for s in self._tasks.values() if s.activity}
-        acts = [a.id for a in self._activities.values()
-                if a.state.final and (a.ended or a.submitted) < cutoff and a.id not in still]
         for id in acts:
             del self._activities[id]
         if not tasks and not acts:
@@ -493,6 +495,7 @@ class TaskManager:
         from taskmasterd.tasks.recovery import recover
 
         await recover(self)
+        self.unavailable = None
         self._cleanup()
         self._schedule()
 
@@ -501,6 +504,7 @@ class TaskManager:
         if self._closed:
             return
         self._closed = True
+        self.unavailable = "taskmasterd is shutting down"
         loop = asyncio.get_running_loop()
         for job in list(self._jobs):
             job.cancel()

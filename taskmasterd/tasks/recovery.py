@@ -60,6 +60,7 @@ async def recover(m: TaskManager) -> None:
             m._set_activity(a.replace(state=ActivityState.RUNNING,
                                       started=min(_started(m, a.tasks) or [m.clock()])))
         if end is None:
+            _unseen_success(m, a.tasks, reported)
             continue
         # The task that drew the end ended while no daemon ran: its event first.
         last = end.failed_task or (a.tasks[-1] if a.tasks else "")
@@ -71,6 +72,19 @@ async def recover(m: TaskManager) -> None:
     log.info("tasks: %d task(s) and %d activit%s on disk; %d running, %d queued", len(m._tasks),
              len(m._activities), "y" if len(m._activities) == 1 else "ies",
              len(m._queue.running), sum(s.state == TaskState.QUEUED for s in m._tasks.values()))
+
+
+def _unseen_success(m: TaskManager, ids: tuple[str, ...], reported: set[str]) -> None:
+    """An activity goes on: when its next task has not started yet, the task
+    before it succeeded while no daemon ran (a daemon that saw the end would
+    have handed the next one over in the same loop turn): its event, now."""
+    states = [m._tasks[i].state if i in m._tasks else None for i in ids]
+    if TaskState.QUEUED not in states:
+        return
+    nxt = states.index(TaskState.QUEUED)
+    if nxt > 0 and states[nxt - 1] == TaskState.SUCCEEDED and ids[nxt - 1] not in reported:
+        m.events.publish(notices.task_event(TaskState.RUNNING, m._tasks[ids[nxt - 1]]))
+        reported.add(ids[nxt - 1])
 
 
 def _started(m: TaskManager, ids: tuple[str, ...]) -> list[float]:

@@ -367,6 +367,8 @@ def test_recovery_continues_an_activity(tmp_path: Path) -> None:
 
     async def body(r: Rig) -> None:
         assert r.runner.runs == ["bbbb0002"]
+        # bbbb0001 ended while no daemon ran (bbbb0002 never started): its end is told now
+        assert r.kinds("bbbb0001") == ["TASK_SUCCEEDED"]
         r.runner.finish("bbbb0002")
         assert (await r.disk_activity("cccc0001")).state == ActivityState.SUCCEEDED
         assert r.kinds("cccc0001") == ["ACTIVITY_SUCCEEDED"]
@@ -426,3 +428,20 @@ def test_keep_removes_old_ends_at_start_and_after_ends_once_a_minute(tmp_path: P
         assert r.removed[1] == (["dddd0002"], [])
 
     go(tmp_path, body)
+
+
+def test_nothing_is_taken_before_open_or_after_close(tmp_path: Path) -> None:
+    from taskmasterd.errors import TaskmasterError
+
+    async def main() -> None:
+        r = Rig(tmp_path)
+        with pytest.raises(TaskmasterError, match="cannot be submitted: taskmasterd is starting"):
+            await r.m.submit(spec(1))
+        await r.m.open()
+        await r.m.submit(spec(1))
+        await r.m.close()
+        assert r.runner.closed
+        with pytest.raises(TaskmasterError, match="shutting down"):
+            await r.m.submit_activity("a", [spec(2)])
+        assert not (tmp_path / "activities").exists()
+    run(main())
