@@ -35,6 +35,7 @@ from taskmasterd.errors import BadName, NoOutput, NotAFile, TaskmasterError
 from taskmasterd.process import worst_state
 from taskmasterd.reload import ReloadPlan
 from taskmasterd.supervisor import ProcessInfo, Supervisor
+from taskmasterd.tasks.manager import TaskManager
 
 log = logging.getLogger("taskmasterd")
 
@@ -47,6 +48,7 @@ class Controller(Protocol):
     supervisor: Supervisor
     config_path: str
     state: str
+    tasks: TaskManager
 
     def reload(self) -> ReloadPlan: ...
     def request_shutdown(self) -> None: ...

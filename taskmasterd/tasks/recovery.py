@@ -32,7 +32,10 @@ log = logging.getLogger("taskmasterd")
 
 async def recover(m: TaskManager) -> None:
     loop = asyncio.get_running_loop()
-    held_list = await loop.run_in_executor(m._pool, m.runner.attach_surviving)
+    # Blocking (a few round trips, each with a timeout), on the loop's
+    # thread: the client registers its socket with the loop. At start-up,
+    # before the daemon serves anything.
+    held_list = m.runner.attach_surviving()
     held = {s.id: s for s in held_list or ()}
     tasks, _bad = await loop.run_in_executor(m._pool, m.files.scan_tasks)
     acts, _bad_acts = await loop.run_in_executor(m._pool, m.files.scan_activities)
