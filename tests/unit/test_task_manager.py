@@ -253,6 +253,16 @@ def test_a_failed_task_fails_its_activity_and_cancels_the_rest(tmp_path: Path) -
         kinds = r.kinds()
         assert kinds.index("TASK_FAILED") < kinds.index("ACTIVITY_FAILED")
         assert r.kinds(act.id).count("ACTIVITY_FAILED") == 1
+        # the alert's stderr tail: the failing task's
+        assert r.m.stderr_file(act.id) == r.m.output_file(t2, "stderr")
+        assert r.m.stderr_file(t3) == os.path.join(str(tmp_path), "tasks", t3, "stderr")
+
+        class Sup:
+            def output_file(self, process: str, stream: str) -> str:
+                return f"/log/{process}.{stream}"
+        from taskmasterd.taskwiring import stderr_file
+        assert stderr_file(r.m, Sup(), act.id) == r.m.output_file(t2, "stderr")  # type: ignore[arg-type]
+        assert stderr_file(r.m, Sup(), "web:0") == "/log/web:0.stderr"  # type: ignore[arg-type]
     go(tmp_path, body)
 
 
