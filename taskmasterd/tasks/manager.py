@@ -87,6 +87,7 @@ class TaskManager:
         self._append_lock = asyncio.Lock()
         self._last_cleanup: float | None = None
         self._closed = False
+        self._scheduling = False
         # Why submissions are refused (None: they are taken): until open(),
         # or when another daemon owns this statedir.
         self.unavailable: str | None = "taskmasterd is starting"
@@ -286,24 +287,30 @@ class TaskManager:
     def _schedule(self) -> None:
         """Start what the queue allows now (same loop turn as the end that
         freed a lane)."""
-        if self._closed:
+        if self._closed or self._scheduling:
+            return  # the loop below goes on with the lanes an end freed
+        self._scheduling = True
+        try:
+            while batch := self._queue.to_start():
+                for id in batch:
+                    self._hand_over(self._tasks[id])
+        finally:
+            self._scheduling = False
+
+    def _hand_over(self, status: TaskStatus) -> None:
+        if status.activity:
+            act = self._activities.get(status.activity)
+            if act is not None and act.state == ActivityState.QUEUED:
+                self._set_activity(act.replace(state=ActivityState.RUNNING, started=self.clock()))
+        try:
+            self.runner.run(status, int(self.settings.stopsignal), self.settings.stoptime)
+        except (OSError, TaskmasterError) as exc:
+            # Never handed over: ours to write, and nobody else's.
+            self._end(status.replace(state=TaskState.FAILED, ended=self.clock(),
+                                     reason=f"the task runner could not be started: {exc}"),
+                      write=True)
             return
-        for id in self._queue.to_start():
-            status = self._tasks[id]
-            if status.activity:
-                act = self._activities.get(status.activity)
-                if act is not None and act.state == ActivityState.QUEUED:
-                    self._set_activity(act.replace(state=ActivityState.RUNNING,
-                                                   started=self.clock()))
-            try:
-                self.runner.run(status, int(self.settings.stopsignal), self.settings.stoptime)
-            except (OSError, TaskmasterError) as exc:
-                # Never handed over: ours to write, and nobody else's.
-                self._end(status.replace(state=TaskState.FAILED, ended=self.clock(),
-                                         reason=f"the task runner could not be started: {exc}"),
-                          write=True)
-                continue
-            self._sent.add(id)
+        self._sent.add(status.id)
 
     def on_status(self, status: TaskStatus) -> None:
         """The runner wrote `status` (running, a heartbeat, the end)."""

@@ -455,3 +455,24 @@ def test_nothing_is_taken_before_open_or_after_close(tmp_path: Path) -> None:
             await r.m.submit_activity("a", [spec(2)])
         assert not (tmp_path / "activities").exists()
     run(main())
+
+
+def test_a_runner_that_cannot_start_fails_each_task_with_why(tmp_path: Path) -> None:
+    """Queued tasks failing at hand-over one after the other: each failed
+    with the reason, the freed lanes refilled in a loop (a recursion per
+    task would overflow the stack)."""
+    from taskmasterd.errors import TaskmasterError
+
+    async def body(r: Rig) -> None:
+        ids = [(await r.m.submit(spec(i))).id for i in range(1100)]
+        assert r.runner.runs == ids[:1]
+
+        def refuse(status: TaskStatus, stopsignal: int, stoptime: float) -> None:
+            raise TaskmasterError("cannot execute the runner")
+        r.runner.run = refuse  # type: ignore[method-assign]
+        r.runner.finish(ids[0])
+        assert all(r.m.task(i).state == TaskState.FAILED for i in ids[1:])
+        assert r.m.task(ids[-1]).reason == \
+            "the task runner could not be started: cannot execute the runner"
+
+    go(tmp_path, body, settings=TaskSettings(max_parallel=1))
