@@ -22,7 +22,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from taskmasterd.yamlnodes import NodeReader, Reject, Reported, is_null, kind, show, unknown_key
 
-# Events an alert can subscribe to (process states plus daemon events).
+# Events an alert can subscribe to (process states, daemon events, tasks and activities).
 ALERT_EVENTS: tuple[str, ...] = (
     "STARTING",
     "RUNNING",
@@ -39,7 +39,23 @@ ALERT_EVENTS: tuple[str, ...] = (
     "RELOAD_FAILED",
     "DAEMON_START",
     "DAEMON_STOP",
+    "TASK_QUEUED",
+    "TASK_STARTED",
+    "TASK_SUCCEEDED",
+    "TASK_FAILED",
+    "TASK_CANCELLED",
+    "TASK_LOST",
+    "TASK_ADOPTED",
+    "ACTIVITY_STARTED",
+    "ACTIVITY_SUCCEEDED",
+    "ACTIVITY_FAILED",
+    "ACTIVITY_CANCELLED",
 )
+
+# What a target hears when its `events` is left out: crashes, and the ends
+# a task runner's user waits for (taskd notifies an activity's end either way).
+DEFAULT_EVENTS: frozenset[str] = frozenset({"FATAL", "EXITED_UNEXPECTED", "TASK_FAILED",
+                                            "ACTIVITY_FAILED", "ACTIVITY_SUCCEEDED"})
 
 # Named fields an alert's title/body template may use (str.format style; every
 # value is text, empty when it does not apply). See taskmasterd/alerts/render.py.
@@ -64,7 +80,7 @@ DEFAULT_ALERT_RATE = 60.0  # seconds between two messages to one target
 @dataclass(frozen=True)
 class AlertConfig:
     url: str  # an apprise URL, as written (may hold secrets: never log it)
-    events: frozenset[str] = frozenset({"FATAL", "EXITED_UNEXPECTED"})
+    events: frozenset[str] = DEFAULT_EVENTS
     programs: tuple[str, ...] = ("*",)  # globs on program (or process) names
     rate: float = DEFAULT_ALERT_RATE  # minimum interval between two messages, seconds
     title: str | None = None  # str.format templates over TEMPLATE_FIELDS;

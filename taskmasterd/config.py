@@ -45,8 +45,12 @@ How values are read (the node's source text decides, never YAML 1.1):
   ./journal for a file of that name); any other string -> FILE.
 * env values: the scalar's source text ("42", "022", "on", "1.50");
   a null value is an error (write '' for an empty value).
-* the top-level sections taskmasterd, programs and alerts may be left
+* the top-level sections taskmasterd, programs, alerts and tasks may be left
   empty (null), which means the same as absent.
+* tasks (one-shot tasks, taskmasterd/tasks): max_parallel an integer
+  1–4096; keep a number of days > 0 (fractions allowed, at most 36600);
+  timeout seconds >= 0 up to a year (0: none); stopsignal and stoptime as
+  a program's.
 * alerts (taskmasterd.alertschema, whose reader the validator inherits):
   a URL is checked for its syntax here (scheme://...) and keeps its place
   in the file; whether apprise can use it is asked by the daemon's loader
@@ -67,7 +71,7 @@ import functools
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -91,9 +95,11 @@ from taskmasterd.programschema import OutputKind as OutputKind
 from taskmasterd.programschema import ProgramConfig as ProgramConfig
 from taskmasterd.programschema import ProgramReader
 from taskmasterd.programschema import parse_size as parse_size
+from taskmasterd.tasks.settings import TASK_SETTING_KEYS, TaskSettings
+from taskmasterd.tasks.spec import MAX_TIMEOUT
+from taskmasterd.yamlnodes import NUMBER_RE, Reject, is_null, kind, quoted, show, suggest, unknown_key
 from taskmasterd.yamlnodes import ConfigError as ConfigError
 from taskmasterd.yamlnodes import ConfigIssue as ConfigIssue
-from taskmasterd.yamlnodes import Reject, is_null, kind, show, suggest, unknown_key
 
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 
@@ -113,6 +119,7 @@ class Config:
     daemon: GlobalConfig = GlobalConfig()
     programs: tuple[ProgramConfig, ...] = ()  # in file order
     alerts: tuple[AlertConfig, ...] = ()
+    tasks: TaskSettings = field(default_factory=TaskSettings)
 
     def program(self, name: str) -> ProgramConfig | None:
         return self._by_name.get(name)
@@ -194,7 +201,9 @@ def parse_config(text: str, path: str) -> Config:
 # The validator. Everything below is private.
 
 
-TOP_KEYS: tuple[str, ...] = ("taskmasterd", "programs", "alerts")
+TOP_KEYS: tuple[str, ...] = ("taskmasterd", "programs", "alerts", "tasks")
+MAX_PARALLEL = 4096
+MAX_KEEP = 36600.0  # days: a century
 GLOBAL_KEYS: tuple[str, ...] = ("logfile", "loglevel", "logdir", "statedir")
 
 
@@ -226,12 +235,13 @@ class _Validator(ProgramReader, AlertReader):
                 root,
                 "",
                 "the top level must be a mapping with the keys taskmasterd, "
-                f"programs and alerts; found {kind(root)}",
+                f"programs, alerts and tasks; found {kind(root)}",
             )
             return None
         daemon: GlobalConfig | None = GlobalConfig()
         programs: tuple[ProgramConfig, ...] | None = ()
         alerts: tuple[AlertConfig, ...] | None = ()
+        tasks: TaskSettings | None = TaskSettings()
         for k, v in self.entries(root, ""):
             key = k.value
             if key == "taskmasterd":
@@ -240,11 +250,14 @@ class _Validator(ProgramReader, AlertReader):
                 programs = self._programs(v)
             elif key == "alerts":
                 alerts = self._alerts(v)
+            elif key == "tasks":
+                tasks = self._tasks(v)
             else:
                 self.error(k, key, self._unknown_top(key, v))
-        if daemon is None or programs is None or alerts is None:
+        if daemon is None or programs is None or alerts is None or tasks is None:
             return None
-        return Config(path=self.abspath, daemon=daemon, programs=programs, alerts=alerts)
+        return Config(path=self.abspath, daemon=daemon, programs=programs, alerts=alerts,
+                      tasks=tasks)
 
     def _unknown_top(self, key: str, value: Node) -> str:
         msg = f"unknown top-level key '{key}'"
@@ -254,10 +267,12 @@ class _Validator(ProgramReader, AlertReader):
             return f"{msg}; '{key}' is a program setting — indent it under its program in 'programs:'"
         if key in GLOBAL_KEYS:
             return f"{msg}; '{key}' is a daemon setting — indent it under 'taskmasterd:'"
+        if key in TASK_SETTING_KEYS:
+            return f"{msg}; '{key}' is a task setting — indent it under 'tasks:'"
         guess = suggest(key, TOP_KEYS)
         if guess is not None:
             return f"{msg} (did you mean '{guess}'?)"
-        return f"{msg}; expected taskmasterd, programs or alerts"
+        return f"{msg}; expected taskmasterd, programs, alerts or tasks"
 
     # ---- taskmasterd:
 
@@ -290,3 +305,44 @@ class _Validator(ProgramReader, AlertReader):
         if text.lower() not in LOG_LEVELS:
             raise Reject(f"expected debug, info, warning or error, found {show(node)}")
         return text.lower()
+
+    # ---- tasks:
+
+    def _tasks(self, node: Node) -> TaskSettings | None:
+        if is_null(node):
+            return TaskSettings()
+        if not isinstance(node, MappingNode):
+            self.error(node, "tasks", f"expected a mapping of task settings, found {kind(node)}")
+            return None
+        values: dict[str, Any] = {}
+        ok = True
+        for k, v in self.entries(node, "tasks"):
+            key = k.value
+            kp = f"tasks.{key}"
+            reader: Callable[[Node], Any] | None = {
+                "max_parallel": lambda n: self._int(n, 1, MAX_PARALLEL),
+                "keep": lambda n: self._number(n, "a number of days like 7 or 0.5", 0.0,
+                                               MAX_KEEP, zero=False),
+                "timeout": lambda n: self._number(n, "a number of seconds like 60 or 0 (none)",
+                                                  0.0, MAX_TIMEOUT),
+                "stopsignal": self._signal,
+                "stoptime": self._seconds,
+            }.get(key)
+            if reader is None:
+                self.error(k, kp, unknown_key(key, TASK_SETTING_KEYS, "tasks"))
+                ok = False
+                continue
+            ok = self._read(reader, v, kp, values, key) and ok
+        return TaskSettings(**values) if ok else None
+
+    def _number(self, node: Node, what: str, lo: float, hi: float, zero: bool = True) -> float:
+        """An unquoted decimal number in [lo, hi] (lo excluded when not `zero`)."""
+        scalar = self._scalar(node, what)
+        if quoted(scalar) or not NUMBER_RE.fullmatch(scalar.value):
+            raise Reject(f"expected {what}, found {show(scalar)}")
+        value = float(scalar.value)
+        if value < lo or (not zero and value == lo):
+            raise Reject(f"must be {'>=' if zero else '>'} {lo:g}, found {scalar.value}")
+        if value > hi:
+            raise Reject(f"must be <= {hi:.10g}, found {scalar.value}")
+        return value

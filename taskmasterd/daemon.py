@@ -37,10 +37,11 @@ from taskmasterd.statestore import Refused, Snapshot, StateStore, StoreBusy, Sto
 from taskmasterd.statestore import handover as handovers
 from taskmasterd.statestore.handover import Handover
 from taskmasterd.supervisor import Supervisor
+from taskmasterd.tasks.manager import TaskManager
+from taskmasterd.taskwiring import create_task_manager, stderr_file
 
 if TYPE_CHECKING:
     from taskmasterd.bus.embedded import EmbeddedBus
-    from taskmasterd.bus.taskobjects import Tasks
 
 log = logging.getLogger("taskmasterd")
 
@@ -81,7 +82,10 @@ class Daemon:
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _status_pending: bool = False
     alerts: AlertDispatcher | None = None  # set by create()
-    tasks: Tasks | None = None  # the task manager (issue 14: not built yet, None: no tasks)
+    # One-shot tasks (set by create(); the D-Bus layer uses it). Opened once
+    # the state store is ours; closed at shutdown, where running tasks go on
+    # under the task runner for the next daemon to take back.
+    tasks: TaskManager = field(init=False)
     store: StateStore | None = None  # set by create(); used from run() on
     writer: StoreWriter | None = None  # while this daemon owns the store
     handover: Handover | None = None  # what our previous image handed over (daemon-reexec)
@@ -141,7 +145,9 @@ class Daemon:
         # The log writer (a child) keeps draining the pipes it holds; the new
         # image re-attaches it (LogPipes.attach_surviving: our control socket
         # closes at exec) or, if it cannot, collects its exit.
-        reap = (sup.logpipes.pid,) if sup.logpipes.pid else ()
+        # The task runner too, when we started it (a child): it keeps its
+        # tasks and the new image attaches to it again (TaskManager.open).
+        reap = tuple(p for p in (sup.logpipes.pid, self.tasks.runner.pid) if p)
         h = Handover(snapshot, pidfds, tuple(sup.down_states()), __version__, embedded_bus, reap)
         fd = handovers.write_memfd(h)
         if self.store is not None and self.writer is not None:
@@ -186,8 +192,10 @@ class Daemon:
         sup.logpipes.attach_surviving(writer_socket(runtime_dir(), paths.statedir, config.path))
         daemon = cls(config.path, config, bus, lifelog, sup, store=StateStore(paths.statedir))
         bus.subscribe(daemon._on_event)
+        tasks = create_task_manager(paths.statedir, config.path, config.tasks, bus)
+        daemon.tasks = tasks
         daemon.alerts = AlertDispatcher(config.alerts, config_path=config.path,
-                                        stderr_file=lambda p: sup.output_file(p, "stderr"))
+                                        stderr_file=lambda p: stderr_file(tasks, sup, p))
         bus.subscribe(daemon.alerts.on_event)
         daemon._warn_if_exposed(config)
         return daemon
@@ -225,6 +233,7 @@ class Daemon:
         except OSError as exc:
             self._reload_failed([f"cannot open the log file {paths.logfile}: {exc.strerror}"])
         self.supervisor.logdir = paths.logdir
+        self.tasks.configure(new.tasks)
         if self.alerts is not None:  # before the RELOAD event: the new targets hear of it
             self.alerts.configure(new.alerts)
         self._warn_if_exposed(new)
@@ -255,6 +264,7 @@ class Daemon:
             message=f"taskmasterd {__version__} started with {self.config_path} "
                     f"({len(self.config.programs)} programs)"))
         self._open_store()
+        await self._open_tasks()
         if self.handover is not None:  # after our own exec: what ran, runs; what did not, not
             known = {r.process for r in self.handover.snapshot.processes}
             known |= set(self.supervisor.restore(list(self.handover.down)))
@@ -264,6 +274,7 @@ class Daemon:
         self._set_state("running")  # READY=1: the bus name is ours, autostart launched
         self.notifier.start_watchdog()
         await self._stop.wait()
+        await self.tasks.close()  # detach: running tasks go on under the runner
         if self._reexec:
             return REEXEC
         self._set_state("stopping")
@@ -316,6 +327,20 @@ class Daemon:
         self.writer = StoreWriter(store, self.supervisor.snapshot)
         self.bus.subscribe(self.writer.changed)
         self.writer.changed()
+
+    async def _open_tasks(self) -> None:
+        """Take back the tasks on disk (and the runner that outlived us), if
+        this daemon owns the statedir: two daemons never run its tasks."""
+        if self.writer is None:
+            self.tasks.unavailable = "another taskmasterd owns the statedir, or it is unusable " \
+                                     "(see the state store warning)"
+            log.warning("tasks: not taken back nor accepted: %s", self.tasks.unavailable)
+            return
+        try:
+            await self.tasks.open()
+        except (OSError, TaskmasterError) as exc:
+            self.tasks.unavailable = f"the tasks under the statedir cannot be read ({exc})"
+            log.error("tasks: %s", self.tasks.unavailable)
 
     def reopen_logs(self) -> None:
         """SIGUSR2 (supervisord's habit; logrotate's postrotate sends it):

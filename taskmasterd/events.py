@@ -118,6 +118,12 @@ class Event:
             return [("added", ",".join(self.reload.added)),
                     ("changed", ",".join(self.reload.changed)),
                     ("removed", ",".join(self.reload.removed))]
+        t = self.task
+        if t is not None and t.is_activity:
+            return [("activity", t.id), ("activity_state", t.new)]
+        if t is not None:
+            return [("task", t.id), *([("activity", t.activity)] if t.activity else []),
+                    ("task_state", t.new)]
         return []
 
 

@@ -12,8 +12,9 @@ from taskmasterd.events import Event
 # Event kinds that are not process states but can be alerted on.
 DAEMON_KINDS = frozenset({events.RELOAD, events.RELOAD_FAILED, events.DAEMON_START,
                           events.DAEMON_STOP})
+TASK_KINDS = frozenset(k for k in events.Kind if k.startswith(("TASK_", "ACTIVITY_")))
 _ALERTABLE = frozenset({"STARTING", "RUNNING", "BACKOFF", "STOPPING", "STOPPED", "EXITED", "FATAL",
-                        events.SPAWN_ERROR, events.ADOPTED, *DAEMON_KINDS})
+                        events.SPAWN_ERROR, events.ADOPTED, *DAEMON_KINDS, *TASK_KINDS})
 
 
 def alert_name(event: Event) -> str | None:
@@ -36,7 +37,8 @@ def display_name(event: Event) -> str:
 def matches(alert: AlertConfig, event: Event) -> bool:
     """Whether `alert` wants `event`: its name is in `events` (EXITED means
     both kinds of exit) and, for a process event, its program or process
-    name matches one of the `programs` globs. Daemon events (RELOAD,
+    name matches one of the `programs` globs (a task's or an activity's
+    name or id, for their events). Daemon events (RELOAD,
     RELOAD_FAILED, DAEMON_START, DAEMON_STOP) ignore `programs`."""
     name = alert_name(event)
     if name is None:

@@ -18,8 +18,9 @@ from taskmasterd.process import describe_status
 MAX_LISTED = 10  # processes named in a summary
 
 # apprise's notify types (the same strings on 1.2 and 2.x), by how bad an event is.
-_FAILURE = frozenset({"FATAL", events.RELOAD_FAILED})
-_WARNING = frozenset({"EXITED_UNEXPECTED", "BACKOFF", events.SPAWN_ERROR})
+_FAILURE = frozenset({"FATAL", events.RELOAD_FAILED, events.Kind.TASK_FAILED,
+                      events.Kind.ACTIVITY_FAILED})
+_WARNING = frozenset({"EXITED_UNEXPECTED", "BACKOFF", events.SPAWN_ERROR, events.Kind.TASK_LOST})
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def message_fields(batch: Batch, host: str, stderr_tail: str = "") -> dict[str, 
         "process": listed(batch.processes),
         "pid": str(last.pid) if last.pid else "",
         "event": describe_kinds(batch) if batch.summary else display_name(last),
-        "state": last.new_state or last.kind,
+        "state": last.task.new if last.task is not None else (last.new_state or last.kind),
         "status": describe_status(last.exit_status) if last.exit_status is not None else "",
         "time": clock(last.time),
         "since": clock(batch.first.time),
@@ -99,7 +100,15 @@ def default_title(batch: Batch, f: dict[str, str]) -> str:
     if batch.summary:
         noun = "event" if batch.count == 1 else "events"
         return f"[{f['host']}] {f['program'] or f['process']}: {batch.count} more {noun}"
-    return f"[{f['host']}] {f['process']}: {f['event']}"
+    return f"[{f['host']}] {task_label(batch.last) or f['process']}: {f['event']}"
+
+
+def task_label(event: events.Event) -> str:
+    """"task deploy (3df2bb24)", "activity release (0a1b2c3d)"; "" for others."""
+    t = event.task
+    if t is None:
+        return ""
+    return f"{'activity' if t.is_activity else 'task'} {t.name} ({t.id})"
 
 
 def default_body(batch: Batch, f: dict[str, str]) -> str:
@@ -116,7 +125,13 @@ def default_body(batch: Batch, f: dict[str, str]) -> str:
     else:
         lines.append(f"{f['event']}: {f['process']} on {f['host']}")
         lines.append(f"time: {f['time']}")
-    if last.program:
+    if last.task is not None:  # a task's or an activity's end
+        lines.append(f"{task_label(last)}: {f['state']}")
+        if last.task.activity and not last.task.is_activity:
+            lines.append(f"activity: {last.task.activity}")
+        if last.task.reason:
+            lines.append(f"reason: {last.task.reason}")
+    elif last.program:
         lines.append(f"program: {last.program}, process: {last.process}")
         lines.append(f"state: {f['state']}")
     if f["pid"]:
@@ -125,7 +140,9 @@ def default_body(batch: Batch, f: dict[str, str]) -> str:
         lines.append(f"status: {f['status']}")
     lines.append(last.message)
     if f["stderr_tail"]:
-        lines += ["", f"last lines of the stderr of {last.process}:", f["stderr_tail"]]
+        whose = f"task {last.process}" if last.task is not None and not last.task.is_activity \
+            else "its failed task" if last.task is not None else last.process
+        lines += ["", f"last lines of the stderr of {whose}:", f["stderr_tail"]]
     return "\n".join(lines)
 
 

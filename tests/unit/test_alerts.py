@@ -462,7 +462,8 @@ alerts:
     first, second = config.alerts
     assert first == AlertConfig(url="json://127.0.0.1:8000/hook")
     assert first.rate == DEFAULT_ALERT_RATE == 60.0
-    assert first.events == frozenset({"FATAL", "EXITED_UNEXPECTED"}) and first.programs == ("*",)
+    assert first.events == frozenset({"FATAL", "EXITED_UNEXPECTED", "TASK_FAILED", "ACTIVITY_FAILED",
+                                      "ACTIVITY_SUCCEEDED"}) and first.programs == ("*",)
     assert first.title is None and first.body is None
     assert (first.line, first.column) == (3, 10)
     assert (second.line, second.column) == (4, 10)
@@ -611,3 +612,62 @@ def test_the_schema_tests_pass_without_apprise() -> None:
                        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert " passed" in r.stdout and " failed" not in r.stdout
+
+
+# ---------------------------------------------------------------------------
+# tasks and activities
+
+
+def task_end(state: str = "failed", kind: str = "TASK_FAILED", name: str = "deploy",
+             activity: str = "0a1b2c3d", status: int | None = 3,
+             reason: str = "exited with status 3") -> Event:
+    from taskmasterd.events import TaskChange
+
+    return Event(kind=kind, message=f"task {name} (3df2bb24) {state}: {reason}", process="3df2bb24",
+                 program=name, pid=77, exit_status=status, time=T0,
+                 task=TaskChange("3df2bb24", name, "running", state, activity, status, None, reason))
+
+
+def activity_end(state: str = "failed", kind: str = "ACTIVITY_FAILED") -> Event:
+    from taskmasterd.events import TaskChange
+
+    return Event(kind=kind, message=f"activity release (0a1b2c3d) {state}", process="0a1b2c3d",
+                 program="release", time=T0,
+                 task=TaskChange("0a1b2c3d", "release", "running", state, "0a1b2c3d",
+                                 reason="its task 3df2bb24 failed", is_activity=True))
+
+
+def test_task_events_can_be_asked_for_and_some_are_in_the_defaults() -> None:
+    a = alert()
+    assert matches(a, task_end())
+    assert matches(a, activity_end())
+    assert matches(a, activity_end("succeeded", "ACTIVITY_SUCCEEDED"))
+    assert not matches(a, task_end("succeeded", "TASK_SUCCEEDED", status=0, reason=""))
+    assert not matches(a, task_end("lost", "TASK_LOST", status=None))
+    assert matches(alert(events=frozenset({"TASK_LOST"})), task_end("lost", "TASK_LOST"))
+    for kind in ("TASK_FAILED", "TASK_LOST", "ACTIVITY_FAILED", "ACTIVITY_SUCCEEDED"):
+        assert kind in ALERT_EVENTS and alert_name(task_end(kind=kind)) == kind
+    # programs: globs match a task's name or id
+    assert matches(alert(programs=("dep*",)), task_end())
+    assert matches(alert(programs=("3df2bb24",)), task_end())
+    assert not matches(alert(programs=("web",)), task_end())
+
+
+def test_a_task_message_says_name_id_state_activity_reason_status_and_its_stderr() -> None:
+    msg = render(alert(), Batch.of(task_end()), "vogon", "ssh: connect refused")
+    assert msg.title == "[vogon] task deploy (3df2bb24): TASK_FAILED"
+    for text in ("task deploy (3df2bb24): failed", "activity: 0a1b2c3d",
+                 "reason: exited with status 3", "status: exit status 3", "pid: 77",
+                 "last lines of the stderr of task 3df2bb24:\nssh: connect refused"):
+        assert text in msg.body, msg.body
+    assert "program:" not in msg.body
+    assert msg.kind == "failure"
+    act = render(alert(), Batch.of(activity_end()), "vogon", "boom")
+    assert act.title == "[vogon] activity release (0a1b2c3d): ACTIVITY_FAILED"
+    assert "activity release (0a1b2c3d): failed" in act.body
+    assert "reason: its task 3df2bb24 failed" in act.body
+    assert "last lines of the stderr of its failed task:\nboom" in act.body
+    assert act.kind == "failure"
+    ok = render(alert(), Batch.of(activity_end("succeeded", "ACTIVITY_SUCCEEDED")), "vogon")
+    assert ok.kind == "info"
+    assert message_fields(Batch.of(task_end()), "vogon")["state"] == "failed"

@@ -302,7 +302,7 @@ def test_top_level_must_be_a_mapping(tmp_path: Path, text: str, found: str) -> N
         ("web:\n  cmd: /bin/true\n", "web", "a program belongs under 'programs:' — indent it there"),
         ("cmd: /bin/true\n", "cmd", "'cmd' is a program setting"),
         ("loglevel: debug\n", "loglevel", "'loglevel' is a daemon setting — indent it under 'taskmasterd:'"),
-        ("zzz: 1\n", "zzz", "unknown top-level key 'zzz'; expected taskmasterd, programs or alerts"),
+        ("zzz: 1\n", "zzz", "unknown top-level key 'zzz'; expected taskmasterd, programs, alerts or tasks"),
         ("taskmaster:\n  loglevel: info\n", "taskmaster", "did you mean 'taskmasterd'?"),
     ],
 )
@@ -1222,6 +1222,17 @@ def test_alert_events_constant() -> None:
         "RELOAD_FAILED",
         "DAEMON_START",
         "DAEMON_STOP",
+        "TASK_QUEUED",
+        "TASK_STARTED",
+        "TASK_SUCCEEDED",
+        "TASK_FAILED",
+        "TASK_CANCELLED",
+        "TASK_LOST",
+        "TASK_ADOPTED",
+        "ACTIVITY_STARTED",
+        "ACTIVITY_SUCCEEDED",
+        "ACTIVITY_FAILED",
+        "ACTIVITY_CANCELLED",
     )
 
 
@@ -1242,7 +1253,8 @@ alerts:
         ),
         AlertConfig(url="mailto://ops@example.com"),
     )
-    assert config.alerts[1].events == frozenset({"FATAL", "EXITED_UNEXPECTED"})
+    assert config.alerts[1].events == frozenset({"FATAL", "EXITED_UNEXPECTED", "TASK_FAILED",
+                                                 "ACTIVITY_FAILED", "ACTIVITY_SUCCEEDED"})
     assert config.alerts[1].programs == ("*",)
 
 

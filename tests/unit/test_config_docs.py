@@ -15,6 +15,7 @@ import yaml
 
 from taskmasterd import config, programschema
 from taskmasterd.alertschema import ALERT_KEYS
+from taskmasterd.tasks.settings import TASK_SETTING_KEYS
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "config.md"
 ROW = re.compile(r"\| `([a-z_]+)` \|(.*)")
@@ -36,7 +37,7 @@ def tables() -> dict[str, dict[str, list[str]]]:
 
 
 SECTIONS = {"`taskmasterd:`": config.GLOBAL_KEYS, "`programs:`": config.PROGRAM_KEYS,
-            "`alerts:`": ALERT_KEYS}
+            "`alerts:`": ALERT_KEYS, "`tasks:`": TASK_SETTING_KEYS}
 
 
 def test_every_key_the_reader_takes_is_documented_and_only_those() -> None:
@@ -68,10 +69,12 @@ def test_every_example_value_loads(tmp_path: Path) -> None:
         programs.pop("user")  # switching users needs root
     loaded = _load(tmp_path, {"taskmasterd": _examples("`taskmasterd:`"),
                               "programs": {"worker": programs},
-                              "alerts": [_examples("`alerts:`")]})
+                              "alerts": [_examples("`alerts:`")],
+                              "tasks": _examples("`tasks:`")})
     assert loaded.programs[0].numprocs == programs["numprocs"]
     assert loaded.daemon.loglevel == "debug"
     assert len(loaded.alerts) == 1
+    assert loaded.tasks.max_parallel == 16
 
 
 @pytest.mark.parametrize("section", list(SECTIONS))
@@ -96,11 +99,14 @@ def test_defaults_written_as_values_are_the_readers(tmp_path: Path, section: str
                 return _load(tmp_path, {"programs": {"p": item}}).programs[0]
             if section == "`alerts:`":
                 return _load(tmp_path, {"alerts": [item], "programs": {}}).alerts[0]
+            if section == "`tasks:`":
+                return _load(tmp_path, {"tasks": item, "programs": {}}).tasks
             return _load(tmp_path, {"taskmasterd": item, "programs": {}}).daemon
 
         assert load({key: default}) == load({}), f"{section} {key}: documented default {default!r}"
         checked += 1
-    assert checked >= {"`programs:`": 15, "`alerts:`": 2, "`taskmasterd:`": 1}[section]
+    assert checked >= {"`programs:`": 15, "`alerts:`": 2, "`taskmasterd:`": 1,
+                       "`tasks:`": 5}[section]
 
 
 def test_every_supervisord_name_is_listed_with_ours(tmp_path: Path) -> None:

@@ -127,3 +127,44 @@ def test_watchdog_pings_every_half_period_on_the_virtual_clock() -> None:
     pings = [t for t, text in sent if text == "WATCHDOG=1"]
     assert pings == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8], abs=1e-9)
     assert sent[-1][1].startswith("STOPPING=1") and sent[-1][0] == pytest.approx(0.9)
+
+
+def test_task_and_activity_events_lines_fields_and_levels() -> None:
+    """A task's end: its id, activity, state and exit status in the log line
+    and the journal; failed, lost and a failed activity are warnings."""
+    import logging
+
+    from taskmasterd.logsink import level_of
+    from taskmasterd.tasks import notices
+    from taskmasterd.tasks.records import ActivityState, ActivityStatus, TaskState, TaskStatus
+    from taskmasterd.tasks.spec import TaskSpec
+
+    failed = TaskStatus(id="3df2bb24", spec=TaskSpec(command="/usr/bin/deploy"),
+                        state=TaskState.FAILED, seq=4, submitted=1.0, activity="0a1b2c3d",
+                        pid=77, exit_code=3, reason="exited with status 3")
+    ev = notices.task_event(TaskState.RUNNING, failed)
+    assert format_event(ev) == ("3df2bb24 TASK_FAILED pid=77 status=3 task=3df2bb24 "
+                                "activity=0a1b2c3d task_state=failed: task deploy (3df2bb24) "
+                                "failed in activity 0a1b2c3d: exited with status 3")
+    f = fields(ev)
+    assert f["TASKMASTER_TASK"] == "3df2bb24" and f["TASKMASTER_ACTIVITY"] == "0a1b2c3d"
+    assert f["TASKMASTER_TASK_STATE"] == "failed" and f["TASKMASTER_EXIT_STATUS"] == "3"
+    assert f["TASKMASTER_PROGRAM"] == "deploy" and f["MESSAGE_ID"] == MESSAGE_IDS["TASK_FAILED"]
+    assert level_of(ev) == logging.WARNING
+    killed = notices.task_event(TaskState.RUNNING, failed.replace(exit_code=None, signal=9,
+                                                                  reason="", activity=""))
+    assert fields(killed)["TASKMASTER_EXIT_STATUS"] == "-9" and "TASKMASTER_ACTIVITY" not in fields(killed)
+    assert killed.message == "task deploy (3df2bb24) failed: killed by SIGKILL"
+    lost = notices.task_event(TaskState.RUNNING, failed.replace(state=TaskState.LOST, exit_code=None))
+    assert level_of(lost) == logging.WARNING
+    ok = notices.task_event(TaskState.RUNNING, failed.replace(state=TaskState.SUCCEEDED, exit_code=0))
+    assert level_of(ok) == logging.INFO and ok.kind == Kind.TASK_SUCCEEDED
+    act = ActivityStatus(id="0a1b2c3d", name="release", state=ActivityState.FAILED,
+                         tasks=("3df2bb24",), seq=3, submitted=1.0, failed_task="3df2bb24",
+                         reason="its task 3df2bb24 failed: exited with status 3")
+    aev = notices.activity_event(ActivityState.RUNNING, act)
+    assert format_event(aev) == ("0a1b2c3d ACTIVITY_FAILED activity=0a1b2c3d activity_state=failed: "
+                                 "activity release (0a1b2c3d) failed: its task 3df2bb24 failed: "
+                                 "exited with status 3")
+    assert fields(aev)["TASKMASTER_ACTIVITY_STATE"] == "failed"
+    assert level_of(aev) == logging.WARNING

@@ -1,0 +1,529 @@
+"""The daemon side of tasks: `TaskManager` holds every task and activity on
+disk, queues them (taskmasterd/tasks/queue.py decides), hands them to the
+task runner (taskmasterd/tasks/runnerclient.py), and publishes every change
+of state on the EventBus, once.
+
+Who writes a status.json (docs/tasks.md): the daemon writes `queued`,
+`cancelled` of a task the runner never got, `lost`, and the activity files;
+the runner writes everything else of a task it was given (running, the
+heartbeat, the end) and tells us through `on_status`. So a task handed to the
+runner is never written here while the runner holds it; `lost` is written
+only once the runner is gone. Writes go to one executor thread, in order,
+so the event loop never waits on the disk; `submit` waits for its own write
+(the task is durable when its id is returned).
+
+Start-up (`open`) takes back what a previous daemon left (see `_recover`).
+Clean shutdown (`close`) detaches from the runner: running tasks go on under
+it and the next daemon takes them back; queued ones stay queued on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from taskmasterd import spawn
+from taskmasterd.errors import BadName, NoSuchTask, NotRunning, TaskInvalid, TaskmasterError
+from taskmasterd.events import EventBus
+from taskmasterd.tasks import notices
+from taskmasterd.tasks.keep import expired
+from taskmasterd.tasks.queue import ActivityEnd, TaskQueue
+from taskmasterd.tasks.records import (
+    ActivityState,
+    ActivityStatus,
+    TaskState,
+    TaskStatus,
+    _iso,
+    new_id,
+)
+from taskmasterd.tasks.settings import TaskSettings
+from taskmasterd.tasks.spec import TaskSpec
+from taskmasterd.tasks.taskfiles import STREAMS, TaskFiles
+
+log = logging.getLogger("taskmasterd")
+T = TypeVar("T")
+
+CLEANUP_EVERY = 60.0  # seconds between two clean-ups after task ends (no timer)
+UNWATCHED = "ended while no task runner watched it: exit status unknown"
+
+RemovedListener = Callable[[list[str], list[str]], None]
+
+
+class RunnerClient(Protocol):
+    """What the manager uses of taskmasterd.tasks.runnerclient.RunnerClient
+    (the daemon side of the task runner; tests give a fake)."""
+
+    def attach_surviving(self) -> list[TaskStatus] | None: ...
+    def run(self, status: TaskStatus, stopsignal: int, stoptime: float) -> None: ...
+    def cancel(self, id: str, reason: str) -> None: ...
+    @property
+    def pid(self) -> int: ...
+    async def close(self) -> None: ...
+
+
+class TaskManager:
+    def __init__(self, statedir: str, settings: TaskSettings, events: EventBus,
+                 runner: RunnerClient, *, clock: Callable[[], float] = time.time) -> None:
+        self.files = TaskFiles(statedir)
+        self.settings = settings
+        self.events = events
+        self.runner = runner
+        self.clock = clock  # wall time: what the files record
+        self.removed_listeners: list[RemovedListener] = []
+        self._tasks: dict[str, TaskStatus] = {}
+        self._activities: dict[str, ActivityStatus] = {}
+        self._queue = TaskQueue(settings.max_parallel)
+        self._seq = 1
+        self._sent: set[str] = set()  # handed to the runner: it writes their status now
+        self._watched: dict[str, spawn.Child] = {}  # alive, no runner: lost at exit
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="taskfiles")
+        self._append_lock = asyncio.Lock()
+        self._last_cleanup: float | None = None
+        self._closed = False
+        self._scheduling = False
+        # Why submissions are refused (None: they are taken): until open(),
+        # or when another daemon owns this statedir.
+        self.unavailable: str | None = "taskmasterd is starting"
+        self._jobs: set[asyncio.Task[None]] = set()
+
+    # ---- reading -----------------------------------------------------------
+
+    def tasks(self) -> list[TaskStatus]:
+        return sorted(self._tasks.values(), key=lambda s: s.seq)
+
+    def task(self, id: str) -> TaskStatus:
+        s = self._tasks.get(id)
+        if s is None:
+            raise NoSuchTask(f"no task {id!r}")
+        return s
+
+    def activities(self) -> list[ActivityStatus]:
+        return sorted(self._activities.values(), key=lambda a: a.seq)
+
+    def activity(self, id: str) -> ActivityStatus:
+        a = self._activities.get(id)
+        if a is None:
+            raise NoSuchTask(f"no activity {id!r}")
+        return a
+
+    def output_file(self, id: str, stream: str) -> str:
+        if stream not in STREAMS:
+            raise BadName(f"{stream!r} is not an output stream; expected stdout or stderr")
+        self.task(id)
+        return self.files.task_dir(id).output(stream)
+
+    def knows(self, id: str) -> bool:
+        return id in self._tasks or id in self._activities
+
+    def stderr_file(self, id: str) -> str:
+        """The stderr an alert about task or activity `id` shows the tail of:
+        the task's own; for an activity, its failing task's (its last
+        task's when it succeeded). NoSuchTask otherwise."""
+        a = self._activities.get(id)
+        if a is not None:
+            id = a.failed_task or (a.tasks[-1] if a.tasks else "")
+        return self.output_file(id, "stderr")
+
+    # ---- submitting ---------------------------------------------------------------
+
+    async def submit(self, spec: TaskSpec) -> TaskStatus:
+        """Queue one task (appended to `spec.activity` when set); its queued
+        status is on disk, fsynced, when this returns."""
+        self._check_available()
+        if spec.activity:
+            async with self._append_lock:  # positions in an activity follow the order of calls
+                return await self._append(spec)
+        (status,) = await self._io(self._create, [self._new_status(spec, "", 0)])
+        self._queued(status)
+        self._queue.add_task(status.id, status.seq)
+        self._schedule()
+        return status
+
+    async def _append(self, spec: TaskSpec) -> TaskStatus:
+        act = self._open_activity(spec.activity)
+        (status,) = await self._io(self._create, [self._new_status(spec, act.id, len(act.tasks))])
+        act = self._activities.get(act.id, act)
+        if act.state.final:  # it ended while the file was written: nothing queued
+            await self._io(self.files.remove_task, status.id)
+            raise TaskInvalid(f"activity {act.id} has ended ({act.state})")
+        self._queued(status)
+        self._queue.append(act.id, status.id, status.seq)
+        self._set_activity(act.replace(tasks=(*act.tasks, status.id)))
+        self._schedule()
+        return status
+
+    def _open_activity(self, id: str) -> ActivityStatus:
+        act = self._activities.get(id)
+        if act is None:
+            raise TaskInvalid(f"activity: no activity {id!r} to append the task to")
+        if act.state.final:
+            raise TaskInvalid(f"activity {id} has ended ({act.state})")
+        return act
+
+    async def submit_activity(self, name: str, specs: list[TaskSpec]) -> ActivityStatus:
+        """Queue an activity and all its tasks at once (durable on return)."""
+        self._check_available()
+        if not specs:
+            raise TaskInvalid("activity.tasks: expected at least one task")
+        for i, spec in enumerate(specs):
+            if spec.activity:
+                raise TaskInvalid(f"activity.tasks[{i}].activity: a task of a new activity "
+                                  "cannot name another activity")
+        seq = self._take_seq()
+        statuses = [self._new_status(spec, "", i) for i, spec in enumerate(specs)]
+        act = ActivityStatus(id="", name=name, state=ActivityState.QUEUED, tasks=(), seq=seq,
+                             submitted=self.clock())
+        act, statuses = await self._io(self._create_activity, act, statuses)
+        self._activities[act.id] = act
+        for s in statuses:
+            self._queued(s)
+            self._queue.add_task(s.id, s.seq, activity=act.id)
+        self._queue.add_activity(act.id, list(act.tasks))
+        self._schedule()
+        return act
+
+    def _check_available(self) -> None:
+        if self.unavailable is not None:
+            raise TaskmasterError(f"tasks cannot be submitted: {self.unavailable}")
+
+    def _take_seq(self) -> int:
+        seq = self._seq
+        self._seq += 1
+        return seq
+
+    def _new_status(self, spec: TaskSpec, activity: str, position: int) -> TaskStatus:
+        """Its id is chosen with its directory (in the writer thread)."""
+        timeout = self.settings.timeout if spec.timeout is None else spec.timeout
+        # As the file reads back: the limit in force, the activity in the status only.
+        spec = dataclasses.replace(spec, timeout=timeout, activity="")
+        return TaskStatus(id="", spec=spec, state=TaskState.QUEUED, seq=self._take_seq(),
+                          submitted=self.clock(), timeout=timeout, activity=activity,
+                          position=position)
+
+    # (writer thread) ids are picked where the directories are made: one
+    # thread, so two submissions cannot pick the same id.
+    def _create(self, statuses: list[TaskStatus], activity: str = "") -> list[TaskStatus]:
+        out: list[TaskStatus] = []
+        try:
+            for s in statuses:
+                s = s.replace(id=new_id(self.files.taken))
+                if activity:
+                    s = s.replace(activity=activity)
+                self.files.create_task(s)
+                out.append(s)
+        except OSError:
+            for s in out:
+                self.files.remove_task(s.id)
+            raise
+        return out
+
+    def _create_activity(self, act: ActivityStatus,
+                         statuses: list[TaskStatus]) -> tuple[ActivityStatus, list[TaskStatus]]:
+        act = act.replace(id=new_id(self.files.taken))
+        os.makedirs(self.files.activity_path(act.id), mode=0o700)  # reserves the id
+        try:
+            made = self._create(statuses, act.id)
+            act = act.replace(tasks=tuple(s.id for s in made))
+            self.files.write_activity(act)
+        except OSError:
+            self.files.remove_activity(act.id)
+            raise
+        return act, made
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking file job in the writer thread and wait for it;
+        OSError becomes the caller's error (nothing was queued)."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, fn, *args)
+        except OSError as exc:
+            raise TaskmasterError(f"cannot write under {self.files.statedir}: "
+                                  f"{exc.strerror or exc}") from None
+
+    def _queued(self, status: TaskStatus) -> None:
+        self._tasks[status.id] = status
+        self.events.publish(notices.task_event(None, status))
+
+    # ---- writing without waiting ---------------------------------------------------
+
+    def _write(self, fn: Callable[..., None], *args: Any) -> None:
+        """A status write in the writer thread, after those before it; its
+        failure is logged (the state in memory and the events stand)."""
+        if self._closed:
+            return
+
+        def job() -> None:
+            try:
+                fn(*args)
+            except OSError as exc:
+                log.warning("tasks: cannot write under %s: %s", self.files.statedir,
+                            exc.strerror or exc)
+        asyncio.get_running_loop().run_in_executor(self._pool, job)
+
+    def _set_task(self, status: TaskStatus, *, write: bool, adopted: bool = False) -> None:
+        old = self._tasks.get(status.id)
+        self._tasks[status.id] = status
+        if write:
+            self._write(self.files.write_task, status)
+        self.events.publish(notices.task_event(old.state if old else None, status,
+                                               adopted=adopted))
+
+    def _set_activity(self, act: ActivityStatus) -> None:
+        old = self._activities.get(act.id)
+        self._activities[act.id] = act
+        self._write(self.files.write_activity, act)
+        if old is None or old.state != act.state:
+            self.events.publish(notices.activity_event(old.state if old else None, act))
+
+    # ---- running ------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        """Start what the queue allows now (same loop turn as the end that
+        freed a lane)."""
+        if self._closed or self._scheduling:
+            return  # the loop below goes on with the lanes an end freed
+        self._scheduling = True
+        try:
+            while batch := self._queue.to_start():
+                for id in batch:
+                    self._hand_over(self._tasks[id])
+        finally:
+            self._scheduling = False
+
+    def _hand_over(self, status: TaskStatus) -> None:
+        if status.activity:
+            act = self._activities.get(status.activity)
+            if act is not None and act.state == ActivityState.QUEUED:
+                self._set_activity(act.replace(state=ActivityState.RUNNING, started=self.clock()))
+        try:
+            self.runner.run(status, int(self.settings.stopsignal), self.settings.stoptime)
+        except (OSError, TaskmasterError) as exc:
+            # Never handed over: ours to write, and nobody else's.
+            self._end(status.replace(state=TaskState.FAILED, ended=self.clock(),
+                                     reason=f"the task runner could not be started: {exc}"),
+                      write=True)
+            return
+        self._sent.add(status.id)
+
+    def on_status(self, status: TaskStatus) -> None:
+        """The runner wrote `status` (running, a heartbeat, the end)."""
+        known = self._tasks.get(status.id)
+        if known is None or known.state.final:
+            return  # unknown, or decided already (lost while its runner was gone)
+        if status.state.final:
+            self._sent.discard(status.id)
+            self._end(status, write=False)
+        elif status.state == TaskState.RUNNING:
+            self._tasks[status.id] = status
+            if known.state != TaskState.RUNNING:
+                self.events.publish(notices.task_event(known.state, status))
+
+    def _end(self, status: TaskStatus, *, write: bool) -> None:
+        """A task ended (told by the runner, or decided here): record it,
+        draw its activity's consequences, fill the freed lane."""
+        self._set_task(status, write=write)
+        end = self._queue.ended(status.id, status.state, status.reason)
+        if end is not None:
+            self._end_activity(end)
+        self._maybe_cleanup()
+        self._schedule()
+
+    def _end_activity(self, end: ActivityEnd) -> None:
+        act = self._activities.get(end.activity)
+        if act is None:
+            return
+        now = self.clock()
+        for id in end.cancel_queued:
+            s = self._tasks.get(id)
+            if s is not None and not s.state.final:
+                self._set_task(s.replace(state=TaskState.CANCELLED, ended=now, reason=end.reason),
+                               write=True)
+        for id in end.cancel_running:
+            self._stop(id, end.reason)
+        reason = end.reason
+        if end.failed_task:
+            failed = self._tasks.get(end.failed_task)
+            reason = f"its task {end.failed_task} " + (
+                f"{failed.state}" + (f": {failed.reason}" if failed.reason else "")
+                if failed is not None else "is missing (its status file was refused)")
+        self._set_activity(act.replace(state=end.state, ended=now, failed_task=end.failed_task,
+                                       reason=reason))
+
+    def _stop(self, id: str, reason: str) -> None:
+        """Ask whoever runs task `id` to stop it."""
+        if id in self._sent:
+            self.runner.cancel(id, reason)
+            return
+        child = self._watched.get(id)
+        if child is not None:  # no runner: our signal; its exit marks it lost
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, self.settings.stopsignal)
+
+    # ---- cancelling -------------------------------------------------------------------
+
+    def cancel(self, id: str, reason: str) -> None:
+        s = self.task(id)
+        if s.state.final:
+            raise NotRunning(f"task {id} has already ended ({s.state})")
+        if id in self._sent or id in self._watched:
+            self._stop(id, reason)  # its end comes later, from whoever runs it
+            return
+        self._end(s.replace(state=TaskState.CANCELLED, ended=self.clock(), reason=reason),
+                  write=True)
+
+    def cancel_activity(self, id: str, reason: str) -> None:
+        act = self.activity(id)
+        if act.state.final:
+            raise NotRunning(f"activity {id} has already ended ({act.state})")
+        c = self._queue.cancel_activity(id, reason)
+        now = self.clock()
+        for t in c.cancel_queued:
+            s = self._tasks.get(t)
+            if s is not None:
+                self._set_task(s.replace(state=TaskState.CANCELLED, ended=now, reason=reason),
+                               write=True)
+        for t in c.cancel_running:
+            self._stop(t, reason)
+        if c.end is not None:
+            self._end_activity(c.end)
+        self._schedule()
+
+    # ---- the runner went away ---------------------------------------------------------
+
+    def on_gone(self, runner_pid: int, reason: str) -> None:
+        """The runner died while it held tasks: what its files say decides
+        (an end it wrote; a process still alive is watched; else lost)."""
+        gone = sorted(self._sent, key=lambda i: self._tasks[i].seq)
+        self._sent.difference_update(gone)
+        if not gone:
+            return
+        log.warning("tasks: the task runner (pid %d) went away (%s) holding %d task(s)",
+                    runner_pid, reason, len(gone))
+        job = asyncio.get_running_loop().create_task(self._runner_gone(gone))
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+
+    async def _runner_gone(self, ids: list[str]) -> None:
+        for id in ids:
+            on_disk = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self.files.read_task, id)
+            known = self._tasks.get(id)
+            if known is None or known.state.final:
+                continue
+            if isinstance(on_disk, TaskStatus) and on_disk.state.final:
+                self._end(on_disk, write=False)  # it wrote the end before it went
+                continue
+            s = on_disk if isinstance(on_disk, TaskStatus) else known
+            self._take_unheld(s)
+        self._schedule()
+
+    def _take_unheld(self, s: TaskStatus) -> bool:
+        """A task recorded running that no runner holds: watched if its
+        process lives (lost at its exit), else lost now. True if watched."""
+        if s.state == TaskState.RUNNING and s.pid:
+            child = spawn.adopt(s.pid, s.start_ticks)
+            if isinstance(child, spawn.Child):
+                self._tasks[s.id] = s
+                self._watch(s.id, child)
+                return True
+        if s.state == TaskState.RUNNING:
+            beat = _iso(s.heartbeat or s.started) or "never"
+            why = f"its task runner died while it ran (last heartbeat {beat})"
+        else:
+            why = "its task runner died before it started it"
+        self._end(s.replace(state=TaskState.LOST, ended=self.clock(), reason=why), write=True)
+        return False
+
+    def _watch(self, id: str, child: spawn.Child) -> None:
+        loop = asyncio.get_running_loop()
+        self._watched[id] = child
+
+        def exited() -> None:
+            loop.remove_reader(child.pidfd)
+            self._watched.pop(id, None)
+            spawn.reap_adopted(child)
+            s = self._tasks.get(id)
+            if s is not None and not s.state.final:
+                self._end(s.replace(state=TaskState.LOST, ended=self.clock(), reason=UNWATCHED),
+                          write=True)
+        loop.add_reader(child.pidfd, exited)
+
+    # ---- settings, clean-up, the end ------------------------------------------------------
+
+    def configure(self, settings: TaskSettings) -> None:
+        """A reload: a raised max_parallel starts more now, a lowered one lets
+        running tasks finish; timeout applies to tasks submitted from now on."""
+        keep_changed = settings.keep != self.settings.keep
+        self.settings = settings
+        self._queue.max_parallel = settings.max_parallel
+        if keep_changed:
+            self._cleanup()
+        self._schedule()
+
+    def _maybe_cleanup(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if self._last_cleanup is None or now - self._last_cleanup >= CLEANUP_EVERY:
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        """Remove finished tasks (and ended activities whose tasks are all
+        gone) that ended more than `keep` days ago."""
+        self._last_cleanup = asyncio.get_running_loop().time()
+        tasks, acts = expired(self._tasks.values(), self._activities.values(), self.clock(),
+                              self.settings.keep)
+        for id in tasks:
+            del self._tasks[id]
+        for id in acts:
+            del self._activities[id]
+        if not tasks and not acts:
+            return
+        self._queue.forget(tasks, acts)
+        for id in tasks:
+            self._write(self.files.remove_task, id)
+        for id in acts:
+            self._write(self.files.remove_activity, id)
+        log.info("tasks: removed %d task(s) and %d activit%s ended more than %g day(s) ago",
+                 len(tasks), len(acts), "y" if len(acts) == 1 else "ies", self.settings.keep)
+        for listener in list(self.removed_listeners):
+            try:
+                listener(tasks, acts)
+            except Exception:
+                log.exception("tasks: a removed-listener failed")
+
+    async def open(self) -> None:
+        """Take back what a previous daemon left, then serve."""
+        from taskmasterd.tasks.recovery import recover
+
+        await recover(self)
+        self.unavailable = None
+        self._cleanup()
+        self._schedule()
+
+    async def close(self) -> None:
+        """Detach from the runner (its tasks go on); wait for our writes."""
+        if self._closed:
+            return
+        self._closed = True
+        self.unavailable = "taskmasterd is shutting down"
+        loop = asyncio.get_running_loop()
+        for job in list(self._jobs):
+            job.cancel()
+        for child in self._watched.values():
+            loop.remove_reader(child.pidfd)
+            os.close(child.pidfd)
+        self._watched.clear()
+        await self.runner.close()
+        await self.flush()
+        self._pool.shutdown(wait=False)
+
+    async def flush(self) -> None:
+        """Wait until every status write asked for so far has landed."""
+        await asyncio.get_running_loop().run_in_executor(self._pool, lambda: None)
+
