@@ -1,0 +1,71 @@
+"""Status writes off the event loop, so tasks never wait behind fsyncs.
+
+Every status.json write is durable (TaskDir.write: temp file, fsync,
+rename, fsync of the directory): a few milliseconds on a disk. The runner
+starts and ends many short tasks at once (16 lanes of `true` in the bench),
+so the writes go to a small thread pool: per task one write at a time, in
+order, and only the newest waiting status of a task is written next (a
+`running` not yet written when the task already ended is skipped: the end
+replaces it). The bookkeeping runs on the loop's thread; only the write
+itself runs in a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Callable
+
+from taskmasterd.tasks.records import TaskStatus
+from taskmasterd.tasks.taskfiles import TaskDir
+
+THREADS = 4
+
+Done = Callable[[TaskStatus, OSError | None], None]
+
+
+class StatusWriter:
+    def __init__(self, on_done: Done, threads: int = THREADS) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="status")
+        self._on_done = on_done
+        self._waiting: dict[str, tuple[TaskDir, TaskStatus]] = {}  # by directory: the newest
+        self._busy: set[str] = set()  # directories with a write under way
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def write(self, taskdir: TaskDir, status: TaskStatus) -> None:
+        self._waiting[taskdir.path] = (taskdir, status)
+        if taskdir.path not in self._busy:
+            self._next(taskdir.path)
+
+    def busy(self) -> bool:
+        return bool(self._busy)
+
+    async def drain(self) -> None:
+        """Until every status given is written (or failed)."""
+        await self._idle.wait()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def _next(self, key: str) -> None:
+        item = self._waiting.pop(key, None)
+        if item is None:
+            self._busy.discard(key)
+            if not self._busy:
+                self._idle.set()
+            return
+        self._busy.add(key)
+        self._idle.clear()
+        taskdir, status = item
+        future = self._loop.run_in_executor(self._pool, taskdir.write, status)
+        future.add_done_callback(lambda f: self._written(key, status, f))
+
+    def _written(self, key: str, status: TaskStatus, future: asyncio.Future[None]) -> None:
+        exc = future.exception()
+        error = exc if isinstance(exc, OSError) else None
+        if exc is not None and error is None:
+            error = OSError(str(exc))
+        self._on_done(status, error)
+        self._next(key)
