@@ -67,5 +67,5 @@ class StatusWriter:
         error = exc if isinstance(exc, OSError) else None
         if exc is not None and error is None:
             error = OSError(str(exc))
+        self._next(key)  # first: on_done sees busy() as it is now
         self._on_done(status, error)
-        self._next(key)

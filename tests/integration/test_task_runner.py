@@ -1,0 +1,393 @@
+"""The task runner with real processes (taskmasterd/tasks/runner.py through
+taskmasterd/tasks/runnerclient.py, and `taskmasterd --run-task`): tasks run
+and end with the right status, in their files as in the messages; the
+runner outlives its daemon (played by a RunnerClient the test closes),
+records the real end of a task that ended meanwhile, hands its tasks to the
+next daemon, and exits once idle and detached. No fixed sleeps: every wait
+is on a status, a file or a process, with a timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from taskmasterd.tasks.records import TaskState, TaskStatus, new_id
+from taskmasterd.tasks.runnerclient import RunnerClient, runner_socket
+from taskmasterd.tasks.spec import parse_task
+from taskmasterd.tasks.taskfiles import TaskFiles
+from tests.harness import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT = 20.0
+
+
+@pytest.fixture
+def dirs() -> Iterator[tuple[str, str]]:
+    """(statedir, runtime dir): short paths (a unix socket path is <= 108 bytes)."""
+    base = tempfile.mkdtemp(prefix="tr-", dir="/tmp")
+    os.chmod(base, 0o700)
+    yield os.path.join(base, "state"), os.path.join(base, "run")
+    shutil.rmtree(base, ignore_errors=True)
+
+
+async def until(what: str, cond: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    """wait_until for the event loop: the loop keeps running meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)  # sleep-ok: the poll step of a wait with a timeout
+
+
+class Daemon:
+    """What the daemon part does with a RunnerClient, reduced to recording."""
+
+    def __init__(self, statedir: str, runtime: str) -> None:
+        self.files = TaskFiles(statedir)
+        self.statuses: dict[str, list[TaskStatus]] = {}
+        self.gone: list[tuple[int, str]] = []
+        self.client = RunnerClient(statedir, runner_socket(runtime, statedir, "/etc/tm.yaml"),
+                                   on_status=self.on_status,
+                                   on_gone=lambda pid, why: self.gone.append((pid, why)))
+        self.ended: list[TaskStatus] = []
+
+    def on_status(self, status: TaskStatus) -> None:
+        self.statuses.setdefault(status.id, []).append(status)
+        if status.state.final:
+            self.ended.append(status)
+
+    def submit(self, command: str, *args: str, timeout: float = 0, run: bool = True) -> TaskStatus:
+        status = TaskStatus(id=new_id(self.files.taken),
+                            spec=parse_task({"command": command, "args": list(args), "timeout": timeout}),
+                            state=TaskState.QUEUED, seq=len(self.statuses) + 1, submitted=time.time(),
+                            timeout=timeout)
+        self.files.create_task(status)
+        self.statuses.setdefault(status.id, [])
+        if run:
+            self.client.run(status, signal.SIGTERM, 10.0)
+        return status
+
+    def last(self, id: str) -> TaskStatus | None:
+        got = self.statuses.get(id)
+        return got[-1] if got else None
+
+    async def end_of(self, id: str, timeout: float = TIMEOUT) -> TaskStatus:
+        await until(f"the end of task {id}", lambda: (s := self.last(id)) is not None and s.state.final,
+                    timeout)
+        end = self.last(id)
+        assert end is not None
+        return end
+
+    async def running(self, id: str) -> TaskStatus:
+        await until(f"task {id} running", lambda: any(s.state is TaskState.RUNNING
+                                                     for s in self.statuses.get(id, [])))
+        return next(s for s in self.statuses[id] if s.state is TaskState.RUNNING)
+
+    def on_disk(self, id: str) -> TaskStatus:
+        got = self.files.read_task(id)
+        assert isinstance(got, TaskStatus), got
+        return got
+
+    async def recorded(self, status: TaskStatus) -> TaskStatus:
+        """Wait until status.json says what the message said (the file is
+        written off the loop, in the runner's own time)."""
+        await until(f"{status.id}'s status.json to say {status.state.value}",
+                    lambda: self.files.read_task(status.id) == status)
+        return self.on_disk(status.id)
+
+
+def run(coro: object) -> None:
+    asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_exits_spawn_errors_and_files_agree(dirs: tuple[str, str]) -> None:
+    async def main() -> None:
+        d = Daemon(*dirs)
+        ok = d.submit("true")
+        three = d.submit("sh", "-c", "echo out; echo err >&2; exit 3")
+        missing = d.submit("no-such-command-here")
+        env = d.submit("sh", "-c", 'echo "$TASKMASTER_TASK_ID $TASKMASTER_TASK_NAME"')
+        runner_pid = d.client.pid
+        assert runner_pid > 0
+        end = await d.end_of(ok.id)
+        assert (end.state, end.exit_code, end.reason) == (TaskState.SUCCEEDED, 0, "")
+        assert end.runner_pid == runner_pid and end.pid > 0 and end.started and end.ended
+        assert [s.state for s in d.statuses[ok.id]] == [TaskState.RUNNING, TaskState.SUCCEEDED]
+        end = await d.end_of(three.id)
+        assert (end.state, end.exit_code, end.reason) == (TaskState.FAILED, 3, "exited with status 3")
+        end = await d.end_of(missing.id)
+        assert end.state is TaskState.FAILED and end.spawn_error is not None
+        assert (end.spawn_error.code, end.spawn_error.syscall) == ("ENOENT", "spawn no-such-command-here")
+        assert [s.state for s in d.statuses[missing.id]] == [TaskState.FAILED]
+        await d.end_of(env.id)
+        for status in (ok, three, missing, env):
+            assert await d.recorded(d.last(status.id)) == d.last(status.id)  # type: ignore[arg-type]
+        out = d.files.task_dir(three.id)
+        assert Path(out.output("stdout")).read_text() == "out\n"
+        assert Path(out.output("stderr")).read_text() == "err\n"
+        assert os.stat(out.output("stdout")).st_mode & 0o777 == 0o600
+        assert Path(d.files.task_dir(env.id).output("stdout")).read_text() == f"{env.id} sh\n"
+        await d.client.close()
+        await until("the idle, detached runner to exit", lambda: gone(runner_pid))
+        assert not d.gone  # a runner that left on its own is not "gone" news
+
+    run(main())
+
+
+def test_timeouts_stop_with_stopsignal_then_sigkill(dirs: tuple[str, str]) -> None:
+    async def main() -> None:
+        d = Daemon(*dirs)
+        polite = d.submit("sleep", "30", timeout=0.3)
+        stubborn = TaskStatus(
+            id=new_id(d.files.taken),
+            spec=parse_task({"command": "sh", "timeout": 0.3,
+                             "args": ["-c", 'trap "" TERM; echo ready; while :; do sleep 1; done']}),
+            state=TaskState.QUEUED, seq=9, submitted=time.time(), timeout=0.3)
+        d.files.create_task(stubborn)
+        d.client.run(stubborn, signal.SIGTERM, 0.5)
+        end = await d.end_of(polite.id)
+        assert end.state is TaskState.FAILED and end.signal == signal.SIGTERM
+        assert end.reason == "timed out after 0.3 s (stopped with SIGTERM)"
+        end = await d.end_of(stubborn.id)
+        assert end.state is TaskState.FAILED and end.signal == signal.SIGKILL
+        assert end.reason == "timed out after 0.3 s (stopped with SIGTERM, SIGKILL after 0.5 s)"
+        assert end.ended - end.started >= 0.8
+        assert await d.recorded(end) == end
+        await d.client.close()
+
+    run(main())
+
+
+def test_a_cancel_ends_the_task_cancelled(dirs: tuple[str, str]) -> None:
+    async def main() -> None:
+        d = Daemon(*dirs)
+        task = d.submit("sleep", "30")
+        await d.running(task.id)
+        assert d.on_disk(task.id).state in (TaskState.QUEUED, TaskState.RUNNING)
+        d.client.cancel(task.id, "cancelled by taskctl cancel (uid 0)")
+        end = await d.end_of(task.id)
+        assert end.state is TaskState.CANCELLED and end.signal == signal.SIGTERM
+        assert end.reason == "cancelled by taskctl cancel (uid 0)"
+        assert await d.recorded(end) == end
+        d.client.cancel(task.id, "again")  # ended: nothing happens, nothing breaks
+        await d.client.close()
+
+    run(main())
+
+
+def test_the_runner_outlives_its_daemon_and_hands_its_tasks_to_the_next(dirs: tuple[str, str]) -> None:
+    base = os.path.dirname(dirs[0])
+    fifos = [os.path.join(base, name) for name in ("a", "b")]
+    for fifo in fifos:
+        os.mkfifo(fifo)
+
+    async def main() -> None:
+        first = Daemon(*dirs)
+        a = first.submit("sh", "-c", f"read x < {fifos[0]}; exit 5")
+        b = first.submit("sh", "-c", f"read x < {fifos[1]}; exit 0")
+        runner_pid = first.client.pid
+        await first.running(a.id)
+        running_b = await first.running(b.id)
+        await first.client.close()  # the daemon is gone (SIGKILL looks the same from the runner)
+
+        await asyncio.to_thread(Path(fifos[0]).write_text, "go\n")  # A ends meanwhile
+        await until("A's real end in its status.json",
+                    lambda: first.on_disk(a.id).state is TaskState.FAILED)
+        end = first.on_disk(a.id)
+        assert (end.exit_code, end.reason, end.runner_pid) == (5, "exited with status 5", runner_pid)
+        assert first.ended == []  # nobody attached: no message queued for nobody
+
+        second = Daemon(*dirs)
+        held = second.client.attach_surviving()
+        assert held is not None and second.client.pid == runner_pid
+        assert [(s.id, s.state, s.pid) for s in held] == [(b.id, TaskState.RUNNING, running_b.pid)]
+        third = Daemon(*dirs)
+        assert third.client.attach_surviving() is None  # busy: logged
+
+        await asyncio.to_thread(Path(fifos[1]).write_text, "go\n")
+        end = await second.end_of(b.id)
+        assert end.state is TaskState.SUCCEEDED and end.pid == running_b.pid
+        assert await second.recorded(end) == end
+        await second.client.close()
+        await until("the idle, detached runner to exit", lambda: gone(runner_pid))
+        await until("its socket to be removed", lambda: not os.path.exists(second.client.socket_path
+                                                                           or "/nonexistent"))
+        assert Daemon(*dirs).client.attach_surviving() is None
+
+    run(main())
+
+
+def test_a_runner_killed_while_attached_is_reported_gone(dirs: tuple[str, str]) -> None:
+    async def main() -> None:
+        d = Daemon(*dirs)
+        task = d.submit("sleep", "30")
+        running = await d.running(task.id)
+        pid = d.client.pid
+        os.kill(pid, signal.SIGKILL)
+        await until("on_gone", lambda: bool(d.gone))
+        assert d.gone == [(pid, "killed by SIGKILL")]
+        assert d.client.pid == 0
+        os.killpg(running.pid, signal.SIGKILL)  # the task outlived it (its own session)
+        after = d.submit("true")  # a new runner takes the next task
+        assert (await d.end_of(after.id)).state is TaskState.SUCCEEDED
+        assert d.client.pid not in (0, pid)
+        await d.client.close()
+
+    run(main())
+
+
+def test_sigterm_cancels_the_tasks_records_them_and_exits(dirs: tuple[str, str]) -> None:
+    async def main() -> None:
+        d = Daemon(*dirs)
+        tasks = [d.submit("sleep", "30") for _ in range(3)]
+        for t in tasks:
+            await d.running(t.id)
+        pid = d.client.pid
+        os.kill(pid, signal.SIGINT)  # ignored
+        os.kill(pid, signal.SIGHUP)  # ignored
+        os.kill(pid, signal.SIGTERM)
+        for t in tasks:
+            end = await d.end_of(t.id)
+            assert end.state is TaskState.CANCELLED
+            assert end.reason == "the task runner was stopped (SIGTERM)"
+            assert d.on_disk(t.id) == end  # written before it exited
+        await until("the runner's exit", lambda: gone(pid))
+        assert d.gone == [(pid, "exited with status 0")]
+        await d.client.close()
+
+    run(main())
+
+
+def test_200_true_tasks_in_16_lanes_are_all_recorded(dirs: tuple[str, str]) -> None:
+    async def main() -> None:
+        d = Daemon(*dirs)
+        waiting = [d.submit("true", run=False) for _ in range(200)]
+        running = 0
+        peak = 0
+
+        def next_one() -> None:
+            nonlocal running, peak
+            status = waiting.pop(0)
+            running += 1
+            peak = max(peak, running)
+            d.client.run(status, signal.SIGTERM, 10.0)
+
+        def on_status(status: TaskStatus) -> None:
+            nonlocal running
+            Daemon.on_status(d, status)
+            if status.state.final:
+                running -= 1
+                if waiting:
+                    next_one()
+
+        d.client.on_status = on_status
+        for _ in range(16):
+            next_one()
+        await until("200 ends", lambda: len(d.ended) == 200, timeout=120)
+        assert peak == 16
+        assert all(s.state is TaskState.SUCCEEDED for s in d.ended)
+        pid = d.client.pid
+        await d.client.close()
+        await until("the runner's exit", lambda: gone(pid), timeout=60)
+        statuses, bad = d.files.scan_tasks()
+        assert bad == [] and len(statuses) == 200
+        assert all(s.state is TaskState.SUCCEEDED and s.exit_code == 0 for s in statuses)
+
+    run(main())
+
+
+# ---- taskmasterd --run-task ------------------------------------------------------------
+
+
+def run_task(cwd: Path, task: object, *, name: str = "task.json") -> subprocess.CompletedProcess[str]:
+    path = cwd / name
+    path.write_text(task if isinstance(task, str) else json.dumps(task))
+    return subprocess.run([sys.executable, "-m", "taskmasterd", "--run-task", name], cwd=cwd,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def cli_status(cwd: Path) -> dict[str, object]:
+    return json.loads((cwd / "status.json").read_text())  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("task", "code", "state", "line"), [
+    ({"command": "true"}, 0, "succeeded", "task cli (true) succeeded; exit 0"),
+    ({"command": "sh", "args": ["-c", "echo out; echo err >&2; exit 3"]}, 3, "failed",
+     "task cli (sh) failed: exited with status 3; exit 3"),
+    ({"command": "sh", "args": ["-c", "kill -9 $$"]}, 137, "failed", "killed by SIGKILL; exit 137"),
+    ({"command": "no-such-command-here"}, 127, "failed",
+     "could not be started: ENOENT (spawn no-such-command-here): No such file or directory; exit 127"),
+    ({"command": "./notexec"}, 126, "failed", "EACCES (spawn ./notexec): Permission denied; exit 126"),
+    ({"command": "sleep", "args": ["30"], "timeout": 0.2}, 124, "failed",
+     "timed out after 0.2 s (stopped with SIGTERM); exit 124"),
+])
+def test_run_task_exits_with_the_tasks_status(tmp_path: Path, task: dict[str, object], code: int,
+                                              state: str, line: str) -> None:
+    (tmp_path / "notexec").write_text("#!/bin/sh\n")  # mode 0644: no execute bit
+    done = run_task(tmp_path, task)
+    assert done.returncode == code, done.stderr
+    assert done.stdout == ""
+    assert line in done.stderr and len(done.stderr.splitlines()) == 1
+    status = cli_status(tmp_path)
+    assert (status["id"], status["state"]) == ("cli", state)
+    assert status["runner_pid"] is not None
+    if task.get("args") == ["-c", "echo out; echo err >&2; exit 3"]:
+        assert (tmp_path / "stdout").read_text() == "out\n"
+        assert (tmp_path / "stderr").read_text() == "err\n"
+        assert status["exit_code"] == 3
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("{", "task.json:1:2: not valid JSON"),
+    ('{"comand": "x"}', "task.json: unknown key 'comand' (did you mean 'command'?)"),
+    ('{"command": "x", "args": "y"}', "task.json.args: expected a list of strings, got a string"),
+])
+def test_run_task_refuses_a_bad_file_in_one_line(tmp_path: Path, text: str, error: str) -> None:
+    done = run_task(tmp_path, text)
+    assert done.returncode == 2
+    assert error in done.stderr and len(done.stderr.splitlines()) == 1
+    assert not (tmp_path / "status.json").exists()
+    missing = subprocess.run([sys.executable, "-m", "taskmasterd", "--run-task", "nope.json"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert missing.returncode == 2 and "cannot read nope.json: No such file" in missing.stderr
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_run_task_interrupted_records_a_cancel(tmp_path: Path, sig: signal.Signals, code: int) -> None:
+    (tmp_path / "task.json").write_text(json.dumps({"command": "sleep", "args": ["30"]}))
+    proc = subprocess.Popen([sys.executable, "-m", "taskmasterd", "--run-task", "task.json"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        wait_until("the task running", lambda: (tmp_path / "status.json").exists()
+                   and cli_status(tmp_path)["state"] == "running", timeout=TIMEOUT)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err
+    status = cli_status(tmp_path)
+    assert status["state"] == "cancelled" and status["signal"] == "SIGTERM"
+    assert status["reason"] == f"cancelled by {sig.name} to taskmasterd --run-task"
+    assert out == "" and f"exit {code}" in err
