@@ -17,7 +17,6 @@ on a timeout or a cancel: `stopsignal` to its process group, SIGKILL after
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import os
 import select
@@ -68,11 +67,21 @@ def task_env(status: TaskStatus) -> dict[str, str]:
     return env
 
 
-def launch_spec(status: TaskStatus, taskdir: TaskDir, base_env: Mapping[str, str]) -> spawn.LaunchSpec:
+def private_umask() -> int:
+    """Make this process's umask 077 and return the one it had, which the
+    tasks get: so spawn creates a task's stdout and stderr 0600 (its
+    environment may hold secrets, and --run-task writes them in a directory
+    others may read) at no cost, while the task runs with the umask it would
+    have had."""
+    return os.umask(0o077)
+
+
+def launch_spec(status: TaskStatus, taskdir: TaskDir, base_env: Mapping[str, str],
+                umask: int | None = None) -> spawn.LaunchSpec:
     spec = status.spec
     return spawn.LaunchSpec(
         process=status.id, program=status.name, index=0, argv=spec.argv, base_env=base_env,
-        env=task_env(status), cwd=spec.workingdir, umask=None, user=spec.user,
+        env=task_env(status), cwd=spec.workingdir, umask=umask, user=spec.user,
         stdout=Output(OutputKind.FILE, taskdir.output("stdout")),
         stderr=Output(OutputKind.FILE, taskdir.output("stderr")), logdir="", journal=False)
 
@@ -174,7 +183,7 @@ class Execution:
 
     def __init__(self, status: TaskStatus, taskdir: TaskDir, *, stopsignal: int, stoptime: float,
                  runner_pid: int, record: Record, finished: Callable[[Execution], None],
-                 base_env: Mapping[str, str] | None = None) -> None:
+                 base_env: Mapping[str, str] | None = None, umask: int | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self.status = status
         self.taskdir = taskdir
@@ -184,6 +193,7 @@ class Execution:
         self._record = record
         self._finished = finished
         self._base_env = os.environ if base_env is None else base_env
+        self._umask = umask  # the task's (private_umask); None: this process's
         self.child: spawn.Child | None = None
         self.stop_state: Stop | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -193,12 +203,8 @@ class Execution:
         return self.status.id
 
     def start(self) -> None:
-        for stream in ("stdout", "stderr"):  # 0600 before the first byte: env may hold secrets
-            with contextlib.suppress(OSError):  # spawn's own open names the problem
-                os.close(os.open(self.taskdir.output(stream),
-                                 os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         try:
-            child = spawn.spawn(launch_spec(self.status, self.taskdir, self._base_env))
+            child = spawn.spawn(launch_spec(self.status, self.taskdir, self._base_env, self._umask))
         except spawn.SpawnFailed as exc:
             self._end(spawn_failed(self.status, exc.error, self.runner_pid, time.time()))
             return

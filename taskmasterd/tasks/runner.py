@@ -37,8 +37,8 @@ import time
 
 from taskmasterd.logfiles import raise_nofile
 from taskmasterd.logproto import peer_uid_pid
-from taskmasterd.tasks.execute import CANCEL, Execution, cancelled_unstarted
-from taskmasterd.tasks.records import TaskStatus
+from taskmasterd.tasks.execute import CANCEL, Execution, cancelled_unstarted, private_umask
+from taskmasterd.tasks.records import TaskStatus, encode_task
 from taskmasterd.tasks.runproto import (
     TO_RUNNER,
     ProtocolError,
@@ -76,6 +76,7 @@ class Runner:
         self.writer = StatusWriter(self._written)
         self.terminating = False
         self.done = asyncio.Event()
+        self.task_umask = private_umask()
         self._listen_file: tuple[str, int, int] | None = None
         if ctl is not None:
             self._attach(ctl, peer_uid_pid(ctl)[1])
@@ -100,7 +101,7 @@ class Runner:
             return
         ex = Execution(status, taskdir, stopsignal=stopsignal, stoptime=stoptime,
                        runner_pid=os.getpid(), record=lambda s, news: self._record(taskdir, s, news),
-                       finished=self._finished)
+                       finished=self._finished, umask=self.task_umask)
         self.running[status.id] = ex
         ex.start()
 
@@ -118,9 +119,10 @@ class Runner:
 
     def _record(self, taskdir: TaskDir, status: TaskStatus, news: bool) -> None:
         self.held[status.id] = status
-        self.writer.write(taskdir, status)
+        data = encode_task(status)  # once, for the file and the message
+        self.writer.write(taskdir, status, data)
         if news:
-            self._send(encode("status", status=status_text(status)))
+            self._send(encode("status", status=data.decode()))
 
     def _finished(self, ex: Execution) -> None:
         self.running.pop(ex.id, None)

@@ -22,7 +22,14 @@ import sys
 import time
 
 from taskmasterd.errors import TaskInvalid
-from taskmasterd.tasks.execute import CANCEL, Execution, exit_status, signame, summary
+from taskmasterd.tasks.execute import (
+    CANCEL,
+    Execution,
+    exit_status,
+    private_umask,
+    signame,
+    summary,
+)
 from taskmasterd.tasks.records import TaskState, TaskStatus
 from taskmasterd.tasks.settings import TaskSettings
 from taskmasterd.tasks.spec import MAX_FILE, load_task_file
@@ -63,10 +70,10 @@ async def _run(status: TaskStatus, taskdir: TaskDir, settings: TaskSettings) -> 
             print(f"taskmasterd: cannot write {taskdir.status_path} ({status.state.value}): {error}",
                   file=sys.stderr)
 
-    writer = StatusWriter(done, threads=1)
+    writer = StatusWriter(done)
     ex = Execution(status, taskdir, stopsignal=int(settings.stopsignal), stoptime=settings.stoptime,
                    runner_pid=os.getpid(), record=lambda s, _news: writer.write(taskdir, s),
-                   finished=lambda _ex: finished.set())
+                   finished=lambda _ex: finished.set(), umask=private_umask())
 
     def interrupted(sig: int) -> None:
         if not received:

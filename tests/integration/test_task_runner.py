@@ -9,6 +9,7 @@ is on a status, a file or a process, with a timeout."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -38,7 +39,24 @@ def dirs() -> Iterator[tuple[str, str]]:
     base = tempfile.mkdtemp(prefix="tr-", dir="/tmp")
     os.chmod(base, 0o700)
     yield os.path.join(base, "state"), os.path.join(base, "run")
+    for pid in _started_with(base):  # a failed test leaves no runner nor task behind
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     shutil.rmtree(base, ignore_errors=True)
+
+
+def _started_with(base: str) -> list[int]:
+    """The processes whose command line names `base` (this test's runners and tasks)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    if os.fsencode(base) in f.read():
+                        found.append(int(name))
+            except OSError:
+                continue
+    return found
 
 
 async def until(what: str, cond: Callable[[], bool], timeout: float = TIMEOUT) -> None:
@@ -125,7 +143,7 @@ def test_exits_spawn_errors_and_files_agree(dirs: tuple[str, str]) -> None:
         ok = d.submit("true")
         three = d.submit("sh", "-c", "echo out; echo err >&2; exit 3")
         missing = d.submit("no-such-command-here")
-        env = d.submit("sh", "-c", 'echo "$TASKMASTER_TASK_ID $TASKMASTER_TASK_NAME"')
+        env = d.submit("sh", "-c", 'echo "$TASKMASTER_TASK_ID $TASKMASTER_TASK_NAME"; umask')
         runner_pid = d.client.pid
         assert runner_pid > 0
         end = await d.end_of(ok.id)
@@ -145,7 +163,10 @@ def test_exits_spawn_errors_and_files_agree(dirs: tuple[str, str]) -> None:
         assert Path(out.output("stdout")).read_text() == "out\n"
         assert Path(out.output("stderr")).read_text() == "err\n"
         assert os.stat(out.output("stdout")).st_mode & 0o777 == 0o600
-        assert Path(d.files.task_dir(env.id).output("stdout")).read_text() == f"{env.id} sh\n"
+        umask = os.umask(0o022)
+        os.umask(umask)
+        # The task runs with the daemon's umask; its output files are 0600 all the same.
+        assert Path(d.files.task_dir(env.id).output("stdout")).read_text() == f"{env.id} sh\n{umask:04o}\n"
         await d.client.close()
         await until("the idle, detached runner to exit", lambda: gone(runner_pid))
         assert not d.gone  # a runner that left on its own is not "gone" news
@@ -352,6 +373,8 @@ def test_run_task_exits_with_the_tasks_status(tmp_path: Path, task: dict[str, ob
     assert (status["id"], status["state"]) == ("cli", state)
     assert status["runner_pid"] is not None
     if task.get("args") == ["-c", "echo out; echo err >&2; exit 3"]:
+        assert os.stat(tmp_path / "stdout").st_mode & 0o777 == 0o600
+        assert os.stat(tmp_path / "status.json").st_mode & 0o777 == 0o600
         assert (tmp_path / "stdout").read_text() == "out\n"
         assert (tmp_path / "stderr").read_text() == "err\n"
         assert status["exit_code"] == 3
