@@ -26,6 +26,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 from taskmasterd import logattach
@@ -151,18 +152,24 @@ class RunnerClient:
         data = encode("run", status=status_text(status), stopsignal=int(stopsignal),
                       stoptime=float(stoptime))
         if len(data) >= MAX_MESSAGE:
-            self._too_large(status, len(data))
+            self._fail(status, f"too large for the task runner: its status is {len(data)} bytes, at "
+                               f"most {MAX_MESSAGE} are accepted (fewer or shorter arguments and "
+                               "environment variables)")
             return
         if self._sock is None:
-            self._start()
+            try:
+                self._start()
+            except OSError as exc:
+                log.error("taskmasterd: cannot start the task runner: %s", exc)
+                self._fail(status, f"the task runner could not be started: {exc.strerror or exc}")
+                return
         self._send(data)
 
-    def _too_large(self, status: TaskStatus, size: int) -> None:
-        """A task whose status does not fit a message never reaches the
-        runner: it fails, recorded here (it never started)."""
-        failed = status.replace(state=TaskState.FAILED, reason=(
-            f"too large for the task runner: its status is {size} bytes, at most {MAX_MESSAGE} are "
-            "accepted (fewer or shorter arguments and environment variables)"))
+    def _fail(self, status: TaskStatus, reason: str) -> None:
+        """A task that never reached the runner fails, recorded here (it
+        never started: the daemon's to write), reported as the runner's
+        statuses are (on the next loop turn, as those come)."""
+        failed = status.replace(state=TaskState.FAILED, reason=reason, ended=time.time())
         try:
             TaskFiles(self.statedir).write_task(failed)
         except OSError as exc:
