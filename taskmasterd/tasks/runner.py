@@ -322,6 +322,9 @@ def main(argv: list[str]) -> int:
               "(started by taskmasterd)", file=sys.stderr)
         return 2
     raise_nofile()
+    from taskmasterd.tasks.runnerclient import restore_outer_env
+
+    restore_outer_env(os.environ)  # the tasks get the daemon's environment
     ctl = socket.socket(fileno=int(argv[2]))
     listener = socket.socket(fileno=int(argv[3])) if len(argv) == 4 else None
     return asyncio.run(serve(argv[1], ctl, listener))

@@ -55,6 +55,29 @@ def runner_socket(runtime: str, statedir: str, config_path: str) -> str:
     return logattach.instance_socket(runtime, statedir, config_path, "taskrunner")
 
 
+OUTER_PYTHONPATH = "TASKMASTER_RUNNER_OUTER_PYTHONPATH"
+
+
+def runner_env() -> dict[str, str]:
+    """The daemon's environment, with the daemon's import path (the runner
+    must import the same taskmasterd) and, in OUTER_PYTHONPATH, the
+    PYTHONPATH the daemon had ("unset" or "set:VALUE"): the runner gives
+    its tasks the daemon's environment, not its own import path."""
+    env = _writer_env()
+    outer = os.environ.get("PYTHONPATH")
+    env[OUTER_PYTHONPATH] = "unset" if outer is None else f"set:{outer}"
+    return env
+
+
+def restore_outer_env(environ: dict[str, str] | os._Environ[str]) -> None:
+    """In the runner: PYTHONPATH back to the daemon's (runner_env)."""
+    outer = environ.pop(OUTER_PYTHONPATH, None)
+    if outer == "unset":
+        environ.pop("PYTHONPATH", None)
+    elif outer is not None and outer.startswith("set:"):
+        environ["PYTHONPATH"] = outer[4:]
+
+
 class RunnerClient:
     def __init__(self, statedir: str, socket_path: str, *,
                  on_status: Callable[[TaskStatus], None],
@@ -217,7 +240,7 @@ class RunnerClient:
                 [sys.executable, "-m", "taskmasterd.tasks.runner", self.statedir, *map(str, fds)],
                 pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 start_new_session=True,  # stderr: the daemon's, for its warnings
-                env=_writer_env())
+                env=runner_env())
         except OSError:
             ours.close()
             raise

@@ -150,7 +150,8 @@ def test_exits_spawn_errors_and_files_agree(dirs: tuple[str, str]) -> None:
         ok = d.submit("true")
         three = d.submit("sh", "-c", "echo out; echo err >&2; exit 3")
         missing = d.submit("no-such-command-here")
-        env = d.submit("sh", "-c", 'echo "$TASKMASTER_TASK_ID $TASKMASTER_TASK_NAME"; umask')
+        env = d.submit("sh", "-c", 'echo "$TASKMASTER_TASK_ID $TASKMASTER_TASK_NAME"; umask; '
+                                   'echo "${PYTHONPATH-unset}"; env | grep -c TASKMASTER_RUNNER')
         runner_pid = d.client.pid
         assert runner_pid > 0
         end = await d.end_of(ok.id)
@@ -173,7 +174,8 @@ def test_exits_spawn_errors_and_files_agree(dirs: tuple[str, str]) -> None:
         umask = os.umask(0o022)
         os.umask(umask)
         # The task runs with the daemon's umask; its output files are 0600 all the same.
-        assert Path(d.files.task_dir(env.id).output("stdout")).read_text() == f"{env.id} sh\n{umask:04o}\n"
+        assert Path(d.files.task_dir(env.id).output("stdout")).read_text() == (
+            f"{env.id} sh\n{umask:04o}\n{os.environ.get('PYTHONPATH', 'unset')}\n0\n")
         await d.client.close()
         await until("the idle, detached runner to exit", lambda: gone(runner_pid))
         assert not d.gone  # a runner that left on its own is not "gone" news
