@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from taskmasterd.tasks import runproto
 from taskmasterd.tasks.execute import CANCEL, HEARTBEAT, Execution
 from taskmasterd.tasks.records import TaskState, TaskStatus, new_id, task_json
 from taskmasterd.tasks.runnerclient import RunnerClient, runner_socket
@@ -264,6 +266,39 @@ def test_the_runner_outlives_its_daemon_and_hands_its_tasks_to_the_next(dirs: tu
         assert Daemon(*dirs).client.attach_surviving() is None
 
     run(main())
+
+
+def test_bad_messages_are_answered_refused_and_the_runner_goes_on(dirs: tuple[str, str]) -> None:
+    statedir = dirs[0]
+    files = TaskFiles(statedir)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    proc = subprocess.Popen([sys.executable, "-m", "taskmasterd.tasks.runner", statedir,
+                             str(theirs.fileno())], pass_fds=[theirs.fileno()], cwd=ROOT)
+    theirs.close()
+    ours.settimeout(TIMEOUT)
+    try:
+        status = TaskStatus(id=new_id(files.taken),
+                            spec=parse_task({"command": "sleep", "args": ["30"], "timeout": 0}),
+                            state=TaskState.QUEUED, seq=1, submitted=time.time())
+        files.create_task(status)
+        good = runproto.encode("run", status=runproto.status_text(status), stopsignal=15, stoptime=1.0)
+        for bad in (b"garbage", runproto.encode("run", status="{}", stopsignal=15, stoptime=1.0),
+                    runproto.encode("welcome", pid=1, tasks=0), good.replace(b'"v":1', b'"v":9')):
+            ours.send(bad)
+            msg, _fds = runproto.receive(ours, runproto.TO_DAEMON)
+            assert msg["op"] == "refused" and "message refused" in str(msg["message"])
+        ours.send(good)
+        ours.send(good)  # twice: the second is refused, the task runs once
+        ours.send(runproto.encode("cancel", id=status.id, reason="enough"))
+        got = [runproto.receive(ours, runproto.TO_DAEMON)[0] for _ in range(3)]
+        assert [m["op"] for m in got] == ["status", "refused", "status"]
+        assert runproto.status_of(got[0]).state is TaskState.RUNNING
+        assert "already held" in str(got[1]["message"])
+        end = runproto.status_of(got[2])
+        assert (end.state, end.reason) == (TaskState.CANCELLED, "enough")
+    finally:
+        ours.close()  # detached and idle: it exits
+    assert proc.wait(timeout=TIMEOUT) == 0
 
 
 def test_a_task_too_large_for_a_message_fails_with_the_reason(dirs: tuple[str, str]) -> None:
