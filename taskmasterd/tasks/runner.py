@@ -10,8 +10,9 @@ messages are in taskmasterd/tasks/runproto.py.
 Tasks are its children (taskmasterd/tasks/execute.py: own session each,
 output in their directory under STATEDIR/tasks, exits collected through
 pidfds, never waitpid(-1)). It writes their status.json -- running, a
-heartbeat every 30 s while they run, their end -- through a small thread
-pool (taskmasterd/tasks/statuswriter.py), and sends each running/end status
+heartbeat every 30 s while they run, their end -- off the loop, in a
+worker thread (taskmasterd/tasks/statuswriter.py: per task in order, only
+its newest status waiting), and sends each running/end status
 to the attached daemon without ever blocking on it; with no daemon
 attached nothing is queued: the files are the truth. It enforces timeouts
 and cancels itself, so they hold while no daemon runs.

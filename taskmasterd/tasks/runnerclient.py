@@ -105,7 +105,12 @@ class RunnerClient:
     def attach_surviving(self) -> list[TaskStatus] | None:
         """The statuses of the tasks a surviving runner holds (it is our
         runner from now on), or None when no runner listens (or it cannot
-        be used: logged)."""
+        be used: logged). Blocking, called on the running loop at start.
+
+        Held are the running tasks and the ended ones whose final
+        status.json write is still under way: a held status is never older
+        than the file. A task ended while no daemon was attached is not held:
+        its end is in its status.json."""
         path = self.socket_path
         if path is None or self._sock is not None:
             return None

@@ -315,6 +315,59 @@ def test_a_task_too_large_for_a_message_fails_with_the_reason(dirs: tuple[str, s
     run(main())
 
 
+DAEMON = """
+import asyncio, signal, sys, time
+from taskmasterd.tasks.records import TaskState, TaskStatus
+from taskmasterd.tasks.runnerclient import RunnerClient
+from taskmasterd.tasks.spec import parse_task
+from taskmasterd.tasks.taskfiles import TaskFiles
+
+async def main():
+    statedir, sock, fifo = sys.argv[1:]
+    running = asyncio.Event()
+    client = RunnerClient(statedir, sock, on_status=lambda s: running.set(), on_gone=print)
+    status = TaskStatus(id="0badcafe", spec=parse_task({"command": "sh", "timeout": 0,
+                        "args": ["-c", f"read x < {fifo}; exit 7"]}), state=TaskState.QUEUED,
+                        seq=1, submitted=time.time())
+    TaskFiles(statedir).create_task(status)
+    client.run(status, signal.SIGTERM, 10.0)
+    await running.wait()
+    print(client.pid, flush=True)
+    await asyncio.Event().wait()  # until SIGKILL
+
+asyncio.run(main())
+"""
+
+
+def test_a_sigkilled_daemons_runner_is_taken_back_by_the_next(dirs: tuple[str, str]) -> None:
+    statedir, runtime = dirs
+    fifo = os.path.join(os.path.dirname(statedir), "fifo")
+    os.mkfifo(fifo)
+    sock = runner_socket(runtime, statedir, "/etc/tm.yaml")
+    daemon = subprocess.Popen([sys.executable, "-c", DAEMON, statedir, sock, fifo], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    assert daemon.stdout is not None
+    runner_pid = int(daemon.stdout.readline())
+    daemon.kill()
+    daemon.wait(timeout=TIMEOUT)
+    daemon.stdout.close()
+
+    async def main() -> None:
+        d = Daemon(statedir, runtime)
+        held = d.client.attach_surviving()
+        assert held is not None and [(s.id, s.state) for s in held] == [("0badcafe", TaskState.RUNNING)]
+        assert d.client.pid == runner_pid
+        await asyncio.to_thread(Path(fifo).write_text, "go\n")
+        end = await d.end_of("0badcafe")
+        assert (end.state, end.exit_code) == (TaskState.FAILED, 7)  # its real exit status
+        await d.recorded(end)
+        await d.client.close()
+        await until("the runner's exit", lambda: gone(runner_pid))
+        assert d.gone == []
+
+    run(main())
+
+
 def test_a_runner_killed_while_attached_is_reported_gone(dirs: tuple[str, str]) -> None:
     async def main() -> None:
         d = Daemon(*dirs)
