@@ -29,6 +29,9 @@ carry this version; a message of another version is refused.
 A message that is not what it claims (not JSON, unknown op, a field of the
 wrong type, fds missing or extra) raises ProtocolError with the reason;
 the receiver logs or answers it and goes on.
+
+The framing and the checks are a `Schema`; `LOG` is this protocol's, and
+the task runner's (taskmasterd/tasks/runproto.py) is another.
 """
 
 from __future__ import annotations

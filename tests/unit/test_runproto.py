@@ -105,3 +105,15 @@ def test_the_log_writer_protocol_is_unchanged_by_the_sharing() -> None:
     assert logproto.LOG.max_message == logproto.MAX_MESSAGE
     with pytest.raises(ProtocolError, match="unexpected op 'run'"):
         logproto.decode(encode("run", **VALID["run"]), 0, logproto.TO_WRITER)
+
+
+def test_the_runner_listens_beside_the_log_writer_keyed_the_same() -> None:
+    from taskmasterd.logattach import writer_socket
+    from taskmasterd.tasks.runnerclient import runner_socket
+
+    runner = runner_socket("/run/taskmaster", "/var/lib/taskmaster", "/etc/taskmaster/taskmaster.yaml")
+    writer = writer_socket("/run/taskmaster", "/var/lib/taskmaster", "/etc/taskmaster/taskmaster.yaml")
+    assert runner.startswith("/run/taskmaster/taskrunner-") and runner.endswith(".sock")
+    assert runner.removeprefix("/run/taskmaster/taskrunner-") == \
+        writer.removeprefix("/run/taskmaster/logwriter-")
+    assert runner != runner_socket("/run/taskmaster", "/var/lib/other", "/etc/taskmaster/taskmaster.yaml")
