@@ -78,6 +78,7 @@ class Runner:
         self.terminating = False
         self.done = asyncio.Event()
         self.task_umask = private_umask()
+        self.base_env = dict(os.environ)  # a plain copy: os.environ decodes each value it gives
         self._listen_file: tuple[str, int, int] | None = None
         if ctl is not None:
             self._attach(ctl, peer_uid_pid(ctl)[1])
@@ -102,7 +103,7 @@ class Runner:
             return
         ex = Execution(status, taskdir, stopsignal=stopsignal, stoptime=stoptime,
                        runner_pid=os.getpid(), record=lambda s, news: self._record(taskdir, s, news),
-                       finished=self._finished, umask=self.task_umask)
+                       finished=self._finished, base_env=self.base_env, umask=self.task_umask)
         self.running[status.id] = ex
         ex.start()
 
