@@ -227,6 +227,12 @@ class Execution:
         self._timers["kill"] = self._loop.call_later(self.stoptime, self._kill)
         return True
 
+    def kill_now(self) -> None:
+        """A stop under way goes to SIGKILL at once (a second Ctrl-C)."""
+        if self.stop_state is not None:
+            self._cancel_timer("kill")
+            self._kill()
+
     def _kill(self) -> None:
         if self.child is None or self.stop_state is None:
             return
@@ -242,11 +248,11 @@ class Execution:
     def _on_exit(self) -> None:
         child = self.child
         assert child is not None
-        pidfd = child.pidfd
+        self._loop.remove_reader(child.pidfd)  # before collect() closes it
         returncode = spawn.collect(child)
-        if returncode is None:
-            return  # a spurious wake-up
-        self._loop.remove_reader(pidfd)
+        if returncode is None:  # a spurious wake-up
+            self._loop.add_reader(child.pidfd, self._on_exit)
+            return
         self.child = None
         self._end(ended(self.status, returncode, time.time(), self.stop_state))
 

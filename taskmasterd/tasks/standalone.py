@@ -9,7 +9,8 @@ atomic status writes). Nothing of the task's output is printed; one line
 on stderr says how it ended. The exit status is the task's (execute.exit_status):
 its own, 128+n for signal n, 127/126 when it could not be started, 124
 when it timed out. SIGINT (Ctrl-C) or SIGTERM stops it as a cancel
-(stopsignal, SIGKILL after stoptime), recorded `cancelled`; exit 130/143.
+(stopsignal, SIGKILL after stoptime; a second signal: SIGKILL at once),
+recorded `cancelled`; exit 130/143.
 """
 
 from __future__ import annotations
@@ -76,8 +77,10 @@ async def _run(status: TaskStatus, taskdir: TaskDir, settings: TaskSettings) -> 
                    finished=lambda _ex: finished.set(), umask=private_umask())
 
     def interrupted(sig: int) -> None:
-        if not received:
-            received.append(sig)
+        if received:  # the second one: no more waiting
+            ex.kill_now()
+            return
+        received.append(sig)
         ex.stop(CANCEL, f"cancelled by {signame(sig)} to taskmasterd --run-task")
 
     for sig in (signal.SIGINT, signal.SIGTERM):

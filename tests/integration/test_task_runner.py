@@ -556,3 +556,26 @@ def test_run_task_interrupted_records_a_cancel(tmp_path: Path, sig: signal.Signa
     assert status["state"] == "cancelled" and status["signal"] == "SIGTERM"
     assert status["reason"] == f"cancelled by {sig.name} to taskmasterd --run-task"
     assert out == "" and f"exit {code}" in err
+
+
+def test_run_task_a_second_signal_kills_at_once(tmp_path: Path) -> None:
+    (tmp_path / "task.json").write_text(json.dumps(
+        {"command": "sh", "args": ["-c", 'trap "echo term" TERM; echo ready; while :; do sleep 1; done']}))
+    proc = subprocess.Popen([sys.executable, "-m", "taskmasterd", "--run-task", "task.json"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        wait_until("the task running", lambda: (tmp_path / "stdout").exists()
+                   and (tmp_path / "stdout").read_text() == "ready\n", timeout=TIMEOUT)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)  # the task shrugs off the SIGTERM this sends it...
+        wait_until("the task's TERM trap", lambda: "term" in (tmp_path / "stdout").read_text(),
+                   timeout=TIMEOUT)
+        proc.send_signal(signal.SIGINT)  # ...so the second Ctrl-C kills it
+        _out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        proc.kill()
+    assert time.monotonic() - started < 10.0  # not the 10 s stoptime
+    assert proc.returncode == 130, err
+    status = cli_status(tmp_path)
+    assert (status["state"], status["signal"]) == ("cancelled", "SIGKILL")
