@@ -57,7 +57,9 @@ STOPPED = "the task runner was stopped (SIGTERM)"
 
 
 def _warn(text: str) -> None:
-    print(f"taskmasterd task runner (pid {os.getpid()}): {text}", file=sys.stderr, flush=True)
+    # The daemon's stderr: it may be a pipe nobody reads any more.
+    with contextlib.suppress(OSError, ValueError):
+        print(f"taskmasterd task runner (pid {os.getpid()}): {text}", file=sys.stderr, flush=True)
 
 
 class Runner:
