@@ -106,6 +106,43 @@ def bind_private(path: str) -> socket.socket:
     return sock
 
 
+FileId = tuple[str, int, int]  # path, st_dev, st_ino
+
+
+def socket_file(listener: socket.socket) -> FileId | None:
+    """A listening socket's path and file identity (None when unnamed), for
+    `unlink_own` when its helper exits."""
+    path = listener.getsockname()
+    if not isinstance(path, str) or not path.startswith("/"):
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return path, st.st_dev, st.st_ino
+
+
+def unlink_own(file: FileId | None) -> None:
+    """Remove a helper's socket name, unless it names another's by now (a
+    daemon that found the helper unusable bound a new one there)."""
+    if file is None:
+        return
+    path, dev, ino = file
+    with contextlib.suppress(OSError):
+        st = os.stat(path)
+        if (st.st_dev, st.st_ino) == (dev, ino):
+            os.unlink(path)
+
+
+def refuse(conn: socket.socket, message: bytes) -> None:
+    """Say why (a `refused` message), then hang up (never blocks: one small
+    datagram)."""
+    with contextlib.suppress(OSError):
+        conn.setblocking(False)
+        conn.send(message)
+    conn.close()
+
+
 def connect(path: str, timeout: float | None = None) -> Survivor:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     sock.settimeout(ATTACH_TIMEOUT if timeout is None else timeout)
@@ -199,5 +236,6 @@ def _wait_fd(fd: int, timeout: float) -> bool:
     return bool(select.select([fd], [], [], timeout)[0])
 
 
-__all__ = ["ATTACH_TIMEOUT", "PROTOCOL", "Busy", "Held", "NoWriter", "Survivor", "Unusable", "bind_private",
-           "connect", "dismiss", "instance_socket", "writer_socket"]
+__all__ = ["ATTACH_TIMEOUT", "PROTOCOL", "Busy", "FileId", "Held", "NoWriter", "Survivor", "Unusable",
+           "bind_private", "connect", "dismiss", "instance_socket", "refuse", "socket_file", "unlink_own",
+           "writer_socket"]

@@ -36,6 +36,7 @@ import socket
 import sys
 import time
 
+from taskmasterd.logattach import FileId, refuse, socket_file, unlink_own
 from taskmasterd.logfiles import raise_nofile
 from taskmasterd.logproto import peer_uid_pid
 from taskmasterd.tasks.execute import CANCEL, Execution, cancelled_unstarted, private_umask
@@ -81,7 +82,7 @@ class Runner:
         self.done = asyncio.Event()
         self.task_umask = private_umask()
         self.base_env = dict(os.environ)  # a plain copy: os.environ decodes each value it gives
-        self._listen_file: tuple[str, int, int] | None = None
+        self._listen_file: FileId | None = None
         if ctl is not None:
             self._attach(ctl, peer_uid_pid(ctl)[1])
         if listener is not None:
@@ -89,7 +90,7 @@ class Runner:
             # what a connecting daemon reads, names who called listen().
             listener.listen(8)
             listener.setblocking(False)
-            self._listen_file = _file_id(listener)
+            self._listen_file = socket_file(listener)
             self.loop.add_reader(listener.fileno(), self._accept)
         self._maybe_exit()
 
@@ -269,34 +270,11 @@ class Runner:
         self._send(encode("end"))
 
     def unlink(self) -> None:
-        """Remove our socket's name, unless it names another's by now (a
-        daemon that found us unusable bound a new runner there)."""
-        if self._listen_file is None:
-            return
-        path, dev, ino = self._listen_file
-        with contextlib.suppress(OSError):
-            st = os.stat(path)
-            if (st.st_dev, st.st_ino) == (dev, ino):
-                os.unlink(path)
-
-
-def _file_id(listener: socket.socket) -> tuple[str, int, int] | None:
-    path = listener.getsockname()
-    if not isinstance(path, str) or not path.startswith("/"):
-        return None
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return path, st.st_dev, st.st_ino
+        unlink_own(self._listen_file)
 
 
 def _refuse(conn: socket.socket, reason: str) -> None:
-    """Say why, then hang up (never blocks: one small datagram)."""
-    with contextlib.suppress(OSError):
-        conn.setblocking(False)
-        conn.send(encode("refused", message=reason))
-    conn.close()
+    refuse(conn, encode("refused", message=reason))
 
 
 async def serve(statedir: str, ctl: socket.socket | None, listener: socket.socket | None) -> int:
