@@ -242,7 +242,8 @@ class RunnerClient:
         fds = [theirs.fileno(), *([listener.fileno()] if listener is not None else [])]
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "taskmasterd.tasks.runner", self.statedir, *map(str, fds)],
+                [sys.executable, "-m", "taskmasterd.tasks.runner", os.path.abspath(self.statedir),
+                 *map(str, fds)],
                 pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 start_new_session=True,  # stderr: the daemon's, for its warnings
                 env=runner_env())
