@@ -34,6 +34,9 @@ def parser() -> argparse.ArgumentParser:
                    help="run in the foreground with taskctl's interactive shell on this terminal")
     p.add_argument("--check-config", metavar="FILE",
                    help="validate FILE, print every error with file:line:column, exit 0/1")
+    p.add_argument("--run-task", metavar="FILE",
+                   help="run the one task of the JSON file FILE here, without a daemon: status.json, "
+                        "stdout and stderr in the current directory; exit with the task's status")
     p.add_argument("--version", action="version", version=f"taskmasterd {__version__}")
     return p
 
@@ -62,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.check_config:
         return check_config(args.check_config)
+    if args.run_task:
+        from taskmasterd.tasks.standalone import run_task_file
+
+        return run_task_file(args.run_task)
     wrong_library = pinned.problem(pinned.found_version())
     if wrong_library is not None:
         print(f"taskmasterd: not started: {wrong_library}", file=sys.stderr)

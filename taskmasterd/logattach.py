@@ -11,6 +11,7 @@ runs before the daemon does anything else.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import socket
@@ -72,9 +73,74 @@ def writer_socket(runtime: str, statedir: str, config_path: str) -> str:
     """Where this daemon's writer listens. Keyed by statedir and config file
     (the instance that re-adopts the programs): a daemon never takes the
     writer of another instance sharing the runtime directory."""
+    return instance_socket(runtime, statedir, config_path, "logwriter")
+
+
+def instance_socket(runtime: str, statedir: str, config_path: str, helper: str) -> str:
+    """`runtime/<helper>-<digest>.sock`, the digest naming the daemon
+    instance (statedir + config file); the task runner's is keyed the same."""
     key = f"{os.path.abspath(statedir)}\0{os.path.realpath(config_path)}"
     digest = hashlib.sha256(os.fsencode(key)).hexdigest()[:16]  # fsencode: any bytes in a path
-    return os.path.join(runtime, f"logwriter-{digest}.sock")
+    return os.path.join(runtime, f"{helper}-{digest}.sock")
+
+
+def bind_private(path: str) -> socket.socket:
+    """A SOCK_SEQPACKET socket bound at `path` (0600; a stale socket there,
+    left by a dead helper, is replaced), for a helper to listen() on: the
+    directory must be ours alone, or another user could swap our socket.
+    Raises OSError."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        st = os.stat(os.path.dirname(path))
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise OSError(errno.EPERM, f"{os.path.dirname(path)} is not ours alone (uid {st.st_uid}, "
+                                       f"mode {st.st_mode & 0o7777:o})")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        sock.bind(path)
+        os.chmod(path, 0o600)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+FileId = tuple[str, int, int]  # path, st_dev, st_ino
+
+
+def socket_file(listener: socket.socket) -> FileId | None:
+    """A listening socket's path and file identity (None when unnamed), for
+    `unlink_own` when its helper exits."""
+    path = listener.getsockname()
+    if not isinstance(path, str) or not path.startswith("/"):
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return path, st.st_dev, st.st_ino
+
+
+def unlink_own(file: FileId | None) -> None:
+    """Remove a helper's socket name, unless it names another's by now (a
+    daemon that found the helper unusable bound a new one there)."""
+    if file is None:
+        return
+    path, dev, ino = file
+    with contextlib.suppress(OSError):
+        st = os.stat(path)
+        if (st.st_dev, st.st_ino) == (dev, ino):
+            os.unlink(path)
+
+
+def refuse(conn: socket.socket, message: bytes) -> None:
+    """Say why (a `refused` message), then hang up (never blocks: one small
+    datagram)."""
+    with contextlib.suppress(OSError):
+        conn.setblocking(False)
+        conn.send(message)
+    conn.close()
 
 
 def connect(path: str, timeout: float | None = None) -> Survivor:
@@ -170,5 +236,6 @@ def _wait_fd(fd: int, timeout: float) -> bool:
     return bool(select.select([fd], [], [], timeout)[0])
 
 
-__all__ = ["ATTACH_TIMEOUT", "PROTOCOL", "Busy", "Held", "NoWriter", "Survivor", "Unusable", "connect",
-           "dismiss", "writer_socket"]
+__all__ = ["ATTACH_TIMEOUT", "PROTOCOL", "Busy", "FileId", "Held", "NoWriter", "Survivor", "Unusable",
+           "bind_private", "connect", "dismiss", "instance_socket", "refuse", "socket_file", "unlink_own",
+           "writer_socket"]

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import signal
@@ -299,19 +298,9 @@ class LogPipes:
         path = self._listen_path
         if path is None:
             return None
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            st = os.stat(os.path.dirname(path))
-            if st.st_uid != os.geteuid() or st.st_mode & 0o022:  # another user could swap our socket
-                raise OSError(errno.EPERM, f"{os.path.dirname(path)} is not ours alone (uid {st.st_uid}, "
-                                           f"mode {st.st_mode & 0o7777:o})")
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            sock.bind(path)
-            os.chmod(path, 0o600)  # the writer calls listen()
+            sock = logattach.bind_private(path)  # the writer calls listen()
         except OSError as exc:
-            sock.close()
             log.warning("taskmasterd: the log writer cannot listen on %s: %s; it cannot be re-attached "
                         "if this daemon dies", path, exc.strerror or exc)
             self._listen_path = None

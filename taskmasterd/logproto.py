@@ -29,6 +29,9 @@ carry this version; a message of another version is refused.
 A message that is not what it claims (not JSON, unknown op, a field of the
 wrong type, fds missing or extra) raises ProtocolError with the reason;
 the receiver logs or answers it and goes on.
+
+The framing and the checks are a `Schema`; `LOG` is this protocol's, and
+the task runner's (taskmasterd/tasks/runproto.py) is another.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ import json
 import os
 import socket
 import struct
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 
 PROTOCOL = 2  # 1 was the unversioned protocol before re-attachment
 MAX_MESSAGE = 65536  # bytes; a receive buffer this size never truncates a valid message
@@ -75,46 +79,105 @@ class ProtocolError(ValueError):
     """A message refused; str() is the reason."""
 
 
+@dataclass(frozen=True)
+class Schema:
+    """One protocol over this framing: its version, its ops (fields and fds
+    carried) and those that cross versions. The log writer's is `LOG`; the
+    task runner's is taskmasterd/tasks/runproto.py's."""
+
+    protocol: int
+    ops: Mapping[str, tuple[Mapping[str, str], int]]
+    frozen: frozenset[str]
+    max_message: int = MAX_MESSAGE  # bytes; a receive buffer this size never truncates
+
+    def encode(self, op: str, **fields: object) -> bytes:
+        return json.dumps({"v": self.protocol, "op": op, **fields}, separators=(",", ":")).encode()
+
+    def decode(self, data: bytes, nfds: int, expect: Collection[str]) -> dict[str, object]:
+        """The message in `data` (which came with `nfds` fds), checked: its op is
+        one of `expect`, its fields have their types, its fd count is right.
+        The caller closes the fds when this raises."""
+        if len(data) >= self.max_message:
+            raise ProtocolError(f"message too long ({len(data)} bytes)")
+        try:
+            msg = json.loads(data)
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            raise ProtocolError(f"not JSON ({exc})") from None
+        if not isinstance(msg, dict):
+            raise ProtocolError(f"not a JSON object but {type(msg).__name__}")
+        op = msg.get("op")
+        if not isinstance(op, str) or op not in expect:
+            raise ProtocolError(f"unexpected op {str(op)[:40]!r} "
+                                f"(expected one of {', '.join(sorted(expect))})")
+        version = msg.get("v")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ProtocolError(f"{op}: no protocol version (v)")
+        if version != self.protocol and op not in self.frozen:
+            raise ProtocolError(f"{op}: protocol version {version}, this side speaks {self.protocol}")
+        fields, fds = self.ops[op]
+        for name, kind in fields.items():
+            problem = _check(kind, msg.get(name), self.max_message)
+            if problem:
+                raise ProtocolError(f"{op}: {name} {problem}")
+        if nfds != fds:
+            raise ProtocolError(f"{op}: carries {nfds} fd(s), expected {fds}")
+        return msg
+
+    def receive(self, sock: socket.socket,
+                expect: Collection[str]) -> tuple[dict[str, object], list[int]]:
+        """One message and its fds from `sock` (BlockingIOError when there is
+        none, EOFError at the end). On a bad message the fds are closed and
+        ProtocolError raised."""
+        # CLOEXEC: a received read end must never leak into a program. (Not
+        # socket.recv_fds: Python 3.11's ignores its flags.)
+        data, ancdata, flags, _addr = sock.recvmsg(self.max_message,
+                                                   socket.CMSG_LEN(4 * _INT.itemsize),
+                                                   socket.MSG_CMSG_CLOEXEC)
+        received = array.array("i")
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                received.frombytes(payload[:len(payload) - len(payload) % received.itemsize])
+        fds = list(received)
+        if not data and not fds:
+            raise EOFError
+        try:
+            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                raise ProtocolError("message or its fds truncated")
+            return self.decode(data, len(fds), expect), fds
+        except ProtocolError:
+            for fd in fds:
+                os.close(fd)
+            raise
+
+
+LOG = Schema(PROTOCOL, SCHEMA, FROZEN)
+
+
 def encode(op: str, **fields: object) -> bytes:
-    return json.dumps({"v": PROTOCOL, "op": op, **fields}, separators=(",", ":")).encode()
+    return LOG.encode(op, **fields)
 
 
 def decode(data: bytes, nfds: int, expect: Collection[str]) -> dict[str, object]:
-    """The message in `data` (which came with `nfds` fds), checked: its op is
-    one of `expect`, its fields have their types, its fd count is right.
-    The caller closes the fds when this raises."""
-    if len(data) >= MAX_MESSAGE:
-        raise ProtocolError(f"message too long ({len(data)} bytes)")
-    try:
-        msg = json.loads(data)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise ProtocolError(f"not JSON ({exc})") from None
-    if not isinstance(msg, dict):
-        raise ProtocolError(f"not a JSON object but {type(msg).__name__}")
-    op = msg.get("op")
-    if not isinstance(op, str) or op not in expect:
-        raise ProtocolError(f"unexpected op {str(op)[:40]!r} (expected one of {', '.join(sorted(expect))})")
-    version = msg.get("v")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ProtocolError(f"{op}: no protocol version (v)")
-    if version != PROTOCOL and op not in FROZEN:
-        raise ProtocolError(f"{op}: protocol version {version}, this side speaks {PROTOCOL}")
-    fields, fds = SCHEMA[op]
-    for name, kind in fields.items():
-        problem = _check(kind, msg.get(name))
-        if problem:
-            raise ProtocolError(f"{op}: {name} {problem}")
-    if nfds != fds:
-        raise ProtocolError(f"{op}: carries {nfds} fd(s), expected {fds}")
-    return msg
+    return LOG.decode(data, nfds, expect)
+
+
+def receive(sock: socket.socket, expect: Collection[str]) -> tuple[dict[str, object], list[int]]:
+    return LOG.receive(sock, expect)
 
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check(kind: str, value: object) -> str:
-    """Why `value` is not a `kind`, or ""."""
+def _check(kind: str, value: object, max_message: int = MAX_MESSAGE) -> str:
+    """Why `value` is not a `kind`, or "". Kinds: pos/nat (integers >= 1/0),
+    num (a finite number >= 0), text/name/path/stream (strings), blob (a
+    string as long as a message)."""
+    if kind == "num":
+        if isinstance(value, bool) or not isinstance(value, int | float) or \
+                not 0 <= value < 2 ** 63:
+            return f"must be a number >= 0, not {str(value)[:40]!r}"
+        return ""
     if kind in ("pos", "nat"):
         low = 1 if kind == "pos" else 0
         if not _is_int(value) or not low <= value < 2 ** 63:  # type: ignore[operator]
@@ -122,6 +185,8 @@ def _check(kind: str, value: object) -> str:
         return ""
     if not isinstance(value, str):
         return f"must be a string, not {type(value).__name__}"
+    if kind == "blob":
+        return "" if len(value) < max_message else "is too long"
     if kind == "stream":
         return "" if value in STREAMS else f"must be stdout or stderr, not {value[:40]!r}"
     if len(value) > (255 if kind == "name" else MAX_TEXT) or (kind != "text" and "\0" in value):
@@ -137,28 +202,3 @@ def peer_uid_pid(sock: socket.socket) -> tuple[int, int]:
     pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                           struct.calcsize("3i")))
     return uid, pid
-
-
-def receive(sock: socket.socket, expect: Collection[str]) -> tuple[dict[str, object], list[int]]:
-    """One message and its fds from `sock` (BlockingIOError when there is
-    none, EOFError at the end). On a bad message the fds are closed and
-    ProtocolError raised."""
-    # CLOEXEC: a received read end must never leak into a program. (Not
-    # socket.recv_fds: Python 3.11's ignores its flags.)
-    data, ancdata, flags, _addr = sock.recvmsg(MAX_MESSAGE, socket.CMSG_LEN(4 * _INT.itemsize),
-                                               socket.MSG_CMSG_CLOEXEC)
-    received = array.array("i")
-    for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            received.frombytes(payload[:len(payload) - len(payload) % received.itemsize])
-    fds = list(received)
-    if not data and not fds:
-        raise EOFError
-    try:
-        if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
-            raise ProtocolError("message or its fds truncated")
-        return decode(data, len(fds), expect), fds
-    except ProtocolError:
-        for fd in fds:
-            os.close(fd)
-        raise

@@ -41,6 +41,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from taskmasterd.logattach import refuse, socket_file, unlink_own
 from taskmasterd.logfiles import (  # re-exported: the daemon and the tests use them here
     CHUNK,
     FALLOC_FL_KEEP_SIZE,
@@ -95,7 +96,7 @@ class Writer:
             # what a connecting daemon reads, names who called listen().
             self.listener.listen(8)
             self.listener.setblocking(False)
-            self._listen_file = _file_id(self.listener)
+            self._listen_file = socket_file(self.listener)
             self.poll.register(self.listener.fileno(), select.EPOLLIN)
 
     def done(self) -> bool:
@@ -130,15 +131,7 @@ class Writer:
         return 0
 
     def _unlink(self) -> None:
-        """Remove our socket's name, unless it names another's by now (a
-        daemon that found us unusable bound a new writer there)."""
-        if self._listen_file is None:
-            return
-        path, dev, ino = self._listen_file
-        with contextlib.suppress(OSError):
-            st = os.stat(path)
-            if (st.st_dev, st.st_ino) == (dev, ino):
-                os.unlink(path)
+        unlink_own(self._listen_file)
 
     # ---- control socket
 
@@ -398,24 +391,8 @@ class Writer:
         self._send(encode("eof", id=stream.id))
 
 
-def _file_id(listener: socket.socket) -> tuple[str, int, int] | None:
-    """The listening socket's path and file identity, None when unnamed."""
-    path = listener.getsockname()
-    if not isinstance(path, str) or not path.startswith("/"):
-        return None
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return path, st.st_dev, st.st_ino
-
-
 def _refuse(conn: socket.socket, reason: str) -> None:
-    """Say why, then hang up (never blocks: one small datagram)."""
-    with contextlib.suppress(OSError):
-        conn.setblocking(False)
-        conn.send(encode("refused", message=reason))
-    conn.close()
+    refuse(conn, encode("refused", message=reason))
 
 
 def main(argv: list[str]) -> int:

@@ -38,6 +38,7 @@ def orphan_writer(sock_path: str, out: Path, version: int = PROTOCOL) -> tuple[s
     fds = (theirs.fileno(), listener.fileno())
     code = ("import sys, taskmasterd.logproto as p\n"
             f"p.PROTOCOL = {version}  # a writer of another release\n"
+            "p.LOG = p.Schema(p.PROTOCOL, p.SCHEMA, p.FROZEN)\n"
             "from taskmasterd import logwriter\n"
             f"sys.exit(logwriter.main(['logwriter', '{fds[0]}', '{fds[1]}']))\n")
     proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=fds, cwd=ROOT)

@@ -1,0 +1,281 @@
+"""The execution of ONE task, shared by the task runner
+(taskmasterd/tasks/runner.py) and the standalone `taskmasterd --run-task`
+(taskmasterd/tasks/standalone.py).
+
+The decisions -- which status follows a spawn, an exit, a timeout, a
+cancel -- are pure functions of the status and what happened (tested
+without processes). `Execution` is the thin process side on an asyncio
+loop: it spawns the task with `taskmasterd.spawn.spawn` (own session and
+process group, stdout/stderr appended to the files of its TaskDir, which
+the task holds itself), watches its pidfd, collects its exit with
+waitid(P_PIDFD), beats every HEARTBEAT seconds while it runs, and stops it
+on a timeout or a cancel: `stopsignal` to its process group, SIGKILL after
+`stoptime`. Every new status goes to `record`; the owner writes it
+(taskmasterd/tasks/statuswriter.py) and tells whom it must.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import select
+import signal
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from taskmasterd import spawn
+from taskmasterd.process import SpawnError
+from taskmasterd.programschema import Output, OutputKind
+from taskmasterd.tasks.records import TaskState, TaskStatus
+from taskmasterd.tasks.taskfiles import TaskDir
+
+HEARTBEAT = 30.0  # seconds between two signs of life in status.json while a task runs
+TIMEOUT = "timeout"
+CANCEL = "cancel"
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why a task is being stopped, and how far it went."""
+
+    why: str  # TIMEOUT or CANCEL
+    reason: str  # a cancel's reason (given by the caller); "" for a timeout
+    signal: int  # the stopsignal sent
+    stoptime: float
+    killed: bool = False  # SIGKILL followed, stoptime after
+
+
+# ---- the decisions (pure) ----------------------------------------------------------
+
+
+def signame(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"SIG{sig}"
+
+
+def task_env(status: TaskStatus) -> dict[str, str]:
+    """The variables a task gets over the runner's environment: its own
+    `env`, then TASKMASTER_TASK_ID/NAME/ACTIVITY (which win)."""
+    env = dict(status.spec.env)
+    env["TASKMASTER_TASK_ID"] = status.id
+    env["TASKMASTER_TASK_NAME"] = status.name
+    env["TASKMASTER_ACTIVITY"] = status.activity
+    return env
+
+
+def private_umask() -> int:
+    """Make this process's umask 077 and return the one it had, which the
+    tasks get: so spawn creates a task's stdout and stderr 0600 (its
+    environment may hold secrets, and --run-task writes them in a directory
+    others may read) at no cost, while the task runs with the umask it would
+    have had."""
+    return os.umask(0o077)
+
+
+def launch_spec(status: TaskStatus, taskdir: TaskDir, base_env: Mapping[str, str],
+                umask: int | None = None) -> spawn.LaunchSpec:
+    spec = status.spec
+    return spawn.LaunchSpec(
+        process=status.id, program=status.name, index=0, argv=spec.argv, base_env=base_env,
+        env=task_env(status), cwd=spec.workingdir, umask=umask, user=spec.user,
+        stdout=Output(OutputKind.FILE, taskdir.output("stdout")),
+        stderr=Output(OutputKind.FILE, taskdir.output("stderr")), logdir="", journal=False)
+
+
+def spawn_error(error: SpawnError, command: str) -> SpawnError:
+    """taskd's style for an execve failure: syscall "spawn <command as
+    given>"; the other steps (chdir, open, setuid) keep spawn.py's text."""
+    if error.syscall.startswith("execve "):
+        return SpawnError(error.code, f"spawn {command}", error.message)
+    return error
+
+
+def running(status: TaskStatus, pid: int, start_ticks: int, runner_pid: int,
+            now: float) -> TaskStatus:
+    return status.replace(state=TaskState.RUNNING, pid=pid, start_ticks=start_ticks,
+                          runner_pid=runner_pid, started=now, heartbeat=now, ended=0.0,
+                          exit_code=None, signal=None, spawn_error=None, reason="")
+
+
+def spawn_failed(status: TaskStatus, error: SpawnError, runner_pid: int, now: float) -> TaskStatus:
+    error = spawn_error(error, status.spec.command)
+    return status.replace(state=TaskState.FAILED, spawn_error=error, runner_pid=runner_pid,
+                          started=now, ended=now, pid=0, start_ticks=0,
+                          reason=f"could not be started: {error}")
+
+
+def beat(status: TaskStatus, now: float) -> TaskStatus:
+    return status.replace(heartbeat=now)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g} s"
+
+
+def timeout_reason(timeout: float, stop: Stop) -> str:
+    text = f"timed out after {_seconds(timeout)} (stopped with {signame(stop.signal)}"
+    if stop.killed:
+        text += f", SIGKILL after {_seconds(stop.stoptime)}"
+    return text + ")"
+
+
+def ended(status: TaskStatus, returncode: int, now: float, stop: Stop | None = None) -> TaskStatus:
+    """The end status from a returncode (>= 0: exit status; < 0: killed by
+    that signal) and the stop under way, if any: a timeout fails the task
+    whatever its exit, a cancel makes it cancelled; the real exit status is
+    recorded either way."""
+    code = returncode if returncode >= 0 else None
+    sig = -returncode if returncode < 0 else None
+    out = status.replace(ended=now, exit_code=code, signal=sig)
+    if stop is not None and stop.why == CANCEL:
+        return out.replace(state=TaskState.CANCELLED, reason=stop.reason)
+    if stop is not None and stop.why == TIMEOUT:
+        return out.replace(state=TaskState.FAILED, reason=timeout_reason(status.timeout, stop))
+    if returncode == 0:
+        return out.replace(state=TaskState.SUCCEEDED, reason="")
+    if code is not None:
+        return out.replace(state=TaskState.FAILED, reason=f"exited with status {code}")
+    return out.replace(state=TaskState.FAILED, reason=f"killed by {signame(-returncode)}")
+
+
+def cancelled_unstarted(status: TaskStatus, reason: str, runner_pid: int, now: float) -> TaskStatus:
+    """A task the runner was asked to run while it was stopping."""
+    return status.replace(state=TaskState.CANCELLED, reason=reason, runner_pid=runner_pid, ended=now)
+
+
+TIMED_OUT = 124  # GNU timeout(1)'s exit status for a command it stopped
+
+
+def exit_status(status: TaskStatus) -> int:
+    """The shell's view of a task's end (`taskmasterd --run-task`): its exit
+    status; 128+n when signal n killed it; 127 when the command was not
+    found, 126 when it could not be started otherwise; 124 when it was
+    stopped for its timeout, as timeout(1) says."""
+    if status.spawn_error is not None:
+        return 127 if status.spawn_error.code == "ENOENT" else 126
+    if status.state is TaskState.FAILED and status.reason.startswith("timed out"):
+        return TIMED_OUT
+    if status.exit_code is not None:
+        return status.exit_code
+    if status.signal is not None:
+        return 128 + status.signal
+    return 0 if status.state is TaskState.SUCCEEDED else 1
+
+
+def summary(status: TaskStatus) -> str:
+    """One line on how a task ended."""
+    if status.state is TaskState.SUCCEEDED:
+        return f"task {status.id} ({status.name}) succeeded"
+    return f"task {status.id} ({status.name}) {status.state.value}: {status.reason}"
+
+
+# ---- the process side -----------------------------------------------------------------
+
+Record = Callable[[TaskStatus, bool], None]  # (status, whether it is news: not a heartbeat)
+
+
+class Execution:
+    """One task, from its spawn to its recorded end, on the running loop."""
+
+    def __init__(self, status: TaskStatus, taskdir: TaskDir, *, stopsignal: int, stoptime: float,
+                 runner_pid: int, record: Record, finished: Callable[[Execution], None],
+                 base_env: Mapping[str, str] | None = None, umask: int | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.status = status
+        self.taskdir = taskdir
+        self.stopsignal = stopsignal
+        self.stoptime = stoptime
+        self.runner_pid = runner_pid
+        self._record = record
+        self._finished = finished
+        self._base_env = os.environ if base_env is None else base_env
+        self._umask = umask  # the task's (private_umask); None: this process's
+        self.child: spawn.Child | None = None
+        self.stop_state: Stop | None = None
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+
+    @property
+    def id(self) -> str:
+        return self.status.id
+
+    def start(self) -> None:
+        try:
+            child = spawn.spawn(launch_spec(self.status, self.taskdir, self._base_env, self._umask))
+        except spawn.SpawnFailed as exc:
+            self._end(spawn_failed(self.status, exc.error, self.runner_pid, time.time()))
+            return
+        self.child = child
+        self._set(running(self.status, child.pid, child.start_ticks, self.runner_pid, time.time()))
+        self._loop.add_reader(child.pidfd, self._on_exit)
+        self._timers["beat"] = self._loop.call_later(HEARTBEAT, self._beat)
+        if self.status.timeout > 0:
+            self._timers["timeout"] = self._loop.call_later(self.status.timeout, self.stop, TIMEOUT, "")
+
+    def stop(self, why: str, reason: str) -> bool:
+        """Stop it (stopsignal to its group, SIGKILL after stoptime); False
+        when it has already exited or is being stopped."""
+        child = self.child
+        if child is None or self.stop_state is not None or _readable(child.pidfd):
+            return False
+        self.stop_state = Stop(why, reason, self.stopsignal, self.stoptime)
+        self._cancel_timer("timeout")
+        spawn.kill_group(child, signal.Signals(self.stopsignal))
+        self._timers["kill"] = self._loop.call_later(self.stoptime, self._kill)
+        return True
+
+    def kill_now(self) -> None:
+        """A stop under way goes to SIGKILL at once (a second Ctrl-C)."""
+        if self.stop_state is not None:
+            self._cancel_timer("kill")
+            self._kill()
+
+    def _kill(self) -> None:
+        if self.child is None or self.stop_state is None:
+            return
+        self.stop_state = Stop(self.stop_state.why, self.stop_state.reason, self.stop_state.signal,
+                               self.stop_state.stoptime, killed=True)
+        spawn.kill_group(self.child, signal.SIGKILL)
+
+    def _beat(self) -> None:
+        self.status = beat(self.status, time.time())
+        self._record(self.status, False)
+        self._timers["beat"] = self._loop.call_later(HEARTBEAT, self._beat)
+
+    def _on_exit(self) -> None:
+        child = self.child
+        assert child is not None
+        self._loop.remove_reader(child.pidfd)  # before collect() closes it
+        returncode = spawn.collect(child)
+        if returncode is None:  # a spurious wake-up
+            self._loop.add_reader(child.pidfd, self._on_exit)
+            return
+        self.child = None
+        self._end(ended(self.status, returncode, time.time(), self.stop_state))
+
+    def _set(self, status: TaskStatus) -> None:
+        self.status = status
+        self._record(status, True)
+
+    def _end(self, status: TaskStatus) -> None:
+        for name in list(self._timers):
+            self._cancel_timer(name)
+        self._set(status)
+        self._finished(self)
+
+    def _cancel_timer(self, name: str) -> None:
+        timer = self._timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+
+
+def _readable(fd: int) -> bool:
+    """Whether a pidfd says its process has exited (a cancel then changes
+    nothing: its real end is on its way)."""
+    try:
+        return bool(select.select([fd], [], [], 0)[0])
+    except OSError as exc:
+        return exc.errno == errno.EBADF

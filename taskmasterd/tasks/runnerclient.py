@@ -1,0 +1,375 @@
+"""The daemon's side of the task runner (taskmasterd/tasks/runner.py).
+
+`RunnerClient` starts the one runner process on the first `run()` (in its
+own session, so it outlives the daemon), sends it `run`/`cancel`, and hands
+every status it reports to `on_status`: running, then the end. At start,
+`attach_surviving()` finds a runner a dead daemon left behind, on its unix
+socket in the runtime directory (`runner_socket()`, keyed by statedir and
+config file like the log writer's), checks its uid (SO_PEERCRED), and gets
+the statuses of the tasks it holds; its connection is the control socket
+from then on. Blocking, with a timeout per answer: it runs before the
+daemon does anything else.
+
+When the runner dies while attached, `on_gone(pid, reason)` says so (the
+daemon decides what becomes of its tasks); the next `run()` starts a new
+one. `close()` detaches: the runner keeps its tasks, writes their ends, and
+exits once the last one ended. A runner started here is our child: its exit
+is collected through its pidfd, never left a zombie.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+from taskmasterd import logattach
+from taskmasterd.logpipes import _writer_env
+from taskmasterd.logproto import peer_uid_pid
+from taskmasterd.tasks.execute import signame
+from taskmasterd.tasks.records import TaskState, TaskStatus
+from taskmasterd.tasks.runproto import (
+    MAX_MESSAGE,
+    TO_DAEMON,
+    ProtocolError,
+    encode,
+    receive,
+    status_of,
+    status_text,
+)
+from taskmasterd.tasks.taskfiles import TaskFiles
+
+log = logging.getLogger("taskmasterd")
+
+ATTACH_TIMEOUT = logattach.ATTACH_TIMEOUT  # seconds a surviving runner gets for each answer
+
+
+def runner_socket(runtime: str, statedir: str, config_path: str) -> str:
+    """Where this daemon's task runner listens (one per statedir and config file)."""
+    return logattach.instance_socket(runtime, statedir, config_path, "taskrunner")
+
+
+OUTER_PYTHONPATH = "TASKMASTER_RUNNER_OUTER_PYTHONPATH"
+
+
+def runner_env() -> dict[str, str]:
+    """The daemon's environment, with the daemon's import path (the runner
+    must import the same taskmasterd) and, in OUTER_PYTHONPATH, the
+    PYTHONPATH the daemon had ("unset" or "set:VALUE"): the runner gives
+    its tasks the daemon's environment, not its own import path."""
+    env = _writer_env()
+    outer = os.environ.get("PYTHONPATH")
+    env[OUTER_PYTHONPATH] = "unset" if outer is None else f"set:{outer}"
+    return env
+
+
+def restore_outer_env(environ: dict[str, str] | os._Environ[str]) -> None:
+    """In the runner: PYTHONPATH back to the daemon's (runner_env)."""
+    outer = environ.pop(OUTER_PYTHONPATH, None)
+    if outer == "unset":
+        environ.pop("PYTHONPATH", None)
+    elif outer is not None and outer.startswith("set:"):
+        environ["PYTHONPATH"] = outer[4:]
+
+
+class RunnerClient:
+    def __init__(self, statedir: str, socket_path: str, *,
+                 on_status: Callable[[TaskStatus], None],
+                 on_gone: Callable[[int, str], None]) -> None:
+        self.statedir = statedir
+        self.socket_path: str | None = socket_path  # None: our runner cannot listen there
+        self.on_status = on_status
+        self.on_gone = on_gone
+        self.timeout = ATTACH_TIMEOUT
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen[bytes] | None = None  # a runner we started
+        self._pid = 0
+        self._pidfd = -1
+        self._outbox: list[bytes] = []
+        self._closed = False
+
+    @property
+    def pid(self) -> int:
+        """The attached runner's pid (0: none)."""
+        return self._pid
+
+    # ---- re-attachment
+
+    def attach_surviving(self) -> list[TaskStatus] | None:
+        """The statuses of the tasks a surviving runner holds (it is our
+        runner from now on), or None when no runner listens (or it cannot
+        be used: logged). Blocking, called on the running loop at start.
+
+        Held are the running tasks and the ended ones whose final
+        status.json write is still under way: a held status is never older
+        than the file. A task ended while no daemon was attached is not held:
+        its end is in its status.json."""
+        path = self.socket_path
+        if path is None or self._sock is not None:
+            return None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            return None
+        except OSError as exc:
+            sock.close()
+            log.warning("taskmasterd: cannot reach a surviving task runner at %s: %s", path, exc)
+            return None
+        try:
+            found = self._greet(sock, path)
+        except BaseException:
+            sock.close()
+            raise
+        if found is None:
+            sock.close()
+            return None
+        pid, held = found
+        self._watch(sock, pid, None)
+        log.info("taskmasterd: re-attached the task runner (pid %d) and its %d task(s)", pid, len(held))
+        return held
+
+    def _greet(self, sock: socket.socket, path: str) -> tuple[int, list[TaskStatus]] | None:
+        try:
+            uid, pid = peer_uid_pid(sock)
+        except OSError as exc:
+            log.warning("taskmasterd: task runner at %s: no peer credentials: %s", path, exc.strerror)
+            return None
+        if uid != os.geteuid():  # somebody else's socket in our directory: never trusted
+            log.warning("taskmasterd: %s is served by uid %d, not %d: not attached", path, uid,
+                        os.geteuid())
+            return None
+        held: list[TaskStatus] = []
+        try:
+            sock.send(encode("hello", pid=os.getpid()))
+            msg, _fds = receive(sock, {"welcome", "busy", "refused"})
+            if msg["op"] == "busy":
+                log.warning("taskmasterd: the task runner at %s is attached to another taskmasterd "
+                            "(pid %s): not taken", path, msg["pid"])
+                self.socket_path = None  # its path stays its own
+                return None
+            if msg["op"] == "refused":
+                log.warning("taskmasterd: the task runner (pid %d) at %s refused this daemon: %s", pid,
+                            path, msg["message"])
+                return None
+            while True:
+                msg, _fds = receive(sock, {"held", "end"})
+                if msg["op"] == "end":
+                    return pid, held
+                held.append(status_of(msg))
+        except (TimeoutError, ProtocolError, EOFError, OSError) as exc:
+            why = "does not answer" if isinstance(exc, TimeoutError) else f"answers badly: {exc or 'hung up'}"
+            log.warning("taskmasterd: the task runner (pid %d) at %s %s; a new one takes its place "
+                        "(its tasks go on under it; their ends are in their status.json)", pid, path, why)
+            return None
+
+    # ---- tasks
+
+    def run(self, status: TaskStatus, stopsignal: int, stoptime: float) -> None:
+        """Start `status`'s task (its status.json says queued); a runner is
+        started first when none is attached."""
+        data = encode("run", status=status_text(status), stopsignal=int(stopsignal),
+                      stoptime=float(stoptime))
+        if len(data) >= MAX_MESSAGE:
+            self._fail(status, f"too large for the task runner: its status is {len(data)} bytes, at "
+                               f"most {MAX_MESSAGE} are accepted (fewer or shorter arguments and "
+                               "environment variables)")
+            return
+        if self._sock is None:
+            try:
+                self._start()
+            except OSError as exc:
+                log.error("taskmasterd: cannot start the task runner: %s", exc)
+                self._fail(status, f"the task runner could not be started: {exc.strerror or exc}")
+                return
+        self._send(data)
+
+    def _fail(self, status: TaskStatus, reason: str) -> None:
+        """A task that never reached the runner fails, recorded here (it
+        never started: the daemon's to write), reported as the runner's
+        statuses are (on the next loop turn, as those come)."""
+        failed = status.replace(state=TaskState.FAILED, reason=reason, ended=time.time())
+        try:
+            TaskFiles(self.statedir).write_task(failed)
+        except OSError as exc:
+            log.error("taskmasterd: task %s: cannot write its status.json: %s", status.id, exc)
+        self._soon(self.on_status, failed)
+
+    def cancel(self, id: str, reason: str) -> None:
+        """Stop a task the runner runs (its end comes through on_status)."""
+        if self._sock is not None:
+            self._send(encode("cancel", id=id, reason=reason))
+
+    async def close(self) -> None:
+        """Detach: the runner keeps its tasks and exits after the last one."""
+        self._closed = True
+        if self._sock is not None:
+            loop = self._get_loop()
+            loop.remove_reader(self._sock.fileno())
+            loop.remove_writer(self._sock.fileno())
+            self._flush_blocking()
+            self._sock.close()
+            self._sock = None
+        self._outbox.clear()
+        if self._proc is None and self._pidfd >= 0:  # not ours to reap
+            self._get_loop().remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+        # A runner we started stays watched: its exit is collected (no zombie).
+
+    # ---- the runner process
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def _soon(self, fn: Callable[[TaskStatus], None], status: TaskStatus) -> None:
+        self._get_loop().call_soon(fn, status)
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        listener = self._listen()
+        fds = [theirs.fileno(), *([listener.fileno()] if listener is not None else [])]
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "taskmasterd.tasks.runner", os.path.abspath(self.statedir),
+                 *map(str, fds)],
+                pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                start_new_session=True,  # stderr: the daemon's, for its warnings
+                env=runner_env())
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+            if listener is not None:
+                listener.close()
+        self._watch(ours, proc.pid, proc)
+        log.debug("task runner started, pid %d", proc.pid)
+
+    def _listen(self) -> socket.socket | None:
+        path = self.socket_path
+        if path is None:
+            return None
+        try:
+            return logattach.bind_private(path)
+        except OSError as exc:
+            log.warning("taskmasterd: the task runner cannot listen on %s: %s; it cannot be re-attached "
+                        "if this daemon dies", path, exc.strerror or exc)
+            self.socket_path = None
+            return None
+
+    def _watch(self, sock: socket.socket, pid: int, proc: subprocess.Popen[bytes] | None) -> None:
+        loop = self._get_loop()
+        if self._pidfd >= 0:  # a previous runner we still reap
+            loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+        self._proc, self._pid, self._sock = proc, pid, sock
+        self._closed = False
+        self._outbox.clear()
+        sock.setblocking(False)
+        loop.add_reader(sock.fileno(), self._on_message)
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:  # already gone
+            loop.call_soon(self._on_exit)
+            return
+        loop.add_reader(self._pidfd, self._on_exit)
+
+    def _on_exit(self) -> None:
+        pid, proc = self._pid, self._proc
+        status: int | None = None
+        if self._pidfd >= 0:
+            self._get_loop().remove_reader(self._pidfd)
+            if proc is not None:
+                status = proc.wait()
+            os.close(self._pidfd)
+            self._pidfd = -1
+        attached = self._sock is not None
+        if self._sock is not None:
+            self._on_message()  # the statuses it sent before it died
+        if self._sock is not None:
+            loop = self._get_loop()
+            loop.remove_reader(self._sock.fileno())
+            loop.remove_writer(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+        self._outbox.clear()
+        self._proc, self._pid = None, 0
+        if not attached or self._closed:
+            return
+        if status is None:
+            how = "it ended (exit status unknown: not our child)"
+        elif status < 0:
+            how = f"killed by {signame(-status)}"
+        else:
+            how = f"exited with status {status}"
+        log.warning("taskmasterd: the task runner (pid %d) %s", pid, how)
+        self.on_gone(pid, how)
+
+    # ---- messages
+
+    def _send(self, data: bytes) -> None:
+        self._outbox.append(data)
+        if len(self._outbox) == 1:
+            self._flush()
+
+    def _flush(self) -> None:
+        sock = self._sock
+        while self._outbox and sock is not None:
+            try:
+                sock.send(self._outbox[0])
+            except BlockingIOError:
+                self._get_loop().add_writer(sock.fileno(), self._flush)
+                return
+            except OSError:
+                return  # the runner is gone: _on_exit says so
+            self._outbox.pop(0)
+        if sock is not None:
+            self._get_loop().remove_writer(sock.fileno())
+
+    def _flush_blocking(self) -> None:
+        """What close() must not lose (a last run or cancel), bounded."""
+        sock = self._sock
+        if sock is None or not self._outbox:
+            return
+        sock.settimeout(self.timeout)
+        with contextlib.suppress(OSError):
+            while self._outbox:
+                sock.send(self._outbox.pop(0))
+
+    def _on_message(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        while True:
+            try:
+                msg, _fds = receive(sock, TO_DAEMON)
+            except BlockingIOError:
+                return
+            except ProtocolError as exc:
+                log.warning("taskmasterd task runner (pid %d): message refused: %s", self._pid, exc)
+                continue
+            except (EOFError, OSError):  # its exit comes through the pidfd
+                self._get_loop().remove_reader(sock.fileno())
+                return
+            if msg["op"] == "status":
+                try:
+                    status = status_of(msg)
+                except ProtocolError as exc:
+                    log.warning("taskmasterd task runner (pid %d): %s", self._pid, exc)
+                    continue
+                self.on_status(status)
+            elif msg["op"] == "refused":
+                log.warning("taskmasterd task runner (pid %d): %s", self._pid, msg["message"])

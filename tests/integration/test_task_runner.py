@@ -1,0 +1,581 @@
+"""The task runner with real processes (taskmasterd/tasks/runner.py through
+taskmasterd/tasks/runnerclient.py, and `taskmasterd --run-task`): tasks run
+and end with the right status, in their files as in the messages; the
+runner outlives its daemon (played by a RunnerClient the test closes),
+records the real end of a task that ended meanwhile, hands its tasks to the
+next daemon, and exits once idle and detached. No fixed sleeps: every wait
+is on a status, a file or a process, with a timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from taskmasterd.tasks import runproto
+from taskmasterd.tasks.execute import CANCEL, HEARTBEAT, Execution
+from taskmasterd.tasks.records import TaskState, TaskStatus, new_id, task_json
+from taskmasterd.tasks.runnerclient import RunnerClient, runner_socket
+from taskmasterd.tasks.spec import parse_task
+from taskmasterd.tasks.taskfiles import TaskDir, TaskFiles
+from tests.harness import wait_until
+from tests.virtual_clock import VirtualClockLoop
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT = 20.0
+
+
+@pytest.fixture
+def dirs() -> Iterator[tuple[str, str]]:
+    """(statedir, runtime dir): short paths (a unix socket path is <= 108 bytes)."""
+    base = tempfile.mkdtemp(prefix="tr-", dir="/tmp")
+    os.chmod(base, 0o700)
+    yield os.path.join(base, "state"), os.path.join(base, "run")
+    for pid in _started_with(base):  # a failed test leaves no runner nor task behind
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _started_with(base: str) -> list[int]:
+    """The processes whose command line names `base` (this test's runners and tasks)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    if os.fsencode(base) in f.read():
+                        found.append(int(name))
+            except OSError:
+                continue
+    return found
+
+
+async def until(what: str, cond: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    """wait_until for the event loop: the loop keeps running meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)  # sleep-ok: the poll step of a wait with a timeout
+
+
+class Daemon:
+    """What the daemon part does with a RunnerClient, reduced to recording."""
+
+    def __init__(self, statedir: str, runtime: str) -> None:
+        self.files = TaskFiles(statedir)
+        self.statuses: dict[str, list[TaskStatus]] = {}
+        self.gone: list[tuple[int, str]] = []
+        self.client = RunnerClient(statedir, runner_socket(runtime, statedir, "/etc/tm.yaml"),
+                                   on_status=self.on_status,
+                                   on_gone=lambda pid, why: self.gone.append((pid, why)))
+        self.ended: list[TaskStatus] = []
+
+    def on_status(self, status: TaskStatus) -> None:
+        self.statuses.setdefault(status.id, []).append(status)
+        if status.state.final:
+            self.ended.append(status)
+
+    def submit(self, command: str, *args: str, timeout: float = 0, run: bool = True) -> TaskStatus:
+        status = TaskStatus(id=new_id(self.files.taken),
+                            spec=parse_task({"command": command, "args": list(args), "timeout": timeout}),
+                            state=TaskState.QUEUED, seq=len(self.statuses) + 1, submitted=time.time(),
+                            timeout=timeout)
+        self.files.create_task(status)
+        self.statuses.setdefault(status.id, [])
+        if run:
+            self.client.run(status, signal.SIGTERM, 10.0)
+        return status
+
+    def last(self, id: str) -> TaskStatus | None:
+        got = self.statuses.get(id)
+        return got[-1] if got else None
+
+    async def end_of(self, id: str, timeout: float = TIMEOUT) -> TaskStatus:
+        await until(f"the end of task {id}", lambda: (s := self.last(id)) is not None and s.state.final,
+                    timeout)
+        end = self.last(id)
+        assert end is not None
+        return end
+
+    async def running(self, id: str) -> TaskStatus:
+        await until(f"task {id} running", lambda: any(s.state is TaskState.RUNNING
+                                                     for s in self.statuses.get(id, [])))
+        return next(s for s in self.statuses[id] if s.state is TaskState.RUNNING)
+
+    def on_disk(self, id: str) -> TaskStatus:
+        got = self.files.read_task(id)
+        assert isinstance(got, TaskStatus), got
+        return got
+
+    async def recorded(self, status: TaskStatus) -> None:
+        """Wait until status.json says what the message said (the file is
+        written off the loop, in the runner's own time)."""
+        await until(f"{status.id}'s status.json to say {status.state.value}",
+                    lambda: same(self.files.read_task(status.id), status))
+
+
+def same(a: object, b: TaskStatus) -> bool:
+    """Whether a status read back is `b` (times are kept to the µs on disk)."""
+    return isinstance(a, TaskStatus) and task_json(a) == task_json(b)
+
+
+def run(coro: object) -> None:
+    asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_exits_spawn_errors_and_files_agree(dirs: tuple[str, str]) -> None:
+    async def main() -> None:
+        d = Daemon(*dirs)
+        ok = d.submit("true")
+        three = d.submit("sh", "-c", "echo out; echo err >&2; exit 3")
+        missing = d.submit("no-such-command-here")
+        env = d.submit("sh", "-c", 'echo "$TASKMASTER_TASK_ID $TASKMASTER_TASK_NAME"; umask; '
+                                   'echo "${PYTHONPATH-unset}"; env | grep -c TASKMASTER_RUNNER')
+        runner_pid = d.client.pid
+        assert runner_pid > 0
+        end = await d.end_of(ok.id)
+        assert (end.state, end.exit_code, end.reason) == (TaskState.SUCCEEDED, 0, "")
+        assert end.runner_pid == runner_pid and end.pid > 0 and end.started and end.ended
+        assert [s.state for s in d.statuses[ok.id]] == [TaskState.RUNNING, TaskState.SUCCEEDED]
+        end = await d.end_of(three.id)
+        assert (end.state, end.exit_code, end.reason) == (TaskState.FAILED, 3, "exited with status 3")
+        end = await d.end_of(missing.id)
+        assert end.state is TaskState.FAILED and end.spawn_error is not None
+        assert (end.spawn_error.code, end.spawn_error.syscall) == ("ENOENT", "spawn no-such-command-here")
+        assert [s.state for s in d.statuses[missing.id]] == [TaskState.FAILED]
+        await d.end_of(env.id)
+        for status in (ok, three, missing, env):
+            await d.recorded(d.last(status.id))  # type: ignore[arg-type]
+        out = d.files.task_dir(three.id)
+        assert Path(out.output("stdout")).read_text() == "out\n"
+        assert Path(out.output("stderr")).read_text() == "err\n"
+        assert os.stat(out.output("stdout")).st_mode & 0o777 == 0o600
+        umask = os.umask(0o022)
+        os.umask(umask)
+        # The task runs with the daemon's umask; its output files are 0600 all the same.
+        assert Path(d.files.task_dir(env.id).output("stdout")).read_text() == (
+            f"{env.id} sh\n{umask:04o}\n{os.environ.get('PYTHONPATH', 'unset')}\n0\n")
+        await d.client.close()
+        await until("the idle, detached runner to exit", lambda: gone(runner_pid))
+        assert not d.gone  # a runner that left on its own is not "gone" news
+
+    run(main())
+
+
+def test_timeouts_stop_with_stopsignal_then_sigkill(dirs: tuple[str, str]) -> None:
+    async def main() -> None:
+        d = Daemon(*dirs)
+        polite = d.submit("sleep", "30", timeout=0.3)
+        stubborn = TaskStatus(
+            id=new_id(d.files.taken),
+            spec=parse_task({"command": "sh", "timeout": 0.3,
+                             "args": ["-c", 'trap "" TERM; echo ready; while :; do sleep 1; done']}),
+            state=TaskState.QUEUED, seq=9, submitted=time.time(), timeout=0.3)
+        d.files.create_task(stubborn)
+        d.client.run(stubborn, signal.SIGTERM, 0.5)
+        end = await d.end_of(polite.id)
+        assert end.state is TaskState.FAILED and end.signal == signal.SIGTERM
+        assert end.reason == "timed out after 0.3 s (stopped with SIGTERM)"
+        end = await d.end_of(stubborn.id)
+        assert end.state is TaskState.FAILED and end.signal == signal.SIGKILL
+        assert end.reason == "timed out after 0.3 s (stopped with SIGTERM, SIGKILL after 0.5 s)"
+        assert end.ended - end.started >= 0.8
+        await d.recorded(end)
+        await d.client.close()
+
+    run(main())
+
+
+def test_a_cancel_ends_the_task_cancelled(dirs: tuple[str, str]) -> None:
+    async def main() -> None:
+        d = Daemon(*dirs)
+        task = d.submit("sleep", "30")
+        await d.running(task.id)
+        assert d.on_disk(task.id).state in (TaskState.QUEUED, TaskState.RUNNING)
+        d.client.cancel(task.id, "cancelled by taskctl cancel (uid 0)")
+        end = await d.end_of(task.id)
+        assert end.state is TaskState.CANCELLED and end.signal == signal.SIGTERM
+        assert end.reason == "cancelled by taskctl cancel (uid 0)"
+        await d.recorded(end)
+        d.client.cancel(task.id, "again")  # ended: nothing happens, nothing breaks
+        await d.client.close()
+
+    run(main())
+
+
+def test_the_runner_outlives_its_daemon_and_hands_its_tasks_to_the_next(dirs: tuple[str, str]) -> None:
+    base = os.path.dirname(dirs[0])
+    fifos = [os.path.join(base, name) for name in ("a", "b")]
+    for fifo in fifos:
+        os.mkfifo(fifo)
+
+    async def main() -> None:
+        first = Daemon(*dirs)
+        a = first.submit("sh", "-c", f"read x < {fifos[0]}; exit 5")
+        b = first.submit("sh", "-c", f"read x < {fifos[1]}; exit 0")
+        runner_pid = first.client.pid
+        await first.running(a.id)
+        running_b = await first.running(b.id)
+        await first.client.close()  # the daemon is gone (SIGKILL looks the same from the runner)
+
+        await asyncio.to_thread(Path(fifos[0]).write_text, "go\n")  # A ends meanwhile
+        await until("A's real end in its status.json",
+                    lambda: first.on_disk(a.id).state is TaskState.FAILED)
+        end = first.on_disk(a.id)
+        assert (end.exit_code, end.reason, end.runner_pid) == (5, "exited with status 5", runner_pid)
+        assert first.ended == []  # nobody attached: no message queued for nobody
+
+        second = Daemon(*dirs)
+        held = second.client.attach_surviving()
+        assert held is not None and second.client.pid == runner_pid
+        assert [(s.id, s.state, s.pid) for s in held] == [(b.id, TaskState.RUNNING, running_b.pid)]
+        third = Daemon(*dirs)
+        assert third.client.attach_surviving() is None  # busy: logged
+
+        await asyncio.to_thread(Path(fifos[1]).write_text, "go\n")
+        end = await second.end_of(b.id)
+        assert end.state is TaskState.SUCCEEDED and end.pid == running_b.pid
+        await second.recorded(end)
+        await second.client.close()
+        await until("the idle, detached runner to exit", lambda: gone(runner_pid))
+        await until("its socket to be removed", lambda: not os.path.exists(second.client.socket_path
+                                                                           or "/nonexistent"))
+        assert Daemon(*dirs).client.attach_surviving() is None
+
+    run(main())
+
+
+def test_bad_messages_are_answered_refused_and_the_runner_goes_on(dirs: tuple[str, str]) -> None:
+    statedir = dirs[0]
+    files = TaskFiles(statedir)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    proc = subprocess.Popen([sys.executable, "-m", "taskmasterd.tasks.runner", statedir,
+                             str(theirs.fileno())], pass_fds=[theirs.fileno()], cwd=ROOT)
+    theirs.close()
+    ours.settimeout(TIMEOUT)
+    try:
+        status = TaskStatus(id=new_id(files.taken),
+                            spec=parse_task({"command": "sleep", "args": ["30"], "timeout": 0}),
+                            state=TaskState.QUEUED, seq=1, submitted=time.time())
+        files.create_task(status)
+        good = runproto.encode("run", status=runproto.status_text(status), stopsignal=15, stoptime=1.0)
+        for bad in (b"garbage", runproto.encode("run", status="{}", stopsignal=15, stoptime=1.0),
+                    runproto.encode("welcome", pid=1, tasks=0), good.replace(b'"v":1', b'"v":9')):
+            ours.send(bad)
+            msg, _fds = runproto.receive(ours, runproto.TO_DAEMON)
+            assert msg["op"] == "refused" and "message refused" in str(msg["message"])
+        ours.send(good)
+        ours.send(good)  # twice: the second is refused, the task runs once
+        ours.send(runproto.encode("cancel", id=status.id, reason="enough"))
+        got = [runproto.receive(ours, runproto.TO_DAEMON)[0] for _ in range(3)]
+        assert [m["op"] for m in got] == ["status", "refused", "status"]
+        assert runproto.status_of(got[0]).state is TaskState.RUNNING
+        assert "already held" in str(got[1]["message"])
+        end = runproto.status_of(got[2])
+        assert (end.state, end.reason) == (TaskState.CANCELLED, "enough")
+    finally:
+        ours.close()  # detached and idle: it exits
+    assert proc.wait(timeout=TIMEOUT) == 0
+
+
+def test_a_task_too_large_for_a_message_fails_with_the_reason(dirs: tuple[str, str]) -> None:
+    async def main() -> None:
+        d = Daemon(*dirs)
+        big = d.submit("echo", *["x" * 60000] * 4)
+        end = await d.end_of(big.id)
+        assert end.state is TaskState.FAILED and end.started == 0.0
+        assert end.reason.startswith("too large for the task runner: its status is 24")
+        assert task_json(d.on_disk(big.id)) == task_json(end)  # (times in µs on disk)
+        assert d.client.pid == 0  # nothing was started for it
+        await d.client.close()
+
+    run(main())
+
+
+DAEMON = """
+import asyncio, signal, sys, time
+from taskmasterd.tasks.records import TaskState, TaskStatus
+from taskmasterd.tasks.runnerclient import RunnerClient
+from taskmasterd.tasks.spec import parse_task
+from taskmasterd.tasks.taskfiles import TaskFiles
+
+async def main():
+    statedir, sock, fifo = sys.argv[1:]
+    running = asyncio.Event()
+    client = RunnerClient(statedir, sock, on_status=lambda s: running.set(), on_gone=print)
+    status = TaskStatus(id="0badcafe", spec=parse_task({"command": "sh", "timeout": 0,
+                        "args": ["-c", f"read x < {fifo}; exit 7"]}), state=TaskState.QUEUED,
+                        seq=1, submitted=time.time())
+    TaskFiles(statedir).create_task(status)
+    client.run(status, signal.SIGTERM, 10.0)
+    await running.wait()
+    print(client.pid, flush=True)
+    await asyncio.Event().wait()  # until SIGKILL
+
+asyncio.run(main())
+"""
+
+
+def test_a_sigkilled_daemons_runner_is_taken_back_by_the_next(dirs: tuple[str, str]) -> None:
+    statedir, runtime = dirs
+    fifo = os.path.join(os.path.dirname(statedir), "fifo")
+    os.mkfifo(fifo)
+    sock = runner_socket(runtime, statedir, "/etc/tm.yaml")
+    daemon = subprocess.Popen([sys.executable, "-c", DAEMON, statedir, sock, fifo], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    assert daemon.stdout is not None
+    runner_pid = int(daemon.stdout.readline())
+    daemon.kill()
+    daemon.wait(timeout=TIMEOUT)
+    daemon.stdout.close()
+
+    async def main() -> None:
+        d = Daemon(statedir, runtime)
+        held = d.client.attach_surviving()
+        assert held is not None and [(s.id, s.state) for s in held] == [("0badcafe", TaskState.RUNNING)]
+        assert d.client.pid == runner_pid
+        await asyncio.to_thread(Path(fifo).write_text, "go\n")
+        end = await d.end_of("0badcafe")
+        assert (end.state, end.exit_code) == (TaskState.FAILED, 7)  # its real exit status
+        await d.recorded(end)
+        await d.client.close()
+        await until("the runner's exit", lambda: gone(runner_pid))
+        assert d.gone == []
+
+    run(main())
+
+
+def test_a_runner_killed_while_attached_is_reported_gone(dirs: tuple[str, str]) -> None:
+    async def main() -> None:
+        d = Daemon(*dirs)
+        task = d.submit("sleep", "30")
+        running = await d.running(task.id)
+        pid = d.client.pid
+        os.kill(pid, signal.SIGKILL)
+        await until("on_gone", lambda: bool(d.gone))
+        assert d.gone == [(pid, "killed by SIGKILL")]
+        assert d.client.pid == 0
+        os.killpg(running.pid, signal.SIGKILL)  # the task outlived it (its own session)
+        after = d.submit("true")  # a new runner takes the next task
+        assert (await d.end_of(after.id)).state is TaskState.SUCCEEDED
+        assert d.client.pid not in (0, pid)
+        await d.client.close()
+
+    run(main())
+
+
+def test_sigterm_cancels_the_tasks_records_them_and_exits(dirs: tuple[str, str]) -> None:
+    async def main() -> None:
+        d = Daemon(*dirs)
+        tasks = [d.submit("sleep", "30") for _ in range(3)]
+        for t in tasks:
+            await d.running(t.id)
+        pid = d.client.pid
+        os.kill(pid, signal.SIGINT)  # ignored
+        os.kill(pid, signal.SIGHUP)  # ignored
+        os.kill(pid, signal.SIGTERM)
+        for t in tasks:
+            end = await d.end_of(t.id)
+            assert end.state is TaskState.CANCELLED
+            assert end.reason == "the task runner was stopped (SIGTERM)"
+            assert same(d.on_disk(t.id), end)  # written before it exited
+        await until("the runner's exit", lambda: gone(pid))
+        assert d.gone == [(pid, "exited with status 0")]
+        await d.client.close()
+
+    run(main())
+
+
+def test_200_true_tasks_in_16_lanes_are_all_recorded(dirs: tuple[str, str]) -> None:
+    async def main() -> None:
+        d = Daemon(*dirs)
+        waiting = [d.submit("true", run=False) for _ in range(200)]
+        running = 0
+        peak = 0
+
+        def next_one() -> None:
+            nonlocal running, peak
+            status = waiting.pop(0)
+            running += 1
+            peak = max(peak, running)
+            d.client.run(status, signal.SIGTERM, 10.0)
+
+        def on_status(status: TaskStatus) -> None:
+            nonlocal running
+            Daemon.on_status(d, status)
+            if status.state.final:
+                running -= 1
+                if waiting:
+                    next_one()
+
+        d.client.on_status = on_status
+        for _ in range(16):
+            next_one()
+        await until("200 ends", lambda: len(d.ended) == 200, timeout=120)
+        assert peak == 16
+        assert all(s.state is TaskState.SUCCEEDED for s in d.ended)
+        pid = d.client.pid
+        await d.client.close()
+        await until("the runner's exit", lambda: gone(pid), timeout=60)
+        statuses, bad = d.files.scan_tasks()
+        assert bad == [] and len(statuses) == 200
+        assert all(s.state is TaskState.SUCCEEDED and s.exit_code == 0 for s in statuses)
+
+    run(main())
+
+
+def test_a_running_task_beats_every_30_s_and_only_while_it_runs(tmp_path: Path) -> None:
+    """On a virtual clock (tests/virtual_clock.py): 95 s pass at once."""
+    records: list[tuple[float, TaskStatus, bool]] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        status = TaskStatus(id="cli", spec=parse_task({"command": "sleep", "args": ["60"], "timeout": 0}),
+                            state=TaskState.QUEUED, seq=0, submitted=time.time())
+        finished = asyncio.Event()
+        ex = Execution(status, TaskDir(str(tmp_path)), stopsignal=signal.SIGTERM, stoptime=10.0,
+                       runner_pid=os.getpid(), finished=lambda _ex: finished.set(),
+                       record=lambda s, news: records.append((loop.time(), s, news)))
+        ex.start()
+        await asyncio.sleep(95)
+        assert ex.stop(CANCEL, "enough")
+        await finished.wait()
+        # (the clock may jump while the real process dies: beats go on until then)
+        ended = len(records)
+        await asyncio.sleep(100)
+        assert len(records) == ended  # no timer once it ended
+
+    with asyncio.Runner(loop_factory=VirtualClockLoop) as runner:
+        runner.run(main())
+    beats = [t for t, s, news in records if not news]
+    assert beats[:3] == [HEARTBEAT, 2 * HEARTBEAT, 3 * HEARTBEAT]
+    assert all(b - a == HEARTBEAT for a, b in itertools.pairwise(beats))
+    assert all(s.state is TaskState.RUNNING for _t, s, news in records if not news)
+    assert [s.state for _t, s, news in records if news] == [TaskState.RUNNING, TaskState.CANCELLED]
+    assert records[-1][1].heartbeat == records[-2][1].heartbeat  # the end keeps the last beat
+
+
+# ---- taskmasterd --run-task ------------------------------------------------------------
+
+
+def run_task(cwd: Path, task: object, *, name: str = "task.json") -> subprocess.CompletedProcess[str]:
+    path = cwd / name
+    path.write_text(task if isinstance(task, str) else json.dumps(task))
+    return subprocess.run([sys.executable, "-m", "taskmasterd", "--run-task", name], cwd=cwd,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def cli_status(cwd: Path) -> dict[str, object]:
+    return json.loads((cwd / "status.json").read_text())  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("task", "code", "state", "line"), [
+    ({"command": "true"}, 0, "succeeded", "task cli (true) succeeded; exit 0"),
+    ({"command": "sh", "args": ["-c", "echo out; echo err >&2; exit 3"]}, 3, "failed",
+     "task cli (sh) failed: exited with status 3; exit 3"),
+    ({"command": "sh", "args": ["-c", "kill -9 $$"]}, 137, "failed", "killed by SIGKILL; exit 137"),
+    ({"command": "no-such-command-here"}, 127, "failed",
+     "could not be started: ENOENT (spawn no-such-command-here): No such file or directory; exit 127"),
+    ({"command": "./notexec"}, 126, "failed", "EACCES (spawn ./notexec): Permission denied; exit 126"),
+    ({"command": "sleep", "args": ["30"], "timeout": 0.2}, 124, "failed",
+     "timed out after 0.2 s (stopped with SIGTERM); exit 124"),
+])
+def test_run_task_exits_with_the_tasks_status(tmp_path: Path, task: dict[str, object], code: int,
+                                              state: str, line: str) -> None:
+    (tmp_path / "notexec").write_text("#!/bin/sh\n")  # mode 0644: no execute bit
+    done = run_task(tmp_path, task)
+    assert done.returncode == code, done.stderr
+    assert done.stdout == ""
+    assert line in done.stderr and len(done.stderr.splitlines()) == 1
+    status = cli_status(tmp_path)
+    assert (status["id"], status["state"]) == ("cli", state)
+    assert status["runner_pid"] is not None
+    if task.get("args") == ["-c", "echo out; echo err >&2; exit 3"]:
+        assert os.stat(tmp_path / "stdout").st_mode & 0o777 == 0o600
+        assert os.stat(tmp_path / "status.json").st_mode & 0o777 == 0o600
+        assert (tmp_path / "stdout").read_text() == "out\n"
+        assert (tmp_path / "stderr").read_text() == "err\n"
+        assert status["exit_code"] == 3
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("{", "task.json:1:2: not valid JSON"),
+    ('{"comand": "x"}', "task.json: unknown key 'comand' (did you mean 'command'?)"),
+    ('{"command": "x", "args": "y"}', "task.json.args: expected a list of strings, got a string"),
+])
+def test_run_task_refuses_a_bad_file_in_one_line(tmp_path: Path, text: str, error: str) -> None:
+    done = run_task(tmp_path, text)
+    assert done.returncode == 2
+    assert error in done.stderr and len(done.stderr.splitlines()) == 1
+    assert not (tmp_path / "status.json").exists()
+    missing = subprocess.run([sys.executable, "-m", "taskmasterd", "--run-task", "nope.json"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert missing.returncode == 2 and "cannot read nope.json: No such file" in missing.stderr
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_run_task_interrupted_records_a_cancel(tmp_path: Path, sig: signal.Signals, code: int) -> None:
+    (tmp_path / "task.json").write_text(json.dumps({"command": "sleep", "args": ["30"]}))
+    proc = subprocess.Popen([sys.executable, "-m", "taskmasterd", "--run-task", "task.json"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        wait_until("the task running", lambda: (tmp_path / "status.json").exists()
+                   and cli_status(tmp_path)["state"] == "running", timeout=TIMEOUT)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err
+    status = cli_status(tmp_path)
+    assert status["state"] == "cancelled" and status["signal"] == "SIGTERM"
+    assert status["reason"] == f"cancelled by {sig.name} to taskmasterd --run-task"
+    assert out == "" and f"exit {code}" in err
+
+
+def test_run_task_a_second_signal_kills_at_once(tmp_path: Path) -> None:
+    (tmp_path / "task.json").write_text(json.dumps(
+        {"command": "sh", "args": ["-c", 'trap "echo term" TERM; echo ready; while :; do sleep 1; done']}))
+    proc = subprocess.Popen([sys.executable, "-m", "taskmasterd", "--run-task", "task.json"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        wait_until("the task running", lambda: (tmp_path / "stdout").exists()
+                   and (tmp_path / "stdout").read_text() == "ready\n", timeout=TIMEOUT)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)  # the task shrugs off the SIGTERM this sends it...
+        wait_until("the task's TERM trap", lambda: "term" in (tmp_path / "stdout").read_text(),
+                   timeout=TIMEOUT)
+        proc.send_signal(signal.SIGINT)  # ...so the second Ctrl-C kills it
+        _out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        proc.kill()
+    assert time.monotonic() - started < 10.0  # not the 10 s stoptime
+    assert proc.returncode == 130, err
+    status = cli_status(tmp_path)
+    assert (status["state"], status["signal"]) == ("cancelled", "SIGKILL")
