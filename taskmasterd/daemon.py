@@ -332,14 +332,14 @@ class Daemon:
         """Take back the tasks on disk (and the runner that outlived us), if
         this daemon owns the statedir: two daemons never run its tasks."""
         if self.writer is None:
-            self.tasks.unavailable = "another taskmasterd owns the statedir, or it is unusable " \
-                                     "(see the state store warning)"
+            self.tasks.refuse("another taskmasterd owns the statedir, or it is unusable (see the "
+                              "state store warning)")
             log.warning("tasks: not taken back nor accepted: %s", self.tasks.unavailable)
             return
         try:
             await self.tasks.open()
         except (OSError, TaskmasterError) as exc:
-            self.tasks.unavailable = f"the tasks under the statedir cannot be read ({exc})"
+            self.tasks.refuse(f"the tasks under the statedir cannot be read ({exc})")
             log.error("tasks: %s", self.tasks.unavailable)
 
     def reopen_logs(self) -> None:

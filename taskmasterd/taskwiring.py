@@ -9,15 +9,15 @@ daemon -- or our own new image after a re-exec -- attaches to it again at
 
 from __future__ import annotations
 
-import importlib
 import logging
 from typing import Any
 
 from taskmasterd.busaddr import runtime_dir
-from taskmasterd.errors import NoSuchTask, TaskmasterError
+from taskmasterd.errors import NoSuchTask
 from taskmasterd.events import EventBus
 from taskmasterd.supervisor import Supervisor
-from taskmasterd.tasks.manager import RunnerClient, TaskManager
+from taskmasterd.tasks.manager import TaskManager
+from taskmasterd.tasks.runnerclient import RunnerClient, runner_socket
 from taskmasterd.tasks.settings import TaskSettings
 
 log = logging.getLogger("taskmasterd")
@@ -35,42 +35,10 @@ def create_task_manager(statedir: str, config_path: str, settings: TaskSettings,
         if manager is not None:
             manager.on_gone(pid, reason)
 
-    # Imported by name: taskmasterd.tasks.runnerclient is the runner part's
-    # module (its RunnerClient satisfies manager.RunnerClient, the protocol).
-    client: RunnerClient
-    try:
-        runnerclient = importlib.import_module("taskmasterd.tasks.runnerclient")
-    except ImportError as exc:  # an installation without it: programs still run
-        log.error("tasks: no task runner (%s): tasks are refused", exc)
-        client = _NoRunner(str(exc))
-    else:
-        path = runnerclient.runner_socket(runtime_dir(), statedir, config_path)
-        client = runnerclient.RunnerClient(statedir, path, on_status=on_status, on_gone=on_gone)
+    path = runner_socket(runtime_dir(), statedir, config_path)
+    client = RunnerClient(statedir, path, on_status=on_status, on_gone=on_gone)
     manager = TaskManager(statedir, settings, bus, client)
     return manager
-
-
-class _NoRunner:
-    """No runner module: every task handed over fails with the reason."""
-
-    def __init__(self, why: str) -> None:
-        self.why = why
-
-    @property
-    def pid(self) -> int:
-        return 0
-
-    def attach_surviving(self) -> None:
-        return None
-
-    def run(self, status: object, stopsignal: int, stoptime: float) -> None:
-        raise TaskmasterError(f"this installation has no task runner ({self.why})")
-
-    def cancel(self, id: str, reason: str) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
 
 
 def stderr_file(tasks: TaskManager, sup: Supervisor, process: str) -> str:

@@ -74,6 +74,11 @@ def event(kind: str, process: str | None = None, **fields: str) -> Predicate:
     return match
 
 
+# Once the daemon has exited, its last output is read within this. Longer
+# means a task runner it left holds the pipe: its EOF comes with the runner.
+AFTER_EXIT = 2.0
+
+
 class Daemon:
     """A taskmasterd subprocess whose stderr is drained by a thread as it
     comes (a test busy elsewhere must never block the daemon on a full pipe)."""
@@ -172,7 +177,7 @@ class Daemon:
             self.proc.send_signal(signal.SIGTERM)
         try:
             code = self.proc.wait(timeout=timeout)
-            self._reader.join(timeout)
+            self._reader.join(AFTER_EXIT)
             return code
         finally:
             self.close()
@@ -181,8 +186,12 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        self._reader.join(10)
-        if self.proc.stderr is not None:
+        self._reader.join(AFTER_EXIT)
+        # A task runner that outlived the daemon holds its stderr (it logs
+        # there) until its last task ends: then the reader is still blocked
+        # in read(), and close() would wait for it. The pipe closes with the
+        # runner.
+        if self.proc.stderr is not None and not self._reader.is_alive():
             self.proc.stderr.close()
 
     def latest_pids(self) -> dict[str, int]:

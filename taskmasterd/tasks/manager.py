@@ -91,6 +91,10 @@ class TaskManager:
         # Why submissions are refused (None: they are taken): until open(),
         # or when another daemon owns this statedir.
         self.unavailable: str | None = "taskmasterd is starting"
+        # Set once open() took back what was on disk (or refuse() said why
+        # not): a submission that comes before waits for it (the bus name is
+        # ours a moment before the state store is).
+        self._settled = asyncio.Event()
         self._jobs: set[asyncio.Task[None]] = set()
 
     # ---- reading -----------------------------------------------------------
@@ -136,7 +140,7 @@ class TaskManager:
     async def submit(self, spec: TaskSpec) -> TaskStatus:
         """Queue one task (appended to `spec.activity` when set); its queued
         status is on disk, fsynced, when this returns."""
-        self._check_available()
+        await self._available()
         if spec.activity:
             async with self._append_lock:  # positions in an activity follow the order of calls
                 return await self._append(spec)
@@ -169,7 +173,7 @@ class TaskManager:
 
     async def submit_activity(self, name: str, specs: list[TaskSpec]) -> ActivityStatus:
         """Queue an activity and all its tasks at once (durable on return)."""
-        self._check_available()
+        await self._available()
         if not specs:
             raise TaskInvalid("activity.tasks: expected at least one task")
         for i, spec in enumerate(specs):
@@ -189,7 +193,13 @@ class TaskManager:
         self._schedule()
         return act
 
-    def _check_available(self) -> None:
+    def refuse(self, why: str) -> None:
+        """No task is taken, now or later in this daemon's life (`why`)."""
+        self.unavailable = why
+        self._settled.set()
+
+    async def _available(self) -> None:
+        await self._settled.wait()
         if self.unavailable is not None:
             raise TaskmasterError(f"tasks cannot be submitted: {self.unavailable}")
 
@@ -274,6 +284,8 @@ class TaskManager:
             self._write(self.files.write_task, status)
         self.events.publish(notices.task_event(old.state if old else None, status,
                                                adopted=adopted))
+        if status.state.final:
+            self._write(self.files.mark_noticed, status.id)
 
     def _set_activity(self, act: ActivityStatus) -> None:
         old = self._activities.get(act.id)
@@ -503,6 +515,7 @@ class TaskManager:
 
         await recover(self)
         self.unavailable = None
+        self._settled.set()
         self._cleanup()
         self._schedule()
 
@@ -511,7 +524,7 @@ class TaskManager:
         if self._closed:
             return
         self._closed = True
-        self.unavailable = "taskmasterd is shutting down"
+        self.refuse("taskmasterd is shutting down")
         loop = asyncio.get_running_loop()
         for job in list(self._jobs):
             job.cancel()

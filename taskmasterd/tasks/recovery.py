@@ -2,8 +2,10 @@
 (TaskManager.open). Nothing is silently dropped:
 
 - the task runner that outlived it is attached again; it tells which tasks
-  it holds: a running one is ours again (TASK_ADOPTED), one that ended while
-  no daemon listened gets its end event now, once;
+  it holds: a running one is ours again (TASK_ADOPTED);
+- a task that ended while no daemon listened (its file is final, without
+  the `noticed` mark a daemon leaves once it published an end) gets its end
+  event now, once -- its alerts too;
 - a task recorded `running` that no runner holds: if its process lives
   (same pid and start time), it is watched and marked `lost` at its exit
   (its status cannot be collected); else `lost` now, with its last heartbeat;
@@ -48,8 +50,11 @@ async def recover(m: TaskManager) -> None:
                     "it is cancelled", id)
         m.runner.cancel(id, "its status file is gone")
     for disk in tasks:
-        s = _resolve(m, disk, held.get(disk.id))
-        if s.state.final and (s.id in held or not disk.state.final):
+        # Whether a daemon published its end already (read before _resolve
+        # schedules the mark of an end it publishes now).
+        seen = disk.state.final and m.files.noticed(disk.id)
+        s = _resolve(m, disk, held.get(disk.id), seen)
+        if s.state.final and not seen:
             reported.add(s.id)
         activity = s.activity if s.activity in by_act else ""
         m._queue.add_task(s.id, s.seq, s.state, activity)
@@ -94,7 +99,8 @@ def _started(m: TaskManager, ids: tuple[str, ...]) -> list[float]:
     return [s.started for i in ids if (s := m._tasks.get(i)) is not None and s.started]
 
 
-def _resolve(m: TaskManager, disk: TaskStatus, held: TaskStatus | None) -> TaskStatus:
+def _resolve(m: TaskManager, disk: TaskStatus, held: TaskStatus | None,
+             seen: bool) -> TaskStatus:
     """The task's state now, recorded in `m`, its change published once."""
     if held is not None and held.state.final:
         # It ended while no daemon listened (the runner keeps such ends for
@@ -102,6 +108,7 @@ def _resolve(m: TaskManager, disk: TaskStatus, held: TaskStatus | None) -> TaskS
         m._tasks[disk.id] = held
         old = TaskState.RUNNING if disk.state.final else disk.state
         m.events.publish(notices.task_event(old, held))
+        m._write(m.files.mark_noticed, held.id)
         return held
     if held is not None and not disk.state.final:
         running = held if held.state == TaskState.RUNNING else disk.replace(state=TaskState.RUNNING)
@@ -111,6 +118,12 @@ def _resolve(m: TaskManager, disk: TaskStatus, held: TaskStatus | None) -> TaskS
         return running
     if disk.state != TaskState.RUNNING:
         m._tasks[disk.id] = disk  # queued: queued again; final: kept as it is
+        if disk.state.final and not seen:
+            # It ended while no daemon ran, and its runner is gone too (it
+            # would have held it): its end, now, once.
+            m.events.publish(notices.task_event(
+                TaskState.RUNNING if disk.started else TaskState.QUEUED, disk))
+            m._write(m.files.mark_noticed, disk.id)
         return disk
     child = spawn.adopt(disk.pid, disk.start_ticks) if disk.pid else "no pid recorded"
     if isinstance(child, spawn.Child):

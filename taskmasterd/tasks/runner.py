@@ -77,6 +77,7 @@ class Runner:
         # The newest status of every task not yet recorded as ended on disk:
         # what a daemon that attaches is told.
         self.held: dict[str, TaskStatus] = {}
+        self._ends: dict[str, bytes] = {}  # ends to tell the daemon once their file is written
         self.writer = StatusWriter(self._written)
         self.terminating = False
         self.done = asyncio.Event()
@@ -126,7 +127,12 @@ class Runner:
         self.held[status.id] = status
         data = encode_task(status)  # once, for the file and the message
         self.writer.write(taskdir, status, data)
-        if news:
+        if news and status.state.final:
+            # An end is told once its file is written: the daemon moves on at
+            # once (the next task of an activity, the activity's file), and
+            # the files must never say less than it acted on.
+            self._ends[status.id] = data
+        elif news:
             self._send(encode("status", status=data.decode()))
 
     def _finished(self, ex: Execution) -> None:
@@ -135,6 +141,8 @@ class Runner:
     def _written(self, status: TaskStatus, error: OSError | None) -> None:
         if error is not None:
             _warn(f"task {status.id}: cannot write its status.json ({status.state.value}): {error}")
+        if status.state.final and status.id in self._ends:  # told even if the write failed
+            self._send(encode("status", status=self._ends.pop(status.id).decode()))
         if status.state.final and self.held.get(status.id) is status:
             del self.held[status.id]
             self._maybe_exit()

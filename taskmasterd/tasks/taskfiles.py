@@ -39,6 +39,10 @@ log = logging.getLogger("taskmasterd")
 R = TypeVar("R", TaskStatus, ActivityStatus)
 
 STATUS = "status.json"
+# Created by the daemon once it has published a task's end (its event, its
+# alerts): a task that ended while no daemon ran has none, and the next
+# daemon publishes that end at start-up, once.
+NOTICED = "noticed"
 STREAMS = ("stdout", "stderr")
 MAX_STATUS = 4 * 1024 * 1024  # a status is a few KB; args and env are bounded (spec.py)
 
@@ -109,6 +113,15 @@ class TaskFiles:
         whose directory is now `<id>.bad`."""
         good, bad = self._scan(self.tasks_root, self.read_task, "task")
         return sorted(good, key=lambda s: s.seq), bad
+
+    def mark_noticed(self, id: str) -> None:
+        """Not fsynced: losing it to a power cut repeats one event, no more."""
+        with contextlib.suppress(FileNotFoundError):  # removed meanwhile (keep)
+            os.close(os.open(os.path.join(self.task_dir(id).path, NOTICED),
+                             os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+
+    def noticed(self, id: str) -> bool:
+        return os.path.exists(os.path.join(self.task_dir(id).path, NOTICED))
 
     def remove_task(self, id: str) -> None:
         shutil.rmtree(self.task_dir(id).path, ignore_errors=True)

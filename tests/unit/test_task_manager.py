@@ -313,6 +313,8 @@ def test_recovery_from_the_files(tmp_path: Path) -> None:
             started=NOW - 50)
     _status(files, "aaaa0004", 4, TaskState.QUEUED)
     _status(files, "aaaa0005", 5, TaskState.SUCCEEDED, ended=NOW - 10)
+    files.mark_noticed("aaaa0005")  # a daemon published its end
+    _status(files, "aaaa0007", 7, TaskState.FAILED, started=NOW - 30, ended=NOW - 20, exit_code=3)
     os.makedirs(tmp_path / "tasks" / "aaaa0006")
     (tmp_path / "tasks" / "aaaa0006" / "status.json").write_text("{not json")
     held = [held_run.replace(heartbeat=NOW - 1, runner_pid=77)]
@@ -328,6 +330,10 @@ def test_recovery_from_the_files(tmp_path: Path) -> None:
         assert r.m.task("aaaa0003").state == TaskState.RUNNING  # watched
         assert r.runner.runs == ["aaaa0004"]  # queued again; 1 and 3 hold two lanes
         assert r.kinds("aaaa0005") == []  # ended before: no event again
+        # ended while no daemon (and no runner) ran: its end now, once, and marked
+        assert r.kinds("aaaa0007") == ["TASK_FAILED"]
+        await r.m.flush()
+        assert files.noticed("aaaa0007")
         assert (tmp_path / "tasks" / "aaaa0006.bad").is_dir()
         with pytest.raises(NoSuchTask):
             r.m.task("aaaa0006")
@@ -340,7 +346,7 @@ def test_recovery_from_the_files(tmp_path: Path) -> None:
         s3 = await r.disk("aaaa0003")
         assert s3.state == TaskState.LOST and s3.reason == UNWATCHED
         assert r.runner.runs == ["aaaa0004"]  # max_parallel 3: 1 and 4 run, nothing left
-        assert r.m._seq == 6
+        assert r.m._seq == 8
 
     try:
         go(tmp_path, body, settings=TaskSettings(max_parallel=3), held=held)
