@@ -85,7 +85,7 @@ class TaskRow(NamedTuple):
 
 
 class ActivityRow(NamedTuple):
-    """One row of ListActivities (a(sssassttt))."""
+    """One row of ListActivities (a(sssasssttt))."""
 
     id: str
     name: str

@@ -77,13 +77,10 @@ def list_tasks(client: Client) -> list[TaskRow]:
 
 def list_activities(client: Client) -> list[ActivityRow]:
     """ListActivities: a(sssasssttt), id, name, state, task ids, failed_task,
-    reason, submitted, started, ended (µs). A row of eight (no reason) is
-    read too: the design's text gave the signature as a(sssassttt)."""
+    reason, submitted, started, ended (µs)."""
     rows = []
-    for values in client.call("ListActivities")[0]:
-        if len(values) == 8:
-            values = (*values[:5], "", *values[5:])
-        aid, name, state, tasks, failed, reason, submitted, started, ended = values
+    for (aid, name, state, tasks, failed, reason, submitted, started,
+         ended) in client.call("ListActivities")[0]:
         rows.append(ActivityRow(str(aid), str(name), str(state), tuple(str(t) for t in tasks),
                                 str(failed), str(reason), int(submitted), int(started),
                                 int(ended)))
