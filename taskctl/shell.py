@@ -57,7 +57,7 @@ OPTIONS = {
     "history": ["--since", "--until", "--lines", "--file", "--directory"],
     "run": ["--name", "--timeout", "--env", "--workdir", "--user", "--activity", "--file",
             "--wait", "--wait-timeout"],
-    "activity": ["--file", "--wait", "--timeout"],
+    "activity": ["--file", "--wait", "--wait-timeout", "--timeout"],
     "tasks": ["--state", "--activity"], "activities": ["--state"], "task": ["--lines"],
 }
 TASK_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "lost")

@@ -22,6 +22,7 @@ from taskctl.model import ActivityRow, TaskRow
 
 EXIT_SPAWN_ENOENT = 127  # as a shell: command not found
 EXIT_SPAWN_OTHER = 126  # as a shell: found but could not be run
+EXIT_TIMED_OUT = 124  # stopped for its timeout: timeout(1)'s, as taskmasterd --run-task exits
 FINAL_TASK_STATES = frozenset({"succeeded", "failed", "cancelled", "lost"})
 FINAL_ACTIVITY_STATES = frozenset({"succeeded", "failed", "cancelled"})
 TASK_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "lost")
@@ -178,14 +179,18 @@ def _local(us: int) -> str:
 
 
 def task_exit_code(row: TaskRow) -> int:
-    """`run --wait`'s exit status, as a shell gives a command's: its exit
-    code; 128+n if signal n killed it; 127 (ENOENT) or 126 (any other) if it
-    could not be started; 1 when it was cancelled or lost (or failed without
-    either, e.g. a timeout that ended it by an exit)."""
+    """`run --wait`'s exit status, as a shell gives a command's, and the same
+    as `taskmasterd --run-task` gives (taskmasterd.tasks.execute.exit_status,
+    from a ListTasks row here): its exit code; 128+n if signal n killed it;
+    127 (ENOENT) or 126 (any other) if it could not be started; 124 if it
+    was stopped for its timeout (as timeout(1)); 1 when it was cancelled or
+    lost (or failed without any of those)."""
     if row.state == "succeeded":
         return 0
     if row.spawn_error:
         return EXIT_SPAWN_ENOENT if row.spawn_error.startswith("ENOENT") else EXIT_SPAWN_OTHER
+    if row.state == "failed" and row.reason.startswith("timed out"):
+        return EXIT_TIMED_OUT
     if row.state in ("cancelled", "lost"):
         return 1
     if row.signal:

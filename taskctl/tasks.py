@@ -61,7 +61,9 @@ def add_arguments(name: str, sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--file", metavar="FILE", required=True,
                         help='the activity as a JSON file: {"name": ..., "tasks": [task, ...]} '
                              "(- : standard input)")
-        add_wait_arguments(sp, "--timeout")
+        # --timeout too: an activity has no timeout of its own, and start/stop
+        # call their wait's limit so
+        add_wait_arguments(sp, "--wait-timeout", "--timeout")
     elif name in ("tasks", "activities"):
         states = TASK_STATES if name == "tasks" else TASK_STATES[:-1]
         sp.add_argument("--state", choices=states, metavar="STATE",
@@ -76,11 +78,11 @@ def add_arguments(name: str, sp: argparse.ArgumentParser) -> None:
         sp.add_argument("ids", nargs="+", metavar="ID", help="a task or an activity id")
 
 
-def add_wait_arguments(sp: argparse.ArgumentParser, timeout_flag: str) -> None:
+def add_wait_arguments(sp: argparse.ArgumentParser, *timeout_flags: str) -> None:
     sp.add_argument("--wait", action="store_true",
                     help="wait for the end; exit with the task's exit status (signal n: 128+n, "
-                         "not started: 127/126, cancelled or lost: 1)")
-    sp.add_argument(timeout_flag, dest="wait_timeout", type=argtypes.seconds, default=0.0,
+                         "not started: 127/126, over its timeout: 124, cancelled or lost: 1)")
+    sp.add_argument(*timeout_flags, dest="wait_timeout", type=argtypes.seconds, default=0.0,
                     metavar="SECONDS",
                     help="with --wait: give up waiting after this long, exit 124; the task "
                          "goes on (default 0: no limit)")

@@ -147,9 +147,10 @@ def test_run_wait_exits_with_the_tasks_status(tm: Tm, workdir: Path) -> None:
     plain.chmod(0o644)  # no x bit: execve fails with EACCES, even for root
     r = tc(tm, "run", "--wait", "--", str(plain))
     assert r.returncode == 126 and f"EACCES (spawn {plain})" in r.stderr, r
-    # Over its own timeout: the runner stops it with the stopsignal (128+15).
+    # Over its own timeout: the runner stops it (stopsignal); 124 as timeout(1)
+    # and taskmasterd --run-task say.
     r = tc(tm, "run", "--wait", "--timeout", "0.2", "--", "sleep", "60")
-    assert r.returncode == 128 + 15, r
+    assert r.returncode == 124, r
     assert r.stderr.endswith("failed: timed out after 0.2 s (stopped with SIGTERM)\n"), r.stderr
     r = tc(tm, "--json", "run", "--wait", "--", "sh", "-c", "exit 3")
     end = json.loads(r.stdout)
@@ -179,6 +180,17 @@ def test_progress_on_a_terminal_only_and_the_wait_timeout(tm: Tm, workdir: Path)
                         "(it goes on; taskctl task shows it)\n")
     assert tasks_json(tm)[tid]["state"] == "running"
     release(gate2)
+    # An activity's wait: --wait-timeout as run's (or --timeout, as start's).
+    act = workdir / "act.json"
+    act.write_text(json.dumps({"tasks": [{"command": "sh", "args": ["-c", f"read x < {gate2}"]}]}))
+    for flag in ("--wait-timeout", "--timeout"):
+        r = tc(tm, "activity", "--file", str(act), "--wait", flag, "0.5")
+        aid = r.stdout.strip()
+        assert r.returncode == 124 and ID.match(r.stdout), r
+        assert re.fullmatch(f"taskctl: gave up waiting after 0.5 s: activity {aid} is still "
+                            r"(queued|running) \(it goes on; taskctl activities shows it\)\n",
+                            r.stderr), r.stderr
+        release(gate2)
 
 
 def test_ctrl_c_stops_waiting_not_the_task(tm: Tm, workdir: Path) -> None:

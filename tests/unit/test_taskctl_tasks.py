@@ -41,7 +41,10 @@ def act(id: str = "aaaa0001", state: str = "running", tasks: tuple[str, ...] = (
     (row(), 0),
     (row(state="failed", code=3, reason="exited with status 3"), 3),
     (row(state="failed", code=-1, sig="SIGKILL"), 137),
-    (row(state="failed", code=-1, sig="SIGTERM", reason="timed out after 30 s"), 143),
+    # stopped for its timeout: 124 as timeout(1) (and taskmasterd --run-task)
+    (row(state="failed", code=-1, sig="SIGTERM", reason="timed out after 30 s"), 124),
+    (row(state="failed", code=-1, sig="SIGKILL",
+         reason="timed out after 30 s (stopped with SIGTERM, SIGKILL after 10 s)"), 124),
     (row(state="failed", code=-1, sig="SIG77"), 128 + 77),
     (row(state="failed", code=-1, spawn="ENOENT (spawn x): No such file or directory"), 127),
     (row(state="failed", code=-1, spawn="EACCES (spawn x): Permission denied"), 126),
@@ -232,6 +235,9 @@ def test_activity_needs_a_file() -> None:
         parse("activity")
     args = parse("activity", "--file", "a.json", "--wait", "--timeout", "60")
     assert (args.wait, args.wait_timeout) == (True, 60.0)
+    # run's name for it works too
+    args = parse("activity", "--file", "a.json", "--wait", "--wait-timeout", "6")
+    assert (args.wait, args.wait_timeout) == (True, 6.0)
 
 
 # ---- the shell --------------------------------------------------------------------------
