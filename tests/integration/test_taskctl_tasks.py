@@ -265,6 +265,14 @@ def test_cancel_a_task_and_an_activity(tm: Tm, workdir: Path) -> None:
     act.write_text(json.dumps({"name": "deploy", "tasks": [
         {"command": "sh", "args": ["-c", f"read x < {gate}"]}, {"command": "true"}]}))
     aid = tc(tm, "activity", "--file", str(act)).stdout.strip()
+    # Its second task waits for the first: queued, no output file yet.
+    [queued] = [t for t, o in tasks_json(tm).items() if o["activity"] == aid and
+                o["name"] == "true"]
+    r = tc(tm, "task", queued)
+    assert r.returncode == 0 and r.stderr == "", r
+    assert re.search(r"^State: +queued$", r.stdout, re.M) and re.search(
+        rf"^Activity: +{aid}$", r.stdout, re.M), r.stdout
+    assert "--- stdout: empty" in r.stdout and "--- stderr: empty" in r.stdout
     r = tc(tm, "cancel", aid)
     assert (r.returncode, r.stdout) == (0, f"activity {aid}: cancelled\n"), r.stderr
     r = tc(tm, "activities", "--json")
