@@ -224,13 +224,12 @@ def event_line(event: Event) -> str:
         return f"{clock(event.time)} {event.process}: {event.old} -> {event.new}{tail}"
     if isinstance(event, Reloaded):
         return f"{clock(event.time)} reloaded: " + "; ".join(reload_lines(event))
-    if isinstance(event, TaskChanged):
+    if isinstance(event, TaskChanged | ActivityChanged):
+        kind = "task" if isinstance(event, TaskChanged) else "activity"
         why = f" ({event.reason})" if event.reason else ""
-        return f"{clock(event.time)} task {event.id} {event.name}: {event.old} -> {event.new}{why}"
-    if isinstance(event, ActivityChanged):
-        why = f" ({event.reason})" if event.reason else ""
-        return (f"{clock(event.time)} activity {event.id} {event.name}: "
-                f"{event.old} -> {event.new}{why}")
+        # a new one's first change comes from "" (nothing): the new state alone
+        change = f"{event.old} -> {event.new}" if event.old else event.new
+        return f"{clock(event.time)} {kind} {event.id} {event.name}: {change}{why}"
     if event.owner:
         return f"{clock(event.time)} taskmasterd is on the bus"
     return f"{clock(event.time)} taskmasterd left the bus"

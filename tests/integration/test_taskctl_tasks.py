@@ -24,6 +24,9 @@ from tests.harness import Daemon, event, wait_until
 from tests.integration.conftest import WriteConfig
 from tests.integration.test_taskctl import (
     AS_NOBODY,
+    Lines,
+    interrupt,
+    popen_taskctl,
     read_terminal,
     run_on_a_terminal,
     taskctl,
@@ -316,6 +319,50 @@ def test_activity_wait_exits_with_the_failing_tasks_code(tm: Tm, workdir: Path) 
     r = tc(tm, "run", "--activity", aid, "--", "true")
     assert r.returncode == 2 and r.stderr == (f"run: ERROR (invalid task): activity {aid} has "
                                               "ended (failed)\n"), r
+
+
+def test_events_shows_tasks_and_activities(tm: Tm, workdir: Path) -> None:
+    human = popen_taskctl(tm.address, "events")
+    as_json = popen_taskctl(tm.address, "--json", "events")
+    try:
+        for p in (human, as_json):  # subscribed once this is said
+            assert Lines(p.stderr).next().startswith("taskctl: following the events")
+        act = workdir / "act.json"
+        act.write_text(json.dumps({"name": "deploy", "tasks": [
+            {"command": "true", "name": "first"},
+            {"command": "sh", "args": ["-c", "exit 4"], "name": "second"}]}))
+        r = tc(tm, "activity", "--file", str(act), "--wait")
+        assert r.returncode == 4, r
+        aid = r.stdout.strip()
+        ids = [t for t, o in tasks_json(tm).items() if o["activity"] == aid]
+        out = Lines(as_json.stdout)
+        seen = [json.loads(out.next()) for _ in range(8)]
+        got = [(e["event"], e["id"], e["old"], e["new"]) for e in seen]
+        assert sorted(got) == sorted([
+            ("TaskStateChanged", ids[0], "", "queued"), ("TaskStateChanged", ids[1], "", "queued"),
+            ("ActivityStateChanged", aid, "queued", "running"),
+            ("TaskStateChanged", ids[0], "queued", "running"),
+            ("TaskStateChanged", ids[0], "running", "succeeded"),
+            ("TaskStateChanged", ids[1], "queued", "running"),
+            ("TaskStateChanged", ids[1], "running", "failed"),
+            ("ActivityStateChanged", aid, "running", "failed")]), got
+        # each task's changes in order, the activity's end after its task's
+        for id in ids:
+            assert [n for ev, i, _, n in got if i == id] == ["queued", "running", "failed"
+                                                             if id == ids[1] else "succeeded"]
+        assert got.index(("TaskStateChanged", ids[1], "running", "failed")) < \
+            got.index(("ActivityStateChanged", aid, "running", "failed"))
+        [end] = [e for e in seen if e["event"] == "TaskStateChanged" and e["new"] == "failed"]
+        assert (end["exit_code"], end["reason"], end["activity"]) == (4, "exited with status 4", aid)
+        text = Lines(human.stdout)
+        lines = [text.next() for _ in range(8)]
+        assert any(ln.endswith(f" task {ids[0]} first: queued") for ln in lines), lines
+        assert any(ln.endswith(f" task {ids[1]} second: running -> failed (exited with status 4)")
+                   for ln in lines), lines
+        assert any(f" activity {aid} deploy: running -> failed (" in ln for ln in lines), lines
+    finally:
+        results = [interrupt(p) for p in (human, as_json)]
+    assert all(code == 130 for code, _ in results), results
 
 
 @pytest.mark.parametrize(("text", "where"), [

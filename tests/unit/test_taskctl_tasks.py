@@ -288,5 +288,10 @@ def test_task_signals_become_events_and_lines() -> None:
     assert isinstance(event, ActivityChanged) and event.new == "succeeded"
     assert event_line(event).endswith(" activity aaaa0001 deploy: running -> succeeded")
     assert event_json(event)["failed_task"] is None
+    # A new task's first change has no old state (""): just the new one.
+    new = TaskChanged("3df2bb24", "backup", "", "", "queued", -1, "", NOW)
+    assert event_line(new).endswith(" task 3df2bb24 backup: queued")
+    assert event_line(ActivityChanged("aaaa0001", "deploy", "", "queued", "", "", NOW)) \
+        .endswith(" activity aaaa0001 deploy: queued")
     wrong = new_signal(manager, "TaskStateChanged", "sssssss", ("a",) * 7)  # not the design's
     assert event_of(wrong, NOW) is None
