@@ -451,15 +451,34 @@ def test_nothing_is_taken_before_open_or_after_close(tmp_path: Path) -> None:
 
     async def main() -> None:
         r = Rig(tmp_path)
-        with pytest.raises(TaskmasterError, match="cannot be submitted: taskmasterd is starting"):
-            await r.m.submit(spec(1))
+        # Before open(): a submission waits for the start-up takeover, then is taken.
+        early = asyncio.ensure_future(r.m.submit(spec(1)))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not early.done() and not (tmp_path / "tasks").exists()
         await r.m.open()
+        assert (await early).state == TaskState.QUEUED
         await r.m.submit(spec(1))
         await r.m.close()
         assert r.runner.closed
         with pytest.raises(TaskmasterError, match="shutting down"):
             await r.m.submit_activity("a", [spec(2)])
         assert not (tmp_path / "activities").exists()
+    run(main())
+
+
+def test_a_refused_manager_answers_waiting_submissions(tmp_path: Path) -> None:
+    """The daemon does not own the statedir: what waited is refused, with why."""
+    from taskmasterd.errors import TaskmasterError
+
+    async def main() -> None:
+        r = Rig(tmp_path)
+        early = asyncio.ensure_future(r.m.submit(spec(1)))
+        await asyncio.sleep(0)
+        r.m.refuse("another taskmasterd owns the statedir")
+        with pytest.raises(TaskmasterError, match="cannot be submitted: another taskmasterd owns"):
+            await early
+        assert not (tmp_path / "tasks").exists()
     run(main())
 
 
