@@ -112,6 +112,9 @@ def test_a_task_as_root_exits_with_its_status_and_its_files_are_private(
     assert [m.split()[1:] for m in modes if m] == [
         ["700", "root"], ["600", "root"], ["600", "root"], ["600", "root"]], modes
     assert box.read_file(f"{TASKS}/{id}/stderr") == "to-stderr\n"
+    # The runner's socket: it runs tasks as root, so root's alone.
+    sockets = box.run(["sh", "-c", "stat -c '%a %U %F' /run/taskmaster/taskrunner-*.sock"]).stdout
+    assert sockets == "600 root socket\n", sockets
 
     on_disk = status_file(box, id)
     row = task_rows(box)[id]
@@ -152,19 +155,28 @@ def test_tasks_and_an_activity_survive_systemctl_restart(booted: Container) -> N
     first, second = activities(box)[act]["tasks"]
     running = {id: wait_task(box, id, "running")["pid"] for id in (lone, first)}
     assert task_rows(box)[second]["state"] == "queued"
-    daemon = systemctl_show(box, "MainPID")
-    since = box.journal_mark()
+    runner = status_file(box, lone)["runner_pid"]
+    assert runner in unit_pids(box)  # where the cleanup unit would find it
 
-    box.run(["systemctl", "restart", UNIT], timeout=60)
-    assert systemctl_show(box, "MainPID") not in ("0", daemon)
-    assert alive(box, running.values()) == sorted(running.values())
-    for id, pid in running.items():
-        assert wait_task(box, id, "running")["pid"] == pid
-        adopted = journal_entry(box, f"TASK_ADOPTED of {id}", f"TASKMASTER_TASK={id}",
-                                since=since,
-                                where=lambda e: e.get("MESSAGE_ID") == MESSAGE_IDS["TASK_ADOPTED"])
-        assert adopted["SYSLOG_IDENTIFIER"] == "taskmasterd"
-        assert adopted.get("TASKMASTER_EVENT") == "TASK_ADOPTED", adopted
+    # A restart by hand (a new daemon process), then an in-place upgrade (the
+    # same process, a new image: what the package's postinst does).
+    for how in (["systemctl", "restart", UNIT], ["taskctl", "daemon-reexec"]):
+        daemon = systemctl_show(box, "MainPID")
+        since = box.journal_mark()
+        box.run(how, timeout=60)
+        if how[0] == "systemctl":
+            assert systemctl_show(box, "MainPID") not in ("0", daemon)
+        else:
+            assert systemctl_show(box, "MainPID") == daemon
+        assert alive(box, [runner, *running.values()]) == sorted([runner, *running.values()])
+        for id, pid in running.items():
+            adopted = journal_entry(
+                box, f"TASK_ADOPTED of {id} after {' '.join(how)}", f"TASKMASTER_TASK={id}",
+                since=since, where=lambda e: e.get("MESSAGE_ID") == MESSAGE_IDS["TASK_ADOPTED"])
+            assert adopted["SYSLOG_IDENTIFIER"] == "taskmasterd"
+            assert adopted.get("TASKMASTER_EVENT") == "TASK_ADOPTED", adopted
+            assert wait_task(box, id, "running")["pid"] == pid
+        assert task_rows(box)[second]["state"] == "queued"
 
     release(box, "lone")
     release(box, "first")
@@ -221,7 +233,14 @@ def test_a_stop_for_good_kills_running_tasks_and_the_next_start_says_lost(
         booted: Container) -> None:
     box = booted
     make_gate(box, "stop")
-    id = submit(box, *gated("stop", 0))
+    activity = {"name": "e2e-stop", "tasks": [
+        {"command": gated("stop", 0)[0], "args": gated("stop", 0)[1:]},
+        {"command": "true"}]}
+    box.write_file("/root/activity.json", json.dumps(activity))
+    proc = taskctl(box, "activity", "--file", "/root/activity.json")
+    assert proc.returncode == 0, proc.stderr
+    act = proc.stdout.strip()
+    id, after = activities(box)[act]["tasks"]
     pid = wait_task(box, id, "running")["pid"]
     runner = status_file(box, id)["runner_pid"]
     everyone = [*unit_pids(box), pid, runner]
@@ -229,11 +248,17 @@ def test_a_stop_for_good_kills_running_tasks_and_the_next_start_says_lost(
     box.run(["systemctl", "stop", UNIT], timeout=60)
     assert_nothing_left(box, everyone, "after a stop for good with a task running")
     assert status_file(box, id)["state"] == "running"  # nobody could record its end
+    assert status_file(box, after)["state"] == "queued"
 
     box.run(["systemctl", "start", UNIT], timeout=60)
     row = wait_task(box, id, "lost")
     assert row["reason"].startswith("its task runner died while it ran (last heartbeat "), row
     assert status_file(box, id)["reason"] == row["reason"]
+    # Its activity fails there; the task after it never runs.
+    row = wait_task(box, after, "cancelled")
+    assert row["reason"] == f"activity {act} failed at task {id}", row
+    ended = activities(box)[act]
+    assert (ended["state"], ended["failed_task"]) == ("failed", id), ended
     journal_entry(box, f"TASK_LOST of {id}", f"TASKMASTER_TASK={id}", since=since,
                   where=lambda e: e.get("MESSAGE_ID") == MESSAGE_IDS["TASK_LOST"])
     # The task that ended while systemd restarted the daemon: its end was
