@@ -8,11 +8,12 @@ each on the state the previous one left; the first starts the unit, the last
 leaves it stopped with nothing in its control group. In order: a failing
 task as root (its files private, `taskctl tasks` agreeing) · an outsider
 may list but not run · tasks and an activity survive `systemctl restart`
-(same pids, TASK_ADOPTED, real exit statuses, the activity's next task
-runs) · a task that ends while systemd restarts a SIGKILLed daemon keeps
+and `taskctl daemon-reexec` (same pids, TASK_ADOPTED, real exit statuses,
+the activity's next task runs) · a task that ends while systemd restarts a SIGKILLed daemon keeps
 its real exit status, its event published once · `systemctl stop` for good
 kills the runner and its task (taskmasterd-cleanup.service), and the next
-start records it `lost` with the reason · `taskmasterd --run-task`.
+start records it `lost` with the reason (its activity fails, the rest is
+cancelled) · `taskmasterd --run-task`.
 
 Tasks wait on fifos the test opens (`gate`): no sleeps, no timing guesses.
 """
@@ -100,7 +101,6 @@ def events(box: Container, kind: str, id: str, since: int) -> list[dict[str, Any
 def test_a_task_as_root_exits_with_its_status_and_its_files_are_private(
         booted: Container) -> None:
     box = booted
-    STATE["since"] = box.journal_mark()
     box.run(["systemctl", "start", UNIT], timeout=60)
     proc = taskctl(box, "run", "--wait", "--", "sh", "-c", "echo to-stderr >&2; exit 3")
     assert proc.returncode == 3, f"exit {proc.returncode}: {proc.stdout}{proc.stderr}"
