@@ -7,7 +7,8 @@ The tests run in order on the container of the whole run (conftest.booted),
 each on the state the previous one left; the first starts the unit, the last
 leaves it stopped with nothing in its control group. In order: a failing
 task as root (its files private, `taskctl tasks` agreeing) · an outsider
-may list but not run · tasks and an activity survive `systemctl restart`
+may list but not run · a member of the group taskmaster runs tasks as
+itself, not as root · tasks and an activity survive `systemctl restart`
 and `taskctl daemon-reexec` (same pids, TASK_ADOPTED, real exit statuses,
 the activity's next task runs) · a task that ends while systemd restarts a SIGKILLed daemon keeps
 its real exit status, its event published once · `systemctl stop` for good
@@ -137,6 +138,26 @@ def test_an_outsider_may_list_tasks_but_not_run_one(booted: Container) -> None:
     assert proc.stdout == ""
     assert proc.stderr == ("run: ERROR (access denied): only root and members of the group "
                            "taskmaster may do this (refused by the bus policy)\n"), proc.stderr
+    assert task_rows(box) == before  # nothing queued
+
+
+def test_a_member_of_the_group_runs_tasks_as_itself_not_as_root(booted: Container) -> None:
+    """The group taskmaster controls the daemon; it does not become root
+    through it: uid 65534 with the group's gid gets its task run as 65534."""
+    box = booted
+    gid = box.run(["getent", "group", "taskmaster"]).stdout.split(":")[2]
+    member = ["setpriv", "--reuid=65534", f"--regid={gid}", "--clear-groups", "taskctl",
+              "--system", "run"]
+    proc = box.run([*member, "--wait", "--", "id", "-u"], check=False)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stdout}{proc.stderr}"
+    id = proc.stdout.split()[0]
+    assert box.read_file(f"{TASKS}/{id}/stdout") == "65534\n"
+    assert status_file(box, id)["user"] == "nobody"
+    before = task_rows(box)
+    proc = box.run([*member, "--user", "root", "--", "id", "-u"], check=False)
+    assert proc.returncode == 2, f"exit {proc.returncode}: {proc.stdout}{proc.stderr}"
+    assert proc.stderr == ("run: ERROR (invalid task): task.user: 'root' is not you (uid 65534, "
+                           "nobody): only root may submit a task that runs as another user\n")
     assert task_rows(box) == before  # nothing queued
 
 
