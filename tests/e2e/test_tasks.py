@@ -159,6 +159,11 @@ def test_a_member_of_the_group_runs_tasks_as_itself_not_as_root(booted: Containe
     assert proc.stderr == ("run: ERROR (invalid task): task.user: 'root' is not you (uid 65534, "
                            "nobody): only root may submit a task that runs as another user\n")
     assert task_rows(box) == before  # nothing queued
+    proc = box.run([*member[:-1], "activity", "--wait", "--file", "-"], check=False, input=(
+        json.dumps({"name": "e2e-member", "tasks": [{"command": "id", "args": ["-u"]}]})))
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stdout}{proc.stderr}"
+    id, = activities(box)[proc.stdout.split()[0]]["tasks"]
+    assert box.read_file(f"{TASKS}/{id}/stdout") == "65534\n"
 
 
 def test_tasks_and_an_activity_survive_systemctl_restart(booted: Container) -> None:
