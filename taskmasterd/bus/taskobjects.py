@@ -14,7 +14,9 @@ a task file: the same named errors whatever the way in, nothing queued on
 an error.
 """
 
+import dataclasses
 import os
+import pwd
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -157,6 +159,48 @@ async def cancel_reason() -> str:
     if uid is not None:
         return f"cancelled over D-Bus by uid {uid}"
     return f"cancelled over D-Bus by {sender or 'an unknown caller'}"
+
+
+def run_as_caller(specs: list[TaskSpec], uid: int | None, where: Callable[[int], str], *,
+                  daemon_uid: int) -> list[TaskSpec]:
+    """The tasks a caller of uid `uid` submitted, as a root daemon runs them.
+    The group taskmaster may control the daemon, not become root through it:
+    a task from a caller other than root runs as that caller (its `user`
+    when not given; another user is refused, naming `where(i)`). uid None:
+    the bus would not say who called, so only a daemon that is not root
+    (it cannot switch users anyway) accepts the tasks."""
+    if daemon_uid != 0 or uid == 0:
+        return specs
+    if uid is None:
+        raise TaskInvalid("the bus did not say which user is submitting; this taskmasterd runs "
+                          "as root and runs tasks only as the user who submitted them")
+    try:
+        caller = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        caller = str(uid)  # spawn takes a numeric user too
+    out = []
+    for i, spec in enumerate(specs):
+        if spec.user is None:
+            out.append(dataclasses.replace(spec, user=caller))
+            continue
+        try:
+            wanted = int(spec.user) if spec.user.isdigit() else pwd.getpwnam(spec.user).pw_uid
+        except KeyError:
+            wanted = None
+        if wanted != uid:
+            raise TaskInvalid(f"{where(i)}.user: {spec.user!r} is not you (uid {uid}, {caller}): "
+                              "only root may submit a task that runs as another user")
+        out.append(spec)
+    return out
+
+
+async def caller_specs(specs: list[TaskSpec], where: Callable[[int], str]) -> list[TaskSpec]:
+    """run_as_caller for the method call being handled; a call from inside
+    the daemon's own process (no sender) is not a user's."""
+    sender, uid = await caller_uid()
+    if not sender:
+        return specs
+    return run_as_caller(specs, uid, where, daemon_uid=os.geteuid())
 
 
 # ---- the objects --------------------------------------------------------------
@@ -347,6 +391,7 @@ class TaskMethods:
     async def SubmitTask(self, task: 'a{sv}') -> 's':
         with dbus_errors("SubmitTask"):
             spec = parse_task(unwrap_task(task, "task"), "task")
+            spec, = await caller_specs([spec], lambda i: "task")
             status = await self._manager().submit(spec)
             if self.on_submitted is not None:
                 self.on_submitted([status.id], [status.activity] if status.activity else [])
@@ -362,6 +407,7 @@ class TaskMethods:
             name, specs = parse_activity(
                 {"name": name,
                  "tasks": [unwrap_task(t, f"activity.tasks[{i}]") for i, t in enumerate(tasks)]})
+            specs = await caller_specs(specs, lambda i: f"activity.tasks[{i}]")
             activity = await self._manager().submit_activity(name, specs)
             if self.on_submitted is not None:
                 self.on_submitted(list(activity.tasks), [activity.id])
