@@ -145,13 +145,17 @@ class Fuzzer:
     # ---- calls
 
     def call(self, path: str, iface: str, member: str, codes: list[str]) -> None:
-        body = tuple(self.value(c) for c in codes)
+        self.send(path, iface, member, "".join(codes), tuple(self.value(c) for c in codes))
+
+    def send(self, path: str, iface: str, member: str, codes: str,
+             body: tuple[Any, ...]) -> Any:
         try:
-            addr = DBusAddress(path, bus_name=NAME, interface=iface or None)
-            msg = new_method_call(addr, member, "".join(codes), body)
+            msg = new_method_call(DBusAddress(path, bus_name=NAME, interface=iface or None), member,
+                                  codes, body)
+            msg.serialise(serial=1)  # a value of the wrong type for its signature: not sent
         except Exception as exc:  # jeepney refused to build it: not sent
             self.replies[f"unsendable:{type(exc).__name__}"] += 1
-            return
+            return None
         if self.conn is None:
             self.conn = open_dbus_connection(bus=self.address, enable_fds=True)
         self.sent += 1
@@ -160,8 +164,9 @@ class Fuzzer:
         except (ConnectionError, OSError, EOFError):
             self.kicked += 1
             self._reconnect()
-            return
-        self.check(member, codes, reply)
+            return None
+        self.check(member, list(codes), reply)
+        return reply
 
     def _reconnect(self) -> None:
         if self.conn is not None:
@@ -212,25 +217,11 @@ class Fuzzer:
                                          (f"{ROOT}/program/lazy", PROGRAM)])
                 args = {"Get": (target, r.choice(PROPERTIES)), "GetAll": (target,),
                         "Set": (target, r.choice(PROPERTIES), self.value("v"))}[member]
-                self._props(path, member, declared, args)
+                self.send(path, PROPS, member, declared, args)
                 return
             self.call(r.choice(PATHS), iface, member, self.signature(declared))
         else:
             self.call(r.choice(BAD_PATHS), MANAGER, "ListProcesses", [])
-
-    def _props(self, path: str, member: str, signature: str, args: tuple[Any, ...]) -> None:
-        addr = DBusAddress(path, bus_name=NAME, interface=PROPS)
-        if self.conn is None:
-            self.conn = open_dbus_connection(bus=self.address, enable_fds=True)
-        self.sent += 1
-        try:
-            reply = self.conn.send_and_get_reply(new_method_call(addr, member, signature, args),
-                                                 timeout=30)
-        except (ConnectionError, OSError, EOFError):
-            self.kicked += 1
-            self._reconnect()
-            return
-        self.check(member, list(signature), reply)
 
     def run(self, count: int) -> dict[str, Any]:
         while self.sent < count:
@@ -303,27 +294,6 @@ class TaskFuzzer(Fuzzer):
         reply = self.send(ROOT, MANAGER, member, codes, body)
         if reply is not None and reply.header.message_type == MessageType.method_return:
             (self.tasks if member == "SubmitTask" else self.activities).append(reply.body[0])
-
-    def send(self, path: str, iface: str, member: str, codes: str,
-             body: tuple[Any, ...]) -> Any:
-        try:
-            msg = new_method_call(DBusAddress(path, bus_name=NAME, interface=iface), member,
-                                  codes, body)
-            msg.serialise(serial=1)  # a value of the wrong type for its signature: not sent
-        except Exception as exc:  # jeepney refused to build it: not sent
-            self.replies[f"unsendable:{type(exc).__name__}"] += 1
-            return None
-        if self.conn is None:
-            self.conn = open_dbus_connection(bus=self.address, enable_fds=True)
-        self.sent += 1
-        try:
-            reply = self.conn.send_and_get_reply(msg, timeout=30)
-        except (ConnectionError, OSError, EOFError):
-            self.kicked += 1
-            self._reconnect()
-            return None
-        self.check(member, list(codes), reply)
-        return reply
 
     def one(self) -> None:
         r = self.rng
