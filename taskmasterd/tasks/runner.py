@@ -36,7 +36,7 @@ import socket
 import sys
 import time
 
-from taskmasterd.logattach import FileId, refuse, socket_file, unlink_own
+from taskmasterd.logattach import FileId, admit, refuse, socket_file, unlink_own
 from taskmasterd.logfiles import raise_nofile
 from taskmasterd.logproto import peer_uid_pid
 from taskmasterd.tasks.execute import CANCEL, Execution, cancelled_unstarted, private_umask
@@ -252,15 +252,8 @@ class Runner:
             self._unpend(fd).close()
             return
         self._unpend(fd)
-        # Refused once its hello is read: a socket closed with unread data
-        # would reset the connection, and the peer would never read why.
-        try:
-            uid, pid = peer_uid_pid(conn)
-        except OSError:
-            conn.close()
-            return
-        if uid != os.geteuid():
-            _refuse(conn, f"uid {uid} may not attach to a task runner of uid {os.geteuid()}")
+        pid = admit(conn, lambda why: encode("refused", message=why), "task runner")
+        if pid is None:
             return
         if self.ctl is not None:
             # Read what the attached daemon sent first: a daemon that died

@@ -630,13 +630,15 @@ def test_the_listening_socket_refuses_garbage_strangers_and_the_silent(
                 msg = await asyncio.to_thread(exchange, bad)
                 assert msg["op"] == "refused", msg
                 assert why in str(msg["message"]), msg
-            real = runner_mod.peer_uid_pid
-            monkeypatch.setattr(runner_mod, "peer_uid_pid", lambda s: (1234, real(s)[1]))
+            from taskmasterd import logattach
+
+            real = logattach.peer_uid_pid
+            monkeypatch.setattr(logattach, "peer_uid_pid", lambda s: (1234, real(s)[1]))
             msg = await asyncio.to_thread(exchange, hello)
             assert msg == {"op": "refused", "v": 1,
                            "message": f"uid 1234 may not attach to a task runner of uid "
                                       f"{os.geteuid()}"}
-            monkeypatch.setattr(runner_mod, "peer_uid_pid", real)
+            monkeypatch.setattr(logattach, "peer_uid_pid", real)
             silent = [socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
                       for _ in range(runner_mod.MAX_PENDING + 1)]
             for s in silent:
