@@ -182,21 +182,14 @@ def test_reexec_while_a_task_runs_takes_it_back_and_records_its_real_end(
     """A task runs under the task runner when the daemon re-executes: the
     new image attaches to the same runner, takes the task back (ADOPTED),
     and records its real exit status when it ends."""
-    import asyncio
-
-    from tests.integration.test_dbus_service import client
-    from tests.integration.test_tasks import status_file, task, with_tasks
+    from tests.integration.test_tasks import status_file, submit_task, with_tasks
 
     gate = workdir / "gate"
     os.mkfifo(gate)
     d = daemons(with_tasks(write_config({}), max_parallel=2))
     d.wait_for(event("DAEMON_START"))
 
-    async def submit() -> str:
-        async with client(bus_address) as c:
-            [id] = await c.ok("SubmitTask", "a{sv}", [task("sh", "-c", f"read x < {gate}; exit 3")])
-            return str(id)
-    id = asyncio.run(submit())
+    id = submit_task(bus_address, "sh", "-c", f"read x < {gate}; exit 3")
     wait_until("the task runs", lambda: status_file(workdir, id)["state"] == "running")
     before = status_file(workdir, id)
     d.wait_for(event("TASK_STARTED", id))
