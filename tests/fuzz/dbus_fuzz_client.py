@@ -285,6 +285,8 @@ class TaskFuzzer(Fuzzer):
 
     def task(self) -> dict[str, tuple[str, Any]]:
         r = self.rng
+        if r.random() < 0.1:  # a good one that takes a while: the queue fills up
+            return {"command": ("s", "sleep"), "args": ("as", ["2"])}
         keys = [k for k in TASK_KEYS if r.random() < (0.95 if k == "command" else 0.3)]
         if r.random() < 0.15:
             keys.append(r.choice(["comand", "Command", "", "x" * 5000, "\u00e9", "timeout "]))

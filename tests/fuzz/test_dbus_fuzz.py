@@ -164,7 +164,7 @@ TASK_CONFIG = """\
 taskmasterd: {{logfile: {d}/taskmasterd.log, logdir: {d}/logs, statedir: {d}/state}}
 programs:
   web: {{cmd: sleep 100000, starttime: 0, stoptime: 0.2}}
-tasks: {{max_parallel: 2, max_queued: 40, timeout: 3, stoptime: 0.5}}
+tasks: {{max_parallel: 2, max_queued: 12, timeout: 3, stoptime: 0.5}}
 """
 
 
@@ -220,7 +220,7 @@ def test_dbus_task_fuzz() -> None:
             for member in ("SubmitTask", "SubmitActivity", "CancelTask", "CancelActivity",
                            "ListTasks", "ListActivities", "Cancel", "OpenOutput", "Get", "GetAll"):
                 assert handled.get(member, 0) >= 5, (member, summary)
-            for error in ("TaskInvalid", "NoSuchTask", "NotRunning"):
+            for error in ("TaskInvalid", "NoSuchTask", "NotRunning", "QueueFull"):
                 assert reports[0]["replies"].get(  # type: ignore[attr-defined]
                     f"error:org.taskmaster.Taskmaster1.Error.{error}", 0) > 0, summary
             assert all(r["tasks"] and r["activities"] for r in roots), summary  # some were queued
