@@ -40,6 +40,7 @@ ERROR_LABELS = {
     "NoSuchProgram": "no such process",
     "NoSuchTask": "no such task",
     "TaskInvalid": "invalid task",
+    "QueueFull": "task queue full",
     "BadName": "bad name",
     "AlreadyStarted": "already started",
     "NotRunning": "not running",

@@ -50,7 +50,7 @@ How values are read (the node's source text decides, never YAML 1.1):
 * tasks (one-shot tasks, taskmasterd/tasks): max_parallel an integer
   1–4096; keep a number of days > 0 (fractions allowed, at most 36600);
   timeout seconds >= 0 up to a year (0: none); stopsignal and stoptime as
-  a program's.
+  a program's; max_queued an integer 1–1000000 (default 10000).
 * alerts (taskmasterd.alertschema, whose reader the validator inherits):
   a URL is checked for its syntax here (scheme://...) and keeps its place
   in the file; whether apprise can use it is asked by the daemon's loader
@@ -204,6 +204,7 @@ def parse_config(text: str, path: str) -> Config:
 TOP_KEYS: tuple[str, ...] = ("taskmasterd", "programs", "alerts", "tasks")
 MAX_PARALLEL = 4096
 MAX_KEEP = 36600.0  # days: a century
+MAX_QUEUED = 1_000_000  # tasks not yet ended: past this, memory and the bus suffer
 GLOBAL_KEYS: tuple[str, ...] = ("logfile", "loglevel", "logdir", "statedir")
 
 
@@ -327,6 +328,7 @@ class _Validator(ProgramReader, AlertReader):
                                                   0.0, MAX_TIMEOUT),
                 "stopsignal": self._signal,
                 "stoptime": self._seconds,
+                "max_queued": lambda n: self._int(n, 1, MAX_QUEUED),
             }.get(key)
             if reader is None:
                 self.error(k, kp, unknown_key(key, TASK_SETTING_KEYS, "tasks"))

@@ -55,8 +55,14 @@ class TaskInvalid(TaskmasterError):
     code = "TaskInvalid"
 
 
+class QueueFull(TaskmasterError):
+    """A submission would take the tasks not yet ended past `tasks.max_queued`."""
+
+    code = "QueueFull"
+
+
 BY_CODE: dict[str, type[TaskmasterError]] = {
     cls.code: cls for cls in (NoSuchProgram, BadName, AlreadyStarted, NotRunning,
                               ConfigInvalid, NotAFile, NoOutput, ShuttingDown, NoSuchTask,
-                              TaskInvalid)
+                              TaskInvalid, QueueFull)
 }

@@ -15,6 +15,7 @@ import errno
 import hashlib
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from taskmasterd.logproto import PROTOCOL, ProtocolError, encode, peer_uid_pid, receive
@@ -141,6 +142,23 @@ def refuse(conn: socket.socket, message: bytes) -> None:
         conn.setblocking(False)
         conn.send(message)
     conn.close()
+
+
+def admit(conn: socket.socket, refused: Callable[[str], bytes], what: str) -> int | None:
+    """A peer that said hello on a listening socket: its pid if it runs as
+    our uid (SO_PEERCRED, read at its connect); else None, and it was told
+    why (`refused(reason)`: its protocol's message) or is gone. Called once
+    its hello is read: a socket closed with unread data would reset the
+    connection, and the peer would never read why."""
+    try:
+        uid, pid = peer_uid_pid(conn)
+    except OSError:
+        conn.close()
+        return None
+    if uid != os.geteuid():
+        refuse(conn, refused(f"uid {uid} may not attach to a {what} of uid {os.geteuid()}"))
+        return None
+    return pid
 
 
 def connect(path: str, timeout: float | None = None) -> Survivor:

@@ -41,7 +41,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from taskmasterd.logattach import refuse, socket_file, unlink_own
+from taskmasterd.logattach import admit, refuse, socket_file, unlink_own
 from taskmasterd.logfiles import (  # re-exported: the daemon and the tests use them here
     CHUNK,
     FALLOC_FL_KEEP_SIZE,
@@ -232,15 +232,8 @@ class Writer:
             conn.close()
             return
         self._unpend(fd)
-        # Refused once its hello is read: a socket closed with unread data
-        # would reset the connection, and the peer would never read why.
-        try:
-            uid, pid = peer_uid_pid(conn)
-        except OSError:
-            conn.close()
-            return
-        if uid != os.geteuid():
-            _refuse(conn, f"uid {uid} may not attach to a log writer of uid {os.geteuid()}")
+        pid = admit(conn, lambda why: encode("refused", message=why), "log writer")
+        if pid is None:
             return
         if self.ctl is not None:
             # Read what the attached daemon sent first: a daemon that died

@@ -25,12 +25,20 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
 from taskmasterd import spawn
-from taskmasterd.errors import BadName, NoSuchTask, NotRunning, TaskInvalid, TaskmasterError
+from taskmasterd.errors import (
+    BadName,
+    NoSuchTask,
+    NotRunning,
+    QueueFull,
+    TaskInvalid,
+    TaskmasterError,
+)
 from taskmasterd.events import EventBus
 from taskmasterd.tasks import notices
 from taskmasterd.tasks.keep import expired
@@ -83,6 +91,7 @@ class TaskManager:
         self._seq = 1
         self._sent: set[str] = set()  # handed to the runner: it writes their status now
         self._watched: dict[str, spawn.Child] = {}  # alive, no runner: lost at exit
+        self._killing: dict[str, asyncio.TimerHandle] = {}  # watched, stopped: SIGKILL due
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="taskfiles")
         self._append_lock = asyncio.Lock()
         self._last_cleanup: float | None = None
@@ -96,6 +105,7 @@ class TaskManager:
         # ours a moment before the state store is).
         self._settled = asyncio.Event()
         self._jobs: set[asyncio.Task[None]] = set()
+        self._reserved = 0  # tasks of submissions being written (not in the queue yet)
 
     # ---- reading -----------------------------------------------------------
 
@@ -141,9 +151,13 @@ class TaskManager:
         """Queue one task (appended to `spec.activity` when set); its queued
         status is on disk, fsynced, when this returns."""
         await self._available()
-        if spec.activity:
-            async with self._append_lock:  # positions in an activity follow the order of calls
-                return await self._append(spec)
+        with self._room(1):
+            if spec.activity:
+                async with self._append_lock:  # positions in an activity follow the order of calls
+                    return await self._append(spec)
+            return await self._submit_alone(spec)
+
+    async def _submit_alone(self, spec: TaskSpec) -> TaskStatus:
         (status,) = await self._io(self._create, [self._new_status(spec, "", 0)])
         self._queued(status)
         self._queue.add_task(status.id, status.seq)
@@ -180,11 +194,12 @@ class TaskManager:
             if spec.activity:
                 raise TaskInvalid(f"activity.tasks[{i}].activity: a task of a new activity "
                                   "cannot name another activity")
-        seq = self._take_seq()
-        statuses = [self._new_status(spec, "", i) for i, spec in enumerate(specs)]
-        act = ActivityStatus(id="", name=name, state=ActivityState.QUEUED, tasks=(), seq=seq,
-                             submitted=self.clock())
-        act, statuses = await self._io(self._create_activity, act, statuses)
+        with self._room(len(specs)):
+            seq = self._take_seq()
+            statuses = [self._new_status(spec, "", i) for i, spec in enumerate(specs)]
+            act = ActivityStatus(id="", name=name, state=ActivityState.QUEUED, tasks=(), seq=seq,
+                                 submitted=self.clock())
+            act, statuses = await self._io(self._create_activity, act, statuses)
         self._activities[act.id] = act
         for s in statuses:
             self._queued(s)
@@ -192,6 +207,22 @@ class TaskManager:
         self._queue.add_activity(act.id, list(act.tasks))
         self._schedule()
         return act
+
+    @contextlib.contextmanager
+    def _room(self, n: int) -> Iterator[None]:
+        """Room for `n` more tasks under `tasks.max_queued` (QueueFull if
+        none), held while they are written; they are in the queue after."""
+        limit = self.settings.max_queued
+        unended = self._queue.unended + self._reserved
+        if unended + n > limit:
+            what = "a task" if n == 1 else f"an activity of {n} tasks"
+            raise QueueFull(f"{what} would take the tasks not yet ended past tasks.max_queued "
+                            f"({limit}; {unended} queued or running): nothing queued")
+        self._reserved += n
+        try:
+            yield
+        finally:
+            self._reserved -= n
 
     def refuse(self, why: str) -> None:
         """No task is taken, now or later in this daemon's life (`why`)."""
@@ -374,9 +405,23 @@ class TaskManager:
             self.runner.cancel(id, reason)
             return
         child = self._watched.get(id)
-        if child is not None:  # no runner: our signal; its exit marks it lost
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(child.pid, self.settings.stopsignal)
+        if child is None or id in self._killing:
+            return
+        # No runner: ours to stop as a runner would (stopsignal to its group,
+        # SIGKILL after stoptime); its exit marks it lost.
+        self._signal(child, self.settings.stopsignal)
+        self._killing[id] = asyncio.get_running_loop().call_later(
+            self.settings.stoptime, self._kill, id, child)
+
+    def _kill(self, id: str, child: spawn.Child) -> None:
+        self._killing.pop(id, None)
+        if self._watched.get(id) is child:  # still there: its exit closes the pidfd
+            self._signal(child, signal.SIGKILL)
+
+    @staticmethod
+    def _signal(child: spawn.Child, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, sig)
 
     # ---- cancelling -------------------------------------------------------------------
 
@@ -460,6 +505,9 @@ class TaskManager:
         def exited() -> None:
             loop.remove_reader(child.pidfd)
             self._watched.pop(id, None)
+            timer = self._killing.pop(id, None)
+            if timer is not None:
+                timer.cancel()
             spawn.reap_adopted(child)
             s = self._tasks.get(id)
             if s is not None and not s.state.final:
@@ -528,6 +576,11 @@ class TaskManager:
         loop = asyncio.get_running_loop()
         for job in list(self._jobs):
             job.cancel()
+        for timer in self._killing.values():
+            # Dropped: the process goes on; the next daemon watches it again
+            # (a cancel asked of it again stops it).
+            timer.cancel()
+        self._killing.clear()
         for child in self._watched.values():
             loop.remove_reader(child.pidfd)
             os.close(child.pidfd)

@@ -73,12 +73,18 @@ class TaskQueue:
         self._activities: dict[str, _Activity] = {}
         self._runnable: list[tuple[int, str]] = []  # heap by seq (stale entries skipped)
         self._running: set[str] = set()
+        self._unended = 0  # tasks queued or running (tasks.max_queued bounds it)
 
     # ---- what is known ------------------------------------------------------
 
     @property
     def running(self) -> frozenset[str]:
         return frozenset(self._running)
+
+    @property
+    def unended(self) -> int:
+        """How many tasks are queued or running."""
+        return self._unended
 
     def state(self, id: str) -> TaskState | None:
         t = self._tasks.get(id)
@@ -100,7 +106,12 @@ class TaskQueue:
         """A task: a new one (queued), or one read back at start-up in the
         state its file holds (running: adopted, counts against the limit).
         A task of an activity is added before `add_activity` or `append`."""
+        old = self._tasks.get(id)
+        if old is not None and not old.state.final:
+            self._unended -= 1
         self._tasks[id] = _Task(seq, state, activity)
+        if not state.final:
+            self._unended += 1
         if state == TaskState.RUNNING:
             self._running.add(id)
         elif state == TaskState.QUEUED and not activity:
@@ -163,7 +174,7 @@ class TaskQueue:
         t = self._tasks[id]
         if t.state.final:
             return None  # told twice: decided the first time
-        t.state = state
+        self._end(t, state)
         self._running.discard(id)
         if not t.activity:
             return None
@@ -182,7 +193,7 @@ class TaskQueue:
         queued = tuple(t for t in act.tasks if self._tasks[t].state == TaskState.QUEUED)
         running = tuple(t for t in act.tasks if self._tasks[t].state == TaskState.RUNNING)
         for t in queued:
-            self._tasks[t].state = TaskState.CANCELLED
+            self._end(self._tasks[t], TaskState.CANCELLED)
         end = None
         if not running:
             act.ended = True
@@ -226,5 +237,10 @@ class TaskQueue:
     def _cancel_rest(self, act: _Activity, failed: str) -> tuple[str, ...]:
         out = tuple(x for x in act.tasks if x != failed and self._tasks[x].state == TaskState.QUEUED)
         for x in out:
-            self._tasks[x].state = TaskState.CANCELLED
+            self._end(self._tasks[x], TaskState.CANCELLED)
         return out
+
+    def _end(self, t: _Task, state: TaskState) -> None:
+        if not t.state.final:
+            self._unended -= 1
+        t.state = state

@@ -43,19 +43,17 @@ async def recover(m: TaskManager) -> None:
     acts, _bad_acts = await loop.run_in_executor(m._pool, m.files.scan_activities)
     by_act = {a.id for a in acts}
     m._seq = max([s.seq for s in tasks] + [a.seq for a in acts] + [0]) + 1
-    reported: set[str] = set()  # whose end event is published here
     on_disk = {s.id for s in tasks}
     for id in sorted(set(held) - on_disk):
         log.warning("tasks: the task runner holds task %s, which has no status file here: "
                     "it is cancelled", id)
         m.runner.cancel(id, "its status file is gone")
     for disk in tasks:
-        # Whether a daemon published its end already (read before _resolve
-        # schedules the mark of an end it publishes now).
+        # Whether a daemon published its end already (its `noticed` mark):
+        # every other end is published by _resolve, once, so an activity
+        # drawn below needs no event of its tasks again.
         seen = disk.state.final and m.files.noticed(disk.id)
         s = _resolve(m, disk, held.get(disk.id), seen)
-        if s.state.final and not seen:
-            reported.add(s.id)
         activity = s.activity if s.activity in by_act else ""
         m._queue.add_task(s.id, s.seq, s.state, activity)
     for a in acts:
@@ -67,32 +65,11 @@ async def recover(m: TaskManager) -> None:
         if a.state == ActivityState.QUEUED and m._queue.activity_started(a.id):
             m._set_activity(a.replace(state=ActivityState.RUNNING,
                                       started=min(_started(m, a.tasks) or [m.clock()])))
-        if end is None:
-            _unseen_success(m, a.tasks, reported)
-            continue
-        # The task that drew the end ended while no daemon ran: its event first.
-        last = end.failed_task or (a.tasks[-1] if a.tasks else "")
-        drew = m._tasks.get(last)
-        if drew is not None and drew.state.final and last not in reported:
-            m.events.publish(notices.task_event(TaskState.RUNNING, drew))
-            reported.add(last)
-        m._end_activity(end)
+        if end is not None:
+            m._end_activity(end)
     log.info("tasks: %d task(s) and %d activit%s on disk; %d running, %d queued", len(m._tasks),
              len(m._activities), "y" if len(m._activities) == 1 else "ies",
              len(m._queue.running), sum(s.state == TaskState.QUEUED for s in m._tasks.values()))
-
-
-def _unseen_success(m: TaskManager, ids: tuple[str, ...], reported: set[str]) -> None:
-    """An activity goes on: when its next task has not started yet, the task
-    before it succeeded while no daemon ran (a daemon that saw the end would
-    have handed the next one over in the same loop turn): its event, now."""
-    states = [m._tasks[i].state if i in m._tasks else None for i in ids]
-    if TaskState.QUEUED not in states:
-        return
-    nxt = states.index(TaskState.QUEUED)
-    if nxt > 0 and states[nxt - 1] == TaskState.SUCCEEDED and ids[nxt - 1] not in reported:
-        m.events.publish(notices.task_event(TaskState.RUNNING, m._tasks[ids[nxt - 1]]))
-        reported.add(ids[nxt - 1])
 
 
 def _started(m: TaskManager, ids: tuple[str, ...]) -> list[float]:
@@ -104,11 +81,13 @@ def _resolve(m: TaskManager, disk: TaskStatus, held: TaskStatus | None,
     """The task's state now, recorded in `m`, its change published once."""
     if held is not None and held.state.final:
         # It ended while no daemon listened (the runner keeps such ends for
-        # the next daemon, and wrote them to the file): its event, now.
+        # the next daemon, and wrote them to the file): its event, now --
+        # unless a daemon published it before it died (its mark).
         m._tasks[disk.id] = held
-        old = TaskState.RUNNING if disk.state.final else disk.state
-        m.events.publish(notices.task_event(old, held))
-        m._write(m.files.mark_noticed, held.id)
+        if not (seen and disk.state == held.state):
+            old = TaskState.RUNNING if disk.state.final else disk.state
+            m.events.publish(notices.task_event(old, held))
+            m._write(m.files.mark_noticed, held.id)
         return held
     if held is not None and not disk.state.final:
         running = held if held.state == TaskState.RUNNING else disk.replace(state=TaskState.RUNNING)

@@ -35,8 +35,9 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 
-from taskmasterd.logattach import FileId, refuse, socket_file, unlink_own
+from taskmasterd.logattach import FileId, admit, refuse, socket_file, unlink_own
 from taskmasterd.logfiles import raise_nofile
 from taskmasterd.logproto import peer_uid_pid
 from taskmasterd.tasks.execute import CANCEL, Execution, cancelled_unstarted, private_umask
@@ -45,6 +46,7 @@ from taskmasterd.tasks.runproto import (
     TO_RUNNER,
     ProtocolError,
     encode,
+    flush,
     receive,
     status_of,
     status_text,
@@ -70,7 +72,7 @@ class Runner:
         self.files = TaskFiles(statedir)
         self.ctl: socket.socket | None = None
         self.daemon_pid = 0
-        self.outbox: list[bytes] = []
+        self.outbox: deque[bytes] = deque()
         self.listener = listener
         self.pending: dict[int, tuple[socket.socket, asyncio.TimerHandle]] = {}
         self.running: dict[str, Execution] = {}
@@ -195,19 +197,8 @@ class Runner:
             self._flush()
 
     def _flush(self) -> None:
-        sock = self.ctl
-        while self.outbox and sock is not None:
-            try:
-                sock.send(self.outbox[0])
-            except BlockingIOError:
-                self.loop.add_writer(sock.fileno(), self._flush)
-                return
-            except OSError:
-                self._detach()
-                return
-            self.outbox.pop(0)
-        if sock is not None:
-            self.loop.remove_writer(sock.fileno())
+        if self.ctl is not None and not flush(self.loop, self.ctl, self.outbox, self._flush):
+            self._detach()
 
     # ---- re-attachment
 
@@ -252,15 +243,8 @@ class Runner:
             self._unpend(fd).close()
             return
         self._unpend(fd)
-        # Refused once its hello is read: a socket closed with unread data
-        # would reset the connection, and the peer would never read why.
-        try:
-            uid, pid = peer_uid_pid(conn)
-        except OSError:
-            conn.close()
-            return
-        if uid != os.geteuid():
-            _refuse(conn, f"uid {uid} may not attach to a task runner of uid {os.geteuid()}")
+        pid = admit(conn, lambda why: encode("refused", message=why), "task runner")
+        if pid is None:
             return
         if self.ctl is not None:
             # Read what the attached daemon sent first: a daemon that died

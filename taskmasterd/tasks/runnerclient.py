@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 
 from taskmasterd import logattach
@@ -39,6 +40,7 @@ from taskmasterd.tasks.runproto import (
     TO_DAEMON,
     ProtocolError,
     encode,
+    flush,
     receive,
     status_of,
     status_text,
@@ -92,7 +94,7 @@ class RunnerClient:
         self._proc: subprocess.Popen[bytes] | None = None  # a runner we started
         self._pid = 0
         self._pidfd = -1
-        self._outbox: list[bytes] = []
+        self._outbox: deque[bytes] = deque()
         self._closed = False
 
     @property
@@ -326,18 +328,8 @@ class RunnerClient:
             self._flush()
 
     def _flush(self) -> None:
-        sock = self._sock
-        while self._outbox and sock is not None:
-            try:
-                sock.send(self._outbox[0])
-            except BlockingIOError:
-                self._get_loop().add_writer(sock.fileno(), self._flush)
-                return
-            except OSError:
-                return  # the runner is gone: _on_exit says so
-            self._outbox.pop(0)
-        if sock is not None:
-            self._get_loop().remove_writer(sock.fileno())
+        if self._sock is not None:  # a failure: the runner is gone, _on_exit says so
+            flush(self._get_loop(), self._sock, self._outbox, self._flush)
 
     def _flush_blocking(self) -> None:
         """What close() must not lose (a last run or cancel), bounded."""
@@ -347,7 +339,7 @@ class RunnerClient:
         sock.settimeout(self.timeout)
         with contextlib.suppress(OSError):
             while self._outbox:
-                sock.send(self._outbox.pop(0))
+                sock.send(self._outbox.popleft())
 
     def _on_message(self) -> None:
         sock = self._sock

@@ -35,6 +35,11 @@ with the reason; the receiver logs or answers it and goes on.
 
 from __future__ import annotations
 
+import asyncio
+import socket
+from collections import deque
+from collections.abc import Callable
+
 from taskmasterd.logproto import ProtocolError, Schema
 from taskmasterd.statestore.records import Refused
 from taskmasterd.tasks.records import TaskStatus, decode_task, encode_task
@@ -79,5 +84,25 @@ def status_of(msg: dict[str, object]) -> TaskStatus:
     return got
 
 
+def flush(loop: asyncio.AbstractEventLoop, sock: socket.socket, outbox: deque[bytes],
+          again: Callable[[], None]) -> bool:
+    """Send the messages `outbox` holds on non-blocking `sock`, in order,
+    never blocking (both ends of this protocol run an event loop that must
+    not wait on the other): what it cannot take now waits until `sock` is
+    writable, when `again` is called. False: the socket failed (the peer
+    is gone), what is left stays in `outbox`."""
+    while outbox:
+        try:
+            sock.send(outbox[0])
+        except BlockingIOError:
+            loop.add_writer(sock.fileno(), again)
+            return True
+        except OSError:
+            return False
+        outbox.popleft()
+    loop.remove_writer(sock.fileno())
+    return True
+
+
 __all__ = ["FROZEN", "MAX_MESSAGE", "OPS", "PROTOCOL", "SCHEMA", "TO_DAEMON", "TO_RUNNER",
-           "ProtocolError", "decode", "encode", "receive", "status_of", "status_text"]
+           "ProtocolError", "decode", "encode", "flush", "receive", "status_of", "status_text"]

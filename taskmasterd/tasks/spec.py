@@ -41,6 +41,10 @@ MAX_ARG = 65536  # one argument
 MAX_ARGS = 4096  # arguments per task
 MAX_ENV = 1024  # environment variables per task
 MAX_TASKS = 10000  # tasks per activity
+# Arguments and environment together, in characters: what one task holds in
+# the daemon's memory until `tasks.keep` removes it (execve refuses much
+# more anyway: E2BIG past about 2 MiB with the default 8 MiB stack).
+MAX_EXEC = 1024 * 1024
 MAX_TIMEOUT = 366 * 86400.0  # a year
 MAX_FILE = 16 * 1024 * 1024  # a task or activity JSON file
 
@@ -140,6 +144,10 @@ def parse_task(obj: object, where: str = "task") -> TaskSpec:
     command = _text(obj["command"], f"{where}.command")
     args = _args(obj.get("args", []), f"{where}.args")
     env = _env(obj.get("env", {}), f"{where}.env")
+    size = sum(map(len, args)) + sum(len(k) + len(v) + 2 for k, v in env)
+    if size > MAX_EXEC:
+        raise TaskInvalid(f"{where}: its args and env are {size} characters together; at most "
+                          f"{MAX_EXEC} are accepted")
     workingdir = obj.get("workingdir")
     if workingdir is not None:
         workingdir = _text(workingdir, f"{where}.workingdir")

@@ -26,6 +26,7 @@ from tests.harness import Daemon, alive, event
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = ROOT / "dbus" / "org.taskmaster.Taskmaster1.conf"
+NAME = "org.taskmaster.Taskmaster1"
 NOBODY = 65534
 CALLS_ROOT = int(os.environ.get("TASKMASTER_FUZZ_DBUS_ROOT", "2000"))
 CALLS_NOBODY = int(os.environ.get("TASKMASTER_FUZZ_DBUS_NOBODY", "1000"))
@@ -91,9 +92,10 @@ class RssSampler(threading.Thread):
                 return
 
 
-def client(address: str, seed: int, count: int, *prefix: str) -> subprocess.Popen[str]:
+def client(address: str, seed: int, count: int, *prefix: str,
+           mode: tuple[str, ...] = ()) -> subprocess.Popen[str]:
     return subprocess.Popen([*prefix, sys.executable, "-m", "tests.fuzz.dbus_fuzz_client", address,
-                             str(seed), str(count)], cwd=ROOT, stdin=subprocess.DEVNULL,
+                             str(seed), str(count), *mode], cwd=ROOT, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -151,5 +153,89 @@ def test_dbus_fuzz() -> None:
             print(f"RSS kB: baseline {baseline}, peak {sampler.peak}, after {after}; {summary}")
             assert sampler.peak <= baseline + RSS_BOUND_MB * 1024, (baseline, sampler.peak)
             assert after <= baseline + RSS_AFTER_MB * 1024, (baseline, after)
+        finally:
+            assert daemon.terminate() == 0, daemon.text()[-3000:]
+
+
+TASK_CALLS_ROOT = int(os.environ.get("TASKMASTER_FUZZ_DBUS_TASKS", "1500"))
+TASK_CALLS_NOBODY = 300
+RSS_SECOND_HALF_MB = 8
+TASK_CONFIG = """\
+taskmasterd: {{logfile: {d}/taskmasterd.log, logdir: {d}/logs, statedir: {d}/state}}
+programs:
+  web: {{cmd: sleep 100000, starttime: 0, stoptime: 0.2}}
+tasks: {{max_parallel: 2, max_queued: 12, timeout: 3, stoptime: 0.5}}
+"""
+
+
+def on_disk(state: Path, reports: list[dict[str, object]]) -> tuple[set[str], set[str]]:
+    """(task dirs on disk, the tasks the calls that succeeded queued)."""
+    queued = {id for r in reports for id in r["tasks"]}  # type: ignore[attr-defined]
+    for act in (a for r in reports for a in r["activities"]):  # type: ignore[attr-defined]
+        queued.update(json.loads((state / "activities" / act / "status.json").read_text())["tasks"])
+    tasks = state / "tasks"
+    return (set(os.listdir(tasks)) if tasks.exists() else set()), queued
+
+
+def test_dbus_task_fuzz() -> None:
+    """The task API (SubmitTask, SubmitActivity, the cancels, the lists, the
+    Task and Activity objects) with hostile values: every call answered by
+    a named error or a reply, the daemon alive and bounded, and nothing on
+    disk but what the calls that succeeded queued.
+
+    Memory: the tasks the good calls queued stay in memory (about 2 kB
+    each, until tasks.keep); the calls also lift the heap's high-water
+    mark (huge strings and arrays, an activity of 10,001 tasks unmarshalled
+    before it is refused), which Python keeps. So the same calls sent a
+    second time must not grow it by more than RSS_SECOND_HALF_MB: no cost
+    per call beyond the tasks it queued."""
+    as_root = os.geteuid() == 0
+    with bus_directory() as d, (system_bus(d, POLICY) if as_root else session_bus(d)) as address:
+        cfg = d / "taskmaster.yaml"
+        cfg.write_text(TASK_CONFIG.format(d=d))
+        daemon = Daemon(cfg, "--address", address)
+        try:
+            daemon.wait_for(event("RUNNING", "web"))
+            baseline = rss_kb(daemon.pid)
+            sampler = RssSampler(daemon.pid)
+            sampler.start()
+            procs = [client(address, SEED, TASK_CALLS_ROOT // 2, mode=("tasks",))]
+            if as_root and shutil.which("setpriv"):
+                procs.append(client(address, SEED + 1, TASK_CALLS_NOBODY, "setpriv",
+                                    f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                                    mode=("tasks",)))
+            reports = [result(p) for p in procs]
+            half = rss_kb(daemon.pid)
+            # The same calls again: what they cost the first time (the heap's
+            # high-water mark) is not paid twice.
+            reports.append(result(client(address, SEED, TASK_CALLS_ROOT // 2, mode=("tasks",))))
+            sampler.done.set()
+            sampler.join()
+            summary = json.dumps([{k: v for k, v in r.items() if k not in ("tasks", "activities")}
+                                  for r in reports], indent=1)
+            assert [r["bad"] for r in reports] == [[]] * len(reports), summary
+            roots = [reports[0], reports[-1]]
+            handled = {m: sum(r["handled"].get(m, 0) for r in roots)  # type: ignore[attr-defined]
+                       for m in reports[0]["handled"]}  # type: ignore[attr-defined]
+            for member in ("SubmitTask", "SubmitActivity", "CancelTask", "CancelActivity",
+                           "ListTasks", "ListActivities", "Cancel", "OpenOutput", "Get", "GetAll"):
+                assert handled.get(member, 0) >= 5, (member, summary)
+            for error in ("TaskInvalid", "NoSuchTask", "NotRunning", "QueueFull"):
+                assert reports[0]["replies"].get(  # type: ignore[attr-defined]
+                    f"error:org.taskmaster.Taskmaster1.Error.{error}", 0) > 0, summary
+            assert all(r["tasks"] and r["activities"] for r in roots), summary  # some were queued
+            dirs, queued = on_disk(d / "state", reports)
+            assert dirs == queued, (sorted(dirs - queued), sorted(queued - dirs))
+            assert alive(daemon.pid), daemon.text()
+            listed = subprocess.run(["busctl", f"--address={address}", "call", NAME,
+                                     "/org/taskmaster/Taskmaster1", "org.taskmaster.Taskmaster1.Manager",
+                                     "ListTasks"], capture_output=True, text=True, timeout=30)
+            assert listed.returncode == 0, listed.stderr
+            assert "Traceback" not in daemon.text(), daemon.text()[-3000:]
+            after = rss_kb(daemon.pid)
+            print(f"RSS kB: baseline {baseline}, half {half}, peak {sampler.peak}, after {after}; "
+                  f"{len(queued)} tasks queued; {summary}")
+            assert sampler.peak <= baseline + RSS_BOUND_MB * 1024, (baseline, sampler.peak)
+            assert after <= half + RSS_SECOND_HALF_MB * 1024, (half, after)
         finally:
             assert daemon.terminate() == 0, daemon.text()[-3000:]

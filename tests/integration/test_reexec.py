@@ -175,3 +175,41 @@ def test_a_retry_in_backoff_goes_on_counting_across_a_reexec(
     d.wait_for(event("FATAL", "flaky"))
     spawned = [ln for ln in d.lines if ln.kind == "STARTING" and ln.process == "flaky"]
     assert len(spawned) == 3  # the first start and 2 retries, not one more
+
+
+def test_reexec_while_a_task_runs_takes_it_back_and_records_its_real_end(
+        write_config: WriteConfig, daemons: Start, bus_address: str, workdir: Path) -> None:
+    """A task runs under the task runner when the daemon re-executes: the
+    new image attaches to the same runner, takes the task back (ADOPTED),
+    and records its real exit status when it ends."""
+    from tests.integration.test_tasks import status_file, submit_task, with_tasks
+
+    gate = workdir / "gate"
+    os.mkfifo(gate)
+    d = daemons(with_tasks(write_config({}), max_parallel=2))
+    d.wait_for(event("DAEMON_START"))
+
+    id = submit_task(bus_address, "sh", "-c", f"read x < {gate}; exit 3")
+    wait_until("the task runs", lambda: status_file(workdir, id)["state"] == "running")
+    before = status_file(workdir, id)
+    d.wait_for(event("TASK_STARTED", id))
+
+    r = taskctl(bus_address, "--json", "daemon-reexec")
+    assert r.returncode == 0, r.stderr
+    d.wait_text("re-executed: taskmasterd")
+    d.wait_for(event("TASK_ADOPTED", id))
+    assert alive(before["pid"]) and alive(before["runner_pid"])
+
+    with open(gate, "w") as f:
+        f.write("go\n")
+    ended = d.wait_for(event("TASK_FAILED", id), timeout=15)
+    assert ended.fields["status"] == "3", ended
+    after = status_file(workdir, id)
+    assert (after["state"], after["exit_code"], after["pid"], after["runner_pid"]) == \
+        ("failed", 3, before["pid"], before["runner_pid"])
+    listed = json.loads(taskctl(bus_address, "tasks", "--json").stdout)
+    row = next(t for t in (listed if isinstance(listed, list) else listed["tasks"]) if t["id"] == id)
+    assert (row["state"], row["exit_code"]) == ("failed", 3), row
+    # One end, published once: the re-executed daemon saw it, nothing older.
+    assert len([ln for ln in d.lines if ln.kind == "TASK_FAILED" and ln.process == id]) == 1
+    assert d.terminate() == 0

@@ -483,7 +483,10 @@ def test_a_running_task_beats_every_30_s_and_only_while_it_runs(tmp_path: Path) 
 
 def run_task(cwd: Path, task: object, *, name: str = "task.json") -> subprocess.CompletedProcess[str]:
     path = cwd / name
-    path.write_text(task if isinstance(task, str) else json.dumps(task))
+    if isinstance(task, bytes):
+        path.write_bytes(task)
+    else:
+        path.write_text(task if isinstance(task, str) else json.dumps(task))
     return subprocess.run([sys.executable, "-m", "taskmasterd", "--run-task", name], cwd=cwd,
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -526,8 +529,21 @@ def test_run_task_exits_with_the_tasks_status(tmp_path: Path, task: dict[str, ob
     ("{", "task.json:1:2: not valid JSON"),
     ('{"comand": "x"}', "task.json: unknown key 'comand' (did you mean 'command'?)"),
     ('{"command": "x", "args": "y"}', "task.json.args: expected a list of strings, got a string"),
+    # hostile files: refused in one line, never a traceback, nothing run
+    (b"[" * 100_000 + b"]" * 100_000, "task.json: not valid JSON: maximum recursion depth"),
+    (b'{"command": "true", "timeout": ' + b"9" * 5000 + b"}",
+     "task.json: not valid JSON: Exceeds the limit (4300 digits)"),
+    ('{"command": "true", "command": "rm"}', "task.json: key 'command' given twice in one object"),
+    (b'{"command": "tr\xffue"}', "task.json: not valid JSON: 'utf-8' codec can't decode byte 0xff"),
+    ('{"command": "true", "timeout": NaN}',
+     "task.json.timeout: expected 0 (no limit) or a positive number of seconds, got nan"),
+    ('{"command": "true", "timeout": 1e400}',
+     "task.json.timeout: expected 0 (no limit) or a positive number of seconds, got inf"),
+    ('{"command": "true"} {"command": "rm"}', "task.json:1:21: not valid JSON: Extra data"),
+    ('{"command": "true\\u0000"}', "task.json.command: contains a NUL character"),
 ])
-def test_run_task_refuses_a_bad_file_in_one_line(tmp_path: Path, text: str, error: str) -> None:
+def test_run_task_refuses_a_bad_file_in_one_line(tmp_path: Path, text: str | bytes,
+                                                  error: str) -> None:
     done = run_task(tmp_path, text)
     assert done.returncode == 2
     assert error in done.stderr and len(done.stderr.splitlines()) == 1
@@ -579,3 +595,68 @@ def test_run_task_a_second_signal_kills_at_once(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     status = cli_status(tmp_path)
     assert (status["state"], status["signal"]) == ("cancelled", "SIGKILL")
+
+
+def test_the_listening_socket_refuses_garbage_strangers_and_the_silent(
+        dirs: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process speaking garbage to the runner's socket, one of another uid
+    (SO_PEERCRED, as the log writer's), one that says nothing, too many at
+    once: each refused with why; the runner goes on and takes a daemon."""
+    from taskmasterd.tasks import runner as runner_mod
+
+    statedir, runtime = dirs
+    os.makedirs(runtime, mode=0o700)
+    path = os.path.join(runtime, "r.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(path)
+    monkeypatch.setattr(runner_mod, "GREET_TIMEOUT", 0.3)
+
+    def exchange(data: bytes | None) -> dict[str, object]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as c:
+            c.settimeout(TIMEOUT)
+            c.connect(path)
+            if data is not None:
+                c.send(data)
+            msg, _fds = runproto.receive(c, runproto.TO_DAEMON)
+            return msg
+
+    async def main() -> None:
+        r = runner_mod.Runner(statedir, None, listener)
+        try:
+            hello = runproto.encode("hello", pid=os.getpid())
+            for bad, why in ((b"garbage", "not"), (b"\xff" * 200_001, ""),
+                             (runproto.encode("cancel", id="3df2bb24", reason="x"), "cancel"),
+                             (None, "no hello within 0.3 s")):
+                msg = await asyncio.to_thread(exchange, bad)
+                assert msg["op"] == "refused", msg
+                assert why in str(msg["message"]), msg
+            from taskmasterd import logattach
+
+            real = logattach.peer_uid_pid
+            monkeypatch.setattr(logattach, "peer_uid_pid", lambda s: (1234, real(s)[1]))
+            msg = await asyncio.to_thread(exchange, hello)
+            assert msg == {"op": "refused", "v": 1,
+                           "message": f"uid 1234 may not attach to a task runner of uid "
+                                      f"{os.geteuid()}"}
+            monkeypatch.setattr(logattach, "peer_uid_pid", real)
+            silent = [socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                      for _ in range(runner_mod.MAX_PENDING + 1)]
+            for s in silent:
+                s.connect(path)
+            await until("the silent ones to be pending",
+                        lambda: len(r.pending) == runner_mod.MAX_PENDING)
+            extra = silent[-1]
+            extra.settimeout(TIMEOUT)
+            msg, _fds = await asyncio.to_thread(runproto.receive, extra, runproto.TO_DAEMON)
+            assert msg["message"] == "too many connections waiting"
+            for s in silent:
+                s.close()
+            await until("the pending ones to expire", lambda: not r.pending)
+            assert r.ctl is None
+            msg = await asyncio.to_thread(exchange, hello)  # a daemon of ours: welcome
+            assert msg["op"] == "welcome" and msg["tasks"] == 0
+        finally:
+            r.unlink()
+            r.writer.close()
+
+    run(main())

@@ -57,6 +57,14 @@ def sigkill(d: Daemon) -> None:
     d.close()
 
 
+def submit_task(address: str, command: str, *args: str) -> str:
+    async def submit() -> str:
+        async with client(address) as c:
+            [id] = await c.ok("SubmitTask", "a{sv}", [task(command, *args)])
+            return str(id)
+    return asyncio.run(submit())
+
+
 async def submit_activity(address: str, name: str, tasks: list[dict[str, Variant]]) -> str:
     async with client(address) as c:
         [id] = await c.ok("SubmitActivity", "saa{sv}", [name, tasks])
@@ -112,11 +120,7 @@ def test_a_task_ending_while_the_daemon_is_down_keeps_its_real_status(
     d = daemons(write_config({}))
     d.wait_for(event("DAEMON_START"))
 
-    async def submit() -> str:
-        async with client(bus_address) as c:
-            [id] = await c.ok("SubmitTask", "a{sv}", [task("sh", "-c", f"read x < {gate}; exit 7")])
-            return str(id)
-    id = asyncio.run(submit())
+    id = submit_task(bus_address, "sh", "-c", f"read x < {gate}; exit 7")
     wait_until("running", lambda: status_file(workdir, id)["state"] == "running")
     sigkill(d)
     with open(gate, "w") as f:
@@ -205,11 +209,34 @@ def test_enoent_fails_the_task_and_its_activity_and_mails(
     assert any("ENOENT" in t and "bootstrap" in t for t in texts), texts
 
     # A task that fails with something on stderr: the mail carries its tail.
-    async def submit() -> str:
-        async with client(bus_address) as c:
-            [id] = await c.ok("SubmitTask", "a{sv}", [task("sh", "-c", "echo 'disk full' >&2; exit 2")])
-            return str(id)
-    id = asyncio.run(submit())
+    id = submit_task(bus_address, "sh", "-c", "echo 'disk full' >&2; exit 2")
     d.wait_for(event("TASK_FAILED", id), timeout=20)
     wait_until("the mail about it", lambda: any("disk full" in mail_text(m)
                                                 for m in smtp_sink.items), timeout=30)
+
+
+def test_a_full_queue_refuses_with_queue_full_and_queues_nothing(
+        write_config: WriteConfig, daemons: Start, workdir: Path, bus_address: str) -> None:
+    gate = workdir / "gate"
+    os.mkfifo(gate)
+    d = daemons(with_tasks(write_config({}), max_parallel=1, max_queued=2))
+    d.wait_for(event("DAEMON_START"))
+    first = submit_task(bus_address, "sh", "-c", f"read x < {gate}")
+    submit_task(bus_address, "true")  # queued behind it: 2 not ended
+
+    async def refused() -> tuple[str, str]:
+        async with client(bus_address) as c:
+            return await c.error("SubmitActivity", "saa{sv}", ["more", [task("true")]])
+    name, text = asyncio.run(refused())
+    assert name == "org.taskmaster.Taskmaster1.Error.QueueFull", (name, text)
+    assert "past tasks.max_queued (2; 2 queued or running): nothing queued" in text
+    r = taskctl(bus_address, "run", "--", "true")
+    assert r.returncode != 0 and "task queue full" in r.stderr, (r.returncode, r.stderr)
+    assert len(os.listdir(workdir / "state" / "tasks")) == 2
+    assert not (workdir / "state" / "activities").exists() or \
+        os.listdir(workdir / "state" / "activities") == []
+    with open(gate, "w") as f:  # an end makes room
+        f.write("go\n")
+    d.wait_for(event("TASK_SUCCEEDED", first))
+    assert taskctl(bus_address, "run", "--", "true").returncode == 0
+    assert d.terminate() == 0

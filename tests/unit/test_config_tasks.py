@@ -34,9 +34,9 @@ def test_absent_or_empty_is_the_defaults(tmp_path: Path) -> None:
 
 def test_every_key(tmp_path: Path) -> None:
     s = load_text(tmp_path, "tasks:\n  max_parallel: 16\n  keep: 0.5\n  timeout: 7200\n"
-                            "  stopsignal: INT\n  stoptime: 2.5\n")
+                            "  stopsignal: INT\n  stoptime: 2.5\n  max_queued: 500\n")
     assert s == TaskSettings(max_parallel=16, keep=0.5, timeout=7200.0,
-                             stopsignal=signal.SIGINT, stoptime=2.5)
+                             stopsignal=signal.SIGINT, stoptime=2.5, max_queued=500)
     assert load_text(tmp_path, "tasks: {timeout: 604800, stopsignal: 9}\n").timeout == 604800.0
 
 
@@ -44,7 +44,12 @@ def test_every_key(tmp_path: Path) -> None:
     ("tasks:\n  max_paralel: 2\n", 2, 3, "tasks.max_paralel",
      "unknown key 'max_paralel' (did you mean 'max_parallel'?)"),
     ("tasks:\n  bogus: 2\n", 2, 3, "tasks.bogus",
-     "unknown key 'bogus'; tasks accepts: max_parallel, keep, timeout, stopsignal, stoptime"),
+     "unknown key 'bogus'; tasks accepts: max_parallel, keep, timeout, stopsignal, stoptime, "
+     "max_queued"),
+    ("tasks:\n  max_queued: 0\n", 2, 15, "tasks.max_queued",
+     "must be between 1 and 1000000, found 0"),
+    ("tasks:\n  max_queued: 1e4\n", 2, 15, "tasks.max_queued",
+     "expected an integer 1–1000000, found '1e4'"),
     ("tasks:\n  max_parallel: 0\n", 2, 17, "tasks.max_parallel", "must be between 1 and 4096, found 0"),
     ("tasks:\n  max_parallel: \"4\"\n", 2, 17, "tasks.max_parallel",
      "expected an integer 1–4096, found the quoted string '4' (remove the quotes)"),

@@ -10,6 +10,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -446,7 +447,7 @@ def test_keep_removes_old_ends_at_start_and_after_ends_once_a_minute(tmp_path: P
     go(tmp_path, body)
 
 
-def test_nothing_is_taken_before_open_or_after_close(tmp_path: Path) -> None:
+def test_a_submission_waits_for_open_and_nothing_is_taken_after_close(tmp_path: Path) -> None:
     from taskmasterd.errors import TaskmasterError
 
     async def main() -> None:
@@ -501,3 +502,105 @@ def test_a_runner_that_cannot_start_fails_each_task_with_why(tmp_path: Path) -> 
             "the task runner could not be started: cannot execute the runner"
 
     go(tmp_path, body, settings=TaskSettings(max_parallel=1))
+
+
+# ---- bounds -------------------------------------------------------------------------
+
+
+def test_max_queued_refuses_past_the_tasks_not_yet_ended(tmp_path: Path) -> None:
+    from taskmasterd.errors import QueueFull
+
+    async def body(r: Rig) -> None:
+        a = await r.m.submit(spec(1))  # running (a lane)
+        b = await r.m.submit(spec(2))  # queued
+        act = await r.m.submit_activity("two", [spec(3), spec(4)])  # 4 not ended: full
+        with pytest.raises(QueueFull, match=r"a task would take the tasks not yet ended past "
+                           r"tasks.max_queued \(4; 4 queued or running\): nothing queued"):
+            await r.m.submit(spec(5))
+        with pytest.raises(QueueFull, match="an activity of 2 tasks"):
+            await r.m.submit_activity("more", [spec(6), spec(7)])
+        with pytest.raises(QueueFull):  # an append counts too
+            await r.m.submit(spec(8, activity=act.id))
+        assert len(r.m.tasks()) == 4 and len(r.m.activities()) == 1
+        assert len(os.listdir(tmp_path / "tasks")) == 4  # nothing of them on disk
+        r.m.cancel(b.id, "cancelled by test")  # an end frees room
+        c = await r.m.submit(spec(9))
+        r.runner.finish(a.id)
+        # Concurrent submissions count those still being written.
+        got = await asyncio.gather(*(r.m.submit(spec(10 + i)) for i in range(3)),
+                                   return_exceptions=True)
+        assert [type(g).__name__ for g in got] == ["TaskStatus", "QueueFull", "QueueFull"]
+        assert r.m._queue.unended == 4
+        r.m.configure(TaskSettings(max_parallel=1, max_queued=6))  # a reload raises it
+        await r.m.submit(spec(20))
+        assert c.id in r.runner.runs or c.state == TaskState.QUEUED
+    go(tmp_path, body, settings=TaskSettings(max_parallel=1, max_queued=4))
+
+
+# ---- recovery: the noticed marks -----------------------------------------------------
+
+
+def test_recovery_publishes_no_end_a_daemon_published_before_it_died(tmp_path: Path) -> None:
+    """A daemon published a task's end (its mark) and died before the next
+    task of its activity was written `running`, or before the activity's
+    end was written: the next daemon goes on without publishing it again."""
+    files = TaskFiles(str(tmp_path))
+    _status(files, "bbbb0001", 1, TaskState.SUCCEEDED, activity="cccc0001", ended=NOW - 20)
+    files.mark_noticed("bbbb0001")
+    _status(files, "bbbb0002", 2, TaskState.QUEUED, activity="cccc0001", position=1)
+    files.write_activity(ActivityStatus("cccc0001", "deploy", ActivityState.RUNNING,
+                                        ("bbbb0001", "bbbb0002"), seq=0, submitted=NOW - 100))
+    _status(files, "bbbb0003", 3, TaskState.FAILED, activity="cccc0002", ended=NOW - 20,
+            exit_code=3)
+    files.mark_noticed("bbbb0003")
+    _status(files, "bbbb0004", 4, TaskState.QUEUED, activity="cccc0002", position=1)
+    files.write_activity(ActivityStatus("cccc0002", "build", ActivityState.RUNNING,
+                                        ("bbbb0003", "bbbb0004"), seq=0, submitted=NOW - 100))
+
+    async def body(r: Rig) -> None:
+        assert r.runner.runs == ["bbbb0002"]
+        assert r.kinds("bbbb0001") == []
+        assert r.kinds("bbbb0003") == []  # its activity's end is drawn, not its own again
+        assert r.kinds("cccc0002") == ["ACTIVITY_FAILED"]
+        assert (await r.disk("bbbb0004")).state == TaskState.CANCELLED
+
+    go(tmp_path, body)
+
+
+def test_a_cancelled_watched_task_gets_sigkill_after_stoptime(tmp_path: Path) -> None:
+    """A task whose runner died, its process alive and watched by the
+    daemon: a cancel sends stopsignal, then SIGKILL after stoptime (here
+    the process ignores SIGTERM)."""
+    files = TaskFiles(str(tmp_path))
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c", "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+         "print('ready', flush=True)\ntime.sleep(600)"],
+        stdout=subprocess.PIPE, start_new_session=True)
+    assert stubborn.stdout is not None
+    assert stubborn.stdout.readline() == b"ready\n"  # SIGTERM is ignored from now on
+    ticks = spawn.proc_stat(stubborn.pid)
+    assert ticks is not None
+    _status(files, "eeee0001", 1, TaskState.RUNNING, pid=stubborn.pid,
+            start_ticks=ticks.start_ticks, started=NOW - 50)
+
+    async def body(r: Rig) -> None:
+        loop = asyncio.get_running_loop()
+        assert r.m.task("eeee0001").state == TaskState.RUNNING  # watched
+        ended = asyncio.Event()
+        r.bus.subscribe(lambda e: ended.set() if e.process == "eeee0001" else None)
+        t0 = loop.time()
+        r.m.cancel("eeee0001", "cancelled by test")
+        r.m.cancel("eeee0001", "cancelled by test again")  # one SIGKILL timer, not two
+        assert len(r.m._killing) == 1
+        await ended.wait()  # the virtual clock reaches stoptime once nothing else runs
+        assert loop.time() - t0 >= 7.0
+        s = await r.disk("eeee0001")
+        assert s.state == TaskState.LOST and s.reason == UNWATCHED
+        assert r.m._killing == {}
+
+    try:
+        go(tmp_path, body, settings=TaskSettings(stoptime=7.0))
+        assert stubborn.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        stubborn.kill()
+        stubborn.wait()

@@ -264,6 +264,8 @@ def test_random_sequences_keep_the_rules(seed: int) -> None:
             final[id] = how
             record(q.ended(id, how))
         start()
+        # what tasks.max_queued is checked against, kept as it goes
+        assert q.unended == sum(not t.state.final for t in q._tasks.values())
     # Drain: everything runs to success.
     q.max_parallel = 4
     start()
@@ -277,3 +279,4 @@ def test_random_sequences_keep_the_rules(seed: int) -> None:
     every = set(queued_solo) | set(activity_of) | set(started)
     assert not queued_solo
     assert all(q.state(t) is not None and q.state(t).final for t in every)  # type: ignore[union-attr]
+    assert q.unended == 0

@@ -15,6 +15,7 @@ from taskmasterd.tasks.spec import (
     MAX_ARG,
     MAX_ARGS,
     MAX_ENV,
+    MAX_EXEC,
     MAX_FILE,
     MAX_TASKS,
     MAX_TEXT,
@@ -228,6 +229,19 @@ def test_ids_are_lowercase_hex_8_to_32_whole() -> None:
 ])
 def test_nul_bytes(task: dict[str, object], where: str) -> None:
     assert refused(task) == f"{where}: contains a NUL character"
+
+
+def test_args_and_env_together_are_bounded() -> None:
+    # What one task holds in the daemon's memory until tasks.keep removes it.
+    big = MAX_ARG - 1
+    n = MAX_EXEC // big
+    fits = ["a" * big] * n
+    assert parse_task({"command": "x", "args": fits}).args == tuple(fits)
+    env = {"K": "v" * 4000}
+    size = n * big + 4003
+    assert size > MAX_EXEC
+    assert refused({"command": "x", "args": fits, "env": env}) == \
+        f"task: its args and env are {size} characters together; at most {MAX_EXEC} are accepted"
 
 
 def test_limits() -> None:

@@ -230,6 +230,25 @@ def test_run_usage_errors() -> None:
         parse("run", "--env", "novalue", "--", "true")
 
 
+@pytest.mark.parametrize(("data", "error"), [
+    (b"[" * 100_000 + b"]" * 100_000, ": not valid JSON: maximum recursion depth"),
+    (b'{"command": "true", "timeout": ' + b"9" * 5000 + b"}", "(4300 digits)"),
+    (b'{"command": "true", "command": "rm"}', ": key 'command' given twice in one object"),
+    (b'{"command": "tr\xffue"}', ": not valid JSON: 'utf-8' codec can't decode byte 0xff"),
+    (b'{"command": "true", "timeout": NaN}', ".timeout: expected 0 (no limit) or a positive"),
+    (b'{"command": "true", "timeout": 1e400}', "got inf"),
+    (b'{"command": "x"}' + b" " * (16 * 1024 * 1024), "bytes; at most 16777216 are accepted"),
+])
+def test_run_file_refuses_a_hostile_file(tmp_path: Path, data: bytes, error: str) -> None:
+    """taskctl run --file: a usage error naming the file and what is wrong
+    (nothing is sent), never a traceback."""
+    path = tmp_path / "t.json"
+    path.write_bytes(data)
+    with pytest.raises(Usage) as info:
+        task_spec(parse("run", "--file", str(path)))
+    assert str(info.value).startswith(str(path)) and error in str(info.value), info.value
+
+
 def test_activity_needs_a_file() -> None:
     with pytest.raises(SystemExit):
         parse("activity")

@@ -81,7 +81,7 @@ def test_tasks_config_keys_and_defaults() -> None:
     d = TaskSettings()
     assert defaults == {"max_parallel": str(d.max_parallel), "keep": f"{d.keep:g}",
                         "timeout": f"{d.timeout:g}", "stopsignal": d.stopsignal.name[3:],
-                        "stoptime": f"{d.stoptime:g}"}
+                        "stoptime": f"{d.stoptime:g}", "max_queued": str(d.max_queued)}
 
 
 def test_limits() -> None:
@@ -89,6 +89,7 @@ def test_limits() -> None:
     assert f"at most {spec.MAX_TEXT} characters" in text
     assert f"at most {spec.MAX_ARGS} `args` of at most {spec.MAX_ARG} characters" in text
     assert f"at most {spec.MAX_ENV} `env` variables" in text
+    assert f"`args` and `env` together at most {spec.MAX_EXEC} characters" in text
     assert f"at most {spec.MAX_FILE // 2**20} MiB" in text
     assert f"at most {spec.MAX_TASKS:,} tasks" in text
     assert f"from 0 to {int(spec.MAX_TIMEOUT // 86400)} days" in text
