@@ -20,9 +20,6 @@ from typing import Any
 from taskctl.format import format_duration, format_table
 from taskctl.model import ActivityRow, TaskRow
 
-EXIT_SPAWN_ENOENT = 127  # as a shell: command not found
-EXIT_SPAWN_OTHER = 126  # as a shell: found but could not be run
-EXIT_TIMED_OUT = 124  # stopped for its timeout: timeout(1)'s, as taskmasterd --run-task exits
 FINAL_TASK_STATES = frozenset({"succeeded", "failed", "cancelled", "lost"})
 FINAL_ACTIVITY_STATES = frozenset({"succeeded", "failed", "cancelled"})
 TASK_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "lost")
@@ -179,27 +176,20 @@ def _local(us: int) -> str:
 
 
 def task_exit_code(row: TaskRow) -> int:
-    """`run --wait`'s exit status, as a shell gives a command's, and the same
-    as `taskmasterd --run-task` gives (taskmasterd.tasks.execute.exit_status,
-    from a ListTasks row here): its exit code; 128+n if signal n killed it;
-    127 (ENOENT) or 126 (any other) if it could not be started; 124 if it
-    was stopped for its timeout (as timeout(1)); 1 when it was cancelled or
-    lost (or failed without any of those)."""
-    if row.state == "succeeded":
-        return 0
-    if row.spawn_error:
-        return EXIT_SPAWN_ENOENT if row.spawn_error.startswith("ENOENT") else EXIT_SPAWN_OTHER
-    if row.state == "failed" and row.reason.startswith("timed out"):
-        return EXIT_TIMED_OUT
-    if row.state in ("cancelled", "lost"):
-        return 1
+    """`run --wait`'s exit status, the same as `taskmasterd --run-task`
+    gives (records.shell_exit_status, from a ListTasks row here)."""
+    # Here, not at the top: the records module pulls in the config reader
+    # (yaml), which every other taskctl command does without.
+    from taskmasterd.tasks.records import shell_exit_status
+
+    number = None
     if row.signal:
-        try:
-            return 128 + int(signal.Signals[row.signal])
-        except KeyError:
-            digits = row.signal.removeprefix("SIG")
-            return 128 + int(digits) if digits.isdigit() else 1
-    return row.exit_code if row.exit_code > 0 else 1
+        member = signal.Signals.__members__.get(row.signal)
+        digits = row.signal.removeprefix("SIG")
+        number = int(member) if member is not None else int(digits) if digits.isdigit() else None
+    return shell_exit_status(row.state, exit_code=row.exit_code if row.exit_code >= 0 else None,
+                             signal=number, spawn_code=row.spawn_error.split(" ", 1)[0],
+                             reason=row.reason)
 
 
 def task_end_line(row: TaskRow) -> str:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from taskmasterd import spawn
 from taskmasterd.process import SpawnError
 from taskmasterd.programschema import Output, OutputKind
-from taskmasterd.tasks.records import TaskState, TaskStatus
+from taskmasterd.tasks.records import TaskState, TaskStatus, shell_exit_status
 from taskmasterd.tasks.taskfiles import TaskDir
 
 HEARTBEAT = 30.0  # seconds between two signs of life in status.json while a task runs
@@ -147,23 +147,12 @@ def cancelled_unstarted(status: TaskStatus, reason: str, runner_pid: int, now: f
     return status.replace(state=TaskState.CANCELLED, reason=reason, runner_pid=runner_pid, ended=now)
 
 
-TIMED_OUT = 124  # GNU timeout(1)'s exit status for a command it stopped
-
-
 def exit_status(status: TaskStatus) -> int:
-    """The shell's view of a task's end (`taskmasterd --run-task`): its exit
-    status; 128+n when signal n killed it; 127 when the command was not
-    found, 126 when it could not be started otherwise; 124 when it was
-    stopped for its timeout, as timeout(1) says."""
-    if status.spawn_error is not None:
-        return 127 if status.spawn_error.code == "ENOENT" else 126
-    if status.state is TaskState.FAILED and status.reason.startswith("timed out"):
-        return TIMED_OUT
-    if status.exit_code is not None:
-        return status.exit_code
-    if status.signal is not None:
-        return 128 + status.signal
-    return 0 if status.state is TaskState.SUCCEEDED else 1
+    """The shell's view of a task's end (`taskmasterd --run-task`):
+    records.shell_exit_status."""
+    return shell_exit_status(status.state, exit_code=status.exit_code, signal=status.signal,
+                             spawn_code=status.spawn_error.code if status.spawn_error else "",
+                             reason=status.reason)
 
 
 def summary(status: TaskStatus) -> str:

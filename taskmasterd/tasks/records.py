@@ -124,6 +124,35 @@ class ActivityStatus:
         return dataclasses.replace(self, **changes)
 
 
+# The exit statuses a shell user reads a task's end by (`taskctl run --wait`,
+# `taskmasterd --run-task`), as a shell and timeout(1) give them.
+EXIT_TIMED_OUT = 124  # stopped for its timeout: GNU timeout(1)'s
+EXIT_CANNOT_RUN = 126  # found but could not be started
+EXIT_NOT_FOUND = 127  # ENOENT: command not found
+
+
+def shell_exit_status(state: str, *, exit_code: int | None, signal: int | None,
+                      spawn_code: str, reason: str) -> int:
+    """A task's end as one exit status: its exit code; 128+n when signal n
+    killed it; 127 (ENOENT) or 126 (any other error) when it could not be
+    started; 124 when it was stopped for its timeout; 1 when it was
+    cancelled or lost (or failed with nothing more to say). The one mapping
+    behind `taskctl run --wait` (from a ListTasks row) and `--run-task`."""
+    if state == TaskState.SUCCEEDED:
+        return 0
+    if spawn_code:
+        return EXIT_NOT_FOUND if spawn_code == "ENOENT" else EXIT_CANNOT_RUN
+    if state == TaskState.FAILED and reason.startswith("timed out"):
+        return EXIT_TIMED_OUT
+    if state in (TaskState.CANCELLED, TaskState.LOST):
+        return 1
+    if exit_code:
+        return exit_code
+    if signal:
+        return 128 + signal
+    return 1
+
+
 def new_id(taken: Callable[[str], bool]) -> str:
     """8 random hex digits (Tessia's style: "3df2bb24"), never one `taken`."""
     while True:
