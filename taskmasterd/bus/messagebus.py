@@ -17,14 +17,17 @@ What each override replaces, and why:
   the D-Bus specification (and GDBusObjectManagerClient, busctl) expect them
   from the ObjectManager's path. For objects strictly below `manager_path`
   they now come from there (same interface, member and body); other objects
-  keep the library behaviour. `GetManagedObjects` needs no change: 0.2.3
+  keep the library behaviour; an interface with an `announced_properties()`
+  method (name -> Variant, what GetAll answers) gives its properties
+  directly. `GetManagedObjects` needs no change: 0.2.3
   answers it on a path P with the objects strictly below P. Exports inside
   `unannounced_exports()` send nothing.
 - `export` / `unexport` / `_interface_signal_notify`: every signal an
   exported interface emits goes through `_interface_signal_notify`, which
   finds the interface's path by scanning every export (1000 programs: as
   much time as fork+exec when they all start). A map interface -> path is
-  kept, dropped by export/unexport and rebuilt on the next signal.
+  kept: an export adds to it, an unexport drops it (rebuilt on the next
+  signal).
 - `_make_method_handler`: handlers get only their arguments; the caller's
   unique name is put in the context variable `CALLER` (with this bus) for
   the call (a coroutine handler's task copies the context when made), so
@@ -82,7 +85,7 @@ class TaskmasterBus(MessageBus):  # type: ignore[misc]
         self.manager_path = manager_path
         self._announce = True
         # id(interface) -> path; ids are safe keys: _path_exports keeps the
-        # interfaces alive, and the map is dropped whenever that changes.
+        # interfaces alive, and the map is dropped whenever one leaves it.
         self._signal_paths: dict[int, str] | None = None
         super().__init__(bus_address, bus_type, auth, negotiate_unix_fd)
         self._writer = Writer(self)
@@ -149,6 +152,15 @@ class TaskmasterBus(MessageBus):  # type: ignore[misc]
             return
         if self._disconnected:
             return
+        announced = getattr(interface, "announced_properties", None)
+        if announced is not None:
+            # The object gives its properties at once (one task per
+            # submission: the library's GetAll calls each getter through
+            # its machinery, most of an export's cost).
+            self.send(Message.new_signal(path=manager, interface=OBJECT_MANAGER,
+                                         member="InterfacesAdded", signature="oa{sa{sv}}",
+                                         body=[path, {interface.name: announced()}]))
+            return
 
         def on_properties(interface: Any, result: dict[str, Any], _user_data: Any,
                           e: Exception | None) -> None:
@@ -176,8 +188,11 @@ class TaskmasterBus(MessageBus):  # type: ignore[misc]
     # ---- signal paths -----------------------------------------------------
 
     def export(self, path: str, interface: Any) -> None:
-        self._signal_paths = None
         super().export(path, interface)
+        if self._signal_paths is not None:
+            # Kept, not dropped: one export per task, each followed by its
+            # signals, would rebuild the map every time (O(objects) each).
+            self._signal_paths[id(interface)] = path
 
     def unexport(self, path: str, interface: Any = None) -> None:
         self._signal_paths = None

@@ -142,6 +142,12 @@ ACTIVITY_PROPERTIES: dict[str, Callable[[ActivityStatus], object]] = {
 }
 
 
+def _variants(obj: ServiceInterface, values: Mapping[str, object]) -> dict[str, Variant]:
+    """`values` as the Variants GetAll answers (each property's own signature)."""
+    return {prop.name: Variant(prop.signature, values[prop.name])
+            for prop in ServiceInterface._get_properties(obj) if prop.name in values}
+
+
 def changed_properties(table: Mapping[str, Callable[[Any], object]], old: object,
                        new: object) -> dict[str, object]:
     """The properties whose value differs between two statuses."""
@@ -218,6 +224,14 @@ class Task(ServiceInterface):
 
     def status(self) -> TaskStatus:
         return self._tasks.task(self.task_id)
+
+    def announced_properties(self) -> dict[str, Variant]:
+        """Every property, as GetAll answers, for InterfacesAdded (from
+        `sent`, what the service announces; messagebus.TaskmasterBus)."""
+        s = self.sent if self.sent is not None else self.status()
+        values = {name: value(s) for name, value in TASK_PROPERTIES.items()}
+        values["Directory"] = os.path.dirname(self._tasks.output_file(self.task_id, "stdout"))
+        return _variants(self, values)
 
     def _get(self, prop: str) -> Any:
         with dbus_errors(prop):
@@ -321,6 +335,11 @@ class Activity(ServiceInterface):
 
     def status(self) -> ActivityStatus:
         return self._tasks.activity(self.activity_id)
+
+    def announced_properties(self) -> dict[str, Variant]:
+        """As Task's."""
+        a = self.sent if self.sent is not None else self.status()
+        return _variants(self, {name: value(a) for name, value in ACTIVITY_PROPERTIES.items()})
 
     def _get(self, prop: str) -> Any:
         with dbus_errors(prop):

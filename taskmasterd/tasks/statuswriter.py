@@ -3,13 +3,17 @@
 Every status.json write is durable (TaskDir.write: temp file, fsync,
 rename, fsync of the directory): a few milliseconds on a disk. The runner
 starts and ends many short tasks at once (16 lanes of `true` in the bench),
-so the writes go to a worker thread: per task one write at a time, in
-order, and only the newest waiting status of a task is written next (a
-`running` not yet written when the task already ended is skipped: the end
-replaces it). The bookkeeping and the JSON encoding run on the loop's
-thread; a worker only does the system calls (which release the GIL: a
-worker busy with Python code would make the loop wait for the GIL after
-each of its own system calls).
+so the writes go to a worker thread, in batches: while one batch is being
+written, new statuses wait, and the next batch is every status waiting
+then -- per task only the newest (a `running` not yet written when the task
+already ended is skipped: the end replaces it), so a task's statuses land
+in order. A batch is one hand-over to the worker and one wake-up of the
+loop, however many files it holds (a hand-over per file cost two thread
+switches each, most of the runner's system time with 16 lanes). The
+bookkeeping and the JSON encoding run on the loop's thread; the worker only
+does the system calls (which release the GIL: a worker busy with Python
+code would make the loop wait for the GIL after each of its own system
+calls).
 """
 
 from __future__ import annotations
@@ -22,21 +26,32 @@ from taskmasterd.statestore.store import StateStore
 from taskmasterd.tasks.records import TaskStatus, encode_task
 from taskmasterd.tasks.taskfiles import STATUS, TaskDir
 
-# One worker: measured best (1,000 `true` tasks in 16 lanes): more threads
-# fight the loop for the GIL, and a backlog coalesces more `running` writes
-# away. The pool size stays a parameter.
-THREADS = 1
-
 Done = Callable[[TaskStatus, OSError | None], None]
 
 
+def _save_all(jobs: list[tuple[StateStore, bytes]]) -> list[OSError | None]:
+    """(worker thread) Each file written durably, one after another; the
+    error of each (None: written)."""
+    errors: list[OSError | None] = []
+    for store, data in jobs:
+        try:
+            store.save_bytes(data)
+        except OSError as exc:
+            errors.append(exc)
+        else:
+            errors.append(None)
+    return errors
+
+
 class StatusWriter:
-    def __init__(self, on_done: Done, threads: int = THREADS) -> None:
+    def __init__(self, on_done: Done) -> None:
         self._loop = asyncio.get_running_loop()
-        self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="status")
+        # One worker: more threads fight the loop for the GIL, and a backlog
+        # coalesces more `running` writes away.
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="status")
         self._on_done = on_done
         self._waiting: dict[str, tuple[TaskDir, TaskStatus, bytes | None]] = {}  # by directory: the newest
-        self._busy: set[str] = set()  # directories with a write under way
+        self._writing = False  # a batch is with the worker
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -44,11 +59,11 @@ class StatusWriter:
         """Write `status` (`data`: its encode_task bytes, when the caller has
         them already) to `taskdir`."""
         self._waiting[taskdir.path] = (taskdir, status, data)
-        if taskdir.path not in self._busy:
-            self._next(taskdir.path)
+        if not self._writing:
+            self._next()
 
     def busy(self) -> bool:
-        return bool(self._busy)
+        return self._writing
 
     async def drain(self) -> None:
         """Until every status given is written (or failed)."""
@@ -57,25 +72,27 @@ class StatusWriter:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
-    def _next(self, key: str) -> None:
-        item = self._waiting.pop(key, None)
-        if item is None:
-            self._busy.discard(key)
-            if not self._busy:
-                self._idle.set()
+    def _next(self) -> None:
+        batch = list(self._waiting.values())
+        self._waiting.clear()
+        if not batch:
+            self._writing = False
+            self._idle.set()
             return
-        self._busy.add(key)
+        self._writing = True
         self._idle.clear()
-        taskdir, status, data = item
-        store = StateStore(taskdir.path, name=STATUS)  # TaskDir.write, its encoding done here
-        future = self._loop.run_in_executor(self._pool, store.save_bytes,
-                                            encode_task(status) if data is None else data)
-        future.add_done_callback(lambda f: self._written(key, status, f))
+        # TaskDir.write, its encoding done here
+        jobs = [(StateStore(taskdir.path, name=STATUS), encode_task(status) if data is None else data)
+                for taskdir, status, data in batch]
+        future = self._loop.run_in_executor(self._pool, _save_all, jobs)
+        future.add_done_callback(lambda f: self._written([s for _, s, _ in batch], f))
 
-    def _written(self, key: str, status: TaskStatus, future: asyncio.Future[None]) -> None:
+    def _written(self, statuses: list[TaskStatus], future: asyncio.Future[list[OSError | None]]) -> None:
         exc = future.exception()
-        error = exc if isinstance(exc, OSError) else None
-        if exc is not None and error is None:
-            error = OSError(str(exc))
-        self._next(key)  # first: on_done sees busy() as it is now
-        self._on_done(status, error)
+        if exc is None:
+            errors = future.result()
+        else:  # not an OSError of a file (those are in the result): every file of the batch
+            errors = [exc if isinstance(exc, OSError) else OSError(str(exc))] * len(statuses)
+        self._next()  # first: on_done sees busy() as it is now
+        for status, error in zip(statuses, errors, strict=True):
+            self._on_done(status, error)

@@ -61,6 +61,30 @@ def test_bench_quick_reexec_and_readopt(tmp_path: Path) -> None:
     assert copies["target"]["met"] is True
 
 
+def test_bench_quick_tasks(tmp_path: Path) -> None:
+    """Issue 14's measure with 30 tasks: every task submitted over D-Bus ends
+    succeeded, the floor and the ratio are recorded beside it, supervisord
+    is n/a. Plumbing only, no timing."""
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only", "tasks",
+         "--tasks", "30", "--results", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "(failed)" not in r.stdout, r.stdout
+    res = json.loads((tmp_path / "latest.json").read_text())["results"]
+    wall = res["tasks: 30 x `true`, max_parallel 16 (SubmitTask -> all ended)"]
+    assert wall["taskmasterd"]["n"] == 1 and wall["taskmasterd"]["median"] > 0
+    assert wall["taskmasterd"]["note"].startswith("30/30 succeeded"), wall
+    assert wall["supervisord"]["note"].startswith("n/a")
+    floor = res["tasks floor: 30 x `true` in 16 lanes (xargs -P16, no daemon)"]
+    assert floor["taskmasterd"]["n"] == 1 and floor["taskmasterd"]["median"] > 0
+    ratio = res["tasks: wall time / floor (30 spawns in 16 lanes, same run)"]
+    assert ratio["taskmasterd"]["n"] == 1 and ratio["taskmasterd"]["median"] > 0
+    assert ratio["target"]["text"] == "within 2x of the floor"
+    writes = res["tasks floor: 30 x 3 durable status writes (fsync), no daemon"]
+    assert writes["taskmasterd"]["n"] == 1
+
+
 def test_compare_reads_two_runs_and_marks_the_direction(tmp_path: Path) -> None:
     def run(stamp: str, tm: float, sup: float, rss: float) -> Path:
         doc = {"timestamp": stamp, "quick": False, "results": {

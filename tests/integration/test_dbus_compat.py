@@ -414,8 +414,13 @@ def test_indexed_signal_paths_follow_export_and_unexport(address: str) -> None:
                 and m.member == "Hello" else None)
             await add_match(client, f"type='signal',sender='{service.unique_name}',member='Hello'")
             objs = [Talker() for _ in range(3)]
-            for i, obj in enumerate(objs):
+            for i, obj in enumerate(objs[:2]):
                 service.export(f"/t/{i}", obj)
+            objs[0].Hello("first")  # the map is built
+            assert (await next_signal(signals)).path == "/t/0"
+            paths = service._signal_paths
+            service.export("/t/2", objs[2])  # added to the map, not a rebuild
+            assert service._signal_paths is paths
             for i in (2, 0, 1):
                 objs[i].Hello(f"from {i}")
                 msg = await next_signal(signals)

@@ -101,6 +101,10 @@ def test_submit_task_exports_its_object_then_signals(bus_address: str, tmp_path:
         assert changed.body == [id, "greet", "", "", "queued", -1, ""]
         props = await get_all(c, task_path(id), TASK)
         assert props == shown
+        # the same D-Bus types too (InterfacesAdded is built without GetAll)
+        [raw] = await c.ok("GetAll", "s", [TASK], path=task_path(id), interface=PROPS)
+        assert {k: v.signature for k, v in added.body[1][TASK].items()} == \
+            {k: v.signature for k, v in raw.items()}
         submitted = props.pop("SubmittedAt")
         assert before * 1e6 <= submitted <= time.time() * 1e6
         assert props == {

@@ -24,9 +24,9 @@ API_DOC = ROOT / "docs" / "dbus-api.md"
 NAME = "org.taskmaster.Taskmaster1"
 NODES = {"root.xml": "/org/taskmaster/Taskmaster1",
          "program.xml": "/org/taskmaster/Taskmaster1/program/web"}
-# A task's and an activity's nodes (API 1.2): compared with what a BusService
-# over a stand-in task manager serves (tests/integration/test_dbus_tasks.py),
-# as the daemon of this branch exports no task; part of the digest all the same.
+# A task's and an activity's nodes (API 1.2): compared once the running
+# daemon has a task and an activity (the root is compared before: it gains
+# their child nodes); part of the digest.
 TASK_NODES = ("task.xml", "activity.xml")
 FILES = {"org.taskmaster.Taskmaster1.Manager": "/org/taskmaster/Taskmaster1",
          "org.taskmaster.Taskmaster1.Program": "/org/taskmaster/Taskmaster1/program/web"}
@@ -73,6 +73,16 @@ def served(bus_address: str, path: str) -> str:
                           check=True).stdout
 
 
+def submit(bus_address: str, member: str, *args: str) -> str:
+    """The id a Manager.Submit* call answers (busctl's `s "id"`)."""
+    out = subprocess.run(["busctl", f"--address={bus_address}", "call", NAME, NODES["root.xml"],
+                          f"{NAME}.Manager", member, *args], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    kind, value = out.split()
+    assert kind == "s", out
+    return value.strip('"')
+
+
 def test_running_daemon_serves_the_golden_api(
         write_config: WriteConfig, daemons: Callable[..., Daemon], bus_address: str) -> None:
     """Any change to what the daemon serves fails here until tests/golden/
@@ -83,9 +93,18 @@ def test_running_daemon_serves_the_golden_api(
         assert normalised(served(bus_address, path)) == golden(name), (
             f"{path} no longer serves tests/golden/{name}: an API change must be deliberate "
             "(edit the golden file and add a changelog line to docs/dbus-api.md)")
+    task = submit(bus_address, "SubmitTask", "a{sv}", "1", "command", "s", "sleep")
+    activity = submit(bus_address, "SubmitActivity", "saa{sv}", "golden", "1", "1", "command", "s",
+                      "true")
+    paths = {"task.xml": f"{NODES['root.xml']}/task/{task}",
+             "activity.xml": f"{NODES['root.xml']}/activity/{activity}"}
+    for name, path in paths.items():
+        assert normalised(served(bus_address, path)) == golden(name), (
+            f"{path} no longer serves tests/golden/{name}: an API change must be deliberate "
+            "(edit the golden file and add a changelog line to docs/dbus-api.md)")
     # What a GLib/Qt client shows: every argument named (no arg_0), and the
     # ObjectManager on the root only.
-    for path in NODES.values():
+    for path in [*NODES.values(), *paths.values()]:
         shown = subprocess.run(["gdbus", "introspect", "--address", bus_address, "--dest", NAME,
                                 "--object-path", path], capture_output=True, text=True,
                                timeout=30, check=True).stdout
