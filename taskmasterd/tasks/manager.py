@@ -25,12 +25,10 @@ import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
-from taskmasterd import spawn
 from taskmasterd.errors import (
     BadName,
     NoSuchTask,
@@ -42,13 +40,13 @@ from taskmasterd.errors import (
 from taskmasterd.events import EventBus
 from taskmasterd.tasks import notices
 from taskmasterd.tasks.keep import expired
+from taskmasterd.tasks.orphans import UNWATCHED, Orphans, runner_gone
 from taskmasterd.tasks.queue import ActivityEnd, TaskQueue
 from taskmasterd.tasks.records import (
     ActivityState,
     ActivityStatus,
     TaskState,
     TaskStatus,
-    _iso,
     new_id,
 )
 from taskmasterd.tasks.settings import TaskSettings
@@ -59,7 +57,6 @@ log = logging.getLogger("taskmasterd")
 T = TypeVar("T")
 
 CLEANUP_EVERY = 60.0  # seconds between two clean-ups after task ends (no timer)
-UNWATCHED = "ended while no task runner watched it: exit status unknown"
 
 RemovedListener = Callable[[list[str], list[str]], None]
 
@@ -90,8 +87,7 @@ class TaskManager:
         self._queue = TaskQueue(settings.max_parallel)
         self._seq = 1
         self._sent: set[str] = set()  # handed to the runner: it writes their status now
-        self._watched: dict[str, spawn.Child] = {}  # alive, no runner: lost at exit
-        self._killing: dict[str, asyncio.TimerHandle] = {}  # watched, stopped: SIGKILL due
+        self.orphans = Orphans(self._orphan_exited)  # alive, no runner: lost at exit
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="taskfiles")
         self._append_lock = asyncio.Lock()
         self._last_cleanup: float | None = None
@@ -404,24 +400,8 @@ class TaskManager:
         if id in self._sent:
             self.runner.cancel(id, reason)
             return
-        child = self._watched.get(id)
-        if child is None or id in self._killing:
-            return
-        # No runner: ours to stop as a runner would (stopsignal to its group,
-        # SIGKILL after stoptime); its exit marks it lost.
-        self._signal(child, self.settings.stopsignal)
-        self._killing[id] = asyncio.get_running_loop().call_later(
-            self.settings.stoptime, self._kill, id, child)
-
-    def _kill(self, id: str, child: spawn.Child) -> None:
-        self._killing.pop(id, None)
-        if self._watched.get(id) is child:  # still there: its exit closes the pidfd
-            self._signal(child, signal.SIGKILL)
-
-    @staticmethod
-    def _signal(child: spawn.Child, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.pid, sig)
+        # No runner: ours to stop as a runner would; its exit marks it lost.
+        self.orphans.stop(id, self.settings.stopsignal, self.settings.stoptime)
 
     # ---- cancelling -------------------------------------------------------------------
 
@@ -429,7 +409,7 @@ class TaskManager:
         s = self.task(id)
         if s.state.final:
             raise NotRunning(f"task {id} has already ended ({s.state})")
-        if id in self._sent or id in self._watched:
+        if id in self._sent or id in self.orphans:
             self._stop(id, reason)  # its end comes later, from whoever runs it
             return
         self._end(s.replace(state=TaskState.CANCELLED, ended=self.clock(), reason=reason),
@@ -455,65 +435,22 @@ class TaskManager:
     # ---- the runner went away ---------------------------------------------------------
 
     def on_gone(self, runner_pid: int, reason: str) -> None:
-        """The runner died while it held tasks: what its files say decides
-        (an end it wrote; a process still alive is watched; else lost)."""
+        """The runner died while it held tasks (orphans.runner_gone)."""
         gone = sorted(self._sent, key=lambda i: self._tasks[i].seq)
         self._sent.difference_update(gone)
         if not gone:
             return
         log.warning("tasks: the task runner (pid %d) went away (%s) holding %d task(s)",
                     runner_pid, reason, len(gone))
-        job = asyncio.get_running_loop().create_task(self._runner_gone(gone))
+        job = asyncio.get_running_loop().create_task(runner_gone(self, gone))
         self._jobs.add(job)
         job.add_done_callback(self._jobs.discard)
 
-    async def _runner_gone(self, ids: list[str]) -> None:
-        for id in ids:
-            on_disk = await asyncio.get_running_loop().run_in_executor(
-                self._pool, self.files.read_task, id)
-            known = self._tasks.get(id)
-            if known is None or known.state.final:
-                continue
-            if isinstance(on_disk, TaskStatus) and on_disk.state.final:
-                self._end(on_disk, write=False)  # it wrote the end before it went
-                continue
-            s = on_disk if isinstance(on_disk, TaskStatus) else known
-            self._take_unheld(s)
-        self._schedule()
-
-    def _take_unheld(self, s: TaskStatus) -> bool:
-        """A task recorded running that no runner holds: watched if its
-        process lives (lost at its exit), else lost now. True if watched."""
-        if s.state == TaskState.RUNNING and s.pid:
-            child = spawn.adopt(s.pid, s.start_ticks)
-            if isinstance(child, spawn.Child):
-                self._tasks[s.id] = s
-                self._watch(s.id, child)
-                return True
-        if s.state == TaskState.RUNNING:
-            beat = _iso(s.heartbeat or s.started) or "never"
-            why = f"its task runner died while it ran (last heartbeat {beat})"
-        else:
-            why = "its task runner died before it started it"
-        self._end(s.replace(state=TaskState.LOST, ended=self.clock(), reason=why), write=True)
-        return False
-
-    def _watch(self, id: str, child: spawn.Child) -> None:
-        loop = asyncio.get_running_loop()
-        self._watched[id] = child
-
-        def exited() -> None:
-            loop.remove_reader(child.pidfd)
-            self._watched.pop(id, None)
-            timer = self._killing.pop(id, None)
-            if timer is not None:
-                timer.cancel()
-            spawn.reap_adopted(child)
-            s = self._tasks.get(id)
-            if s is not None and not s.state.final:
-                self._end(s.replace(state=TaskState.LOST, ended=self.clock(), reason=UNWATCHED),
-                          write=True)
-        loop.add_reader(child.pidfd, exited)
+    def _orphan_exited(self, id: str) -> None:
+        s = self._tasks.get(id)
+        if s is not None and not s.state.final:
+            self._end(s.replace(state=TaskState.LOST, ended=self.clock(), reason=UNWATCHED),
+                      write=True)
 
     # ---- settings, clean-up, the end ------------------------------------------------------
 
@@ -573,18 +510,9 @@ class TaskManager:
             return
         self._closed = True
         self.refuse("taskmasterd is shutting down")
-        loop = asyncio.get_running_loop()
         for job in list(self._jobs):
             job.cancel()
-        for timer in self._killing.values():
-            # Dropped: the process goes on; the next daemon watches it again
-            # (a cancel asked of it again stops it).
-            timer.cancel()
-        self._killing.clear()
-        for child in self._watched.values():
-            loop.remove_reader(child.pidfd)
-            os.close(child.pidfd)
-        self._watched.clear()
+        self.orphans.close()
         await self.runner.close()
         await self.flush()
         self._pool.shutdown(wait=False)

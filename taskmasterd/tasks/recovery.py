@@ -109,7 +109,7 @@ def _resolve(m: TaskManager, disk: TaskStatus, held: TaskStatus | None,
         log.warning("tasks: task %s (pid %d) runs with no task runner: watched until it exits, "
                     "then lost (its exit status cannot be collected)", disk.id, disk.pid)
         m._tasks[disk.id] = disk
-        m._watch(disk.id, child)
+        m.orphans.watch(disk.id, child)
         return disk
     beat = _iso(disk.heartbeat or disk.started) or "never"
     lost = disk.replace(state=TaskState.LOST, ended=m.clock(),

@@ -20,7 +20,8 @@ import pytest
 from taskmasterd import spawn
 from taskmasterd.errors import BadName, NoSuchTask, NotRunning, TaskInvalid
 from taskmasterd.events import Event, EventBus
-from taskmasterd.tasks.manager import UNWATCHED, TaskManager
+from taskmasterd.tasks.manager import TaskManager
+from taskmasterd.tasks.orphans import UNWATCHED
 from taskmasterd.tasks.records import ActivityState, ActivityStatus, TaskState, TaskStatus
 from taskmasterd.tasks.settings import TaskSettings
 from taskmasterd.tasks.spec import TaskSpec
@@ -591,12 +592,12 @@ def test_a_cancelled_watched_task_gets_sigkill_after_stoptime(tmp_path: Path) ->
         t0 = loop.time()
         r.m.cancel("eeee0001", "cancelled by test")
         r.m.cancel("eeee0001", "cancelled by test again")  # one SIGKILL timer, not two
-        assert len(r.m._killing) == 1
+        assert len(r.m.orphans.killing) == 1
         await ended.wait()  # the virtual clock reaches stoptime once nothing else runs
         assert loop.time() - t0 >= 7.0
         s = await r.disk("eeee0001")
         assert s.state == TaskState.LOST and s.reason == UNWATCHED
-        assert r.m._killing == {}
+        assert r.m.orphans.killing == {}
 
     try:
         go(tmp_path, body, settings=TaskSettings(stoptime=7.0))
