@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +23,31 @@ def workdir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="tm-test-") as d:
         os.chmod(d, 0o755)
         yield Path(d)
+        kill_task_runners(d)
+
+
+def kill_task_runners(under: str) -> None:
+    """A test that failed while a task waited (on a fifo, a sleep) leaves its
+    task runner and the task behind: the runner outlives daemons by design.
+    SIGKILL the runners whose statedir is under `under`, and their tasks'
+    process groups (each task leads its own)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"taskmasterd.tasks.runner" not in argv or \
+                not any(a.startswith(os.fsencode(under)) for a in argv):
+            continue
+        runner = int(entry)
+        for child in Path(f"/proc/{runner}/task/{runner}/children").read_text().split() \
+                if os.path.exists(f"/proc/{runner}/task/{runner}/children") else []:
+            with contextlib.suppress(OSError):
+                os.killpg(int(child), signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.kill(runner, signal.SIGKILL)
 
 
 @pytest.fixture
