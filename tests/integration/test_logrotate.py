@@ -42,6 +42,10 @@ def test_sigusr2_reopens_a_moved_log_file_at_once(write_config: WriteConfig, wor
     log = workdir / "taskmasterd.log"
     d = daemons(config)
     d.wait_for(event("RUNNING", "web"))
+    # In the file too: stderr and the file are flushed one after the other
+    # at the end of the loop turn, and a move the file's flush notices
+    # would send the line to the new file.
+    wait_file_text(log, " RUNNING ")
     rotated = workdir / "taskmasterd.log.1"
     log.rename(rotated)  # logrotate without copytruncate
     assert str(rotated) in open_files(d.pid)

@@ -72,7 +72,13 @@ def pipe_of(pid: int, fd: int) -> str:
 
 def holds(pid: int, pipe: str) -> bool:
     """Whether process `pid` has `pipe` (pipe:[inode]) open."""
-    return any(pipe_of(pid, int(fd)) == pipe for fd in os.listdir(f"/proc/{pid}/fd"))
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if pipe_of(pid, int(fd)) == pipe:
+                return True
+        except FileNotFoundError:  # closed since listed (a socket, a file being read)
+            continue
+    return False
 
 
 def grows(out: Path, by: int = 20_000, timeout: float = 30) -> None:
