@@ -118,7 +118,7 @@ def test_watchdog_pings_every_half_period_on_the_virtual_clock() -> None:
         n = Notifier({"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "400000"},
                      send=lambda text: sent.append((loop.time(), text)))
         n.start_watchdog()
-        await asyncio.sleep(0.9)
+        await asyncio.sleep(0.9)  # sleep-ok: virtual clock: two watchdog periods pass
         n.stopping()
         await asyncio.sleep(10)  # no ping after STOPPING
         return sent
