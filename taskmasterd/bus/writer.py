@@ -60,22 +60,69 @@ class Writer(_MessageWriter):  # type: ignore[misc]
         """Replaces dbus-next 0.2.3's `_MessageWriter.buffer_message`: `marshall` for `msg._marshall`."""
         self.messages.put_nowait((marshall(msg, self.negotiate_unix_fd), copy(msg.unix_fds), future))
 
+    # Messages written in one send at most (bytes): a burst of signals is
+    # one system call and one wake-up of the bus daemon per loop turn, not
+    # one per message (a send wakes the daemon's reader each time).
+    BATCH = 64 * 1024
+    _next: Any = None  # a message taken from the queue, to be sent alone (it has fds)
+    _futs: list[Any] = []  # the futures of the messages in `buf`
+    _soon = False  # a write is scheduled for the end of this loop turn
+
+    def schedule_write(self, msg: Any = None, future: Any = None) -> None:
+        """Replaces the library's: the write happens once, at the end of the
+        loop turn that queued messages (call_soon), not through an epoll
+        registration per message; the fd is watched for writability only
+        while the kernel's buffer is full."""
+        if msg is not None:
+            self.buffer_message(msg, future)
+        if self.bus.unique_name and not self._soon:
+            self._soon = True
+            self.loop.call_soon(self._write_soon)
+
+    def _write_soon(self) -> None:
+        self._soon = False
+        self.write_callback()
+
+    def _take(self) -> None:
+        """The next send: a message with fds alone (its fds must travel with
+        its first byte), otherwise every queued message without fds, up to
+        BATCH bytes, joined."""
+        if self._next is not None:
+            (buf, unix_fds, fut), self._next = self._next, None
+        else:
+            buf, unix_fds, fut = self.messages.get_nowait()
+        futs = [fut]
+        if not (unix_fds and self.negotiate_unix_fd):
+            pieces, size = [buf], len(buf)
+            while size < self.BATCH and self.messages.qsize():
+                item = self.messages.get_nowait()
+                if item[1] and self.negotiate_unix_fd:
+                    self._next = item
+                    break
+                pieces.append(item[0])
+                futs.append(item[2])
+                size += len(item[0])
+            if len(pieces) > 1:
+                buf = b"".join(pieces)
+        self.unix_fds = unix_fds
+        self.buf = memoryview(buf)
+        self.offset = 0
+        self.fut = fut
+        self._futs = futs
+
     def write_callback(self) -> None:
-        """A copy of dbus-next 0.2.3's `_MessageWriter.write_callback`, except for
-        the `BlockingIOError` case, the fds closed once sent, and the failed
-        future marked retrieved."""
+        """dbus-next 0.2.3's `_MessageWriter.write_callback`, except: several
+        messages per send (`_take`), the `BlockingIOError` case, the fds
+        closed once sent, and the failed futures marked retrieved."""
         try:
             while True:
                 if self.buf is None:
-                    if self.messages.qsize() == 0:
+                    if self._next is None and self.messages.qsize() == 0:
                         # nothing more to write
                         self.loop.remove_writer(self.fd)
                         return
-                    buf, unix_fds, fut = self.messages.get_nowait()
-                    self.unix_fds = unix_fds
-                    self.buf = memoryview(buf)
-                    self.offset = 0
-                    self.fut = fut
+                    self._take()
+                assert self.buf is not None
 
                 try:
                     if self.unix_fds and self.negotiate_unix_fd:
@@ -96,17 +143,22 @@ class Writer(_MessageWriter):  # type: ignore[misc]
                 if self.offset >= len(self.buf):
                     # finished writing
                     self.buf = None
-                    _future_set_result(self.fut, None)
+                    futs, self._futs = self._futs, []
+                    for fut in futs:
+                        _future_set_result(fut, None)
                 else:
                     # wait for writable
+                    self.loop.add_writer(self.fd, self.write_callback)
                     return
         except Exception as e:
-            _future_set_exception(self.fut, e)
-            if self.fut is not None and self.fut.done() and not self.fut.cancelled():
-                # Most sends are fire-and-forget (signals, replies): nobody awaits
-                # their future, and asyncio would print "Future exception was never
-                # retrieved" with a traceback when it is collected. The error is the
-                # connection's, reported once by _finalize (the disconnect future);
-                # a caller that does await the future still gets it.
-                self.fut.exception()
+            futs, self._futs = self._futs or [self.fut], []
+            for fut in futs:
+                _future_set_exception(fut, e)
+                if fut is not None and fut.done() and not fut.cancelled():
+                    # Most sends are fire-and-forget (signals, replies): nobody awaits
+                    # their future, and asyncio would print "Future exception was never
+                    # retrieved" with a traceback when it is collected. The error is the
+                    # connection's, reported once by _finalize (the disconnect future);
+                    # a caller that does await the future still gets it.
+                    fut.exception()
             self.bus._finalize(e)

@@ -275,6 +275,55 @@ def test_full_socket_keeps_the_message_and_its_fds() -> None:
     run(main)
 
 
+class ShortSocket(FullSocket):
+    """Takes at most `room` bytes per send (a nearly full buffer)."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__(full=0)
+        self.room = room
+
+    def send(self, buffer: memoryview) -> int:
+        self.sent.append((bytes(buffer[:self.room]), []))
+        return min(self.room, len(buffer))
+
+
+def test_a_burst_is_one_send_and_fds_travel_alone() -> None:
+    """Messages queued in one loop turn go in one send (one wake-up of the bus
+    daemon, not one per signal); a message with fds is sent alone, in order."""
+
+    async def main() -> None:
+        finalized: list[Exception] = []
+        writer = fake_writer(FullSocket(full=0), finalized, unix_fds=True)
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in range(6)]
+        items = [(b"a", []), (b"b", []), (b"c", []), (b"fd", [7]), (b"d", []), (b"e", [])]
+        for (data, fds), fut in zip(items, futures, strict=True):
+            writer.messages.put_nowait((data, fds, fut))
+        writer.write_callback()
+        assert writer.sock.sent == [(b"abc", []), (b"fd", [7]), (b"de", [])]
+        assert all(f.done() for f in futures) and finalized == []
+        assert writer.fd not in writer.loop.writers
+
+    run(main)
+
+
+def test_a_batch_sent_in_parts_completes_its_futures_at_the_end() -> None:
+    async def main() -> None:
+        finalized: list[Exception] = []
+        writer = fake_writer(ShortSocket(room=3), finalized)
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in range(2)]
+        writer.messages.put_nowait((b"abcd", [], futures[0]))
+        writer.messages.put_nowait((b"ef", [], futures[1]))
+        writer.write_callback()  # 3 of 6 bytes: wait for the socket to be writable
+        assert writer.fd in writer.loop.writers and not any(f.done() for f in futures)
+        writer.write_callback()
+        assert b"".join(d for d, _ in writer.sock.sent) == b"abcdef"
+        assert all(f.done() for f in futures) and writer.fd not in writer.loop.writers
+
+    run(main)
+
+
 def test_real_errors_still_finalize() -> None:
 
     async def main() -> None:
