@@ -22,12 +22,14 @@ What each override replaces, and why:
   directly. `GetManagedObjects` needs no change: 0.2.3
   answers it on a path P with the objects strictly below P. Exports inside
   `unannounced_exports()` send nothing.
-- `export` / `unexport` / `_interface_signal_notify`: every signal an
-  exported interface emits goes through `_interface_signal_notify`, which
-  finds the interface's path by scanning every export (1000 programs: as
-  much time as fork+exec when they all start). A map interface -> path is
-  kept: an export adds to it, an unexport drops it (rebuilt on the next
-  signal).
+- `export` / `unexport` / `_interface_signal_notify` / `_has_interface`:
+  every signal an exported interface emits goes through
+  `_interface_signal_notify`, which finds the interface's path by scanning
+  every export (1000 programs: as much time as fork+exec when they all
+  start), and `unexport` scans every export for each interface leaving
+  (`_has_interface`: removing or disconnecting N task objects cost O(N^2)).
+  An exact index interface -> its paths is kept instead, updated by each
+  export and unexport.
 - `_make_method_handler`: handlers get only their arguments; the caller's
   unique name is put in the context variable `CALLER` (with this bus) for
   the call (a coroutine handler's task copies the context when made), so
@@ -84,9 +86,10 @@ class TaskmasterBus(MessageBus):  # type: ignore[misc]
             assert_object_path_valid(manager_path)
         self.manager_path = manager_path
         self._announce = True
-        # id(interface) -> path; ids are safe keys: _path_exports keeps the
-        # interfaces alive, and the map is dropped whenever one leaves it.
-        self._signal_paths: dict[int, str] | None = None
+        # id(interface) -> the paths it is exported on, in export order; ids
+        # are safe keys: _path_exports keeps the interfaces alive, and an
+        # interface leaves this map when it leaves the last of its paths.
+        self._paths_of: dict[int, list[str]] = {}
         super().__init__(bus_address, bus_type, auth, negotiate_unix_fd)
         self._writer = Writer(self)
 
@@ -189,26 +192,38 @@ class TaskmasterBus(MessageBus):  # type: ignore[misc]
 
     def export(self, path: str, interface: Any) -> None:
         super().export(path, interface)
-        if self._signal_paths is not None:
-            # Kept, not dropped: one export per task, each followed by its
-            # signals, would rebuild the map every time (O(objects) each).
-            self._signal_paths[id(interface)] = path
+        self._paths_of.setdefault(id(interface), []).append(path)
 
     def unexport(self, path: str, interface: Any = None) -> None:
-        self._signal_paths = None
+        exports = self._path_exports.get(path, [])
+        if interface is None:
+            leaving = list(exports)
+        else:  # the library's rule: the first one of that name, or that one
+            leaving = [next((i for i in exports if (i.name == interface if isinstance(interface, str)
+                                                    else i is interface)), None)]
+        for iface in leaving:
+            paths = self._paths_of.get(id(iface)) if iface is not None else None
+            if paths is not None and path in paths:
+                paths.remove(path)
+                if not paths:
+                    del self._paths_of[id(iface)]
         super().unexport(path, interface)
+
+    def _has_interface(self, interface: Any) -> bool:
+        """Replaces dbus-next 0.2.3's `BaseMessageBus._has_interface` (a scan
+        of every export, called by unexport for each interface leaving: a
+        clean-up of N tasks cost O(N^2), as did disconnecting)."""
+        return id(interface) in self._paths_of
 
     def _interface_signal_notify(self, interface: Any, interface_name: str, member: str,
                                  signature: str, body: list[Any],
                                  unix_fds: list[int] | None = None) -> None:
         """Replaces dbus-next 0.2.3's `BaseMessageBus._interface_signal_notify`: the same
         signal (path: the last one the interface was exported on), found in O(1)."""
-        if self._signal_paths is None:
-            self._signal_paths = {id(i): p for p, ifaces in self._path_exports.items() for i in ifaces}
-        path = self._signal_paths.get(id(interface))
-        if path is None:
+        paths = self._paths_of.get(id(interface))
+        if not paths:
             raise Exception("Could not find interface on bus (this is a bug in dbus-next)")
-        self.send(Message.new_signal(path=path, interface=interface_name, member=member,
+        self.send(Message.new_signal(path=paths[-1], interface=interface_name, member=member,
                                      signature=signature, body=body, unix_fds=unix_fds or []))
 
     # ---- the caller -------------------------------------------------------

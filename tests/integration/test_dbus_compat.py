@@ -82,11 +82,12 @@ def test_the_library_classes_are_left_alone(address: str) -> None:
     from dbus_next.message_bus import BaseMessageBus
 
     replaced = [(_MessageWriter, "write_callback"), (_MessageWriter, "buffer_message"),
+                (_MessageWriter, "schedule_write"),
                 (Message, "_marshall"), (Unmarshaller, "_unmarshall"),
                 (MessageBus, "_create_unmarshaller")] + [
         (BaseMessageBus, name) for name in ("_emit_interface_added", "_emit_interface_removed",
                                             "export", "unexport", "_interface_signal_notify",
-                                            "_send_reply")]
+                                            "_has_interface", "_send_reply")]
 
     async def main() -> None:
         service = await TaskmasterBus(bus_address=address, manager_path=MANAGER_PATH).connect()
@@ -463,23 +464,25 @@ def test_indexed_signal_paths_follow_export_and_unexport(address: str) -> None:
                 and m.member == "Hello" else None)
             await add_match(client, f"type='signal',sender='{service.unique_name}',member='Hello'")
             objs = [Talker() for _ in range(3)]
-            for i, obj in enumerate(objs[:2]):
+            for i, obj in enumerate(objs):
                 service.export(f"/t/{i}", obj)
-            objs[0].Hello("first")  # the map is built
-            assert (await next_signal(signals)).path == "/t/0"
-            paths = service._signal_paths
-            service.export("/t/2", objs[2])  # added to the map, not a rebuild
-            assert service._signal_paths is paths
             for i in (2, 0, 1):
                 objs[i].Hello(f"from {i}")
                 msg = await next_signal(signals)
                 assert (msg.path, msg.interface, msg.body) == (f"/t/{i}", "org.example.Talker",
                                                                [f"from {i}"])
             service.unexport("/t/1")
-            service.export("/moved/1", objs[1])  # the map is rebuilt: the new path
+            assert not service._has_interface(objs[1]) and service._has_interface(objs[0])
+            service.export("/moved/1", objs[1])  # the new path
+            service.export("/also/1", objs[1])  # two paths: signals on the last one
             objs[1].Hello("moved")
+            assert (await next_signal(signals)).path == "/also/1"
+            service.unexport("/also/1", "org.example.Talker")  # by name: back to the other path
+            objs[1].Hello("back")
             assert (await next_signal(signals)).path == "/moved/1"
+            service.unexport("/nowhere", objs[1])  # not exported there: nothing changes
             service.unexport("/moved/1", objs[1])
+            assert not service._has_interface(objs[1])
             objs[1].Hello("gone")  # no longer on the bus: not sent (the library's behaviour)
             objs[0].Hello("still")
             msg = await next_signal(signals)
@@ -487,6 +490,35 @@ def test_indexed_signal_paths_follow_export_and_unexport(address: str) -> None:
         finally:
             for bus in (service, client):
                 await close(bus)
+
+    run(main)
+
+
+def test_unexporting_many_is_linear(address: str) -> None:
+    """unexport asks `_has_interface` for each interface leaving: with the
+    library's scan of every export, removing N objects (a `tasks.keep`
+    clean-up, a disconnect) took O(N^2). Counted in scanned exports, not
+    timed: the index looks at none."""
+
+    class Counting(dict):  # type: ignore[type-arg]
+        scanned = 0
+
+        def items(self):  # type: ignore[no-untyped-def]
+            Counting.scanned += len(self)
+            return super().items()
+
+    async def main() -> None:
+        service = await TaskmasterBus(bus_address=address, manager_path=MANAGER_PATH).connect()
+        try:
+            service._path_exports = Counting(service._path_exports)
+            objs = [Talker() for _ in range(200)]
+            for i, obj in enumerate(objs):
+                service.export(f"{MANAGER_PATH}/t/{i}", obj)
+            for i, obj in enumerate(objs):
+                service.unexport(f"{MANAGER_PATH}/t/{i}", obj)
+            assert service._paths_of == {} and Counting.scanned == 0
+        finally:
+            await close(service)
 
     run(main)
 
