@@ -35,6 +35,7 @@ ALERT_EVENTS: tuple[str, ...] = (
     "FATAL",
     "SPAWN_ERROR",
     "ADOPTED",
+    "UNHEALTHY",
     "RELOAD",
     "RELOAD_FAILED",
     "DAEMON_START",

@@ -13,7 +13,14 @@ def description(p: Process, uptime: float) -> str:
     """`uptime`: seconds since the process was spawned (used while it has a pid)."""
     if p.state in (State.RUNNING, State.STARTING, State.STOPPING) and p.pid:
         up = int(uptime)
-        return f"pid {p.pid}, uptime {up // 3600}:{up // 60 % 60:02d}:{up % 60:02d}"
+        text = f"pid {p.pid}, uptime {up // 3600}:{up // 60 % 60:02d}:{up % 60:02d}"
+        if p.state is State.STARTING and p.config.ready is not None:
+            text += f", waiting for ready ({p.config.ready.describe()})"
+        elif p.state is State.STOPPING and p.failure:
+            text += f", {p.failure}"
+        if p.status_text:
+            text += f"; {p.status_text}"
+        return text
     if p.state is State.FATAL and p.start_limit_hit is not None:
         return f"{p.start_limit_hit}; last: {last_outcome(p)}"
     if p.spawn_error is not None:
@@ -22,6 +29,8 @@ def description(p: Process, uptime: float) -> str:
             p.exit_status is not None or p.exit_unknown):
         return describe_exit(p.exit_status)
     if p.state is State.FATAL:
+        if p.failure:
+            return f"{p.failure}, gave up"
         return f"exited too quickly ({last_outcome(p)}), gave up"
     return "not started"
 
@@ -40,19 +49,30 @@ def transition_message(p: Process, ch: Changed) -> str:
     if new is State.STARTING:
         return f"spawned with pid {ch.pid}" if ch.pid else "spawning"
     if new is State.RUNNING:
+        if cfg.ready is not None:
+            return (f"entered RUNNING state, ready ({cfg.ready.describe()}) and up for "
+                    f">= {cfg.starttime:g}s (starttime)")
         return f"entered RUNNING state, process has stayed up for > {cfg.starttime:g}s (starttime)"
     if new is State.STOPPING:
+        if ch.reason:  # stopped by the daemon: not ready, watchdog, unhealthy
+            sig = "SIGABRT" if ch.reason.startswith("watchdog") else \
+                f"SIG{cfg.stopsignal.name.removeprefix('SIG')}"
+            return f"stopping, {ch.reason}: sent {sig} to process group {ch.pid}"
         return f"stopping: sent SIG{cfg.stopsignal.name.removeprefix('SIG')} to process group {ch.pid}"
     if new is State.STOPPED:
         if ch.exit_status is None and not ch.status_unknown:
             return "stopped (no process was running)"
         return f"stopped ({describe_exit(ch.exit_status)})"
     if new is State.EXITED:
+        if ch.reason:
+            return f"exited ({describe_exit(ch.exit_status)}) after being stopped, {ch.reason}"
         return (f"exited ({describe_exit(ch.exit_status)}; "
                 f"{'expected' if ch.expected else 'not expected'})")
     if new is State.BACKOFF:
         status = describe_exit(None) if ch.status_unknown else describe_exit(ch.exit_status or 0)
-        why = f"could not spawn: {ch.spawn_error}" if ch.spawn_error else f"exited too quickly ({status})"
+        why = f"could not spawn: {ch.spawn_error}" if ch.spawn_error else \
+            f"{p.failure} (then {status})" if ch.old is State.STOPPING and p.failure else \
+            f"exited too quickly ({status})"
         if ch.retry_in is None:
             return f"{why}; no retries left"
         return f"{why}; retry {p.retries} of {cfg.startretries} in {ch.retry_in:g}s"

@@ -35,6 +35,9 @@ class Kind(enum.StrEnum):
     # A process a previous daemon started, taken back alive at start-up
     # (statestore): a transition too (STOPPED -> RUNNING or STARTING).
     ADOPTED = "ADOPTED"
+    # Issue 15: its health check failed `failures` times in a row (a restart
+    # follows: STOPPING, EXITED, STARTING).
+    UNHEALTHY = "UNHEALTHY"
     # One-shot tasks and activities (taskmasterd/tasks): `Event.task` says
     # which, and its old and new state.
     TASK_QUEUED = "TASK_QUEUED"
@@ -59,6 +62,7 @@ RELOAD_FAILED = Kind.RELOAD_FAILED
 DAEMON_START = Kind.DAEMON_START
 DAEMON_STOP = Kind.DAEMON_STOP
 ADOPTED = Kind.ADOPTED
+UNHEALTHY = Kind.UNHEALTHY
 DAEMON = "taskmasterd"  # the `process` of daemon-level events
 
 

@@ -18,173 +18,29 @@ administrative start (`_start`) resets the window and the restart count.
 
 from __future__ import annotations
 
-import enum
 import signal
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from taskmasterd.config import AutoRestart, ProgramConfig
-from taskmasterd.states import State as State  # re-exported: defined with its text there
-from taskmasterd.states import describe_status as describe_status
-
-# What is said of an exit whose status cannot be known: an adopted process
-# is not our child, its pidfd tells that it exited, not how.
-UNKNOWN_EXIT = "exit status unknown (adopted)"
-
-
-def describe_exit(status: int | None) -> str:
-    """describe_status, or UNKNOWN_EXIT for None (an adopted process's exit)."""
-    return UNKNOWN_EXIT if status is None else describe_status(status)
-
-# States in which a process is "started" for the purpose of Start requests
-# (supervisord's RUNNING_STATES) and in which it has (or is getting) a pid.
-STARTED_STATES = frozenset({State.STARTING, State.RUNNING, State.BACKOFF})
-# Ordering used for a program's summary state: the worst of its processes.
-SEVERITY = {
-    State.RUNNING: 0,
-    State.STOPPED: 1,
-    State.EXITED: 2,
-    State.STARTING: 3,
-    State.STOPPING: 4,
-    State.BACKOFF: 5,
-    State.UNKNOWN: 6,
-    State.FATAL: 7,
-}
-
-
-def worst_state(states: list[State]) -> State:
-    return max(states, key=SEVERITY.__getitem__, default=State.STOPPED)
-
-
-class Event(enum.Enum):
-    START = "start"  # administrative start
-    STOP = "stop"  # administrative stop
-    RESTART = "restart"  # administrative restart
-    SPAWNED = "spawned"  # the Spawn action succeeded
-    SPAWN_FAILED = "spawn_failed"  # the Spawn action failed (exec error...)
-    EXIT = "exit"  # the process exited
-    TIMER = "timer"  # `deadline` was reached
-
-
-@dataclass(frozen=True)
-class SpawnError:
-    """Why a command could not be started: errno name + the syscall."""
-
-    code: str  # errno name: ENOENT, EACCES, ...
-    syscall: str  # "execve /usr/bin/x", "chdir /srv", "open /var/log/x"
-    message: str  # strerror text
-
-    def __str__(self) -> str:
-        return f"{self.code} ({self.syscall}): {self.message}"
-
-
-@dataclass(frozen=True)
-class LastExit:
-    """How the process last ended, kept across restarts (systemd's
-    ExecMainStatus/ExecMainExitTimestamp): what monitoring shows for a
-    crash without a trip to the log."""
-
-    status: int | None  # returncode: >= 0 exit code, < 0 signal; None: unknown (adopted)
-    at: float  # `now` (monotonic seconds) when the exit was collected
-    expected: bool  # in exitcodes while RUNNING, or stopped on request
-
-
-# ---- the start limit ---------------------------------------------------------
-
-
-def format_span(seconds: float) -> str:
-    """Seconds for a sentence: two decimals under 10 s (0.04), one above (12.5)."""
-    return f"{seconds:.2f}" if seconds < 10 else f"{seconds:.1f}"
-
-
-@dataclass(frozen=True)
-class StartLimitHit:
-    """Why a process gave up on the start limit: `restarts` automatic restarts
-    had been made within the window, the first `span` seconds before the one
-    that was refused."""
-
-    restarts: int
-    span: float
-
-    def __str__(self) -> str:
-        return f"start limit hit ({self.restarts} restarts in {format_span(self.span)} s)"
-
-
-@dataclass
-class StartLimit:
-    """systemd's start rate limit over one process's automatic restarts.
-
-    `admit(now, burst, interval)` says whether one more restart may happen
-    now and records it if so: at most `burst` restarts within any
-    `interval` seconds. Only the times of the last `burst` admitted restarts
-    are kept, so memory is bounded whatever the crash rate. `burst` and
-    `interval` are arguments, not state, so that a reload changes them in
-    place; either at 0 disables the limit (as in systemd).
-    """
-
-    times: deque[float] = field(default_factory=deque)
-
-    def admit(self, now: float, burst: int, interval: float) -> bool:
-        if burst <= 0 or interval <= 0:
-            self.times.clear()
-            return True
-        while self.times and (now - self.times[0] >= interval or len(self.times) > burst):
-            self.times.popleft()  # out of the window, or beyond a burst lowered by a reload
-        if len(self.times) >= burst:
-            return False
-        self.times.append(now)
-        return True
-
-    def hit(self, now: float) -> StartLimitHit:
-        """What was in the window when `admit` refused at `now`."""
-        return StartLimitHit(len(self.times), now - self.times[0] if self.times else 0.0)
-
-    def reset(self) -> None:
-        self.times.clear()
-
-
-# ---- actions: what the supervisor must do ----------------------------------
-
-
-@dataclass(frozen=True)
-class Spawn:
-    """Start the process now; answer with SPAWNED or SPAWN_FAILED at once."""
-
-
-@dataclass(frozen=True)
-class Kill:
-    """Send `sig` to the process group."""
-
-    sig: signal.Signals
-    reason: str
-
-
-@dataclass(frozen=True)
-class Changed:
-    """A state transition, to be published as an event (in order)."""
-
-    old: State
-    new: State
-    pid: int
-    exit_status: int | None = None  # returncode: >= 0 exit code, < 0 signal
-    expected: bool = True
-    spawn_error: SpawnError | None = None
-    retry_in: float | None = None  # BACKOFF: seconds until the next try
-    start_limit_hit: StartLimitHit | None = None  # FATAL: gave up on the start limit
-    status_unknown: bool = False  # the exit of an adopted process: exit_status is None
-
-
-Action = Spawn | Kill | Changed
-
-
-class Refused(Exception):
-    """A request that the current state does not allow."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code  # AlreadyStarted | NotRunning
-
+from taskmasterd.lifecycle import (
+    SEVERITY,
+    STARTED_STATES,
+    UNKNOWN_EXIT,
+    Action,
+    AfterStop,
+    Changed,
+    Event,
+    Kill,
+    LastExit,
+    Refused,
+    Spawn,
+    SpawnError,
+    describe_exit,
+    worst_state,
+)
+from taskmasterd.startlimit import StartLimit, StartLimitHit, format_span
+from taskmasterd.states import State, describe_status
 
 # ---- the state machine -----------------------------------------------------
 
@@ -203,18 +59,31 @@ class Process:
     deadline: float | None = None
     started_at: float | None = None  # `now` of the last successful spawn
     want_up: bool = False  # wanted state (s6): should it be running?
-    start_pending: bool = False  # start again once STOPPED (restart)
+    after_stop: AfterStop = AfterStop.NOTHING  # once a STOPPING process has exited
     restarts: int = 0  # automatic restarts since the last administrative start
     last_exit: LastExit | None = None  # the last exit ever collected (never reset)
     start_limit: StartLimit = field(default_factory=StartLimit, repr=False)
     start_limit_hit: StartLimitHit | None = None  # why it is FATAL, if the start limit
     exit_unknown: bool = False  # the last exit was an adopted process's: no status
+    ready_seen: bool = False  # STARTING: it said it is ready (READY)
+    status_text: str = ""  # its last STATUS= (notify), cleared at each spawn
+    failure: str = ""  # why the last start failed or why it was stopped, if not an exit
     _out: list[Action] = field(default_factory=list, repr=False)
     _spawning: bool = field(default=False, repr=False)
 
     @property
     def program(self) -> str:
         return self.config.name
+
+    @property
+    def start_pending(self) -> bool:
+        """An administrative start waits for the process to be down."""
+        return self.after_stop is AfterStop.START
+
+    @property
+    def watchdog_active(self) -> bool:
+        return (self.state is State.RUNNING and self.config.watchdog > 0
+                and self.config.ready is not None and self.config.ready.kind == "notify")
 
     # -- public entry points: each returns the actions to carry out --------
 
@@ -242,6 +111,18 @@ class Process:
 
     def on_spawn_failed(self, error: SpawnError, now: float) -> list[Action]:
         return self._dispatch(Event.SPAWN_FAILED, now, error)
+
+    def on_ready(self, detail: str, now: float) -> list[Action]:
+        """READY=1, or the readiness probe succeeded (`detail`: which)."""
+        return self._dispatch(Event.READY, now, detail)
+
+    def on_ping(self, now: float) -> list[Action]:
+        """WATCHDOG=1."""
+        return self._dispatch(Event.PING, now, None)
+
+    def on_unhealthy(self, detail: str, now: float) -> list[Action]:
+        """Its health check failed `failures` times in a row (`detail`: the last)."""
+        return self._dispatch(Event.UNHEALTHY, now, detail)
 
     def on_exit(self, status: int | None, now: float) -> list[Action]:
         """`status` None: it exited, how is unknown (an adopted process)."""
@@ -297,6 +178,8 @@ class Process:
                 self.pid = 0
             elif event is Event.TIMER:
                 self.deadline = None
+            elif event in (Event.READY, Event.PING, Event.UNHEALTHY):
+                pass  # a notice about a process that is no longer in that state: stale
             else:
                 raise AssertionError(f"{self.name}: no transition for {event} in {self.state}")
         else:
@@ -314,6 +197,9 @@ class Process:
         self.deadline = None
         self.exit_status = None
         self.exit_unknown = False
+        self.ready_seen = False
+        self.status_text = ""
+        self.failure = ""
         self._spawning = True
         self._out.append(Spawn())
 
@@ -326,7 +212,7 @@ class Process:
         # An administrative start is a fresh start (systemctl start after
         # reset-failed): retries, restart count and start-limit window reset.
         self.want_up = True
-        self.start_pending = False
+        self.after_stop = AfterStop.NOTHING
         self.retries = 0
         self.restarts = 0
         self.start_limit.reset()
@@ -336,12 +222,12 @@ class Process:
 
     def _start_after_stop(self, now: float, _: object) -> None:
         self.want_up = True
-        self.start_pending = True
+        self.after_stop = AfterStop.START
 
     def _restart_running(self, now: float, arg: object) -> None:
         self._stop(now, arg)
         self.want_up = True
-        self.start_pending = True
+        self.after_stop = AfterStop.START
 
     def _restart_backoff(self, now: float, arg: object) -> None:
         self._stop_backoff(now, arg)
@@ -354,7 +240,11 @@ class Process:
         self.started_at = now
         self.spawn_error = None
         self._to(State.STARTING)
-        if self.config.starttime <= 0:
+        if self.config.ready is not None:
+            # RUNNING once ready and starttime has passed; failed at readytimeout.
+            self.deadline = now + (self.config.starttime if self.config.starttime > 0
+                                   else self.config.readytimeout)
+        elif self.config.starttime <= 0:
             self._running(now, None)
         else:
             self.deadline = now + self.config.starttime
@@ -386,6 +276,64 @@ class Process:
         self.deadline = None
         self.retries = 0
         self._to(State.RUNNING)
+        if self.watchdog_active:
+            self.deadline = now + self.config.watchdog
+
+    def _starting_timer(self, now: float, arg: object) -> None:
+        """STARTING's deadline: starttime passed, or readytimeout."""
+        cfg = self.config
+        if cfg.ready is None:
+            self._running(now, arg)
+            return
+        started = self.started_at if self.started_at is not None else now
+        if self.ready_seen and now >= started + cfg.starttime:
+            self._running(now, arg)
+        elif now >= started + cfg.readytimeout:
+            self._not_ready(now)
+        else:  # starttime passed, not ready yet: wait for READY until readytimeout
+            self.deadline = started + cfg.readytimeout
+
+    def _ready(self, now: float, detail: object) -> None:
+        if self.config.ready is None or self.ready_seen:
+            return  # a READY=1 from a program that needs none, or a second one
+        self.ready_seen = True
+        started = self.started_at if self.started_at is not None else now
+        if now >= started + self.config.starttime:
+            self._running(now, None)
+        else:  # ready early: RUNNING once starttime has passed (the minimum)
+            self.deadline = started + self.config.starttime
+
+    def _not_ready(self, now: float) -> None:
+        """readytimeout passed without READY: a failed start; the process is
+        stopped first (it is alive), then BACKOFF or FATAL."""
+        check = self.config.ready.describe() if self.config.ready is not None else "no check"
+        self.failure = f"not ready within {self.config.readytimeout:g} s ({check})"
+        self._stop_for(now, self.config.stopsignal, self.failure, AfterStop.BACKOFF)
+
+    def _stop_for(self, now: float, sig: signal.Signals, reason: str, then: AfterStop) -> None:
+        """Stop the process for `reason` (not on request): `then` once it exited."""
+        self.after_stop = then
+        self._to(State.STOPPING, reason=reason)
+        self._out.append(Kill(sig, reason))
+        self.deadline = now + self.config.stoptime
+
+    def _ping(self, now: float, _: object) -> None:
+        if self.watchdog_active:
+            self.deadline = now + self.config.watchdog
+
+    def _running_timer(self, now: float, _: object) -> None:
+        """RUNNING's deadline: the watchdog expired (no WATCHDOG=1 in time).
+        SIGABRT, as systemd's WatchdogSignal= default: a core dump shows
+        where it hung."""
+        if not self.watchdog_active:
+            self.deadline = None
+            return
+        self.failure = f"watchdog: no WATCHDOG=1 for {self.config.watchdog:g} s"
+        self._stop_for(now, signal.SIGABRT, self.failure, AfterStop.AUTO_RESTART)
+
+    def _unhealthy(self, now: float, detail: object) -> None:
+        self.failure = f"unhealthy: {detail}"
+        self._stop_for(now, self.config.stopsignal, self.failure, AfterStop.AUTO_RESTART)
 
     def _exit_while_starting(self, now: float, status: object) -> None:
         # Exit codes don't matter before RUNNING: it did not stay up.
@@ -413,17 +361,31 @@ class Process:
             self._auto_restart(now, None)
 
     def _exit_while_stopping(self, now: float, status: object) -> None:
-        self._record_exit(status, now, expected=True)
+        then, self.after_stop = self.after_stop, AfterStop.NOTHING
         self.deadline = None
+        if then is AfterStop.BACKOFF:  # a failed start: never expected
+            self._record_exit(status, now, expected=False)
+            self.pid = 0
+            self._enter_backoff(now)
+            return
+        if then is AfterStop.AUTO_RESTART:
+            self._record_exit(status, now, expected=False)
+            self.expected = False
+            self._to(State.EXITED, exit_status=self.exit_status, expected=False,
+                     status_unknown=self.exit_unknown, reason=self.failure)
+            self.pid = 0
+            self._auto_restart(now, None)
+            return
+        self._record_exit(status, now, expected=True)
         self._to(State.STOPPED, exit_status=self.exit_status, expected=True,
                  status_unknown=self.exit_unknown)
         self.pid = 0
-        if self.start_pending:
+        if then is AfterStop.START:
             self._start(now, None)
 
     def _stop(self, now: float, _: object) -> None:
         self.want_up = False
-        self.start_pending = False
+        self.after_stop = AfterStop.NOTHING
         self._to(State.STOPPING)
         self._out.append(Kill(self.config.stopsignal, "stop requested"))
         self.deadline = now + self.config.stoptime
@@ -442,7 +404,7 @@ class Process:
 
     def _stop_again(self, now: float, _: object) -> None:
         self.want_up = False
-        self.start_pending = False
+        self.after_stop = AfterStop.NOTHING
 
     def _kill_overdue(self, now: float, _: object) -> None:
         self._out.append(Kill(signal.SIGKILL, f"still alive {self.config.stoptime:g}s after stop signal"))
@@ -489,7 +451,13 @@ _TABLE: dict[tuple[State, Event], Handler] = {
     **{(st, E.SPAWNED): Process._spawned for st in (S.STOPPED, S.EXITED, S.FATAL, S.BACKOFF, S.UNKNOWN)},
     **{(st, E.SPAWN_FAILED): Process._spawn_failed
        for st in (S.STOPPED, S.EXITED, S.FATAL, S.BACKOFF, S.UNKNOWN)},
-    (S.STARTING, E.TIMER): Process._running,
+    (S.STARTING, E.TIMER): Process._starting_timer,  # starttime passed, or readytimeout
+    (S.STARTING, E.READY): Process._ready,
+    (S.STARTING, E.PING): Process._ping,  # the watchdog runs from RUNNING on: nothing to do
+    (S.RUNNING, E.TIMER): Process._running_timer,  # the watchdog expired
+    (S.RUNNING, E.READY): Process._ready,  # a second READY=1: nothing to do
+    (S.RUNNING, E.PING): Process._ping,
+    (S.RUNNING, E.UNHEALTHY): Process._unhealthy,
     (S.STARTING, E.EXIT): Process._exit_while_starting,
     (S.STARTING, E.STOP): Process._stop,
     (S.STARTING, E.RESTART): Process._restart_running,
@@ -506,3 +474,28 @@ _TABLE: dict[tuple[State, Event], Handler] = {
     (S.STOPPING, E.STOP): Process._stop_again,
 }
 del S, E
+
+# Re-exported: the machine's vocabulary (taskmasterd.lifecycle), the start
+# limit (taskmasterd.startlimit) and the states, imported from here by most.
+__all__ = [
+    "SEVERITY",
+    "STARTED_STATES",
+    "UNKNOWN_EXIT",
+    "Action",
+    "AfterStop",
+    "Changed",
+    "Event",
+    "Kill",
+    "LastExit",
+    "Process",
+    "Refused",
+    "Spawn",
+    "SpawnError",
+    "StartLimit",
+    "StartLimitHit",
+    "State",
+    "describe_exit",
+    "describe_status",
+    "format_span",
+    "worst_state",
+]

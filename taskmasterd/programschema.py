@@ -28,6 +28,15 @@ from typing import Any
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from taskmasterd import signames
+from taskmasterd.probeschema import (
+    DEFAULT_READYTIMEOUT,
+    Check,
+    HealthCheck,
+    cross_problems,
+    read_health,
+    read_positive_seconds,
+    read_ready,
+)
 from taskmasterd.yamlnodes import (
     BOOLEANS,
     NULL,
@@ -222,6 +231,7 @@ class ProgramReader(NodeReader):
         values: dict[str, Any] = {}
         ok = True
         has_cmd = False
+        key_nodes: dict[str, ScalarNode] = {}
         for k, v in self.entries(node, kp):
             key = k.value
             fkp = f"{kp}.{key}"
@@ -231,7 +241,12 @@ class ProgramReader(NodeReader):
                 ok = False
                 continue
             has_cmd = has_cmd or key == "cmd"
+            key_nodes[key] = k
             ok = self._read(functools.partial(entry.read, self, fkp), v, fkp, values, key) and ok
+        if ok:
+            for key, message in cross_problems(values):
+                self.error(key_nodes.get(key, name_node), f"{kp}.{key}", message)
+                ok = False
         if not has_cmd:
             self.error(
                 name_node,
@@ -439,6 +454,14 @@ class ProgramConfig:
     user: str | None = key(None, read=lambda r, kp, n: r._text(n, "a user name or numeric uid"),
                            launch=True)
     restartdelay: float = key(0.0, read=lambda r, kp, n: r._seconds(n))
+    # Readiness and health (issue 15; taskmasterd.probeschema). `ready` and
+    # `watchdog` shape the exec'd process (NOTIFY_SOCKET, WATCHDOG_USEC):
+    # launch settings. `readytimeout` and `health` apply in place.
+    ready: Check | None = key(None, read=lambda r, kp, n: read_ready(r, kp, n, r._resolve),
+                              launch=True)
+    readytimeout: float = key(DEFAULT_READYTIMEOUT, read=lambda r, kp, n: read_positive_seconds(r, n))
+    watchdog: float = key(0.0, read=lambda r, kp, n: r._seconds(n), launch=True)
+    health: HealthCheck | None = key(None, read=lambda r, kp, n: read_health(r, kp, n, r._resolve))
     # Rotation of FILE/AUTO-file outputs (supervisord's stdout_logfile_maxbytes
     # and _backups): at most maxbytes per file, FILE.1 ... FILE.<backups>;
     # maxbytes 0 = unbounded, the child writes its file itself. Launch

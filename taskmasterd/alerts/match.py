@@ -14,7 +14,8 @@ DAEMON_KINDS = frozenset({events.RELOAD, events.RELOAD_FAILED, events.DAEMON_STA
                           events.DAEMON_STOP})
 TASK_KINDS = frozenset(k for k in events.Kind if k.startswith(("TASK_", "ACTIVITY_")))
 _ALERTABLE = frozenset({"STARTING", "RUNNING", "BACKOFF", "STOPPING", "STOPPED", "EXITED", "FATAL",
-                        events.SPAWN_ERROR, events.ADOPTED, *DAEMON_KINDS, *TASK_KINDS})
+                        events.SPAWN_ERROR, events.ADOPTED, events.UNHEALTHY, *DAEMON_KINDS,
+                        *TASK_KINDS})
 
 
 def alert_name(event: Event) -> str | None:

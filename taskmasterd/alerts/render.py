@@ -20,7 +20,8 @@ MAX_LISTED = 10  # processes named in a summary
 # apprise's notify types (the same strings on 1.2 and 2.x), by how bad an event is.
 _FAILURE = frozenset({"FATAL", events.RELOAD_FAILED, events.Kind.TASK_FAILED,
                       events.Kind.ACTIVITY_FAILED})
-_WARNING = frozenset({"EXITED_UNEXPECTED", "BACKOFF", events.SPAWN_ERROR, events.Kind.TASK_LOST})
+_WARNING = frozenset({"EXITED_UNEXPECTED", "BACKOFF", events.SPAWN_ERROR, events.UNHEALTHY,
+                      events.Kind.TASK_LOST})
 
 
 @dataclass(frozen=True)

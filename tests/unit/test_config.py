@@ -1218,6 +1218,7 @@ def test_alert_events_constant() -> None:
         "FATAL",
         "SPAWN_ERROR",
         "ADOPTED",
+        "UNHEALTHY",
         "RELOAD",
         "RELOAD_FAILED",
         "DAEMON_START",
