@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import errno
 import logging
 import os
 import signal as signals
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from taskmasterd import spawn, targets
+from taskmasterd.busaddr import runtime_dir
 from taskmasterd.config import Config, OutputKind, ProgramConfig
 from taskmasterd.deadline import cancel as cancel_timer
 from taskmasterd.deadline import follow as follow_deadline
@@ -30,6 +33,7 @@ from taskmasterd.describe import description, reload_message, transition_message
 from taskmasterd.errors import AlreadyStarted, BadName, NoSuchProgram, NotAFile, NotRunning, ShuttingDown
 from taskmasterd.events import Event, EventBus, Kind, Reloaded
 from taskmasterd.logpipes import LogPipes
+from taskmasterd.probing import DAEMON_ONLY_ENV, Probing, Sink
 from taskmasterd.process import (
     Action,
     Changed,
@@ -74,10 +78,22 @@ class Supervisor(Takeover):
     _alive: set[Slot] = field(default_factory=set)  # slots with a child: O(1) "all down?"
     _shutting_down: bool = False
     _all_down: asyncio.Event = field(default_factory=asyncio.Event)
+    # Where the processes' notify sockets go (ready: notify); "": under the
+    # runtime directory, keyed by logdir.
+    notify_dir: str = ""
+    # Called with a program's name when what its processes show changed
+    # without a transition (STATUS=, a health result): D-Bus PropertiesChanged.
+    detail_listeners: list[Callable[[str], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.logpipes = LogPipes()  # the log writer starts with the first bounded output
+        self._child_env = {k: v for k, v in self.base_env.items() if k not in DAEMON_ONLY_ENV}
+        self.probing = Probing(
+            Sink(ready=lambda n, d: self._probed(n, Process.on_ready, d),
+                 ping=lambda n: self._probed(n, lambda p, now: p.on_ping(now)),
+                 unhealthy=self._unhealthy, status=self._status_text, details=self._details),
+            self.notify_dir or Probing.notify_dir(runtime_dir(), os.path.abspath(self.logdir)))
         for program in self.config.programs:
             self._add_slots(program, range(program.numprocs))
 
@@ -169,6 +185,7 @@ class Supervisor(Takeover):
         for program in plan.updated:
             for name in program.process_names():
                 self.slots[name].process.config = program
+                self.probing.reconfigured(name, program, self.slots[name].process.state)
         self.slots = {n: self.slots[n] for p in new.programs for n in p.process_names()}
         self._publish_reload(plan, old_programs)
         for slot, request in todo:
@@ -189,6 +206,7 @@ class Supervisor(Takeover):
                 pass  # already down
         self._check_all_down()
         await self._all_down.wait()
+        self.probing.close()
         await self.logpipes.finish()
 
     def output_file(self, name: str, stream: str) -> str:
@@ -265,11 +283,19 @@ class Supervisor(Takeover):
     def _spawn(self, slot: Slot) -> list[Action]:
         proc = slot.process
         spec = spawn.launch_spec(proc.config, proc.index, logdir=self.logdir,
-                                 journal=self.journal, base_env=self.base_env)
+                                 journal=self.journal, base_env=self._child_env)
         now = self._loop.time()
         try:
-            child = spawn.spawn(spec)
+            try:
+                extra = self.probing.spawn_env(proc.name, proc.config)
+            except OSError as err:
+                raise spawn.SpawnFailed(SpawnError(
+                    errno.errorcode.get(err.errno or 0, "EINVAL"),
+                    f"bind notify socket in {self.probing.directory}",
+                    err.strerror or str(err))) from None
+            child = spawn.spawn(dataclasses.replace(spec, env={**spec.env, **extra}))
         except spawn.SpawnFailed as exc:
+            self.probing.gone(proc.name)
             # Log order: STARTING, then why it failed, then BACKOFF/FATAL.
             starting, *rest = proc.on_spawn_failed(exc.error, now)
             self._apply(slot, [starting])
@@ -284,6 +310,7 @@ class Supervisor(Takeover):
         slot.started_wall = time.time()
         self._all_down.clear()
         self._loop.add_reader(child.pidfd, self._on_pidfd, slot)
+        self.probing.spawned(proc.name, proc.config, child.pid)
         return proc.on_spawned(child.pid, now)
 
     def _kill(self, slot: Slot, action: Kill) -> None:
@@ -324,6 +351,7 @@ class Supervisor(Takeover):
         """The exit, published once the output is in its files (at once for
         unbounded outputs: the child wrote them itself)."""
         self._alive.discard(slot)
+        self.probing.gone(slot.process.name)
         slot.exited_wall = time.time()
         self._apply(slot, slot.process.on_exit(status, self._loop.time()))
         if slot.retiring and slot.child is None:
@@ -366,6 +394,7 @@ class Supervisor(Takeover):
         for i, slot in enumerate(kept):
             if slot.process.name != new_names[i]:
                 self.logpipes.rename(slot.process.name, new_names[i])  # its output keeps its key
+                self.probing.rename(slot.process.name, new_names[i])
             slot.process.name = new_names[i]  # prog <-> prog:0 when crossing 1
             slot.process.config = new
             self.slots[new_names[i]] = slot
@@ -385,7 +414,8 @@ class Supervisor(Takeover):
             name=p.name, program=p.program, state=p.state, pid=p.pid,
             exit_status=p.exit_status or 0,
             started_at=slot.started_wall if p.pid else 0.0,
-            description=description(p, time.time() - slot.started_wall), spawn_error=err,
+            description=description(p, time.time() - slot.started_wall) + self._health_text(p),
+            spawn_error=err,
             restarts=p.restarts,
             last_exit_status=(last.status or 0) if last is not None else 0,
             last_exit_at=slot.exited_wall if last is not None else 0.0,
@@ -399,6 +429,7 @@ class Supervisor(Takeover):
 
     def _publish_change(self, slot: Slot, ch: Changed) -> None:
         p = slot.process
+        self.probing.changed(p.name, p.config, ch.old, ch.new)
         self.bus.publish(Event(
             kind=ch.new, message=transition_message(p, ch), process=p.name,
             program=p.program, old_state=ch.old, new_state=ch.new, pid=ch.pid,
@@ -409,3 +440,49 @@ class Supervisor(Takeover):
                            tuple(plan.removed))
         self.bus.publish(Event(kind=Kind.RELOAD, reload=summary,
                                message=reload_message(plan, old)))
+
+    # ---- readiness and health (taskmasterd.probing) ------------------------
+
+    def _slot_of(self, name: str) -> Slot | None:
+        slot = self.slots.get(name)
+        if slot is None:
+            slot = next((s for s in self._retired if s.process.name == name), None)
+        return slot if slot is not None and slot.child is not None else None
+
+    def _probed(self, name: str, event: Callable[..., list[Action]], *args: object) -> None:
+        slot = self._slot_of(name)
+        if slot is not None:
+            self._apply(slot, event(slot.process, *args, self._loop.time()))
+
+    def _unhealthy(self, name: str, detail: str) -> None:
+        slot = self._slot_of(name)
+        if slot is None or slot.process.state is not State.RUNNING:
+            return
+        health = slot.process.config.health
+        count = health.failures if health is not None else 1
+        self._publish_process(slot, Kind.UNHEALTHY,
+                              f"unhealthy: the health check failed {count} time(s) in a row "
+                              f"({detail}); restarting", pid=slot.process.pid)
+        self._apply(slot, slot.process.on_unhealthy(detail, self._loop.time()))
+
+    def _status_text(self, name: str, text: str) -> None:
+        slot = self._slot_of(name)
+        if slot is not None and slot.process.status_text != text:
+            slot.process.status_text = text
+            self._details(name)
+
+    def _details(self, name: str) -> None:
+        slot = self._slot_of(name)
+        if slot is None:
+            return
+        for listener in self.detail_listeners:
+            listener(slot.process.program)
+
+    def _health_text(self, p: Process) -> str:
+        health = self.probing.health(p.name)
+        if health is None or health.ok is None or p.config.health is None:
+            return ""
+        if health.ok:
+            return "; healthy"
+        return f"; unhealthy ({health.failures}/{p.config.health.failures}: {health.detail})"
+

@@ -21,6 +21,7 @@ from taskmasterd.config import AutoRestart, Config, ProgramConfig
 from taskmasterd.describe import adopted_message
 from taskmasterd.events import Event, EventBus, Kind
 from taskmasterd.logpipes import LogPipes
+from taskmasterd.probing import Probing
 from taskmasterd.process import Action, Changed, Process, Refused, State
 from taskmasterd.statestore.handover import Down
 from taskmasterd.statestore.records import ProcessRecord, Snapshot, launch_fingerprint
@@ -57,6 +58,7 @@ class Takeover:
     _all_down: asyncio.Event
     _loop: asyncio.AbstractEventLoop
     logpipes: LogPipes
+    probing: Probing
 
     def _request(self, slot: Slot, request: Request) -> None: ...  # Supervisor's
     def _on_pidfd(self, slot: Slot) -> None: ...  # Supervisor's
@@ -144,6 +146,7 @@ class Takeover:
         (changed,) = slot.process.adopt(child.pid, age, self._loop.time())
         assert isinstance(changed, Changed)
         p = slot.process
+        self.probing.adopted(p.name, p.config, child.pid, p.state)
         if child.adopted:  # across our own exec nothing changed for the outside
             self.bus.publish(Event(kind=Kind.ADOPTED, process=p.name, program=p.program,
                                    message=adopted_message(changed, age, p.config.starttime),
