@@ -81,22 +81,18 @@ def sender_refusal(pid: int | None, pgid: int) -> str | None:
     return None
 
 
-def _take_ancillary(ancdata: list[tuple[int, int, bytes]]) -> int | None:
-    """The sender's pid (None without credentials). Every fd that came is
-    closed: whatever the datagram says, nothing is kept."""
+def _take_ancillary(ancdata: list[tuple[int, int, bytes]]) -> tuple[int | None, list[int]]:
+    """The sender's pid (None without credentials) and the fds that came."""
     pid: int | None = None
+    fds = array.array("i")
     for level, kind, data in ancdata:
         if level != socket.SOL_SOCKET:
             continue
         if kind == socket.SCM_RIGHTS:
-            fds = array.array("i")
             fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
-            for fd in fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
         elif kind == socket.SCM_CREDENTIALS and len(data) >= _UCRED.size:
             pid = _UCRED.unpack_from(data)[0]
-    return pid
+    return pid, list(fds)
 
 
 class NotifyEndpoint:
@@ -176,8 +172,15 @@ class NotifyEndpoint:
             except OSError as exc:  # not expected on a bound datagram socket; don't spin on it
                 log.warning("notify socket %s: %s; reading again on the next wake-up", self._path, exc)
                 return
-            pid = _take_ancillary(ancdata)
-            result = self._judge(data, flags, pid, pgid)
+            pid, fds = _take_ancillary(ancdata)
+            try:
+                # Judged before the fds are closed: a sender waiting on a
+                # barrier is still there for its process group to be checked.
+                result = self._judge(data, flags, pid, pgid)
+            finally:
+                for fd in fds:  # whatever the datagram says: nothing is kept
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
             try:
                 if isinstance(result, Notice):
                     on_notice(result)
