@@ -169,8 +169,13 @@ class NotifyEndpoint:
                     MAX_DATAGRAM + 1, _ANCBUF, socket.MSG_CMSG_CLOEXEC)
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # not expected on a bound datagram socket; don't spin on it
-                log.warning("notify socket %s: %s; reading again on the next wake-up", self._path, exc)
+            except OSError as exc:
+                # Not expected on a bound datagram socket. The reader is
+                # level-triggered: going on would log this every loop turn.
+                log.error("notify socket %s: %s; no longer reading it", self._path, exc)
+                if self._loop is not None:
+                    self._loop.remove_reader(self._sock.fileno())
+                    self._loop = None
                 return
             pid, fds = _take_ancillary(ancdata)
             try:
