@@ -164,6 +164,29 @@ def test_systemd_notify_as_root_speaks_for_its_parent(short_dir: Path) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.skipif(not os.access(SYSTEMD_NOTIFY, os.X_OK), reason="systemd-notify is not installed")
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching user needs root")
+def test_systemd_notify_from_a_program_with_a_user(short_dir: Path) -> None:
+    """A root daemon, a `user:` program: the socket is the user's, and
+    systemd-notify (unprivileged: it cannot speak for its parent) sends with
+    its own pid, a member of the program's group."""
+    async def main() -> None:
+        ep = NotifyEndpoint.open(str(short_dir / "n"), "web", owner_uid=65534)
+        heard = Heard()
+        script = f'{SYSTEMD_NOTIFY} --ready --status="as nobody"; echo "rc=$?"'
+        proc = await spawn(["sh", "-c", script], ep, stdout=subprocess.PIPE, user=65534, group=65534,
+                           extra_groups=[])
+        ep.watch(asyncio.get_running_loop(), proc.pid, heard.notice, heard.ignore)
+        assert proc.stdout is not None
+        assert await asyncio.wait_for(proc.stdout.readline(), BARRIER_TIMEOUT - 1) == b"rc=0\n"
+        await heard.until(lambda: len(heard.notices) == 2)
+        assert heard.notices == [Notice(ready=True, status="as nobody"), Notice(barrier=True)]
+        assert heard.ignored == []
+        await finish(proc)
+        ep.close()
+    asyncio.run(main())
+
+
 # (b) -------------------------------------------------------------------------
 
 def test_watchdog_pings_from_a_member_of_the_group(short_dir: Path) -> None:
