@@ -32,6 +32,7 @@ from taskmasterd.logsink import LifecycleLog
 from taskmasterd.logwriter import raise_nofile
 from taskmasterd.notify import Notifier, status_line
 from taskmasterd.paths import resolve_paths
+from taskmasterd.probing import Probing
 from taskmasterd.reload import ReloadPlan
 from taskmasterd.statestore import Refused, Snapshot, StateStore, StoreBusy, StoreWriter
 from taskmasterd.statestore import handover as handovers
@@ -187,7 +188,9 @@ class Daemon:
         bus.subscribe(lifelog.write)
         if sink is not None:
             bus.subscribe(sink.write)
-        sup = Supervisor(config, bus, logdir=paths.logdir, journal=journald)
+        sup = Supervisor(config, bus, logdir=paths.logdir, journal=journald,
+                         notify_dir=Probing.notify_dir(runtime_dir(),
+                                                       f"{os.path.abspath(paths.statedir)}\0{config.path}"))
         # Before any program starts: the log writer a dead daemon left draining.
         sup.logpipes.attach_surviving(writer_socket(runtime_dir(), paths.statedir, config.path))
         daemon = cls(config.path, config, bus, lifelog, sup, store=StateStore(paths.statedir))

@@ -98,6 +98,9 @@ class BusService:
         self.programs = {}
         self.tasks = {}
         self.activities = {}
+        if self._mark not in self._c.supervisor.detail_listeners:
+            # STATUS= texts and health results: the processes' descriptions
+            self._c.supervisor.detail_listeners.append(self._mark)
         with bus.unannounced_exports():
             bus.export(MANAGER_PATH, self.manager)
             for program in self._c.supervisor.config.programs:

@@ -65,7 +65,7 @@ class Writer(_MessageWriter):  # type: ignore[misc]
     # one per message (a send wakes the daemon's reader each time).
     BATCH = 64 * 1024
     _next: Any = None  # a message taken from the queue, to be sent alone (it has fds)
-    _futs: list[Any] = []  # the futures of the messages in `buf`
+    _futs: tuple[Any, ...] = ()  # the futures of the messages in `buf`
     _soon = False  # a write is scheduled for the end of this loop turn
 
     def schedule_write(self, msg: Any = None, future: Any = None) -> None:
@@ -108,7 +108,7 @@ class Writer(_MessageWriter):  # type: ignore[misc]
         self.buf = memoryview(buf)
         self.offset = 0
         self.fut = fut
-        self._futs = futs
+        self._futs = tuple(futs)
 
     def write_callback(self) -> None:
         """dbus-next 0.2.3's `_MessageWriter.write_callback`, except: several
@@ -143,7 +143,7 @@ class Writer(_MessageWriter):  # type: ignore[misc]
                 if self.offset >= len(self.buf):
                     # finished writing
                     self.buf = None
-                    futs, self._futs = self._futs, []
+                    futs, self._futs = self._futs, ()
                     for fut in futs:
                         _future_set_result(fut, None)
                 else:
@@ -151,7 +151,7 @@ class Writer(_MessageWriter):  # type: ignore[misc]
                     self.loop.add_writer(self.fd, self.write_callback)
                     return
         except Exception as e:
-            futs, self._futs = self._futs or [self.fut], []
+            futs, self._futs = self._futs or (self.fut,), ()
             for fut in futs:
                 _future_set_exception(fut, e)
                 if fut is not None and fut.done() and not fut.cancelled():
