@@ -73,12 +73,12 @@ def parse_hostport(text: str) -> tuple[str, int] | str:
         host, sep, port_text = text.rpartition(":")
         if not sep:
             return f"{text!r}: no port: HOST:PORT expected, e.g. 127.0.0.1:8080"
+        if "/" in host:
+            return f"{text!r}: a host, not a URL or path: HOST:PORT expected"
         if ":" in host:
             return f"{text!r}: an IPv6 address goes in brackets, e.g. [::1]:8080"
         if not host:
             return f"{text!r}: no host before the port, e.g. 127.0.0.1:{port_text}"
-        if "/" in host:
-            return f"{text!r}: a host, not a URL or path: HOST:PORT expected"
     if not port_text.isascii() or not port_text.isdigit():
         return f"{text!r}: the port {port_text!r} is not a number (1-65535)"
     port = int(port_text)
