@@ -428,32 +428,90 @@ def test_http_probe_query_and_ipv4_host(status_server: Callable[[list[int]], Sta
     assert server.paths == ["/ready?deep=1"]
 
 
-def test_http_probe_of_a_non_http_peer_and_of_https_on_plain_http(
-        status_server: Callable[[list[int]], StatusServer]) -> None:
-    server = status_server([200])
-    garbage = socket.socket()
-    garbage.bind(("127.0.0.1", 0))
-    garbage.listen(4)
+@pytest.mark.parametrize(("payload", "why"), [
+    (b"SSH-2.0-OpenSSH_9.2\r\n", "not an HTTP answer from {url}: b'SSH-2.0-OpenSSH_9.2\\r\\n'"),
+    (b"HTTP/1.1 OK\r\n\r\n", "not an HTTP answer from {url}: b'HTTP/1.1 OK\\r\\n'"),
+    (b"x" * 100_000, "not an HTTP answer from {url} (no status line)"),  # read no further than 8 KiB
+    (b"", "connection closed without an answer (127.0.0.1:{port})"),
+])
+def test_http_probe_of_a_peer_that_is_not_an_http_server(payload: bytes, why: str) -> None:
+    peer = socket.socket()
+    peer.bind(("127.0.0.1", 0))
+    peer.listen(4)
+    peer.settimeout(30)
+    port = peer.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/"
 
-    def answer_garbage() -> None:
-        conn, _ = garbage.accept()
-        conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+    def answer() -> None:
+        conn, _ = peer.accept()
+        conn.recv(65536)  # the request: unread, closing would reset the connection
+        with contextlib.suppress(OSError):  # the probe may drop it before the end
+            conn.sendall(payload)
         conn.close()
-    thread = threading.Thread(target=answer_garbage)
+    thread = threading.Thread(target=answer)
     thread.start()
-    port = garbage.getsockname()[1]
     try:
-        ok, detail = asyncio.run(probe_once(ProbeSpec("http", f"http://127.0.0.1:{port}/"), 5.0))
+        result = asyncio.run(probe_once(ProbeSpec("http", url), 10.0))
     finally:
         thread.join()
-        garbage.close()
-    assert not ok
-    assert detail == f"not an HTTP answer from http://127.0.0.1:{port}/: b'SSH-2.0-OpenSSH_9.2\\r\\n'"
-    # https against a plain HTTP server: the TLS handshake fails, with a reason.
+        peer.close()
+    assert result == (False, why.format(url=url, port=port))
+
+
+def test_https_probe_of_a_plain_http_server_fails_the_handshake(
+        status_server: Callable[[list[int]], StatusServer]) -> None:
+    server = status_server([200])
     tls_url = f"https://127.0.0.1:{server.port}/health"
     ok, detail = asyncio.run(probe_once(ProbeSpec("http", tls_url), 5.0))
     assert not ok
     assert detail.startswith("TLS error: ") and detail.endswith(f"(127.0.0.1:{server.port})")
+    assert server.paths == []  # no request went out in clear
+
+
+def test_unix_and_tcp_probe_details(tmp_path: Path) -> None:
+    bound = socket.socket(socket.AF_UNIX)
+    bound.bind(str(tmp_path / "bound.sock"))  # a socket file nobody listens on
+    (tmp_path / "file").write_text("")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+
+    async def main() -> list[tuple[bool, str]]:
+        return [await probe_once(ProbeSpec("unix", str(tmp_path / "bound.sock")), 5.0),
+                await probe_once(ProbeSpec("unix", str(tmp_path / "file")), 5.0),
+                await probe_once(ProbeSpec("unix", str(tmp_path / "none")), 5.0),
+                await probe_once(ProbeSpec("tcp", f"localhost:{port}"), 5.0),
+                await probe_once(ProbeSpec("tcp", "127.0.0.1"), 5.0)]
+    try:
+        results = run(main())
+    finally:
+        bound.close()
+        listener.close()
+    assert results == [
+        (False, f"connection refused ({tmp_path}/bound.sock)"),
+        (False, f"connection refused ({tmp_path}/file)"),
+        (False, f"no such file or directory ({tmp_path}/none)"),
+        (True, f"connected to localhost:{port}"),
+        (False, "'127.0.0.1': no port: HOST:PORT expected, e.g. 127.0.0.1:8080"),
+    ]
+
+
+def test_tcp_probe_over_ipv6_loopback() -> None:
+    listener = socket.socket(socket.AF_INET6)
+    try:
+        listener.bind(("::1", 0))
+    except OSError:
+        listener.close()
+        pytest.skip("no IPv6 loopback here")
+    listener.listen(4)
+    port = listener.getsockname()[1]
+    try:
+        assert run(probe_once(ProbeSpec("tcp", f"[::1]:{port}"), 5.0)) == (True, f"connected to [::1]:{port}")
+    finally:
+        listener.close()
+    assert run(probe_once(ProbeSpec("tcp", f"[::1]:{port}"), 5.0)) == (
+        False, f"connection refused ([::1]:{port})")
 
 
 def test_http_health_check_unhealthy_once_after_successes(
@@ -569,10 +627,10 @@ def test_cancel_during_a_cmd_probe_kills_it_at_once(tmp_path: Path, kind: str) -
         prober.start()
         leader, background = await pids_written(pidfile, 2)
         prober.cancel()
-        # Killed by cancel() itself, before the loop runs again: the kernel
-        # makes a SIGKILLed process a zombie without any help from us.
-        await loop.run_in_executor(None, wait_until, "the group killed",
-                                   lambda: live_group_members(leader) == [])
+        # Killed by cancel() itself: waited for here with the loop blocked,
+        # so nothing of the prober's task runs meanwhile (the kernel makes a
+        # SIGKILLed process a zombie without any help from us).
+        wait_until("the group killed by cancel()", lambda: live_group_members(leader) == [])
         # ... and the leader reaped through its pidfd while the loop runs.
         await loop.run_in_executor(None, wait_until, "the leader reaped",
                                    lambda: proc_stat(leader) is None)
@@ -582,6 +640,25 @@ def test_cancel_during_a_cmd_probe_kills_it_at_once(tmp_path: Path, kind: str) -
     # which the virtual clock would hold while the test waits in a thread.
     asyncio.run(main())
     assert called == []
+    assert our_children() == []
+    assert open_fds() == fds
+
+
+def test_a_cancelled_probe_once_kills_and_reaps_its_command(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids"
+    spec = ProbeSpec("cmd", f"sh -c 'sleep 100 & echo $$ $! > {pidfile}; wait'")
+    fds = open_fds()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        probe = asyncio.create_task(probe_once(spec, 60.0))
+        leader, _ = await pids_written(pidfile, 2)
+        probe.cancel()  # as the lead's own task would be, or asyncio.run's end
+        with pytest.raises(asyncio.CancelledError):
+            await probe
+        await loop.run_in_executor(None, wait_until, "the group killed and the leader reaped",
+                                   lambda: live_group_members(leader) == [] and proc_stat(leader) is None)
+    run(main())
     assert our_children() == []
     assert open_fds() == fds
 
