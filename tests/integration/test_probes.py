@@ -18,7 +18,10 @@ import http.server
 import logging
 import os
 import random
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from taskmasterd import probes
 from taskmasterd.probeplan import ProbeSpec
 from taskmasterd.probes import HealthChecker, ReadinessProber, probe_once
 from taskmasterd.spawn import proc_stat
@@ -104,7 +108,7 @@ class StatusServer:
     """An HTTP server in a thread on 127.0.0.1: answers GET with the
     statuses given, in order (the last one over and over)."""
 
-    def __init__(self, statuses: list[int]) -> None:
+    def __init__(self, statuses: list[int], tls: ssl.SSLContext | None = None) -> None:
         self.statuses = list(statuses)
         self.paths: list[str] = []
         server = self
@@ -127,8 +131,10 @@ class StatusServer:
                 pass  # the probe drops the connection after the status line
 
         self.httpd = Server(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/health"
+        self.url = f"http{'s' if tls else ''}://127.0.0.1:{self.port}/health"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
@@ -139,11 +145,11 @@ class StatusServer:
 
 
 @pytest.fixture
-def status_server() -> Iterator[Callable[[list[int]], StatusServer]]:
+def status_server() -> Iterator[Callable[..., StatusServer]]:
     servers: list[StatusServer] = []
 
-    def make(statuses: list[int]) -> StatusServer:
-        servers.append(StatusServer(statuses))
+    def make(statuses: list[int], tls: ssl.SSLContext | None = None) -> StatusServer:
+        servers.append(StatusServer(statuses, tls))
         return servers[-1]
     yield make
     for server in servers:
@@ -401,7 +407,7 @@ def test_health_callback_exceptions_are_logged_and_checks_go_on(
 
 
 def test_http_probe_statuses_redirect_not_followed_and_closed(
-        status_server: Callable[[list[int]], StatusServer]) -> None:
+        status_server: Callable[..., StatusServer]) -> None:
     server = status_server([200, 503, 302, 404])
     spec = ProbeSpec("http", server.url)
 
@@ -421,7 +427,7 @@ def test_http_probe_statuses_redirect_not_followed_and_closed(
     assert server.paths == ["/health"] * 4  # the 302's /elsewhere never asked for
 
 
-def test_http_probe_query_and_ipv4_host(status_server: Callable[[list[int]], StatusServer]) -> None:
+def test_http_probe_query_and_ipv4_host(status_server: Callable[..., StatusServer]) -> None:
     server = status_server([204])
     url = f"http://127.0.0.1:{server.port}/ready?deep=1"
     assert asyncio.run(probe_once(ProbeSpec("http", url), 5.0)) == (True, f"HTTP 204 from {url}")
@@ -459,13 +465,47 @@ def test_http_probe_of_a_peer_that_is_not_an_http_server(payload: bytes, why: st
 
 
 def test_https_probe_of_a_plain_http_server_fails_the_handshake(
-        status_server: Callable[[list[int]], StatusServer]) -> None:
+        status_server: Callable[..., StatusServer]) -> None:
     server = status_server([200])
     tls_url = f"https://127.0.0.1:{server.port}/health"
     ok, detail = asyncio.run(probe_once(ProbeSpec("http", tls_url), 5.0))
     assert not ok
     assert detail.startswith("TLS error: ") and detail.endswith(f"(127.0.0.1:{server.port})")
     assert server.paths == []  # no request went out in clear
+
+
+def self_signed_tls(directory: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server context with a fresh self-signed certificate for 127.0.0.1,
+    and the certificate (the CA file a client must trust)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context, cert
+
+
+def test_https_probe_checks_the_certificate_with_the_default_context(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        status_server: Callable[..., StatusServer]) -> None:
+    context, cert = self_signed_tls(tmp_path)
+    server = status_server([200], context)
+    spec = ProbeSpec("http", server.url)
+    probes._tls_context.cache_clear()
+    try:
+        # Not among the system's CAs: refused, with the reason.
+        assert asyncio.run(probe_once(spec, 10.0)) == (
+            False, f"TLS certificate refused: self-signed certificate (127.0.0.1:{server.port})")
+        # Trusted (the default context honours SSL_CERT_FILE): the GET goes through TLS.
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        probes._tls_context.cache_clear()
+        assert asyncio.run(probe_once(spec, 10.0)) == (True, f"HTTP 200 from {server.url}")
+        assert server.paths == ["/health"]
+    finally:
+        probes._tls_context.cache_clear()
 
 
 def test_unix_and_tcp_probe_details(tmp_path: Path) -> None:
@@ -515,7 +555,7 @@ def test_tcp_probe_over_ipv6_loopback() -> None:
 
 
 def test_http_health_check_unhealthy_once_after_successes(
-        status_server: Callable[[list[int]], StatusServer]) -> None:
+        status_server: Callable[..., StatusServer]) -> None:
     server = status_server([200, 302, 503])  # then 503 for ever
     results: list[tuple[bool, str]] = []
     unhealthy: list[tuple[str, int]] = []
