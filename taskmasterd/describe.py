@@ -78,6 +78,8 @@ def transition_message(p: Process, ch: Changed) -> str:
         return f"{why}; retry {p.retries} of {cfg.startretries} in {ch.retry_in:g}s"
     if new is State.FATAL:
         last = last_outcome(p)
+        if p.failure:  # stopped by the daemon (not ready in time): why, then how it ended
+            last = f"{p.failure} ({last})"
         if ch.start_limit_hit is not None:
             return (f"gave up: entered FATAL state, {ch.start_limit_hit} (limit: startlimit_burst "
                     f"{cfg.startlimit_burst} per startlimit_interval {cfg.startlimit_interval:g}s); "

@@ -12,15 +12,13 @@ least `starttime`). Pure: no I/O, no asyncio.
 
 from __future__ import annotations
 
-import ipaddress
-import shlex
-import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode
 
+from taskmasterd.probeplan import ProbeSpec, check_target
 from taskmasterd.yamlnodes import NodeReader, Reject, Reported, kind, show
 
 READY_KINDS = ("notify", "tcp", "unix", "cmd")
@@ -50,56 +48,6 @@ class HealthCheck:
     interval: float = DEFAULT_INTERVAL
     timeout: float = DEFAULT_TIMEOUT
     failures: int = DEFAULT_FAILURES
-
-
-# ---- values -------------------------------------------------------------------
-
-
-def parse_hostport(text: str) -> tuple[str, int] | str:
-    """("host", port) from "host:port" ("[::1]:80" for IPv6), or why not."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host:
-        return f"expected HOST:PORT like 127.0.0.1:8080, found {text!r}"
-    if host.startswith("["):
-        if not host.endswith("]"):
-            return f"an IPv6 address is written in brackets like [::1]:8080, found {text!r}"
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            return f"{host!r} is not an IPv6 address"
-    elif ":" in host:
-        return f"an IPv6 address is written in brackets like [::1]:8080, found {text!r}"
-    if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
-        return f"the port must be a number 1–65535, found {port!r}"
-    if any(c.isspace() for c in host):
-        return f"a host name has no spaces, found {host!r}"
-    return host, int(port)
-
-
-def check_url(text: str) -> str | None:
-    """Why `text` is not an http:// or https:// URL with a host (None: it is)."""
-    try:
-        url = urllib.parse.urlsplit(text)
-        url.port  # noqa: B018 (raises ValueError on a bad port)
-    except ValueError as exc:
-        return f"not a URL ({exc}): {text!r}"
-    if url.scheme not in ("http", "https"):
-        return f"expected an http:// or https:// URL, found {text!r}"
-    if not url.hostname:
-        return f"the URL has no host: {text!r}"
-    if any(c.isspace() for c in text):
-        return f"a URL has no spaces (write them %20): {text!r}"
-    return None
-
-
-def _check_command(text: str) -> None:
-    try:
-        argv = shlex.split(text)
-    except ValueError as exc:
-        raise Reject(f"cannot split the command into words: {exc} (check its quoting)") from None
-    if not argv:
-        raise Reject("the command is empty")
 
 
 # ---- readers ------------------------------------------------------------------
@@ -135,20 +83,14 @@ def _one_check(r: NodeReader, kp: str, node: MappingNode, kinds: tuple[str, ...]
 
 
 def _target(r: NodeReader, what: str, node: Node, resolve: Callable[[str], str]) -> str:
-    if what == "tcp":
-        text = r._text(node, "HOST:PORT like 127.0.0.1:8080", strict=True)
-        parsed = parse_hostport(text)
-        if isinstance(parsed, str):
-            raise Reject(parsed)
-        return text
+    """The probe's target as written (a unix path resolved against the
+    file's directory), checked by the probe machinery's own rules."""
+    hint = {"tcp": "HOST:PORT like 127.0.0.1:8080", "unix": "a socket path",
+            "cmd": "a command line", "http": "a URL like http://127.0.0.1:8080/health"}[what]
+    text = r._text(node, hint, strict=what != "cmd")
     if what == "unix":
-        return resolve(r._text(node, "a socket path", strict=True))
-    if what == "cmd":
-        text = r._text(node, "a command line")
-        _check_command(text)
-        return text
-    text = r._text(node, "a URL like http://127.0.0.1:8080/health", strict=True)
-    problem = check_url(text)
+        text = resolve(text)
+    problem = check_target(ProbeSpec(what, text))
     if problem is not None:
         raise Reject(problem)
     return text
