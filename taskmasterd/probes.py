@@ -89,7 +89,7 @@ async def _probe(spec: ProbeSpec, timeout: float, env: Mapping[str, str] | None,
         return False, f"timed out after {_seconds(timeout)}"
     except (OSError, ValueError, RuntimeError) as exc:  # a failure none of the probes expected
         log.warning("probe %s failed unexpectedly", spec.describe(), exc_info=True)
-        return False, f"probe error: {exc}"
+        return False, "probe error: " + " ".join(str(exc).split())  # one line
 
 
 def _seconds(value: float) -> str:
