@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -82,10 +83,17 @@ def describe_row(row: ProcessRow, now: float) -> str:
     return text
 
 
+_UP_PREFIX = re.compile(r"pid \d+, uptime [0-9:]+")
+
+
 def _describe_state(row: ProcessRow, now: float) -> str:
     up = uptime(row, now)
     if up is not None:
-        return f"uptime {format_duration(up)}"
+        # what the daemon adds after its own "pid N, uptime H:MM:SS":
+        # readiness, STATUS= of the process, its health (issue 15)
+        m = _UP_PREFIX.match(row.description)
+        more = row.description[m.end():] if m else ""
+        return f"uptime {format_duration(up)}{more}"
     if row.spawn_error and "spawn error" not in row.description:
         return f"spawn error: {row.spawn_error}"
     text = row.description
