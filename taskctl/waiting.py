@@ -5,7 +5,10 @@ ListProcesses rows) and says, per process, whether it reached its goal
 (RUNNING for start/restart; STOPPED or EXITED for stop), failed (FATAL,
 a spawn error, stopped by someone else before RUNNING...), or must still be
 waited for. BACKOFF is not an end: the daemon's startretries decide
-between RUNNING and FATAL.
+between RUNNING and FATAL. Nor is a start held by the daemon until the
+programs of its `after:` are RUNNING: the process stays STOPPED (EXITED,
+FATAL) with the description "waiting for db (STOPPED)", shown in the
+progress line, and taskctl waits (a `taskctl start db` elsewhere releases it).
 
 `wait` drives it with a `Client` already subscribed to the events (taskctl
 subscribes BEFORE calling the method, so that no transition is missed).
@@ -41,6 +44,7 @@ DOWN_STATES = frozenset(s.value for s in (State.STOPPED, State.EXITED, State.FAT
 # On the way to the goal: wait (BACKOFF included: it retries).
 UP_WAY = frozenset(s.value for s in (State.STARTING, State.BACKOFF, State.STOPPING))
 GOALS = {"start": "up", "restart": "up", "stop": "down"}
+HELD = "waiting for "  # how the daemon describes a start held by `after:`
 
 
 class Outcome(NamedTuple):
@@ -81,6 +85,7 @@ class Watch:
         self.up = GOALS[command] == "up"
         self.names = list(dict.fromkeys(names))
         self.state: dict[str, str] = {n: "" for n in self.names}
+        self.waiting: dict[str, str] = {}  # held starts: "waiting for db (STOPPED)"
         self.outcomes: dict[str, Outcome] = {}
         self.recheck = False
         self._started: set[str] = set()  # seen entering STARTING since the request
@@ -101,6 +106,7 @@ class Watch:
             return []
         name, new = event.process, event.new
         self.state[name] = new
+        self.waiting.pop(name, None)
         if self.up:
             if new == STARTING:
                 self._started.add(name)
@@ -120,6 +126,8 @@ class Watch:
         return client.list_processes()
 
     def progress(self, waited: float, left: float | None) -> str:
+        if self.waiting:
+            self.recheck = True  # what a held start waits for changes without its events
         return progress_text(self, waited, left)
 
     def on_rows(self, rows: Sequence[ProcessRow]) -> list[Outcome]:
@@ -135,6 +143,7 @@ class Watch:
                                                 f"{name} was removed by a reload"))
                 continue
             self.state[name] = row.state
+            self.waiting.pop(name, None)
             outcome = self._judge(row)
             if outcome is not None:
                 decided += self._decide(outcome)
@@ -147,6 +156,9 @@ class Watch:
                 return Outcome(name, True, state)
             if state in UP_WAY:
                 return None
+            if state in DOWN_STATES and row.description.startswith(HELD):
+                self.waiting[name] = row.description
+                return None  # held until its `after:` programs are RUNNING
             if row.spawn_error:
                 return Outcome(name, False, state, "spawn error", row.spawn_error)
             if state == State.FATAL.value:
@@ -172,7 +184,7 @@ class Watch:
 def progress_text(watch: Watch, waited: float, left: float | None) -> str:
     """`waiting for web:0 (STARTING), web:1 (BACKOFF); 3 s, gives up in 297 s`."""
     pending = watch.pending()
-    shown = [f"{n} ({watch.state[n] or '?'})" for n in pending[:PROGRESS_NAMES]]
+    shown = [f"{n} ({_state_text(watch, n, '?')})" for n in pending[:PROGRESS_NAMES]]
     if len(pending) > PROGRESS_NAMES:
         shown.append(f"{len(pending) - PROGRESS_NAMES} more")
     text = f"waiting for {', '.join(shown)}; {int(waited)} s"
@@ -181,9 +193,17 @@ def progress_text(watch: Watch, waited: float, left: float | None) -> str:
     return text
 
 
+def _state_text(watch: Watch, name: str, unknown: str) -> str:
+    """`STARTING`, or `STOPPED, waiting for db (STOPPED)` for a held start."""
+    state = watch.state[name] or unknown
+    held = watch.waiting.get(name)
+    return f"{state}, {held}" if held else state
+
+
 def pending_text(watch: Watch) -> str:
     """`web:0 is still BACKOFF, web:1 STARTING`."""
-    parts = [f"{n} {watch.state[n] or 'UNKNOWN'}" for n in watch.pending()]
+    parts = [f"{n} {watch.state[n] or 'UNKNOWN'}"
+             + (f" ({watch.waiting[n]})" if n in watch.waiting else "") for n in watch.pending()]
     return parts[0].replace(" ", " is still ", 1) + "".join(f", {p}" for p in parts[1:])
 
 

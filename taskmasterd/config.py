@@ -77,6 +77,8 @@ from typing import Any
 
 from yaml.nodes import MappingNode, Node
 
+from taskmasterd import deps
+
 # Re-exported: the models, the key lists and the loader's errors are part of this module's API.
 from taskmasterd.alertschema import ALERT_EVENTS as ALERT_EVENTS
 from taskmasterd.alertschema import DEFAULT_ALERT_RATE as DEFAULT_ALERT_RATE
@@ -255,10 +257,21 @@ class _Validator(ProgramReader, AlertReader):
                 tasks = self._tasks(v)
             else:
                 self.error(k, key, self._unknown_top(key, v))
+        self._check_after()
         if daemon is None or programs is None or alerts is None or tasks is None:
             return None
         return Config(path=self.abspath, daemon=daemon, programs=programs, alerts=alerts,
                       tasks=tasks)
+
+    def _check_after(self) -> None:
+        """`after:` across programs (taskmasterd.deps): unknown names,
+        cycles..., each at the item's node. Run on every program read, even
+        when another one has errors, so that all are told at once."""
+        graph = {name: tuple(n.value for n, _ in self.after_items.get(f"programs.{name}.after", ()))
+                 for name in self.program_names}
+        for program, i, message in deps.after_problems(graph):
+            node, keypath = self.after_items[f"programs.{program}.after"][i]
+            self.error(node, keypath, message)
 
     def _unknown_top(self, key: str, value: Node) -> str:
         msg = f"unknown top-level key '{key}'"

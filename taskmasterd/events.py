@@ -38,6 +38,9 @@ class Kind(enum.StrEnum):
     # Issue 15: its health check failed `failures` times in a row (a restart
     # follows: STOPPING, EXITED, STARTING).
     UNHEALTHY = "UNHEALTHY"
+    # Issue 15: a start is held until the programs of its `after:` are
+    # RUNNING (taskmasterd.deps); the message says which and their state.
+    WAITING = "WAITING"
     # One-shot tasks and activities (taskmasterd/tasks): `Event.task` says
     # which, and its old and new state.
     TASK_QUEUED = "TASK_QUEUED"

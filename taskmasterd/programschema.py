@@ -129,6 +129,10 @@ class ProgramReader(NodeReader):
         super().__init__(text, path)
         self.abspath = os.path.abspath(path)
         self.basedir = os.path.dirname(self.abspath)
+        # `after:` item nodes by key path (programs.web.after), for the
+        # checks across programs (unknown names, cycles) once all are read.
+        self.after_items: dict[str, list[tuple[ScalarNode, str]]] = {}  # (node, its key path)
+        self.program_names: list[str] = []  # every program of the file, read or not
 
     def _programs(self, node: Node) -> tuple[ProgramConfig, ...] | None:
         if is_null(node):
@@ -162,6 +166,7 @@ class ProgramReader(NodeReader):
                 )
                 ok = False
                 continue
+            self.program_names.append(name)
             ok = self._program_name(k, kp) and ok
             if is_null(v):
                 nxt = entries[i + 1][0] if i + 1 < len(entries) else None
@@ -369,6 +374,28 @@ class ProgramReader(NodeReader):
             raise Reject(f"must be at most 1024GB, found {show(scalar)}")
         return value
 
+    def _after(self, node: Node, kp: str) -> tuple[str, ...]:
+        """A program name or a list of them (names checked across programs
+        by the validator, at these nodes)."""
+        what = "a program name or a list of them like [db, cache]"
+        items = list(node.value) if isinstance(node, SequenceNode) else [node]
+        names: list[str] = []
+        scalars: list[tuple[ScalarNode, str]] = []
+        bad = False
+        for i, item in enumerate(items):
+            ikp = f"{kp}[{i}]" if isinstance(node, SequenceNode) else kp
+            try:
+                names.append(self._text(item, what))
+                assert isinstance(item, ScalarNode)
+                scalars.append((item, ikp))
+            except Reject as r:
+                self.error(item, ikp, r.message)
+                bad = True
+        if bad:
+            raise Reported
+        self.after_items[kp] = scalars
+        return tuple(names)
+
     def _env(self, node: Node, kp: str) -> tuple[tuple[str, str], ...]:
         if not isinstance(node, MappingNode):
             raise Reject(f"expected a mapping of NAME: value, found {kind(node)}")
@@ -454,6 +481,9 @@ class ProgramConfig:
     user: str | None = key(None, read=lambda r, kp, n: r._text(n, "a user name or numeric uid"),
                            launch=True)
     restartdelay: float = key(0.0, read=lambda r, kp, n: r._seconds(n))
+    # Start ordering (taskmasterd.deps): started only once these programs
+    # are RUNNING; stopped before them. Not a launch setting: in place.
+    after: tuple[str, ...] = key((), read=lambda r, kp, n: r._after(n, kp))
     # Readiness and health (issue 15; taskmasterd.probeschema). `ready` and
     # `watchdog` shape the exec'd process (NOTIFY_SOCKET, WATCHDOG_USEC):
     # launch settings. `readytimeout` and `health` apply in place.

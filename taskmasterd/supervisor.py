@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from taskmasterd import spawn, targets
+from taskmasterd import deps, spawn, targets
 from taskmasterd.busaddr import runtime_dir
 from taskmasterd.config import Config, OutputKind, ProgramConfig
 from taskmasterd.deadline import cancel as cancel_timer
@@ -35,6 +35,7 @@ from taskmasterd.events import Event, EventBus, Kind, Reloaded
 from taskmasterd.logpipes import LogPipes
 from taskmasterd.probing import DAEMON_ONLY_ENV, Probing, Sink
 from taskmasterd.process import (
+    STARTED_STATES,
     Action,
     Changed,
     Kill,
@@ -48,6 +49,11 @@ from taskmasterd.reload import ReloadPlan, plan_reload
 from taskmasterd.takeover import Request, Slot, Takeover
 
 log = logging.getLogger("taskmasterd")
+
+# Start ordering (after:): a dependent in these states is down for a stop
+# that waits on it; a held start is made once its process is in STARTABLE.
+DOWN = frozenset({State.STOPPED, State.EXITED, State.FATAL, State.BACKOFF, State.UNKNOWN})
+STARTABLE = frozenset({State.STOPPED, State.EXITED, State.FATAL, State.UNKNOWN})
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,17 @@ class Supervisor(Takeover):
     # Called with a program's name when what its processes show changed
     # without a transition (STATUS=, a health result): D-Bus PropertiesChanged.
     detail_listeners: list[Callable[[str], None]] = field(default_factory=list)
+    # Start ordering (after:, taskmasterd.deps), without a state of its own:
+    # starts held until the programs of `after` are RUNNING (slot -> its
+    # description, "waiting for db (STOPPED)"), and stops deferred until the
+    # dependents stopped in the same request are down (slot -> those slots,
+    # the request to make then). Both are looked at again (_settle) after
+    # each turn of actions that changed a state.
+    _held: dict[Slot, str] = field(default_factory=dict)
+    _deferred: dict[Slot, tuple[set[Slot], Request]] = field(default_factory=dict)
+    _depth: int = 0  # nesting of _apply: settle once the outermost is done
+    _dirty: bool = False  # a state changed since the last settle
+    _settling: bool = False  # settling, or a batch of requests is being made
 
     def __post_init__(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -103,8 +120,7 @@ class Supervisor(Takeover):
         """Start the autostart processes, but those taken back (and `skip`)."""
         names = [n for p in self.config.programs if p.autostart for n in p.process_names()
                  if self.slots[n].process.state is State.STOPPED and n not in skip]
-        for name in names:
-            self._request(self.slots[name], Process.start)
+        self._batch([(self.slots[n], Process.start) for n in names])
         return names
 
     def start(self, target: str) -> list[str]:
@@ -188,22 +204,18 @@ class Supervisor(Takeover):
                 self.probing.reconfigured(name, program, self.slots[name].process.state)
         self.slots = {n: self.slots[n] for p in new.programs for n in p.process_names()}
         self._publish_reload(plan, old_programs)
-        for slot, request in todo:
-            if self._shutting_down and request is not Process.stop:
-                continue
-            with contextlib.suppress(Refused):
-                self._request(slot, request)
+        if self._shutting_down:
+            todo = [(slot, request) for slot, request in todo if request is Process.stop]
+        self._batch(todo)  # refusals: already down (or up), as asked
         return plan
 
     async def shutdown(self) -> None:
         """Stop every process (stoptime, then SIGKILL) and wait for them; then
         let the log writer drain their last output and wait for it too."""
         self._shutting_down = True
-        for slot in [*self.slots.values(), *self._retired]:
-            try:
-                self._request(slot, Process.stop)
-            except Refused:
-                pass  # already down
+        self._held.clear()  # nothing starts any more
+        # Dependents first; a refusal is a process already down.
+        self._batch([(slot, Process.stop) for slot in [*self.slots.values(), *self._retired]])
         self._check_all_down()
         await self._all_down.wait()
         self.probing.close()
@@ -249,14 +261,9 @@ class Supervisor(Takeover):
 
     def _each(self, target: str, request: Request) -> list[str]:
         names = targets.resolve(target, self.config.programs)
-        done: list[str] = []
-        refusals: list[Refused] = []
-        for name in names:
-            try:
-                self._request(self.slots[name], request)
-                done.append(name)
-            except Refused as r:
-                refusals.append(r)
+        results = self._batch([(self.slots[n], request) for n in names])
+        done = [n for n, r in zip(names, results, strict=True) if r is None]
+        refusals = [r for r in results if r is not None]
         if not done and refusals:
             # Nothing could be done: say why (the first reason is typical).
             cls = AlreadyStarted if refusals[0].code == "AlreadyStarted" else NotRunning
@@ -266,19 +273,192 @@ class Supervisor(Takeover):
     def _request(self, slot: Slot, request: Request) -> None:
         self._apply(slot, request(slot.process, self._loop.time()))
 
+    # ---- start ordering (after:, taskmasterd.deps) -------------------------
+
+    def _batch(self, todo: list[tuple[Slot, Request]]) -> list[Refused | None]:
+        """Make requests made together (one target, autostart, a reload, the
+        shutdown): the stop of a process (or the stop of its restart) waits
+        until its dependents among them are down; a start waits for its
+        `after` (held). Each request's refusal, or None."""
+        waits = self._stop_waits([slot for slot, request in todo if request is not Process.start])
+        out: list[Refused | None] = []
+        self._settling = True  # nothing is released before every request is made
+        try:
+            for slot, request in todo:
+                if slot in waits:
+                    self._held.pop(slot, None)
+                    self._deferred[slot] = (waits[slot], request)
+                    names = ", ".join(sorted(s.process.name for s in waits[slot]))
+                    self._publish_process(slot, Kind.WAITING,
+                                          f"stop waits until its dependents are down: {names}",
+                                          pid=slot.process.pid)
+            for slot, request in todo:
+                if slot in waits:
+                    out.append(None)
+                    continue
+                try:
+                    self._one(slot, request)
+                    out.append(None)
+                except Refused as r:
+                    out.append(r)
+        finally:
+            self._settling = False
+        self._dirty = True
+        self._settle()
+        return out
+
+    def _stop_waits(self, slots: list[Slot]) -> dict[Slot, set[Slot]]:
+        """The processes of `slots` to stop only once some others of `slots`
+        (their dependents, not down) are down."""
+        graph: dict[str, tuple[str, ...]] = {p.name: p.after for p in self.config.programs}
+        for slot in self._retired:  # removed by a reload: its own (old) after
+            graph.setdefault(slot.process.program, slot.process.config.after)
+        if len(slots) < 2 or not any(graph.values()):
+            return {}
+        every = deps.dependents(graph)
+        out: dict[Slot, set[Slot]] = {}
+        for slot in slots:
+            if slot.process.state not in (State.STARTING, State.RUNNING):
+                continue  # down or going down already: nothing to wait for
+            mine = every.get(slot.process.program, set())
+            waited = {o for o in slots if o.process.program in mine and o.process.state not in DOWN}
+            if waited:
+                out[slot] = waited
+        return out
+
+    def _one(self, slot: Slot, request: Request) -> None:
+        if request is Process.stop:
+            self._stop_one(slot)
+        else:
+            self._ask(slot, request)
+
+    def _stop_one(self, slot: Slot) -> None:
+        """A stop: cancels a held start, and stops what runs."""
+        self._deferred.pop(slot, None)
+        waiting = self._held.pop(slot, None)
+        if waiting is not None:
+            self._publish_process(slot, Kind.WAITING,
+                                  f"start cancelled by a stop (it was {waiting})")
+            self._tell(slot)
+        try:
+            self._request(slot, Process.stop)
+        except Refused:
+            if waiting is None:
+                raise  # nothing to stop and no start to cancel
+
+    def _ask(self, slot: Slot, request: Request) -> None:
+        """A start, restart or relaunch: made at once if the programs of its
+        `after` are RUNNING; else what runs is stopped and the start held."""
+        self._deferred.pop(slot, None)
+        p = slot.process
+        if request is Process.relaunch and p.state in STARTABLE \
+                and not (p.want_up or p.config.autostart):
+            return  # a relaunch leaves a process stopped on purpose down
+        blocked = self._blockers(slot)
+        if not blocked or (request is Process.start and p.state in STARTED_STATES):
+            if slot in self._held:
+                del self._held[slot]
+                self._tell(slot)
+            self._request(slot, request)  # a start of a started process: refused
+            return
+        if p.state in STARTED_STATES or p.state is State.STOPPING:
+            # A restart: down now, up once they are RUNNING. A stop of a
+            # STOPPING process cancels the start it had pending.
+            self._request(slot, Process.stop)
+        text = deps.waiting_text(blocked)
+        if slot not in self._held:
+            self._publish_process(slot, Kind.WAITING,
+                                  f"start held: {text} (after: {', '.join(p.config.after)})")
+        self._held[slot] = text
+        self._tell(slot)
+
+    def _blockers(self, slot: Slot) -> list[tuple[str, str]]:
+        program = slot.process.config
+        states: dict[str, list[State]] = {}
+        for name in program.after:
+            config = self.config.program(name)
+            if config is None:
+                continue
+            states[name] = [State.STOPPING if s in self._deferred else s.process.state
+                            for s in (self.slots.get(n) for n in config.process_names())
+                            if s is not None]
+        return deps.blockers(program, states)
+
+    def _settle(self) -> None:
+        """Make the deferred stops whose dependents are down and the held
+        starts whose `after` programs are RUNNING; again while that changes
+        states."""
+        if self._settling:
+            return
+        self._settling = True
+        try:
+            while self._dirty:
+                self._dirty = False
+                self._settle_stops()
+                self._settle_starts()
+        finally:
+            self._settling = False
+
+    def _settle_stops(self) -> None:
+        for slot, (waited, request) in list(self._deferred.items()):
+            for other in list(waited):
+                q = other.process
+                # Down, or started again (no stop of it is coming): no more waiting.
+                if q.state in DOWN or (other not in self._deferred and q.state in STARTED_STATES):
+                    waited.discard(other)
+            if waited or self._deferred.get(slot) is None:
+                continue
+            del self._deferred[slot]
+            with contextlib.suppress(Refused):
+                self._one(slot, request)
+
+    def _settle_starts(self) -> None:
+        live = set(self.slots.values())
+        for slot in list(self._held):
+            if slot not in self._held:
+                continue
+            p = slot.process
+            if slot not in live or self._shutting_down or p.state in STARTED_STATES:
+                del self._held[slot]  # removed, shutting down, or restarted by itself
+                self._tell(slot)
+                continue
+            if p.state is State.STOPPING:
+                continue  # the stop of its restart: not down yet
+            blocked = self._blockers(slot)
+            if blocked:
+                text = deps.waiting_text(blocked)
+                if text != self._held[slot]:
+                    self._held[slot] = text
+                    self._tell(slot)
+                continue
+            del self._held[slot]
+            with contextlib.suppress(Refused):
+                self._request(slot, Process.start)
+
+    def _tell(self, slot: Slot) -> None:
+        """Its description changed without a transition (held, released)."""
+        for listener in self.detail_listeners:
+            listener(slot.process.program)
+
     # ---- carrying out actions --------------------------------------------
 
     def _apply(self, slot: Slot, actions: list[Action]) -> None:
-        for action in actions:
-            if isinstance(action, Changed):
-                self._publish_change(slot, action)
-            elif isinstance(action, Spawn):
-                self._apply(slot, self._spawn(slot))
-            elif isinstance(action, Kill):
-                self._kill(slot, action)
-        self._sync_timer(slot)
-        if slot.child is None:
-            self._check_all_down()
+        self._depth += 1
+        try:
+            for action in actions:
+                if isinstance(action, Changed):
+                    self._publish_change(slot, action)
+                elif isinstance(action, Spawn):
+                    self._apply(slot, self._spawn(slot))
+                elif isinstance(action, Kill):
+                    self._kill(slot, action)
+            self._sync_timer(slot)
+            if slot.child is None:
+                self._check_all_down()
+        finally:
+            self._depth -= 1
+        if self._depth == 0 and self._dirty:
+            self._settle()  # what this turn's transitions release (start ordering)
 
     def _spawn(self, slot: Slot) -> list[Action]:
         proc = slot.process
@@ -414,12 +594,19 @@ class Supervisor(Takeover):
             name=p.name, program=p.program, state=p.state, pid=p.pid,
             exit_status=p.exit_status or 0,
             started_at=slot.started_wall if p.pid else 0.0,
-            description=description(p, time.time() - slot.started_wall) + self._health_text(p),
+            description=self._describe(slot),
             spawn_error=err,
             restarts=p.restarts,
             last_exit_status=(last.status or 0) if last is not None else 0,
             last_exit_at=slot.exited_wall if last is not None else 0.0,
             last_exit_expected=last.expected if last is not None else False)
+
+    def _describe(self, slot: Slot) -> str:
+        p = slot.process
+        held = self._held.get(slot)
+        if held is not None and p.state in STARTABLE:
+            return held  # "waiting for db (STOPPED)": why it is not starting
+        return description(p, time.time() - slot.started_wall) + self._health_text(p)
 
     def _publish_process(self, slot: Slot, kind: Kind, message: str, *, pid: int = 0,
                          spawn_error: SpawnError | None = None) -> None:
@@ -430,6 +617,10 @@ class Supervisor(Takeover):
     def _publish_change(self, slot: Slot, ch: Changed) -> None:
         p = slot.process
         self.probing.changed(p.name, p.config, ch.old, ch.new)
+        self._dirty = True
+        if ch.new in DOWN:
+            for waited, _ in self._deferred.values():
+                waited.discard(slot)
         self.bus.publish(Event(
             kind=ch.new, message=transition_message(p, ch), process=p.name,
             program=p.program, old_state=ch.old, new_state=ch.new, pid=ch.pid,
