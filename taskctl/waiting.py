@@ -9,6 +9,8 @@ between RUNNING and FATAL. Nor is a start held by the daemon until the
 programs of its `after:` are RUNNING: the process stays STOPPED (EXITED,
 FATAL) with the description "waiting for db (STOPPED)", shown in the
 progress line, and taskctl waits (a `taskctl start db` elsewhere releases it).
+Nor is a RUNNING process whose stop waits for its dependents to be down
+(stop all, restart all: "...; stop waits for web").
 
 `wait` drives it with a `Client` already subscribed to the events (taskctl
 subscribes BEFORE calling the method, so that no transition is missed).
@@ -45,6 +47,9 @@ DOWN_STATES = frozenset(s.value for s in (State.STOPPED, State.EXITED, State.FAT
 UP_WAY = frozenset(s.value for s in (State.STARTING, State.BACKOFF, State.STOPPING))
 GOALS = {"start": "up", "restart": "up", "stop": "down"}
 HELD = "waiting for "  # how the daemon describes a start held by `after:`
+# ... and a stop that waits until the programs started after it are down
+# (stop all, restart all): still RUNNING, on its way all the same.
+STOP_HELD = "; stop waits for "
 
 
 class Outcome(NamedTuple):
@@ -151,6 +156,8 @@ class Watch:
 
     def _judge(self, row: ProcessRow) -> Outcome | None:
         name, state = row.name, row.state
+        if STOP_HELD in row.description:
+            return None  # its stop (or its restart's) comes once its dependents are down
         if self.up:
             if state == RUNNING:
                 return Outcome(name, True, state)

@@ -606,7 +606,11 @@ class Supervisor(Takeover):
         held = self._held.get(slot)
         if held is not None and p.state in STARTABLE:
             return held  # "waiting for db (STOPPED)": why it is not starting
-        return description(p, time.time() - slot.started_wall) + self._health_text(p)
+        text = description(p, time.time() - slot.started_wall) + self._health_text(p)
+        deferred = self._deferred.get(slot)
+        if deferred is not None:  # why it is not stopping yet
+            text += f"; stop waits for {', '.join(sorted(s.process.name for s in deferred[0]))}"
+        return text
 
     def _publish_process(self, slot: Slot, kind: Kind, message: str, *, pid: int = 0,
                          spawn_error: SpawnError | None = None) -> None:
