@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # taskmasterd.config imports this module for its checks
 
 Graph = Mapping[str, Sequence[str]]  # program -> the programs it starts after, in file order
 NOT_CONFIGURED = "not configured"
+MAX_SHOWN = 8  # programs of a cycle's path named in its error
 
 
 def after_problems(graph: Graph) -> list[tuple[str, int, str]]:
@@ -81,8 +82,10 @@ def _cycles(graph: Graph) -> list[tuple[str, int, str]]:
             if nxt == node or nxt not in graph or nxt in names[:i]:
                 continue  # self, unknown, duplicate: told by after_problems
             if color[nxt] == GREY:
-                cycle = [*path[path.index(nxt):], nxt]
-                out.append((node, i, f"cycle {' -> '.join(cycle)}; "
+                cycle = path[path.index(nxt):]
+                if len(cycle) > MAX_SHOWN:
+                    cycle = [*cycle[:MAX_SHOWN - 2], f"... ({len(cycle)} programs)", cycle[-1]]
+                out.append((node, i, f"cycle {' -> '.join([*cycle, nxt])}; "
                                      "a program cannot (indirectly) start after itself"))
             elif color[nxt] == WHITE:
                 color[nxt] = GREY
