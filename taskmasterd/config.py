@@ -45,6 +45,11 @@ How values are read (the node's source text decides, never YAML 1.1):
   ./journal for a file of that name); any other string -> FILE.
 * env values: the scalar's source text ("42", "022", "on", "1.50");
   a null value is an error (write '' for an empty value).
+* after (start ordering, taskmasterd.deps): a program name or a list of
+  them, each any non-null scalar as written (`after: [1]` names program
+  "1"); `[]` is none. Checked across programs once all are read: an
+  unknown name, a name listed twice, a program after itself and each cycle
+  are errors at the item (a cycle at the item that closes it, with its path).
 * the top-level sections taskmasterd, programs, alerts and tasks may be left
   empty (null), which means the same as absent.
 * tasks (one-shot tasks, taskmasterd/tasks): max_parallel an integer

@@ -11,6 +11,7 @@ first: db waits until web (listed in the same request) is down.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -147,15 +148,46 @@ def stop_waits(graph: Graph, stopping: Collection[str]) -> dict[str, set[str]]:
 
 def stop_order(graph: Graph, stopping: Sequence[str]) -> list[str]:
     """`stopping` with every program after its dependents (dependents first),
-    otherwise in the order given."""
-    waits = stop_waits(graph, stopping)
-    done: list[str] = []
-    left = list(dict.fromkeys(stopping))
-    while left:
-        ready = [p for p in left if waits[p] <= set(done)]
-        if not ready:  # a cycle (the config refuses them): keep the given order
-            ready = left[:1]
-        done.append(ready[0])
-        left.remove(ready[0])
-    return done
+    otherwise in the order given. Kahn's walk of the whole graph (dependents
+    through programs not in `stopping` count too), O(programs + edges)."""
+    rank = {p: i for i, p in enumerate(dict.fromkeys(stopping))}
+    nodes = list(dict.fromkeys([*stopping, *graph]))
+    pos = {p: i for i, p in enumerate(nodes)}
+    direct: dict[str, list[str]] = {p: [] for p in nodes}  # program -> its direct dependents
+    waiting = dict.fromkeys(nodes, 0)  # how many of its direct dependents are not placed yet
+    for program, names in graph.items():
+        for name in dict.fromkeys(names):
+            if name in direct and name != program:
+                direct[name].append(program)
+                waiting[name] += 1
+    later = len(rank)
+    ready = [(rank.get(p, later), i, p) for i, p in enumerate(nodes) if waiting[p] == 0]
+    heapq.heapify(ready)
+    out: list[str] = []
+    while ready:
+        _, _, program = heapq.heappop(ready)
+        out.append(program)
+        for name in graph.get(program, ()):
+            if name in waiting and name != program:
+                waiting[name] -= 1
+                if waiting[name] == 0:
+                    heapq.heappush(ready, (rank.get(name, later), pos[name], name))
+    placed = set(out)
+    out += [p for p in nodes if p not in placed]  # a cycle (the config refuses them): as given
+    return [p for p in out if p in rank]
 
+
+def longest_stop(graph: Graph, stoptimes: Mapping[str, float]) -> float:
+    """How long stopping every program of `stoptimes` (program -> its
+    longest stoptime) can take when each waits for its dependents: the
+    sum of stoptimes along the longest chain."""
+    order = stop_order(graph, list(dict.fromkeys([*graph, *stoptimes])))
+    direct: dict[str, list[str]] = {}
+    for program, names in graph.items():
+        for name in names:
+            direct.setdefault(name, []).append(program)
+    total: dict[str, float] = {}
+    for program in order:  # dependents come first: theirs are known
+        before = max((total.get(d, 0.0) for d in direct.get(program, ())), default=0.0)
+        total[program] = stoptimes.get(program, 0.0) + before
+    return max(total.values(), default=0.0)

@@ -242,8 +242,14 @@ class Supervisor(Takeover):
         return path
 
     def longest_stop(self) -> float:
-        """The longest stoptime among processes alive now (0 if none)."""
-        return max((s.process.config.stoptime for s in self._alive), default=0.0)
+        """How long stopping the processes alive now can take (0 if none):
+        the longest stoptime, summed along a chain of `after` (dependents
+        stop first, taskmasterd.deps)."""
+        stoptimes: dict[str, float] = {}
+        for s in self._alive:
+            stoptimes[s.process.program] = max(stoptimes.get(s.process.program, 0.0),
+                                               s.process.config.stoptime)
+        return deps.longest_stop(self._graph(), stoptimes)
 
     def live_slots(self) -> list[Slot]:
         return list(self._alive)
@@ -282,7 +288,7 @@ class Supervisor(Takeover):
         `after` (held). Each request's refusal, or None."""
         waits = self._stop_waits([slot for slot, request in todo if request is not Process.start])
         out: list[Refused | None] = []
-        self._settling = True  # nothing is released before every request is made
+        was_settling, self._settling = self._settling, True  # nothing released before all are made
         try:
             for slot, request in todo:
                 if slot in waits:
@@ -302,7 +308,7 @@ class Supervisor(Takeover):
                 except Refused as r:
                     out.append(r)
         finally:
-            self._settling = False
+            self._settling = was_settling
         self._dirty = True
         self._settle()
         return out
@@ -310,9 +316,7 @@ class Supervisor(Takeover):
     def _stop_waits(self, slots: list[Slot]) -> dict[Slot, set[Slot]]:
         """The processes of `slots` to stop only once some others of `slots`
         (their dependents, not down) are down."""
-        graph: dict[str, tuple[str, ...]] = {p.name: p.after for p in self.config.programs}
-        for slot in self._retired:  # removed by a reload: its own (old) after
-            graph.setdefault(slot.process.program, slot.process.config.after)
+        graph = self._graph()
         if len(slots) < 2 or not any(graph.values()):
             return {}
         every = deps.dependents(graph)
@@ -325,6 +329,14 @@ class Supervisor(Takeover):
             if waited:
                 out[slot] = waited
         return out
+
+    def _graph(self) -> dict[str, tuple[str, ...]]:
+        """program -> its after, for the programs of the config and those a
+        reload removed that are still going down (their own, old, after)."""
+        graph: dict[str, tuple[str, ...]] = {p.name: p.after for p in self.config.programs}
+        for slot in self._retired:
+            graph.setdefault(slot.process.program, slot.process.config.after)
+        return graph
 
     def _one(self, slot: Slot, request: Request) -> None:
         if request is Process.stop:
@@ -389,6 +401,9 @@ class Supervisor(Takeover):
         starts whose `after` programs are RUNNING; again while that changes
         states."""
         if self._settling:
+            return
+        if not self._held and not self._deferred:
+            self._dirty = False  # nothing waits: the common case, no ordering in the file
             return
         self._settling = True
         try:

@@ -8,6 +8,7 @@ from taskmasterd.deps import (
     after_problems,
     blockers,
     dependents,
+    longest_stop,
     stop_order,
     stop_waits,
     waiting_text,
@@ -106,3 +107,20 @@ def test_stop_order_puts_dependents_first() -> None:
     assert stop_order(graph, ["db", "cache", "api", "front", "cron"]) == \
         ["front", "api", "db", "cache", "cron"]
     assert stop_order(graph, ["cron", "db"]) == ["cron", "db"]
+    assert stop_order(graph, ["db", "front"]) == ["front", "db"]  # through api, not stopped
+
+
+def test_stop_order_of_a_long_chain_is_linear() -> None:
+    n = 3000
+    graph = {f"p{i}": ((f"p{i - 1}",) if i else ()) for i in range(n)}
+    names = list(graph)
+    assert stop_order(graph, names) == names[::-1]
+
+
+def test_longest_stop_sums_stoptimes_along_the_longest_chain() -> None:
+    graph = {"db": (), "cache": (), "api": ("db", "cache"), "front": ("api",), "cron": ()}
+    times = {"db": 10.0, "cache": 30.0, "api": 5.0, "front": 2.0, "cron": 40.0}
+    assert longest_stop(graph, times) == 40.0  # cron alone vs front+api+cache = 37
+    assert longest_stop(graph, {**times, "front": 20.0}) == 55.0  # 20 + 5 + 30
+    assert longest_stop(graph, {"db": 10.0, "front": 2.0}) == 12.0  # api not alive: 0
+    assert longest_stop({}, {}) == 0.0

@@ -82,6 +82,7 @@ OTHER_VALUE: dict[str, object] = {
     "restartdelay": 2.0, "stdout_maxbytes": 0, "stdout_backups": 1, "stderr_maxbytes": 1024,
     "stderr_backups": 0, "ready": Check("notify"), "readytimeout": 5.0, "watchdog": 3.0,
     "health": HealthCheck(Check("tcp", "127.0.0.1:80")),
+    "after": ("db",),  # start ordering: applies in place
 }
 
 
