@@ -298,6 +298,7 @@ class Supervisor(Takeover):
                     self._publish_process(slot, Kind.WAITING,
                                           f"stop waits until its dependents are down: {names}",
                                           pid=slot.process.pid)
+                    self._tell(slot)
             for slot, request in todo:
                 if slot in waits:
                     out.append(None)
