@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from tests.harness import LogLine, event
+from tests.harness import Daemon, LogLine, event
 from tests.integration.conftest import WriteConfig
-from tests.integration.test_readiness import QUIET, Start
+from tests.integration.test_readiness import QUIET
 from tests.integration.test_taskctl import popen_taskctl, taskctl
 
+Start = Callable[..., Daemon]  # the daemons fixture
 
-def db_program(delay_file: Path, **extra: object) -> dict[str, object]:
+
+def db_program(delay_file: Path, **extra: object) -> dict[str, Any]:
     """Ready (notify) the number of seconds written in `delay_file` after it
     is spawned: the same cmd for every delay, so no reload is needed."""
     return {"cmd": f"sh -c 'sleep $(cat {delay_file}); systemd-notify --ready; "
@@ -179,12 +183,12 @@ def test_reload_starts_in_order(write_config: WriteConfig, daemons: Start,
     delay.write_text("0.2\n")
     slow = workdir / "slow"
     slow.write_text("1\n")
-    programs: dict[str, dict[str, object]] = {"db": db_program(delay)}
+    programs: dict[str, dict[str, Any]] = {"db": db_program(delay)}
     cfg = write_config(programs)
     d = daemons(cfg)
     d.wait_for(event("RUNNING", "db"), timeout=20)
 
-    def reload_with(new: dict[str, dict[str, object]]) -> int:
+    def reload_with(new: dict[str, dict[str, Any]]) -> int:
         doc = yaml.safe_load(cfg.read_text())
         doc["programs"] = new
         cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
