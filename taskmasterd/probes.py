@@ -282,7 +282,50 @@ def _call(what: str, callback: Callable[..., None], *args: Any) -> None:
 # ---- readiness -------------------------------------------------------------------------
 
 
-class ReadinessProber:
+class _Prober:
+    """What both probers share: their task on the running loop, started
+    once, and its cancellation (a `cmd` probe under way has its process
+    group SIGKILLed at once); what a probe runs as."""
+
+    _kind = ""  # names the task: "ready", "health"
+
+    def __init__(self, spec: ProbeSpec, env: Mapping[str, str] | None, cwd: str | None,
+                 user: int | None) -> None:
+        self.spec = spec
+        self._env = env
+        self._cwd = cwd
+        self._user = user
+        self._slot = _CmdSlot()
+        self._task: asyncio.Task[None] | None = None
+        self._cancelled = False
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        """Start on the running loop (once; after cancel(), never)."""
+        if self._task is not None or self._cancelled:
+            return
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"{self._kind} {self.spec.describe()}")
+
+    def cancel(self) -> None:
+        """Stop: idempotent (a no-op once a readiness prober is done). A `cmd`
+        probe under way has its process group SIGKILLed now."""
+        self._cancelled = True
+        self._slot.kill()
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _probe_once(self, timeout: float) -> Result:
+        return await _probe(self.spec, timeout, self._env, self._cwd, self._user, self._slot)
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+
+class ReadinessProber(_Prober):
     """Probes a STARTING process until the probe succeeds, then calls
     on_ready(detail) once and stops: the first attempt at once, the next
     ones ready_delay(n) after the end of attempt n, each bounded by
@@ -290,18 +333,14 @@ class ReadinessProber:
     state machine's, which cancels the prober when the process leaves
     STARTING."""
 
+    _kind = "ready"
+
     def __init__(self, spec: ProbeSpec, on_ready: Callable[[str], None], *,
                  env: Mapping[str, str] | None = None, cwd: str | None = None, user: int | None = None,
                  attempt_timeout: float = READY_ATTEMPT_TIMEOUT) -> None:
-        self.spec = spec
+        super().__init__(spec, env, cwd, user)
         self._on_ready = on_ready
-        self._env = env
-        self._cwd = cwd
-        self._user = user
         self._attempt_timeout = attempt_timeout
-        self._slot = _CmdSlot()
-        self._task: asyncio.Task[None] | None = None
-        self._cancelled = False
         self._attempts = 0
         self._last_detail = ""
 
@@ -315,31 +354,11 @@ class ReadinessProber:
         """The latest failed attempt's line (for "not ready after 30 s: ...")."""
         return self._last_detail
 
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
-
-    def start(self) -> None:
-        """Start probing on the running loop (once; after cancel(), never)."""
-        if self._task is not None or self._cancelled:
-            return
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name=f"ready {self.spec.describe()}")
-
-    def cancel(self) -> None:
-        """Stop: idempotent, a no-op once ready. A `cmd` probe under way has
-        its process group SIGKILLed now."""
-        self._cancelled = True
-        self._slot.kill()
-        if self._task is not None:
-            self._task.cancel()
-
     async def _run(self) -> None:
         try:
             while True:
                 self._attempts += 1
-                ok, detail = await _probe(self.spec, self._attempt_timeout, self._env, self._cwd,
-                                          self._user, self._slot)
+                ok, detail = await self._probe_once(self._attempt_timeout)
                 if self._cancelled:  # cancelled as the probe ended: no callback after cancel()
                     return
                 if ok:
@@ -354,7 +373,7 @@ class ReadinessProber:
 # ---- health ---------------------------------------------------------------------------
 
 
-class HealthChecker:
+class HealthChecker(_Prober):
     """Probes a RUNNING process every `interval` seconds, each probe bounded
     by `timeout`; after `failures` failures in a row, on_unhealthy(detail)
     with the last one's line (once per run of failures: HealthCount).
@@ -364,6 +383,8 @@ class HealthChecker:
     than causing a burst. It goes on after on_unhealthy (a recovery is
     seen) until cancel()."""
 
+    _kind = "health"
+
     def __init__(self, spec: ProbeSpec, interval: float, timeout: float, failures: int,
                  on_unhealthy: Callable[[str], None], *,
                  on_result: Callable[[bool, str], None] | None = None,
@@ -371,18 +392,12 @@ class HealthChecker:
                  user: int | None = None) -> None:
         if interval <= 0 or timeout <= 0:
             raise ValueError(f"interval and timeout must be positive ({interval}, {timeout})")
-        self.spec = spec
+        super().__init__(spec, env, cwd, user)
         self.interval = interval
         self.timeout = timeout
         self._count = HealthCount(failures)
         self._on_unhealthy = on_unhealthy
         self._on_result = on_result
-        self._env = env
-        self._cwd = cwd
-        self._user = user
-        self._slot = _CmdSlot()
-        self._task: asyncio.Task[None] | None = None
-        self._cancelled = False
 
     @property
     def failures(self) -> int:
@@ -394,31 +409,11 @@ class HealthChecker:
         """The latest probe's line, success or failure ("" before the first)."""
         return self._count.last_detail
 
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
-
-    def start(self) -> None:
-        """Start checking on the running loop (once; after cancel(), never)."""
-        if self._task is not None or self._cancelled:
-            return
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name=f"health {self.spec.describe()}")
-
-    def cancel(self) -> None:
-        """Stop: idempotent. A `cmd` probe under way has its process group
-        SIGKILLed now."""
-        self._cancelled = True
-        self._slot.kill()
-        if self._task is not None:
-            self._task.cancel()
-
     async def _run(self) -> None:
         try:
             while True:
                 await asyncio.sleep(self.interval)
-                ok, detail = await _probe(self.spec, self.timeout, self._env, self._cwd, self._user,
-                                          self._slot)
+                ok, detail = await self._probe_once(self.timeout)
                 if self._cancelled:  # cancelled as the probe ended: no callback after cancel()
                     return
                 unhealthy = self._count.record(ok, detail)

@@ -23,6 +23,7 @@ import signal as signals
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from taskmasterd import deps, spawn, targets
 from taskmasterd.busaddr import runtime_dir
@@ -70,6 +71,12 @@ class ProcessInfo:
     last_exit_status: int  # returncode convention (< 0: signal); 0 if it never exited
     last_exit_at: float  # wall clock seconds, 0 if it never exited
     last_exit_expected: bool  # False if it never exited
+    # Readiness and health (issue 15; docs/readiness.md): "" when not configured
+    ready_check: str = ""  # "notify", "tcp 127.0.0.1:80" ...
+    status_text: str = ""  # its last STATUS= (notify)
+    health: str = ""  # "unknown" (not checked yet), "healthy", "unhealthy"
+    health_detail: str = ""  # the last check's detail
+    health_failures: int = 0  # failed checks in a row
 
 
 @dataclass
@@ -615,7 +622,8 @@ class Supervisor(Takeover):
             restarts=p.restarts,
             last_exit_status=(last.status or 0) if last is not None else 0,
             last_exit_at=slot.exited_wall if last is not None else 0.0,
-            last_exit_expected=last.expected if last is not None else False)
+            last_exit_expected=last.expected if last is not None else False,
+            **self._checks(p))
 
     def _describe(self, slot: Slot) -> str:
         p = slot.process
@@ -688,6 +696,20 @@ class Supervisor(Takeover):
             return
         for listener in self.detail_listeners:
             listener(slot.process.program)
+
+    def _checks(self, p: Process) -> dict[str, Any]:
+        """ProcessInfo's readiness and health fields."""
+        cfg = p.config
+        out: dict[str, Any] = {"ready_check": cfg.ready.describe() if cfg.ready else "",
+                                  "status_text": p.status_text}
+        if cfg.health is not None:
+            health = self.probing.health(p.name)
+            if health is None or health.ok is None:
+                out["health"] = "unknown" if p.state is State.RUNNING else ""
+            else:
+                out.update(health="healthy" if health.ok else "unhealthy",
+                           health_detail=health.detail, health_failures=health.failures)
+        return out
 
     def _health_text(self, p: Process) -> str:
         health = self.probing.health(p.name)

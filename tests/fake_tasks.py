@@ -162,6 +162,7 @@ class FakeController:
 
     def __init__(self, tasks: FakeTasks | None) -> None:
         self.tasks = tasks
-        self.supervisor: Any = SimpleNamespace(config=SimpleNamespace(programs=[]))
+        self.supervisor: Any = SimpleNamespace(config=SimpleNamespace(programs=[]),
+                                                 detail_listeners=[])
         self.config_path = "/nonexistent/taskmaster.yaml"
         self.state = "running"

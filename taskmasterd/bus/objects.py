@@ -69,6 +69,15 @@ def process_row(info: ProcessInfo) -> list[object]:
             info.last_exit_status, us(info.last_exit_at), info.last_exit_expected]
 
 
+def readiness_row(info: ProcessInfo) -> list[object]:
+    """One struct of a program's Readiness property (1.3), (sssssu): name,
+    ready check ("" without `ready:`), STATUS= text, health ("" without
+    `health:` or when not RUNNING, "unknown", "healthy", "unhealthy"), the last
+    check's detail, failed checks in a row (docs/dbus-api.md)."""
+    return [info.name, info.ready_check, info.status_text, info.health, info.health_detail,
+            info.health_failures]
+
+
 def program_process(info: ProcessInfo) -> list[object]:
     """One struct of a program's Processes property, (ssuutitb): name,
     state, pid, restarts, started_us, last_exit_status, last_exit_us,
@@ -241,6 +250,12 @@ class Program(ServiceInterface):
     def State(self) -> 's':
         with dbus_errors("State"):
             return worst_state([i.state for i in self._infos()]).value
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Readiness(self) -> 'a(sssssu)':
+        """(1.3) `readiness_row` of each process: readiness and health."""
+        with dbus_errors("Readiness"):
+            return [readiness_row(i) for i in self._infos()]
 
     @dbus_property(access=PropertyAccess.READ)
     def Processes(self) -> 'a(ssuutitb)':

@@ -309,8 +309,11 @@ class BusService:
             # A transition changes Processes (and maybe State); Command and
             # NumProcs change only by a reload: sent only then (marshalling
             # is most of a signal's cost, and 1000 programs start at once).
-            props = ("State", "Processes", "Command", "NumProcs") if config_changed else \
-                ("State", "Processes")
+            props: tuple[str, ...] = ("State", "Processes", "Command", "NumProcs") \
+                if config_changed else ("State", "Processes")
+            config = self._c.supervisor.config.program(name)
+            if config_changed or (config is not None and (config.ready or config.health)):
+                props += ("Readiness",)  # (1.3) only where there is something to show
             obj.emit_properties_changed({prop: getattr(obj, prop) for prop in props})
 
     def properties_changed(self) -> None:

@@ -77,6 +77,25 @@ def test_start_is_ready_with_a_status_line(booted: Container) -> None:
     wait_until(status_text, 15, "StatusText with 'N running' (sd_notify STATUS=)")
 
 
+def test_readiness_under_systemd_and_no_notify_socket_leaks(booted: Container) -> None:
+    """web has `ready: {tcp: ...}` and `health: {http: ...}` in the example:
+    it is RUNNING and its check shows on D-Bus (Program.Readiness, 1.3).
+    The daemon runs with systemd's NOTIFY_SOCKET (Type=notify); a program
+    must never get it (its sd_notify would speak to systemd as the daemon)."""
+    box = booted
+    rows = wait_state(box, {"web": "RUNNING"})
+    web_env = box.run(["cat", f"/proc/{rows['web']['pid']}/environ"]).stdout.split("\0")
+    daemon = systemctl_show(box, "MainPID")
+    daemon_env = box.run(["cat", f"/proc/{daemon}/environ"]).stdout.split("\0")
+    assert any(v.startswith("NOTIFY_SOCKET=") for v in daemon_env), daemon_env
+    assert not any(v.startswith(("NOTIFY_SOCKET=", "WATCHDOG_")) for v in web_env), web_env
+    out = box.run(["busctl", "get-property", "org.taskmaster.Taskmaster1",
+                   "/org/taskmaster/Taskmaster1/program/web", "org.taskmaster.Taskmaster1.Program",
+                   "Readiness"]).stdout
+    assert out.startswith('a(sssssu) 1 "web" "tcp 127.0.0.1:8042" ""'), out
+    assert '"unknown"' in out or '"healthy"' in out, out  # its first check comes after 30 s
+
+
 def test_restart_and_the_bus_policy(booted: Container) -> None:
     box = booted
     before = pids(wait_state(box, dict.fromkeys(VOGSPHERE, "RUNNING")), VOGSPHERE)

@@ -314,13 +314,14 @@ def test_reload_signals_and_object_manager_from_the_manager_path(
             assert a_states == ["STOPPING", "STOPPED"]
             if not any(map(state_change("c-1", "RUNNING"), c.history)):
                 await c.next_signal(state_change("c-1", "RUNNING"))
-            # b's config changed: its PropertiesChanged carries Command/NumProcs too.
+            # b's config changed: its PropertiesChanged carries Command/NumProcs too
+            # (and Readiness, 1.3: its ready check is part of the config).
             # (the first one after Reloaded: one from b's start may come before)
             def b_props(m: Message) -> bool:
                 return m.member == "PropertiesChanged" and m.path == f"{PATH}/program/b"
             after = c.history[c.history.index(reloaded) + 1:]
             props = next(filter(b_props, after), None) or await c.next_signal(b_props)
-            assert set(props.body[1]) == {"State", "Processes", "Command", "NumProcs"}
+            assert set(props.body[1]) == {"State", "Processes", "Command", "NumProcs", "Readiness"}
             assert props.body[1]["Command"].value == SLEEPER
             # An invalid file: a named error with file:line, nothing changes.
             cfg.write_text(cfg.read_text().replace("stoptime: 2", "stoptime: -2"))

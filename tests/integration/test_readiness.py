@@ -7,6 +7,7 @@ NOTIFY_SOCKET never leaking into a program."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -45,6 +46,12 @@ def test_notify_ready_after_two_seconds_then_status_shown(write_config: WriteCon
     assert "ready (notify)" in running.message
     out = taskctl(bus_address, "status", "slow")
     assert "RUNNING" in out.stdout and "serving 3 clients" in out.stdout, out.stdout
+    # D-Bus (1.3): the Readiness property of the program
+    got = subprocess.run(["busctl", f"--address={bus_address}", "get-property",
+                          "org.taskmaster.Taskmaster1", "/org/taskmaster/Taskmaster1/program/slow",
+                          "org.taskmaster.Taskmaster1.Program", "Readiness"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    assert got.strip() == 'a(sssssu) 1 "slow" "notify" "serving 3 clients" "" "" 0', got
 
 
 def test_never_ready_is_stopped_then_fatal_after_its_retries(write_config: WriteConfig,
@@ -125,7 +132,8 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 
 
 def test_failing_health_check_restarts_and_alerts(write_config: WriteConfig, daemons: Start,
-                                                  workdir: Path, smtp_sink: SmtpSink) -> None:
+                                                  workdir: Path, smtp_sink: SmtpSink,
+                                                  bus_address: str) -> None:
     port = free_port()
     server = workdir / "health_server.py"
     server.write_text(HEALTH_SERVER)
@@ -148,6 +156,16 @@ def test_failing_health_check_restarts_and_alerts(write_config: WriteConfig, dae
     healthy.touch()  # the new process is healthy: no second verdict
     again = d.wait_for(event("RUNNING", "api"), timeout=15)
     assert again.pid != running.pid
+
+    def readiness() -> str:
+        return subprocess.run(
+            ["busctl", f"--address={bus_address}", "get-property", "org.taskmaster.Taskmaster1",
+             "/org/taskmaster/Taskmaster1/program/api", "org.taskmaster.Taskmaster1.Program",
+             "Readiness"], capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    wait_until("a healthy check on D-Bus", lambda: '"healthy"' in readiness())
+    assert readiness() == (f'a(sssssu) 1 "api" "tcp 127.0.0.1:{port}" "" "healthy" '
+                           f'"HTTP 200 from {url}" 0')
+    assert "; healthy" in taskctl(bus_address, "status", "api").stdout
     [msg] = smtp_sink.wait(1, timeout=30)
     text = mail_text(msg)
     assert "api" in text and "UNHEALTHY" in text and "HTTP 503" in text, text

@@ -28,7 +28,7 @@ import pytest
 from taskctl.client import Client as Taskctl
 from taskmasterd.busaddr import BusChoice
 from tests.dbus_fixtures import bus_directory, system_bus
-from tests.harness import Daemon, alive, event, parse_log, read_fifo
+from tests.harness import Daemon, alive, event, parse_log, read_fifo, wait_until
 from tests.integration.conftest import WriteConfig
 from tests.integration.test_dbus_service import client, state_change
 
@@ -250,6 +250,10 @@ def test_tail_by_a_caller_who_cannot_read_the_file(write_config: WriteConfig, wo
                 fd = c.open_log("talker", "stdout")
             path = os.readlink(f"/proc/self/fd/{fd}")
             os.close(fd)
+            # the line goes through the log writer: in the file a moment after
+            # the FIFO said ready (under load, not yet)
+            wait_until("the line in the output file",
+                       lambda: Path(path).read_text() == "secret line\n")
             os.chown(path, 0, 0)
             os.chmod(path, 0o600)
             cannot = subprocess.run([*AS_NOBODY, "cat", path], capture_output=True, text=True,
