@@ -156,3 +156,26 @@ def test_automatic_restarts_are_not_held(tmp_path: object) -> None:
         assert sup.process("db").state is State.STOPPED
     run(tmp_path, (prog("db"), prog("web", after=("db",), autorestart=AutoRestart.ALWAYS,
                                     cmd="sleep 0.5", argv=("sleep", "0.5"))), body)
+
+
+SLOW_STOP = ("sh", "-c", "trap 'sleep 0.3; exit 0' TERM; sleep 100000 & wait")
+
+
+def test_a_reload_removing_both_stops_the_dependent_first(tmp_path: object) -> None:
+    """The stops of a reload are ordered too: db (removed) is stopped once
+    web (removed, slow to stop) is down; the removed programs' own `after`
+    tells it."""
+    async def body(sup: Supervisor, bus: EventBus, events: list[Event]) -> None:
+        web_up = running(bus, "web")
+        sup.launch_autostart()
+        await web_up.wait()
+        mark = len(events)
+        db_down = Until(bus, lambda e: e.process == "db" and e.new_state is State.STOPPED)
+        plan = sup.reload(Config(path="/x.yaml", programs=(prog("other"),)))
+        assert plan.removed == ("db", "web")
+        await db_down.wait()
+        order = [(e.process, e.new_state or e.kind) for e in events[mark:]]
+        assert order.index(("web", State.STOPPED)) < order.index(("db", State.STOPPING))
+        assert ("db", Kind.WAITING) in order
+    run(tmp_path, (prog("db"), prog("web", after=("db",), cmd=" ".join(SLOW_STOP),
+                                    argv=SLOW_STOP)), body)
