@@ -14,7 +14,6 @@ daemon left running (taskmasterd/statestore).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import errno
 import logging
@@ -23,10 +22,10 @@ import signal as signals
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from taskmasterd import deps, spawn, targets
 from taskmasterd.busaddr import runtime_dir
+from taskmasterd.checking import Checking
 from taskmasterd.config import Config, OutputKind, ProgramConfig
 from taskmasterd.deadline import cancel as cancel_timer
 from taskmasterd.deadline import follow as follow_deadline
@@ -34,14 +33,13 @@ from taskmasterd.describe import description, reload_message, transition_message
 from taskmasterd.errors import AlreadyStarted, BadName, NoSuchProgram, NotAFile, NotRunning, ShuttingDown
 from taskmasterd.events import Event, EventBus, Kind, Reloaded
 from taskmasterd.logpipes import LogPipes
+from taskmasterd.ordering import DOWN, STARTABLE, Ordering
 from taskmasterd.probing import DAEMON_ONLY_ENV, Probing, Sink
 from taskmasterd.process import (
-    STARTED_STATES,
     Action,
     Changed,
     Kill,
     Process,
-    Refused,
     Spawn,
     SpawnError,
     State,
@@ -53,8 +51,6 @@ log = logging.getLogger("taskmasterd")
 
 # Start ordering (after:): a dependent in these states is down for a stop
 # that waits on it; a held start is made once its process is in STARTABLE.
-DOWN = frozenset({State.STOPPED, State.EXITED, State.FATAL, State.BACKOFF, State.UNKNOWN})
-STARTABLE = frozenset({State.STOPPED, State.EXITED, State.FATAL, State.UNKNOWN})
 
 
 @dataclass(frozen=True)
@@ -80,7 +76,7 @@ class ProcessInfo:
 
 
 @dataclass
-class Supervisor(Takeover):
+class Supervisor(Takeover, Ordering, Checking):
     config: Config
     bus: EventBus
     logdir: str
@@ -286,183 +282,6 @@ class Supervisor(Takeover):
     def _request(self, slot: Slot, request: Request) -> None:
         self._apply(slot, request(slot.process, self._loop.time()))
 
-    # ---- start ordering (after:, taskmasterd.deps) -------------------------
-
-    def _batch(self, todo: list[tuple[Slot, Request]]) -> list[Refused | None]:
-        """Make requests made together (one target, autostart, a reload, the
-        shutdown): the stop of a process (or the stop of its restart) waits
-        until its dependents among them are down; a start waits for its
-        `after` (held). Each request's refusal, or None."""
-        waits = self._stop_waits([slot for slot, request in todo if request is not Process.start])
-        out: list[Refused | None] = []
-        was_settling, self._settling = self._settling, True  # nothing released before all are made
-        try:
-            for slot, request in todo:
-                if slot in waits:
-                    self._held.pop(slot, None)
-                    self._deferred[slot] = (waits[slot], request)
-                    names = ", ".join(sorted(s.process.name for s in waits[slot]))
-                    self._publish_process(slot, Kind.WAITING,
-                                          f"stop waits until its dependents are down: {names}",
-                                          pid=slot.process.pid)
-                    self._tell(slot)
-            for slot, request in todo:
-                if slot in waits:
-                    out.append(None)
-                    continue
-                try:
-                    self._one(slot, request)
-                    out.append(None)
-                except Refused as r:
-                    out.append(r)
-        finally:
-            self._settling = was_settling
-        self._dirty = True
-        self._settle()
-        return out
-
-    def _stop_waits(self, slots: list[Slot]) -> dict[Slot, set[Slot]]:
-        """The processes of `slots` to stop only once some others of `slots`
-        (their dependents, not down) are down."""
-        graph = self._graph()
-        if len(slots) < 2 or not any(graph.values()):
-            return {}
-        every = deps.dependents(graph)
-        out: dict[Slot, set[Slot]] = {}
-        for slot in slots:
-            if slot.process.state not in (State.STARTING, State.RUNNING):
-                continue  # down or going down already: nothing to wait for
-            mine = every.get(slot.process.program, set())
-            waited = {o for o in slots if o.process.program in mine and o.process.state not in DOWN}
-            if waited:
-                out[slot] = waited
-        return out
-
-    def _graph(self) -> dict[str, tuple[str, ...]]:
-        """program -> its after, for the programs of the config and those a
-        reload removed that are still going down (their own, old, after)."""
-        graph: dict[str, tuple[str, ...]] = {p.name: p.after for p in self.config.programs}
-        for slot in self._retired:
-            graph.setdefault(slot.process.program, slot.process.config.after)
-        return graph
-
-    def _one(self, slot: Slot, request: Request) -> None:
-        if request is Process.stop:
-            self._stop_one(slot)
-        else:
-            self._ask(slot, request)
-
-    def _stop_one(self, slot: Slot) -> None:
-        """A stop: cancels a held start, and stops what runs."""
-        self._deferred.pop(slot, None)
-        waiting = self._held.pop(slot, None)
-        if waiting is not None:
-            self._publish_process(slot, Kind.WAITING,
-                                  f"start cancelled by a stop (it was {waiting})")
-            self._tell(slot)
-        try:
-            self._request(slot, Process.stop)
-        except Refused:
-            if waiting is None:
-                raise  # nothing to stop and no start to cancel
-
-    def _ask(self, slot: Slot, request: Request) -> None:
-        """A start, restart or relaunch: made at once if the programs of its
-        `after` are RUNNING; else what runs is stopped and the start held."""
-        self._deferred.pop(slot, None)
-        p = slot.process
-        if request is Process.relaunch and p.state in STARTABLE \
-                and not (p.want_up or p.config.autostart):
-            return  # a relaunch leaves a process stopped on purpose down
-        blocked = self._blockers(slot)
-        if not blocked or (request is Process.start and p.state in STARTED_STATES):
-            if slot in self._held:
-                del self._held[slot]
-                self._tell(slot)
-            self._request(slot, request)  # a start of a started process: refused
-            return
-        if p.state in STARTED_STATES or p.state is State.STOPPING:
-            # A restart: down now, up once they are RUNNING. A stop of a
-            # STOPPING process cancels the start it had pending.
-            self._request(slot, Process.stop)
-        text = deps.waiting_text(blocked)
-        if slot not in self._held:
-            self._publish_process(slot, Kind.WAITING,
-                                  f"start held: {text} (after: {', '.join(p.config.after)})")
-        self._held[slot] = text
-        self._tell(slot)
-
-    def _blockers(self, slot: Slot) -> list[tuple[str, str]]:
-        program = slot.process.config
-        states: dict[str, list[State]] = {}
-        for name in program.after:
-            config = self.config.program(name)
-            if config is None:
-                continue
-            states[name] = [State.STOPPING if s in self._deferred else s.process.state
-                            for s in (self.slots.get(n) for n in config.process_names())
-                            if s is not None]
-        return deps.blockers(program, states)
-
-    def _settle(self) -> None:
-        """Make the deferred stops whose dependents are down and the held
-        starts whose `after` programs are RUNNING; again while that changes
-        states."""
-        if self._settling:
-            return
-        if not self._held and not self._deferred:
-            self._dirty = False  # nothing waits: the common case, no ordering in the file
-            return
-        self._settling = True
-        try:
-            while self._dirty:
-                self._dirty = False
-                self._settle_stops()
-                self._settle_starts()
-        finally:
-            self._settling = False
-
-    def _settle_stops(self) -> None:
-        for slot, (waited, request) in list(self._deferred.items()):
-            for other in list(waited):
-                q = other.process
-                # Down, or started again (no stop of it is coming): no more waiting.
-                if q.state in DOWN or (other not in self._deferred and q.state in STARTED_STATES):
-                    waited.discard(other)
-            if waited or self._deferred.get(slot) is None:
-                continue
-            del self._deferred[slot]
-            with contextlib.suppress(Refused):
-                self._one(slot, request)
-
-    def _settle_starts(self) -> None:
-        live = set(self.slots.values())
-        for slot in list(self._held):
-            if slot not in self._held:
-                continue
-            p = slot.process
-            if slot not in live or self._shutting_down or p.state in STARTED_STATES:
-                del self._held[slot]  # removed, shutting down, or restarted by itself
-                self._tell(slot)
-                continue
-            if p.state is State.STOPPING:
-                continue  # the stop of its restart: not down yet
-            blocked = self._blockers(slot)
-            if blocked:
-                text = deps.waiting_text(blocked)
-                if text != self._held[slot]:
-                    self._held[slot] = text
-                    self._tell(slot)
-                continue
-            del self._held[slot]
-            with contextlib.suppress(Refused):
-                self._request(slot, Process.start)
-
-    def _tell(self, slot: Slot) -> None:
-        """Its description changed without a transition (held, released)."""
-        for listener in self.detail_listeners:
-            listener(slot.process.program)
-
     # ---- carrying out actions --------------------------------------------
 
     def _apply(self, slot: Slot, actions: list[Action]) -> None:
@@ -659,63 +478,3 @@ class Supervisor(Takeover):
                            tuple(plan.removed))
         self.bus.publish(Event(kind=Kind.RELOAD, reload=summary,
                                message=reload_message(plan, old)))
-
-    # ---- readiness and health (taskmasterd.probing) ------------------------
-
-    def _slot_of(self, name: str) -> Slot | None:
-        slot = self.slots.get(name)
-        if slot is None:
-            slot = next((s for s in self._retired if s.process.name == name), None)
-        return slot if slot is not None and slot.child is not None else None
-
-    def _probed(self, name: str, event: Callable[..., list[Action]], *args: object) -> None:
-        slot = self._slot_of(name)
-        if slot is not None:
-            self._apply(slot, event(slot.process, *args, self._loop.time()))
-
-    def _unhealthy(self, name: str, detail: str) -> None:
-        slot = self._slot_of(name)
-        if slot is None or slot.process.state is not State.RUNNING:
-            return
-        health = slot.process.config.health
-        count = health.failures if health is not None else 1
-        self._publish_process(slot, Kind.UNHEALTHY,
-                              f"unhealthy: the health check failed {count} time(s) in a row "
-                              f"({detail}); restarting", pid=slot.process.pid)
-        self._apply(slot, slot.process.on_unhealthy(detail, self._loop.time()))
-
-    def _status_text(self, name: str, text: str) -> None:
-        slot = self._slot_of(name)
-        if slot is not None and slot.process.status_text != text:
-            slot.process.status_text = text
-            self._details(name)
-
-    def _details(self, name: str) -> None:
-        slot = self._slot_of(name)
-        if slot is None:
-            return
-        for listener in self.detail_listeners:
-            listener(slot.process.program)
-
-    def _checks(self, p: Process) -> dict[str, Any]:
-        """ProcessInfo's readiness and health fields."""
-        cfg = p.config
-        out: dict[str, Any] = {"ready_check": cfg.ready.describe() if cfg.ready else "",
-                                  "status_text": p.status_text}
-        if cfg.health is not None:
-            health = self.probing.health(p.name)
-            if health is None or health.ok is None:
-                out["health"] = "unknown" if p.state is State.RUNNING else ""
-            else:
-                out.update(health="healthy" if health.ok else "unhealthy",
-                           health_detail=health.detail, health_failures=health.failures)
-        return out
-
-    def _health_text(self, p: Process) -> str:
-        health = self.probing.health(p.name)
-        if health is None or health.ok is None or p.config.health is None:
-            return ""
-        if health.ok:
-            return "; healthy"
-        return f"; unhealthy ({health.failures}/{p.config.health.failures}: {health.detail})"
-
