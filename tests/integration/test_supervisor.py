@@ -40,6 +40,36 @@ class Until:
             self.unsubscribe()
 
 
+def test_once_ready_nothing_probes_and_nothing_is_scheduled(tmp_path: object) -> None:
+    """Issue 15: a program with a readiness probe is probed only while
+    STARTING; once RUNNING the daemon is idle again (0 wakeups), as without
+    one. Here the probe (`false`) never succeeds: READY comes as a notify
+    would, and the prober still retrying must be cancelled by RUNNING."""
+    from taskmasterd.probeschema import Check
+
+    async def main() -> None:
+        bus = EventBus()
+        config = Config(path="/x.yaml", programs=(
+            prog("a", ready=Check("cmd", "false"), starttime=0),
+            prog("b", ready=Check("notify"), starttime=0)))
+        sup = Supervisor(config, bus, logdir=str(tmp_path), notify_dir=str(tmp_path) + "/n")
+        sup.launch_autostart()
+        loop = asyncio.get_running_loop()
+        for name in ("a", "b"):
+            slot = sup.slots[name]
+            assert slot.process.state is State.STARTING
+            sup._apply(slot, slot.process.on_ready("READY=1", loop.time()))
+            assert slot.process.state is State.RUNNING
+        await asyncio.sleep(0)  # sleep-ok: one loop turn, for the cancelled prober to finish
+        await asyncio.sleep(0)  # sleep-ok: and its cancellation to be delivered
+        assert all(s.process.deadline is None and s.timer is None for s in sup.slots.values())
+        assert [h for h in loop._scheduled if not h.cancelled()] == []  # type: ignore[attr-defined]
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        assert others == [], others
+        await sup.shutdown()
+    asyncio.run(main())
+
+
 def test_steady_state_has_no_timer_armed(tmp_path: object) -> None:
     async def main() -> None:
         bus = EventBus()
