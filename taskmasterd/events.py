@@ -38,6 +38,13 @@ class Kind(enum.StrEnum):
     # Issue 15: its health check failed `failures` times in a row (a restart
     # follows: STOPPING, EXITED, STARTING).
     UNHEALTHY = "UNHEALTHY"
+    # Issue 15, `restart: overlap` (taskmasterd/overlap.py): what an overlap
+    # restart does (successor spawned, ready, the old one stopped);
+    # OVERLAP_FAILED: it was abandoned, the old process keeps running (a
+    # RUNNING -> RUNNING transition with the same pid, expected False, so
+    # that a waiting client hears of it).
+    OVERLAP = "OVERLAP"
+    OVERLAP_FAILED = "OVERLAP_FAILED"
     # One-shot tasks and activities (taskmasterd/tasks): `Event.task` says
     # which, and its old and new state.
     TASK_QUEUED = "TASK_QUEUED"

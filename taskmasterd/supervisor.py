@@ -34,6 +34,7 @@ from taskmasterd.describe import description, reload_message, transition_message
 from taskmasterd.errors import AlreadyStarted, BadName, NoSuchProgram, NotAFile, NotRunning, ShuttingDown
 from taskmasterd.events import Event, EventBus, Kind, Reloaded
 from taskmasterd.logpipes import LogPipes
+from taskmasterd.overlap import OverlapBook, Overlaps, Successor
 from taskmasterd.probing import DAEMON_ONLY_ENV, Probing, Sink
 from taskmasterd.process import (
     Action,
@@ -74,7 +75,7 @@ class ProcessInfo:
 
 
 @dataclass
-class Supervisor(Takeover):
+class Supervisor(Overlaps, Takeover):
     config: Config
     bus: EventBus
     logdir: str
@@ -91,6 +92,7 @@ class Supervisor(Takeover):
     # Called with a program's name when what its processes show changed
     # without a transition (STATUS=, a health result): D-Bus PropertiesChanged.
     detail_listeners: list[Callable[[str], None]] = field(default_factory=list)
+    overlaps: OverlapBook = field(default_factory=OverlapBook)  # restart: overlap (overlap.py)
 
     def __post_init__(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -244,7 +246,7 @@ class Supervisor(Takeover):
         return list(self._alive)
 
     def live_children(self) -> int:
-        return len(self._alive)
+        return len(self._alive) + self.overlap_children()
 
     def counts(self) -> dict[State, int]:
         out: dict[State, int] = {}
@@ -271,11 +273,16 @@ class Supervisor(Takeover):
         return done
 
     def _request(self, slot: Slot, request: Request) -> None:
+        if self._overlap_request(slot, request):
+            return
         self._apply(slot, request(slot.process, self._loop.time()))
 
     # ---- carrying out actions --------------------------------------------
 
     def _apply(self, slot: Slot, actions: list[Action]) -> None:
+        if isinstance(slot, Successor):  # an overlap restart's new process (overlap.py)
+            self._successor_apply(slot, actions)
+            return
         for action in actions:
             if isinstance(action, Changed):
                 self._publish_change(slot, action)
@@ -357,6 +364,8 @@ class Supervisor(Takeover):
     def _exited(self, slot: Slot, status: int | None) -> None:
         """The exit, published once the output is in its files (at once for
         unbounded outputs: the child wrote them itself)."""
+        if self._overlap_exited(slot, status):
+            return
         self._alive.discard(slot)
         self.probing.gone(slot.process.name)
         slot.exited_wall = time.time()
@@ -421,7 +430,8 @@ class Supervisor(Takeover):
             name=p.name, program=p.program, state=p.state, pid=p.pid,
             exit_status=p.exit_status or 0,
             started_at=slot.started_wall if p.pid else 0.0,
-            description=description(p, time.time() - slot.started_wall) + self._health_text(p),
+            description=description(p, time.time() - slot.started_wall) + self._health_text(p)
+            + self._overlap_text(slot),
             spawn_error=err,
             restarts=p.restarts,
             last_exit_status=(last.status or 0) if last is not None else 0,
@@ -452,7 +462,7 @@ class Supervisor(Takeover):
     # ---- readiness and health (taskmasterd.probing) ------------------------
 
     def _slot_of(self, name: str) -> Slot | None:
-        slot = self.slots.get(name)
+        slot = self.slots.get(name) or self._successor_slot(name)
         if slot is None:
             slot = next((s for s in self._retired if s.process.name == name), None)
         return slot if slot is not None and slot.child is not None else None
