@@ -235,3 +235,24 @@ def test_nginx_twenty_overlapping_restarts_fail_no_request(
     took_over = [ln for ln in d.lines if ln.process == "web" and ln.kind == "RUNNING"][1:]
     assert [ln.message for ln in took_over] == [f"took over from pid {p} (overlap restart)"
                                                 for p in pids[:-1]]
+
+
+def test_the_old_process_dying_during_an_overlap_hands_over_at_once(
+        write_config: WriteConfig, daemons: Start, bus_address: str, workdir: Path) -> None:
+    """The successor takes the slot though not ready yet: RUNNING ->
+    STARTING (its pid), then RUNNING when it is ready, as any start."""
+    marker = workdir / "ran-once"
+    d = daemons(write_config({"web": {
+        "cmd": f"sh -c 'if [ -e {marker} ]; then sleep 2; fi; touch {marker}; "
+               "systemd-notify --ready; exec sleep 100000'",
+        "ready": "notify", "starttime": 0, "restart": "overlap", "stoptime": 2,
+        "stdout": None, "stderr": None}}))
+    old = d.wait_for(event("RUNNING", "web"), timeout=15).pid
+    assert taskctl(bus_address, "restart", "--no-block", "web").returncode == 0
+    new = d.wait_for(event("OVERLAP", "web")).pid
+    os.kill(old, signal.SIGKILL)
+    starting = d.wait_for(event("STARTING", "web"))
+    assert starting.pid == new and f"pid {old} exited (killed by SIGKILL)" in starting.message, \
+        starting.raw
+    running = d.wait_for(event("RUNNING", "web"), timeout=10)
+    assert running.pid == new and pid_of(bus_address, "web") == new
