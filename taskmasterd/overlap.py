@@ -22,17 +22,24 @@ A mixin of Supervisor (as takeover.Takeover), which calls it from a few
 hooks: `_overlap_request` (restart/relaunch/stop requests), `_overlap_exited`
 (an exit of a successor, or of a process being overlapped), `_successor_slot`
 (probing findings by key), `_overlap_text` (the process's description) and
-`live_children` (shutdown waits for successors too).
+`live_children` (shutdown waits for successors too); the daemon calls
+`abort_overlaps` before it re-executes itself.
+
+A successor is not in the state store's records (one per process name):
+after a crash of the daemon during an overlap, the next daemon takes back
+the old process and the successor is left running, unsupervised (logged
+nowhere: docs/readiness.md says so).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
-import logging
 import os
 import signal as signals
+import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -56,10 +63,8 @@ from taskmasterd.process import (
     describe_exit,
 )
 from taskmasterd.programschema import RestartMode
-from taskmasterd.statestore.records import ProcessRecord, Snapshot, launch_fingerprint
+from taskmasterd.statestore.records import launch_fingerprint
 from taskmasterd.takeover import Request, Slot
-
-log = logging.getLogger("taskmasterd")
 
 SUCCESSOR_SUFFIX = "~next"  # a successor's probing key: `web~next` (never a process name)
 
@@ -196,22 +201,6 @@ class Overlaps:
     def overlap_children(self) -> int:
         """Successors alive (shutdown waits for them as for the processes)."""
         return sum(1 for s in self._successors.values() if s.child is not None)
-
-    def snapshot(self) -> Snapshot:
-        """The state store's records, with each successor's after its old
-        process's: the next daemon (after a crash or a re-exec) takes back
-        the first record of a name and stops the second (Takeover.adopt):
-        the overlap is given up, never a copy left unsupervised. (The old
-        one first: across a re-exec its pidfd is handed over by name.)"""
-        base: Snapshot = super().snapshot()  # type: ignore[misc]
-        extra = {succ.process.name: succ for succ in self._successors.values()
-                 if succ.child is not None and not succ.abandoned}
-        records: list[ProcessRecord] = []
-        for rec in base.processes:
-            succ = extra.pop(rec.process, None)
-            mine = self._record(succ) if succ is not None else None
-            records += [rec] if mine is None else [rec, mine]
-        return dataclasses.replace(base, processes=tuple(records))
 
     # ---- the overlap ------------------------------------------------------------
 
@@ -410,33 +399,26 @@ class Overlaps:
     def _tell(self, owner: Slot, message: str, pid: int) -> None:
         self._publish_process(owner, Kind.OVERLAP, message, pid=pid)
 
-    def _record(self, succ: Successor) -> ProcessRecord | None:
-        child, p = succ.child, succ.process
-        if child is None:
-            return None
-        return ProcessRecord(
-            program=p.program, process=p.name, index=p.index, pid=child.pid,
-            start_ticks=child.start_ticks, fingerprint=succ.fingerprint, state=p.state,
-            started_at=succ.started_wall, restarts=0, stopsignal=int(p.config.stopsignal),
-            stoptime=p.config.stoptime)
+    # ---- a re-exec ---------------------------------------------------------------
 
-    # ---- after a crash: a second record of a name -----------------------------
-
-    def _stop_second_copy(self, rec: ProcessRecord, child: spawn.Child) -> None:
-        """A record whose process's place is taken (an overlap restart's
-        successor or its old process, recorded by a daemon that died during
-        the overlap): stop it with its stopsignal and reap it when it exits,
-        rather than leave a second copy running unsupervised."""
-        log.warning("%s: pid %d not re-adopted: its place is taken (an overlap restart was under "
-                    "way); sending it %s", rec.process, rec.pid, signals.Signals(rec.stopsignal).name)
-        spawn.kill_group(child, signals.Signals(rec.stopsignal))
-
-        def gone() -> None:
+    def abort_overlaps(self) -> None:
+        """Before our own re-exec: the state handed over has one record per
+        process name, so a successor could not be taken back. Kill each
+        (SIGKILL to its group) and reap it, the old process kept: the
+        overlap is given up (OVERLAP_FAILED). Waits at most a second each."""
+        for succ in list(self._successors.values()):
+            child, owner = succ.child, succ.owner
+            if not succ.abandoned:
+                self._abandon(succ, "taskmasterd re-executes itself", failed=True)
+            if child is None or owner is None:
+                continue
+            spawn.kill_group(child, signals.SIGKILL)
             self._loop.remove_reader(child.pidfd)
-            spawn.reap_adopted(child)
-            try:  # our own child after a re-exec: no zombie left behind
-                os.waitpid(child.pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-
-        self._loop.add_reader(child.pidfd, gone)
+            if child.popen is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.popen.wait(timeout=1.0)
+            os.close(child.pidfd)
+            succ.child = None
+            self.probing.gone(succ.key)
+            self.logpipes.release(succ.key)
+            self._drop(succ)

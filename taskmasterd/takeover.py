@@ -63,7 +63,6 @@ class Takeover:
     def _request(self, slot: Slot, request: Request) -> None: ...  # Supervisor's
     def _on_pidfd(self, slot: Slot) -> None: ...  # Supervisor's
     def _sync_timer(self, slot: Slot) -> None: ...  # Supervisor's
-    def _stop_second_copy(self, rec: ProcessRecord, child: spawn.Child) -> None: ...  # Overlaps'
 
     def snapshot(self) -> Snapshot:
         """Every process with a live child, for the state store."""
@@ -96,8 +95,9 @@ class Takeover:
                 self.logpipes.release(rec.process)
                 continue
             slot, leaving = self._adoption_slot(rec)
-            if slot is None:  # a second record of a name: an overlap restart's (overlap.py)
-                self._stop_second_copy(rec, child)
+            if slot is None:
+                log.warning("%s: pid %d not re-adopted: its place is taken", rec.process, rec.pid)
+                os.close(child.pidfd)
                 continue
             self._take_back(slot, child, rec)
             adopted.append(slot.process.name)

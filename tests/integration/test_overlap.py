@@ -256,3 +256,40 @@ def test_the_old_process_dying_during_an_overlap_hands_over_at_once(
         starting.raw
     running = d.wait_for(event("RUNNING", "web"), timeout=10)
     assert running.pid == new and pid_of(bus_address, "web") == new
+
+
+def zombies_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            if fields[0] == "Z" and int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def test_a_reexec_during_an_overlap_gives_it_up_and_keeps_the_old_process(
+        write_config: WriteConfig, daemons: Start, bus_address: str, workdir: Path) -> None:
+    """The handed-over state has one record per process: the successor is
+    killed and reaped before the exec (no zombie, no copy left running),
+    the old process kept and taken back."""
+    d = daemons(write_config({"web": once_ready(workdir, readytimeout=60)}))
+    old = d.wait_for(event("RUNNING", "web"), timeout=15).pid
+    assert taskctl(bus_address, "restart", "--no-block", "web").returncode == 0
+    new = d.wait_for(event("OVERLAP", "web")).pid
+    out = taskctl(bus_address, "daemon-reexec")
+    assert out.returncode == 0, out.stderr
+    failed = d.wait_for(event("OVERLAP_FAILED", "web"))
+    assert "taskmasterd re-executes itself" in failed.message and f"pid {old} keeps running" in \
+        failed.message
+    assert not alive(new) and not zombies_of(d.pid)
+    d.wait_for(lambda ln: ln.kind == "DAEMON_START")
+    assert alive(old) and pid_of(bus_address, "web") == old
+    assert "RUNNING" in taskctl(bus_address, "status", "web").stdout
+    # Still supervised: a stop stops it.
+    assert taskctl(bus_address, "stop", "web").returncode == 0
+    assert not alive(old)
