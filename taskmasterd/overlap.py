@@ -391,9 +391,9 @@ class Overlaps:
         else:
             message = (f"pid {old_pid} exited ({describe_exit(status)}) during an overlap restart; "
                        f"its successor pid {new.pid} takes over, not ready yet")
-        self.probing.changed(name, new.config, State.RUNNING, new.state)
+        self.probing.changed(name, new.config, old.state, new.state)
         self.bus.publish(Event(kind=new.state, message=message, process=name, program=new.program,
-                               old_state=State.RUNNING, new_state=new.state, pid=new.pid))
+                               old_state=old.state, new_state=new.state, pid=new.pid))
         self._sync_timer(owner)
 
     def _tell(self, owner: Slot, message: str, pid: int) -> None:
