@@ -20,6 +20,7 @@ import pytest
 
 from tests.harness import Daemon, event, wait_until
 from tests.integration.conftest import WriteConfig
+from tests.integration.test_readiness import environ_of
 from tests.integration.test_real_programs import NGINX, free_port, wait_port
 from tests.integration.test_taskctl import taskctl
 
@@ -65,8 +66,9 @@ def test_a_successor_never_ready_is_abandoned_and_the_old_pid_keeps_running(
     running = d.wait_for(event("RUNNING", "web"), timeout=15)
     old, since = running.pid, d.cursor
     out = taskctl(bus_address, "restart", "web")
-    assert out.returncode != 0, out
-    assert "overlap restart failed" in out.stderr and "not ready within 2 s" in out.stderr, out.stderr
+    assert out.returncode == 1, out
+    assert out.stderr.startswith("web: ERROR (overlap restart failed): pid "), out.stderr
+    assert "overlap restart failed: the successor was not ready within 2 s (notify)" in out.stderr
     spawned = d.wait_for(event("OVERLAP", "web"))
     assert "successor pid" in spawned.message and spawned.pid != old
     failed = d.wait_for(event("OVERLAP_FAILED", "web"))
@@ -293,3 +295,22 @@ def test_a_reexec_during_an_overlap_gives_it_up_and_keeps_the_old_process(
     # Still supervised: a stop stops it.
     assert taskctl(bus_address, "stop", "web").returncode == 0
     assert not alive(old)
+
+
+def test_a_reload_changing_a_launch_setting_overlaps(write_config: WriteConfig, daemons: Start,
+                                                     bus_address: str) -> None:
+    """Without `ready:` the successor is RUNNING after starttime; the
+    configuration change costs no downtime."""
+    program = {"cmd": "sleep 100000", "starttime": 1, "restart": "overlap", "env": {"V": "1"},
+               "stdout": None, "stderr": None}
+    cfg = write_config({"web": program})
+    d = daemons(cfg)
+    old = d.wait_for(event("RUNNING", "web"), timeout=15).pid
+    since = d.cursor
+    write_config({"web": {**program, "env": {"V": "2"}}})
+    assert taskctl(bus_address, "reload").returncode == 0
+    took = d.wait_for(event("RUNNING", "web"), timeout=15)
+    assert took.message == f"took over from pid {old} (overlap restart)" and took.pid != old
+    assert environ_of(took.pid)["V"] == "2" and not alive(old)
+    said = [ln.kind for ln in d.lines[since:] if ln.process == "web"]
+    assert said == ["OVERLAP", "OVERLAP", "RUNNING"], d.text()
