@@ -34,12 +34,11 @@ nowhere: docs/readiness.md says so).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import errno
 import os
+import select
 import signal as signals
-import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -133,6 +132,7 @@ class Overlaps:
     probing: Probing
 
     def _on_pidfd(self, slot: Slot) -> None: ...  # Supervisor's
+    def _apply(self, slot: Slot, actions: list[Action]) -> None: ...  # Supervisor's
     def _sync_timer(self, slot: Slot) -> None: ...  # Supervisor's
     def _check_all_down(self) -> None: ...  # Supervisor's
     def _publish_process(self, slot: Slot, kind: Kind, message: str, *, pid: int = 0,
@@ -158,10 +158,12 @@ class Overlaps:
                 why = "stop requested" if request is Process.stop else "a reload restarts it"
                 self._abandon(succ, why, failed=False)
             return False
-        if succ is not None and request is Process.restart:
-            raise Refused("AlreadyStarted",
-                          f"{slot.process.name}: the successor pid {succ.process.pid} of an abandoned "
-                          "overlap restart is still going down; try again in a moment")
+        if succ is not None:  # abandoned, its successor still going down: not a second one yet
+            if request is Process.restart and overlaps(slot.process, request):
+                raise Refused("AlreadyStarted",
+                              f"{slot.process.name}: the successor pid {succ.process.pid} of an "
+                              "abandoned overlap restart is still going down; try again in a moment")
+            return False  # a relaunch then restarts it stop-start
         if not overlaps(slot.process, request):
             return False
         self._begin(slot)
@@ -282,10 +284,11 @@ class Overlaps:
         sig = old.config.stopsignal
         self._tell(owner, f"successor pid {succ.process.pid} ready; stopping pid {succ.old_pid} "
                           f"(SIG{sig.name.removeprefix('SIG')})", succ.process.pid)
-        # The old one is on its way out: no watchdog, no health check for it.
+        # The old one is on its way out: no watchdog (its WATCHDOG=1 no longer
+        # heard: its notify socket closes), no health check.
         old.deadline = None
         cancel_timer(owner)
-        self.probing.changed(old.name, old.config, State.RUNNING, State.STOPPING)
+        self.probing.gone(old.name)
         if owner.child is not None:
             spawn.kill_group(owner.child, sig)
         self._arm_kill(succ, old.config.stoptime)
@@ -308,11 +311,15 @@ class Overlaps:
                               pid=owner.child.pid)
         self._arm_kill(succ, max(stoptime, 1.0))
 
-    def _abandon(self, succ: Successor, why: str, *, failed: bool) -> None:
+    def _abandon(self, succ: Successor, why: str, *, failed: bool, restart: bool = True) -> None:
         """Give the overlap up: the successor is stopped (if alive) and only
-        waited for; the old process is left as it is."""
+        waited for; the old process is left as it is, unless it was already
+        told to stop (the successor died after it was ready): then it is
+        restarted stop-start (`restart`), visibly (STOPPING, STOPPED,
+        STARTING), so that the restart asked for still happens."""
         owner = succ.owner
         assert owner is not None
+        again = failed and restart and succ.handover and owner.process.state is State.RUNNING
         succ.abandoned = why
         if succ.kill_timer is not None:
             succ.kill_timer.cancel()
@@ -322,12 +329,15 @@ class Overlaps:
             old = owner.process
             if succ.handover:  # the old one was told to stop: it goes down
                 text = (f"overlap restart of {old.name} failed: {why}; pid {succ.old_pid} was "
-                        "already told to stop")
+                        "already told to stop" + (": restarting it stop-start" if again else ""))
             else:
                 text = f"overlap restart of {old.name} failed: {why}; pid {old.pid} keeps running"
             self.bus.publish(Event(kind=Kind.OVERLAP_FAILED, message=text, process=old.name,
                                    program=old.program, old_state=old.state, new_state=old.state,
                                    pid=old.pid, expected=False))
+            # Only those of processes still running with that pid: bounded.
+            self.overlaps.failures = {s: f for s, f in self.overlaps.failures.items()
+                                      if s.process.pid == f[0]}
             self.overlaps.failures[owner] = (old.pid, why)
         else:
             self._tell(owner, f"overlap restart of {owner.process.name} cancelled ({why})"
@@ -337,6 +347,8 @@ class Overlaps:
             self._successor_apply(succ, succ.process.stop(self._loop.time()))
         elif succ.child is None:
             self._drop(succ)
+        if again:  # its stop signal was sent: a second one is harmless; its deadline is the machine's
+            self._apply(owner, owner.process.restart(self._loop.time()))
 
     def _successor_exited(self, succ: Successor, status: int | None) -> None:
         self.probing.gone(succ.key)
@@ -403,22 +415,39 @@ class Overlaps:
 
     def abort_overlaps(self) -> None:
         """Before our own re-exec: the state handed over has one record per
-        process name, so a successor could not be taken back. Kill each
-        (SIGKILL to its group) and reap it, the old process kept: the
-        overlap is given up (OVERLAP_FAILED). Waits at most a second each."""
-        for succ in list(self._successors.values()):
-            child, owner = succ.child, succ.owner
-            if not succ.abandoned:
-                self._abandon(succ, "taskmasterd re-executes itself", failed=True)
-            if child is None or owner is None:
+        process name, so no successor can cross it. An overlap still
+        waiting for its successor is given up (the successor killed with
+        SIGKILL and reaped: OVERLAP_FAILED, the old process kept); one whose
+        old process was already told to stop is completed (the old one
+        killed with SIGKILL and reaped, the successor takes over). Waits at
+        most a second for each."""
+        for owner, succ in list(self._successors.items()):
+            if succ.handover and not succ.abandoned and succ.child is not None:
+                status = None  # the old one may be reaped already, its exit not yet published
+                if owner.child is not None:
+                    status = self._kill_now(owner.child)
+                    owner.child, owner.pipes = None, []
+                self._take_over(owner, succ, status)
                 continue
-            spawn.kill_group(child, signals.SIGKILL)
-            self._loop.remove_reader(child.pidfd)
-            if child.popen is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    child.popen.wait(timeout=1.0)
-            os.close(child.pidfd)
-            succ.child = None
-            self.probing.gone(succ.key)
-            self.logpipes.release(succ.key)
+            if not succ.abandoned:
+                self._abandon(succ, "taskmasterd re-executes itself", failed=True, restart=False)
+            if succ.child is not None:
+                self._kill_now(succ.child)
+                succ.child = None
+                self.probing.gone(succ.key)
+                self.logpipes.release(succ.key)
             self._drop(succ)
+
+    def _kill_now(self, child: spawn.Child) -> int | None:
+        """SIGKILL `child`'s group, wait (a second at most) and reap it: its
+        status, None if unknown (adopted, or still not gone)."""
+        spawn.kill_group(child, signals.SIGKILL)
+        self._loop.remove_reader(child.pidfd)
+        select.select([child.pidfd], [], [], 1.0)  # a pidfd is readable once the process exited
+        if child.adopted:
+            spawn.reap_adopted(child)
+            return None
+        status = spawn.collect(child)
+        if status is None:
+            os.close(child.pidfd)  # not gone within a second: unsupervised from now on
+        return status

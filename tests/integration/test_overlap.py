@@ -314,3 +314,60 @@ def test_a_reload_changing_a_launch_setting_overlaps(write_config: WriteConfig, 
     assert environ_of(took.pid)["V"] == "2" and not alive(old)
     said = [ln.kind for ln in d.lines[since:] if ln.process == "web"]
     assert said == ["OVERLAP", "OVERLAP", "RUNNING"], d.text()
+
+
+def slow_to_stop(workdir: Path, successor_fails: bool) -> dict[str, object]:
+    """Ready at once; takes 3 s to stop on SIGTERM. The second run (the
+    successor) dies 1 s after it was ready if `successor_fails`."""
+    count, script = workdir / "runs", workdir / "slow-to-stop.sh"
+    fail = "if [ $n = 2 ]; then sleep 1; exit 3; fi" if successor_fails else ""
+    script.write_text(f"""#!/bin/sh
+n=$(cat {count} 2>/dev/null || echo 0); n=$((n + 1)); echo $n > {count}
+systemd-notify --ready
+{fail}
+trap 'sleep 3; exit 0' TERM
+while :; do sleep 0.2; done
+""")
+    script.chmod(0o755)
+    return {"cmd": str(script), "ready": "notify", "starttime": 0, "restart": "overlap",
+            "stoptime": 10, "stdout": None, "stderr": None}
+
+
+def test_a_successor_dying_after_it_was_ready_restarts_the_process_stop_start(
+        write_config: WriteConfig, daemons: Start, bus_address: str, workdir: Path) -> None:
+    """The old process was already told to stop: the restart asked for
+    still happens, visibly (STOPPING, STOPPED, STARTING, RUNNING)."""
+    d = daemons(write_config({"web": slow_to_stop(workdir, successor_fails=True)}))
+    old = d.wait_for(event("RUNNING", "web"), timeout=15).pid
+    since = d.cursor
+    out = taskctl(bus_address, "restart", "web")
+    assert out.returncode == 0, out.stderr
+    failed = d.wait_for(event("OVERLAP_FAILED", "web"))
+    assert "the successor exited after it was ready (exit status 3)" in failed.message
+    assert f"pid {old} was already told to stop: restarting it stop-start" in failed.message
+    running = d.wait_for(event("RUNNING", "web"), timeout=15)
+    assert running.pid not in (0, old) and pid_of(bus_address, "web") == running.pid
+    said = [ln.kind for ln in d.lines[since:] if ln.process == "web"]
+    assert said == ["OVERLAP", "OVERLAP", "OVERLAP_FAILED", "STOPPING", "STOPPED", "STARTING",
+                    "RUNNING"], d.text()
+
+
+def test_a_reexec_during_the_handover_completes_it(write_config: WriteConfig, daemons: Start,
+                                                   bus_address: str, workdir: Path) -> None:
+    """The successor is ready and the old process stopping: the old one is
+    killed, the successor takes over, and the new image takes it back."""
+    d = daemons(write_config({"web": slow_to_stop(workdir, successor_fails=False)}))
+    old = d.wait_for(event("RUNNING", "web"), timeout=15).pid
+    assert taskctl(bus_address, "restart", "--no-block", "web").returncode == 0
+    d.wait_for(event("OVERLAP", "web"))
+    handover = d.wait_for(event("OVERLAP", "web"))
+    assert f"stopping pid {old}" in handover.message, handover.raw
+    out = taskctl(bus_address, "daemon-reexec")
+    assert out.returncode == 0, out.stderr
+    took = d.wait_for(event("RUNNING", "web"))
+    assert took.message == f"took over from pid {old} (overlap restart)" and took.pid == handover.pid
+    d.wait_for(lambda ln: ln.kind == "DAEMON_START")
+    assert not alive(old) and not zombies_of(d.pid)
+    assert pid_of(bus_address, "web") == took.pid
+    assert taskctl(bus_address, "stop", "web").returncode == 0
+    assert not alive(took.pid)
