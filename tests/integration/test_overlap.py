@@ -32,7 +32,7 @@ def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
+    except OSError:  # gone (ENOENT, or ESRCH while reading)
         return False
 
 
@@ -267,7 +267,7 @@ def zombies_of(pid: int) -> list[int]:
             try:
                 with open(f"/proc/{entry}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
-            except FileNotFoundError:
+            except OSError:
                 continue
             if fields[0] == "Z" and int(fields[1]) == pid:
                 found.append(int(entry))

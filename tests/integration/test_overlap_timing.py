@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from pathlib import Path
-
 import time
+from pathlib import Path
 
 from taskmasterd.events import Event, Kind
 from taskmasterd.process import State
@@ -27,7 +26,7 @@ def dead(pid: int) -> None:
             with open(f"/proc/{pid}/stat") as f:
                 if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
                     return
-        except FileNotFoundError:
+        except OSError:  # gone (ENOENT, or ESRCH while reading)
             return
         time.sleep(0.01)  # sleep-ok: polling /proc in a thread; the virtual clock stands still
     raise AssertionError(f"pid {pid} still alive after 10 s")
