@@ -154,10 +154,14 @@ http {{
     }}
 }}
 """)
-    # starttime 1: the tcp probe on a shared port may be answered by the
-    # old nginx; the successor has bound its listener long before 1 s.
-    return {"cmd": f"{NGINX} -p {workdir}/ -e {workdir}/nginx-error.log -c {conf} -g 'daemon off;'",
-            "ready": {"tcp": f"127.0.0.1:{port}"}, "starttime": 1, "readytimeout": 10,
+    # A tcp probe of the shared port may be answered by the old nginx
+    # (docs/readiness.md): the probe checks that the master started last
+    # (its pid written just before its exec) has its own listeners.
+    starting = workdir / "starting.pid"
+    probe = (f"sh -c 'ss -Hltnp \"sport = :{port}\" | grep -q \"pid=$(cat {starting}),\"'")
+    return {"cmd": f"sh -c 'echo $$ > {starting}; exec {NGINX} -p {workdir}/ "
+                   f"-e {workdir}/nginx-error.log -c {conf} -g \"daemon off;\"'",
+            "ready": {"cmd": probe}, "starttime": 0, "readytimeout": 10,
             "restart": "overlap", "stopsignal": "QUIT", "stoptime": 10}
 
 
