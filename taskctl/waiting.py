@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TextIO, TypeVar
 
 from taskctl.context import Context
@@ -85,8 +85,15 @@ class Waited(Protocol, Generic[O_, R]):
 class Watch:
     """The processes one command waits for, and what is known of them."""
 
-    def __init__(self, command: str, names: Iterable[str]) -> None:
+    def __init__(self, command: str, names: Iterable[str],
+                 pids: Mapping[str, int] | None = None) -> None:
+        """`pids`: for a restart, each process's pid before the request: an
+        overlap restart (`restart: overlap`) keeps the process RUNNING and
+        is done when RUNNING -> RUNNING brings another pid; the same pid
+        back (expected false) means it failed, the old process kept."""
         self.command = command
+        self._before = dict(pids or {})
+        self._overlap_failed: set[str] = set()
         self.up = GOALS[command] == "up"
         self.names = list(dict.fromkeys(names))
         self.state: dict[str, str] = {n: "" for n in self.names}
@@ -112,6 +119,12 @@ class Watch:
         name, new = event.process, event.new
         self.state[name] = new
         self.waiting.pop(name, None)
+        if self.up and event.old == RUNNING == new and name not in self._started:
+            if event.pid != self._before.get(name, event.pid):
+                return self._decide(Outcome(name, True, new))  # the successor took over
+            self._overlap_failed.add(name)
+            self.recheck = True  # the rows say why
+            return []
         if self.up:
             if new == STARTING:
                 self._started.add(name)
@@ -159,6 +172,10 @@ class Watch:
         if STOP_HELD in row.description:
             return None  # its stop (or its restart's) comes once its dependents are down
         if self.up:
+            if state == RUNNING and self._overlapping(row):
+                if name not in self._overlap_failed:
+                    return None  # an overlap restart under way: the old pid still serves
+                return Outcome(name, False, state, "overlap restart failed", row.description)
             if state == RUNNING:
                 return Outcome(name, True, state)
             if state in UP_WAY:
@@ -179,6 +196,11 @@ class Watch:
             return None
         return Outcome(name, False, state, "started again",
                        f"{state} again (started by another request?)")
+
+    def _overlapping(self, row: ProcessRow) -> bool:
+        """A restarted process still RUNNING with the pid it had before."""
+        return (self.command == "restart" and row.name not in self._started and row.pid != 0
+                and row.pid == self._before.get(row.name))
 
     def _decide(self, outcome: Outcome) -> list[Outcome]:
         self.outcomes[outcome.process] = outcome
@@ -363,8 +385,10 @@ def act_and_wait(ctx: Context, command: str, targets: Sequence[str],
     names: list[str] = []
     with client.subscription():
         started = time.monotonic()
+        # A restart's pids before it: how an overlap restart's end is told.
+        pids = {r.name: r.pid for r in client.list_processes()} if command == "restart" else {}
         code = request_each(ctx, command, targets, results, names.extend)
-        watch = Watch(command, names)
+        watch = Watch(command, names, pids)
 
         def report(outcome: Outcome) -> None:
             if ctx.json:

@@ -25,11 +25,12 @@ class Checking:
     detail_listeners: list[Callable[[str], None]]
 
     def _apply(self, slot: Slot, actions: list[Action]) -> None: ...
+    def _successor_slot(self, name: str) -> Slot | None: ...
     def _publish_process(self, slot: Slot, kind: Kind, message: str, *, pid: int = 0) -> None: ...
 
 
     def _slot_of(self, name: str) -> Slot | None:
-        slot = self.slots.get(name)
+        slot = self.slots.get(name) or self._successor_slot(name)
         if slot is None:
             slot = next((s for s in self._retired if s.process.name == name), None)
         return slot if slot is not None and slot.child is not None else None

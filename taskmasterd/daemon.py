@@ -137,6 +137,7 @@ class Daemon:
         """Hand the state over (memfd) and become the taskmasterd on disk now,
         with the same pid: children stay ours, their pidfds stay open."""
         sup = self.supervisor
+        sup.abort_overlaps()  # a successor has no record to be taken back by (overlap.py)
         snapshot = sup.snapshot()
         pidfds: dict[str, int] = {}
         for slot in sup.live_slots():

@@ -41,6 +41,13 @@ class Kind(enum.StrEnum):
     # Issue 15: a start is held until the programs of its `after:` are
     # RUNNING (taskmasterd.deps); the message says which and their state.
     WAITING = "WAITING"
+    # Issue 15, `restart: overlap` (taskmasterd/overlap.py): what an overlap
+    # restart does (successor spawned, ready, the old one stopped);
+    # OVERLAP_FAILED: it was abandoned, the old process keeps running (a
+    # RUNNING -> RUNNING transition with the same pid, expected False, so
+    # that a waiting client hears of it).
+    OVERLAP = "OVERLAP"
+    OVERLAP_FAILED = "OVERLAP_FAILED"
     # One-shot tasks and activities (taskmasterd/tasks): `Event.task` says
     # which, and its old and new state.
     TASK_QUEUED = "TASK_QUEUED"

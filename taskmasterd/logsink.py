@@ -192,8 +192,8 @@ class _BatchedFile(_Batching, logging.handlers.WatchedFileHandler):
 def level_of(event: Event) -> int:
     if event.kind in (State.FATAL, Kind.RELOAD_FAILED, State.UNKNOWN):
         return logging.ERROR
-    if event.kind in (State.BACKOFF, Kind.SPAWN_ERROR, Kind.KILLED, Kind.UNHEALTHY, Kind.TASK_FAILED,
-                      Kind.TASK_LOST, Kind.ACTIVITY_FAILED):
+    if event.kind in (State.BACKOFF, Kind.SPAWN_ERROR, Kind.KILLED, Kind.UNHEALTHY,
+                      Kind.OVERLAP_FAILED, Kind.TASK_FAILED, Kind.TASK_LOST, Kind.ACTIVITY_FAILED):
         return logging.WARNING
     if event.kind == State.EXITED and not event.expected:
         return logging.WARNING

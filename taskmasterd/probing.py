@@ -117,18 +117,27 @@ class Probing:
 
     def spawned(self, process: str, config: ProgramConfig, pid: int, *, starting: bool = True) -> None:
         """The child runs: listen to it; probe it while STARTING."""
+        # The callbacks name the process by its watch (`w.process`), not by
+        # `process`: a rename (a reload, an overlap restart's successor taking
+        # the slot) must carry them along.
         w = self._watches.get(process)
         if w is not None and w.endpoint is not None:
+            watch = w
             w.endpoint.watch(asyncio.get_running_loop(), pid,
-                             lambda notice: self._notice(process, notice),
-                             lambda reason: self._ignored(process, reason))
+                             lambda notice: self._notice(watch.process, notice),
+                             lambda reason: self._ignored(watch.process, reason))
         if starting and config.ready is not None and config.ready.kind != "notify":
             w = self._watch(process)
-            w.prober = ReadinessProber(_spec(config.ready), lambda detail: self._sink.ready(process, detail),
+            probed = w
+            w.prober = ReadinessProber(_spec(config.ready),
+                                       lambda detail: self._sink.ready(probed.process, detail),
                                        env=dict(config.env), cwd=config.workingdir, user=_uid(config.user))
             w.prober.start()
 
-    def changed(self, process: str, config: ProgramConfig, old: State, new: State) -> None:
+    def changed(self, process: str, config: ProgramConfig, old: State, new: State, *,
+                health: bool = True) -> None:
+        """A transition. `health` False: no health check even if RUNNING (an
+        overlap restart's successor, checked once it has taken the slot)."""
         w = self._watches.get(process)
         if old is State.STARTING and w is not None and w.prober is not None:
             w.prober.cancel()
@@ -136,7 +145,7 @@ class Probing:
         if old is State.RUNNING and w is not None and w.checker is not None:
             w.checker.cancel()
             w.checker = None
-        if new is State.RUNNING and config.health is not None:
+        if new is State.RUNNING and config.health is not None and health:
             self._start_health(process, config)
 
     def reconfigured(self, process: str, config: ProgramConfig, state: State) -> None:
@@ -210,10 +219,10 @@ class Probing:
             w.health.ok, w.health.detail = ok, detail
             w.health.failures = 0 if ok else w.health.failures + 1
             if changed or not ok:
-                self._sink.details(process)
+                self._sink.details(w.process)
 
         w.checker = HealthChecker(_spec(h.check), h.interval, h.timeout, h.failures,
-                                  lambda detail: self._sink.unhealthy(process, detail),
+                                  lambda detail: self._sink.unhealthy(w.process, detail),
                                   on_result=result, env=dict(config.env), cwd=config.workingdir,
                                   user=_uid(config.user))
         w.checker.start()

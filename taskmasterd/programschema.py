@@ -58,6 +58,13 @@ class AutoRestart(enum.Enum):
     UNEXPECTED = "unexpected"
 
 
+class RestartMode(enum.Enum):
+    """How an administrative restart of a RUNNING process goes (docs/readiness.md)."""
+
+    STOP_START = "stop-start"  # stop it, then start it again (supervisord's)
+    OVERLAP = "overlap"  # start the successor, wait until it is ready, then stop the old one
+
+
 class OutputKind(enum.Enum):
     AUTO = "auto"  # key absent: the journal under journald, else a file in logdir
     NULL = "null"  # explicitly discarded (null, ~, /dev/null)
@@ -321,6 +328,14 @@ class ProgramReader(NodeReader):
         except ValueError:
             raise Reject(f"expected {what}, found {show(scalar)}") from None
 
+    def _restart_mode(self, node: Node) -> RestartMode:
+        what = "stop-start or overlap"
+        scalar = self._scalar(node, what)
+        try:
+            return RestartMode(scalar.value.lower())
+        except ValueError:
+            raise Reject(f"expected {what}, found {show(scalar)}") from None
+
     def _exitcodes(self, node: Node, kp: str) -> frozenset[int]:
         if isinstance(node, ScalarNode):
             return frozenset({self._int(node, 0, 255)})
@@ -484,6 +499,9 @@ class ProgramConfig:
     # Start ordering (taskmasterd.deps): started only once these programs
     # are RUNNING; stopped before them. Not a launch setting: in place.
     after: tuple[str, ...] = key((), read=lambda r, kp, n: r._after(n, kp))
+    # How `taskctl restart` restarts a RUNNING process (taskmasterd.overlap):
+    # applies in place, the next restart follows it.
+    restart: RestartMode = key(RestartMode.STOP_START, read=lambda r, kp, n: r._restart_mode(n))
     # Readiness and health (issue 15; taskmasterd.probeschema). `ready` and
     # `watchdog` shape the exec'd process (NOTIFY_SOCKET, WATCHDOG_USEC):
     # launch settings. `readytimeout` and `health` apply in place.

@@ -34,6 +34,7 @@ from taskmasterd.errors import AlreadyStarted, BadName, NoSuchProgram, NotAFile,
 from taskmasterd.events import Event, EventBus, Kind, Reloaded
 from taskmasterd.logpipes import LogPipes
 from taskmasterd.ordering import DOWN, STARTABLE, Ordering
+from taskmasterd.overlap import OverlapBook, Overlaps, Successor
 from taskmasterd.probing import DAEMON_ONLY_ENV, Probing, Sink
 from taskmasterd.process import (
     Action,
@@ -48,10 +49,6 @@ from taskmasterd.reload import ReloadPlan, plan_reload
 from taskmasterd.takeover import Request, Slot, Takeover
 
 log = logging.getLogger("taskmasterd")
-
-# Start ordering (after:): a dependent in these states is down for a stop
-# that waits on it; a held start is made once its process is in STARTABLE.
-
 
 @dataclass(frozen=True)
 class ProcessInfo:
@@ -76,7 +73,7 @@ class ProcessInfo:
 
 
 @dataclass
-class Supervisor(Takeover, Ordering, Checking):
+class Supervisor(Overlaps, Takeover, Ordering, Checking):
     config: Config
     bus: EventBus
     logdir: str
@@ -104,6 +101,7 @@ class Supervisor(Takeover, Ordering, Checking):
     _depth: int = 0  # nesting of _apply: settle once the outermost is done
     _dirty: bool = False  # a state changed since the last settle
     _settling: bool = False  # settling, or a batch of requests is being made
+    overlaps: OverlapBook = field(default_factory=OverlapBook)  # restart: overlap (overlap.py)
 
     def __post_init__(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -258,7 +256,7 @@ class Supervisor(Takeover, Ordering, Checking):
         return list(self._alive)
 
     def live_children(self) -> int:
-        return len(self._alive)
+        return len(self._alive) + self.overlap_children()
 
     def counts(self) -> dict[State, int]:
         out: dict[State, int] = {}
@@ -280,11 +278,16 @@ class Supervisor(Takeover, Ordering, Checking):
         return done
 
     def _request(self, slot: Slot, request: Request) -> None:
+        if self._overlap_request(slot, request):
+            return
         self._apply(slot, request(slot.process, self._loop.time()))
 
     # ---- carrying out actions --------------------------------------------
 
     def _apply(self, slot: Slot, actions: list[Action]) -> None:
+        if isinstance(slot, Successor):  # an overlap restart's new process (overlap.py)
+            self._successor_apply(slot, actions)
+            return
         self._depth += 1
         try:
             for action in actions:
@@ -372,6 +375,8 @@ class Supervisor(Takeover, Ordering, Checking):
     def _exited(self, slot: Slot, status: int | None) -> None:
         """The exit, published once the output is in its files (at once for
         unbounded outputs: the child wrote them itself)."""
+        if self._overlap_exited(slot, status):
+            return
         self._alive.discard(slot)
         self.probing.gone(slot.process.name)
         slot.exited_wall = time.time()
@@ -436,7 +441,7 @@ class Supervisor(Takeover, Ordering, Checking):
             name=p.name, program=p.program, state=p.state, pid=p.pid,
             exit_status=p.exit_status or 0,
             started_at=slot.started_wall if p.pid else 0.0,
-            description=self._describe(slot),
+            description=self._describe(slot) + self._overlap_text(slot),
             spawn_error=err,
             restarts=p.restarts,
             last_exit_status=(last.status or 0) if last is not None else 0,

@@ -18,7 +18,7 @@ from taskmasterd.config import (
 )
 from taskmasterd.errors import BadName, NoSuchProgram
 from taskmasterd.probeschema import Check, HealthCheck
-from taskmasterd.programschema import PROGRAM_TABLE, ProgramKey
+from taskmasterd.programschema import PROGRAM_TABLE, ProgramKey, RestartMode
 from taskmasterd.reload import LAUNCH_KEYS, ReloadPlan, Resize, in_place_fields, plan_reload
 from taskmasterd.targets import resolve
 
@@ -79,7 +79,8 @@ OTHER_VALUE: dict[str, object] = {
     "starttime": 0.5, "startlimit_burst": 0, "startlimit_interval": 60.0,
     "stopsignal": signal.SIGUSR1, "stoptime": 30.0, "stdout": Output(OutputKind.NULL),
     "stderr": Output(OutputKind.FILE, "/tmp/x"), "env": (("A", "1"),), "user": "nobody",
-    "restartdelay": 2.0, "stdout_maxbytes": 0, "stdout_backups": 1, "stderr_maxbytes": 1024,
+    "restartdelay": 2.0, "restart": RestartMode.OVERLAP, "stdout_maxbytes": 0, "stdout_backups": 1,
+    "stderr_maxbytes": 1024,
     "stderr_backups": 0, "ready": Check("notify"), "readytimeout": 5.0, "watchdog": 3.0,
     "health": HealthCheck(Check("tcp", "127.0.0.1:80")),
     "after": ("db",),  # start ordering: applies in place
