@@ -220,9 +220,12 @@ def test_dbus_task_fuzz() -> None:
             for member in ("SubmitTask", "SubmitActivity", "CancelTask", "CancelActivity",
                            "ListTasks", "ListActivities", "Cancel", "OpenOutput", "Get", "GetAll"):
                 assert handled.get(member, 0) >= 5, (member, summary)
+            # Each error reached, by the root clients together (how many tasks
+            # are still queued when a submit comes, QueueFull's condition,
+            # depends on how fast the daemon and the tasks run)
             for error in ("TaskInvalid", "NoSuchTask", "NotRunning", "QueueFull"):
-                assert reports[0]["replies"].get(  # type: ignore[attr-defined]
-                    f"error:org.taskmaster.Taskmaster1.Error.{error}", 0) > 0, summary
+                assert sum(r["replies"].get(  # type: ignore[attr-defined]
+                    f"error:org.taskmaster.Taskmaster1.Error.{error}", 0) for r in roots) > 0, summary
             assert all(r["tasks"] and r["activities"] for r in roots), summary  # some were queued
             dirs, queued = on_disk(d / "state", reports)
             assert dirs == queued, (sorted(dirs - queued), sorted(queued - dirs))

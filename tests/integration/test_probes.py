@@ -51,8 +51,7 @@ def open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
-def our_children() -> list[int]:
-    """Our direct children, zombies included (a zombie is a leak too)."""
+def _children() -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -60,6 +59,21 @@ def our_children() -> list[int]:
             if stat is not None and stat.ppid == os.getpid():
                 pids.append(stat.pid)
     return pids
+
+
+_BEFORE: set[int] = set()  # children the test run had before this test (e2e's container)
+
+
+@pytest.fixture(autouse=True)
+def _children_before() -> None:
+    _BEFORE.clear()
+    _BEFORE.update(_children())
+
+
+def our_children() -> list[int]:
+    """This test's direct children, zombies included (a zombie is a leak
+    too); not those the run already had (a session's booted container)."""
+    return [pid for pid in _children() if pid not in _BEFORE]
 
 
 def live_group_members(pgid: int) -> list[int]:
