@@ -34,8 +34,6 @@ nowhere: docs/readiness.md says so).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import errno
 import os
 import select
 import signal as signals
@@ -132,6 +130,8 @@ class Overlaps:
     probing: Probing
 
     def _on_pidfd(self, slot: Slot) -> None: ...  # Supervisor's
+    def _launch(self, proc: Process, key: str) -> spawn.Child:  # Supervisor's
+        raise NotImplementedError
     def _apply(self, slot: Slot, actions: list[Action]) -> None: ...  # Supervisor's
     def _sync_timer(self, slot: Slot) -> None: ...  # Supervisor's
     def _check_all_down(self) -> None: ...  # Supervisor's
@@ -235,20 +235,10 @@ class Overlaps:
 
     def _spawn_successor(self, succ: Successor) -> list[Action]:
         proc = succ.process
-        spec = spawn.launch_spec(proc.config, proc.index, logdir=self.logdir, journal=self.journal,
-                                 base_env=self._child_env)
         now = self._loop.time()
         try:
-            try:
-                extra = self.probing.spawn_env(succ.key, proc.config)
-            except OSError as err:
-                raise spawn.SpawnFailed(SpawnError(
-                    errno.errorcode.get(err.errno or 0, "EINVAL"),
-                    f"bind notify socket in {self.probing.directory}",
-                    err.strerror or str(err))) from None
-            child = spawn.spawn(dataclasses.replace(spec, env={**spec.env, **extra}))
+            child = self._launch(proc, succ.key)
         except spawn.SpawnFailed as exc:
-            self.probing.gone(succ.key)
             return proc.on_spawn_failed(exc.error, now)
         succ.child = child
         succ.fingerprint = launch_fingerprint(proc.config, self.logdir, self.journal)

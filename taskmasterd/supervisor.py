@@ -305,22 +305,31 @@ class Supervisor(Overlaps, Takeover, Ordering, Checking):
         if self._depth == 0 and self._dirty:
             self._settle()  # what this turn's transitions release (start ordering)
 
-    def _spawn(self, slot: Slot) -> list[Action]:
-        proc = slot.process
+    def _launch(self, proc: Process, key: str) -> spawn.Child:
+        """Spawn `proc`'s command, with its notify socket (ready: notify)
+        under `key` (its name; an overlap successor's own key); SpawnFailed
+        (the socket closed again) if it cannot be started."""
         spec = spawn.launch_spec(proc.config, proc.index, logdir=self.logdir,
                                  journal=self.journal, base_env=self._child_env)
-        now = self._loop.time()
         try:
             try:
-                extra = self.probing.spawn_env(proc.name, proc.config)
+                extra = self.probing.spawn_env(key, proc.config)
             except OSError as err:
                 raise spawn.SpawnFailed(SpawnError(
                     errno.errorcode.get(err.errno or 0, "EINVAL"),
                     f"bind notify socket in {self.probing.directory}",
                     err.strerror or str(err))) from None
-            child = spawn.spawn(dataclasses.replace(spec, env={**spec.env, **extra}))
+            return spawn.spawn(dataclasses.replace(spec, env={**spec.env, **extra}))
+        except spawn.SpawnFailed:
+            self.probing.gone(key)
+            raise
+
+    def _spawn(self, slot: Slot) -> list[Action]:
+        proc = slot.process
+        now = self._loop.time()
+        try:
+            child = self._launch(proc, proc.name)
         except spawn.SpawnFailed as exc:
-            self.probing.gone(proc.name)
             # Log order: STARTING, then why it failed, then BACKOFF/FATAL.
             starting, *rest = proc.on_spawn_failed(exc.error, now)
             self._apply(slot, [starting])
