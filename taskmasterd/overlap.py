@@ -25,21 +25,26 @@ hooks: `_overlap_request` (restart/relaunch/stop requests), `_overlap_exited`
 `live_children` (shutdown waits for successors too); the daemon calls
 `abort_overlaps` before it re-executes itself.
 
-A successor is not in the state store's records (one per process name):
-after a crash of the daemon during an overlap, the next daemon takes back
-the old process and the successor is left running, unsupervised (logged
-nowhere: docs/readiness.md says so).
+The state store records one process per name, so an overlap is recorded
+as what the next daemon should do if this one dies in the middle of it
+(`_overlap_records`): until the handover the old process is the process and
+the successor a leftover to stop (`web~next`, a program no configuration
+has: the next daemon takes it back and stops it, as one a reload removed);
+from the handover on the successor is the process and the old one the
+leftover (`web~old`, being stopped).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import select
 import signal as signals
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from taskmasterd import spawn
 from taskmasterd.deadline import cancel as cancel_timer
@@ -60,7 +65,7 @@ from taskmasterd.process import (
     describe_exit,
 )
 from taskmasterd.programschema import RestartMode
-from taskmasterd.statestore.records import launch_fingerprint
+from taskmasterd.statestore.records import ProcessRecord, launch_fingerprint
 from taskmasterd.takeover import Request, Slot
 
 SUCCESSOR_SUFFIX = "~next"  # a successor's probing key: `web~next` (never a process name)
@@ -400,6 +405,33 @@ class Overlaps:
 
     def _overlap_log(self, owner: Slot, message: str, pid: int) -> None:
         self._publish_process(owner, Kind.OVERLAP, message, pid=pid)
+
+    # ---- the state store ---------------------------------------------------------
+
+    def _overlap_records(self, records: list[ProcessRecord]) -> list[ProcessRecord]:
+        """`records` (the slots') with the overlaps under way: see the module
+        docstring. `~` is in no program's name: these never clash."""
+        for owner, succ in self._successors.items():
+            name = owner.process.name
+            if succ.handover and not succ.abandoned:
+                # The successor is the process now; the old one goes down.
+                record = self._record(succ)
+                if record is None:
+                    continue
+                record = dataclasses.replace(record, program=owner.process.program, process=name,
+                                             index=owner.process.index)
+                old = self._record(owner, f"{name}~old")
+                records = [r for r in records if r.process != name] + [record]
+                if old is not None:
+                    records.append(old)
+            else:
+                leftover = self._record(succ, name + SUCCESSOR_SUFFIX)  # its log pipes' key too
+                if leftover is not None:
+                    records.append(leftover)
+        return records
+
+    if TYPE_CHECKING:  # Takeover's (a stub here would hide it: Overlaps comes first)
+        def _record(self, slot: Slot, as_name: str = "") -> ProcessRecord | None: ...
 
     # ---- a re-exec ---------------------------------------------------------------
 

@@ -65,18 +65,29 @@ class Takeover:
     def _sync_timer(self, slot: Slot) -> None: ...  # Supervisor's
 
     def snapshot(self) -> Snapshot:
-        """Every process with a live child, for the state store."""
-        records = []
+        """Every process with a live child, for the state store (and the
+        successors of overlap restarts: `_overlap_records`)."""
+        records: list[ProcessRecord] = []
         for slot in [*self.slots.values(), *self._retired]:
-            child, p = slot.child, slot.process
-            if child is None or p.state not in (State.STARTING, State.RUNNING, State.STOPPING):
-                continue
-            records.append(ProcessRecord(
-                program=p.program, process=p.name, index=p.index, pid=child.pid,
-                start_ticks=child.start_ticks, fingerprint=slot.fingerprint, state=p.state,
-                started_at=slot.started_wall, restarts=p.restarts,
-                stopsignal=int(p.config.stopsignal), stoptime=p.config.stoptime))
-        return Snapshot(tuple(records), daemon_pid=os.getpid())
+            record = self._record(slot)
+            if record is not None:
+                records.append(record)
+        return Snapshot(tuple(self._overlap_records(records)), daemon_pid=os.getpid())
+
+    def _record(self, slot: Slot, as_name: str = "") -> ProcessRecord | None:
+        """`slot`'s record, if it has a live child; `as_name`: recorded as a
+        process of that name (a program of its own, index 0)."""
+        child, p = slot.child, slot.process
+        if child is None or p.state not in (State.STARTING, State.RUNNING, State.STOPPING):
+            return None
+        return ProcessRecord(
+            program=as_name or p.program, process=as_name or p.name, index=0 if as_name else p.index,
+            pid=child.pid, start_ticks=child.start_ticks, fingerprint=slot.fingerprint, state=p.state,
+            started_at=slot.started_wall, restarts=p.restarts,
+            stopsignal=int(p.config.stopsignal), stoptime=p.config.stoptime)
+
+    def _overlap_records(self, records: list[ProcessRecord]) -> list[ProcessRecord]:
+        return records  # Overlaps' (taskmasterd/overlap.py)
 
     def adopt(self, snapshot: Snapshot, pidfds: Mapping[str, int] | None = None) -> list[str]:
         """Take back every recorded process still alive (same pid, same start

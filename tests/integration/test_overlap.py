@@ -2,7 +2,9 @@
 Debian's nginx sharing its port (reuseport) through 20 restarts under a
 client loop that sees no failed request; a successor never ready (the
 overlap abandoned, the old pid kept); a stop during an overlap (both
-down); and ProcessStateChanged showing only RUNNING -> RUNNING."""
+down); ProcessStateChanged showing only RUNNING -> RUNNING; and a daemon
+SIGKILLed before or during the handover (the next one keeps the process
+that serves and stops the other)."""
 
 from __future__ import annotations
 
@@ -375,3 +377,59 @@ def test_a_reexec_during_the_handover_completes_it(write_config: WriteConfig, da
     assert pid_of(bus_address, "web") == took.pid
     assert taskctl(bus_address, "stop", "web").returncode == 0
     assert not alive(took.pid)
+
+
+def kill_daemon(d: Daemon) -> None:
+    """SIGKILL, as a crash (its processes outlive it)."""
+    os.kill(d.pid, signal.SIGKILL)
+    d.proc.wait(timeout=10)
+    d.close()
+
+
+def test_a_crash_before_the_handover_leaves_no_successor_behind(
+        write_config: WriteConfig, daemons: Start, bus_address: str, workdir: Path) -> None:
+    """The state store records the successor as a leftover (`web~next`): the
+    next daemon takes back the old process and stops the successor."""
+    cfg = write_config({"web": once_ready(workdir, readytimeout=60)})
+    d = daemons(cfg)
+    old = d.wait_for(event("RUNNING", "web"), timeout=15).pid
+    assert taskctl(bus_address, "restart", "--no-block", "web").returncode == 0
+    new = d.wait_for(event("OVERLAP", "web")).pid
+    state = workdir / "state" / "processes.json"
+    wait_until("the successor in the state store",
+               lambda: "web~next" in state.read_text() and str(new) in state.read_text())
+    kill_daemon(d)
+    assert alive(old) and alive(new)
+    again = daemons(cfg)
+    again.wait_for(event("DAEMON_START"), timeout=15)
+    stopped = again.wait_for(event("STOPPED", "web~next"), timeout=15)
+    assert stopped.pid == new and not alive(new)
+    assert alive(old) and pid_of(bus_address, "web") == old
+    assert "RUNNING" in taskctl(bus_address, "status", "web").stdout
+
+
+def test_a_crash_during_the_handover_keeps_the_successor_as_the_process(
+        write_config: WriteConfig, daemons: Start, bus_address: str, workdir: Path) -> None:
+    """From the handover on, the successor is recorded as the process and
+    the old one (stopping) as the leftover (`web~old`): the next daemon takes
+    back the successor and finishes stopping the old one."""
+    cfg = write_config({"web": slow_to_stop(workdir, successor_fails=False)})
+    d = daemons(cfg)
+    old = d.wait_for(event("RUNNING", "web"), timeout=15).pid
+    assert taskctl(bus_address, "restart", "--no-block", "web").returncode == 0
+    d.wait_for(event("OVERLAP", "web"))
+    handover = d.wait_for(event("OVERLAP", "web"))
+    assert f"stopping pid {old}" in handover.message, handover.raw
+    new = handover.pid
+    state = workdir / "state" / "processes.json"
+
+    def recorded_as_the_process() -> bool:
+        records = json.loads(state.read_text())["processes"]
+        return {(r["process"], r["pid"]) for r in records} >= {("web", new), ("web~old", old)}
+    wait_until("the handover in the state store", recorded_as_the_process)
+    kill_daemon(d)
+    again = daemons(cfg)
+    again.wait_for(event("DAEMON_START"), timeout=15)
+    wait_until("the old process stopped", lambda: not alive(old), 15)
+    assert alive(new) and pid_of(bus_address, "web") == new
+    assert "RUNNING" in taskctl(bus_address, "status", "web").stdout
