@@ -23,7 +23,7 @@ import pytest
 from tests.harness import Daemon, event, wait_until
 from tests.integration.conftest import WriteConfig
 from tests.integration.test_readiness import environ_of
-from tests.integration.test_real_programs import NGINX, free_port, wait_port
+from tests.integration.test_real_programs import NGINX, free_port, nginx_conf, wait_port
 from tests.integration.test_taskctl import taskctl
 
 Start = Callable[..., Daemon]
@@ -131,31 +131,9 @@ def migrate_req() -> Iterator[None]:
 
 
 def nginx_program(workdir: Path, port: int) -> dict[str, object]:
-    tmp = workdir / "nginx-tmp"
-    tmp.mkdir()
-    conf = workdir / "nginx.conf"
     # The pid file: two masters write it during an overlap and the old one
-    # removes it at exit; nothing reads it under taskmasterd. (Never
-    # /dev/null: nginx unlinks its pid file when it exits.)
-    conf.write_text(f"""
-worker_processes 2;
-pid {workdir}/nginx.pid;
-error_log {workdir}/nginx-error.log;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    keepalive_timeout 0;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    server {{
-        listen 127.0.0.1:{port} reuseport;
-        location / {{ return 200 "ok\\n"; }}
-    }}
-}}
-""")
+    # removes it at exit; nothing reads it under taskmasterd.
+    conf = nginx_conf(workdir, f"127.0.0.1:{port} reuseport", connections=256, keepalive=False)
     # A tcp probe of the shared port may be answered by the old nginx
     # (docs/readiness.md): the probe checks that the master started last
     # (its pid written just before its exec) has its own listeners.

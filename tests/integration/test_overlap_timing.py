@@ -13,7 +13,7 @@ from pathlib import Path
 
 from taskmasterd.events import Event, Kind
 from taskmasterd.process import State
-from tests.integration.test_supervisor_timing import supervisor, until
+from tests.integration.test_supervisor_timing import launch_and_hear, supervisor, until
 from tests.virtual_clock import run
 
 
@@ -71,19 +71,10 @@ def test_an_old_process_ignoring_its_stop_signal_is_killed_stoptime_after_the_ha
     os.mkfifo(ready)
 
     async def main() -> list[tuple[float, Event]]:
-        loop = asyncio.get_running_loop()
         sup, seen, queue = supervisor(tmp_path, {"web": {
             "cmd": f"sh -c 'trap \"\" TERM; echo ready > {ready}; exec sleep 100000'",
             "starttime": 1, "restart": "overlap", "stoptime": 7}})
-        fd = os.open(ready, os.O_RDWR | os.O_NONBLOCK)
-        said = asyncio.Event()
-        loop.add_reader(fd, said.set)
-        try:
-            sup.launch_autostart()
-            await said.wait()  # TERM is ignored from now on (real I/O: no timer is pending)
-        finally:
-            loop.remove_reader(fd)
-            os.close(fd)
+        await launch_and_hear(sup, ready)  # TERM is ignored from now on
         await until(queue, "RUNNING", "web")
         old = sup.process("web").pid
         sup.restart("web")

@@ -198,11 +198,10 @@ class Servers:
     nginx_conf: Path
 
 
-@pytest.fixture
-def servers(workdir: Path, write_config: WriteConfig) -> Servers:
-    http_port, redis_port = free_port(), free_port()
-    while redis_port == http_port:
-        redis_port = free_port()
+def nginx_conf(workdir: Path, listen: str, *, connections: int, keepalive: bool = True) -> Path:
+    """A minimal nginx.conf in `workdir` (its pid file, temp paths and error
+    log there too: never /dev/null, which nginx unlinks at exit) serving
+    "ok" on `listen` (e.g. "127.0.0.1:8080 reuseport")."""
     tmp = workdir / "nginx-tmp"
     tmp.mkdir()
     conf = workdir / "nginx.conf"
@@ -210,20 +209,30 @@ def servers(workdir: Path, write_config: WriteConfig) -> Servers:
 worker_processes 2;
 pid {workdir}/nginx.pid;
 error_log {workdir}/nginx-error.log;
-events {{ worker_connections 64; }}
+events {{ worker_connections {connections}; }}
 http {{
     access_log off;
+    {"" if keepalive else "keepalive_timeout 0;"}
     client_body_temp_path {tmp}/body;
     proxy_temp_path {tmp}/proxy;
     fastcgi_temp_path {tmp}/fastcgi;
     uwsgi_temp_path {tmp}/uwsgi;
     scgi_temp_path {tmp}/scgi;
     server {{
-        listen 127.0.0.1:{http_port};
+        listen {listen};
         location / {{ return 200 "ok\\n"; }}
     }}
 }}
 """)
+    return conf
+
+
+@pytest.fixture
+def servers(workdir: Path, write_config: WriteConfig) -> Servers:
+    http_port, redis_port = free_port(), free_port()
+    while redis_port == http_port:
+        redis_port = free_port()
+    conf = nginx_conf(workdir, f"127.0.0.1:{http_port}", connections=64)
     statedir = workdir / "state"
     config = write_config({
         "nginx": {"cmd": f"{NGINX} -p {workdir}/ -e {workdir}/nginx-error.log -c {conf} "

@@ -50,6 +50,21 @@ def at(seen: list[tuple[float, Event]], kind: str) -> list[float]:
     return [t for t, e in seen if e.kind == kind]
 
 
+async def launch_and_hear(sup: Supervisor, fifo: Path) -> None:
+    """launch_autostart, then wait until the program wrote to `fifo` (real
+    I/O: no timer is pending, the virtual clock stands still meanwhile)."""
+    loop = asyncio.get_running_loop()
+    fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    said = asyncio.Event()
+    loop.add_reader(fd, said.set)
+    try:
+        sup.launch_autostart()
+        await said.wait()
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
 def test_spawn_retries_are_1_s_then_2_s_apart_then_fatal(tmp_path: Path) -> None:
     async def main() -> list[tuple[float, Event]]:
         sup, seen, queue = supervisor(tmp_path, {
@@ -71,19 +86,10 @@ def test_sigkill_comes_exactly_stoptime_after_the_stop_signal(tmp_path: Path) ->
     os.mkfifo(ready)
 
     async def main() -> list[tuple[float, Event]]:
-        loop = asyncio.get_running_loop()
         sup, seen, queue = supervisor(tmp_path, {"stubborn": {
             "cmd": f"sh -c 'trap \"\" TERM; echo ready > {ready}; exec sleep 100000'",
             "starttime": 0, "stoptime": 1}})
-        fd = os.open(ready, os.O_RDWR | os.O_NONBLOCK)
-        said = asyncio.Event()
-        loop.add_reader(fd, said.set)
-        try:
-            sup.launch_autostart()
-            await said.wait()  # TERM is ignored from now on (real I/O: no timer is pending)
-        finally:
-            loop.remove_reader(fd)
-            os.close(fd)
+        await launch_and_hear(sup, ready)  # TERM is ignored from now on
         sup.stop("stubborn")
         await until(queue, "STOPPED", "stubborn")
         await sup.shutdown()
