@@ -53,7 +53,9 @@ def test_bench_quick_reexec_and_readopt(tmp_path: Path) -> None:
     restarts = res["daemon-reexec restarts N=50 (pid changed or spawned)"]["taskmasterd"]
     assert restarts["samples"] == [0, 0] and restarts["note"].startswith("0 STARTING")
     readopt_time = res["re-adopt time N=50 (kill -9, new daemon exec -> all RUNNING)"]
-    assert readopt_time["taskmasterd"]["n"] == 2 and readopt_time["supervisord"]["n"] == 1
+    # (a side without samples has a note saying why: "> 20 s" ...)
+    assert readopt_time["taskmasterd"].get("n") == 2, readopt_time
+    assert readopt_time["supervisord"].get("n") == 1, readopt_time
     copies = res["re-adopt second copies N=50 (programs running twice)"]
     assert copies["taskmasterd"]["samples"] == [0, 0]
     assert copies["taskmasterd"]["note"] == "50/50 kept their pid"
