@@ -65,7 +65,7 @@ from taskmasterd.process import (
     describe_exit,
 )
 from taskmasterd.programschema import RestartMode
-from taskmasterd.statestore.records import ProcessRecord, launch_fingerprint
+from taskmasterd.statestore.records import ProcessRecord
 from taskmasterd.takeover import Request, Slot
 
 SUCCESSOR_SUFFIX = "~next"  # a successor's probing key: `web~next` (never a process name)
@@ -135,7 +135,7 @@ class Overlaps:
     probing: Probing
 
     def _on_pidfd(self, slot: Slot) -> None: ...  # Supervisor's
-    def _launch(self, proc: Process, key: str) -> spawn.Child:  # Supervisor's
+    def _launch(self, slot: Slot, key: str) -> None:  # Supervisor's
         raise NotImplementedError
     def _apply(self, slot: Slot, actions: list[Action]) -> None: ...  # Supervisor's
     def _sync_timer(self, slot: Slot) -> None: ...  # Supervisor's
@@ -242,18 +242,11 @@ class Overlaps:
         proc = succ.process
         now = self._loop.time()
         try:
-            child = self._launch(proc, succ.key)
+            self._launch(succ, succ.key)  # not in _alive: overlap_children() counts it
         except spawn.SpawnFailed as exc:
             return proc.on_spawn_failed(exc.error, now)
-        succ.child = child
-        succ.fingerprint = launch_fingerprint(proc.config, self.logdir, self.journal)
-        succ.pipes = [self.logpipes.follow(p.fd, p.path, p.maxbytes, p.backups, process=succ.key,
-                                           stream=p.stream) for p in child.pipes]
-        succ.started_wall = time.time()
-        self._all_down.clear()
-        self._loop.add_reader(child.pidfd, self._on_pidfd, succ)
-        self.probing.spawned(succ.key, proc.config, child.pid)
-        return proc.on_spawned(child.pid, now)
+        assert succ.child is not None
+        return proc.on_spawned(succ.child.pid, now)
 
     def _successor_changed(self, succ: Successor, ch: Changed) -> None:
         p, owner = succ.process, succ.owner

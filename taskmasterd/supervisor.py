@@ -305,10 +305,13 @@ class Supervisor(Overlaps, Takeover, Ordering, Checking):
         if self._depth == 0 and self._dirty:
             self._settle()  # what this turn's transitions release (start ordering)
 
-    def _launch(self, proc: Process, key: str) -> spawn.Child:
-        """Spawn `proc`'s command, with its notify socket (ready: notify)
-        under `key` (its name; an overlap successor's own key); SpawnFailed
-        (the socket closed again) if it cannot be started."""
+    def _launch(self, slot: Slot, key: str) -> None:
+        """Spawn the command of `slot`'s process, with its notify socket
+        (ready: notify) under `key` (its name; an overlap successor's own
+        key, which also names its output pipes), and follow the child: its
+        pidfd, outputs and probes. SpawnFailed (the socket closed again) if
+        it cannot be started."""
+        proc = slot.process
         spec = spawn.launch_spec(proc.config, proc.index, logdir=self.logdir,
                                  journal=self.journal, base_env=self._child_env)
         try:
@@ -319,16 +322,24 @@ class Supervisor(Overlaps, Takeover, Ordering, Checking):
                     errno.errorcode.get(err.errno or 0, "EINVAL"),
                     f"bind notify socket in {self.probing.directory}",
                     err.strerror or str(err))) from None
-            return spawn.spawn(dataclasses.replace(spec, env={**spec.env, **extra}))
+            child = spawn.spawn(dataclasses.replace(spec, env={**spec.env, **extra}))
         except spawn.SpawnFailed:
             self.probing.gone(key)
             raise
+        slot.child = child
+        slot.fingerprint = self._fingerprint(proc.config)
+        slot.pipes = [self.logpipes.follow(p.fd, p.path, p.maxbytes, p.backups, process=key,
+                                           stream=p.stream) for p in child.pipes]
+        slot.started_wall = time.time()
+        self._all_down.clear()
+        self._loop.add_reader(child.pidfd, self._on_pidfd, slot)
+        self.probing.spawned(key, proc.config, child.pid)
 
     def _spawn(self, slot: Slot) -> list[Action]:
         proc = slot.process
         now = self._loop.time()
         try:
-            child = self._launch(proc, proc.name)
+            self._launch(slot, proc.name)
         except spawn.SpawnFailed as exc:
             # Log order: STARTING, then why it failed, then BACKOFF/FATAL.
             starting, *rest = proc.on_spawn_failed(exc.error, now)
@@ -336,16 +347,9 @@ class Supervisor(Overlaps, Takeover, Ordering, Checking):
             self._publish_process(slot, Kind.SPAWN_ERROR, f"spawn error: {exc.error}",
                                   spawn_error=exc.error)
             return rest
-        slot.child = child
-        slot.fingerprint = self._fingerprint(proc.config)
-        slot.pipes = [self.logpipes.follow(p.fd, p.path, p.maxbytes, p.backups, process=proc.name,
-                                           stream=p.stream) for p in child.pipes]
         self._alive.add(slot)
-        slot.started_wall = time.time()
-        self._all_down.clear()
-        self._loop.add_reader(child.pidfd, self._on_pidfd, slot)
-        self.probing.spawned(proc.name, proc.config, child.pid)
-        return proc.on_spawned(child.pid, now)
+        assert slot.child is not None
+        return proc.on_spawned(slot.child.pid, now)
 
     def _kill(self, slot: Slot, action: Kill) -> None:
         if slot.child is None:

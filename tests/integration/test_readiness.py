@@ -77,7 +77,7 @@ def test_tcp_and_cmd_readiness(write_config: WriteConfig, daemons: Start, workdi
     server = workdir / "late_server.py"
     server.write_text(textwrap.dedent(f"""
         import socket, time
-        time.sleep(1)
+        time.sleep(1)  # sleep-ok: the program under test binds its port late on purpose
         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", {port})); s.listen(8)
         while True:

@@ -109,7 +109,7 @@ def test_a_retry_that_gets_through_ends_the_retries() -> None:
         d, target = dispatcher(rate=0, failures=1)
         d.on_event(fatal())
         assert await d.wait_idle(3600)
-        await asyncio.sleep(60)  # nothing more comes, however long one waits
+        await asyncio.sleep(60)  # sleep-ok: virtual clock: nothing more comes, however long one waits
         await d.close()
         return target.times
 
@@ -123,8 +123,8 @@ def test_a_crash_loop_gets_one_message_then_a_summary_when_the_rate_interval_end
         d, target = dispatcher(rate=3)
         for _ in range(6):  # exits at 0.0, 0.5, ... 2.5
             d.on_event(crash())
-            await asyncio.sleep(0.5)
-        await asyncio.sleep(10)
+            await asyncio.sleep(0.5)  # sleep-ok: virtual clock: an exit every 0.5 s
+        await asyncio.sleep(10)  # sleep-ok: virtual clock: past the rate interval
         await d.close()
         return target.sent
 

@@ -120,7 +120,7 @@ def test_watchdog_pings_every_half_period_on_the_virtual_clock() -> None:
         n.start_watchdog()
         await asyncio.sleep(0.9)  # sleep-ok: virtual clock: two watchdog periods pass
         n.stopping()
-        await asyncio.sleep(10)  # no ping after STOPPING
+        await asyncio.sleep(10)  # sleep-ok: virtual clock: no ping after STOPPING
         return sent
 
     sent = run(main())
