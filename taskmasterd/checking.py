@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskmasterd.events import Kind
 from taskmasterd.probing import Probing
@@ -22,10 +22,12 @@ class Checking:
     _retired: list[Slot]
     _loop: asyncio.AbstractEventLoop
     probing: Probing
-    detail_listeners: list[Callable[[str], None]]
 
     def _apply(self, slot: Slot, actions: list[Action]) -> None: ...
     def _successor_slot(self, name: str) -> Slot | None: ...
+
+    if TYPE_CHECKING:  # Ordering's (a stub here could hide it)
+        def _tell(self, slot: Slot) -> None: ...
     def _publish_process(self, slot: Slot, kind: Kind, message: str, *, pid: int = 0) -> None: ...
 
 
@@ -59,10 +61,8 @@ class Checking:
 
     def _details(self, name: str) -> None:
         slot = self._slot_of(name)
-        if slot is None:
-            return
-        for listener in self.detail_listeners:
-            listener(slot.process.program)
+        if slot is not None:
+            self._tell(slot)
 
     def _checks(self, p: Process) -> dict[str, Any]:
         """ProcessInfo's readiness and health fields."""

@@ -22,10 +22,10 @@ import asyncio
 import hashlib
 import logging
 import os
-import pwd
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from taskmasterd import spawn
 from taskmasterd.config import ProgramConfig
 from taskmasterd.notifyproto import Notice
 from taskmasterd.notifysock import NotifyEndpoint
@@ -81,7 +81,7 @@ def _uid(user: str | None) -> int | None:
     if user is None:
         return None
     try:
-        return pwd.getpwuid(int(user)).pw_uid if user.isdigit() else pwd.getpwnam(user).pw_uid
+        return spawn.user_entry(user).pw_uid
     except (KeyError, ValueError):
         return None  # the spawn itself reports the unknown user
 

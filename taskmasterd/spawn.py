@@ -146,8 +146,14 @@ def _journal_stream(spec: LaunchSpec, stream: str) -> int:
     return fd
 
 
+def user_entry(user: str) -> pwd.struct_passwd:
+    """The passwd entry of a `user:` (a name or a numeric uid); KeyError or
+    ValueError if there is none."""
+    return pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+
+
 def _user_ids(user: str) -> tuple[pwd.struct_passwd, list[int]]:
-    entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    entry = user_entry(user)
     groups = os.getgrouplist(entry.pw_name, entry.pw_gid)
     return entry, groups
 
