@@ -30,6 +30,7 @@ from drivers import (
     project_python,
     rss_kib,
 )
+from remotebench import remote
 from taskbench import tasks
 
 SLEEP = "sleep 100000"
@@ -500,6 +501,7 @@ MEASURES = {
     "reexec": reexec,
     "readopt": readopt,
     "tasks": tasks,
+    "remote": remote,
 }
 
 

@@ -1,6 +1,6 @@
 """Benchmark taskmasterd against supervisord (issue 7).
 
-    python bench/run.py [--quick] [--only restart,stop,...,readopt,tasks] [--daemons taskmasterd]
+    python bench/run.py [--quick] [--only restart,stop,...,readopt,tasks,remote] [--daemons taskmasterd]
 
 Prints a table (measure | taskmasterd | supervisord | ratio | target met?)
 and writes bench/results/<UTC timestamp>.json and bench/results/latest.json.
@@ -93,6 +93,8 @@ def main() -> int:
     ap.add_argument("--sizes", default="100,500,1000", help="N for the scale measures")
     ap.add_argument("--results", default=str(RESULTS), help="where the JSON files go")
     ap.add_argument("--tasks", type=int, default=1000, help="N for the tasks measure")
+    ap.add_argument("--remote", type=int, default=1000,
+                    help="N programs for the remote measure (taskctl -H vs systemctl -H)")
     a = ap.parse_args()
     opts = argparse.Namespace(
         reps_cheap=3 if a.quick else 7, reps_cli=3 if a.quick else 5,
@@ -105,7 +107,8 @@ def main() -> int:
         fanout_n=500,
         reps_reexec=2 if a.quick else 5, reps_readopt=2 if a.quick else 3,
         tasks_n=a.tasks, tasks_parallel=16, reps_tasks=1 if a.quick else 3,
-        tasks_timeout=60.0 if a.quick else 120.0)
+        tasks_timeout=60.0 if a.quick else 120.0,
+        remote_n=a.remote, reps_remote=7 if a.quick else 21)
     names = [n for n in (a.only.split(",") if a.only else MEASURES) if n]
     daemons = a.daemons.split(",")
     if "supervisord" in daemons:
