@@ -35,6 +35,7 @@ gets one row saying so and why: skipped, not failed.
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import os
@@ -43,6 +44,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from drivers import ROOT
 from taskbench import paired_ratios
@@ -280,12 +282,39 @@ def check_loopback(box: Container) -> str:
     return "127.0.0.1 -> 127.0.0.1:22, lo only, /usr/bin/systemd-stdio-bridge"
 
 
+# New SSH connections (sshd's log) each command makes: one for each not
+# multiplexed; none through `mux` (but the very first, which opens the master).
+CONNECTIONS = {"taskctl-H": 1, "systemctl-H": 1, "taskctl-H-mux": 0, "systemctl-H-mux": 0,
+               "taskctl": 0, "systemctl": 0, "ssh": 1, "ssh-taskctl": 1}
+ACCEPTED = "Accepted publickey for root from 127.0.0.1 "
+
+
+def accepted(box: Container) -> int:
+    """How many SSH connections sshd has accepted (its journal)."""
+    return sum(1 for e in box.journal("_SYSTEMD_UNIT=ssh.service")
+               if str(e.get("MESSAGE", "")).startswith(ACCEPTED))
+
+
+def until_accepted(box: Container, expected: int) -> int:
+    """The count once it has reached `expected` (journald may lag a little),
+    or what it is after a few seconds."""
+    try:
+        return wait_until(lambda: [c] if (c := accepted(box)) >= expected else None, 5.0,
+                          f"{expected} connections in sshd's journal")[0]
+    except TimeoutError:
+        return accepted(box)
+
+
 def first_runs(box: Container, cmds: dict[str, tuple[str, list[str]]], n: int) -> dict[str, str]:
     """Each command once, untimed (it opens the mux master and warms the
-    caches), its output checked; key -> a failure note (absent: fine), plus
-    "units" -> how many units systemctl -H listed."""
+    caches), its output checked, and the SSH connections it made counted
+    (so a `-H` that did not go through ssh, or a mux that did not multiplex,
+    would show); key -> a failure note (absent: fine), plus "units" -> how
+    many units systemctl -H listed."""
     notes: dict[str, str] = {}
+    master = False
     for key, (_, argv) in cmds.items():
+        before = accepted(box)
         proc = box.run(argv, check=False, timeout=CAP)
         if proc.returncode != 0:
             why = (proc.stderr.strip().splitlines() or [""])[-1][:120]
@@ -293,6 +322,12 @@ def first_runs(box: Container, cmds: dict[str, tuple[str, list[str]]], n: int) -
                 why = f"this taskctl has no -H: {why}"
             notes[key] = f"exit {proc.returncode}: {why}"
             continue
+        opens = key.endswith("-mux") and not master
+        master = master or opens
+        made = until_accepted(box, before + CONNECTIONS[key] + opens) - before
+        if made != CONNECTIONS[key] + opens:
+            raise RuntimeError(f"{' '.join(argv)}: {made} SSH connections accepted by sshd, "
+                               f"{CONNECTIONS[key] + opens} expected")
         if key.startswith(("taskctl", "ssh-taskctl")):
             rows = [r for r in proc.stdout.splitlines()[1:] if r.strip()]
             running = sum(1 for r in rows if r.split()[1:2] == ["RUNNING"])
@@ -302,10 +337,11 @@ def first_runs(box: Container, cmds: dict[str, tuple[str, list[str]]], n: int) -
             for line in proc.stdout.splitlines():
                 if "loaded units listed" in line:
                     notes["units"] = line.split()[0]
+    box.run(["ssh", "-O", "check", MUX])  # the master is there (exit 255 if not)
     return notes
 
 
-def remote(drv_cls, opts) -> list[dict]:
+def remote(drv_cls: Any, opts: argparse.Namespace) -> list[dict[str, Any]]:
     from measures import row
 
     if drv_cls.name != "taskmasterd":
@@ -334,10 +370,19 @@ def remote(drv_cls, opts) -> list[dict]:
         notes = first_runs(box, cmds, n)
         job = {"reps": opts.reps_remote, "cap": CAP,
                "commands": {k: argv for k, (_, argv) in cmds.items() if k not in notes}}
+        before = accepted(box)
         t = time.monotonic()
         out = json.loads(box.run(["python3", "/root/bench-remote-timer.py"], input=json.dumps(job),
                                  timeout=CAP * len(cmds) * opts.reps_remote).stdout)
         timings["timed"] = time.monotonic() - t
+        # every run that exited 0 made the connections it should, and no more
+        expected = before + sum(CONNECTIONS[k] for k, runs in out.items() for _, rc, _ in runs
+                                if rc == 0)
+        made = until_accepted(box, expected) - before
+        if made != expected - before:
+            raise RuntimeError(f"the timed runs made {made} SSH connections, "
+                               f"{expected - before} expected")
+        connections = f"{made} SSH connections for {opts.reps_remote} repetitions"
     timings.update(box.timings)
     samples: dict[str, list[float]] = {}
     for key, runs in out.items():
@@ -353,7 +398,7 @@ def remote(drv_cls, opts) -> list[dict]:
         if key.startswith("systemctl") and not note:
             note = f"{units} units"
         if key == "ssh" and not note:
-            note = where
+            note = f"{where}; {connections}"
         rows.append(row(name, "ms", samples.get(key, []), note))
         if key.startswith("systemctl-H"):  # the ratio right after each pair
             tkey = key.replace("systemctl", "taskctl")
