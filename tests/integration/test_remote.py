@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import select
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,7 +33,7 @@ import pytest
 import yaml
 
 from tests.dbus_fixtures import bus_directory, system_bus
-from tests.harness import Daemon, read_fifo
+from tests.harness import Daemon, alive, read_fifo, wait_until
 from tests.integration.test_notify import NotifySocket
 from tests.sshd import SSHServer, closed_port, leave_group, local_user, missing_tools, sshd
 
@@ -211,3 +214,80 @@ def test_no_taskmasterd_on_the_remote_bus_is_exit_7(remote: Remote) -> None:
     assert lines[0].startswith("taskctl: ") and "taskmasterd" in lines[0], lines
     assert "no owner" in lines[0] or "not running" in lines[0], lines
     assert r.stdout == ""
+
+
+# ---- a followed tail that is interrupted -------------------------------------------------------
+
+
+def processes_of(user: str, marker: str) -> list[int]:
+    """Live (not zombie) processes of `user` whose command line holds `marker`."""
+    uid = pwd.getpwnam(user).pw_uid
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != uid:
+                continue
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmdline and alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+def ssh_children(pid: int) -> list[int]:
+    """Live ssh processes whose parent is `pid`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_bytes().rsplit(b")", 1)[1].split()
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0] == b"/usr/bin/ssh" and int(stat[1]) == pid and alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.xfail(strict=True, reason="issue 16, for the lead: without a terminal (ssh -T), "
+                   "the remote `taskctl tail -f` outlives the local one (it notices only when "
+                   "it next writes), and SIGTERM to taskctl orphans its ssh")
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_an_interrupted_tail_f_leaves_nothing_running(remote: Remote, how: str) -> None:
+    """No terminal here (a script, CI, `timeout 10 taskctl -H ... tail -f`):
+    Ctrl-C (SIGINT to the process group) or SIGTERM to taskctl ends the tail
+    there too, and no ssh is left here."""
+    marker = remote.address.split(",")[0]  # in the remote command line
+    argv = [str(TASKCTL), "-H", remote.server.destination(OPERATOR), "--address", remote.address,
+            "tail", "-f", "web"]
+    proc = subprocess.Popen(argv, env=remote.server.env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    ssh: list[int] = []
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], TIMEOUT)
+        assert ready, "no output from tail -f"
+        assert proc.stdout.readline().decode() == KNOWN + "\n"
+        assert processes_of(OPERATOR, marker), "tail -f does not run there"
+        ssh = ssh_children(proc.pid)  # the ones to watch (and kill if left), by pid
+        assert ssh, "taskctl runs no ssh"
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)  # what a terminal does: taskctl and ssh get it
+            assert proc.wait(TIMEOUT) == 130
+        else:
+            proc.send_signal(signal.SIGTERM)  # what timeout(1) or a supervisor does
+            proc.wait(TIMEOUT)
+        wait_until("the tail there to end", lambda: not processes_of(OPERATOR, marker), 5)
+        wait_until("no ssh here", lambda: not any(alive(p) for p in ssh), 5)
+    finally:
+        for pid in [*processes_of(OPERATOR, marker), *(p for p in ssh if alive(p))]:
+            os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
