@@ -344,6 +344,12 @@ class Client:
         """A method returning a file descriptor (h): the fd (the caller closes it)."""
         from jeepney import FileDescriptor
 
+        if self.host is not None:
+            # Not even asked: systemd-stdio-bridge there would drop the whole
+            # link on a reply carrying one. `tail` runs taskctl there instead.
+            raise CallError("org.freedesktop.DBus.Error.NotSupported",
+                            f"{member} passes a file descriptor, and descriptors do not cross "
+                            f"ssh (taskctl -H {self.host}: see docs/remote.md)")
         reply = self._call(member, signature, body, path=path, interface=interface)
         fd = reply.body[0] if reply.body else None
         if not isinstance(fd, FileDescriptor):

@@ -8,12 +8,15 @@ and `taskctl.commands` only; the command lines come from `taskctl.hosts`.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import IO, Any, TextIO
 
 from jeepney.auth import BEGIN, Authenticator
@@ -48,8 +51,9 @@ class SshLink:
         # lives as long as ssh: closed by close()
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115
         try:
-            self.proc = subprocess.Popen(self.argv, stdin=theirs.fileno(), stdout=theirs.fileno(),
-                                         stderr=self.stderr)
+            with _sigint_ignored():
+                self.proc = subprocess.Popen(self.argv, stdin=theirs.fileno(),
+                                             stdout=theirs.fileno(), stderr=self.stderr)
         except OSError as exc:
             ours.close()
             self.stderr.close()
@@ -81,6 +85,23 @@ class SshLink:
                 self.proc.kill()
                 self.proc.wait()
         self.stderr.close()
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """ssh started with SIGINT ignored keeps it ignored (OpenSSH installs its
+    handler only where SIGINT was not ignored): a Ctrl-C at the shell's prompt
+    or one that stops `events` must not end the link under the next command.
+    taskctl, which takes the Ctrl-C, closes the link when it means to. Only
+    the main thread can change a disposition; elsewhere ssh gets the default."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class SshConnection(DBusConnection):  # type: ignore[misc]
