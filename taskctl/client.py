@@ -74,7 +74,8 @@ def _unreachable(choice: BusChoice, reason: str, cause: str = Unreachable.NO_BUS
                  host: Host | None = None) -> Unreachable:
     where = choice.describe() if host is None else f"{choice.describe()} of {host} over ssh"
     return Unreachable(where, reason, kind=choice.kind, address=choice.address, cause=cause,
-                       host=None if host is None else str(host))
+                       host=None if host is None else str(host),
+                       ssh=None if host is None else host.ssh_command())
 
 
 def _row(values: Sequence[Any]) -> ProcessRow:

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, Any, TextIO
 
@@ -191,7 +191,7 @@ def run_there(host: Host, command: Sequence[str], out: TextIO, err: TextIO, *,
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL if not tty else None,
                                     stdout=fd if fd is not None else subprocess.PIPE,
-                                    stderr=stderr)
+                                    stderr=stderr, preexec_fn=_die_with_parent())
         except OSError as exc:
             return 255, f"cannot run ssh: {exc.strerror or exc}"
         try:
@@ -204,6 +204,25 @@ def run_there(host: Host, command: Sequence[str], out: TextIO, err: TextIO, *,
             raise
         stderr.seek(0)
         return code, stderr.read(64 * 1024).decode("utf-8", "replace")
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """For ssh running a command there: SIGTERM when taskctl dies (killed by
+    SIGTERM itself, say), so that ssh ends, sshd closes the command's output
+    there and a followed tail stops instead of lingering. Only where no other
+    thread runs (a child forked beside threads must not run Python code)."""
+    if threading.active_count() > 1:
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # taskctl died before the line above
+            os._exit(1)
+    return arm
 
 
 def _copy(source: IO[bytes] | None, out: TextIO) -> None:
