@@ -74,7 +74,8 @@ def _unreachable(choice: BusChoice, reason: str, cause: str = Unreachable.NO_BUS
                  host: Host | None = None) -> Unreachable:
     where = choice.describe() if host is None else f"{choice.describe()} of {host} over ssh"
     return Unreachable(where, reason, kind=choice.kind, address=choice.address, cause=cause,
-                       host=None if host is None else str(host))
+                       host=None if host is None else str(host),
+                       ssh=None if host is None else host.ssh_command())
 
 
 def _row(values: Sequence[Any]) -> ProcessRow:
@@ -344,6 +345,12 @@ class Client:
         """A method returning a file descriptor (h): the fd (the caller closes it)."""
         from jeepney import FileDescriptor
 
+        if self.host is not None:
+            # Not even asked: systemd-stdio-bridge there would drop the whole
+            # link on a reply carrying one. `tail` runs taskctl there instead.
+            raise CallError("org.freedesktop.DBus.Error.NotSupported",
+                            f"{member} passes a file descriptor, and descriptors do not cross "
+                            f"ssh (taskctl -H {self.host}: see docs/remote.md)")
         reply = self._call(member, signature, body, path=path, interface=interface)
         fd = reply.body[0] if reply.body else None
         if not isinstance(fd, FileDescriptor):

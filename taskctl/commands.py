@@ -186,6 +186,8 @@ def cmd_events(ctx: Context, args: argparse.Namespace) -> int:
         # Subscribed first, then checked that someone is there: no event is missed.
         pid = ctx.client.daemon_pid()
         where = ctx.client.choice.describe() if ctx.client.choice else "the bus"
+        host = getattr(ctx.client, "host", None)
+        where += f" of {host}" if host is not None else ""
         ctx.error(f"taskctl: following the events of taskmasterd (pid {pid}) on {where}; "
                   "Ctrl-C to stop")
         for event in ctx.client.events():

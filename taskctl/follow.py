@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Sequence
+from typing import TextIO
 
 from taskctl.context import Context
 from taskctl.exitcodes import EXIT_ERROR, EXIT_OK
@@ -94,12 +95,31 @@ def follow_fd(ctx: Context, fd: int, nbytes: int, follow: bool,
                     os.close(fd)
                     fd, pos = new, 0
                     continue
+            if _reader_gone(ctx.out):
+                # Nobody reads what we print (`tail -f | head`, or ssh gone
+                # when this runs for `taskctl -H`): a quiet log would
+                # otherwise keep us here until its next line.
+                raise BrokenPipeError("the reader of taskctl's output went away")
             ctx.client.sleep(FOLLOW_POLL)
         ctx.out.write(decoder.decode(b"", final=True))
         ctx.out.flush()
     finally:
         os.close(fd)
     return EXIT_OK
+
+
+def _reader_gone(out: TextIO) -> bool:
+    """Whether `out` is a pipe, socket or terminal whose other end is closed
+    (POLLERR/POLLHUP come without being asked for; a file never has them)."""
+    import select
+
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    poller = select.poll()
+    poller.register(fd, 0)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
 
 
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:

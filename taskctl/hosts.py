@@ -81,6 +81,11 @@ class Host:
         return (f"{self.user}@" if self.user else "") + host + \
             (f":{self.port}" if self.port is not None else "")
 
+    def ssh_command(self) -> str:
+        """How a person would type ssh to it (ssh takes no `host:port`)."""
+        port = f"-p {self.port} " if self.port is not None else ""
+        return f"ssh {port}" + (f"{self.user}@" if self.user else "") + self.host
+
     def ssh_argv(self, *, tty: bool = False) -> list[str]:
         """`ssh` and its options up to the host (the remote command follows).
         -x: no X11 forwarding; -T/-t: no terminal there, or one (a followed

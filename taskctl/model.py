@@ -153,7 +153,7 @@ class Unreachable(TaskctlError):
     NO_BUS, NO_OWNER, NO_REPLY, LOST = "no-bus", "no-owner", "no-reply", "lost"
 
     def __init__(self, bus: str, reason: str, *, kind: str, address: str | None = None,
-                 cause: str = "no-bus", host: str | None = None) -> None:
+                 cause: str = "no-bus", host: str | None = None, ssh: str | None = None) -> None:
         super().__init__(f"cannot reach taskmasterd on {bus} ({reason})")
         self.bus = bus
         self.reason = reason
@@ -161,22 +161,25 @@ class Unreachable(TaskctlError):
         self.address = address
         self.cause = cause
         self.host = host  # taskctl -H: the [user@]host[:port] given
+        self.ssh = ssh  # ... and how to type ssh to it
 
     def hint(self) -> str:
         """How to start the daemon so that it serves where taskctl looked."""
         if self.host is not None:
             if self.cause == self.NO_OWNER:
-                return "start it there with: systemctl start taskmasterd  (or: taskmasterd -c FILE)"
-            return (f"taskctl -H reaches it as `ssh {self.host}` would, then through "
-                    "systemd-stdio-bridge to the bus there (docs/remote.md)")
+                return "start it there with: " + self._start_command()
+            return (f"taskctl -H reaches it as `{self.ssh or 'ssh ' + self.host}` would, then "
+                    "through systemd-stdio-bridge to the bus there (docs/remote.md)")
+        return "start it with: " + self._start_command()
+
+    def _start_command(self) -> str:
         if self.kind == "system":
-            return "start it with: systemctl start taskmasterd  (or: taskmasterd -c FILE)"
+            return "systemctl start taskmasterd  (or: taskmasterd -c FILE)"
         if self.kind == "user":
-            return ("start it with: systemctl --user start taskmasterd  "
-                    "(or: taskmasterd --user -c FILE)")
+            return "systemctl --user start taskmasterd  (or: taskmasterd --user -c FILE)"
         if self.kind == "address":
-            return f"start it with: taskmasterd --address '{self.address}' -c FILE"
-        return "start it with: taskmasterd -c FILE"
+            return f"taskmasterd --address '{self.address}' -c FILE"
+        return "taskmasterd -c FILE"
 
     def line(self) -> str:
         """The one line taskctl prints (without the "taskctl: " prefix)."""

@@ -8,12 +8,15 @@ and `taskctl.commands` only; the command lines come from `taskctl.hosts`.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import IO, Any, TextIO
 
 from jeepney.auth import BEGIN, Authenticator
@@ -48,8 +51,9 @@ class SshLink:
         # lives as long as ssh: closed by close()
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115
         try:
-            self.proc = subprocess.Popen(self.argv, stdin=theirs.fileno(), stdout=theirs.fileno(),
-                                         stderr=self.stderr)
+            with _sigint_ignored():
+                self.proc = subprocess.Popen(self.argv, stdin=theirs.fileno(),
+                                             stdout=theirs.fileno(), stderr=self.stderr)
         except OSError as exc:
             ours.close()
             self.stderr.close()
@@ -81,6 +85,23 @@ class SshLink:
                 self.proc.kill()
                 self.proc.wait()
         self.stderr.close()
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """ssh started with SIGINT ignored keeps it ignored (OpenSSH installs its
+    handler only where SIGINT was not ignored): a Ctrl-C at the shell's prompt
+    or one that stops `events` must not end the link under the next command.
+    taskctl, which takes the Ctrl-C, closes the link when it means to. Only
+    the main thread can change a disposition; elsewhere ssh gets the default."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class SshConnection(DBusConnection):  # type: ignore[misc]
@@ -170,7 +191,7 @@ def run_there(host: Host, command: Sequence[str], out: TextIO, err: TextIO, *,
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL if not tty else None,
                                     stdout=fd if fd is not None else subprocess.PIPE,
-                                    stderr=stderr)
+                                    stderr=stderr, preexec_fn=_die_with_parent())
         except OSError as exc:
             return 255, f"cannot run ssh: {exc.strerror or exc}"
         try:
@@ -183,6 +204,25 @@ def run_there(host: Host, command: Sequence[str], out: TextIO, err: TextIO, *,
             raise
         stderr.seek(0)
         return code, stderr.read(64 * 1024).decode("utf-8", "replace")
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """For ssh running a command there: SIGTERM when taskctl dies (killed by
+    SIGTERM itself, say), so that ssh ends, sshd closes the command's output
+    there and a followed tail stops instead of lingering. Only where no other
+    thread runs (a child forked beside threads must not run Python code)."""
+    if threading.active_count() > 1:
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # taskctl died before the line above
+            os._exit(1)
+    return arm
 
 
 def _copy(source: IO[bytes] | None, out: TextIO) -> None:

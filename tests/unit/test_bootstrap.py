@@ -222,16 +222,19 @@ def test_run_as_root_puts_taskctl_on_path_and_says_so(tmp_path: Path) -> None:
 
 def test_the_test_servers_are_installed_without_starting_them_and_left_disabled(
         tree: Path) -> None:
-    rc, calls, err = bootstrap(tree, "setup", uid=0, missing="make nginx redis-server")
+    rc, calls, err = bootstrap(tree, "setup", uid=0,
+                               missing="make nginx redis-server openssh-server")
     assert rc == 0, err
     apt = [c for c in calls if c.startswith(("apt-get", "policy", "systemctl"))]
     assert apt == [
         "apt-get update -qq",
         "apt-get install -y -qq --no-install-recommends make", "policy: none",
-        "apt-get install -y -qq --no-install-recommends nginx redis-server", "policy: exit 101",
+        "apt-get install -y -qq --no-install-recommends nginx redis-server openssh-server",
+        "policy: exit 101",
         "systemctl disable --quiet nginx.service", "systemctl disable --quiet redis-server.service",
+        "systemctl disable --quiet ssh.service",  # openssh-server's unit
     ]
-    assert "bootstrap: installing make nginx redis-server" in err
+    assert "bootstrap: installing make nginx redis-server openssh-server" in err
     assert not (tree / "policy-rc.d").exists()  # bootstrap's own, removed after
 
 

@@ -62,6 +62,12 @@ def test_ssh_argv_ends_options_before_the_host() -> None:
     assert Host.parse("web1").ssh_argv(tty=True) == ["ssh", "-xt", "--", "web1"]
 
 
+def test_ssh_command_as_a_person_types_it() -> None:
+    assert Host.parse("tm@web1:2222").ssh_command() == "ssh -p 2222 tm@web1"
+    assert Host.parse("[::1]:22").ssh_command() == "ssh -p 22 ::1"
+    assert Host.parse("web1").ssh_command() == "ssh web1"
+
+
 def test_bridge_commands_per_bus() -> None:
     assert bridge_command(None)[-1] == "systemd-stdio-bridge"
     assert bridge_command(BusChoice("system"))[-1] == "systemd-stdio-bridge"
