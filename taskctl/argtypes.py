@@ -51,3 +51,13 @@ def env_pair(text: str) -> tuple[str, str]:
     if not eq or not name:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
     return name, value
+
+
+def host(text: str) -> object:
+    """`taskctl -H [user@]host[:port]`: a `taskctl.hosts.Host`."""
+    from taskctl.hosts import Host
+
+    try:
+        return Host.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from taskctl.commands import execute as execute
 from taskctl.exitcodes import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from taskctl.parser import build_parser as build_parser
-from taskctl.parser import bus_choice, help_text
+from taskctl.parser import bus_choice, command_words, help_text
 
 
 def follows(args: argparse.Namespace) -> bool:
@@ -55,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
@@ -72,7 +73,9 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"taskctl: --address: {problem}", file=sys.stderr)
         return EXIT_USAGE
 
-    client = Client(bus_choice(args))
+    if args.host is not None and args.command is not None:
+        args.words = command_words(argv, args)  # what runs there for tail and history
+    client = Client(bus_choice(args), host=args.host)
     try:
         if args.command is None:
             from taskctl.shell import run_shell

@@ -40,6 +40,7 @@ from taskctl.connection import (
     received,
     wait_readable,
 )
+from taskctl.hosts import Host
 from taskctl.model import CallError, Event, ProcessRow, Reloaded, TaskctlError, Unreachable
 from taskmasterd.bus.names import BUS_NAME, MANAGER_IFACE, MANAGER_PATH
 from taskmasterd.busaddr import BusChoice
@@ -69,9 +70,11 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def _unreachable(choice: BusChoice, reason: str, cause: str = Unreachable.NO_BUS) -> Unreachable:
-    return Unreachable(choice.describe(), reason, kind=choice.kind, address=choice.address,
-                       cause=cause)
+def _unreachable(choice: BusChoice, reason: str, cause: str = Unreachable.NO_BUS,
+                 host: Host | None = None) -> Unreachable:
+    where = choice.describe() if host is None else f"{choice.describe()} of {host} over ssh"
+    return Unreachable(where, reason, kind=choice.kind, address=choice.address, cause=cause,
+                       host=None if host is None else str(host))
 
 
 def _row(values: Sequence[Any]) -> ProcessRow:
@@ -89,12 +92,16 @@ class Client:
     """A connection to taskmasterd, made at the first request (or `connect()`).
 
     `choice`: a `busaddr.BusChoice` (system/user/address/private) or None for
-    taskctl's default resolution (see `candidates`). After a connection drops,
-    the next request connects again.
+    taskctl's default resolution (see `candidates`). `host`: taskmasterd on
+    another host, through ssh (`taskctl.hosts`); `choice` then names a bus
+    there (None: its system bus). After a connection drops, the next request
+    connects again.
     """
 
-    def __init__(self, choice: BusChoice | None = None, *, timeout: float = CALL_TIMEOUT) -> None:
+    def __init__(self, choice: BusChoice | None = None, *, timeout: float = CALL_TIMEOUT,
+                 host: Host | None = None) -> None:
         self.requested = choice
+        self.host = host
         self.timeout = timeout
         self.choice: BusChoice | None = None  # the bus connected to (None: not connected)
         self._conn: Any = None  # jeepney.io.blocking.DBusConnection
@@ -138,7 +145,7 @@ class Client:
             if isinstance(exc, TimeoutError):
                 raise
             self._drop()
-            raise _unreachable(self._where(), f"connection lost: {_reason(exc)}",
+            raise self._unreachable(f"connection lost: {_reason(exc)}",
                                Unreachable.LOST) from None
 
     def _ensure(self) -> Any:
@@ -146,6 +153,8 @@ class Client:
             return self._conn
         if self._closed:
             raise RuntimeError("the client is closed")
+        if self.host is not None:
+            return self._ensure_remote(self.host)
         last: Unreachable | None = None
         cands = candidates(self.requested)
         fallback: tuple[Any, Candidate] | None = None  # connected, but no daemon there
@@ -179,6 +188,16 @@ class Client:
         assert last is not None
         raise last
 
+    def _ensure_remote(self, host: Host) -> Any:
+        from taskctl.sshlink import SshFailed, connect_timeout, open_remote
+
+        choice = self.requested or BusChoice("system")
+        try:
+            conn = open_remote(host, self.requested, connect_timeout(CONNECT_TIMEOUT))
+        except SshFailed as exc:
+            raise _unreachable(choice, exc.reason, host=host) from None
+        return self._adopt(conn, Candidate(choice, choice.address))
+
     def _adopt(self, conn: Any, cand: Candidate) -> Any:
         from jeepney import MatchRule
 
@@ -200,9 +219,14 @@ class Client:
             except OSError:
                 pass
 
+    def _unreachable(self, reason: str, cause: str = Unreachable.NO_BUS) -> Unreachable:
+        return _unreachable(self._where(), reason, cause, self.host)
+
     def _where(self) -> BusChoice:
         if self.choice is not None:
             return self.choice
+        if self.host is not None:
+            return self.requested or BusChoice("system")
         return self.requested or BusChoice("system" if os.geteuid() == 0 else "user")
 
     def _call(self, member: str, signature: str = "", body: Sequence[Any] = (), *,
@@ -220,7 +244,7 @@ class Client:
             try:
                 reply = conn.send_and_get_reply(msg, timeout=limit)
             except TimeoutError:
-                raise _unreachable(self._where(), f"no reply to {member} within {limit:g} s",
+                raise self._unreachable(f"no reply to {member} within {limit:g} s",
                                    Unreachable.NO_REPLY) from None
             self._keep_signals()
         if reply.header.message_type is MessageType.error:
@@ -230,9 +254,9 @@ class Client:
             text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
             if (name in GONE_ERRORS and destination == BUS_NAME) or (
                     name == "org.freedesktop.DBus.Error.NameHasNoOwner" and destination == DBUS_NAME):
-                raise _unreachable(self._where(), f"{BUS_NAME} has no owner", Unreachable.NO_OWNER)
+                raise self._unreachable(f"{BUS_NAME} has no owner", Unreachable.NO_OWNER)
             if name in SILENT_ERRORS:
-                raise _unreachable(self._where(), f"taskmasterd did not reply: {text or name}",
+                raise self._unreachable(f"taskmasterd did not reply: {text or name}",
                                    Unreachable.NO_REPLY)
             raise CallError(name, text)
         return reply
@@ -406,7 +430,7 @@ class Client:
             conn = self._conn
             if conn is None:
                 self._signals = None
-                raise _unreachable(self._where(), "connection lost", Unreachable.LOST)
+                raise self._unreachable("connection lost", Unreachable.LOST)
             try:
                 with self._request():  # one request: a cancel() meanwhile is not forgotten
                     # What is already buffered or readable, without blocking; else
@@ -435,7 +459,7 @@ class Client:
 
     def gone(self, reason: str) -> Unreachable:
         """The error for a daemon that went away (left the bus) meanwhile."""
-        return _unreachable(self._where(), reason, Unreachable.LOST)
+        return self._unreachable(reason, Unreachable.LOST)
 
     def events(self) -> Iterator[Event]:
         """Every event, forever (until interrupted or the connection drops)."""

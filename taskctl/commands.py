@@ -31,6 +31,7 @@ from taskctl.format import (
     status_exit_code,
     status_lines,
 )
+from taskctl.hosts import RUN_THERE
 from taskctl.model import CallError, Unreachable
 from taskctl.parser import help_text
 from taskctl.waiting import act_and_wait, request_each
@@ -45,6 +46,13 @@ def execute(client: Client, args: argparse.Namespace, *, out: TextIO, err: TextI
     """Run one parsed command; returns its exit code. Unreachable and error
     replies are printed, never raised; KeyboardInterrupt propagates."""
     ctx = Context(client, out, err, bool(getattr(args, "json", False)), interactive)
+    host = getattr(client, "host", None)  # stand-in clients (tests) have none
+    if host is not None and args.command in RUN_THERE:
+        from taskctl.sshlink import run_command_there
+
+        return run_command_there(host, client.requested, getattr(args, "words", None)
+                                 or [args.command], out, err,
+                                 follow=bool(getattr(args, "follow", False)))
     try:
         return COMMAND_FUNCS[args.command](ctx, args)
     except Unreachable as exc:

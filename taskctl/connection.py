@@ -134,15 +134,26 @@ def open_bus(address: str, timeout: float) -> Any:
     """A jeepney connection to the bus at `address`, authenticated, with fd
     passing (OpenLog), Hello said."""
     from jeepney.bus import get_bus
-    from jeepney.io.blocking import DBusConnection, prep_socket
+    from jeepney.io.blocking import prep_socket
 
     problem = address_problem(address)
     if problem is not None:  # jeepney's own words would be "not enough values to unpack"
         raise ValueError(problem)
     sock = prep_socket(get_bus(address), enable_fds=True, timeout=timeout)
-    # jeepney says Hello in the constructor and waits for the answer without a
-    # limit: a bus that authenticates us and then never answers would hang
-    # taskctl. Past the limit, the socket is shut down and the wait ends.
+    return say_hello(sock, timeout, enable_fds=True)
+
+
+def say_hello(sock: socket.socket, timeout: float, *, enable_fds: bool,
+              connection_class: Any = None) -> Any:
+    """The jeepney connection on an authenticated `sock` (closed on failure).
+
+    jeepney says Hello in the constructor and waits for the answer without a
+    limit: a bus that authenticates us and then never answers would hang
+    taskctl. Past the limit, the socket is shut down and the wait ends."""
+    if connection_class is None:
+        from jeepney.io.blocking import DBusConnection
+
+        connection_class = DBusConnection
     hung = threading.Event()
 
     def give_up() -> None:
@@ -155,7 +166,7 @@ def open_bus(address: str, timeout: float) -> Any:
     watchdog.start()
     conn, error = None, None
     try:
-        conn = DBusConnection(sock, enable_fds=True)
+        conn = connection_class(sock, enable_fds=enable_fds)
     except BaseException as exc:  # Ctrl-C included: re-raised below
         error = exc
     watchdog.cancel()

@@ -153,16 +153,22 @@ class Unreachable(TaskctlError):
     NO_BUS, NO_OWNER, NO_REPLY, LOST = "no-bus", "no-owner", "no-reply", "lost"
 
     def __init__(self, bus: str, reason: str, *, kind: str, address: str | None = None,
-                 cause: str = "no-bus") -> None:
+                 cause: str = "no-bus", host: str | None = None) -> None:
         super().__init__(f"cannot reach taskmasterd on {bus} ({reason})")
         self.bus = bus
         self.reason = reason
         self.kind = kind
         self.address = address
         self.cause = cause
+        self.host = host  # taskctl -H: the [user@]host[:port] given
 
     def hint(self) -> str:
         """How to start the daemon so that it serves where taskctl looked."""
+        if self.host is not None:
+            if self.cause == self.NO_OWNER:
+                return "start it there with: systemctl start taskmasterd  (or: taskmasterd -c FILE)"
+            return (f"taskctl -H reaches it as `ssh {self.host}` would, then through "
+                    "systemd-stdio-bridge to the bus there (docs/remote.md)")
         if self.kind == "system":
             return "start it with: systemctl start taskmasterd  (or: taskmasterd -c FILE)"
         if self.kind == "user":

@@ -7,6 +7,7 @@ Imports stay light: nothing here talks to the daemon.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from typing import Any
 
 from taskctl import argtypes
@@ -87,6 +88,10 @@ def build_parser(*, shell: bool = False) -> argparse.ArgumentParser:
                            help="talk to taskmasterd on the session bus")
         where.add_argument("--address", metavar="ADDR",
                            help="talk to taskmasterd on the bus at this D-Bus address")
+        p.add_argument("-H", "--host", metavar="[USER@]HOST[:PORT]", type=argtypes.host,
+                       help="talk to taskmasterd on another host, through ssh and "
+                            "systemd-stdio-bridge there (its system bus, or the one "
+                            "--user/--address name there)")
         p.add_argument("--version", action="version", version=f"taskctl {_version()}")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", title="commands")
@@ -155,6 +160,23 @@ def _version() -> str:
     from taskmasterd import __version__
 
     return __version__
+
+
+# Options before the command that take a value (and their unambiguous prefixes).
+_VALUED = ("-H", "--host", "--ho", "--hos", "--address", "--ad", "--add", "--addr", "--addre",
+           "--addres")
+
+
+def command_words(argv: Sequence[str], args: argparse.Namespace) -> list[str]:
+    """The command and its arguments as typed (what `taskctl -H` runs on the
+    host for tail and history), --json carried over; [] if not found."""
+    for i, word in enumerate(argv):
+        if word == args.command and (i == 0 or argv[i - 1] not in _VALUED):
+            words = list(argv[i:])
+            if getattr(args, "json", False) and "--json" not in words:
+                words.insert(1, "--json")
+            return words
+    return []
 
 
 def bus_choice(args: argparse.Namespace) -> Any:

@@ -6,7 +6,9 @@ line editing, a history kept in `$XDG_STATE_HOME/taskmaster/taskctl_history`
 (or `$TASKCTL_HISTFILE`), and tab completion of commands, signal names,
 program/process names (from ListProcesses, refreshed after a reload) and
 task/activity ids (from ListTasks and ListActivities, for task, cancel and
---activity).
+--activity). `connect HOST` talks to taskmasterd on another host through ssh
+(as `taskctl -H`), `connect local` back here: one daemon at a time, the host
+in the prompt, hosts completed from ~/.ssh/config and known_hosts.
 
 `run_shell(client)` is usable from another program too (taskmasterd --shell
 runs it in a thread): it installs no signal handler. In the main thread,
@@ -36,7 +38,12 @@ HISTORY_LENGTH = 1000
 NAMES_TTL = 2.0  # seconds a ListProcesses answer serves completion
 COMPLETION_TIMEOUT = 2.0
 LEAVE = ("exit", "quit")
-SHELL_WORDS = (*COMMAND_NAMES, *LEAVE)
+CONNECT = "connect"
+CONNECT_HELP = ("connect [--system|--user|--address ADDR] [USER@]HOST[:PORT] | connect local\n"
+                "  talk to taskmasterd on another host, through ssh and systemd-stdio-bridge "
+                "there\n  (its system bus, or the bus the flags name there); local: back to "
+                "this host's\n  daemon. One daemon at a time; the prompt shows which.")
+SHELL_WORDS = (*COMMAND_NAMES, CONNECT, *LEAVE)
 SIGNAL_NAMES = tuple(sorted(s.name[3:] for s in signal.Signals
                             if s.name.startswith("SIG") and not s.name.startswith("SIGRT")))
 
@@ -59,15 +66,17 @@ OPTIONS = {
             "--wait", "--wait-timeout"],
     "activity": ["--file", "--wait", "--wait-timeout", "--timeout"],
     "tasks": ["--state", "--activity"], "activities": ["--state"], "task": ["--lines"],
+    CONNECT: ["--system", "--user", "--address"],
 }
 TASK_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "lost")
 
 
 def complete_words(before: str, text: str, names: Callable[[], list[str]],
-                   task_ids: Callable[[], list[str]] = list) -> list[str]:
+                   task_ids: Callable[[], list[str]] = list,
+                   hosts: Callable[[], list[str]] = list) -> list[str]:
     """Completions of `text`, the word being typed after `before` (pure but
-    for `names`, called only when program/process names are wanted, and
-    `task_ids`, only when task or activity ids are)."""
+    for `names`, called only when program/process names are wanted,
+    `task_ids`, only when task or activity ids are, and `hosts` for connect)."""
     words = before.split()
     while words and words[0].startswith("-"):  # e.g. "--json status"
         words.pop(0)
@@ -89,7 +98,11 @@ def complete_words(before: str, text: str, names: Callable[[], list[str]],
             return []
         return [i for i in task_ids() if i.startswith(text) and i not in given]
     if command == "help":
-        return [w for w in COMMAND_NAMES if w.startswith(text)] if not args else []
+        return [w for w in (*COMMAND_NAMES, CONNECT) if w.startswith(text)] if not args else []
+    if command == CONNECT:
+        if args or last == "--address":
+            return []
+        return [h for h in ("local", *hosts()) if h.startswith(text)]
     if command == "signal" and not args:
         upper = text.upper()
         return [s for s in SIGNAL_NAMES if s.startswith(upper.removeprefix("SIG"))]
@@ -105,6 +118,8 @@ class Shell:
                  stdin: TextIO | None = None, stdout: TextIO | None = None,
                  stderr: TextIO | None = None) -> None:
         self.client = client
+        self.home = client  # `connect local` comes back to it; the caller closes it
+        self.visited: list[str] = []  # hosts connected to, for completion
         self.json_output = json_output
         self.stdin = stdin or sys.stdin
         self.stdout = stdout or sys.stdout
@@ -178,7 +193,8 @@ class Shell:
             if state == 0:
                 line = self._readline.get_line_buffer()
                 before = line[:self._readline.get_begidx()]
-                self._matches = complete_words(before, text, self.names, self.task_ids)
+                self._matches = complete_words(before, text, self.names, self.task_ids,
+                                               self.hosts)
                 if len(self._matches) == 1:  # Python's readline appends nothing itself
                     self._matches[0] += " "
             return self._matches[state] if state < len(self._matches) else None
@@ -223,13 +239,100 @@ class Shell:
         self._ids_at = time.monotonic()
         return self._ids
 
+    def hosts(self) -> list[str]:
+        from taskctl.hosts import known_hosts
+
+        return sorted({*self.visited, *known_hosts()})
+
+    @property
+    def prompt(self) -> str:
+        host = getattr(self.client, "host", None)
+        return PROMPT if host is None else f"taskmaster@{host}> "
+
+    def connect(self, words: list[str]) -> None:
+        """`connect HOST` / `connect local`: the shell's daemon from now on,
+        once it answers; the current one stays if it does not."""
+        from taskctl.client import Client
+        from taskctl.hosts import Host
+        from taskctl.model import Unreachable
+        from taskctl.parser import bus_choice
+
+        args = self._connect_args(words)
+        if args is None:
+            return
+        if args.target == "local":
+            if args.bus or args.address:
+                self.stderr.write("taskctl: connect local takes no bus flag: it goes back to "
+                                  "this host's daemon (the one this shell started with, "
+                                  "when it started here)\n")
+                return
+            local = self.home if getattr(self.home, "host", None) is None \
+                else Client(timeout=self.home.timeout)
+            try:
+                local.connect()
+            except Unreachable as exc:
+                if local is not self.home:
+                    local.close()
+                self.stderr.write(f"taskctl: {exc.line()}\n")
+                return
+            self._switch(local)
+            where = local.choice.describe() if local.choice else "this host"
+            self.stdout.write(f"connected to taskmasterd on {where}\n")
+            return
+        try:
+            host = Host.parse(args.target)
+        except ValueError as exc:
+            self.stderr.write(f"taskctl: connect: {exc}\n")
+            return
+        client = Client(bus_choice(args), host=host, timeout=self.home.timeout)
+        try:
+            client.connect()
+            version = client.version()
+        except Unreachable as exc:
+            client.close()
+            self.stderr.write(f"taskctl: {exc.line()}\n")
+            return
+        except Exception as exc:  # an error reply to Version: not a taskmasterd we know
+            client.close()
+            self.stderr.write(f"taskctl: connect {host}: {exc}\n")
+            return
+        self._switch(client)
+        if str(host) not in self.visited:
+            self.visited.append(str(host))
+        self.stdout.write(f"connected to taskmasterd {version} on {host}\n")
+
+    def _connect_args(self, words: list[str]) -> Any:
+        import argparse
+
+        p = argparse.ArgumentParser(prog=CONNECT, add_help=False, exit_on_error=False)
+        where = p.add_mutually_exclusive_group()
+        where.add_argument("--system", dest="bus", action="store_const", const="system")
+        where.add_argument("--user", dest="bus", action="store_const", const="user")
+        where.add_argument("--address")
+        p.add_argument("target", nargs="?")
+        try:
+            args, extra = p.parse_known_args(words)
+        except argparse.ArgumentError as exc:
+            self.stderr.write(f"taskctl: connect: {exc}\n")
+            return None
+        if extra or not args.target:
+            self.stderr.write("taskctl: usage: " + CONNECT_HELP.splitlines()[0] + "\n")
+            return None
+        return args
+
+    def _switch(self, client: Client) -> None:
+        if self.client is not client and self.client is not self.home:
+            self.client.close()
+        self.client = client
+        self._names_at = self._ids_at = -1e9  # another daemon, other names
+
     # -- the loop --------------------------------------------------------------------
 
     def read_line(self, interactive: bool) -> str | None:
         """The next line (None at the end of input)."""
         if interactive:
             try:
-                return input(PROMPT)
+                return input(self.prompt)
             except EOFError:
                 self.stdout.write("\n")
                 return None
@@ -252,6 +355,7 @@ class Shell:
                 if self.onecmd(line):
                     return EXIT_OK
         finally:
+            self._switch(self.home)  # closes a remote one; the caller closes its own
             self.save_history()
             self.stdout.flush()
 
@@ -273,6 +377,9 @@ class Shell:
             words[0] = "help"
         if words[0] == "help":
             return self.help(words[1:])
+        if words[0] == CONNECT:
+            self.connect(words[1:])
+            return False
         if words[0] not in COMMAND_NAMES and not words[0].startswith("-"):
             self.stderr.write(f"taskctl: unknown command {words[0]!r}; type help for the list\n")
             return False
@@ -284,6 +391,7 @@ class Shell:
             self.help([])
             return False
         args.json = bool(args.json) or self.json_output
+        args.words = words  # what runs on the host for tail and history, when remote
         self.stdout.flush()
         try:
             code = execute(self.client, args, out=self.stdout, err=self.stderr,
@@ -301,10 +409,15 @@ class Shell:
     def help(self, topics: list[str]) -> bool:
         if not topics:
             self.stdout.write(help_text() + "\n"
+                              "connect HOST | connect local: another host's taskmasterd (ssh), "
+                              "or back (help connect)\n"
                               "exit, quit or Ctrl-D: leave the shell; Ctrl-C: cancel the line "
                               "or stop events / tail -f\n")
             return False
         for topic in topics:
+            if topic == CONNECT:
+                self.stdout.write(CONNECT_HELP + "\n")
+                continue
             try:
                 self.stdout.write(help_text(topic) + "\n")
             except KeyError:
