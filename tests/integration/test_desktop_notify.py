@@ -1,7 +1,10 @@
-"""contrib/taskmaster-notify against the real taskmasterd on a private bus,
-showing its notifications on a second private bus standing for the desktop's
-session bus: to a Notifications service of the test's that records each
-Notify call, and to Debian's dunst under Xvfb when they are installed.
+"""contrib/taskmaster-notify (docs/notify.md) against the real taskmasterd on
+a private bus, showing its notifications on a second private bus standing for
+the desktop's session bus: to a Notifications service of the test's that
+records each Notify call, and to Debian's dunst under Xvfb when they are
+installed. Also: the daemon leaving (a re-exec within --grace is not news),
+coming back, and -H through a stand-in for ssh to systemd-stdio-bridge, whose
+link is cut and made again.
 
 The script runs as shipped (its #!/usr/bin/python3, Debian's jeepney) with
 the tree on PYTHONPATH. Waits are on its stderr lines, the recorder's calls
@@ -41,11 +44,20 @@ CRITICAL, NORMAL = 2, 1
 HOST = socket.gethostname()
 GRACE = 4.0  # taskmaster-notify --grace: a re-exec is back within it, even on a loaded machine
 
-pytestmark = pytest.mark.skipif(
-    subprocess.run(["/usr/bin/python3", "-c", "import jeepney, yaml"],
-                   capture_output=True).returncode != 0 if os.path.exists("/usr/bin/python3")
-    else True, reason="needs Debian's python3 with python3-jeepney and python3-yaml "
-                      "(sh bootstrap setup installs them)")
+
+
+def runs_as_shipped() -> bool:
+    """Whether the script starts on Debian's python3 (python3-jeepney, -dbus-next, -yaml)."""
+    try:
+        return subprocess.run([SCRIPT, "--help"], capture_output=True, timeout=30,
+                              env={**os.environ, "PYTHONPATH": str(REPO)}).returncode == 0
+    except OSError:
+        return False
+
+
+pytestmark = pytest.mark.skipif(not runs_as_shipped(), reason=(
+    "needs Debian's /usr/bin/python3 with python3-jeepney, python3-dbus-next and python3-yaml "
+    "(sh bootstrap setup installs them)"))
 
 
 def programs() -> dict[str, dict[str, Any]]:
@@ -185,6 +197,14 @@ def following(line: str) -> bool:
     return "following taskmasterd on " in line
 
 
+def serving(tm: Daemon) -> None:
+    """Until the daemon has started (DAEMON_START): it owns its name and
+    answers calls a moment before it sends signals, and a Start in that
+    moment is never signalled (daemon.serve subscribes the bus service to
+    the events after service.connect has requested the name)."""
+    tm.wait_for(event("DAEMON_START"))
+
+
 def test_one_notification_per_unexpected_exit_and_a_critical_one_for_fatal(
         write_config: WriteConfig, bus_address: str, desktop: str,
         daemons: Callable[..., Daemon]) -> None:
@@ -197,6 +217,7 @@ def test_one_notification_per_unexpected_exit_and_a_critical_one_for_fatal(
             n.wait_line(lambda ln: "taskmasterd is not on the bus at" in ln)
             tm = daemons(config)
             n.wait_line(following)
+            serving(tm)
 
             client.start("crashy")
             assert [(s.summary, s.urgency) for s in recorder.wait(4)] == \
@@ -235,6 +256,7 @@ def test_one_notification_per_unexpected_exit_and_a_critical_one_for_fatal(
             client.call("Reexecute")
             n.wait_line(lambda ln: "taskmasterd left " in ln)
             n.wait_line(following)
+            serving(tm)
             client.start("last")
             [after] = recorder.wait(10)[9:]
             assert after.summary == "last exited unexpectedly" and after.replaces == 9
@@ -248,6 +270,7 @@ def test_one_notification_per_unexpected_exit_and_a_critical_one_for_fatal(
             # It comes back: followed again.
             tm = daemons(config)
             n.wait_line(following)
+            serving(tm)
             client.start("last")
             [again] = recorder.wait(12)[11:]
             assert again.summary == "last exited unexpectedly" and again.replaces == 10
@@ -316,6 +339,7 @@ def test_dunst_shows_the_notification(write_config: WriteConfig, bus_address: st
     env = {**os.environ, "DBUS_SESSION_BUS_ADDRESS": desktop,
            "XDG_CONFIG_HOME": str(workdir / "config"), "HOME": str(workdir)}
     tm = daemons(write_config(programs()))
+    serving(tm)
     with xvfb(workdir) as display:
         with open(workdir / "dunst.log", "wb") as log:
             dunst = subprocess.Popen(["dunst"], env={**env, "DISPLAY": display},
@@ -327,7 +351,11 @@ def test_dunst_shows_the_notification(write_config: WriteConfig, bus_address: st
                 n.wait_line(following)
                 with Client(BusChoice("address", bus_address)) as client:
                     client.start("ghost")
-                n.wait_line(lambda ln: "ghost is FATAL: " in ln and "not shown" not in ln)
+                try:
+                    n.wait_line(lambda ln: "ghost is FATAL: " in ln and "not shown" not in ln)
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}\ntaskmasterd:\n{tm.text()}\ndunst:\n"
+                                         f"{(workdir / 'dunst.log').read_text()}") from None
                 tm.wait_for(event("FATAL", "ghost"))
             # What is on screen goes to the history once closed.
             close = subprocess.run(["dunstctl", "close-all"], env=env, capture_output=True,
@@ -345,3 +373,51 @@ def test_dunst_shows_the_notification(write_config: WriteConfig, bus_address: st
         finally:
             dunst.terminate()
             dunst.wait(10)
+
+
+# ---- another host: -H, over ssh (a stand-in) to systemd-stdio-bridge ------------------------
+
+FAKE_SSH = """#!/bin/sh
+# ssh's stand-in: the options up to "--", the host, then the command runs here
+# (as ssh has the login shell there run it); its pid is kept, to cut the link.
+echo $$ >> "$SSH_PIDS"
+while [ "$1" != "--" ]; do shift; done
+shift 2
+exec sh -c "exec $*"
+"""
+
+
+@pytest.mark.skipif(not shutil.which("systemd-stdio-bridge"),
+                    reason="needs systemd-stdio-bridge (Debian's systemd)")
+def test_a_remote_host_over_ssh_and_a_dropped_link(
+        write_config: WriteConfig, bus_address: str, desktop: str, workdir: Path,
+        daemons: Callable[..., Daemon]) -> None:
+    (workdir / "bin").mkdir()
+    (workdir / "bin" / "ssh").write_text(FAKE_SSH)
+    (workdir / "bin" / "ssh").chmod(0o755)
+    pids = workdir / "ssh.pids"
+    serving(daemons(write_config(programs())))
+    recorder = Recorder(desktop)
+    n = Notifier(bus_address, desktop, "-H", "operator@faraway:2222", env={
+        "PATH": f"{workdir / 'bin'}:{os.environ['PATH']}", "SSH_PIDS": str(pids)})
+    try:
+        with Client(BusChoice("address", bus_address)) as client:
+            assert "of faraway" in n.wait_line(following)
+            client.start("last")
+            [shown] = recorder.wait(1)
+            assert shown.summary == "last exited unexpectedly"
+            assert shown.body == "exit status 4 (on faraway)"
+            # The link drops (the network, ssh): connected again, nothing missed after.
+            os.kill(int(pids.read_text().split()[-1]), signal.SIGTERM)
+            n.wait_line(lambda ln: "connection lost" in ln and "trying again" in ln)
+            n.wait_line(following)
+            assert len(pids.read_text().split()) == 2
+            client.start("last")
+            [again] = recorder.wait(2)[1:]
+            assert again.summary == "last exited unexpectedly" and again.replaces == 1
+        code, rest = n.interrupt()
+        assert code == 0 and "Traceback" not in rest, rest
+        assert len(recorder.shown) == 2, recorder.shown
+    finally:
+        n.close()
+        recorder.close()
