@@ -145,6 +145,14 @@ def test_the_docs_are_where_the_man_pages_say(built: Built) -> None:
         assert "/usr/share/doc/taskmasterd/docs/" in text, page
 
 
+def test_the_desktop_notifier_is_shipped_as_an_example(built: Built) -> None:
+    """contrib/taskmaster-notify (docs/notify.md) in the docs' examples, as is
+    and still executable (dh_fixperms and dh_compress leave examples/ alone)."""
+    shipped = built.root / "usr/share/doc/taskmasterd/examples/taskmaster-notify"
+    assert shipped.read_bytes() == (REPO / "contrib/taskmaster-notify").read_bytes()
+    assert shipped.stat().st_mode & 0o777 == 0o755
+
+
 def test_the_example_configuration_is_a_conffile(built: Built) -> None:
     control = built.root.parent / "control"
     shutil.rmtree(control, ignore_errors=True)
