@@ -441,6 +441,12 @@ async def serve(config: Config, choice: BusChoice, *, shell: bool = False,
     embedded: EmbeddedBus | None = None
     service = BusService(daemon)
     keeper: asyncio.Task[None] | None = None
+    # Before the name is ours: a Start that a client sends the moment the name
+    # appears may be served while connect() is still under way, and its
+    # ProcessStateChanged must not be lost (on_event says nothing until there
+    # is a bus).
+    daemon.bus.subscribe(service.on_event)
+    daemon.state_changed = service.properties_changed
     try:
         if choice.kind == "private":
             from taskmasterd.bus.embedded import EmbeddedBus
@@ -474,8 +480,6 @@ async def serve(config: Config, choice: BusChoice, *, shell: bool = False,
                 await service.connect(bus_type=BusType.SESSION if kind == "user" else BusType.SYSTEM)
 
         keeper = asyncio.create_task(service.keep_connected(reconnect, where))
-        daemon.bus.subscribe(service.on_event)
-        daemon.state_changed = service.properties_changed
         daemon.reexec_supported = lambda: "not with --shell" if shell else None
         if started is not None:
             started(daemon, asyncio.get_running_loop(), choice)
