@@ -36,19 +36,17 @@ gets one row saying so and why: skipped, not failed.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from drivers import ROOT
 from taskbench import paired_ratios
 
+from tests.e2e import debs
 from tests.e2e.container import (
     HOST_TOOLS,
     INSTALL_HINT,
@@ -66,8 +64,6 @@ TARGET = "root@localhost"
 MUX = "root@mux"  # the same sshd, through a ControlMaster connection (see _SSH_CONFIG)
 # As tests/e2e/conftest.py: what goes into the package (a .deb older than
 # any of these is rebuilt).
-PACKAGED = ("taskmasterd", "taskctl", "dbus", "etc", "packaging", "pyproject.toml")
-DEB_DIR = ROOT / "build" / "deb"
 START_TIMEOUT = 180.0  # boot -> all N RUNNING (a mass start under systemd, 2 vCPUs)
 CAP = 60.0  # one command
 
@@ -179,52 +175,10 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def _newest_source() -> float:
-    newest = 0.0
-    for name in PACKAGED:
-        top = ROOT / name
-        paths = [top] if top.is_file() else (p for p in top.rglob("*") if p.is_file()
-                                              and "__pycache__" not in p.parts)
-        for p in paths:
-            newest = max(newest, p.stat().st_mtime)
-    return newest
-
-
-def _built_deb() -> Path | None:
-    found = sorted(DEB_DIR.glob("taskmasterd_*_all.deb"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
-
-
 def deb_package() -> Path:
-    """$TASKMASTER_E2E_DEB if set, else build/deb/taskmasterd_*_all.deb,
-    rebuilt by `make deb` when missing or older than the sources (under the
-    e2e tests' lock: `make deb` starts with rm -rf build/deb)."""
-    given = os.environ.get("TASKMASTER_E2E_DEB")
-    if given:
-        if not Path(given).is_file():
-            raise RuntimeError(f"TASKMASTER_E2E_DEB={given}: no such file")
-        return Path(given)
-    deb = _built_deb()
-    if deb is not None and deb.stat().st_mtime >= _newest_source():
-        return deb
-    missing = [t for t in ("make", "dpkg-buildpackage", "lintian") if shutil.which(t) is None]
-    if missing:
-        raise Unavailable(f"the .deb needs building and {', '.join(missing)} is missing "
-                          "(sh bootstrap setup installs them)")
-    (ROOT / "build").mkdir(exist_ok=True)
-    with open(ROOT / "build" / ".e2e-deb.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        deb = _built_deb()
-        if deb is not None and deb.stat().st_mtime >= _newest_source():
-            return deb
-        print("#   make deb ...", file=sys.stderr, flush=True)
-        proc = subprocess.run(["make", "deb"], cwd=ROOT, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=900)
-        deb = _built_deb()
-    if proc.returncode != 0 or deb is None:
-        tail = "\n".join((proc.stdout + proc.stderr).rstrip().splitlines()[-20:])
-        raise RuntimeError(f"`make deb` failed (exit {proc.returncode}):\n{tail}")
-    return deb
+    """The .deb under test, built when older than the sources (tests.e2e.debs)."""
+    print("#   the .deb (make deb when older than the sources) ...", file=sys.stderr, flush=True)
+    return debs.deb_package()[0]
 
 
 def prepare(box: Container, n: int) -> None:

@@ -24,12 +24,13 @@ import contextlib
 import os
 import select
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from tests.procs import terminate
 
 DBUS_DAEMON = shutil.which("dbus-daemon") or "/usr/bin/dbus-daemon"
 
@@ -121,13 +122,7 @@ def dbus_daemon(directory: str | os.PathLike[str], config_text: str, *,
                                    f"{stderr.read().decode(errors='replace').strip()}")
             yield address
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            terminate(proc)
             if proc.stdout is not None:
                 proc.stdout.close()
             conf.unlink(missing_ok=True)

@@ -24,7 +24,6 @@ import os
 import pwd
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -33,6 +32,8 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.procs import terminate
 
 SSHD = "/usr/sbin/sshd"  # sshd re-executes itself: it must be run by its absolute path
 SSH = "/usr/bin/ssh"
@@ -278,13 +279,7 @@ def _wait_listening(proc: subprocess.Popen[bytes], server: SSHServer, timeout: f
 
 
 def _stop(proc: subprocess.Popen[bytes], reader: threading.Thread) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    terminate(proc, timeout=10)
     reader.join(5)
     if proc.stderr is not None and not reader.is_alive():
         proc.stderr.close()

@@ -11,9 +11,7 @@ skipping the one test that boots the real thing.
 
 from __future__ import annotations
 
-import fcntl
 import os
-import subprocess
 import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any, NoReturn
 
 import pytest
 
+from tests.e2e import debs
 from tests.e2e.container import (
     HOST_TOOLS,
     INSTALL_HINT,
@@ -31,9 +30,6 @@ from tests.e2e.container import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-DEB_DIR = REPO / "build" / "deb"
-# What goes into the package: a .deb older than any of these is rebuilt.
-PACKAGED = ("taskmasterd", "taskctl", "dbus", "etc", "packaging", "pyproject.toml")
 TIMINGS: dict[str, float] = {}
 SKIPPED: dict[str, str] = {}  # e2e test id -> why it was skipped
 HOW_TO_RUN = (f"to run it: as root, with `{INSTALL_HINT}`, "
@@ -47,52 +43,17 @@ def unavailable(reason: str) -> NoReturn:
     pytest.skip(f"booted-systemd test cannot run here: {reason}")
 
 
-def _newest_source() -> float:
-    newest = 0.0
-    for name in PACKAGED:
-        top = REPO / name
-        paths = [top] if top.is_file() else (p for p in top.rglob("*") if p.is_file()
-                                              and "__pycache__" not in p.parts)
-        for p in paths:
-            newest = max(newest, p.stat().st_mtime)
-    return newest
-
-
-def _built_deb() -> Path | None:
-    found = sorted(DEB_DIR.glob("taskmasterd_*_all.deb"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
-
-
 def deb_package() -> Path:
-    """The package under test: $TASKMASTER_E2E_DEB if set, else
-    build/deb/taskmasterd_<version>_all.deb, (re)built with `make deb` when
-    missing or older than the sources."""
-    given = os.environ.get("TASKMASTER_E2E_DEB")
-    if given:
-        if not Path(given).is_file():
-            pytest.fail(f"TASKMASTER_E2E_DEB={given}: no such file", pytrace=False)
-        return Path(given)
-    deb = _built_deb()
-    if deb is not None and deb.stat().st_mtime >= _newest_source():
-        return deb
-    try:
-        require_host("make", "dpkg-buildpackage", "lintian")
-    except Unavailable as exc:
-        unavailable(f"{exc}; `make deb` needs them (sh bootstrap setup installs them)")
+    """The package under test (tests.e2e.debs), its build timed."""
     started = time.monotonic()
-    (REPO / "build").mkdir(exist_ok=True)
-    with open(REPO / "build" / ".e2e-deb.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # `make deb` starts with rm -rf build/deb
-        deb = _built_deb()
-        if deb is not None and deb.stat().st_mtime >= _newest_source():
-            return deb  # another run built it meanwhile
-        proc = subprocess.run(["make", "deb"], cwd=REPO, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=900)
-        deb = _built_deb()
-    TIMINGS["make deb"] = time.monotonic() - started
-    if proc.returncode != 0 or deb is None:
-        tail = "\n".join((proc.stdout + proc.stderr).rstrip().splitlines()[-40:])
-        pytest.fail(f"`make deb` failed (exit {proc.returncode}):\n{tail}", pytrace=False)
+    try:
+        deb, built = debs.deb_package()
+    except Unavailable as exc:
+        unavailable(str(exc))
+    except debs.BuildFailed as exc:
+        pytest.fail(str(exc), pytrace=False)
+    if built:
+        TIMINGS["make deb"] = time.monotonic() - started
     return deb
 
 
