@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NoReturn
@@ -92,6 +93,16 @@ class Daemon:
     handover: Handover | None = None  # what our previous image handed over (daemon-reexec)
     reexec_supported: Callable[[], str | None] = lambda: None  # why not, or None
     _reexec: bool = False
+    # For Manager's Reloads and StartTime properties (taskmaster-web's metrics):
+    # reloads applied by this process, and when it started (µs since the epoch).
+    reloads: int = 0
+    started_us: int = field(default_factory=lambda: time.time_ns() // 1000)
+
+    def alert_counts(self) -> tuple[int, int]:
+        """Alerts delivered and given up since this process started."""
+        if self.alerts is None:
+            return 0, 0
+        return self.alerts.sent, self.alerts.failed
 
     def _set_state(self, state: str) -> None:
         if state == self.state:
@@ -243,6 +254,7 @@ class Daemon:
         self._warn_if_exposed(new)
         plan = self.supervisor.reload(new)
         self.config = new
+        self.reloads += 1
         return plan
 
     def _reload_failed(self, lines: list[str]) -> NoReturn:

@@ -105,6 +105,10 @@ class AlertDispatcher:
         self.retry_delays = tuple(retry_delays)
         self.test_timeout = test_timeout
         self.targets: list[Target] = []
+        # Messages delivered / given up (after their retries, or not even
+        # rendered) since the daemon started; test messages not counted.
+        self.sent = 0
+        self.failed = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = asyncio.Event()
         route_apprise_log()
@@ -192,6 +196,7 @@ class AlertDispatcher:
             await self._send(target, message, batch)
         except Exception as exc:  # RuntimeError: dropped by a reload, its worker is shut down
             if not target.closed:
+                self.failed += 1
                 log.error("%s: alert not sent: %s: %s", target.name, type(exc).__name__, exc)
         finally:
             target.throttle.done()
@@ -208,11 +213,13 @@ class AlertDispatcher:
         for attempt in range(1, tries + 1):
             ok, detail = await self._loop.run_in_executor(target.pool, target.send, message)
             if ok:
+                self.sent += 1
                 log.debug("%s: alert sent (%s), %s", target.name, about, detail)
                 return
             if target.closed:
                 return
             if attempt == tries or self._closing.is_set():
+                self.failed += 1
                 log.error("%s: alert not delivered after %s, dropped (%s): %s",
                           target.name, "1 try" if attempt == 1 else f"{attempt} tries", about, detail)
                 return

@@ -37,6 +37,8 @@ class Controller(Protocol):
     supervisor: Supervisor
     config_path: str
     state: str
+    reloads: int
+    started_us: int
 
     @property
     def tasks(self) -> Tasks | None:
@@ -48,6 +50,7 @@ class Controller(Protocol):
     def reexecute(self) -> None: ...
     def output_file(self, process: str, stream: str) -> str: ...
     async def test_alerts(self, target: str) -> list[tuple[str, bool, str]]: ...
+    def alert_counts(self) -> tuple[int, int]: ...
 
 
 def parse_signal(name: str) -> signal.Signals:
@@ -182,6 +185,24 @@ class Manager(TaskMethods, ServiceInterface):
     @dbus_property(access=PropertyAccess.READ)
     def ConfigFile(self) -> 's':
         return self._c.config_path
+
+    # (1.4) Counters for monitoring (taskmaster-web's /metrics); read on
+    # demand, no PropertiesChanged.
+    @dbus_property(access=PropertyAccess.READ)
+    def Reloads(self) -> 'u':
+        return self._c.reloads
+
+    @dbus_property(access=PropertyAccess.READ)
+    def StartTime(self) -> 't':
+        return self._c.started_us
+
+    @dbus_property(access=PropertyAccess.READ)
+    def AlertsSent(self) -> 't':
+        return self._c.alert_counts()[0]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def AlertsFailed(self) -> 't':
+        return self._c.alert_counts()[1]
 
     @named()
     @dbus_signal()

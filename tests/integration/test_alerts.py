@@ -31,7 +31,9 @@ from typing import Any
 import pytest
 import yaml
 
+from taskctl.client import Client
 from taskmasterd.alerts import AlertDispatcher
+from taskmasterd.busaddr import BusChoice
 from taskmasterd.config import AlertConfig
 from taskmasterd.events import Event
 from tests.harness import Daemon, event, read_fifo
@@ -266,7 +268,7 @@ def test_email_for_a_program_killed_by_sigkill(write_config: WriteConfig, daemon
 
 
 def test_json_and_form_targets(write_config: WriteConfig, daemons: Start, workdir: Path,
-                               http_sink: HttpSink) -> None:
+                               http_sink: HttpSink, bus_address: str) -> None:
     victim = Victim(workdir)
     cfg = with_alerts(write_config({"victim": victim.program()}), [
         {"url": http_sink.url("json", "/json-hook")},
@@ -286,6 +288,18 @@ def test_json_and_form_targets(write_config: WriteConfig, daemons: Start, workdi
     assert got["/form-hook"].content_type.startswith("application/x-www-form-urlencoded")
     assert as_form["title"] == as_json["title"]
     assert_full_report(as_form["message"], pid)
+    # The counters monitoring reads (Manager properties, API 1.4): two
+    # delivered, none given up; a reload counted, a daemon started just now.
+    with Client(BusChoice("address", bus_address)) as client:
+        deadline = time.monotonic() + 10
+        while client.get_property("AlertsSent") != 2:  # counted once send() returned
+            assert time.monotonic() < deadline, client.get_property("AlertsSent")
+            client.sleep(0.02)
+        assert client.get_property("AlertsFailed") == 0
+        assert client.get_property("Reloads") == 0
+        client.reload()
+        assert client.get_property("Reloads") == 1
+        assert 0 < time.time() * 1e6 - client.get_property("StartTime") < 600e6
 
 
 def test_remote_syslog_to_a_datagram_socket(write_config: WriteConfig, daemons: Start,
@@ -615,6 +629,9 @@ def test_idle_dispatcher_has_no_timer(http_sink: HttpSink) -> None:
         await asyncio.to_thread(http_sink.wait, 2)
         assert await d.wait_idle(10)
         assert alert_timers(loop) == []  # delivered, nothing pending: nothing scheduled
+        # Counted (Manager.AlertsSent/AlertsFailed): the summary dropped with
+        # its target by configure() was neither delivered nor given up.
+        assert (d.sent, d.failed) == (2, 0)
         await d.close()
     asyncio.run(main())
 
@@ -632,6 +649,7 @@ def test_failed_delivery_is_retried_then_dropped_with_the_url_redacted(
         d.on_event(fatal())
         assert await d.wait_idle(30)
         assert alert_timers(loop) == []
+        assert (d.sent, d.failed) == (0, 1)  # one message given up, its tries not counted
         await d.close()
     asyncio.run(main())
     assert log.seen.is_set()
