@@ -14,8 +14,8 @@ unit: setup
 	.venv/bin/python -m pytest -q tests/unit
 
 lint: setup
-	.venv/bin/ruff check taskmasterd taskctl tests bench
-	.venv/bin/mypy taskmasterd taskctl
+	.venv/bin/ruff check taskmasterd taskctl taskweb tests bench
+	.venv/bin/mypy taskmasterd taskctl taskweb
 
 check-config: setup
 	.venv/bin/taskmasterd --check-config etc/taskmaster.yaml

@@ -78,14 +78,6 @@ def _unreachable(choice: BusChoice, reason: str, cause: str = Unreachable.NO_BUS
                        ssh=None if host is None else host.ssh_command())
 
 
-def _row(values: Sequence[Any]) -> ProcessRow:
-    (name, program, state, pid, status, started, description, spawn_error, restarts,
-     last_status, last_us, last_expected) = values
-    return ProcessRow(str(name), str(program), str(state), int(pid), int(status), int(started),
-                      str(description), str(spawn_error), int(restarts), int(last_status),
-                      int(last_us), bool(last_expected))
-
-
 # ---- the client ---------------------------------------------------------------
 
 
@@ -318,7 +310,7 @@ class Client:
         return Reloaded(tuple(added), tuple(changed), tuple(removed))
 
     def list_processes(self) -> list[ProcessRow]:
-        return [_row(r) for r in self.call("ListProcesses")[0]]
+        return [ProcessRow.from_values(r) for r in self.call("ListProcesses")[0]]
 
     def shutdown(self) -> None:
         """Ask taskmasterd to stop everything and exit. A daemon that leaves

@@ -7,7 +7,8 @@ touching D-Bus.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 from taskmasterd.states import State
 
@@ -31,6 +32,15 @@ class ProcessRow(NamedTuple):
     last_exit_status: int = 0  # the last exit ever (< 0: killed by that signal)
     last_exit_us: int = 0  # when, µs since the epoch; 0 = it never exited
     last_exit_expected: bool = False
+
+    @classmethod
+    def from_values(cls, values: Sequence[Any]) -> ProcessRow:
+        """From one struct of ListProcesses as a D-Bus library returns it."""
+        (name, program, state, pid, status, started, description, spawn_error, restarts,
+         last_status, last_us, last_expected) = values
+        return cls(str(name), str(program), str(state), int(pid), int(status), int(started),
+                   str(description), str(spawn_error), int(restarts), int(last_status),
+                   int(last_us), bool(last_expected))
 
 
 class StateChange(NamedTuple):

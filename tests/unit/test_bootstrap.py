@@ -153,8 +153,8 @@ def test_run_installs_no_test_tools_and_test_adds_them_without_a_downgrade_after
     rc, calls, err = bootstrap(tree, "test", "-x")
     assert rc == 0, err
     assert installs(calls) == [WITH_TESTS]
-    assert calls[-3:] == ["ruff check taskmasterd taskctl tests bench", "mypy taskmasterd taskctl",
-                          "python -m pytest -q -x"]
+    assert calls[-3:] == ["ruff check taskmasterd taskctl taskweb tests bench",
+                          "mypy taskmasterd taskctl taskweb", "python -m pytest -q -x"]
 
     rc, calls, err = bootstrap(tree, "run")  # a run after a test installs nothing
     assert (rc, calls) == (0, ["taskmasterd -c etc/taskmaster.yaml"]), err

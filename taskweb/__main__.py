@@ -1,0 +1,5 @@
+import sys
+
+from taskweb.cli import main
+
+sys.exit(main())
