@@ -158,7 +158,7 @@ class DaemonLink:
 
         address = bus_address(self.choice)
         try:
-            bus = await MessageBus(bus_address=address).connect()
+            bus = await MessageBus(bus_address=address, negotiate_unix_fd=True).connect()
         except Exception as exc:  # dbus-next raises several kinds
             raise Unavailable(f"cannot connect to the bus {address}: {exc}") from None
         self.bus = bus
