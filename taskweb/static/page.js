@@ -28,26 +28,50 @@
     return d ? d + "d " + hms : hms;
   }
 
+  const SIGNALS = { 1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 6: "SIGABRT", 9: "SIGKILL",
+    10: "SIGUSR1", 11: "SIGSEGV", 12: "SIGUSR2", 13: "SIGPIPE", 14: "SIGALRM", 15: "SIGTERM" };
+  const two = (n) => String(n).padStart(2, "0");
+
+  function clock(us) {
+    const t = new Date(us / 1000);
+    const hms = two(t.getHours()) + ":" + two(t.getMinutes()) + ":" + two(t.getSeconds());
+    if (t.toDateString() === new Date().toDateString()) return hms;
+    return t.getFullYear() + "-" + two(t.getMonth() + 1) + "-" + two(t.getDate()) + " " + hms;
+  }
+
   function lastExit(row) {
     if (!row.last_exit_us) return "";
     const st = row.last_exit_status;
-    const what = st < 0 ? "signal " + -st : "exit " + st;
-    const when = new Date(row.last_exit_us / 1000).toLocaleTimeString();
-    return what + (row.last_exit_expected ? "" : " (unexpected)") + ", " + when;
+    const what = st < 0 ? (SIGNALS[-st] || "signal " + -st) : "exit " + st;
+    return what + (row.last_exit_expected ? "" : " (unexpected)") + " at " + clock(row.last_exit_us);
   }
 
-  const BUTTONS = loggedIn
-    ? '<button data-act="start">Start</button><button data-act="stop">Stop</button>' +
-      '<button data-act="restart">Restart</button><button data-act="signal">Signal…</button>' +
-      '<button data-act="tail">Tail</button>'
-    : "";
+  // The daemon's description starts with what the Pid and Uptime columns
+  // show (and keep ticking): the rest (readiness, health, STATUS=) is news.
+  const PID_UPTIME = /^pid \d+, uptime (\d+ days?, )?[\d:.]+(, |; )?/;
+
+  function note(row) {
+    if (row.spawn_error) return row.spawn_error;
+    return UP.has(row.state) ? row.description.replace(PID_UPTIME, "") : row.description;
+  }
+
+  function buttons(row) {
+    if (!loggedIn) return "";
+    const up = UP.has(row.state) ? "" : " disabled";
+    const down = UP.has(row.state) ? " disabled" : "";
+    return '<button data-act="start"' + down + ">Start</button>" +
+      '<button data-act="stop"' + up + ">Stop</button>" +
+      '<button data-act="restart">Restart</button>' +
+      '<button data-act="signal"' + up + ">Signal…</button>" +
+      '<button data-act="tail">Output</button>';
+  }
 
   function cells(row, nowUs) {
     return "<td>" + esc(row.name) + '</td><td><span class="st st-' + esc(row.state) + '">' +
       esc(row.state) + "</span></td><td>" + (row.pid || "") + '</td><td class="up">' +
       uptime(row, nowUs) + "</td><td>" + row.restarts + "</td><td>" + esc(lastExit(row)) +
-      '</td><td class="desc">' + esc(row.spawn_error || row.description) +
-      '</td><td class="control">' + BUTTONS + "</td>";
+      '</td><td class="desc">' + esc(note(row)) +
+      '</td><td class="control">' + buttons(row) + "</td>";
   }
 
   function summary() {

@@ -36,7 +36,8 @@ Start = Callable[..., Daemon]
 
 def programs(workdir: Path) -> dict[str, dict[str, Any]]:
     return {
-        "web": {"cmd": "sh -c 'echo web says hello; exec sleep 100000'",
+        "web": {"cmd": "sh -c 'echo web says hello; echo listening on 127.0.0.1:8080; "
+                       "exec sleep 100000'",
                 "stdout": str(workdir / "web.out"), "stoptime": 2},
         "worker": {"cmd": "sleep 100000", "numprocs": 2, "stoptime": 2},
         "quiet": {"cmd": "sleep 100000", "stdout": None, "stoptime": 2},
@@ -238,7 +239,6 @@ def test_page_in_headless_chromium(write_config: WriteConfig, daemons: Start, wo
 
                 await page.evaluate(click("web", "stop"))
                 await page.until("web STOPPED", state_of("web") + " === 'STOPPED'")
-                assert link.rows["web"].state == "STOPPED"
                 await page.evaluate(click("web", "start"))
                 await page.until("web RUNNING", state_of("web") + " === 'RUNNING'")
 
@@ -248,7 +248,9 @@ def test_page_in_headless_chromium(write_config: WriteConfig, daemons: Start, wo
                 await page.evaluate(click("quiet", "tail"))
                 await page.until("quiet's note", "document.getElementById('tail-text')"
                                  ".textContent.includes('journal')")
-                await page.evaluate("document.getElementById('tail-close').click()")
+                await page.evaluate(click("web", "tail"))
+                await page.until("web's output again", "document.getElementById('tail-text')"
+                                 ".textContent.includes('web says hello')")
 
                 shot = await page.screenshot()
                 assert shot.startswith(b"\x89PNG") and len(shot) > 5000
