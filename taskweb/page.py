@@ -25,6 +25,7 @@ token) only, with the CSRF token on every POST of a session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import json
 import os
@@ -43,6 +44,7 @@ TAIL_DEFAULT = 16384
 TAIL_MAX = 1 << 20
 ACTIONS = {"start": "Start", "stop": "Stop", "restart": "Restart"}
 STREAMS = "taskweb.page.streams"  # the open event streams' tasks (closed at shutdown)
+ENDING = "taskweb.page.ending"  # those the shutdown cancelled
 
 
 # ---- pure parts --------------------------------------------------------------------
@@ -196,11 +198,19 @@ async def events(request: web.Request) -> web.StreamResponse:
             frame = event_frame(event, link)
             if frame is not None:
                 await response.write(frame)
-    except ConnectionResetError:  # the browser went away (else: cancelled, as at shutdown)
+    except ConnectionResetError:  # the browser went away
         pass
+    except asyncio.CancelledError:
+        if task not in request.app[ENDING]:
+            raise
+        # The service stops: end the stream properly (the browser reconnects
+        # after `retry`, with no error for a cut response).
+        with contextlib.suppress(Exception):
+            await response.write_eof()
     finally:
         follower.close()
         streams.discard(task)
+        request.app[ENDING].discard(task)
     return response
 
 
@@ -256,17 +266,19 @@ async def tail(request: web.Request) -> web.StreamResponse:
 
 async def close_streams(app: web.Application) -> None:
     """At shutdown: end the event streams (they would hold it up until they time out)."""
+    app[ENDING].update(app[STREAMS])
     for task in list(app[STREAMS]):
         task.cancel()
 
 
 def setup(app: web.Application) -> None:
     app[STREAMS] = set()
+    app[ENDING] = set()
     app["taskweb.page.html"] = static_text("page.html")
     app["taskweb.page.static"] = {
         "page.js": (static_text("page.js"), "application/javascript"),
         "page.css": (static_text("page.css"), "text/css")}
-    app.on_shutdown.append(close_streams)
+    app.on_shutdown.append(close_streams)  # type: ignore[arg-type]  # aiohttp 3.8 stubs
     app.router.add_get("/", page)
     app.router.add_get("/static/{file}", static_file)
     app.router.add_get("/api/processes", processes)

@@ -106,94 +106,102 @@ def test_http_api_auth_csrf_tail_and_events(write_config: WriteConfig, daemons: 
     start_daemon(write_config, daemons, workdir)
 
     async def main() -> None:
-        async with service(bus_address) as (link, base), \
-                aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
-            async with http.get(base + "/api/processes") as r:
-                data = await r.json()
-            assert r.status == 200 and data["present"] and data["version"]
-            assert [p["name"] for p in data["processes"]] == \
-                ["web", "worker:0", "worker:1", "quiet", "batch"]
-            web_row = data["processes"][0]
-            assert web_row["state"] == "RUNNING" and web_row["pid"] > 0 \
-                and web_row["started_us"] > 0
+        async with aiohttp.ClientSession() as watcher:
+            async with service(bus_address) as (link, base), \
+                    aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+                async with http.get(base + "/api/processes") as r:
+                    data = await r.json()
+                assert r.status == 200 and data["present"] and data["version"]
+                assert [p["name"] for p in data["processes"]] == \
+                    ["web", "worker:0", "worker:1", "quiet", "batch"]
+                web_row = data["processes"][0]
+                assert web_row["state"] == "RUNNING" and web_row["pid"] > 0 \
+                    and web_row["started_us"] > 0
 
-            # Logged out: the page is read-only (no CSRF token, no buttons' rights).
-            async with http.get(base + "/") as r:
-                text = await r.text()
-            assert r.status == 200 and 'data-auth="none"' in text and "csrf-token" not in text
-            async with http.post(base + "/api/processes/web/stop") as r:
-                assert r.status == 401, await r.text()
-            async with http.get(base + "/api/processes/web/tail") as r:
-                assert r.status == 401  # OpenLog is the group's on the bus: a login's here
+                # Logged out: the page is read-only (no CSRF token, no buttons' rights).
+                async with http.get(base + "/") as r:
+                    text = await r.text()
+                assert r.status == 200 and 'data-auth="none"' in text and "csrf-token" not in text
+                async with http.post(base + "/api/processes/web/stop") as r:
+                    assert r.status == 401, await r.text()
+                async with http.get(base + "/api/processes/web/tail") as r:
+                    assert r.status == 401  # OpenLog is the group's on the bus: a login's here
 
-            # A session: its page carries the CSRF token; a POST without it is refused.
-            async with http.post(base + "/login", json={"token": TOKEN}) as r:
-                csrf = (await r.json())["csrf"]
-            assert http.cookie_jar.filter_cookies(base).get(COOKIE) is not None
-            async with http.get(base + "/") as r:
-                text = await r.text()
-            assert f'<meta name="csrf-token" content="{csrf}">' in text
-            assert 'data-auth="session"' in text
-            async with http.post(base + "/api/processes/web/stop") as r:
-                assert r.status == 403 and CSRF_HEADER in (await r.json())["error"]
-            async with http.post(base + "/api/processes/web/stop",
-                                 headers={CSRF_HEADER: csrf + "x"}) as r:
-                assert r.status == 403
+                # A session: its page carries the CSRF token; a POST without it is refused.
+                async with http.post(base + "/login", json={"token": TOKEN}) as r:
+                    csrf = (await r.json())["csrf"]
+                assert http.cookie_jar.filter_cookies(base).get(COOKIE) is not None
+                async with http.get(base + "/") as r:
+                    text = await r.text()
+                assert f'<meta name="csrf-token" content="{csrf}">' in text
+                assert 'data-auth="session"' in text
+                async with http.post(base + "/api/processes/web/stop") as r:
+                    assert r.status == 403 and CSRF_HEADER in (await r.json())["error"]
+                async with http.post(base + "/api/processes/web/stop",
+                                     headers={CSRF_HEADER: csrf + "x"}) as r:
+                    assert r.status == 403
 
-            # The event stream: a snapshot first, then the change as it happens.
-            async with aiohttp.ClientSession() as anonymous, \
-                    anonymous.get(base + "/events") as events:
-                assert events.headers["Content-Type"] == "text/event-stream"
-                name, snap = await read_event(events.content)
-                assert name == "snapshot" and len(snap["processes"]) == 5
-                assert len(link.followers) == 1
+                # The event stream: a snapshot first, then the change as it happens.
+                async with aiohttp.ClientSession() as anonymous, \
+                        anonymous.get(base + "/events") as events:
+                    assert events.headers["Content-Type"] == "text/event-stream"
+                    name, snap = await read_event(events.content)
+                    assert name == "snapshot" and len(snap["processes"]) == 5
+                    assert len(link.followers) == 1
+                    async with http.post(base + "/api/processes/web/stop",
+                                         headers={CSRF_HEADER: csrf}) as r:
+                        assert r.status == 200 and (await r.json()) == {"processes": ["web"]}
+                    seen = []
+                    while ("state", "STOPPED") not in seen:
+                        name, data = await read_event(events.content)
+                        if name == "state" and data["name"] == "web":
+                            seen.append((name, data["state"]))
+                    assert seen == [("state", "STOPPING"), ("state", "STOPPED")]
+                    while True:  # the refreshed row follows the signal
+                        name, data = await read_event(events.content)
+                        if name == "rows" and any(r["name"] == "web" and r["state"] == "STOPPED"
+                                                  for r in data["rows"]):
+                            break
+                # The client went away: its follower is closed.
+                async with asyncio.timeout(5):
+                    while link.followers:
+                        await asyncio.sleep(0.01)  # sleep-ok: poll step of a wait with a deadline
+
+                # Already stopped: the daemon's error, as HTTP.
                 async with http.post(base + "/api/processes/web/stop",
                                      headers={CSRF_HEADER: csrf}) as r:
-                    assert r.status == 200 and (await r.json()) == {"processes": ["web"]}
-                seen = []
-                while ("state", "STOPPED") not in seen:
-                    name, data = await read_event(events.content)
-                    if name == "state" and data["name"] == "web":
-                        seen.append((name, data["state"]))
-                assert seen == [("state", "STOPPING"), ("state", "STOPPED")]
-                while True:  # the refreshed row follows the signal
-                    name, data = await read_event(events.content)
-                    if name == "rows" and any(r["name"] == "web" and r["state"] == "STOPPED"
-                                              for r in data["rows"]):
-                        break
-            # The client went away: its follower is closed.
-            async with asyncio.timeout(5):
-                while link.followers:
-                    await asyncio.sleep(0.01)  # sleep-ok: poll step of a wait with a deadline
-
-            # Already stopped: the daemon's error, as HTTP.
-            async with http.post(base + "/api/processes/web/stop",
-                                 headers={CSRF_HEADER: csrf}) as r:
-                body = await r.json()
-                assert r.status == 409 and body["name"] == "NotRunning", body
-            async with http.post(base + "/api/processes/nope/start",
-                                 headers={CSRF_HEADER: csrf}) as r:
-                assert r.status == 404
-            # A script with the token: no session, no CSRF.
-            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as s:
-                async with s.post(base + "/api/processes/web/start") as r:
-                    assert r.status == 200
-                async with s.post(base + "/api/processes/worker:0/signal",
-                                  json={"signal": "HUP"}) as r:
-                    assert r.status == 200, await r.text()
-                async with s.post(base + "/api/processes/worker:1/signal", json={}) as r:
-                    assert r.status == 400 and "signal" in (await r.json())["error"]
-                async with s.post(base + "/api/processes/web/frobnicate") as r:
-                    assert r.status == 404
-                async with s.get(base + "/api/processes/web/tail?bytes=100") as r:
-                    tail = await r.json()
-                assert r.status == 200 and "web says hello" in tail["text"], tail
-                async with s.get(base + "/api/processes/quiet/tail") as r:
                     body = await r.json()
-                assert r.status == 200 and body["unavailable"] == "NotAFile", body
-                assert body["text"] == "" and body["message"]
-                async with s.get(base + "/api/processes/web/tail?stream=stdin") as r:
-                    assert r.status == 400
+                    assert r.status == 409 and body["name"] == "NotRunning", body
+                async with http.post(base + "/api/processes/nope/start",
+                                     headers={CSRF_HEADER: csrf}) as r:
+                    assert r.status == 404
+                # A script with the token: no session, no CSRF.
+                async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as s:
+                    async with s.post(base + "/api/processes/web/start") as r:
+                        assert r.status == 200
+                    async with s.post(base + "/api/processes/worker:0/signal",
+                                      json={"signal": "HUP"}) as r:
+                        assert r.status == 200, await r.text()
+                    async with s.post(base + "/api/processes/worker:1/signal", json={}) as r:
+                        assert r.status == 400 and "signal" in (await r.json())["error"]
+                    async with s.post(base + "/api/processes/web/frobnicate") as r:
+                        assert r.status == 404
+                    async with s.get(base + "/api/processes/web/tail?bytes=100") as r:
+                        tail = await r.json()
+                    assert r.status == 200 and "web says hello" in tail["text"], tail
+                    async with s.get(base + "/api/processes/quiet/tail") as r:
+                        body = await r.json()
+                    assert r.status == 200 and body["unavailable"] == "NotAFile", body
+                    assert body["text"] == "" and body["message"]
+                    async with s.get(base + "/api/processes/web/tail?stream=stdin") as r:
+                        assert r.status == 400
+                # The service stops at once with a page still open (its stream ends).
+                watching = await watcher.get(base + "/events")
+                assert (await read_event(watching.content))[0] == "snapshot"
+                stopping = time.monotonic()
+            assert time.monotonic() - stopping < 5
+            assert await watching.content.read() == b""  # ended, not cut
+            watching.release()
 
     asyncio.run(main())
 
