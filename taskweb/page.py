@@ -29,6 +29,7 @@ import contextlib
 import html
 import json
 import os
+import re
 from importlib import resources
 from typing import Any
 
@@ -69,27 +70,57 @@ def sse(event: str, data: Any) -> bytes:
 HEARTBEAT_LINE = b": keep-alive\n\n"
 
 
-def event_frame(event: object, link: DaemonLink) -> bytes | None:
-    """What a follower's event becomes on the stream (None: nothing)."""
-    if isinstance(event, Signal):
-        if event.member == "ProcessStateChanged" and len(event.body) >= 7:
-            process, program, old, new, pid, status, expected = event.body[:7]
-            return sse("state", {"name": process, "program": program, "old": old, "state": new,
-                                 "pid": pid, "exit_status": status, "expected": expected})
-        return None  # the others change the table: the `rows` that follow say how
-    if isinstance(event, RowsChanged):
-        return sse("rows", {"rows": [row_json(r) for r in event.rows],
-                            "removed": list(event.removed)})
-    if isinstance(event, Presence):
-        return sse("presence", {"present": event.present})
-    if isinstance(event, Lagged):
-        return snapshot_frame(link)
-    return None
+# The daemon's description of a live process starts with its pid and uptime:
+# the uptime differs at every ListProcesses, so every refresh of the mirror
+# "changes" every running row. The page shows pid and uptime in their own
+# columns (the uptime ticks in the browser): a row is sent again only when
+# something else changed.
+PID_UPTIME = re.compile(r"^pid \d+, uptime (\d+ days?, )?[\d:.]+")
 
 
-def snapshot_frame(link: DaemonLink) -> bytes:
-    return sse("snapshot", {"present": link.present,
-                            "processes": [row_json(r) for r in link.rows.values()]})
+def shown(row: ProcessRow) -> ProcessRow:
+    """The row as far as the page shows it (the description's uptime left out)."""
+    return row._replace(description=PID_UPTIME.sub("", row.description, count=1))
+
+
+class StreamView:
+    """One event stream: what its page shows, so that it gets only changes."""
+
+    def __init__(self, link: DaemonLink) -> None:
+        self.link = link
+        self.shown: dict[str, ProcessRow] = {}
+
+    def snapshot(self) -> bytes:
+        rows = list(self.link.rows.values())
+        self.shown = {row.name: shown(row) for row in rows}
+        return sse("snapshot", {"present": self.link.present,
+                                "processes": [row_json(r) for r in rows]})
+
+    def frame(self, event: object) -> bytes | None:
+        """What a follower's event becomes on the stream (None: nothing)."""
+        if isinstance(event, Signal):
+            if event.member == "ProcessStateChanged" and len(event.body) >= 7:
+                process, program, old, new, pid, status, expected = event.body[:7]
+                return sse("state", {"name": process, "program": program, "old": old,
+                                     "state": new, "pid": pid, "exit_status": status,
+                                     "expected": expected})
+            return None  # the others change the table: the `rows` that follow say how
+        if isinstance(event, RowsChanged):
+            changed = []
+            for row in event.rows:
+                seen = shown(row)
+                if self.shown.get(row.name) != seen:
+                    self.shown[row.name] = seen
+                    changed.append(row_json(row))
+            removed = [name for name in event.removed if self.shown.pop(name, None)]
+            if not changed and not removed:
+                return None
+            return sse("rows", {"rows": changed, "removed": removed})
+        if isinstance(event, Presence):
+            return sse("presence", {"present": event.present})
+        if isinstance(event, Lagged):
+            return self.snapshot()
+        return None
 
 
 def read_tail(fd: int, size: int) -> tuple[str, bool]:
@@ -169,6 +200,7 @@ async def processes(request: web.Request) -> web.StreamResponse:
 async def events(request: web.Request) -> web.StreamResponse:
     link = link_of(request)
     follower: Follower = link.follow()  # before the snapshot: nothing missed in between
+    view = StreamView(link)
     streams: set[asyncio.Task[Any]] = request.app[STREAMS]
     task = asyncio.current_task()
     assert task is not None
@@ -178,7 +210,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         "X-Accel-Buffering": "no"})  # nginx: pass each event on at once
     try:
         await response.prepare(request)
-        await response.write(b"retry: 2000\n" + snapshot_frame(link))
+        await response.write(b"retry: 2000\n" + view.snapshot())
         idle = 0.0
         while True:
             try:
@@ -195,7 +227,7 @@ async def events(request: web.Request) -> web.StreamResponse:
                     await response.write(HEARTBEAT_LINE)
                 continue
             idle = 0.0
-            frame = event_frame(event, link)
+            frame = view.frame(event)
             if frame is not None:
                 await response.write(frame)
     except ConnectionResetError:  # the browser went away
@@ -287,4 +319,4 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/api/processes/{name}/tail", tail)
 
 
-__all__ = ["event_frame", "read_tail", "render_page", "row_json", "setup", "sse"]
+__all__ = ["StreamView", "read_tail", "render_page", "row_json", "setup", "shown", "sse"]

@@ -23,7 +23,7 @@ from aiohttp import web
 from taskmasterd.busaddr import BusChoice
 from taskweb.app import make_app
 from taskweb.auth import COOKIE, CSRF_HEADER, Guard
-from taskweb.link import DaemonLink, Follower
+from taskweb.link import DaemonLink, Follower, Signal
 from tests.chromium import CHROMIUM, Browser
 from tests.harness import Daemon, event
 from tests.integration.conftest import WriteConfig
@@ -218,7 +218,7 @@ def test_page_in_headless_chromium(write_config: WriteConfig, daemons: Start, wo
     async def main() -> None:
         async with service(bus_address) as (link, base):
             async with Browser.launch(workdir) as browser:
-                page = await browser.new_page()
+                page = await browser.new_page(1100, 600)
                 started = time.monotonic()
                 await page.navigate(base + "/")
                 await page.until("every row", "document.querySelectorAll("
@@ -270,5 +270,72 @@ def test_page_in_headless_chromium(write_config: WriteConfig, daemons: Start, wo
             async with asyncio.timeout(5):  # the browser closed: no follower left
                 while link.followers:
                     await asyncio.sleep(0.01)  # sleep-ok: poll step of a wait with a deadline
+
+    asyncio.run(main())
+
+
+MANY = int(os.environ.get("TASKMASTER_WEB_PAGE_PROCESSES", "0"))
+
+
+@pytest.mark.skipif(CHROMIUM is None or MANY == 0,
+                    reason="a measure: TASKMASTER_WEB_PAGE_PROCESSES=1000 (and chromium)")
+def test_page_measure_many_processes(write_config: WriteConfig, daemons: Start, workdir: Path,
+                                     bus_address: str) -> None:
+    """Issue 17's measure: first full status < 1 s with MANY processes, a
+    state change on the page < 100 ms after the D-Bus signal."""
+    d = daemons(write_config({"many": {"cmd": "sleep 100000", "numprocs": MANY,
+                                       "stoptime": 2}}))
+    d.wait_count(event("RUNNING"), MANY, timeout=120)
+
+    async def main() -> None:
+        link = DaemonLink(BusChoice("address", bus_address))
+        await link.start()
+        runner = web.AppRunner(make_app(link, Guard(TOKEN)), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        follower = link.follow()
+        try:
+            await until_rows(link, follower, "all RUNNING", lambda rows: len(rows) == MANY
+                             and all(r.state == "RUNNING" for r in rows.values()), timeout=30)
+            async with Browser.launch(workdir) as browser:
+                page = await browser.new_page()
+                loads = []
+                for _ in range(3):
+                    await page.navigate(base + "/")
+                    loads.append(await page.until(
+                        "the full table", "document.querySelectorAll('#processes tbody tr')"
+                        f".length === {MANY} && window.taskmasterFirstStatus"))
+                await page.evaluate("document.querySelector('#login input').value = "
+                                    f"{json.dumps(TOKEN)}; document.getElementById('login')"
+                                    ".requestSubmit()")
+                await page.until("logged in", "document.body.dataset.auth === 'session' && "
+                                 f"document.querySelectorAll('tbody tr').length === {MANY}")
+                delays = []
+                for i, action in enumerate(["stop", "start"] * 5):
+                    name = f"many:{i // 2 * 97 % MANY}"  # stopped, then started
+                    want = "STOPPED" if action == "stop" else "RUNNING"
+                    await page.evaluate(f"document.querySelector('tr[data-name=\"{name}\"] "
+                                        f"button[data-act={action}]').click()")
+                    async with asyncio.timeout(10):  # the D-Bus signal, as the service got it
+                        while True:
+                            ev = await follower.get()
+                            if isinstance(ev, Signal) and ev.member == "ProcessStateChanged" \
+                                    and ev.body[0] == name and ev.body[3] == want:
+                                signalled = time.time() * 1000
+                                break
+                    shown = await page.until(
+                        f"{name} {want}", "window.taskmasterLastState && "
+                        f"taskmasterLastState.name === '{name}' && "
+                        f"taskmasterLastState.state === '{want}' && taskmasterLastState.at")
+                    delays.append(shown - signalled)
+                assert page.errors == []
+        finally:
+            follower.close()
+            await runner.cleanup()
+            await link.close()
+        print(f"\n{MANY} processes: first full status {[round(x) for x in loads]} ms; "
+              f"signal → page {[round(x, 1) for x in delays]} ms")
+        assert max(loads) < 1000 and max(delays) < 100
 
     asyncio.run(main())
