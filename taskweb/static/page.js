@@ -139,7 +139,7 @@
     // The bench's measure: when (epoch ms) the page showed the latest change.
     window.taskmasterLastState = { name: ev.name, state: ev.state,
       at: performance.timeOrigin + performance.now() };
-    if (ev.name === tailName) loadTail();
+    if (ev.name === tailName && !following) loadTail();
   }
 
   function onRows(data) {
@@ -187,7 +187,31 @@
     }
   }
 
+  let following = null;  // the EventSource of a followed output
+  const KEEP = 262144;  // characters of output the view keeps
+
+  function stopFollow() {
+    if (following) { following.close(); following = null; }
+  }
+
+  function startFollow(name, stream) {
+    const text = $("tail-text");
+    following = new EventSource("/api/processes/" + encodeURIComponent(name) +
+      "/follow?bytes=65536&stream=" + stream);
+    following.addEventListener("output", (e) => {
+      const data = JSON.parse(e.data);
+      const atEnd = text.scrollTop + text.clientHeight >= text.scrollHeight - 4;
+      if (data.start) {
+        text.textContent = (data.cut ? "…\n" : "") + data.text;
+      } else {
+        text.textContent = (text.textContent + data.text).slice(-KEEP);
+      }
+      if (atEnd || data.start) text.scrollTop = text.scrollHeight;
+    });
+  }
+
   async function loadTail() {
+    stopFollow();
     const name = tailName;
     const stream = $("tail-stream").value;
     $("tail-name").textContent = name + " — last output";
@@ -195,7 +219,7 @@
       const response = await fetch("/api/processes/" + encodeURIComponent(name) +
         "/tail?bytes=65536&stream=" + stream, { credentials: "same-origin" });
       const data = await response.json();
-      if (name !== tailName) return;
+      if (name !== tailName || following) return;
       if (!response.ok) {
         $("tail-text").textContent = data.error;
       } else if (data.unavailable === "NotAFile") {
@@ -206,6 +230,7 @@
       } else {
         $("tail-text").textContent = (data.cut ? "…\n" : "") + data.text;
         $("tail-text").scrollTop = $("tail-text").scrollHeight;
+        if ($("tail-follow").checked) startFollow(name, stream);
       }
     } catch (err) {
       $("tail-text").textContent = String(err.message);
@@ -239,7 +264,12 @@
   });
   $("tail-refresh").addEventListener("click", loadTail);
   $("tail-stream").addEventListener("change", loadTail);
-  $("tail-close").addEventListener("click", () => { tailName = ""; $("tail").hidden = true; });
+  $("tail-follow").addEventListener("change", loadTail);
+  $("tail-close").addEventListener("click", () => {
+    stopFollow();
+    tailName = "";
+    $("tail").hidden = true;
+  });
 
   if (!loggedIn) {
     $("note").textContent = "Read-only: log in with the service's token to start, stop, " +

@@ -24,6 +24,7 @@ from taskmasterd.busaddr import BusChoice
 from taskweb.app import make_app
 from taskweb.auth import COOKIE, CSRF_HEADER, Guard
 from taskweb.link import DaemonLink, Follower, Signal
+from taskweb.page import FOLLOWS
 from tests.chromium import CHROMIUM, Browser
 from tests.harness import Daemon, event
 from tests.integration.conftest import WriteConfig
@@ -56,7 +57,7 @@ async def until_rows(link: DaemonLink, follower: Follower, what: str,
 
 
 @contextlib.asynccontextmanager
-async def service(bus_address: str) -> AsyncIterator[tuple[DaemonLink, str]]:
+async def service(bus_address: str) -> AsyncIterator[tuple[DaemonLink, str, web.Application]]:
     link = DaemonLink(BusChoice("address", bus_address))
     await link.start()
     app = make_app(link, Guard(TOKEN))
@@ -73,7 +74,7 @@ async def service(bus_address: str) -> AsyncIterator[tuple[DaemonLink, str]]:
                                  r.state == "RUNNING" for n, r in rows.items() if n != "batch"))
         finally:
             follower.close()
-        yield link, f"http://127.0.0.1:{port}"
+        yield link, f"http://127.0.0.1:{port}", app
     finally:
         await runner.cleanup()
         await link.close()
@@ -107,7 +108,7 @@ def test_http_api_auth_csrf_tail_and_events(write_config: WriteConfig, daemons: 
 
     async def main() -> None:
         async with aiohttp.ClientSession() as watcher:
-            async with service(bus_address) as (link, base), \
+            async with service(bus_address) as (link, base, app), \
                     aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
                 async with http.get(base + "/api/processes") as r:
                     data = await r.json()
@@ -195,6 +196,28 @@ def test_http_api_auth_csrf_tail_and_events(write_config: WriteConfig, daemons: 
                     assert body["text"] == "" and body["message"]
                     async with s.get(base + "/api/processes/web/tail?stream=stdin") as r:
                         assert r.status == 400
+
+                    # Following the output: the tail, then what is added (a restart's).
+                    async with aiohttp.ClientSession() as anonymous, \
+                            anonymous.get(base + "/api/processes/web/follow") as r:
+                        assert r.status == 401
+                    async with s.get(base + "/api/processes/web/follow?bytes=1000") as out:
+                        name, first = await read_event(out.content)
+                        assert name == "output" and first["start"]
+                        assert first["text"].count("web says hello") == 2, first
+                        assert len(app[FOLLOWS]) == 1
+                        async with s.post(base + "/api/processes/web/restart") as r:
+                            assert r.status == 200
+                        added = ""
+                        while "web says hello" not in added:
+                            name, more = await read_event(out.content)
+                            assert name == "output" and not more.get("start")
+                            added += more["text"]
+                    async with asyncio.timeout(5):  # closed with its client
+                        while app[FOLLOWS]:
+                            await asyncio.sleep(0.01)  # sleep-ok: poll step, with a deadline
+                    async with s.get(base + "/api/processes/quiet/follow") as r:
+                        assert r.status == 409  # not a file: nothing to follow
                 # The service stops at once with a page still open (its stream ends).
                 watching = await watcher.get(base + "/events")
                 assert (await read_event(watching.content))[0] == "snapshot"
@@ -216,7 +239,7 @@ def test_page_in_headless_chromium(write_config: WriteConfig, daemons: Start, wo
                 "{textContent: ''}).textContent")
 
     async def main() -> None:
-        async with service(bus_address) as (link, base):
+        async with service(bus_address) as (link, base, app):
             async with Browser.launch(workdir) as browser:
                 page = await browser.new_page(1100, 600)
                 started = time.monotonic()
@@ -259,6 +282,14 @@ def test_page_in_headless_chromium(write_config: WriteConfig, daemons: Start, wo
                 await page.evaluate(click("web", "tail"))
                 await page.until("web's output again", "document.getElementById('tail-text')"
                                  ".textContent.includes('web says hello')")
+                # Follow it: a restart's output comes in as it is written.
+                await page.evaluate("document.getElementById('tail-follow').click()")
+                await page.until("following", "document.getElementById('tail-follow').checked")
+                await page.evaluate(click("web", "restart"))
+                await page.until("the restart's output", "(document.getElementById('tail-text')"
+                                 ".textContent.match(/web says hello/g) || []).length === 3")
+                assert len(app[FOLLOWS]) == 1
+                await page.until("web RUNNING again", state_of("web") + " === 'RUNNING'")
 
                 shot = await page.screenshot()
                 assert shot.startswith(b"\x89PNG") and len(shot) > 5000
@@ -268,7 +299,7 @@ def test_page_in_headless_chromium(write_config: WriteConfig, daemons: Start, wo
                 assert len(link.followers) == 1  # the page's event stream
                 print(f"first full status {first_status * 1000:.0f} ms")
             async with asyncio.timeout(5):  # the browser closed: no follower left
-                while link.followers:
+                while link.followers or app[FOLLOWS]:
                     await asyncio.sleep(0.01)  # sleep-ok: poll step of a wait with a deadline
 
     asyncio.run(main())
