@@ -79,6 +79,12 @@
     return parts(row, nowUs).map((html, i) => "<td" + CLASSES[i] + ">" + html + "</td>").join("");
   }
 
+  // A cell cut short (…) shows all of its text on hover.
+  tbody.addEventListener("mouseover", (e) => {
+    const td = e.target.closest("td");
+    if (td && td.scrollWidth > td.clientWidth) td.title = td.textContent;
+  });
+
   function summary() {
     let running = 0;
     for (const { row } of byName.values()) if (row.state === "RUNNING") running++;

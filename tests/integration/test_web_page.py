@@ -291,12 +291,30 @@ def test_page_in_headless_chromium(write_config: WriteConfig, daemons: Start, wo
                 assert len(app[FOLLOWS]) == 1
                 await page.until("web RUNNING again", state_of("web") + " === 'RUNNING'")
 
+                # Signal…: the dialog sends HUP; sleep dies of it and is restarted.
+                await page.evaluate(click("worker:0", "signal"))
+                await page.until("the dialog", "document.getElementById('signal-dialog').open")
+                await page.evaluate("document.getElementById('signal-choice').value = 'HUP';"
+                                    "document.querySelector('#signal-dialog button[value=send]')"
+                                    ".click()")
+                await page.until("worker:0 restarted after SIGHUP",
+                                 "document.querySelector('tr[data-name=\"worker:0\"]')"
+                                 ".textContent.includes('SIGHUP (unexpected)')")
+                await page.until("its restart counted", "document.querySelector("
+                                 "'tr[data-name=\"worker:0\"]').cells[4].textContent === '1'")
+
                 shot = await page.screenshot()
                 assert shot.startswith(b"\x89PNG") and len(shot) > 5000
                 if os.environ.get("TASKMASTER_WRITE_SCREENSHOT"):
                     SCREENSHOT.write_bytes(shot)
                 assert page.errors == []
                 assert len(link.followers) == 1  # the page's event stream
+                await page.evaluate("document.querySelector('#logout button').click()")
+                await page.until("logged out", "document.body.dataset.auth === 'none' && "
+                                 "document.querySelectorAll('#processes tbody tr').length === 5")
+                assert await page.evaluate("document.querySelectorAll('button[data-act]')"
+                                           ".length") == 0
+                assert page.errors == []
                 print(f"first full status {first_status * 1000:.0f} ms")
             async with asyncio.timeout(5):  # the browser closed: no follower left
                 while link.followers or app[FOLLOWS]:
