@@ -180,7 +180,9 @@ class DaemonLink:
         attempt = 0
         while not self._closed:
             if self.bus is not None:
-                await self.bus.wait_for_disconnect()
+                # shielded: cancelling this task (close) must not cancel the
+                # bus's own future, which close() awaits next
+                await asyncio.shield(self.bus.wait_for_disconnect())
                 self.bus = None
                 self._connected.clear()
                 self._set_present(False)
