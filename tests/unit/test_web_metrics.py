@@ -152,3 +152,22 @@ def test_a_thousand_processes_are_quick_to_expose(accept: str) -> None:
     elapsed = time.perf_counter() - started
     assert body.count(b"taskmaster_process_up{") == 1000
     assert elapsed < 0.25, f"{elapsed * 1000:.0f} ms for 1,000 processes"  # issue: 50 ms (bench)
+
+
+def test_every_metric_is_documented_and_every_documented_one_exists() -> None:
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "web.md").read_text()
+    section = doc[doc.index("## Metrics"):doc.index("## The page")]
+    documented = set(re.findall(r"^\| `(taskmaster_\w+)` \|", section, re.M))
+    _, _, text = asyncio.run(scrape(FakeLink(ROWS)))
+    exposed = {s.name for family in text_families(text) for s in family.samples}
+    assert exposed == documented
+    for name in documented:  # each with its labels as the table says
+        row_ = re.search(rf"^\| `{name}` \|([^|]*)\|", section, re.M)
+        assert row_ is not None
+        labels = set(re.findall(r"`(\w+)`", row_[1]))
+        seen = {k for family in text_families(text) for s in family.samples if s.name == name
+                for k in s.labels}
+        assert seen == labels, name
