@@ -111,7 +111,8 @@ def test_the_package_holds_the_programs_units_policy_and_config(built: Built) ->
                  f"{site}/taskmasterd/bus/{BUS_NAME}.conf",
                  f"{site}/taskmasterd/__init__.py", f"{site}/taskmasterd/bus/__init__.py",
                  f"{site}/taskctl/__init__.py",
-                 "/usr/share/man/man1/taskmasterd.1.gz", "/usr/share/man/man1/taskctl.1.gz"):
+                 "/usr/share/man/man1/taskmasterd.1.gz", "/usr/share/man/man1/taskctl.1.gz",
+                 "/usr/share/man/man1/taskmaster-web.1.gz"):
         assert path in files, path
     # Every module of the source tree is in the package.
     for package in ("taskmasterd", "taskctl", "taskweb"):
@@ -143,7 +144,7 @@ def test_the_docs_are_where_the_man_pages_say(built: Built) -> None:
             gzip.decompress((doc / "docs" / f"{source.name}.gz").read_bytes())
         assert text == source.read_bytes(), source.name
     assert (doc / "README.md.gz").exists()
-    for page in ("taskmasterd.1", "taskctl.1"):
+    for page in ("taskmasterd.1", "taskctl.1", "taskmaster-web.1"):
         text = (REPO / "packaging/debian" / page).read_text()
         assert "/usr/share/doc/taskmasterd/docs/" in text, page
 
