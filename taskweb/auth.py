@@ -2,9 +2,10 @@
 
 The choice (docs/web.md): a token file readable by root only, not PAM.
 - The service needs no privilege of its own to check it: systemd hands the
-  file to it (`LoadCredential=`), so it runs as a dynamic user with the
-  group `taskmaster` (for the D-Bus policy) and nothing else. PAM would need
-  it to read /etc/shadow or to run as root, for a service facing a browser.
+  file to it (`LoadCredential=`), so it runs as the system user
+  `taskmaster-web` with the group `taskmaster` (for the D-Bus policy) and
+  nothing else. PAM would need it to read /etc/shadow or to run as root,
+  for a service facing a browser.
 - A token works the same for a person (the login form), a script (`curl
   -H "Authorization: Bearer ..."`) and a Tessia-style client of /v1/tasks.
 - Rotating it is replacing the file and restarting the service.

@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        import aiohttp  # noqa: F401
+        import prometheus_client  # noqa: F401
+    except ImportError as exc:  # the package only recommends them
+        print(f"taskmaster-web: {exc.name} is not installed (Debian: apt install "
+              "python3-aiohttp python3-prometheus-client)", file=sys.stderr)
+        return 1
     logging.basicConfig(level=logging.INFO, format="taskmaster-web: %(message)s")
     host, port = args.listen
     if not is_loopback(host) and not args.public:
