@@ -8,6 +8,7 @@ timeouts; nothing sleeps. Works with apprise 2.x (PyPI) and 1.2 (Debian 12)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
 import json
@@ -16,6 +17,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -186,15 +188,44 @@ def smtp_sink() -> Iterator[SmtpSink]:
     sink.close()
 
 
-@pytest.fixture
-def black_hole() -> Iterator[int]:
+class BlackHole:
     """A TCP port that listens but never accepts nor reads: connections are
-    queued by the kernel and then nothing happens (apprise's socket timeout)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(64)
-    yield s.getsockname()[1]
-    s.close()
+    queued by the kernel and then nothing happens (apprise's socket timeout),
+    until `release()`: from then on every connection, the queued ones first,
+    is reset at once (a delivery fails without waiting for a timeout)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port: int = self.sock.getsockname()[1]
+        self._resetter: threading.Thread | None = None
+
+    def release(self) -> None:
+        def reset_all() -> None:
+            while True:
+                try:
+                    conn, _ = self.sock.accept()
+                except OSError:
+                    return  # closed by close()
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()  # an RST
+        self._resetter = threading.Thread(target=reset_all, daemon=True)
+        self._resetter.start()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept()
+        self.sock.close()
+        if self._resetter is not None:
+            self._resetter.join(timeout=10)
+
+
+@pytest.fixture
+def black_hole() -> Iterator[BlackHole]:
+    hole = BlackHole()
+    yield hole
+    hole.close()
 
 
 def syslog_url(port: int) -> str:
@@ -406,16 +437,18 @@ async def call_test_alerts(address: str, target: str) -> list[list[Any]]:
 @pytest.mark.slow
 def test_black_holed_target_delays_no_restart_no_reply_no_other_target(
         write_config: WriteConfig, daemons: Start, bus_address: str, http_sink: HttpSink,
-        black_hole: int) -> None:
+        black_hole: BlackHole) -> None:
     """Causality, not durations: the restarts and the replies all happen while
-    the hole still holds its first delivery (it never answers: only apprise's
-    read timeout, 10 s here, ends it, and that is logged)."""
+    the hole still holds its first delivery (it never answers, and apprise's
+    read timeout is 60 s: the test releases it once it has seen them, and its
+    failure is logged then). A daemon that waited for the hole would time out
+    waiting for the first restart."""
     path = write_config({"web": {"cmd": SLEEPER, "starttime": 0}})
     d = daemons(path)
     d.wait_for(event("RUNNING", "web"))
-    hole = f"json://127.0.0.1:{black_hole}/hole"
+    hole = f"json://127.0.0.1:{black_hole.port}/hole"
     events_ = ["EXITED_UNEXPECTED", "STARTING", "RUNNING"]
-    with_alerts(path, [{"url": hole + "?rto=10&cto=10", "events": events_, "rate": 0},
+    with_alerts(path, [{"url": hole + "?rto=60&cto=60", "events": events_, "rate": 0},
                        {"url": http_sink.url("json", "/ok"), "events": ["EXITED_UNEXPECTED"],
                         "rate": 0}])
     pid = d.latest_pids()["web"]
@@ -434,14 +467,16 @@ def test_black_holed_target_delays_no_restart_no_reply_no_other_target(
         # TestAlerts waits on the black hole: meanwhile other calls are answered.
         test = asyncio.create_task(call_test_alerts(bus_address, ""))
         await list_processes_while(bus_address, test)
+        assert not any(failure in raw for raw in d.raw), "the hole gave up before the release"
+        black_hole.release()
         return await test
 
+    failure = f"{hole}: alert delivery failed (try 1 of 3"
     results = asyncio.run(replies_while_testing())
     by_url = {url: (ok, detail) for url, ok, detail in results}
     assert by_url[hole][0] is False
     assert by_url[http_sink.url("json", "/ok")] == (True, by_url[http_sink.url("json", "/ok")][1])
     # The failures are logged with the target named, after every restart.
-    failure = f"{hole}: alert delivery failed (try 1 of 3"
     d.wait_text(failure, timeout=30)
     failed = next(i for i, raw in enumerate(d.raw) if failure in raw)
     assert max(restarts) < failed, "a restart waited for the black hole"
@@ -662,13 +697,13 @@ def test_failed_delivery_is_retried_then_dropped_with_the_url_redacted(
     assert not any("pa55word" in m for m in log.messages())
 
 
-def test_a_black_hole_holds_only_its_own_thread(http_sink: HttpSink, black_hole: int,
+def test_a_black_hole_holds_only_its_own_thread(http_sink: HttpSink, black_hole: BlackHole,
                                                records: Callable[[str], Records]) -> None:
     log = records("hole: alert")
 
     async def main() -> None:
         d = AlertDispatcher([
-            AlertConfig(url=f"json://127.0.0.1:{black_hole}/hole?rto=60&cto=60", rate=0,
+            AlertConfig(url=f"json://127.0.0.1:{black_hole.port}/hole?rto=60&cto=60", rate=0,
                         events=frozenset({"FATAL"})),  # held for a minute
             AlertConfig(url=http_sink.url(), rate=0, events=frozenset({"FATAL"})),
         ])

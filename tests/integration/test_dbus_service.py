@@ -198,9 +198,10 @@ def test_last_exit_and_restarts_for_monitoring(
 
 def test_reload_during_shutdown_is_refused(
         write_config: WriteConfig, daemons: Start, bus_address: str) -> None:
-    # Ignores SIGTERM: the shutdown lasts its stoptime, time enough to try.
+    # Ignores SIGTERM: the shutdown lasts its stoptime (or until the test
+    # kills it), time enough to try.
     d = daemons(write_config({"stubborn": {"cmd": "sh -c 'trap \"\" TERM; exec sleep 100000'",
-                                           "starttime": 0, "stoptime": 3}}))
+                                           "starttime": 0, "stoptime": 60}}))
     d.wait_for(event("RUNNING", "stubborn"))
 
     async def main() -> None:
@@ -212,6 +213,7 @@ def test_reload_during_shutdown_is_refused(
             os.kill(d.pid, signal.SIGHUP)  # the same refusal, logged
             d.wait_text("SIGHUP ignored: taskmasterd is shutting down")
     asyncio.run(main())
+    os.killpg(d.latest_pids()["stubborn"], signal.SIGKILL)  # the shutdown ends with it
     assert d.terminate() == 0
     assert not [ln for ln in d.lines if ln.kind == "RELOAD"]
     assert "Traceback" not in d.text()

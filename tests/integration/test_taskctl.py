@@ -325,12 +325,13 @@ def waits(write_config: WriteConfig, daemons: Start, workdir: Path) -> Daemon:
         "launcher": {"cmd": "/nonexistent/launcher", "autostart": False, "startretries": 1},
         "quick": {"cmd": "sh -c 'exit 3'", "autostart": False, "startretries": 1,
                   "starttime": 1},
-        # Ignores SIGTERM: its stop lasts stoptime, then SIGKILL.
+        # Ignores SIGTERM: its stop lasts stoptime, then SIGKILL. Started by
+        # the tests that stop it only (every teardown would wait its stoptime).
         "stubborn": {"cmd": "sh -c 'trap \"\" TERM; exec sleep 100000'", "starttime": 0,
-                     "stoptime": 1.5},
+                     "stoptime": 1.5, "autostart": False},
         "web": {"cmd": SLEEPER, "numprocs": 3, "starttime": 0},
     }))
-    d.wait_count(lambda ln: ln.kind == "RUNNING", 4)
+    d.wait_count(lambda ln: ln.kind == "RUNNING", 3)
     return d
 
 
@@ -395,12 +396,14 @@ def test_no_block_returns_at_once(waits: Daemon, bus_address: str) -> None:
     assert (r.returncode, r.stdout, r.stderr) == (0, "slow: started\n", "")
     assert state_of(bus_address, "slow") == "STARTING"
     waits.wait_for(event("RUNNING", "slow"))
+    assert taskctl(bus_address, "start", "stubborn").returncode == 0
     r = taskctl(bus_address, "stop", "--no-block", "stubborn")
     assert (r.returncode, r.stdout) == (0, "stubborn: stopped\n")
     assert state_of(bus_address, "stubborn") == "STOPPING"
 
 
 def test_stop_waits_until_it_is_down(waits: Daemon, bus_address: str) -> None:
+    assert taskctl(bus_address, "start", "stubborn").returncode == 0
     r = taskctl(bus_address, "stop", "stubborn")
     assert (r.returncode, r.stdout, r.stderr) == (0, "stubborn: stopped\n", "")
     assert state_of(bus_address, "stubborn") == "STOPPED"

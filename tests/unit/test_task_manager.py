@@ -487,17 +487,26 @@ def test_a_refused_manager_answers_waiting_submissions(tmp_path: Path) -> None:
 def test_a_runner_that_cannot_start_fails_each_task_with_why(tmp_path: Path) -> None:
     """Queued tasks failing at hand-over one after the other: each failed
     with the reason, the freed lanes refilled in a loop (a recursion per
-    task would overflow the stack)."""
+    task would overflow the stack: it is made short here, so that 100
+    tasks, not thousands of slow durable submissions, prove it)."""
     from taskmasterd.errors import TaskmasterError
 
     async def body(r: Rig) -> None:
-        ids = [(await r.m.submit(spec(i))).id for i in range(1100)]
+        ids = [(await r.m.submit(spec(i))).id for i in range(100)]
         assert r.runner.runs == ids[:1]
 
         def refuse(status: TaskStatus, stopsignal: int, stoptime: float) -> None:
             raise TaskmasterError("cannot execute the runner")
         r.runner.run = refuse  # type: ignore[method-assign]
-        r.runner.finish(ids[0])
+        depth, frame = 0, sys._getframe()
+        while frame is not None:
+            depth, frame = depth + 1, frame.f_back
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(depth + 60)  # a recursion per task: 3 frames each, 300 in all
+        try:
+            r.runner.finish(ids[0])
+        finally:
+            sys.setrecursionlimit(limit)
         assert all(r.m.task(i).state == TaskState.FAILED for i in ids[1:])
         assert r.m.task(ids[-1]).reason == \
             "the task runner could not be started: cannot execute the runner"
