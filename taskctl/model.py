@@ -93,6 +93,15 @@ class TaskRow(NamedTuple):
     started_us: int
     ended_us: int
 
+    @classmethod
+    def from_values(cls, values: Sequence[Any]) -> TaskRow:
+        """From one struct of ListTasks as a D-Bus library returns it."""
+        (tid, name, state, activity, command, pid, code, sig, spawn_error, reason,
+         submitted, started, ended) = values
+        return cls(str(tid), str(name), str(state), str(activity), str(command), int(pid),
+                   int(code), str(sig), str(spawn_error), str(reason), int(submitted),
+                   int(started), int(ended))
+
 
 class ActivityRow(NamedTuple):
     """One row of ListActivities (a(sssasssttt))."""

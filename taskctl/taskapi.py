@@ -66,13 +66,7 @@ def cancel_activity(client: Client, activity_id: str) -> None:
 
 
 def list_tasks(client: Client) -> list[TaskRow]:
-    rows = []
-    for (tid, name, state, activity, command, pid, code, sig, spawn_error, reason,
-         submitted, started, ended) in client.call("ListTasks")[0]:
-        rows.append(TaskRow(str(tid), str(name), str(state), str(activity), str(command),
-                            int(pid), int(code), str(sig), str(spawn_error), str(reason),
-                            int(submitted), int(started), int(ended)))
-    return rows
+    return [TaskRow.from_values(s) for s in client.call("ListTasks")[0]]
 
 
 def list_activities(client: Client) -> list[ActivityRow]:

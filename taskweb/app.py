@@ -18,7 +18,7 @@ from taskweb.link import DaemonError, DaemonLink, Unavailable
 LINK = "taskweb.link"
 GUARD = "taskweb.guard"
 # Each part of the service: a module of taskweb with setup(app) adding its routes.
-ROUTE_MODULES: tuple[str, ...] = ()
+ROUTE_MODULES: tuple[str, ...] = ("api", "metrics", "page")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -180,7 +181,9 @@ class DaemonLink:
         attempt = 0
         while not self._closed:
             if self.bus is not None:
-                await self.bus.wait_for_disconnect()
+                # shielded: cancelling this task (close) must not cancel the
+                # bus's own future, which close() awaits next
+                await asyncio.shield(self.bus.wait_for_disconnect())
                 self.bus = None
                 self._connected.clear()
                 self._set_present(False)
@@ -229,12 +232,24 @@ class DaemonLink:
         except Exception as exc:  # the connection dropped under the call
             raise Unavailable(f"the bus connection dropped: {exc}") from None
         if reply.message_type is MessageType.ERROR:
+            for fd in reply.unix_fds or ():
+                os.close(fd)
             text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
             if reply.error_name in ("org.freedesktop.DBus.Error.ServiceUnknown",
                                     "org.freedesktop.DBus.Error.NameHasNoOwner"):
                 raise Unavailable(f"taskmasterd is not on the bus ({text})")
             raise DaemonError(reply.error_name or "org.freedesktop.DBus.Error.Failed", text)
-        return list(reply.body)
+        if not reply.unix_fds:
+            return list(reply.body)
+        # dbus-next leaves an 'h' as its index into the message's descriptors:
+        # the caller gets the descriptor (and closes it); any other is closed.
+        fds = list(reply.unix_fds)
+        body = [fds[v] if t.token == "h" and 0 <= v < len(fds) else v
+                for t, v in zip(reply.signature_tree.types, reply.body, strict=True)]
+        for fd in fds:
+            if fd not in body:
+                os.close(fd)
+        return body
 
     async def get_property(self, name: str, *, path: str = MANAGER_PATH,
                            interface: str = MANAGER_IFACE) -> Any:

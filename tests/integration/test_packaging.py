@@ -99,8 +99,9 @@ def test_the_package_holds_the_programs_units_policy_and_config(built: Built) ->
     assert r.returncode == 0, r.stderr
     files = {line.split()[-1].removeprefix(".") for line in r.stdout.splitlines()}
     site = "/usr/lib/python3/dist-packages"
-    for path in ("/usr/bin/taskmasterd", "/usr/bin/taskctl",
+    for path in ("/usr/bin/taskmasterd", "/usr/bin/taskctl", "/usr/bin/taskmaster-web",
                  "/lib/systemd/system/taskmasterd.service",
+                 "/lib/systemd/system/taskmaster-web.service",
                  "/lib/systemd/system/taskmasterd-cleanup.service",
                  "/usr/lib/systemd/user/taskmasterd.service",
                  f"/usr/share/dbus-1/system.d/{BUS_NAME}.conf",
@@ -110,10 +111,11 @@ def test_the_package_holds_the_programs_units_policy_and_config(built: Built) ->
                  f"{site}/taskmasterd/bus/{BUS_NAME}.conf",
                  f"{site}/taskmasterd/__init__.py", f"{site}/taskmasterd/bus/__init__.py",
                  f"{site}/taskctl/__init__.py",
-                 "/usr/share/man/man1/taskmasterd.1.gz", "/usr/share/man/man1/taskctl.1.gz"):
+                 "/usr/share/man/man1/taskmasterd.1.gz", "/usr/share/man/man1/taskctl.1.gz",
+                 "/usr/share/man/man1/taskmaster-web.1.gz"):
         assert path in files, path
     # Every module of the source tree is in the package.
-    for package in ("taskmasterd", "taskctl"):
+    for package in ("taskmasterd", "taskctl", "taskweb"):
         for source in (REPO / package).rglob("*.py"):
             assert f"{site}/{source.relative_to(REPO)}" in files, source
     # The installed files are the repository's.
@@ -124,6 +126,8 @@ def test_the_package_holds_the_programs_units_policy_and_config(built: Built) ->
         (REPO / "etc/taskmasterd-cleanup.service").read_bytes()
     assert (root / "usr/lib/systemd/user/taskmasterd.service").read_bytes() == \
         (REPO / "etc/taskmasterd-user.service").read_bytes()
+    assert (root / "lib/systemd/system/taskmaster-web.service").read_bytes() == \
+        (REPO / "etc/taskmaster-web.service").read_bytes()
     assert (root / "etc/taskmaster/taskmaster.yaml").read_bytes() == \
         (REPO / "etc/taskmaster.yaml").read_bytes()
 
@@ -140,7 +144,7 @@ def test_the_docs_are_where_the_man_pages_say(built: Built) -> None:
             gzip.decompress((doc / "docs" / f"{source.name}.gz").read_bytes())
         assert text == source.read_bytes(), source.name
     assert (doc / "README.md.gz").exists()
-    for page in ("taskmasterd.1", "taskctl.1"):
+    for page in ("taskmasterd.1", "taskctl.1", "taskmaster-web.1"):
         text = (REPO / "packaging/debian" / page).read_text()
         assert "/usr/share/doc/taskmasterd/docs/" in text, page
 
@@ -278,6 +282,14 @@ def test_shipped_programs_run_on_debians_python(built: Built) -> None:
     assert "OK" in r.stdout
     r = run(*python, built.root / "usr/bin/taskctl", "--version", env=env, cwd="/")
     assert (r.returncode, r.stdout.strip()) == (0, f"taskctl {__version__}"), r.stderr
+    # taskmaster-web on Debian's python3-aiohttp and python3-prometheus-client
+    # (its Recommends; bootstrap installs them for the tests)
+    r = run(*python, "-c", "import taskweb.api, taskweb.metrics, aiohttp, prometheus_client;"
+            "print(aiohttp.__file__, prometheus_client.__file__)", env=env, cwd="/")
+    assert r.returncode == 0, r.stderr
+    assert all(p.startswith("/usr/lib/python3/dist-packages/") for p in r.stdout.split())
+    r = run(*python, built.root / "usr/bin/taskmaster-web", "--help", env=env, cwd="/")
+    assert r.returncode == 0 and "--token-file" in r.stdout, r.stderr
 
 
 def test_the_configuration_is_not_world_readable(built: Built) -> None:
@@ -355,7 +367,8 @@ def test_an_upgrade_neither_stops_nor_restarts_the_service(built: Built) -> None
     """--no-stop-on-upgrade: prerm stops on remove only, postinst's snippet
     only starts (a no-op for a running unit); the re-exec is postinst's own."""
     prerm = maintainer_script(built, "prerm")
-    stops = [line for line in prerm.splitlines() if "deb-systemd-invoke stop" in line]
+    stops = [line for line in prerm.splitlines()
+             if "deb-systemd-invoke stop" in line and "taskmasterd.service" in line]
     assert len(stops) == 1, prerm
     assert re.search(r'if .*\[ "\$1" = remove \].*\n\s*deb-systemd-invoke stop', prerm), prerm
     postinst = maintainer_script(built, "postinst")
@@ -487,3 +500,92 @@ def test_postinst_leaves_a_stopped_unit_alone(postinst: Postinst) -> None:
     for was in ("", "inactive", "failed", "deactivating"):
         calls, out = postinst.run(was or "''", system_pid=postinst.daemon.pid)
         assert (calls, out) == ([], ""), was
+
+
+# -- taskmaster-web (docs/web.md): shipped, off by default, its token made once ----
+
+def unit_settings(text: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line and not line.startswith(("#", "[")) and "=" in line:
+            key, _, value = line.partition("=")
+            out.setdefault(key, []).append(value)
+    return out
+
+
+def test_the_web_service_is_shipped_off_by_default(built: Built) -> None:
+    unit = unit_settings((built.root / "lib/systemd/system/taskmaster-web.service").read_text())
+    expected = {"Type": ["notify"], "ExecStart": ["/usr/bin/taskmaster-web --system"],
+                "DynamicUser": ["yes"], "SupplementaryGroups": ["taskmaster"],
+                "LoadCredential": ["token:/etc/taskmaster/web.token"], "CapabilityBoundingSet": [""],
+                "WantedBy": ["multi-user.target"]}
+    assert {k: unit.get(k) for k in expected} == expected
+    for hardening in ("PrivateDevices", "ProtectKernelTunables", "ProtectControlGroups",
+                      "RestrictNamespaces", "LockPersonality"):
+        assert unit.get(hardening) == ["yes"], hardening
+    assert "Requires" not in unit  # a client: it waits for the daemon, is not bound to it
+    assert (built.root / "usr/bin/taskmaster-web").read_text().startswith("#!/usr/bin/python3\n")
+    postinst = maintainer_script(built, "postinst")
+    # Not enabled on install (only re-enabled if the admin had enabled it), never
+    # started; an upgrade restarts it only if it runs.
+    assert "deb-systemd-helper --quiet was-enabled 'taskmaster-web.service'" in postinst
+    assert "deb-systemd-invoke start 'taskmaster-web.service'" not in postinst
+    assert "deb-systemd-invoke try-restart 'taskmaster-web.service'" in postinst
+    assert "deb-systemd-invoke restart 'taskmaster-web.service'" not in postinst
+    prerm = maintainer_script(built, "prerm")
+    assert re.search(r'\[ "\$1" = remove \].*\n\s*deb-systemd-invoke stop .taskmaster-web.service.',
+                     prerm), prerm
+    postrm = maintainer_script(built, "postrm")
+    assert "rm -f /etc/taskmaster/web.token" in postrm[postrm.index('"$1" = purge'):]
+    # taskmasterd works without them: recommended, not required
+    recommends = {name for clause in parse_depends(field(built.deb, "Recommends"))
+                  for name, _, _ in clause}
+    assert {"python3-aiohttp", "python3-prometheus-client"} <= recommends
+    depends = field(built.deb, "Depends")
+    assert "aiohttp" not in depends and "prometheus" not in depends
+
+
+def test_postinst_makes_the_web_token_once_and_root_only(built: Built, tmp_path: Path) -> None:
+    """postinst's token block, run on a path of the test's (chown a stand-in
+    that logs: the test may not be root): a random token of 32 characters,
+    mode 600, never replaced, and a symlink there is left alone."""
+    from taskweb.auth import read_token
+
+    text = maintainer_script(built, "postinst")
+    m = re.search(r"^\ttoken=/etc/taskmaster/web.token\n.*?^\tfi$", text, re.M | re.S)
+    assert m, "postinst no longer makes /etc/taskmaster/web.token"
+    token = tmp_path / "etc" / "web.token"
+    token.parent.mkdir()
+    script = m[0].replace("/etc/taskmaster/web.token", str(token))
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "chown").write_text('#!/bin/sh\necho "chown $*" >> "$CALLS"\n')
+    (bin_ / "chown").chmod(0o755)
+    env = {"PATH": f"{bin_}:/usr/bin:/bin", "CALLS": str(tmp_path / "calls")}
+    r = run("sh", "-ec", script, env=env)
+    assert r.returncode == 0, r.stderr
+    assert token.stat().st_mode & 0o777 == 0o600
+    first = read_token(str(token))  # the service accepts it
+    assert len(first) == 32 and re.fullmatch(r"[A-Za-z0-9+/]{32}", first)
+    assert (tmp_path / "calls").read_text() == f"chown root:root {token}.dpkg-new\n"
+    assert sorted(p.name for p in token.parent.iterdir()) == ["web.token"]
+    r = run("sh", "-ec", script, env=env)  # an upgrade: kept
+    assert r.returncode == 0 and read_token(str(token)) == first
+    token.unlink()
+    r = run("sh", "-ec", script, env=env)
+    assert r.returncode == 0 and read_token(str(token)) != first  # random
+    token.unlink()
+    token.symlink_to(tmp_path / "elsewhere")  # an admin's link (dangling, even)
+    r = run("sh", "-ec", script, env=env)
+    assert r.returncode == 0 and token.is_symlink() and not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
+def test_systemd_analyze_verify_finds_nothing_in_the_web_unit(built: Built, tmp_path: Path) -> None:
+    text = (built.root / "lib/systemd/system/taskmaster-web.service").read_text()
+    (tmp_path / "units").mkdir()
+    copy = tmp_path / "units" / "taskmaster-web.service"
+    copy.write_text(text.replace("/usr/bin/taskmaster-web",
+                                 str(built.root / "usr/bin/taskmaster-web")))
+    r = run("systemd-analyze", "--system", "verify", copy, env=CLEAN_ENV)
+    assert (r.returncode, r.stdout + r.stderr) == (0, "")
