@@ -8,6 +8,7 @@ logged-in browser, and the tail of a process's output.
     POST /api/processes/{name}/start|stop|restart
     POST /api/processes/{name}/signal      {"signal": "HUP"}
     GET  /api/processes/{name}/tail?bytes=N&stream=stdout|stderr
+    GET  /api/processes/{name}/follow?bytes=N&stream=...  the tail, then what is added (SSE)
 
 The event stream subscribes first and then sends the whole table
 (`snapshot`), so nothing that happens in between is missed; then `state`
@@ -29,6 +30,7 @@ import contextlib
 import html
 import json
 import os
+import re
 from importlib import resources
 from typing import Any
 
@@ -45,6 +47,10 @@ TAIL_MAX = 1 << 20
 ACTIONS = {"start": "Start", "stop": "Stop", "restart": "Restart"}
 STREAMS = "taskweb.page.streams"  # the open event streams' tasks (closed at shutdown)
 ENDING = "taskweb.page.ending"  # those the shutdown cancelled
+FOLLOWS = "taskweb.page.follows"  # the followed outputs' tasks
+MAX_FOLLOWS = 32  # each holds a file open and reads it every FOLLOW_POLL s
+FOLLOW_POLL = 0.2  # seconds between reads of a followed output file (as taskctl tail -f)
+REOPEN_AFTER = 1.0  # seconds without new output before asking whether it was rotated
 
 
 # ---- pure parts --------------------------------------------------------------------
@@ -69,27 +75,57 @@ def sse(event: str, data: Any) -> bytes:
 HEARTBEAT_LINE = b": keep-alive\n\n"
 
 
-def event_frame(event: object, link: DaemonLink) -> bytes | None:
-    """What a follower's event becomes on the stream (None: nothing)."""
-    if isinstance(event, Signal):
-        if event.member == "ProcessStateChanged" and len(event.body) >= 7:
-            process, program, old, new, pid, status, expected = event.body[:7]
-            return sse("state", {"name": process, "program": program, "old": old, "state": new,
-                                 "pid": pid, "exit_status": status, "expected": expected})
-        return None  # the others change the table: the `rows` that follow say how
-    if isinstance(event, RowsChanged):
-        return sse("rows", {"rows": [row_json(r) for r in event.rows],
-                            "removed": list(event.removed)})
-    if isinstance(event, Presence):
-        return sse("presence", {"present": event.present})
-    if isinstance(event, Lagged):
-        return snapshot_frame(link)
-    return None
+# The daemon's description of a live process starts with its pid and uptime:
+# the uptime differs at every ListProcesses, so every refresh of the mirror
+# "changes" every running row. The page shows pid and uptime in their own
+# columns (the uptime ticks in the browser): a row is sent again only when
+# something else changed.
+PID_UPTIME = re.compile(r"^pid \d+, uptime (\d+ days?, )?[\d:.]+")
 
 
-def snapshot_frame(link: DaemonLink) -> bytes:
-    return sse("snapshot", {"present": link.present,
-                            "processes": [row_json(r) for r in link.rows.values()]})
+def shown(row: ProcessRow) -> ProcessRow:
+    """The row as far as the page shows it (the description's uptime left out)."""
+    return row._replace(description=PID_UPTIME.sub("", row.description, count=1))
+
+
+class StreamView:
+    """One event stream: what its page shows, so that it gets only changes."""
+
+    def __init__(self, link: DaemonLink) -> None:
+        self.link = link
+        self.shown: dict[str, ProcessRow] = {}
+
+    def snapshot(self) -> bytes:
+        rows = list(self.link.rows.values())
+        self.shown = {row.name: shown(row) for row in rows}
+        return sse("snapshot", {"present": self.link.present,
+                                "processes": [row_json(r) for r in rows]})
+
+    def frame(self, event: object) -> bytes | None:
+        """What a follower's event becomes on the stream (None: nothing)."""
+        if isinstance(event, Signal):
+            if event.member == "ProcessStateChanged" and len(event.body) >= 7:
+                process, program, old, new, pid, status, expected = event.body[:7]
+                return sse("state", {"name": process, "program": program, "old": old,
+                                     "state": new, "pid": pid, "exit_status": status,
+                                     "expected": expected})
+            return None  # the others change the table: the `rows` that follow say how
+        if isinstance(event, RowsChanged):
+            changed = []
+            for row in event.rows:
+                seen = shown(row)
+                if self.shown.get(row.name) != seen:
+                    self.shown[row.name] = seen
+                    changed.append(row_json(row))
+            removed = [name for name in event.removed if self.shown.pop(name, None)]
+            if not changed and not removed:
+                return None
+            return sse("rows", {"rows": changed, "removed": removed})
+        if isinstance(event, Presence):
+            return sse("presence", {"present": event.present})
+        if isinstance(event, Lagged):
+            return self.snapshot()
+        return None
 
 
 def read_tail(fd: int, size: int) -> tuple[str, bool]:
@@ -169,6 +205,7 @@ async def processes(request: web.Request) -> web.StreamResponse:
 async def events(request: web.Request) -> web.StreamResponse:
     link = link_of(request)
     follower: Follower = link.follow()  # before the snapshot: nothing missed in between
+    view = StreamView(link)
     streams: set[asyncio.Task[Any]] = request.app[STREAMS]
     task = asyncio.current_task()
     assert task is not None
@@ -178,7 +215,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         "X-Accel-Buffering": "no"})  # nginx: pass each event on at once
     try:
         await response.prepare(request)
-        await response.write(b"retry: 2000\n" + snapshot_frame(link))
+        await response.write(b"retry: 2000\n" + view.snapshot())
         idle = 0.0
         while True:
             try:
@@ -195,7 +232,7 @@ async def events(request: web.Request) -> web.StreamResponse:
                     await response.write(HEARTBEAT_LINE)
                 continue
             idle = 0.0
-            frame = event_frame(event, link)
+            frame = view.frame(event)
             if frame is not None:
                 await response.write(frame)
     except ConnectionResetError:  # the browser went away
@@ -234,10 +271,11 @@ async def control(request: web.Request) -> web.StreamResponse:
     return web.json_response({"processes": list(names)})
 
 
-async def tail(request: web.Request) -> web.StreamResponse:
-    # OpenLog is the group taskmaster's on the bus (dbus/...conf): a login's here.
+def output_request(request: web.Request) -> tuple[str, str, int] | web.Response:
+    """The process, stream and size asked for (or the 400 answer); 401
+    without login: OpenLog is the group taskmaster's on the bus
+    (dbus/org.taskmaster.Taskmaster1.conf), so here a login's."""
     require_control(request)
-    name = request.match_info["name"]
     stream = request.query.get("stream", "stdout")
     if stream not in ("stdout", "stderr"):
         return error(400, "stream: stdout or stderr")
@@ -245,23 +283,120 @@ async def tail(request: web.Request) -> web.StreamResponse:
         size = int(request.query.get("bytes", TAIL_DEFAULT))
     except ValueError:
         return error(400, "bytes: a number")
-    size = max(1, min(size, TAIL_MAX))
-    link = link_of(request)
+    return request.match_info["name"], stream, max(1, min(size, TAIL_MAX))
+
+
+async def open_log(link: DaemonLink, name: str, stream: str) -> int:
+    [fd] = await link.call("OpenLog", "ss", [name, stream])
+    if not isinstance(fd, int) or fd < 0:
+        raise DaemonError("org.freedesktop.DBus.Error.Failed",
+                          "OpenLog returned no file descriptor (fd passing refused by the bus?)")
+    return fd
+
+
+async def tail(request: web.Request) -> web.StreamResponse:
+    asked = output_request(request)
+    if isinstance(asked, web.Response):
+        return asked
+    name, stream, size = asked
     try:
-        [fd] = await link.call("OpenLog", "ss", [name, stream])
+        fd = await open_log(link_of(request), name, stream)
     except DaemonError as exc:
         if exc.short not in ("NotAFile", "NoOutput"):
             raise
         # Not an error of the request: there is no file to show (the journal's, or none yet).
         return web.json_response({"name": name, "stream": stream, "text": "", "cut": False,
                                   "unavailable": exc.short, "message": exc.text})
-    if not isinstance(fd, int) or fd < 0:
-        return error(502, "OpenLog returned no file descriptor (fd passing refused by the bus?)")
     try:
         text, cut = await asyncio.get_running_loop().run_in_executor(None, read_tail, fd, size)
     finally:
         os.close(fd)
     return web.json_response({"name": name, "stream": stream, "text": text, "cut": cut})
+
+
+async def follow(request: web.Request) -> web.StreamResponse:
+    """The tail, then what is added, as `output` events: `taskctl tail -f`
+    for the page (the file is read every FOLLOW_POLL s as taskctl does; after
+    REOPEN_AFTER s without news the daemon is asked for the file again, and
+    a rotated file is finished, then the new one read from its start)."""
+    import codecs
+
+    asked = output_request(request)
+    if isinstance(asked, web.Response):
+        return asked
+    name, stream, size = asked
+    follows: set[asyncio.Task[Any]] = request.app[FOLLOWS]
+    if len(follows) >= MAX_FOLLOWS:
+        return error(503, f"{MAX_FOLLOWS} outputs are followed already: close one")
+    link = link_of(request)
+    fd = await open_log(link, name, stream)  # NotAFile: 409 (the page follows files only)
+    task = asyncio.current_task()
+    assert task is not None
+    follows.add(task)
+    request.app[STREAMS].add(task)
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-store",
+        "X-Accel-Buffering": "no"})
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    try:
+        await response.prepare(request)
+        text, cut = read_tail(fd, size)
+        pos = os.lseek(fd, 0, os.SEEK_CUR)
+        await response.write(b"retry: 2000\n" + sse("output", {"text": text, "cut": cut,
+                                                                "start": True}))
+        quiet = idle = 0.0
+        while True:
+            await asyncio.sleep(FOLLOW_POLL)
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                break
+            chunks: list[bytes] = []
+            while len(chunks) < 4 and (chunk := os.read(fd, 65536)):
+                chunks.append(chunk)
+            if chunks:
+                data = b"".join(chunks)
+                pos += len(data)
+                quiet = idle = 0.0
+                await response.write(sse("output", {"text": decoder.decode(data)}))
+                continue
+            st = os.fstat(fd)
+            if st.st_size < pos:  # truncated in place: from the top again
+                pos = os.lseek(fd, 0, os.SEEK_SET)
+            quiet += FOLLOW_POLL
+            idle += FOLLOW_POLL
+            if idle >= HEARTBEAT:
+                idle = 0.0
+                await response.write(HEARTBEAT_LINE)
+            if quiet >= REOPEN_AFTER:
+                quiet = 0.0
+                try:
+                    new = await open_log(link, name, stream)
+                except DaemonError:
+                    continue  # stopped, removed, daemon gone: keep the file we have
+                nst = os.fstat(new)
+                if (nst.st_dev, nst.st_ino) == (st.st_dev, st.st_ino):
+                    os.close(new)
+                    continue
+                rest = b""
+                while chunk := os.read(fd, 65536):  # written before the rotation
+                    rest += chunk
+                if rest:
+                    await response.write(sse("output", {"text": decoder.decode(rest)}))
+                os.close(fd)
+                fd, pos = new, 0
+    except ConnectionResetError:
+        pass
+    except asyncio.CancelledError:
+        if task not in request.app[ENDING]:
+            raise
+        with contextlib.suppress(Exception):
+            await response.write_eof()
+    finally:
+        os.close(fd)
+        follows.discard(task)
+        request.app[STREAMS].discard(task)
+        request.app[ENDING].discard(task)
+    return response
 
 
 async def close_streams(app: web.Application) -> None:
@@ -274,6 +409,7 @@ async def close_streams(app: web.Application) -> None:
 def setup(app: web.Application) -> None:
     app[STREAMS] = set()
     app[ENDING] = set()
+    app[FOLLOWS] = set()
     app["taskweb.page.html"] = static_text("page.html")
     app["taskweb.page.static"] = {
         "page.js": (static_text("page.js"), "application/javascript"),
@@ -285,6 +421,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/events", events)
     app.router.add_post("/api/processes/{name}/{action}", control)
     app.router.add_get("/api/processes/{name}/tail", tail)
+    app.router.add_get("/api/processes/{name}/follow", follow)
 
 
-__all__ = ["event_frame", "read_tail", "render_page", "row_json", "setup", "sse"]
+__all__ = ["StreamView", "read_tail", "render_page", "row_json", "setup", "shown", "sse"]

@@ -43,7 +43,7 @@
     if (!row.last_exit_us) return "";
     const st = row.last_exit_status;
     const what = st < 0 ? (SIGNALS[-st] || "signal " + -st) : "exit " + st;
-    return what + (row.last_exit_expected ? "" : " (unexpected)") + " at " + clock(row.last_exit_us);
+    return what + (row.last_exit_expected ? "" : " (unexpected)") + ", " + clock(row.last_exit_us);
   }
 
   // The daemon's description starts with what the Pid and Uptime columns
@@ -66,13 +66,24 @@
       '<button data-act="tail">Output</button>';
   }
 
-  function cells(row, nowUs) {
-    return "<td>" + esc(row.name) + '</td><td><span class="st st-' + esc(row.state) + '">' +
-      esc(row.state) + "</span></td><td>" + (row.pid || "") + '</td><td class="up">' +
-      uptime(row, nowUs) + "</td><td>" + row.restarts + "</td><td>" + esc(lastExit(row)) +
-      '</td><td class="desc">' + esc(note(row)) +
-      '</td><td class="control">' + buttons(row) + "</td>";
+  // A row's cells, as HTML: the table is built from these in one go, and a
+  // change rewrites only the cells that differ.
+  function parts(row, nowUs) {
+    return [esc(row.name), '<span class="st st-' + esc(row.state) + '">' + esc(row.state) +
+      "</span>", String(row.pid || ""), uptime(row, nowUs), String(row.restarts),
+      esc(lastExit(row)), esc(note(row)), buttons(row)];
   }
+  const CLASSES = ["", "", "", ' class="up"', "", "", ' class="desc"', ' class="control"'];
+
+  function cells(row, nowUs) {
+    return parts(row, nowUs).map((html, i) => "<td" + CLASSES[i] + ">" + html + "</td>").join("");
+  }
+
+  // A cell cut short (…) shows all of its text on hover.
+  tbody.addEventListener("mouseover", (e) => {
+    const td = e.target.closest("td");
+    if (td && td.scrollWidth > td.clientWidth) td.title = td.textContent;
+  });
 
   function summary() {
     let running = 0;
@@ -107,8 +118,13 @@
   function update(row) {
     const entry = byName.get(row.name);
     if (entry) {
+      const before = parts(entry.row, Date.now() * 1000);
+      const after = parts(row, Date.now() * 1000);
       entry.row = row;
-      entry.tr.innerHTML = cells(row, Date.now() * 1000);
+      for (let i = 0; i < after.length; i++) {
+        if (i !== 3 && after[i] !== before[i]) entry.tr.cells[i].innerHTML = after[i];
+      }
+      entry.tr.cells[3].textContent = uptime(row, Date.now() * 1000);
     } else {
       const tr = document.createElement("tr");
       tr.dataset.name = row.name;
@@ -126,7 +142,10 @@
     if (UP.has(ev.state) && !UP.has(ev.old)) row.started_us = Date.now() * 1000;
     update(row);
     summary();
-    if (ev.name === tailName) loadTail();
+    // The bench's measure: when (epoch ms) the page showed the latest change.
+    window.taskmasterLastState = { name: ev.name, state: ev.state,
+      at: performance.timeOrigin + performance.now() };
+    if (ev.name === tailName && !following) loadTail();
   }
 
   function onRows(data) {
@@ -174,7 +193,31 @@
     }
   }
 
+  let following = null;  // the EventSource of a followed output
+  const KEEP = 262144;  // characters of output the view keeps
+
+  function stopFollow() {
+    if (following) { following.close(); following = null; }
+  }
+
+  function startFollow(name, stream) {
+    const text = $("tail-text");
+    following = new EventSource("/api/processes/" + encodeURIComponent(name) +
+      "/follow?bytes=65536&stream=" + stream);
+    following.addEventListener("output", (e) => {
+      const data = JSON.parse(e.data);
+      const atEnd = text.scrollTop + text.clientHeight >= text.scrollHeight - 4;
+      if (data.start) {
+        text.textContent = (data.cut ? "…\n" : "") + data.text;
+      } else {
+        text.textContent = (text.textContent + data.text).slice(-KEEP);
+      }
+      if (atEnd || data.start) text.scrollTop = text.scrollHeight;
+    });
+  }
+
   async function loadTail() {
+    stopFollow();
     const name = tailName;
     const stream = $("tail-stream").value;
     $("tail-name").textContent = name + " — last output";
@@ -182,7 +225,7 @@
       const response = await fetch("/api/processes/" + encodeURIComponent(name) +
         "/tail?bytes=65536&stream=" + stream, { credentials: "same-origin" });
       const data = await response.json();
-      if (name !== tailName) return;
+      if (name !== tailName || following) return;
       if (!response.ok) {
         $("tail-text").textContent = data.error;
       } else if (data.unavailable === "NotAFile") {
@@ -193,6 +236,7 @@
       } else {
         $("tail-text").textContent = (data.cut ? "…\n" : "") + data.text;
         $("tail-text").scrollTop = $("tail-text").scrollHeight;
+        if ($("tail-follow").checked) startFollow(name, stream);
       }
     } catch (err) {
       $("tail-text").textContent = String(err.message);
@@ -226,7 +270,12 @@
   });
   $("tail-refresh").addEventListener("click", loadTail);
   $("tail-stream").addEventListener("change", loadTail);
-  $("tail-close").addEventListener("click", () => { tailName = ""; $("tail").hidden = true; });
+  $("tail-follow").addEventListener("change", loadTail);
+  $("tail-close").addEventListener("click", () => {
+    stopFollow();
+    tailName = "";
+    $("tail").hidden = true;
+  });
 
   if (!loggedIn) {
     $("note").textContent = "Read-only: log in with the service's token to start, stop, " +
@@ -236,11 +285,19 @@
     say("Wrong token.");
     history.replaceState(null, "", "/");
   }
-  // Uptimes tick here, from the start times already received: no request.
+  // Uptimes tick here, from the start times already received (no request),
+  // in the rows on screen only: rows are one line high each (nowrap).
   setInterval(() => {
+    const rows = tbody.rows;
+    if (!rows.length || document.hidden) return;
+    const height = rows[0].offsetHeight || 1;
+    const top = tbody.getBoundingClientRect().top;
+    const first = Math.max(0, Math.floor(-top / height));
+    const last = Math.min(rows.length, first + Math.ceil(window.innerHeight / height) + 1);
     const nowUs = Date.now() * 1000;
-    for (const { row, tr } of byName.values()) {
-      if (UP.has(row.state)) tr.cells[3].textContent = uptime(row, nowUs);
+    for (let i = first; i < last; i++) {
+      const entry = byName.get(rows[i].dataset.name);
+      if (entry && UP.has(entry.row.state)) rows[i].cells[3].textContent = uptime(entry.row, nowUs);
     }
   }, 1000);
   connect();

@@ -49,6 +49,7 @@ SUITE = "bookworm"
 PACKAGES: tuple[str, ...] = (
     "systemd", "systemd-sysv", "dbus", "procps", "python3", "python3-systemd",
     "python3-dbus-next", "python3-jeepney", "python3-yaml", "apprise", "adduser", "iproute2",
+    "python3-aiohttp", "python3-prometheus-client",  # taskmaster-web (its Recommends)
 )
 # minbase already leaves Recommends out (mmdebstrap's default).
 MMDEBSTRAP_OPTIONS: tuple[str, ...] = (

@@ -516,16 +516,22 @@ def unit_settings(text: str) -> dict[str, list[str]]:
 def test_the_web_service_is_shipped_off_by_default(built: Built) -> None:
     unit = unit_settings((built.root / "lib/systemd/system/taskmaster-web.service").read_text())
     expected = {"Type": ["notify"], "ExecStart": ["/usr/bin/taskmaster-web --system"],
-                "DynamicUser": ["yes"], "SupplementaryGroups": ["taskmaster"],
+                "User": ["taskmaster-web"], "SupplementaryGroups": ["taskmaster"],
                 "LoadCredential": ["token:/etc/taskmaster/web.token"], "CapabilityBoundingSet": [""],
                 "WantedBy": ["multi-user.target"]}
     assert {k: unit.get(k) for k in expected} == expected
-    for hardening in ("PrivateDevices", "ProtectKernelTunables", "ProtectControlGroups",
-                      "RestrictNamespaces", "LockPersonality"):
+    # not DynamicUser=: dbus-daemon drops a dynamic user's connection (the unit says more)
+    assert "DynamicUser" not in unit
+    for hardening in ("NoNewPrivileges", "PrivateTmp", "PrivateDevices", "ProtectHome",
+                      "ProtectKernelTunables", "ProtectControlGroups", "RestrictNamespaces",
+                      "LockPersonality"):
         assert unit.get(hardening) == ["yes"], hardening
     assert "Requires" not in unit  # a client: it waits for the daemon, is not bound to it
     assert (built.root / "usr/bin/taskmaster-web").read_text().startswith("#!/usr/bin/python3\n")
+    assert unit["ProtectSystem"] == ["strict"]
     postinst = maintainer_script(built, "postinst")
+    assert re.search(r"if ! getent passwd taskmaster-web .*\n\s*adduser --system --quiet --group "
+                     r"--no-create-home --home /nonexistent", postinst), postinst
     # Not enabled on install (only re-enabled if the admin had enabled it), never
     # started; an upgrade restarts it only if it runs.
     assert "deb-systemd-helper --quiet was-enabled 'taskmaster-web.service'" in postinst

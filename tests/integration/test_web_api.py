@@ -7,6 +7,7 @@ a task's state polled with a deadline; no sleeps."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import urllib.error
@@ -102,7 +103,7 @@ def start_web(workdir: Path, address: str, daemon: Daemon) -> Iterator[Web]:
         [sys.executable, "-m", "taskweb", "--listen", f"127.0.0.1:{port}",
          "--token-file", str(token), "--address", address],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        env={**__import__("os").environ, "NOTIFY_SOCKET": str(notify.path)})
+        env={**os.environ, "NOTIFY_SOCKET": str(notify.path)})
     try:
         notify.next(lambda m: m.get("READY") == "1", timeout=15)
         yield Web(f"http://127.0.0.1:{port}", proc, daemon)

@@ -23,7 +23,8 @@ from aiohttp import web
 from taskmasterd.busaddr import BusChoice
 from taskweb.app import make_app
 from taskweb.auth import COOKIE, CSRF_HEADER, Guard
-from taskweb.link import DaemonLink, Follower
+from taskweb.link import DaemonLink, Follower, Signal
+from taskweb.page import FOLLOWS
 from tests.chromium import CHROMIUM, Browser
 from tests.harness import Daemon, event
 from tests.integration.conftest import WriteConfig
@@ -56,7 +57,7 @@ async def until_rows(link: DaemonLink, follower: Follower, what: str,
 
 
 @contextlib.asynccontextmanager
-async def service(bus_address: str) -> AsyncIterator[tuple[DaemonLink, str]]:
+async def service(bus_address: str) -> AsyncIterator[tuple[DaemonLink, str, web.Application]]:
     link = DaemonLink(BusChoice("address", bus_address))
     await link.start()
     app = make_app(link, Guard(TOKEN))
@@ -73,7 +74,7 @@ async def service(bus_address: str) -> AsyncIterator[tuple[DaemonLink, str]]:
                                  r.state == "RUNNING" for n, r in rows.items() if n != "batch"))
         finally:
             follower.close()
-        yield link, f"http://127.0.0.1:{port}"
+        yield link, f"http://127.0.0.1:{port}", app
     finally:
         await runner.cleanup()
         await link.close()
@@ -107,7 +108,7 @@ def test_http_api_auth_csrf_tail_and_events(write_config: WriteConfig, daemons: 
 
     async def main() -> None:
         async with aiohttp.ClientSession() as watcher:
-            async with service(bus_address) as (link, base), \
+            async with service(bus_address) as (link, base, app), \
                     aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
                 async with http.get(base + "/api/processes") as r:
                     data = await r.json()
@@ -195,6 +196,28 @@ def test_http_api_auth_csrf_tail_and_events(write_config: WriteConfig, daemons: 
                     assert body["text"] == "" and body["message"]
                     async with s.get(base + "/api/processes/web/tail?stream=stdin") as r:
                         assert r.status == 400
+
+                    # Following the output: the tail, then what is added (a restart's).
+                    async with aiohttp.ClientSession() as anonymous, \
+                            anonymous.get(base + "/api/processes/web/follow") as r:
+                        assert r.status == 401
+                    async with s.get(base + "/api/processes/web/follow?bytes=1000") as out:
+                        name, first = await read_event(out.content)
+                        assert name == "output" and first["start"]
+                        assert first["text"].count("web says hello") == 2, first
+                        assert len(app[FOLLOWS]) == 1
+                        async with s.post(base + "/api/processes/web/restart") as r:
+                            assert r.status == 200
+                        added = ""
+                        while "web says hello" not in added:
+                            name, more = await read_event(out.content)
+                            assert name == "output" and not more.get("start")
+                            added += more["text"]
+                    async with asyncio.timeout(5):  # closed with its client
+                        while app[FOLLOWS]:
+                            await asyncio.sleep(0.01)  # sleep-ok: poll step, with a deadline
+                    async with s.get(base + "/api/processes/quiet/follow") as r:
+                        assert r.status == 409  # not a file: nothing to follow
                 # The service stops at once with a page still open (its stream ends).
                 watching = await watcher.get(base + "/events")
                 assert (await read_event(watching.content))[0] == "snapshot"
@@ -216,9 +239,9 @@ def test_page_in_headless_chromium(write_config: WriteConfig, daemons: Start, wo
                 "{textContent: ''}).textContent")
 
     async def main() -> None:
-        async with service(bus_address) as (link, base):
+        async with service(bus_address) as (link, base, app):
             async with Browser.launch(workdir) as browser:
-                page = await browser.new_page()
+                page = await browser.new_page(1100, 600)
                 started = time.monotonic()
                 await page.navigate(base + "/")
                 await page.until("every row", "document.querySelectorAll("
@@ -259,6 +282,26 @@ def test_page_in_headless_chromium(write_config: WriteConfig, daemons: Start, wo
                 await page.evaluate(click("web", "tail"))
                 await page.until("web's output again", "document.getElementById('tail-text')"
                                  ".textContent.includes('web says hello')")
+                # Follow it: a restart's output comes in as it is written.
+                await page.evaluate("document.getElementById('tail-follow').click()")
+                await page.until("following", "document.getElementById('tail-follow').checked")
+                await page.evaluate(click("web", "restart"))
+                await page.until("the restart's output", "(document.getElementById('tail-text')"
+                                 ".textContent.match(/web says hello/g) || []).length === 3")
+                assert len(app[FOLLOWS]) == 1
+                await page.until("web RUNNING again", state_of("web") + " === 'RUNNING'")
+
+                # Signal…: the dialog sends HUP; sleep dies of it and is restarted.
+                await page.evaluate(click("worker:0", "signal"))
+                await page.until("the dialog", "document.getElementById('signal-dialog').open")
+                await page.evaluate("document.getElementById('signal-choice').value = 'HUP';"
+                                    "document.querySelector('#signal-dialog button[value=send]')"
+                                    ".click()")
+                await page.until("worker:0 restarted after SIGHUP",
+                                 "document.querySelector('tr[data-name=\"worker:0\"]')"
+                                 ".textContent.includes('SIGHUP (unexpected)')")
+                await page.until("its restart counted", "document.querySelector("
+                                 "'tr[data-name=\"worker:0\"]').cells[4].textContent === '1'")
 
                 shot = await page.screenshot()
                 assert shot.startswith(b"\x89PNG") and len(shot) > 5000
@@ -266,9 +309,82 @@ def test_page_in_headless_chromium(write_config: WriteConfig, daemons: Start, wo
                     SCREENSHOT.write_bytes(shot)
                 assert page.errors == []
                 assert len(link.followers) == 1  # the page's event stream
+                await page.evaluate("document.querySelector('#logout button').click()")
+                await page.until("logged out", "document.body.dataset.auth === 'none' && "
+                                 "document.querySelectorAll('#processes tbody tr').length === 5")
+                assert await page.evaluate("document.querySelectorAll('button[data-act]')"
+                                           ".length") == 0
+                assert page.errors == []
                 print(f"first full status {first_status * 1000:.0f} ms")
             async with asyncio.timeout(5):  # the browser closed: no follower left
-                while link.followers:
+                while link.followers or app[FOLLOWS]:
                     await asyncio.sleep(0.01)  # sleep-ok: poll step of a wait with a deadline
+
+    asyncio.run(main())
+
+
+MANY = int(os.environ.get("TASKMASTER_WEB_PAGE_PROCESSES", "0"))
+
+
+@pytest.mark.skipif(CHROMIUM is None or MANY == 0,
+                    reason="a measure: TASKMASTER_WEB_PAGE_PROCESSES=1000 (and chromium)")
+def test_page_measure_many_processes(write_config: WriteConfig, daemons: Start, workdir: Path,
+                                     bus_address: str) -> None:
+    """Issue 17's measure: first full status < 1 s with MANY processes, a
+    state change on the page < 100 ms after the D-Bus signal."""
+    d = daemons(write_config({"many": {"cmd": "sleep 100000", "numprocs": MANY,
+                                       "stoptime": 2}}))
+    d.wait_count(event("RUNNING"), MANY, timeout=120)
+
+    async def main() -> None:
+        link = DaemonLink(BusChoice("address", bus_address))
+        await link.start()
+        runner = web.AppRunner(make_app(link, Guard(TOKEN)), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        follower = link.follow()
+        try:
+            await until_rows(link, follower, "all RUNNING", lambda rows: len(rows) == MANY
+                             and all(r.state == "RUNNING" for r in rows.values()), timeout=30)
+            async with Browser.launch(workdir) as browser:
+                page = await browser.new_page()
+                loads = []
+                for _ in range(3):
+                    await page.navigate(base + "/")
+                    loads.append(await page.until(
+                        "the full table", "document.querySelectorAll('#processes tbody tr')"
+                        f".length === {MANY} && window.taskmasterFirstStatus"))
+                await page.evaluate("document.querySelector('#login input').value = "
+                                    f"{json.dumps(TOKEN)}; document.getElementById('login')"
+                                    ".requestSubmit()")
+                await page.until("logged in", "document.body.dataset.auth === 'session' && "
+                                 f"document.querySelectorAll('tbody tr').length === {MANY}")
+                delays = []
+                for i, action in enumerate(["stop", "start"] * 5):
+                    name = f"many:{i // 2 * 97 % MANY}"  # stopped, then started
+                    want = "STOPPED" if action == "stop" else "RUNNING"
+                    await page.evaluate(f"document.querySelector('tr[data-name=\"{name}\"] "
+                                        f"button[data-act={action}]').click()")
+                    async with asyncio.timeout(10):  # the D-Bus signal, as the service got it
+                        while True:
+                            ev = await follower.get()
+                            if isinstance(ev, Signal) and ev.member == "ProcessStateChanged" \
+                                    and ev.body[0] == name and ev.body[3] == want:
+                                signalled = time.time() * 1000
+                                break
+                    shown = await page.until(
+                        f"{name} {want}", "window.taskmasterLastState && "
+                        f"taskmasterLastState.name === '{name}' && "
+                        f"taskmasterLastState.state === '{want}' && taskmasterLastState.at")
+                    delays.append(shown - signalled)
+                assert page.errors == []
+        finally:
+            follower.close()
+            await runner.cleanup()
+            await link.close()
+        print(f"\n{MANY} processes: first full status {[round(x) for x in loads]} ms; "
+              f"signal → page {[round(x, 1) for x in delays]} ms")
+        assert max(loads) < 1000 and max(delays) < 100
 
     asyncio.run(main())

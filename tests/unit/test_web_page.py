@@ -9,7 +9,7 @@ from pathlib import Path
 
 from taskctl.model import ProcessRow
 from taskweb.link import DaemonLink, Lagged, Presence, RowsChanged, Signal
-from taskweb.page import HEARTBEAT_LINE, event_frame, read_tail, render_page, row_json, sse
+from taskweb.page import HEARTBEAT_LINE, StreamView, read_tail, render_page, row_json, shown, sse
 
 ROW = ProcessRow("web:0", "web", "RUNNING", 42, 0, 1_700_000_000_000_000, "pid 42, uptime 0:00:05",
                  "", 2, -15, 1_699_999_999_000_000, True)
@@ -40,19 +40,48 @@ def test_events_become_frames() -> None:
     link = DaemonLink()
     link.present = True
     link.rows = {ROW.name: ROW}
+    view = StreamView(link)
+    assert parse(view.snapshot()) == ("snapshot", {"present": True, "processes": [row_json(ROW)]})
     state = Signal("ProcessStateChanged", ("web:0", "web", "RUNNING", "STOPPING", 42, 0, True))
-    assert parse(event_frame(state, link) or b"") == ("state", {
+    assert parse(view.frame(state) or b"") == ("state", {
         "name": "web:0", "program": "web", "old": "RUNNING", "state": "STOPPING", "pid": 42,
         "exit_status": 0, "expected": True})
     # Other signals change the table: the rows that follow carry it.
-    assert event_frame(Signal("Reloaded", ([], [], [])), link) is None
-    assert event_frame(Signal("TaskStateChanged", ()), link) is None
-    assert parse(event_frame(RowsChanged((ROW,), ("old",)), link) or b"") == \
-        ("rows", {"rows": [row_json(ROW)], "removed": ["old"]})
-    assert parse(event_frame(Presence(False), link) or b"") == ("presence", {"present": False})
+    assert view.frame(Signal("Reloaded", ([], [], []))) is None
+    assert view.frame(Signal("TaskStateChanged", ())) is None
+    stopping = ROW._replace(state="STOPPING", description="pid 42, uptime 0:00:06")
+    other = ROW._replace(name="web:1", pid=43)
+    assert parse(view.frame(RowsChanged((stopping, other), ("gone",))) or b"") == \
+        ("rows", {"rows": [row_json(stopping), row_json(other)], "removed": []})
+    assert parse(view.frame(Presence(False)) or b"") == ("presence", {"present": False})
     # Behind: the page gets the whole table again.
-    assert parse(event_frame(Lagged(), link) or b"") == \
-        ("snapshot", {"present": True, "processes": [row_json(ROW)]})
+    link.rows = {"web:1": other}
+    assert parse(view.frame(Lagged()) or b"") == \
+        ("snapshot", {"present": True, "processes": [row_json(other)]})
+    assert parse(view.frame(RowsChanged((), ("web:1",))) or b"") == \
+        ("rows", {"rows": [], "removed": ["web:1"]})
+
+
+def test_only_what_the_page_shows_is_sent_again() -> None:
+    # Every ListProcesses gives a new uptime in each running row's description:
+    # that alone sends nothing (the page's uptime column ticks by itself).
+    link = DaemonLink()
+    link.rows = {ROW.name: ROW}
+    view = StreamView(link)
+    view.snapshot()
+    later = ROW._replace(description="pid 42, uptime 1:00:05")
+    assert view.frame(RowsChanged((later,), ())) is None
+    days = ROW._replace(description="pid 42, uptime 2 days, 1:00:05")
+    assert view.frame(RowsChanged((days,), ())) is None
+    assert shown(days) == shown(ROW)
+    # What follows the uptime (readiness, health, STATUS=) is news.
+    health = ROW._replace(description="pid 42, uptime 1:00:06; unhealthy (1/3: HTTP 503)")
+    assert parse(view.frame(RowsChanged((health,), ())) or b"")[0] == "rows"
+    restarted = health._replace(restarts=3)
+    assert parse(view.frame(RowsChanged((restarted,), ())) or b"") == \
+        ("rows", {"rows": [row_json(restarted)], "removed": []})
+    assert view.frame(RowsChanged((restarted._replace(description="pid 42, uptime 1:00:07; "
+                                                      "unhealthy (1/3: HTTP 503)"),), ())) is None
 
 
 def test_a_lagging_follower_gets_a_snapshot_not_stale_events() -> None:
