@@ -26,15 +26,17 @@ client; imported, not copied: importing it only looks `chromium` up).
 3. state change -> page: one page open (logged in); `Stop` and `Start` of one
    program called over D-Bus by the bench, cycle after cycle; every
    ProcessStateChanged of that program seen by the bench's own D-Bus
-   subscriber (dbus-next, AddMatch) is stamped time.time() on receipt; the
-   probe's MutationObserver stamps performance.timeOrigin + performance.now()
-   (wall time, 0.1 ms) each time that row's state text changes; each signal
-   is matched with the first DOM change to its state after the previous
-   match. A second client of /events in the bench stamps the service's
-   `state` frame too (the service's share of the latency). Between cycles
-   the bench waits for the service's `rows` frame with the new state (the
-   mirror's refresh, one ListProcesses of N rows: a signal arriving during
-   it waits for it; see the README).
+   subscriber (dbus-next, AddMatch) is stamped time.monotonic() on receipt;
+   the probe's MutationObserver stamps performance.now() each time that
+   row's state text changes (the same clock, CLOCK_MONOTONIC: the offset is
+   measured once by round trips, Cristian's algorithm, and checked again
+   after the cycles); each signal is matched with the first DOM change to
+   its state after the previous match. The probe also stamps the page's
+   EventSource delivering the `state` event, and a second /events client in
+   the bench stamps the service's frame (the service's share). Cycles with
+   the page idle (no `rows` event drawn for IDLE_QUIET s), then back to back
+   (the next call once the page has drawn the `rows` event that follows the
+   previous change).
 
 supervisord: n/a (its [inet_http_server] page is a server-rendered table
 reloaded by hand: no live updates, no metrics).
@@ -97,7 +99,7 @@ PROBE = r"""
     const state = cell ? cell.textContent : "";
     if (state !== last) {
       last = state;
-      probe.changes.push({state, wall: performance.timeOrigin + now, date: Date.now()});
+      probe.changes.push({state, t: now});
       wake();
     }
   }
@@ -125,7 +127,7 @@ PROBE = r"""
       this.addEventListener("state", (e) => {
         const data = JSON.parse(e.data);
         if (data.name === WATCHED) {
-          probe.messages.push({state: data.state, wall: performance.timeOrigin + performance.now()});
+          probe.messages.push({state: data.state, t: performance.now()});
         }
       });
       this.addEventListener("rows", (e) => {
@@ -170,6 +172,7 @@ def names(n: int) -> dict[str, str]:
         "load": f"web page load -> first full status N={n} (logged in: DOM holds N rows)",
         "load_ro": f"web page load -> first full status N={n} (read-only: DOM holds N rows)",
         "paint": f"web page load -> first frame drawn with N={n} rows (logged in)",
+        "paint_ro": f"web page load -> first frame drawn with N={n} rows (read-only)",
         "change": f"web state change -> page N={n} (D-Bus signal -> DOM row)",
         "change_busy": f"web state change -> page N={n} (D-Bus signal -> DOM row)",
         "change_max": f"web state change -> page N={n}, slowest of the run",
@@ -254,9 +257,9 @@ def running(drv_cls, n: int, timeout: float, web_argv: list[str] | None = None
 
 def match(signals: list[tuple[str, float]], seen: list[tuple[str, float]]
           ) -> list[float | None]:
-    """For each signal (state, time.time()), the first of `seen` (state, wall
-    ms) with its state after the previous match: the delay in ms (None: not
-    seen)."""
+    """For each signal (state, monotonic s), the first of `seen` (state,
+    monotonic ms) with its state after the previous match: the delay in ms
+    (None: not seen)."""
     out: list[float | None] = []
     i = 0
     for state, t in signals:
@@ -404,6 +407,7 @@ async def page_loads(browser, base: str, sid: str, n: int, reps: int,
     full: list[float] = []
     ro: list[float] = []
     painted: list[float] = []
+    painted_ro: list[float] = []
     html: list[float] = []
     dcl: list[float] = []
     for i in range(reps):
@@ -416,11 +420,13 @@ async def page_loads(browser, base: str, sid: str, n: int, reps: int,
                 dcl.append(got["dcl"])
             else:
                 ro.append(got["full"])
+                painted_ro.append(got["painted"])
     note = (f"fresh tab each; median: HTML in {statistics.median(html):.0f} ms, "
             f"page.js run (DOMContentLoaded) {statistics.median(dcl):.0f} ms")
     return [row(label["load"], "ms", full, note),
             row(label["load_ro"], "ms", ro, "no buttons"),
-            row(label["paint"], "ms", painted, "rAF + posted message: ~16 ms granularity")]
+            row(label["paint"], "ms", painted, "rAF + posted message: ~16 ms granularity"),
+            row(label["paint_ro"], "ms", painted_ro)]
 
 
 IDLE_QUIET = 1.0  # s without a `rows` event drawn before an "idle page" cycle
@@ -437,20 +443,21 @@ async def state_changes(browser, http, base: str, sid: str, address: str, n: int
     dest, path = "org.taskmaster.Taskmaster1", "/org/taskmaster/Taskmaster1"
     iface = "org.taskmaster.Taskmaster1.Manager"
     mode = ""
-    signals: list[tuple[str, float]] = []  # (new state, time.time() on receipt)
+    signals: list[tuple[str, float]] = []  # (new state, time.monotonic() on receipt)
     modes: list[str] = []  # the mode each of `signals` was received in
-    frames: list[tuple[str, float]] = []  # the service's `state` frames: (state, time.time())
+    frames: list[tuple[str, float]] = []  # the service's `state` frames: (state, monotonic)
 
     def on_message(msg: Message) -> bool:
         if msg.message_type is MessageType.SIGNAL and msg.member == "ProcessStateChanged" \
                 and msg.body[0] == WATCHED:
-            signals.append((msg.body[3], time.time()))
+            signals.append((msg.body[3], time.monotonic()))
             modes.append(mode)
         return False
 
     bus = await MessageBus(bus_address=address).connect()
     sse = None
     page = None
+    niced = raise_priority()
     try:
         bus.add_message_handler(on_message)
         reply = await bus.call(Message(
@@ -464,7 +471,7 @@ async def state_changes(browser, http, base: str, sid: str, address: str, n: int
             # aiohttp's line limit (128 KiB) at 1,000 rows
             buf = b""
             async for chunk in response.content.iter_any():
-                now = time.time()
+                now = time.monotonic()
                 buf += chunk
                 *done, buf = buf.split(b"\n\n")
                 for frame in done:
@@ -496,6 +503,7 @@ async def state_changes(browser, http, base: str, sid: str, address: str, n: int
                     "window.__bench.until(() => window.__bench.changes.at(-1).state === "
                     f"{json.dumps(final)} && window.__bench.settled.slice({mark})"
                     f".includes({json.dumps(final)}))"), 15)
+        drift = (await clock_offset(page))[0] - offset
         probe = await page.evaluate("(({changes, messages, longtasks, rowsCost}) => "
                                     "({changes, messages, longtasks, rowsCost}))(window.__bench)")
         assert page.errors == [], page.errors
@@ -507,12 +515,13 @@ async def state_changes(browser, http, base: str, sid: str, address: str, n: int
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sse
         bus.disconnect()
+        if niced is not None:
+            os.setpriority(os.PRIO_PROCESS, 0, niced)
     changes = probe["changes"]
-    skew = max((abs(c["wall"] - c["date"]) for c in changes), default=0.0)
     # the page's times on the bench's clock; [0] is the snapshot's state
-    dom = match(signals, [(c["state"], c["wall"] - offset) for c in changes[1:]])
+    dom = match(signals, [(c["state"], c["t"] - offset) for c in changes[1:]])
     service = match(signals, [(st, t * 1000) for st, t in frames])
-    delivered = match(signals, [(m["state"], m["wall"] - offset) for m in probe["messages"]])
+    delivered = match(signals, [(m["state"], m["t"] - offset) for m in probe["messages"]])
     cost = probe["rowsCost"]
     kinds = " ".join(sorted({st for st, _ in signals}))
     out = []
@@ -537,24 +546,36 @@ async def state_changes(browser, http, base: str, sid: str, address: str, n: int
                    f"(the refresh after a signal): median {med([c['rows'] for c in cost]):.0f} "
                    f"rows, handled in {med([c['handled'] for c in cost]):.0f} ms, drawn in "
                    f"{med([c['drawn'] for c in cost]):.0f} ms (max "
-                   f"{max((c['drawn'] for c in cost), default=0):.0f}); the page's clock "
-                   f"(timeOrigin + now) {offset:+.2f} ms ± {error:.2f} from the bench's "
-                   f"(subtracted); |timeOrigin+now - Date.now()| <= {skew:.1f} ms"))
+                   f"{max((c['drawn'] for c in cost), default=0):.0f}); the page's clock set to "
+                   f"the bench's ± {error:.2f} ms (after the cycles: {drift:+.2f} ms off)"))
     return out
 
 
+def raise_priority() -> int | None:
+    """As root, nice -10 for this thread (the bench's loop) while it stamps
+    signals: on a loaded machine a woken process may wait several ms for a
+    CPU, and the bench's receipt is the reference. Not inherited by what is
+    already running (daemon, service, browser). The old value, or None."""
+    if os.geteuid() != 0:
+        return None
+    old = os.getpriority(os.PRIO_PROCESS, 0)
+    os.setpriority(os.PRIO_PROCESS, 0, -10)
+    return old
+
+
 async def clock_offset(page, tries: int = 15) -> tuple[float, float]:
-    """The page's wall clock (performance.timeOrigin + now()) minus the
-    bench's (time.time()), in ms, from the round trip with the smallest
-    time (Cristian's algorithm), and its uncertainty (half that round trip)."""
+    """performance.now() in the page minus time.monotonic() here, in ms: one
+    clock (Chromium's TimeTicks and Python's monotonic are both Linux's
+    CLOCK_MONOTONIC), so a constant; from the round trip with the smallest
+    time (Cristian's algorithm), ± half that round trip."""
     best = (0.0, float("inf"))
     for _ in range(tries):
-        t0 = time.time()
-        wall = await page.evaluate("performance.timeOrigin + performance.now()")
-        t1 = time.time()
+        t0 = time.monotonic()
+        now = await page.evaluate("performance.now()")
+        t1 = time.monotonic()
         half = (t1 - t0) * 500
         if half < best[1]:
-            best = (wall - (t0 + t1) * 500, half)
+            best = (now - (t0 + t1) * 500, half)
     return best
 
 
