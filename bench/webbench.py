@@ -63,6 +63,7 @@ from typing import Any
 from drivers import Program
 
 PROGRAM = "sleep infinity"
+IDLE_QUIET = 1.0  # s without a `rows` event drawn before an "idle page" cycle
 WATCHED = "p0"  # the program stopped and started by the state-change measure
 PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,"
                      "application/openmetrics-text;version=0.0.1;q=0.75,"
@@ -173,8 +174,10 @@ def names(n: int) -> dict[str, str]:
         "load_ro": f"web page load -> first full status N={n} (read-only: DOM holds N rows)",
         "paint": f"web page load -> first frame drawn with N={n} rows (logged in)",
         "paint_ro": f"web page load -> first frame drawn with N={n} rows (read-only)",
-        "change": f"web state change -> page N={n} (D-Bus signal -> DOM row)",
-        "change_busy": f"web state change -> page N={n} (D-Bus signal -> DOM row)",
+        "change": f"web state change -> page N={n} (D-Bus signal -> DOM row): page idle "
+                  f"({IDLE_QUIET:g} s without a refresh)",
+        "change_busy": f"web state change -> page N={n} (D-Bus signal -> DOM row): back to "
+                       "back (the next call once the previous refresh is drawn)",
         "change_max": f"web state change -> page N={n}, slowest of the run",
         "skipped": "web page in headless Chromium (skipped)",
     }
@@ -429,9 +432,6 @@ async def page_loads(browser, base: str, sid: str, n: int, reps: int,
             row(label["paint_ro"], "ms", painted_ro)]
 
 
-IDLE_QUIET = 1.0  # s without a `rows` event drawn before an "idle page" cycle
-
-
 async def state_changes(browser, http, base: str, sid: str, address: str, n: int, cycles: int,
                         label: dict[str, str]) -> list[dict]:
     """`cycles` stop/start cycles of WATCHED on an idle page (no `rows` event
@@ -525,9 +525,7 @@ async def state_changes(browser, http, base: str, sid: str, address: str, n: int
     cost = probe["rowsCost"]
     kinds = " ".join(sorted({st for st, _ in signals}))
     out = []
-    for key, which, how in (("change", "idle", f"page idle ({IDLE_QUIET:g} s without a refresh)"),
-                            ("change_busy", "busy", "back to back (the next call once the "
-                                                    "previous refresh is drawn)")):
+    for key, which in (("change", "idle"), ("change_busy", "busy")):
         pick = [i for i, m in enumerate(modes) if m == which]
 
         def of(values: list[float | None], pick: list[int] = pick) -> list[float]:
@@ -538,7 +536,7 @@ async def state_changes(browser, http, base: str, sid: str, address: str, n: int
                 f"the service's SSE frame at a bench client: median {med(srv):.1f} ms, max "
                 f"{max(srv, default=0):.1f}; -> the page's EventSource event: median "
                 f"{med(dlv):.1f}, max {max(dlv, default=0):.1f}")
-        out.append(row(f"{label[key]}: {how}", "ms", lat, note))
+        out.append(row(label[key], "ms", lat, note))
     lat = [v for v in dom if v is not None]
     out.append(row(label["change_max"], "ms", [max(lat)] if lat else [],
                    f"the page's main thread: {len(probe['longtasks'])} tasks > 50 ms, the "
