@@ -216,11 +216,10 @@ class Service:
 
 
 @contextlib.contextmanager
-def running(drv_cls, n: int, timeout: float, web_argv: list[str] | None = None
-            ) -> Iterator[Service]:
+def running(drv_cls, n: int, timeout: float) -> Iterator[Service]:
     """taskmasterd with `n` programs all RUNNING, taskmaster-web ready in
-    front of it (`web_argv`: what runs it, default `python -m taskweb`); both
-    stopped on exit."""
+    front of it; both stopped on exit. (Also what a profiling session
+    starts: py-spy record -p Service.web_pid.)"""
     d = drv_cls()
     web_proc: subprocess.Popen[bytes] | None = None
     notify: socket.socket | None = None
@@ -243,7 +242,7 @@ def running(drv_cls, n: int, timeout: float, web_argv: list[str] | None = None
         env = dict(os.environ, NOTIFY_SOCKET=str(d.dir / "web-notify.sock"))
         log = open(d.dir / "web.txt", "ab")  # noqa: SIM115 (closed once handed over)
         web_proc = subprocess.Popen(
-            [*(web_argv or [d.python, "-m", "taskweb"]), "--listen", f"127.0.0.1:{port}",
+            [d.python, "-m", "taskweb", "--listen", f"127.0.0.1:{port}",
              "--token-file", str(token_file), "--address", d.address],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=d.dir, env=env,
             start_new_session=True)
