@@ -56,13 +56,14 @@ TARGETS = [
      "see the floor rows of the same run: the spawns, and the durable status files (3 fsynced "
      "writes per task) the design asks for; bench/README.md"),
     ("web /metrics", "< 50 ms", lambda m, sv: m < 50,
-     "see bench/README.md (taskmaster-web): the exposition of 6 series per process"),
+     "prometheus_client building and encoding 6 series per process (~88 % of a scrape); "
+     "see bench/README.md (taskmaster-web)"),
     ("web page load", "< 1 s", lambda m, sv: m < 1000,
-     "see bench/README.md (taskmaster-web): the snapshot's size, the page's innerHTML"),
+     "the first frame: style and layout of 1,000 rows (5,000 buttons logged in); "
+     "see bench/README.md (taskmaster-web)"),
     ("web state change", "< 100 ms", lambda m, sv: m < 100,
-     "the page's main thread, not the service (its share is in the notes): the page redraws "
-     "~all rows after each change (their descriptions carry the uptime) and the table's layout "
-     "is the whole table's; see bench/README.md (taskmaster-web)"),
+     "the page's main thread, not the service (its share is in the notes): a signal waits "
+     "for the frame the previous change caused; see bench/README.md (taskmaster-web)"),
     ("stop precision", "1000 ms ± 10", lambda m, sv: abs(m - 1000) <= 10,
      "timer slack or stop-request round trip"),
 ]
