@@ -32,6 +32,7 @@ from drivers import (
 )
 from remotebench import remote
 from taskbench import tasks
+from webbench import web
 
 SLEEP = "sleep 100000"
 
@@ -501,6 +502,7 @@ MEASURES = {
     "reexec": reexec,
     "readopt": readopt,
     "tasks": tasks,
+    "web": web,
     "remote": remote,
 }
 

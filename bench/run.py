@@ -1,6 +1,6 @@
 """Benchmark taskmasterd against supervisord (issue 7).
 
-    python bench/run.py [--quick] [--only restart,stop,...,readopt,tasks,remote] [--daemons taskmasterd]
+    python bench/run.py [--quick] [--only restart,stop,...,readopt,tasks,remote,web] [--daemons taskmasterd]
 
 Prints a table (measure | taskmasterd | supervisord | ratio | target met?)
 and writes bench/results/<UTC timestamp>.json and bench/results/latest.json.
@@ -55,6 +55,15 @@ TARGETS = [
     ("tasks: wall time / floor", TASKS_TARGET, lambda m, sv: tasks_verdict(m),
      "see the floor rows of the same run: the spawns, and the durable status files (3 fsynced "
      "writes per task) the design asks for; bench/README.md"),
+    ("web /metrics", "< 50 ms", lambda m, sv: m < 50,
+     "prometheus_client building and encoding 6 series per process (~88 % of a scrape); "
+     "see bench/README.md (taskmaster-web)"),
+    ("web page load", "< 1 s", lambda m, sv: m < 1000,
+     "the first frame: style and layout of 1,000 rows (5,000 buttons logged in); "
+     "see bench/README.md (taskmaster-web)"),
+    ("web state change", "< 100 ms", lambda m, sv: m < 100,
+     "the page's main thread, not the service (its share is in the notes): a signal waits "
+     "for the frame the previous change caused; see bench/README.md (taskmaster-web)"),
     ("stop precision", "1000 ms ± 10", lambda m, sv: abs(m - 1000) <= 10,
      "timer slack or stop-request round trip"),
 ]
@@ -95,6 +104,8 @@ def main() -> int:
     ap.add_argument("--tasks", type=int, default=1000, help="N for the tasks measure")
     ap.add_argument("--remote", type=int, default=1000,
                     help="N programs for the remote measure (taskctl -H vs systemctl -H)")
+    ap.add_argument("--web", type=int, default=1000,
+                    help="N programs for the web measure (taskmaster-web, issue 17)")
     a = ap.parse_args()
     opts = argparse.Namespace(
         reps_cheap=3 if a.quick else 7, reps_cli=3 if a.quick else 5,
@@ -108,7 +119,9 @@ def main() -> int:
         reps_reexec=2 if a.quick else 5, reps_readopt=2 if a.quick else 3,
         tasks_n=a.tasks, tasks_parallel=16, reps_tasks=1 if a.quick else 3,
         tasks_timeout=60.0 if a.quick else 120.0,
-        remote_n=a.remote, reps_remote=7 if a.quick else 21)
+        remote_n=a.remote, reps_remote=7 if a.quick else 21,
+        web_n=a.web, reps_metrics=7 if a.quick else 21, reps_web_load=3 if a.quick else 10,
+        web_cycles=2 if a.quick else 20)
     names = [n for n in (a.only.split(",") if a.only else MEASURES) if n]
     daemons = a.daemons.split(",")
     if "supervisord" in daemons:

@@ -5,6 +5,7 @@ runs and records, not how fast anything is (that is the bench's job)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,38 @@ def test_bench_quick_tasks(tmp_path: Path) -> None:
     assert ratio["target"]["text"] == "within 2x of the floor"
     writes = res["tasks floor: 30 x 3 durable status writes (fsync), no daemon"]
     assert writes["taskmasterd"]["n"] == 1
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="needs Debian's chromium (apt-get install chromium)")
+def test_bench_quick_web(tmp_path: Path) -> None:
+    """Issue 17's measure with 50 programs: /metrics timed with one series
+    per process, page loads with every row and state shown, each D-Bus
+    signal of the stop/start cycles matched with the page's row showing its
+    state; supervisord n/a. Plumbing only, no timing."""
+    pytest.importorskip("aiohttp")
+    pytest.importorskip("prometheus_client")
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only", "web",
+         "--web", "50", "--results", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "(failed)" not in r.stdout and "(skipped)" not in r.stdout, r.stdout
+    res = json.loads((tmp_path / "latest.json").read_text())["results"]
+    scrape = res["web /metrics N=50 (GET, keep-alive, Prometheus's Accept: OpenMetrics)"]
+    assert scrape["taskmasterd"]["n"] == 7 and "application/openmetrics-text" in \
+        scrape["taskmasterd"]["note"]
+    assert scrape["supervisord"]["note"].startswith("n/a")
+    assert scrape["target"]["text"] == "< 50 ms"
+    load = res["web page load -> first full status N=50 (logged in: DOM holds N rows)"]
+    assert load["taskmasterd"]["n"] == 3 and load["taskmasterd"]["median"] > 0
+    assert load["target"]["text"] == "< 1 s"
+    for how in ("page idle (1 s without a refresh)",
+                "back to back (the next call once the previous refresh is drawn)"):
+        change = res[f"web state change -> page N=50 (D-Bus signal -> DOM row): {how}"]
+        assert change["taskmasterd"]["n"] == 8, change  # 2 x (STOPPING STOPPED STARTING RUNNING)
+        assert change["taskmasterd"]["note"].startswith("8/8 signals"), change
+        assert change["target"]["text"] == "< 100 ms"
 
 
 def test_compare_reads_two_runs_and_marks_the_direction(tmp_path: Path) -> None:
