@@ -140,7 +140,7 @@ def test_exit_sends_the_held_back_summary_at_once() -> None:
         loop = asyncio.get_running_loop()
         d, target = dispatcher(rate=3600)
         d.on_event(fatal())
-        await asyncio.sleep(10)
+        await asyncio.sleep(10)  # sleep-ok: virtual clock: 10 s pass at once
         d.on_event(fatal("db"))
         assert await d.wait_idle(60)
         assert len(target.sent) == 1  # held back by the rate
@@ -158,7 +158,7 @@ def test_exit_during_a_retry_wait_makes_one_last_try_at_once(
     async def main() -> list[float]:
         d, target = dispatcher(rate=0, failures=-1)
         d.on_event(fatal())
-        await asyncio.sleep(1)  # the first try failed at 0; the next is due at 2
+        await asyncio.sleep(1)  # sleep-ok: virtual clock; the first try failed at 0, the next is due at 2
         await d.close()
         return target.times
 

@@ -68,7 +68,7 @@ async def until(what: str, cond: object, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():  # type: ignore[operator]
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # sleep-ok: the poll step of a wait on a condition, with a deadline
 
 
 def lines(start: int, end: int) -> bytes:

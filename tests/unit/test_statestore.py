@@ -305,7 +305,7 @@ def test_many_changes_in_one_turn_are_one_write(tmp_path: Path) -> None:
         assert len(store.saved) == 1
         loop = asyncio.get_running_loop()
         assert [h for h in loop._scheduled if not h.cancelled()] == []  # type: ignore[attr-defined]
-        await asyncio.sleep(3600)  # an hour idle: no write, no wake-up needed
+        await asyncio.sleep(3600)  # sleep-ok: virtual clock; an hour idle: no write, no wake-up needed
         assert len(store.saved) == 1 and loop.time() == 3600
         await writer.close(clean=True)
         writer.changed()
@@ -358,7 +358,7 @@ def test_a_change_during_a_write_is_written_after_it(tmp_path: Path) -> None:
     async def main() -> None:
         writer = StoreWriter(store, lambda: current[0])
         writer.changed()
-        await asyncio.sleep(0)  # the first write is under way (blocked)
+        await asyncio.sleep(0)  # sleep-ok: one loop turn; the first write is under way (blocked)
         for pid in (11, 12, 13):
             current[0] = Snapshot((record(pid=pid),))
             writer.changed()
