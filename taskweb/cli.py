@@ -96,10 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TokenError as exc:
         print(f"taskmaster-web: {exc}", file=sys.stderr)
         return 1
-    from taskmasterd.busaddr import BusChoice
+    from taskctl.parser import bus_choice
 
-    choice = BusChoice("address", args.address) if args.address else \
-        BusChoice(args.bus) if args.bus else None
+    choice = bus_choice(args)  # the same flags as taskctl's
     try:
         return asyncio.run(serve(host, port, choice, guard))
     except OSError as exc:

@@ -31,6 +31,7 @@ import html
 import json
 import os
 import re
+from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
@@ -202,39 +203,23 @@ async def processes(request: web.Request) -> web.StreamResponse:
                               "processes": [row_json(r) for r in link.rows.values()]})
 
 
-async def events(request: web.Request) -> web.StreamResponse:
-    link = link_of(request)
-    follower: Follower = link.follow()  # before the snapshot: nothing missed in between
-    view = StreamView(link)
-    streams: set[asyncio.Task[Any]] = request.app[STREAMS]
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-store",
+               "X-Accel-Buffering": "no"}  # nginx: pass each event on at once
+
+
+@contextlib.asynccontextmanager
+async def event_stream(request: web.Request) -> AsyncIterator[web.StreamResponse]:
+    """An event-stream response for this handler, counted in STREAMS while
+    it runs, ended properly (not cut) when the service stops (close_streams),
+    quietly when the browser went away. The body prepares it first, so that
+    a browser gone before that ends quietly too (a context manager cannot
+    skip its body)."""
     task = asyncio.current_task()
     assert task is not None
-    streams.add(task)
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream", "Cache-Control": "no-store",
-        "X-Accel-Buffering": "no"})  # nginx: pass each event on at once
+    request.app[STREAMS].add(task)
+    response = web.StreamResponse(headers=SSE_HEADERS)
     try:
-        await response.prepare(request)
-        await response.write(b"retry: 2000\n" + view.snapshot())
-        idle = 0.0
-        while True:
-            try:
-                event = await asyncio.wait_for(follower.get(), GONE_CHECK)
-            except TimeoutError:
-                # aiohttp 3.8 does not cancel a handler whose client went away
-                # (3.9 does, opt-in): look at the connection while idle.
-                transport = request.transport
-                if transport is None or transport.is_closing():
-                    break
-                idle += GONE_CHECK
-                if idle >= HEARTBEAT:
-                    idle = 0.0
-                    await response.write(HEARTBEAT_LINE)
-                continue
-            idle = 0.0
-            frame = view.frame(event)
-            if frame is not None:
-                await response.write(frame)
+        yield response
     except ConnectionResetError:  # the browser went away
         pass
     except asyncio.CancelledError:
@@ -245,9 +230,39 @@ async def events(request: web.Request) -> web.StreamResponse:
         with contextlib.suppress(Exception):
             await response.write_eof()
     finally:
-        follower.close()
-        streams.discard(task)
+        request.app[STREAMS].discard(task)
         request.app[ENDING].discard(task)
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    link = link_of(request)
+    follower: Follower = link.follow()  # before the snapshot: nothing missed in between
+    view = StreamView(link)
+    try:
+        async with event_stream(request) as response:
+            await response.prepare(request)
+            await response.write(b"retry: 2000\n" + view.snapshot())
+            idle = 0.0
+            while True:
+                try:
+                    event = await asyncio.wait_for(follower.get(), GONE_CHECK)
+                except TimeoutError:
+                    # aiohttp 3.8 does not cancel a handler whose client went away
+                    # (3.9 does, opt-in): look at the connection while idle.
+                    transport = request.transport
+                    if transport is None or transport.is_closing():
+                        break
+                    idle += GONE_CHECK
+                    if idle >= HEARTBEAT:
+                        idle = 0.0
+                        await response.write(HEARTBEAT_LINE)
+                    continue
+                idle = 0.0
+                frame = view.frame(event)
+                if frame is not None:
+                    await response.write(frame)
+    finally:
+        follower.close()
     return response
 
 
@@ -333,69 +348,57 @@ async def follow(request: web.Request) -> web.StreamResponse:
     task = asyncio.current_task()
     assert task is not None
     follows.add(task)
-    request.app[STREAMS].add(task)
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream", "Cache-Control": "no-store",
-        "X-Accel-Buffering": "no"})
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     try:
-        await response.prepare(request)
-        text, cut = read_tail(fd, size)
-        pos = os.lseek(fd, 0, os.SEEK_CUR)
-        await response.write(b"retry: 2000\n" + sse("output", {"text": text, "cut": cut,
-                                                                "start": True}))
-        quiet = idle = 0.0
-        while True:
-            await asyncio.sleep(FOLLOW_POLL)
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                break
-            chunks: list[bytes] = []
-            while len(chunks) < 4 and (chunk := os.read(fd, 65536)):
-                chunks.append(chunk)
-            if chunks:
-                data = b"".join(chunks)
-                pos += len(data)
-                quiet = idle = 0.0
-                await response.write(sse("output", {"text": decoder.decode(data)}))
-                continue
-            st = os.fstat(fd)
-            if st.st_size < pos:  # truncated in place: from the top again
-                pos = os.lseek(fd, 0, os.SEEK_SET)
-            quiet += FOLLOW_POLL
-            idle += FOLLOW_POLL
-            if idle >= HEARTBEAT:
-                idle = 0.0
-                await response.write(HEARTBEAT_LINE)
-            if quiet >= REOPEN_AFTER:
-                quiet = 0.0
-                try:
-                    new = await open_log(link, name, stream)
-                except DaemonError:
-                    continue  # stopped, removed, daemon gone: keep the file we have
-                nst = os.fstat(new)
-                if (nst.st_dev, nst.st_ino) == (st.st_dev, st.st_ino):
-                    os.close(new)
+        async with event_stream(request) as response:
+            await response.prepare(request)
+            text, cut = read_tail(fd, size)
+            pos = os.lseek(fd, 0, os.SEEK_CUR)
+            await response.write(b"retry: 2000\n" + sse("output", {"text": text, "cut": cut,
+                                                                    "start": True}))
+            quiet = idle = 0.0
+            while True:
+                await asyncio.sleep(FOLLOW_POLL)
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    break
+                chunks: list[bytes] = []
+                while len(chunks) < 4 and (chunk := os.read(fd, 65536)):
+                    chunks.append(chunk)
+                if chunks:
+                    data = b"".join(chunks)
+                    pos += len(data)
+                    quiet = idle = 0.0
+                    await response.write(sse("output", {"text": decoder.decode(data)}))
                     continue
-                rest = b""
-                while chunk := os.read(fd, 65536):  # written before the rotation
-                    rest += chunk
-                if rest:
-                    await response.write(sse("output", {"text": decoder.decode(rest)}))
-                os.close(fd)
-                fd, pos = new, 0
-    except ConnectionResetError:
-        pass
-    except asyncio.CancelledError:
-        if task not in request.app[ENDING]:
-            raise
-        with contextlib.suppress(Exception):
-            await response.write_eof()
+                st = os.fstat(fd)
+                if st.st_size < pos:  # truncated in place: from the top again
+                    pos = os.lseek(fd, 0, os.SEEK_SET)
+                quiet += FOLLOW_POLL
+                idle += FOLLOW_POLL
+                if idle >= HEARTBEAT:
+                    idle = 0.0
+                    await response.write(HEARTBEAT_LINE)
+                if quiet >= REOPEN_AFTER:
+                    quiet = 0.0
+                    try:
+                        new = await open_log(link, name, stream)
+                    except DaemonError:
+                        continue  # stopped, removed, daemon gone: keep the file we have
+                    nst = os.fstat(new)
+                    if (nst.st_dev, nst.st_ino) == (st.st_dev, st.st_ino):
+                        os.close(new)
+                        continue
+                    rest = b""
+                    while chunk := os.read(fd, 65536):  # written before the rotation
+                        rest += chunk
+                    if rest:
+                        await response.write(sse("output", {"text": decoder.decode(rest)}))
+                    os.close(fd)
+                    fd, pos = new, 0
     finally:
         os.close(fd)
         follows.discard(task)
-        request.app[STREAMS].discard(task)
-        request.app[ENDING].discard(task)
     return response
 
 

@@ -13,17 +13,16 @@ import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.harness import Daemon, event, wait_until
-from tests.integration.conftest import WriteConfig
-from tests.integration.test_tasks import with_tasks
-from tests.integration.test_web_api import PROCESSES, PROGRAMS, Web, start_web
+from tests.harness import wait_until
+from tests.integration.test_web_api import PROCESSES, Web
+from tests.integration.test_web_api import web as web  # the fixture: the same daemon and service
 from tests.procs import terminate
 from tests.sshd import free_port
 
@@ -62,14 +61,6 @@ class Prometheus:
         assert answer["status"] == "success", answer
         result: list[dict[str, Any]] = answer["data"]["result"]
         return result
-
-
-@pytest.fixture
-def web(workdir: Path, write_config: WriteConfig, daemons: Callable[..., Daemon],
-        bus_address: str) -> Iterator[Web]:
-    d = daemons(with_tasks(write_config(PROGRAMS), max_parallel=4))
-    d.wait_for(event("DAEMON_START"))
-    yield from start_web(workdir, bus_address, d)
 
 
 @pytest.fixture
