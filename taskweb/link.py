@@ -25,7 +25,7 @@ from typing import Any
 
 from taskctl.model import ProcessRow
 from taskmasterd.bus.names import BUS_NAME, MANAGER_IFACE, MANAGER_PATH
-from taskmasterd.busaddr import SYSTEM_SOCKET, BusChoice
+from taskmasterd.busaddr import BusChoice
 
 log = logging.getLogger("taskweb")
 
@@ -84,17 +84,17 @@ MANAGER_SIGNALS = ("ProcessStateChanged", "Reloaded", "TaskStateChanged", "Activ
 
 
 def bus_address(choice: BusChoice | None) -> str:
-    """The address to connect to (None: the system bus, the packaged daemon's)."""
-    import os
+    """The address to connect to (None: the system bus, the packaged daemon's),
+    found as taskctl finds it (taskctl.buses)."""
+    from taskctl.buses import session_address, system_address
 
     if choice is not None and choice.kind == "address" and choice.address:
         return choice.address
-    if choice is not None and choice.kind == "user":
-        address = os.environ.get("DBUS_SESSION_BUS_ADDRESS", "")
-        if not address:
-            raise Unavailable("--user: DBUS_SESSION_BUS_ADDRESS is not set")
-        return address
-    return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or f"unix:path={SYSTEM_SOCKET}"
+    found = session_address(os.environ) if choice is not None and choice.kind == "user" \
+        else system_address(os.environ)
+    if found.address is None:
+        raise Unavailable(f"--user: {found.why}")
+    return found.address
 
 
 class Follower:
@@ -140,7 +140,6 @@ class DaemonLink:
         self._refreshing: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._closed = False
-        self._connected = asyncio.Event()
 
     # -- connection ------------------------------------------------------------
 
@@ -173,7 +172,6 @@ class DaemonLink:
                                            body=[rule]))
             if reply.message_type is MessageType.ERROR:
                 raise Unavailable(f"AddMatch refused: {reply.error_name}")
-        self._connected.set()
         await self.refresh()
 
     async def _keep(self) -> None:
@@ -185,7 +183,6 @@ class DaemonLink:
                 # future, which close() then awaits
                 await asyncio.shield(self.bus.wait_for_disconnect())
                 self.bus = None
-                self._connected.clear()
                 self._set_present(False)
                 log.warning("the bus connection dropped; connecting again")
             try:
