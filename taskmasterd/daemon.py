@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from dbus_next import BusType
 
-from taskmasterd import __version__
+from taskmasterd import __version__, consoles
 from taskmasterd.alerts import CLOSE_TIMEOUT, AlertDispatcher
 from taskmasterd.bus.names import BUS_NAME
 from taskmasterd.bus.service import BusService, BusUnavailable
@@ -178,6 +178,12 @@ class Daemon:
 
     def output_file(self, process: str, stream: str) -> str:
         return self.supervisor.output_file(process, stream)
+
+    def open_console(self, process: str) -> int:
+        return consoles.open_console(self.supervisor, process)
+
+    def watch_console(self, process: str) -> int:
+        return consoles.watch_console(self.supervisor, process)
 
     async def test_alerts(self, target: str) -> list[tuple[str, bool, str]]:
         """`taskctl alert test`: (redacted url, delivered, detail) per target."""

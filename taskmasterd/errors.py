@@ -39,6 +39,12 @@ class NoOutput(TaskmasterError):
     code = "NoOutput"
 
 
+class NoConsole(TaskmasterError):
+    """The process does not run on a console (its program has no `console: true`)."""
+
+    code = "NoConsole"
+
+
 class ShuttingDown(TaskmasterError):
     code = "ShuttingDown"
 
@@ -63,6 +69,6 @@ class QueueFull(TaskmasterError):
 
 BY_CODE: dict[str, type[TaskmasterError]] = {
     cls.code: cls for cls in (NoSuchProgram, BadName, AlreadyStarted, NotRunning,
-                              ConfigInvalid, NotAFile, NoOutput, ShuttingDown, NoSuchTask,
+                              ConfigInvalid, NotAFile, NoOutput, NoConsole, ShuttingDown, NoSuchTask,
                               TaskInvalid, QueueFull)
 }

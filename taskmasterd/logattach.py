@@ -18,7 +18,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from taskmasterd.logproto import PROTOCOL, ProtocolError, encode, peer_uid_pid, receive
+from taskmasterd.logproto import PROTOCOL, ProtocolError, encode, peer_uid_pid, receive, scrollback
 
 ATTACH_TIMEOUT = 2.0  # seconds a surviving writer gets for each answer
 
@@ -34,6 +34,7 @@ class Held:
     backups: int
     process: str = ""  # the key: process name and stream ("" for none)
     stream: str = ""
+    scrollback: int = 0  # a console's (stream "console": fd is a terminal's master)
 
 
 @dataclass
@@ -207,8 +208,14 @@ def _pipes(sock: socket.socket, pid: int, announced: int) -> list[Held]:
             msg, fds = receive(sock, {"pipe", "end"})
             if msg["op"] == "end":
                 return pipes
+            try:
+                ring = scrollback(msg)
+            except ProtocolError:
+                os.close(fds[0])
+                raise
             pipes.append(Held(int(str(msg["id"])), fds[0], str(msg["path"]), int(str(msg["maxbytes"])),
-                              int(str(msg["backups"])), str(msg["process"]), str(msg["stream"])))
+                              int(str(msg["backups"])), str(msg["process"]), str(msg["stream"]),
+                              ring))
     except EOFError:
         # It died while handing them over: those we got have no other reader.
         raise Unusable(f"pid {pid} hung up after {len(pipes)} of {announced} pipe(s)",

@@ -54,6 +54,7 @@ _QUICK_DEATH = 1.0  # a writer that dies sooner than this after its start...
 _RESTART_DELAY = 1.0  # ...is restarted after this delay, not at once
 
 Key = tuple[str, str]  # (process name, stream)
+KEYED_STREAMS = ("stdout", "stderr", "console")
 
 
 @dataclass(eq=False)
@@ -75,6 +76,7 @@ class LogPipes:
         self._pidfd = -1
         self._started_at = 0.0
         self._outbox: list[tuple[bytes, list[int]]] = []
+        self._owned: set[int] = set()  # fds in the outbox that are ours to close once sent
         self._finishing = False
         self._exited: asyncio.Event = asyncio.Event()
         self._restart: asyncio.TimerHandle | None = None
@@ -91,12 +93,12 @@ class LogPipes:
         return len(self._held)
 
     def follow(self, fd: int, path: str, maxbytes: int, backups: int, *,
-               process: str = "", stream: str = "") -> int:
+               process: str = "", stream: str = "", scrollback: int = 0) -> int:
         """Take over the read end `fd` (this object closes it): its data goes
         to `path`, rotated at `maxbytes` with `backups` old files; `process`
         and `stream` are its key for the next daemon. Returns the pipe's id
         (for when_drained)."""
-        held = Held(self._next_id, fd, path, maxbytes, backups, process, stream)
+        held = Held(self._next_id, fd, path, maxbytes, backups, process, stream, scrollback)
         self._next_id += 1
         self._hold(held)
         if self._pid == 0 and self._restart is None:
@@ -184,7 +186,7 @@ class LogPipes:
         """A reload renamed process `old` to `new` (prog <-> prog:0): its
         pipes follow, here and in the writer (the next daemon looks them up
         by the new name)."""
-        for stream in ("stdout", "stderr"):
+        for stream in KEYED_STREAMS:
             pipe = self._keys.pop((old, stream), None)
             if pipe is None or pipe not in self._held:
                 continue
@@ -196,8 +198,28 @@ class LogPipes:
     def release(self, process: str) -> None:
         """`process` is gone (not re-adopted): forget its keys. Its pipes
         stay held until the writer drains them to EOF, as any other's."""
-        for stream in ("stdout", "stderr"):
+        for stream in KEYED_STREAMS:
             self._keys.pop((process, stream), None)
+
+    # ---- consoles (issue 18, docs/console.md)
+
+    def terminal(self, process: str) -> int | None:
+        """The master of `process`'s console (the copy held here: the caller
+        duplicates it to hand it out), or None when it has none now."""
+        held = self._held.get(self._keys.get((process, "console"), 0))
+        return held.fd if held is not None else None
+
+    def watch(self, process: str, viewer: int) -> bool:
+        """Give `viewer` (a stream socket; closed here in every case) to the
+        writer as a viewer of `process`'s console; False when there is no
+        console or no writer to serve it now (one is being restarted)."""
+        pipe = self._keys.get((process, "console"))
+        if pipe is None or pipe not in self._held or self._sock is None:
+            os.close(viewer)
+            return False
+        self._owned.add(viewer)
+        self._send(encode("watch", id=pipe), [viewer])
+        return True
 
     # ---- drains and shutdown
 
@@ -317,7 +339,7 @@ class LogPipes:
         # A re-attached writer did start, long ago: its death is never "quick".
         self._started_at = self._loop.time() - (0 if proc is not None else _QUICK_DEATH)
         self._exited.clear()
-        self._outbox.clear()
+        self._clear_outbox()
         sock.setblocking(False)
         self._loop.add_reader(sock.fileno(), self._on_message)
         if pidfd >= 0:
@@ -371,7 +393,15 @@ class LogPipes:
             self._loop.remove_writer(self._sock.fileno())
             self._sock.close()
             self._sock = None
+        self._clear_outbox()
+
+    def _clear_outbox(self) -> None:
+        """Unsent messages are dropped (a new writer is given every pipe
+        again); a viewer among them is closed: its client sees the end."""
         self._outbox.clear()
+        for fd in self._owned:
+            os.close(fd)
+        self._owned.clear()
 
     # ---- messages
 
@@ -392,6 +422,10 @@ class LogPipes:
             except OSError:
                 return  # the writer is gone: _on_exit restarts it and resends
             self._outbox.pop(0)
+            for fd in fds:
+                if fd in self._owned:
+                    self._owned.discard(fd)
+                    os.close(fd)
         if sock is not None:
             self._loop.remove_writer(sock.fileno())
 
@@ -441,7 +475,7 @@ class LogPipes:
 
 def _follow_msg(held: Held) -> bytes:
     return encode("follow", id=held.id, process=held.process, stream=held.stream, path=held.path,
-                  maxbytes=held.maxbytes, backups=held.backups)
+                  maxbytes=held.maxbytes, backups=held.backups, scrollback=held.scrollback)
 
 
 def _writer_env() -> dict[str, str]:

@@ -5,7 +5,9 @@ Messages travel on SOCK_SEQPACKET sockets (one datagram, one message), as
 one JSON object each, with the protocol version "v" and an "op"; a pipe's
 read end travels with its message (SCM_RIGHTS, one fd):
 
-    daemon -> writer  follow {id, process, stream, path, maxbytes, backups} + fd
+    daemon -> writer  follow {id, process, stream, path, maxbytes, backups[, scrollback]} + fd
+                      watch {id} + fd: a viewer of console `id` (a stream socket: its
+                      scrollback, then its output as it comes; taskmasterd/consolefan.py)
                       finish: drain every pipe to EOF, then exit
                       rename {id, process}: the pipe's process was renamed (a reload)
     writer -> daemon  eof {id}: drained and closed
@@ -15,11 +17,16 @@ Re-attachment, on the writer's listening socket (see logpipes.py):
 
     daemon -> writer  hello {pid}
     writer -> daemon  welcome {pid, pipes}, then one `pipe {id, process,
-                      stream, path, maxbytes, backups} + fd` per pipe, then end;
+                      stream, path, maxbytes, backups[, scrollback]} + fd` per pipe, then end;
                       the connection is the control socket from then on
                       or: busy {pid} (another daemon is attached), refused {message}
     daemon -> writer  leave: stop reading at once and exit (the daemon
                       took the pipes over for a writer of its own version)
+
+A console (stream "console", protocol 3) is a pseudo-terminal's master
+rather than a pipe's read end: the writer reads it (EIO is its end), keeps
+its last `scrollback` bytes and copies its output to its viewers.
+`scrollback` is optional (0 when absent: an older writer's pipe).
 
 That second group is FROZEN: every version of the writer answers hello
 that way and obeys leave (fields may be added, never changed), so a daemon
@@ -44,16 +51,18 @@ import struct
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-PROTOCOL = 2  # 1 was the unversioned protocol before re-attachment
+PROTOCOL = 3  # 1 was the unversioned protocol before re-attachment; 2 had no consoles
 MAX_MESSAGE = 65536  # bytes; a receive buffer this size never truncates a valid message
 MAX_TEXT = 8192
-STREAMS = ("stdout", "stderr", "")  # "": a pipe with no key (an old writer's)
+STREAMS = ("stdout", "stderr", "console", "")  # "": a pipe with no key (an old writer's)
+MAX_SCROLLBACK = 16 * 1024 * 1024
 
 _PIPE = {"id": "pos", "process": "name", "stream": "stream", "path": "path",
          "maxbytes": "pos", "backups": "nat"}
 # op -> (fields, fds carried)
 SCHEMA: dict[str, tuple[dict[str, str], int]] = {
     "follow": (_PIPE, 1),
+    "watch": ({"id": "pos"}, 1),
     "finish": ({}, 0),
     "rename": ({"id": "pos", "process": "name"}, 0),
     "eof": ({"id": "pos"}, 0),
@@ -68,7 +77,7 @@ SCHEMA: dict[str, tuple[dict[str, str], int]] = {
     "leave": ({}, 0),
 }
 FROZEN = frozenset({"hello", "welcome", "pipe", "end", "busy", "refused", "leave"})
-TO_WRITER = frozenset({"follow", "finish", "rename", "hello", "leave"})
+TO_WRITER = frozenset({"follow", "watch", "finish", "rename", "hello", "leave"})
 TO_DAEMON = frozenset(SCHEMA) - TO_WRITER
 
 
@@ -165,6 +174,16 @@ def receive(sock: socket.socket, expect: Collection[str]) -> tuple[dict[str, obj
     return LOG.receive(sock, expect)
 
 
+def scrollback(msg: Mapping[str, object]) -> int:
+    """A follow or pipe message's optional `scrollback` (0 when absent);
+    ProtocolError when it is there and not a size."""
+    value = msg.get("scrollback", 0)
+    if not _is_int(value) or not 0 <= value <= MAX_SCROLLBACK:  # type: ignore[operator]
+        raise ProtocolError(f"{msg.get('op')}: scrollback must be an integer from 0 to "
+                            f"{MAX_SCROLLBACK}, not {str(value)[:40]!r}")
+    return int(value)  # type: ignore[call-overload]
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -188,7 +207,7 @@ def _check(kind: str, value: object, max_message: int = MAX_MESSAGE) -> str:
     if kind == "blob":
         return "" if len(value) < max_message else "is too long"
     if kind == "stream":
-        return "" if value in STREAMS else f"must be stdout or stderr, not {value[:40]!r}"
+        return "" if value in STREAMS else f"must be stdout, stderr or console, not {value[:40]!r}"
     if len(value) > (255 if kind == "name" else MAX_TEXT) or (kind != "text" and "\0" in value):
         return "is too long or holds a NUL"
     if kind == "path" and not os.path.isabs(value):

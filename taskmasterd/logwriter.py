@@ -41,6 +41,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from taskmasterd.consolefan import READ_CHUNK, Console, Viewer
 from taskmasterd.logattach import admit, refuse, socket_file, unlink_own
 from taskmasterd.logfiles import (  # re-exported: the daemon and the tests use them here
     CHUNK,
@@ -54,7 +55,7 @@ from taskmasterd.logfiles import (  # re-exported: the daemon and the tests use 
     raise_nofile,
     rotation_renames,
 )
-from taskmasterd.logproto import TO_WRITER, ProtocolError, encode, peer_uid_pid, receive
+from taskmasterd.logproto import TO_WRITER, ProtocolError, encode, peer_uid_pid, receive, scrollback
 
 __all__ = ["FALLOC_FL_KEEP_SIZE", "Writer", "fallocate", "grow_pipe", "next_move", "raise_nofile",
            "rotation_renames"]
@@ -70,6 +71,7 @@ class Stream:
     sink: Sink
     process: str = ""
     stream: str = ""
+    console: Console | None = None  # a terminal's master (stream "console"), not a pipe
 
 
 @dataclass
@@ -80,6 +82,7 @@ class Writer:
     sinks: dict[str, Sink] = field(default_factory=dict)
     outbox: list[tuple[bytes, list[int]]] = field(default_factory=list)  # fds: dups, ours to close
     pending: dict[int, tuple[socket.socket, float]] = field(default_factory=dict)  # by fd: (conn, deadline)
+    viewers: dict[int, tuple[Viewer, Stream]] = field(default_factory=dict)  # consoles' viewers, by fd
     draining: bool = False  # told to finish: exit once every pipe is at EOF
     leaving: bool = False  # told to leave: exit now
     daemon_pid: int = 0
@@ -123,7 +126,13 @@ class Writer:
                 elif fd in self.pending:
                     self._greet(fd)
                 elif fd in self.streams:
-                    self._pump(self.streams[fd], bool(ev & select.EPOLLHUP))
+                    stream = self.streams[fd]
+                    if stream.console is not None:
+                        self._pump_console(stream)
+                    else:
+                        self._pump(stream, bool(ev & select.EPOLLHUP))
+                elif fd in self.viewers:
+                    self._viewer_event(fd, ev)
             self._expire()
         if not self.leaving:
             self._flush()
@@ -151,6 +160,8 @@ class Writer:
                 return
             if msg["op"] == "follow":
                 self._follow(msg, fds[0])
+            elif msg["op"] == "watch":
+                self._watch(int(str(msg["id"])), fds[0])
             elif msg["op"] == "finish":
                 self.draining = True
             elif msg["op"] == "rename":
@@ -252,8 +263,10 @@ class Writer:
         self.poll.register(conn.fileno(), select.EPOLLIN)
         self._send(encode("welcome", pid=os.getpid(), pipes=len(self.streams)))
         for s in self.streams.values():
+            ring = s.console.ring.size if s.console is not None else 0
             self._send(encode("pipe", id=s.id, process=s.process, stream=s.stream, path=s.sink.path,
-                              maxbytes=s.sink.maxbytes, backups=s.sink.backups), (s.fd,))
+                              maxbytes=s.sink.maxbytes, backups=s.sink.backups, scrollback=ring),
+                       (s.fd,))
         self._send(encode("end"))
 
     def _unpend(self, fd: int) -> None:
@@ -287,6 +300,13 @@ class Writer:
         sink.maxbytes, sink.backups = maxbytes, backups  # the newest config wins
         sink.refs += 1
         stream = Stream(int(str(msg["id"])), fd, sink, str(msg["process"]), str(msg["stream"]))
+        if stream.stream == "console":
+            try:
+                ring = scrollback(msg)
+            except ProtocolError as exc:  # drained all the same: never a stalled program
+                self._send(encode("error", path=path, message=f"log writer: {exc}; no scrollback"))
+                ring = 0
+            stream.console = Console(ring)
         try:
             os.set_blocking(fd, False)
             self.poll.register(fd, select.EPOLLIN)  # EPERM for a regular file: not a pipe
@@ -347,12 +367,109 @@ class Writer:
                 return self._move(stream, sink, hup)
             self._fail(sink, exc, "rotate" if rotate else "write")
             return -1
+        self._wrote(sink, n)
+        return n
+
+    def _wrote(self, sink: Sink, n: int) -> None:
         sink.size += n
         if sink.error and n > 0:
             dropped, sink.dropped, sink.error = sink.dropped, 0, ""
             self._send(encode("recovered", path=sink.path,
                               message=f"{sink.path} is written again ({dropped} bytes were dropped)"))
-        return n
+
+    # ---- consoles (taskmasterd/consolefan.py)
+
+    def _pump_console(self, stream: Stream) -> None:
+        """Read what the terminal holds (a few chunks per wake-up, to be
+        fair): into the file, the ring and the viewers. EIO is the end (no
+        process holds the terminal's slave side any more)."""
+        console = stream.console
+        assert console is not None
+        for _ in range(8):
+            try:
+                data = os.read(stream.fd, READ_CHUNK)
+            except BlockingIOError:
+                return
+            except OSError:  # EIO: every holder of the slave side is gone
+                data = b""
+            if not data:
+                self._eof(stream)
+                return
+            self._record(stream.sink, data)
+            for viewer in console.output(data):
+                self._forget_viewer(viewer)
+            self._want_out(console)
+            if len(data) < READ_CHUNK:
+                return
+
+    def _record(self, sink: Sink, data: bytes) -> None:
+        """Write `data` to the console's file, rotated as a pipe's would be
+        (read, then written: a terminal cannot be spliced)."""
+        view = memoryview(data)
+        while view:
+            if sink.error and time.monotonic() < sink.retry_at:
+                sink.dropped += len(view)
+                return
+            rotate = False
+            try:
+                if sink.fd < 0:
+                    sink.open()
+                rotate, count = next_move(sink.size, sink.maxbytes)
+                if rotate:
+                    sink.rotate()
+                    count = next_move(sink.size, sink.maxbytes)[1]
+                n = os.write(sink.fd, view[:count])
+            except OSError as exc:
+                self._fail(sink, exc, "rotate" if rotate else "write")
+                sink.dropped += len(view)
+                return
+            self._wrote(sink, n)
+            view = view[n:]
+
+    def _watch(self, id: int, fd: int) -> None:
+        stream = next((s for s in self.streams.values() if s.id == id and s.console), None)
+        if stream is None or stream.console is None:
+            os.close(fd)  # its console just ended: the client sees the end at once
+            return
+        try:
+            viewer = Viewer.open(fd)
+        except OSError as exc:
+            self._send(encode("error", path=stream.sink.path,
+                              message=f"log writer: watch {id}: not a viewer ({exc}); closed"))
+            return
+        stream.console.add(viewer)
+        self.viewers[viewer.fileno()] = (viewer, stream)
+        self.poll.register(viewer.fileno(), 0)  # HUP and ERR come unasked: its client left
+        if viewer.gone:
+            self._forget_viewer(viewer)
+        self._want_out(stream.console)
+
+    def _viewer_event(self, fd: int, ev: int) -> None:
+        viewer, stream = self.viewers[fd]
+        if ev & (select.EPOLLHUP | select.EPOLLERR):
+            viewer.gone = True
+        else:
+            viewer.flush()
+        if viewer.gone:
+            self._forget_viewer(viewer)
+        elif stream.console is not None:
+            self._want_out(stream.console)
+
+    def _want_out(self, console: Console) -> None:
+        """Ask for room (EPOLLOUT) on the viewers with output waiting, only them."""
+        for viewer in console.viewers:
+            mask = select.EPOLLOUT if viewer.pending else 0
+            with contextlib.suppress(OSError):
+                self.poll.modify(viewer.fileno(), mask)
+
+    def _forget_viewer(self, viewer: Viewer) -> None:
+        entry = self.viewers.pop(viewer.fileno(), None)
+        if entry is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            self.poll.unregister(viewer.fileno())
+        if entry[1].console is not None:
+            entry[1].console.remove(viewer)
 
     def _drop(self, stream: Stream) -> int | None:
         try:
@@ -372,6 +489,10 @@ class Writer:
                                   "until it can be written again"))
 
     def _eof(self, stream: Stream, registered: bool = True) -> None:
+        if stream.console is not None:
+            for viewer in list(stream.console.viewers):
+                viewer.flush()  # what waits, as far as its socket takes it now
+                self._forget_viewer(viewer)
         if registered:
             self.poll.unregister(stream.fd)
         os.close(stream.fd)

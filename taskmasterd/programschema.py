@@ -28,6 +28,7 @@ from typing import Any
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from taskmasterd import signames
+from taskmasterd.consoleschema import DEFAULT_SCROLLBACK, console_problems
 from taskmasterd.probeschema import (
     DEFAULT_READYTIMEOUT,
     Check,
@@ -256,7 +257,7 @@ class ProgramReader(NodeReader):
             key_nodes[key] = k
             ok = self._read(functools.partial(entry.read, self, fkp), v, fkp, values, key) and ok
         if ok:
-            for key, message in cross_problems(values):
+            for key, message in [*cross_problems(values), *console_problems(values)]:
                 self.error(key_nodes.get(key, name_node), f"{kp}.{key}", message)
                 ok = False
         if not has_cmd:
@@ -521,6 +522,11 @@ class ProgramConfig:
     stderr_maxbytes: int = key(DEFAULT_MAXBYTES, read=lambda r, kp, n: r._size(n), launch=True)
     stderr_backups: int = key(DEFAULT_BACKUPS, read=lambda r, kp, n: r._int(n, 0, MAX_BACKUPS),
                               launch=True)
+    # A pseudo-terminal for stdin/stdout/stderr, `taskctl attach` (issue 18,
+    # taskmasterd.consoleschema, docs/console.md). Launch settings: a
+    # process gets its terminal (and its ring's size) when it starts.
+    console: bool = key(False, read=lambda r, kp, n: r._bool(n), launch=True)
+    console_scrollback: int = key(DEFAULT_SCROLLBACK, read=lambda r, kp, n: r._size(n), launch=True)
 
     @property
     def env_dict(self) -> dict[str, str]:

@@ -23,6 +23,7 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from taskmasterd import terminal
 from taskmasterd.config import Output, OutputKind, ProgramConfig
 from taskmasterd.logwriter import grow_pipe
 from taskmasterd.process import SpawnError
@@ -50,6 +51,8 @@ class LaunchSpec:
     journal: bool  # AUTO output goes to the journal (running under journald)
     stdout_limit: tuple[int, int] = (0, 0)  # (maxbytes, backups); maxbytes 0 = no bound
     stderr_limit: tuple[int, int] = (0, 0)
+    console: bool = False  # stdin/stdout/stderr on a pseudo-terminal (taskmasterd/console.py)
+    scrollback: int = 0  # its ring's size, in the log writer
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,8 @@ class Pipe:
     path: str
     maxbytes: int
     backups: int
-    stream: str = ""  # stdout or stderr: with the process name, its key in the log writer
+    stream: str = ""  # stdout, stderr or console: with the process name, its key in the log writer
+    scrollback: int = 0  # console: bytes of its output kept for `taskctl attach`
 
 
 @dataclass
@@ -85,7 +89,8 @@ def launch_spec(program: ProgramConfig, index: int, *, logdir: str, journal: boo
                       user=program.user, stdout=program.stdout, stderr=program.stderr, logdir=logdir,
                       journal=journal,
                       stdout_limit=(program.stdout_maxbytes, program.stdout_backups),
-                      stderr_limit=(program.stderr_maxbytes, program.stderr_backups))
+                      stderr_limit=(program.stderr_maxbytes, program.stderr_backups),
+                      console=program.console, scrollback=program.console_scrollback)
 
 
 def output_path(spec: LaunchSpec, stream: str) -> str | None:
@@ -93,7 +98,8 @@ def output_path(spec: LaunchSpec, stream: str) -> str | None:
     out = spec.stdout if stream == "stdout" else spec.stderr
     if out.kind is OutputKind.FILE:
         return out.path
-    if out.kind is OutputKind.AUTO and not spec.journal:
+    if out.kind is OutputKind.AUTO and (not spec.journal or spec.console):
+        # (a console's output is terminal output: a file even under journald)
         suffix = f"-{spec.index}" if spec.process != spec.program else ""
         return os.path.join(spec.logdir, f"{spec.program}{suffix}.{stream}.log")
     return None
@@ -174,6 +180,8 @@ def spawn(spec: LaunchSpec) -> Child:
                                          "the daemon must run as root to switch user"))
         env.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
     env.update(spec.env)
+    if spec.console:
+        return _spawn_on_terminal(spec, env, user_kw)
     fds: list[int] = []
     pipes: list[Pipe] = []
     try:
@@ -199,6 +207,50 @@ def spawn(spec: LaunchSpec) -> Child:
     finally:
         for fd in fds:  # the write ends: only the child holds them (EOF when it is gone)
             os.close(fd)
+    return watched(popen, pipes)
+
+
+def _spawn_on_terminal(spec: LaunchSpec, base: dict[str, str], user_kw: dict[str, object]) -> Child:
+    """spawn() for `console: true`: stdin, stdout and stderr on a new
+    pseudo-terminal, its controlling terminal; the master goes to the log
+    writer as the process's one output (`Pipe` of stream "console")."""
+    env = terminal.terminal_env(base, spec.env)
+    path = output_path(spec, "stdout")
+    try:
+        if path is not None:
+            if spec.stdout.kind is OutputKind.AUTO:
+                os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            os.close(os.open(path, _OUTPUT_FLAGS, 0o644))  # an unwritable file is a spawn error
+    except OSError as exc:
+        raise _error(exc, f"open {path}") from None
+    owner = user_kw.get("user")
+    try:
+        master, slave = terminal.open_terminal(owner if isinstance(owner, int) else None)
+    except OSError as exc:
+        raise _error(exc, "openpty") from None
+    maxbytes, backups = spec.stdout_limit
+    # No bound: the writer's file just grows (2**62: never reached).
+    pipe = Pipe(master, path or os.devnull, maxbytes if path and maxbytes else 2 ** 62,
+                backups, "console", spec.scrollback)
+    try:
+        popen = subprocess.Popen(
+            spec.argv, stdin=slave, stdout=slave, stderr=slave, cwd=spec.cwd, env=env,
+            umask=-1 if spec.umask is None else spec.umask, start_new_session=True,
+            close_fds=True, preexec_fn=terminal.take_controlling_terminal,
+            **user_kw)  # type: ignore[call-overload]
+    except OSError as exc:
+        os.close(master)
+        raise _exec_error(exc, spec) from None
+    except (ValueError, TypeError, subprocess.SubprocessError) as exc:
+        os.close(master)
+        raise SpawnFailed(SpawnError("EINVAL", f"execve {spec.argv[0]}", str(exc))) from None
+    finally:
+        os.close(slave)  # only the child holds it: the master reads EIO once it is gone
+    return watched(popen, [pipe])
+
+
+def watched(popen: subprocess.Popen[bytes], pipes: list[Pipe]) -> Child:
+    """The Child of a process just started: its pidfd and start time."""
     try:
         pidfd = os.pidfd_open(popen.pid)
     except OSError as exc:

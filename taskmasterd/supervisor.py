@@ -329,7 +329,8 @@ class Supervisor(Overlaps, Takeover, Ordering, Checking):
         slot.child = child
         slot.fingerprint = self._fingerprint(proc.config)
         slot.pipes = [self.logpipes.follow(p.fd, p.path, p.maxbytes, p.backups, process=key,
-                                           stream=p.stream) for p in child.pipes]
+                                           stream=p.stream, scrollback=p.scrollback)
+                      for p in child.pipes]
         slot.started_wall = time.time()
         self._all_down.clear()
         self._loop.add_reader(child.pidfd, self._on_pidfd, slot)

@@ -202,8 +202,9 @@ class Takeover:
         """An adopted process's bounded outputs: the pipes the surviving log
         writer kept for it (re-attached at start, by process name and
         stream), so its drain is awaited at its exit as a spawned one's.
-        Outputs with maxbytes 0, null or journal are written by the child."""
-        for stream in ("stdout", "stderr"):
+        Outputs with maxbytes 0, null or journal are written by the child;
+        a console's terminal is always the writer's."""
+        for stream in ("stdout", "stderr", "console"):
             pipe = self.logpipes.adopt(slot.process.name, stream)
             if pipe is not None:
                 slot.pipes.append(pipe)

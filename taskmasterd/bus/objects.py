@@ -23,6 +23,7 @@ from dbus_next.service import signal as dbus_signal
 
 from taskmasterd import __version__, signames
 from taskmasterd.bus.calls import check_arg, dbus_errors, named, open_output, us
+from taskmasterd.bus.writer import close_after_send
 from taskmasterd.bus.names import MANAGER_IFACE, PROGRAM_IFACE
 from taskmasterd.bus.taskobjects import TaskMethods, Tasks
 from taskmasterd.errors import BadName
@@ -49,6 +50,8 @@ class Controller(Protocol):
     def request_shutdown(self) -> None: ...
     def reexecute(self) -> None: ...
     def output_file(self, process: str, stream: str) -> str: ...
+    def open_console(self, process: str) -> int: ...
+    def watch_console(self, process: str) -> int: ...
     async def test_alerts(self, target: str) -> list[tuple[str, bool, str]]: ...
     def alert_counts(self) -> tuple[int, int]: ...
 
@@ -163,6 +166,24 @@ class Manager(TaskMethods, ServiceInterface):
                 path, f"{process} has no {stream} output yet ({path} does not exist: the process "
                 "has not run since the file was set)",
                 f"the {stream} of {process} goes to {path}, which is not a regular file")
+
+    # (1.5) Consoles (docs/console.md): root and group taskmaster only.
+    @named("terminal")
+    @method()
+    def OpenConsole(self, process: 's') -> 'h':
+        """The process's terminal (its pseudo-terminal's master): write
+        keystrokes into it, set its size with TIOCSWINSZ; never read it (the
+        output is the log writer's: WatchConsole)."""
+        with dbus_errors("OpenConsole"):
+            return close_after_send(self._c.open_console(check_arg(process, "process")))
+
+    @named("output")
+    @method()
+    def WatchConsole(self, process: 's') -> 'h':
+        """A stream socket to read: the process's scrollback, then its terminal
+        output as it comes; it ends when the terminal closes."""
+        with dbus_errors("WatchConsole"):
+            return close_after_send(self._c.watch_console(check_arg(process, "process")))
 
     @named("results")
     @method()
