@@ -138,12 +138,3 @@ class Console:
         with contextlib.suppress(ValueError):
             self.viewers.remove(viewer)
         viewer.close()
-
-    def end(self) -> list[Viewer]:
-        """The terminal closed: each viewer gets what waits for it, as far as
-        its socket takes it now, and is closed (its client sees the end)."""
-        viewers, self.viewers = self.viewers, []
-        for viewer in viewers:
-            viewer.flush()
-            viewer.close()
-        return viewers

@@ -9,6 +9,7 @@ import os
 import select
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -170,3 +171,78 @@ def test_named_errors(write_config: WriteConfig, daemons: Start, client: Client)
     # many:1 is one process: it works.
     os.close(client.call_fd("OpenConsole", "s", ["many:1"]))
     assert "Traceback" not in d.text()
+
+
+def test_a_daemon_killed_and_started_again_keeps_the_console_and_its_viewers(
+        write_config: WriteConfig, daemons: Start, bus_address: str, workdir: Path) -> None:
+    """The terminal's master is the log writer's, which outlives the daemon:
+    the program never sees a hang-up, an attached viewer goes on, and the
+    next daemon re-adopts the process and hands its terminal out again."""
+    from tests.integration.test_output_rotation import killed_at_end, writers_of
+
+    env = {"TASKMASTER_RUNTIME_DIR": str(workdir / "run")}
+    cfg = write_config({"repl": {"cmd": PYTHON_REPL, "console": True, "starttime": 0}},
+                       statedir=str(workdir / "state"))
+    d1 = daemons(cfg, env=env)
+    program = d1.wait_for(event("RUNNING", "repl")).pid
+    [writer] = writers_of(d1.pid)
+    with killed_at_end(program, writer):
+        viewer = watch(Client(BusChoice("address", bus_address)), "repl")
+        read_until(viewer, b">>> ")
+        os.kill(d1.pid, signal.SIGKILL)
+        d1.proc.wait(timeout=10)
+        d2 = daemons(cfg, env=env)
+        assert d2.wait_for(event("ADOPTED", "repl")).pid == program
+        d2.wait_text(f"re-attached the log writer (pid {writer})")
+        client = Client(BusChoice("address", bus_address))
+        terminal = client.call_fd("OpenConsole", "s", ["repl"])
+        os.write(terminal, b"print('still', 6*7)\r")
+        assert b"still 42" in read_until(viewer, b"still 42")  # the old viewer too
+        late = watch(client, "repl")
+        assert b"still 42" in read_until(late, b"still 42")  # the scrollback survived
+        os.close(terminal)
+        viewer.close()
+        late.close()
+        assert d2.terminate() == 0
+
+
+def test_a_flood_with_nobody_attached_never_blocks_the_program(
+        write_config: WriteConfig, daemons: Start, workdir: Path) -> None:
+    """1 MB/s of output for 30 s into a console nobody watches: the program
+    never waits on its terminal (it measures its own writes) and the daemon
+    and the log writer that drains it stay under 10 % of a core."""
+    from tests.harness import cpu_seconds
+    from tests.integration.test_output_rotation import writers_of
+
+    script = workdir / "flood.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "line = b'x' * 1023 + b'\\n'\n"
+        "start = time.monotonic(); slowest = 0.0\n"
+        "for second in range(30):\n"
+        "    for _ in range(1024):\n"
+        "        t = time.monotonic(); os.write(1, line); slowest = max(slowest, time.monotonic() - t)\n"
+        "    time.sleep(max(0.0, start + second + 1 - time.monotonic()))  # sleep-ok: its pace\n"
+        "with open(sys.argv[1], 'w') as f: f.write(f'{slowest:.3f} {time.monotonic() - start:.2f}')\n"
+        "time.sleep(3600)  # sleep-ok: stays, so its terminal stays open\n")
+    result = workdir / "result"
+    out = workdir / "flood.out"
+    cfg = write_config({"flood": {"cmd": f"{sys.executable} {script} {result}", "console": True,
+                                  "starttime": 0, "stdout": str(out), "stdout_maxbytes": "8MB",
+                                  "stdout_backups": 2}})
+    d = daemons(cfg)
+    d.wait_for(event("RUNNING", "flood"))
+    [writer] = writers_of(d.pid)
+    cpu0 = cpu_seconds(d.pid) + cpu_seconds(writer)
+    wait_start = time.monotonic()
+    while not result.exists():
+        assert time.monotonic() - wait_start < 60, "the flood did not end"
+        time.sleep(0.2)  # sleep-ok: polling for the program's own report, with a deadline
+    cpu = cpu_seconds(d.pid) + cpu_seconds(writer) - cpu0
+    slowest, took = map(float, result.read_text().split())
+    assert slowest < 0.5, f"a write waited {slowest} s on the terminal"
+    assert took < 33, f"30 s of output took {took} s: the program was held up"
+    assert cpu < 0.10 * took, f"daemon + log writer used {cpu:.2f} CPU-s in {took:.1f} s"
+    # It was all recorded (rotated at 8 MB: 2 backups keep the last 24 MB at most).
+    recorded = sum(p.stat().st_size for p in workdir.glob("flood.out*"))
+    assert recorded >= 20 * 1024 * 1024, recorded

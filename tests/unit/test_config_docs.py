@@ -67,11 +67,15 @@ def test_every_example_value_loads(tmp_path: Path) -> None:
     programs = _examples("`programs:`")
     if config.os.geteuid() != 0:
         programs.pop("user")  # switching users needs root
+    # A console's stderr is its terminal: its example loads in a program of its own.
+    console = {"cmd": "sleep 1", "console": programs.pop("console"),
+               "console_scrollback": programs.pop("console_scrollback")}
     loaded = _load(tmp_path, {"taskmasterd": _examples("`taskmasterd:`"),
-                              "programs": {"worker": programs},
+                              "programs": {"worker": programs, "shell": console},
                               "alerts": [_examples("`alerts:`")],
                               "tasks": _examples("`tasks:`")})
     assert loaded.programs[0].numprocs == programs["numprocs"]
+    assert loaded.programs[1].console and loaded.programs[1].console_scrollback == 1024 ** 2
     assert loaded.daemon.loglevel == "debug"
     assert len(loaded.alerts) == 1
     assert loaded.tasks.max_parallel == 16

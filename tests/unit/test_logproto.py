@@ -29,6 +29,7 @@ VALID = {
     "error": {"path": "/x", "message": "m"},
     "recovered": {"path": "/x", "message": "m"}, "hello": {"pid": 10}, "welcome": {"pid": 11, "pipes": 0},
     "pipe": PIPE, "end": {}, "busy": {"pid": 12}, "refused": {"message": "no"}, "leave": {},
+    "watch": {"id": 3},
 }
 
 
@@ -87,7 +88,7 @@ def test_frozen_messages_cross_versions_the_others_do_not() -> None:
     (raw(v=PROTOCOL, op="follow", **{**PIPE, "path": "/a\0b"}), 1, "follow: path is too long or holds a NUL"),
     (raw(v=PROTOCOL, op="follow", **{**PIPE, "path": 7}), 1, "follow: path must be a string, not int"),
     (raw(v=PROTOCOL, op="follow", **{**PIPE, "stream": "stdin"}), 1,
-     "follow: stream must be stdout or stderr"),
+     "follow: stream must be stdout, stderr or console"),
     (raw(v=PROTOCOL, op="follow", **{**PIPE, "process": "x" * 300}), 1, "follow: process is too long"),
     (raw(v=PROTOCOL, op="follow", **PIPE), 0, "follow: carries 0 fd(s), expected 1"),
     (raw(v=PROTOCOL, op="eof", id=1), 2, "eof: carries 2 fd(s), expected 0"),

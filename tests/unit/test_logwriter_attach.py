@@ -98,7 +98,8 @@ def test_the_next_daemon_gets_every_pipe_back_and_becomes_the_daemon(writer: Wri
         pipes[msg["process"]] = (msg, os.fstat(fds[0]).st_ino)
         os.close(fds[0])
     assert pipes["web:0"] == ({"v": PROTOCOL, "op": "pipe", "id": 1, "process": "web:0", "stream": "stdout",
-                               "path": str(out), "maxbytes": 10 ** 9, "backups": 1}, ino1)
+                               "path": str(out), "maxbytes": 10 ** 9, "backups": 1, "scrollback": 0},
+                              ino1)
     assert pipes["db"][0]["maxbytes"] == 4096 and pipes["db"][0]["backups"] == 3
     assert pipes["db"][1] == ino2  # a copy of the very same pipe: the daemon holds it again
     os.write(w1, data[50_000:])

@@ -84,6 +84,7 @@ OTHER_VALUE: dict[str, object] = {
     "stderr_backups": 0, "ready": Check("notify"), "readytimeout": 5.0, "watchdog": 3.0,
     "health": HealthCheck(Check("tcp", "127.0.0.1:80")),
     "after": ("db",),  # start ordering: applies in place
+    "console": True, "console_scrollback": 4096,  # a terminal: shapes the process
 }
 
 
