@@ -178,6 +178,10 @@ def test_nobody_may_not_set_or_call_other_methods(address: str) -> None:
             rc, _, err = await _run(*_busctl(address, "call", NAME, PATH, MANAGER, member,
                                              prefix=AS_NOBODY))
             assert _denied(rc, err), (member, rc, err)
+        for member in ("OpenConsole", "WatchConsole"):  # a terminal is control: keys and output
+            rc, _, err = await _run(*_busctl(address, "call", NAME, PATH, MANAGER, member, "s", "web",
+                                             prefix=AS_NOBODY))
+            assert _denied(rc, err), (member, rc, err)
         rc, _, err = await _run(*_busctl(address, "call", NAME, f"{PATH}/program/web",
                                          "org.taskmaster.Taskmaster1.Program", "Start",
                                          prefix=AS_NOBODY))
