@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-DEFAULT_SCROLLBACK = 64 * 1024  # bytes of terminal output replayed at attach (tmux keeps lines; we keep bytes)
+DEFAULT_SCROLLBACK = 64 * 1024  # bytes of output replayed at attach (tmux keeps lines; we keep bytes)
 MAX_SCROLLBACK = 16 * 1024 * 1024
 
 

@@ -178,10 +178,10 @@ def scrollback(msg: Mapping[str, object]) -> int:
     """A follow or pipe message's optional `scrollback` (0 when absent);
     ProtocolError when it is there and not a size."""
     value = msg.get("scrollback", 0)
-    if not _is_int(value) or not 0 <= value <= MAX_SCROLLBACK:  # type: ignore[operator]
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SCROLLBACK:
         raise ProtocolError(f"{msg.get('op')}: scrollback must be an integer from 0 to "
                             f"{MAX_SCROLLBACK}, not {str(value)[:40]!r}")
-    return int(value)  # type: ignore[call-overload]
+    return value
 
 
 def _is_int(value: object) -> bool:

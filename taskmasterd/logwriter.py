@@ -41,8 +41,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from taskmasterd.consolefan import READ_CHUNK, Console, Viewer
+from taskmasterd.consolefan import Console, Viewer
 from taskmasterd.logattach import admit, refuse, socket_file, unlink_own
+from taskmasterd.logconsole import ConsoleStreams
 from taskmasterd.logfiles import (  # re-exported: the daemon and the tests use them here
     CHUNK,
     FALLOC_FL_KEEP_SIZE,
@@ -75,7 +76,7 @@ class Stream:
 
 
 @dataclass
-class Writer:
+class Writer(ConsoleStreams):
     ctl: socket.socket | None  # the attached daemon; None: none is
     listener: socket.socket | None = None
     streams: dict[int, Stream] = field(default_factory=dict)  # by pipe fd
@@ -376,100 +377,6 @@ class Writer:
             dropped, sink.dropped, sink.error = sink.dropped, 0, ""
             self._send(encode("recovered", path=sink.path,
                               message=f"{sink.path} is written again ({dropped} bytes were dropped)"))
-
-    # ---- consoles (taskmasterd/consolefan.py)
-
-    def _pump_console(self, stream: Stream) -> None:
-        """Read what the terminal holds (a few chunks per wake-up, to be
-        fair): into the file, the ring and the viewers. EIO is the end (no
-        process holds the terminal's slave side any more)."""
-        console = stream.console
-        assert console is not None
-        for _ in range(8):
-            try:
-                data = os.read(stream.fd, READ_CHUNK)
-            except BlockingIOError:
-                return
-            except OSError:  # EIO: every holder of the slave side is gone
-                data = b""
-            if not data:
-                self._eof(stream)
-                return
-            self._record(stream.sink, data)
-            for viewer in console.output(data):
-                self._forget_viewer(viewer)
-            self._want_out(console)
-            if len(data) < READ_CHUNK:
-                return
-
-    def _record(self, sink: Sink, data: bytes) -> None:
-        """Write `data` to the console's file, rotated as a pipe's would be
-        (read, then written: a terminal cannot be spliced)."""
-        view = memoryview(data)
-        while view:
-            if sink.error and time.monotonic() < sink.retry_at:
-                sink.dropped += len(view)
-                return
-            rotate = False
-            try:
-                if sink.fd < 0:
-                    sink.open()
-                rotate, count = next_move(sink.size, sink.maxbytes)
-                if rotate:
-                    sink.rotate()
-                    count = next_move(sink.size, sink.maxbytes)[1]
-                n = os.write(sink.fd, view[:count])
-            except OSError as exc:
-                self._fail(sink, exc, "rotate" if rotate else "write")
-                sink.dropped += len(view)
-                return
-            self._wrote(sink, n)
-            view = view[n:]
-
-    def _watch(self, id: int, fd: int) -> None:
-        stream = next((s for s in self.streams.values() if s.id == id and s.console), None)
-        if stream is None or stream.console is None:
-            os.close(fd)  # its console just ended: the client sees the end at once
-            return
-        try:
-            viewer = Viewer.open(fd)
-        except OSError as exc:
-            self._send(encode("error", path=stream.sink.path,
-                              message=f"log writer: watch {id}: not a viewer ({exc}); closed"))
-            return
-        stream.console.add(viewer)
-        self.viewers[viewer.fileno()] = (viewer, stream)
-        self.poll.register(viewer.fileno(), 0)  # HUP and ERR come unasked: its client left
-        if viewer.gone:
-            self._forget_viewer(viewer)
-        self._want_out(stream.console)
-
-    def _viewer_event(self, fd: int, ev: int) -> None:
-        viewer, stream = self.viewers[fd]
-        if ev & (select.EPOLLHUP | select.EPOLLERR):
-            viewer.gone = True
-        else:
-            viewer.flush()
-        if viewer.gone:
-            self._forget_viewer(viewer)
-        elif stream.console is not None:
-            self._want_out(stream.console)
-
-    def _want_out(self, console: Console) -> None:
-        """Ask for room (EPOLLOUT) on the viewers with output waiting, only them."""
-        for viewer in console.viewers:
-            mask = select.EPOLLOUT if viewer.pending else 0
-            with contextlib.suppress(OSError):
-                self.poll.modify(viewer.fileno(), mask)
-
-    def _forget_viewer(self, viewer: Viewer) -> None:
-        entry = self.viewers.pop(viewer.fileno(), None)
-        if entry is None:
-            return
-        with contextlib.suppress(OSError, ValueError):
-            self.poll.unregister(viewer.fileno())
-        if entry[1].console is not None:
-            entry[1].console.remove(viewer)
 
     def _drop(self, stream: Stream) -> int | None:
         try:

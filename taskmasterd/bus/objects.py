@@ -23,9 +23,9 @@ from dbus_next.service import signal as dbus_signal
 
 from taskmasterd import __version__, signames
 from taskmasterd.bus.calls import check_arg, dbus_errors, named, open_output, us
-from taskmasterd.bus.writer import close_after_send
 from taskmasterd.bus.names import MANAGER_IFACE, PROGRAM_IFACE
 from taskmasterd.bus.taskobjects import TaskMethods, Tasks
+from taskmasterd.bus.writer import close_after_send
 from taskmasterd.errors import BadName
 from taskmasterd.process import worst_state
 from taskmasterd.reload import ReloadPlan

@@ -19,7 +19,7 @@ import pytest
 from taskctl.buses import BusChoice
 from taskctl.client import CallError, Client
 from taskmasterd.terminal import get_size, set_size
-from tests.harness import Daemon, event
+from tests.harness import Daemon, event, wait_until
 from tests.integration.conftest import WriteConfig
 
 Start = Callable[..., Daemon]
@@ -118,7 +118,8 @@ def test_window_size_set_on_the_terminal_reaches_the_program(
         write_config: WriteConfig, daemons: Start, client: Client) -> None:
     cfg = write_config({"sizes": {
         "cmd": "python3 -c \"import signal, os, sys\n"
-               "signal.signal(signal.SIGWINCH, lambda *a: print('size', *os.get_terminal_size(0), flush=True))\n"
+               "size = lambda: os.get_terminal_size(0)\n"
+               "signal.signal(signal.SIGWINCH, lambda *a: print('size', *size(), flush=True))\n"
                "print('ready', *os.get_terminal_size(0), flush=True)\n"
                "while True: signal.pause()\"",
         "console": True, "starttime": 0}})
@@ -185,6 +186,7 @@ def test_a_daemon_killed_and_started_again_keeps_the_console_and_its_viewers(
                        statedir=str(workdir / "state"))
     d1 = daemons(cfg, env=env)
     program = d1.wait_for(event("RUNNING", "repl")).pid
+    wait_until("a log writer", lambda: len(writers_of(d1.pid)) == 1)
     [writer] = writers_of(d1.pid)
     with killed_at_end(program, writer):
         viewer = watch(Client(BusChoice("address", bus_address)), "repl")
@@ -232,6 +234,7 @@ def test_a_flood_with_nobody_attached_never_blocks_the_program(
                                   "stdout_backups": 2}})
     d = daemons(cfg)
     d.wait_for(event("RUNNING", "flood"))
+    wait_until("a log writer", lambda: len(writers_of(d.pid)) == 1)
     [writer] = writers_of(d.pid)
     cpu0 = cpu_seconds(d.pid) + cpu_seconds(writer)
     wait_start = time.monotonic()
