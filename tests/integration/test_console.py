@@ -249,3 +249,45 @@ def test_a_flood_with_nobody_attached_never_blocks_the_program(
     # It was all recorded (rotated at 8 MB: 2 backups keep the last 24 MB at most).
     recorded = sum(p.stat().st_size for p in workdir.glob("flood.out*"))
     assert recorded >= 20 * 1024 * 1024, recorded
+
+
+def test_a_daemon_reexec_keeps_the_console(
+        write_config: WriteConfig, daemons: Start, bus_address: str) -> None:
+    from tests.integration.test_taskctl import taskctl
+
+    cfg = write_config({"repl": {"cmd": PYTHON_REPL, "console": True, "starttime": 0}})
+    d = daemons(cfg)
+    program = d.wait_for(event("RUNNING", "repl")).pid
+    client = Client(BusChoice("address", bus_address))
+    terminal = client.call_fd("OpenConsole", "s", ["repl"])
+    os.write(terminal, b"print('before', 6*7)\r")
+    os.close(terminal)
+    read_until(watch(client, "repl"), b"before 42")
+    r = taskctl(bus_address, "daemon-reexec")
+    assert r.returncode == 0, r.stderr
+    client = Client(BusChoice("address", bus_address))
+    assert d.latest_pids()["repl"] == program
+    terminal = client.call_fd("OpenConsole", "s", ["repl"])
+    viewer = watch(client, "repl")
+    os.write(terminal, b"print('after', 6*7)\r")
+    got = read_until(viewer, b"after 42")
+    assert b"before 42" in got  # the scrollback is the writer's: it outlived the old image
+    os.close(terminal)
+    viewer.close()
+
+
+def test_an_overlapping_restart_hands_the_console_to_the_successor(
+        write_config: WriteConfig, daemons: Start, bus_address: str) -> None:
+    from tests.integration.test_taskctl import taskctl
+
+    cfg = write_config({"svc": {"cmd": "sh -c 'echo I am $$; exec sleep 100000'", "console": True,
+                                "starttime": 0, "restart": "overlap"}})
+    d = daemons(cfg)
+    old = d.wait_for(event("RUNNING", "svc")).pid
+    r = taskctl(bus_address, "restart", "svc")
+    assert r.returncode == 0, r.stderr
+    new = d.wait_for(lambda ln: ln.kind == "RUNNING" and ln.process == "svc" and ln.pid != old).pid
+    client = Client(BusChoice("address", bus_address))
+    viewer = watch(client, "svc")
+    assert f"I am {new}".encode() in read_until(viewer, f"I am {new}".encode())
+    viewer.close()
