@@ -230,6 +230,9 @@ class Supervisor(Overlaps, Takeover, Ordering, Checking):
         if slot is None:
             raise NoSuchProgram(f"no such process: {name!r}")
         p = slot.process
+        if p.config.console and stream == "stderr":
+            raise NotAFile(f"the stderr of {name} is its terminal (console: true): what it writes "
+                           "there is in its stdout")
         spec = spawn.launch_spec(p.config, p.index, logdir=self.logdir, journal=self.journal,
                                  base_env={})
         path = spawn.output_path(spec, stream)

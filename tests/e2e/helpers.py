@@ -15,12 +15,13 @@ from tests.e2e.container import Background, Container, wait_until
 UNIT = "taskmasterd"
 CONFIG = "/etc/taskmaster/taskmaster.yaml"
 VOGSPHERE = ("vogsphere:0", "vogsphere:1", "vogsphere:2")
-UP = (*VOGSPHERE, "web", "crashy")  # what the example keeps RUNNING
-STEADY = (*VOGSPHERE, "web")  # RUNNING and never exiting by themselves
+UP = (*VOGSPHERE, "web", "crashy", "repl")  # what the example keeps RUNNING
+STEADY = (*VOGSPHERE, "web", "repl")  # RUNNING and never exiting by themselves
 CLEANUP = "taskmasterd-cleanup"
 # The daemon as `/usr/bin/taskmasterd`: the cleanup unit's own commands name
 # taskmasterd.service.
-PATTERNS = ("vogsphere worker", "http.server 8042", "crashing on purpose", "/usr/bin/taskmasterd")
+PATTERNS = ("vogsphere worker", "http.server 8042", "crashing on purpose", "python3 -i -q",
+            "/usr/bin/taskmasterd")
 # Everyone may read (ListProcesses) and receive the signals; a user's plain
 # taskctl finds the system-wide daemon by itself (no flag).
 Rows = dict[str, dict[str, Any]]

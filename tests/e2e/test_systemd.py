@@ -128,6 +128,41 @@ def test_restart_and_the_bus_policy(booted: Container) -> None:
     assert pids(status(box), VOGSPHERE) == after
 
 
+CONSOLE_CLIENT = """
+import os, select, socket, sys
+from taskctl.client import Client
+c = Client()
+terminal = c.call_fd("OpenConsole", "s", ["repl"])
+output = socket.socket(fileno=c.call_fd("WatchConsole", "s", ["repl"]))
+os.write(terminal, b"import os; print('tty', os.ttyname(0), os.getsid(0) == os.getpid(), 6*7)\\r")
+got = b""
+while b"True 42" not in got:
+    if not select.select([output], [], [], 20)[0]:
+        sys.exit("no answer: " + repr(got[-300:]))
+    chunk = output.recv(65536)
+    if not chunk:
+        sys.exit("the console closed: " + repr(got))
+    got += chunk
+print(got.decode(errors="replace"))
+"""
+
+
+def test_a_console_program_under_systemd(booted: Container) -> None:
+    """The example's repl (console: true) on Debian's python3 and the
+    installed package: its terminal and output over the system bus, fd
+    passing through the real dbus-daemon; the packaged policy keeps others out."""
+    box = booted
+    wait_state(box, {"repl": "RUNNING"})
+    proc = box.run(["python3", "-c", CONSOLE_CLIENT], check=False, timeout=60)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert re.search(r"tty /dev/pts/\d+ True 42", proc.stdout), proc.stdout
+    # Recorded in logdir (not the journal, even under journald).
+    log = box.run(["cat", "/var/log/taskmaster/repl.stdout.log"]).stdout
+    assert "True 42" in log, log[-500:]
+    denied = taskctl(box, "attach", "repl", user="nobody")
+    assert denied.returncode == 1 and re.search(r"access.?denied", denied.stderr, re.I), denied
+
+
 def test_the_configuration_is_for_root_and_the_group_taskmaster(booted: Container) -> None:
     """It may hold credentials: 0640 root:taskmaster as installed (postinst)."""
     box = booted

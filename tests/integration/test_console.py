@@ -291,3 +291,24 @@ def test_an_overlapping_restart_hands_the_console_to_the_successor(
     viewer = watch(client, "svc")
     assert f"I am {new}".encode() in read_until(viewer, f"I am {new}".encode())
     viewer.close()
+
+
+def test_a_console_without_a_file_keeps_its_scrollback_and_tail_reads_its_recording(
+        write_config: WriteConfig, daemons: Start, client: Client, workdir: Path) -> None:
+    cfg = write_config({"quiet": {"cmd": "sh -c 'echo not-in-a-file; exec sleep 100000'",
+                                  "console": True, "starttime": 0, "stdout": None},
+                        "loud": {"cmd": "sh -c 'echo in-the-file; exec sleep 100000'",
+                                 "console": True, "starttime": 0}})
+    d = daemons(cfg)
+    d.wait_count(event("RUNNING"), 2)
+    assert b"not-in-a-file" in read_until(watch(client, "quiet"), b"not-in-a-file")
+    # No stdout key: the recording is a file in logdir (even under journald).
+    read_until(watch(client, "loud"), b"in-the-file")
+    with os.fdopen(client.open_log("loud", "stdout"), "rb") as f:
+        assert f.read() == b"in-the-file\r\n"  # as the terminal wrote it: CR LF
+    with pytest.raises(CallError) as info:
+        client.open_log("loud", "stderr")
+    assert info.value.name == "NotAFile" and "is its terminal" in info.value.message
+    with pytest.raises(CallError) as info:
+        client.open_log("quiet", "stdout")
+    assert info.value.name == "NotAFile"
