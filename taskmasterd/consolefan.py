@@ -12,7 +12,8 @@ Neither a slow nor a stuck viewer may stall the program or grow the
 writer: a viewer's socket is non-blocking, what it cannot take waits in
 its own buffer, and past VIEWER_BACKLOG the oldest waiting bytes are
 dropped (the viewer misses output, as a terminal that cannot keep up
-does; the program never notices).
+does; the program never notices). A console has at most MAX_VIEWERS: one
+more is closed at once (its client sees the end).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import socket
 from dataclasses import dataclass, field
 
 VIEWER_BACKLOG = 1 << 20  # bytes a viewer may fall behind before its oldest are dropped
+MAX_VIEWERS = 16  # per console: with the backlog, what viewers may cost is bounded
 VIEWER_SNDBUF = 256 * 1024  # asked of the kernel: most output leaves at once
 READ_CHUNK = 65536  # bytes read from a terminal per call
 
@@ -128,6 +130,9 @@ class Console:
         for viewer in self.viewers:
             viewer.offer(data)
         return [v for v in self.viewers if v.gone]
+
+    def full(self) -> bool:
+        return len(self.viewers) >= MAX_VIEWERS
 
     def add(self, viewer: Viewer) -> None:
         """A new viewer: the scrollback first, so its screen means something."""

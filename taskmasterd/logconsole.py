@@ -16,7 +16,7 @@ import select
 import time
 from typing import TYPE_CHECKING
 
-from taskmasterd.consolefan import READ_CHUNK, Console, Viewer
+from taskmasterd.consolefan import MAX_VIEWERS, READ_CHUNK, Console, Viewer
 from taskmasterd.logfiles import Sink, next_move
 from taskmasterd.logproto import encode
 
@@ -86,6 +86,12 @@ class ConsoleStreams:
         stream = next((s for s in self.streams.values() if s.id == id and s.console), None)
         if stream is None or stream.console is None:
             os.close(fd)  # its console just ended: the client sees the end at once
+            return
+        if stream.console.full():
+            os.close(fd)
+            self._send(encode("error", path=stream.sink.path,
+                              message=f"log writer: {stream.process} has {MAX_VIEWERS} viewers "
+                                      "already: one more was turned away"))
             return
         try:
             viewer = Viewer.open(fd)

@@ -312,3 +312,28 @@ def test_a_console_without_a_file_keeps_its_scrollback_and_tail_reads_its_record
     with pytest.raises(CallError) as info:
         client.open_log("quiet", "stdout")
     assert info.value.name == "NotAFile"
+
+
+def test_viewers_are_bounded_per_console(
+        write_config: WriteConfig, daemons: Start, client: Client) -> None:
+    from taskmasterd.consolefan import MAX_VIEWERS
+
+    cfg = write_config({"repl": {"cmd": PYTHON_REPL, "console": True, "starttime": 0}})
+    d = daemons(cfg)
+    d.wait_for(event("RUNNING", "repl"))
+    viewers = [watch(client, "repl") for _ in range(MAX_VIEWERS)]
+    for v in viewers:
+        read_until(v, b">>> ")
+    extra = watch(client, "repl")
+    assert read_to_eof(extra) == b""  # turned away: the end at once
+    d.wait_text(f"has {MAX_VIEWERS} viewers already")
+    viewers.pop().close()  # one leaves: there is room again (once the writer saw it go)
+    deadline = time.monotonic() + 10
+    while True:
+        again = watch(client, "repl")
+        if b">>> " in read_until(again, b">>> "):
+            break
+        again.close()
+        assert time.monotonic() < deadline, "no room after a viewer left"
+    for v in [*viewers, again, extra]:
+        v.close()
