@@ -4,6 +4,7 @@ few lines, and its place in run.py's table."""
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 import time
@@ -42,7 +43,7 @@ def test_the_program_paces_itself_and_reports(tmp_path: Path) -> None:
     lines, rate = 100, 2000.0
     cmd = consolebench.flood_cmd(tmp_path, lines, rate)
     (tmp_path / "go").touch()
-    proc = subprocess.Popen(cmd, shell=True, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(shlex.split(cmd), stdout=subprocess.DEVNULL)
     try:
         report = tmp_path / "report"
         deadline = time.monotonic() + 20
