@@ -46,6 +46,7 @@ class Program:
     env: dict[str, str] = field(default_factory=dict)
     maxbytes: int = 0  # stdout rotation (0 = unbounded: the child writes its file itself)
     backups: int = 0
+    console: bool = False  # taskmasterd only: on a pseudo-terminal (its stderr is the terminal)
 
 
 @functools.cache
@@ -304,6 +305,9 @@ class Taskmasterd(Driver):
                  "stdout": p.stdout, "stderr": None, "env": dict(p.env),
                  "stdout_maxbytes": p.maxbytes, "stdout_backups": p.backups,
                  "startlimit_burst": 0}
+            if p.console:  # stdout and stderr are the terminal: `stderr` must not be set
+                d["console"] = True
+                del d["stderr"]
             progs[name] = d
         self.conf = self.dir / "taskmaster.yaml"
         # statedir and runtime dir private too: the state store (re-adoption)
@@ -483,6 +487,8 @@ class Supervisord(Driver):
             "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface", "",
             "[supervisorctl]", f"serverurl=unix://{self.sock}", ""]
         for name, p in programs.items():
+            if p.console:
+                raise ValueError(f"{name}: supervisord has no console (no pseudo-terminal)")
             env = ",".join(f'{k}="{v}"' for k, v in p.env.items())
             lines += [f"[program:{name}]", f"command={p.cmd}",
                       f"autostart={'true' if p.autostart else 'false'}",

@@ -16,6 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
+from consolebench import console
 from drivers import (
     MARKER_KEY,
     ExecWatcher,
@@ -498,6 +499,7 @@ MEASURES = {
     "stop": stop_precision,
     "flood": output_flood,
     "rotate": rotated_flood,
+    "console": console,
     "scale": mass_start_and_status,
     "reexec": reexec,
     "readopt": readopt,

@@ -1,6 +1,6 @@
 """Benchmark taskmasterd against supervisord (issue 7).
 
-    python bench/run.py [--quick] [--only restart,stop,...,readopt,tasks,remote,web] [--daemons taskmasterd]
+    python bench/run.py [--quick] [--only restart,...,tasks,console,remote,web] [--daemons taskmasterd]
 
 Prints a table (measure | taskmasterd | supervisord | ratio | target met?)
 and writes bench/results/<UTC timestamp>.json and bench/results/latest.json.
@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from consolebench import CPU_TARGET as CONSOLE_CPU
+from consolebench import HELD_UP
 from drivers import DRIVERS, SUPERVISOR_VERSION, ensure_supervisor, project_python
 from measures import MEASURES, summary
 from taskbench import TARGET_TEXT as TASKS_TARGET
@@ -46,6 +48,14 @@ TARGETS = [
      "what is left is the kernel's cost of putting the bytes in the page cache (ext4 "
      "allocation, memcg charging, freeing the dropped backup), which supervisord pays too; "
      "see bench/README.md"),
+    ("console: CPU at 1 MB/s", f"< {CONSOLE_CPU:g} % of a core", lambda m, sv: m < CONSOLE_CPU,
+     "the log writer's reads of the terminal (one per line at this pace), its writes to the "
+     "file and the ring; see bench/README.md (Consoles)"),
+    ("console: the program's slowest write", f"< {HELD_UP * 1000:g} ms",
+     lambda m, sv: m < HELD_UP * 1000,
+     "the terminal was not drained: the program blocked on a full terminal buffer"),
+    ("console: the program behind", f"< {HELD_UP * 1000:g} ms", lambda m, sv: m < HELD_UP * 1000,
+     "the program was held up (or did not get the CPU: see the load of the machine)"),
     ("daemon-reexec time", "< 1 s", lambda m, sv: m < 1,
      "see bench/README.md (Re-exec and re-adoption)"),
     ("daemon-reexec restarts", "0", lambda m, sv: m == 0,
@@ -115,6 +125,7 @@ def main() -> int:
         mass_timeout=20.0 if a.quick else 60.0,
         idle_window=5.0 if a.quick else 10.0, idle_reps=1 if a.quick else 3,
         flood_secs=3.0 if a.quick else 5.0,
+        console_secs=10.0, reps_console=1 if a.quick else 3,
         fanout_n=500,
         reps_reexec=2 if a.quick else 5, reps_readopt=2 if a.quick else 3,
         tasks_n=a.tasks, tasks_parallel=16, reps_tasks=1 if a.quick else 3,
