@@ -94,7 +94,8 @@ def complete_words(before: str, text: str, names: Callable[[], list[str]],
         return [o for o in options if o.startswith(text)]
     last = words[-1] if len(words) > 1 else ""
     if last == "--detach-keys":
-        return []  # keys, not names    if last == "--activity" and command in ("run", "tasks"):
+        return []  # keys, not names
+    if last == "--activity" and command in ("run", "tasks"):
         return [i for i in task_ids() if i.startswith(text)]
     if last == "--state" and command in ("tasks", "activities"):
         return [s for s in TASK_STATES if s.startswith(text)]
