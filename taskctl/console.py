@@ -197,7 +197,8 @@ class Signals:
 
     def restore(self) -> None:
         for signum, handler, action in reversed(self._saved):
-            signal.signal(signum, handler)  # type: ignore[arg-type]
+            if handler is not None:  # None: not Python's; the C-level action says it all
+                signal.signal(signum, handler)  # type: ignore[arg-type]
             if action is not None:
                 _set_c_action(signum, action)
         self._saved = []
