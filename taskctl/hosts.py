@@ -19,6 +19,7 @@ import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from taskctl.detachkeys import ENV as DETACH_KEYS_ENV
 from taskmasterd.busaddr import BusChoice
 
 BRIDGE = "systemd-stdio-bridge"  # /usr/bin in Debian 12 (package systemd)
@@ -27,7 +28,6 @@ RUN_THERE = frozenset({"tail", "history", "attach"})
 # ... and of those, the ones that read the keyboard: ssh passes them its
 # standard input, and allocates a terminal there (-t) when taskctl has one.
 KEYBOARD_THERE = frozenset({"attach"})
-DETACH_KEYS_ENV = "TASKCTL_DETACH_KEYS"  # taskctl.detachkeys.ENV (not imported: pure here)
 
 
 @dataclass(frozen=True)
