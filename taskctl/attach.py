@@ -22,6 +22,7 @@ import argparse
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, TextIO
 
 from taskctl import console, detachkeys
@@ -39,7 +40,8 @@ if TYPE_CHECKING:
 # States in which the attached process is still alive (STOPPING: not yet down).
 ALIVE = UP_STATES
 
-def chosen_keys(given: bytes | None, environ: dict[str, str] | os._Environ[str]) -> bytes:
+
+def chosen_keys(given: bytes | None, environ: Mapping[str, str]) -> bytes:
     """--detach-keys, else $TASKCTL_DETACH_KEYS, else Ctrl-] d. ValueError
     names the environment variable when its value is bad."""
     if given is not None:
@@ -163,8 +165,9 @@ def session(*, stdin: int | None, stdout: int, output: int, terminal: int | None
     """The user's terminal in raw mode (when stdin is one) around the pump,
     restored on every way out; the modes a program left on switched off."""
     console.set_nonblocking(output)
-    size_from = next((fd for fd in (stdin, stdout) if console.isatty(fd)), None)
-    resize = console.SizeForwarder(size_from, terminal) if terminal is not None else None
+    # The size is a terminal user's: a script (stdin not a terminal) leaves it alone.
+    resize = console.SizeForwarder(stdin, terminal) \
+        if terminal is not None and console.isatty(stdin) else None
     signals = console.Signals.install()
     try:
         with console.raw_mode(stdin):
