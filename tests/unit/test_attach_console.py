@@ -368,6 +368,7 @@ def test_output_end_without_an_exit(rig: Rig, monkeypatch: pytest.MonkeyPatch) -
 
 def test_the_user_terminal_gone_ends_quietly(rig: Rig) -> None:
     wait = run_pump(rig, stdin=None, resize=None)
+    raw_ready(rig.stdin)
     os.close(rig.user)  # the terminal emulator closed: writes to its slave fail (EIO)
     rig.fds.remove(rig.user)
     rig.daemon.sendall(b"to nobody")
