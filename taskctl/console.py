@@ -42,10 +42,11 @@ DRAIN_QUIET = 0.3  # once the process exited: the output ends when quiet this lo
 DRAIN_MAX = 2.0  # ... or this long after the exit (an orphan keeping the terminal open)
 
 # Sequences written to a terminal stdout at the end: modes a full-screen
-# program may have left on (the alternate screen, mouse reporting,
-# bracketed paste, application keys, hidden cursor, colours) switched off,
-# so that the shell after a detach is usable. Each is a no-op when not on.
-RESET_MODES = (b"\x1b[?1049l\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?2004l"
+# program may have left on (mouse reporting, bracketed paste, application
+# keys, a hidden cursor, colours) switched off, so that the shell after a
+# detach is usable. Each is a no-op when not on. Not the alternate screen:
+# leaving it (1049l) also restores a saved cursor position, wherever that is.
+RESET_MODES = (b"\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?2004l"
                b"\x1b[?1l\x1b>\x1b[?25h\x1b[0m")
 
 DETACHED, EXITED, CLOSED, SIGNALLED, HANGUP = "detached", "exited", "closed", "signalled", "hangup"
