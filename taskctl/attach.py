@@ -29,7 +29,6 @@ from taskctl import console, detachkeys
 from taskctl.console import End
 from taskctl.context import Context
 from taskctl.exitcodes import EXIT_ERROR, EXIT_OK, EXIT_USAGE
-from taskctl.follow import several_line
 from taskctl.format import error_line, exit_code_for
 from taskctl.model import UP_STATES, CallError, Event, OwnerChanged, StateChange
 from taskmasterd.states import describe_status
@@ -190,15 +189,8 @@ def session(*, stdin: int | None, stdout: int, output: int, terminal: int | None
 
 
 def _refused(ctx: Context, process: str, exc: CallError) -> int:
-    if exc.name == "NoSuchProgram":
-        try:
-            names = [r.name for r in ctx.client.list_processes()
-                     if r.program == process and r.name != process]
-        except CallError:
-            names = []
-        if names:
-            ctx.error(several_line(process, names, "attach"))
-            return exit_code_for(exc.name)
+    """One line; the daemon's message says what to do (`web` with several
+    processes: BadName, "name one, e.g. web:0")."""
     ctx.error(error_line(process, exc))
     return exit_code_for(exc.name)
 

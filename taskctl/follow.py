@@ -17,11 +17,11 @@ FOLLOW_POLL = 0.2  # seconds between reads of a followed log file
 REOPEN_AFTER = 1.0  # seconds without new data before checking for a rotation
 
 
-def several_line(program: str, names: Sequence[str], command: str = "tail") -> str:
-    """`tail web` (or `attach web`) when web has several processes
-    (supervisorctl refuses a group too): which ones to choose from."""
+def several_line(program: str, names: Sequence[str]) -> str:
+    """`tail web` when web has several processes (supervisorctl refuses
+    a group too): which ones to choose from."""
     return (f"{program}: ERROR (no such process): {program} has {len(names)} processes: "
-            f"{' '.join(names)}; {command} one of them (taskctl {command} {names[0]})")
+            f"{' '.join(names)}; tail one of them (taskctl tail {names[0]})")
 
 
 def cmd_tail(ctx: Context, args: argparse.Namespace) -> int:

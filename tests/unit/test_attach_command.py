@@ -236,9 +236,10 @@ def test_the_daemon_leaves(client: FakeClient, stdin: int, screen: tuple[Any, in
      1, "db: ERROR (not running): db is not running\n"),
     ({"OpenConsole": CallError("org.freedesktop.DBus.Error.AccessDenied", "")},
      ["attach", "web:0"], 1, "web:0: ERROR (access denied): only root and members"),
-    ({"WatchConsole": CallError(ERR + "NoSuchProgram", "no process web")}, ["attach", "web"],
-     4, "web: ERROR (no such process): web has 2 processes: web:0 web:1; attach one of them "
-        "(taskctl attach web:0)\n"),
+    ({"WatchConsole": CallError(ERR + "BadName", "web names 2 processes, each with its own "
+                                "console: name one, e.g. web:0")}, ["attach", "web"],
+     4, "web: ERROR (bad name): web names 2 processes, each with its own console: name one, "
+        "e.g. web:0\n"),
     ({"WatchConsole": CallError(ERR + "NoSuchProgram", "no process nope")}, ["attach", "nope"],
      4, "nope: ERROR (no such process): no process nope\n"),
 ])
