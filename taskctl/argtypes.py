@@ -61,3 +61,13 @@ def host(text: str) -> object:
         return Host.parse(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def detach_keys(text: str) -> bytes:
+    """`attach --detach-keys`: docker's syntax (`taskctl.detachkeys`), as bytes."""
+    from taskctl import detachkeys
+
+    try:
+        return detachkeys.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -22,13 +22,13 @@ from taskctl.parser import bus_choice, command_words, help_text
 
 def follows(args: argparse.Namespace) -> bool:
     """Whether the command runs until it is interrupted (the shell, `events`,
-    `tail -f`) or waits for an outcome (start, stop, restart without
+    `tail -f`, `attach` from a pipe) or waits for an outcome (start, stop, restart without
     --no-block; daemon-reexec; run and activity with --wait): Ctrl-C is a
     way to stop it."""
     command = args.command
     waits = (command in ("start", "stop", "restart") and not args.no_block) \
         or command == "daemon-reexec" or (command in ("run", "activity") and args.wait)
-    return command in (None, "events") or (command == "tail" and args.follow) or waits
+    return command in (None, "events", "attach") or (command == "tail" and args.follow) or waits
 
 
 def take_sigint() -> None:

@@ -332,6 +332,18 @@ class Client:
         CallError "NotAFile" when the output goes to the journal or is discarded."""
         return self.call_fd("OpenLog", "ss", [process, stream])
 
+    def open_console(self, process: str) -> int:
+        """The process's pseudo-terminal master, to write keystrokes into and
+        set the window size on, never to read (the caller closes it).
+        CallError NoConsole (no `console: true`), NotRunning (no terminal now)."""
+        return self.call_fd("OpenConsole", "s", [process])
+
+    def watch_console(self, process: str) -> int:
+        """A socket of the process's terminal output, to read: the scrollback,
+        then the live output; EOF when the terminal closes or this reader
+        fell too far behind (the caller closes it)."""
+        return self.call_fd("WatchConsole", "s", [process])
+
     def call_fd(self, member: str, signature: str, body: Sequence[Any], *,
                 path: str = MANAGER_PATH, interface: str = MANAGER_IFACE) -> int:
         """A method returning a file descriptor (h): the fd (the caller closes it)."""
@@ -375,6 +387,12 @@ class Client:
         return int(pid)
 
     # -- signals -----------------------------------------------------------------------
+
+    def bus_fd(self) -> int | None:
+        """The bus socket's fd, to poll beside others before `next_event(0)`
+        (None when not connected)."""
+        conn = self._conn
+        return None if conn is None else int(conn.sock.fileno())
 
     def subscribe(self) -> None:
         """Start receiving events (ProcessStateChanged, Reloaded, the daemon

@@ -215,6 +215,12 @@ def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
     return history.run(ctx, args)
 
 
+def cmd_attach(ctx: Context, args: argparse.Namespace) -> int:
+    from taskctl import attach
+
+    return attach.cmd_attach(ctx, args)
+
+
 def cmd_help(ctx: Context, args: argparse.Namespace) -> int:
     ctx.print(help_text(args.topic))
     return EXIT_OK
@@ -224,7 +230,8 @@ COMMAND_FUNCS = {
     "status": cmd_status, "start": cmd_action, "stop": cmd_action, "restart": cmd_action,
     "signal": cmd_action, "reload": cmd_reload, "shutdown": cmd_shutdown, "pid": cmd_pid,
     "daemon-reexec": cmd_daemon_reexec,
-    "tail": cmd_tail, "events": cmd_events, "history": cmd_history, "alert": cmd_alert, "help": cmd_help,
+    "tail": cmd_tail, "attach": cmd_attach, "events": cmd_events, "history": cmd_history,
+    "alert": cmd_alert, "help": cmd_help,
     **tasks.COMMANDS,
 }
 

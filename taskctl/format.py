@@ -50,6 +50,7 @@ ERROR_LABELS = {
     "ConfigInvalid": "invalid configuration",
     "NotAFile": "not a file",
     "NoOutput": "no output yet",
+    "NoConsole": "no console",
     "Failed": "failed",
 }
 ACCESS_DENIED = "only root and members of the group taskmaster may do this (refused by the bus policy)"

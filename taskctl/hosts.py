@@ -7,23 +7,27 @@ is ssh's (keys, agent, known_hosts, ~/.ssh/config all apply), authorization
 is the host's D-Bus policy for that user. No new port, no new credentials.
 
 Commands that need what a bridge cannot carry run `taskctl` itself on the
-host, over the same ssh: `tail` (the daemon passes the output file's
-descriptor, and descriptors do not cross ssh) and `history` (it reads the
-host's journal or log file). See docs/remote.md.
+host, over the same ssh: `tail` and `attach` (the daemon passes descriptors
+of the output file, of the console, and descriptors do not cross ssh) and
+`history` (it reads the host's journal or log file). See docs/remote.md.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from taskctl.detachkeys import ENV as DETACH_KEYS_ENV
 from taskmasterd.busaddr import BusChoice
 
 BRIDGE = "systemd-stdio-bridge"  # /usr/bin in Debian 12 (package systemd)
 # Commands that run as `taskctl` on the host instead of over the bridge.
-RUN_THERE = frozenset({"tail", "history"})
+RUN_THERE = frozenset({"tail", "history", "attach"})
+# ... and of those, the ones that read the keyboard: ssh passes them its
+# standard input, and allocates a terminal there (-t) when taskctl has one.
+KEYBOARD_THERE = frozenset({"attach"})
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,36 @@ def taskctl_command(choice: BusChoice | None, words: Sequence[str]) -> list[str]
     else:
         raise ValueError(f"taskctl -H cannot reach {kind} buses; use --system, --user or --address")
     return ["taskctl", *flags, *words]
+
+
+def wants_tty(command: str, *, follow: bool, stdin_tty: bool, stdout_tty: bool) -> bool:
+    """Whether ssh allocates a terminal there (-t instead of -T): `attach`
+    whenever taskctl's stdin is a terminal (raw mode, window size and
+    SIGWINCH then reach taskctl there through ssh); a followed `tail` when
+    both ends are (Ctrl-C then stops it there)."""
+    if command in KEYBOARD_THERE:
+        return stdin_tty
+    return follow and stdin_tty and stdout_tty
+
+
+def words_there(words: Sequence[str], environ: Mapping[str, str]) -> list[str]:
+    """The command words run there, with what this environment chooses and
+    ssh does not carry: `attach` gets $TASKCTL_DETACH_KEYS as --detach-keys
+    (unless it has its own)."""
+    words = list(words)
+    keys = environ.get(DETACH_KEYS_ENV)
+    if words and words[0] == "attach" and keys and not any(
+            w == "--detach-keys" or w.startswith("--detach-keys=") for w in words):
+        words[1:1] = [f"--detach-keys={keys}"]
+    return words
+
+
+def quiet_ssh(said: str) -> str:
+    """What ssh printed on stderr without its "Connection to HOST closed."
+    (said at the end of every session with a terminal: not news)."""
+    lines = said.splitlines(keepends=True)
+    return "".join(line for line in lines
+                   if not (line.startswith("Connection to ") and line.rstrip().endswith(" closed.")))
 
 
 def remote_argv(host: Host, command: Sequence[str], *, tty: bool = False) -> list[str]:

@@ -33,6 +33,8 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("pid", "[TARGET...]", "pid of taskmasterd, or of processes"),
     ("tail", "[-f] [--stderr] [-c BYTES] PROCESS",
      "end of a process's output (-f: keep following, across rotations)"),
+    ("attach", "[--read-only] [--detach-keys KEYS] PROCESS",
+     "a process's console (console: true): its output and your keys; detach: Ctrl-] d"),
     ("events", "", "follow state changes and reloads (Ctrl-C to stop)"),
     ("history", "[--since TIME] [-n N] TARGET", "past state changes, from the journal or the log file"),
     ("alert", "test [URL|INDEX]", "send a test message to every alert target, or to one"),
@@ -47,7 +49,23 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
 )
 COMMAND_NAMES = tuple(c[0] for c in COMMANDS)
 # Commands whose arguments are targets (program, prog:N, glob, all).
-TARGET_COMMANDS = frozenset({"status", "start", "stop", "restart", "signal", "pid", "tail", "history"})
+TARGET_COMMANDS = frozenset({"status", "start", "stop", "restart", "signal", "pid", "tail", "history",
+                             "attach"})
+ATTACH_HELP = (
+    "Attach the console of a process whose program has `console: true`, as tmux or screen "
+    "do: its output (the last console_scrollback bytes first, then live) and, unless "
+    "--read-only, your keys, sent straight to its terminal (Ctrl-C, Ctrl-Z go to the "
+    "program). Detach with Ctrl-] then d, or the keys of --detach-keys or "
+    "$TASKCTL_DETACH_KEYS; the first key typed twice sends itself once. Several viewers may "
+    "attach at once: all but the --read-only ones type into the same terminal, and the "
+    "latest to attach or resize sets its size. With stdin not a terminal (a script), "
+    "what it reads is sent as it comes, and its end does not detach. Over -H, taskctl runs there, in a "
+    "terminal ssh allocates. "
+    "Exit status: 0 detached, or the process exited (\"web:0 exited: exit status 1\"); "
+    "1 the console closed without an exit (taskmasterd drops a viewer that falls too far "
+    "behind), no console (console: true missing), not running, access denied; 2 bad "
+    "detach keys; 4 no such process; 7 taskmasterd unreachable or gone; SIGTERM, SIGHUP: "
+    "the terminal restored, then that signal.")
 # Commands whose arguments are task (or activity) ids.
 TASK_ID_COMMANDS = frozenset({"task", "cancel"})
 
@@ -132,6 +150,17 @@ def build_parser(*, shell: bool = False) -> argparse.ArgumentParser:
     sp.add_argument("process", metavar="PROCESS",
                     help="a process (web:0 when its program has several); one that never "
                          "ran has no output yet (exit 1)")
+    sp = command("attach")
+    sp.description = ATTACH_HELP
+    sp.add_argument("--read-only", action="store_true",
+                    help="only watch: nothing typed is sent (the detach keys still work), "
+                         "the terminal's size is left as it is")
+    sp.add_argument("--detach-keys", metavar="KEYS", type=argtypes.detach_keys,
+                    help="the keys that detach, in docker's syntax: comma-separated, each "
+                         "ctrl-X (X in a-z @ [ \\ ] ^ _) or one printable character "
+                         "(default ctrl-],d; $TASKCTL_DETACH_KEYS sets another)")
+    sp.add_argument("process", metavar="PROCESS",
+                    help="a process (web:0 when its program has several)")
     command("events")
     from taskctl import history
 

@@ -59,6 +59,7 @@ def history_file(environ: Mapping[str, str] = os.environ) -> str:
 
 OPTIONS = {
     "tail": ["--follow", "--stderr", "--bytes"],
+    "attach": ["--read-only", "--detach-keys"],
     "start": ["--no-block", "--timeout"], "stop": ["--no-block", "--timeout"],
     "restart": ["--no-block", "--timeout"],
     "history": ["--since", "--until", "--lines", "--file", "--directory"],
@@ -68,6 +69,8 @@ OPTIONS = {
     "tasks": ["--state", "--activity"], "activities": ["--state"], "task": ["--lines"],
     CONNECT: ["--system", "--user", "--address"],
 }
+# Options whose value is the next word (not an argument, for completion).
+VALUED_OPTIONS = frozenset({"--detach-keys", "-c", "--bytes"})
 TASK_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "lost")
 
 
@@ -82,11 +85,16 @@ def complete_words(before: str, text: str, names: Callable[[], list[str]],
         words.pop(0)
     if not words:
         return [w for w in SHELL_WORDS if w.startswith(text)]
-    command, args = words[0], [w for w in words[1:] if not w.startswith("-")]
+    command = words[0]
+    # the words that are arguments (not options, nor the value of one that takes it)
+    args = [w for i, w in enumerate(words[1:], 1)
+            if not w.startswith("-") and words[i - 1] not in VALUED_OPTIONS]
     if text.startswith("-"):
         options = ["--json", "--help", *OPTIONS.get(command, [])]
         return [o for o in options if o.startswith(text)]
     last = words[-1] if len(words) > 1 else ""
+    if last == "--detach-keys":
+        return []  # keys, not names
     if last == "--activity" and command in ("run", "tasks"):
         return [i for i in task_ids() if i.startswith(text)]
     if last == "--state" and command in ("tasks", "activities"):
@@ -107,8 +115,8 @@ def complete_words(before: str, text: str, names: Callable[[], list[str]],
         upper = text.upper()
         return [s for s in SIGNAL_NAMES if s.startswith(upper.removeprefix("SIG"))]
     if command in TARGET_COMMANDS:
-        if command == "tail" and args:
-            return []
+        if command in ("tail", "attach") and args:
+            return []  # one process
         return [n for n in names() if n.startswith(text)]
     return []
 

@@ -179,17 +179,18 @@ def _writable_fd(stream: TextIO) -> int | None:
 
 
 def run_there(host: Host, command: Sequence[str], out: TextIO, err: TextIO, *,
-              tty: bool = False) -> tuple[int, str]:
+              tty: bool = False, keyboard: bool = False) -> tuple[int, str]:
     """Run `command` on `host` over ssh, its output to `out`; returns ssh's
     exit status and what was printed on stderr (kept to tell ssh's own
-    failures, status 255, from the command's)."""
+    failures, status 255, from the command's). `tty` or `keyboard`: ssh
+    reads taskctl's stdin (else /dev/null)."""
     argv = remote_argv(host, command, tty=tty)
     out.flush()
     err.flush()
     fd = _writable_fd(out)
     with tempfile.TemporaryFile() as stderr:
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL if not tty else None,
+            proc = subprocess.Popen(argv, stdin=None if tty or keyboard else subprocess.DEVNULL,
                                     stdout=fd if fd is not None else subprocess.PIPE,
                                     stderr=stderr, preexec_fn=_die_with_parent())
         except OSError as exc:
@@ -237,19 +238,22 @@ def run_command_there(host: Host, choice: BusChoice | None, words: Sequence[str]
     """`taskctl` with `words` on `host` (same bus flags): its exit status;
     ssh's own failures (255) and a missing taskctl there (127) as taskctl's
     one line and exit 7. A followed tail gets a terminal there when we have
-    one, so that Ctrl-C stops it there too."""
+    one, so that Ctrl-C stops it there too; attach gets our stdin, and a
+    terminal there when stdin is one (`hosts.wants_tty`)."""
     from taskctl.exitcodes import EXIT_UNREACHABLE
-    from taskctl.hosts import taskctl_command
+    from taskctl.hosts import KEYBOARD_THERE, quiet_ssh, taskctl_command, wants_tty, words_there
 
-    tty = follow and all(_isatty(s) for s in (sys.stdin, out))
-    code, said = run_there(host, taskctl_command(choice, words), out, err, tty=tty)
+    command = words[0] if words else ""
+    tty = wants_tty(command, follow=follow, stdin_tty=_isatty(sys.stdin), stdout_tty=_isatty(out))
+    code, said = run_there(host, taskctl_command(choice, words_there(words, os.environ)), out,
+                           err, tty=tty, keyboard=command in KEYBOARD_THERE)
     if code == 255 or (code == 127 and "taskctl" in said):
         why = ssh_failure(code, said, host) if code == 255 else \
             f"taskctl is not installed there ({said.strip().splitlines()[-1]})"
         err.write(f"taskctl: cannot run taskctl on {host} over ssh ({why})\n")
         err.flush()
         return EXIT_UNREACHABLE
-    err.write(said)
+    err.write(quiet_ssh(said) if tty else said)
     err.flush()
     return code
 

@@ -9,12 +9,16 @@ from pathlib import Path
 import pytest
 
 from taskctl.hosts import (
+    RUN_THERE,
     Host,
     bridge_command,
     known_hosts,
+    quiet_ssh,
     remote_argv,
     ssh_failure,
     taskctl_command,
+    wants_tty,
+    words_there,
 )
 from taskctl.parser import build_parser, command_words
 from taskctl.shell import complete_words
@@ -140,3 +144,41 @@ def test_shell_completes_hosts_after_connect() -> None:
     assert complete_words("connect --address ", "", list, list, hosts) == []
     assert "--address" in complete_words("connect ", "--a", list, list, hosts)
     assert "connect" in complete_words("", "con", list)
+
+
+def test_attach_runs_there_in_a_terminal() -> None:
+    """Descriptors do not cross ssh: attach runs taskctl there, with a
+    terminal (-t) whenever taskctl's stdin is one (raw mode, the window
+    size and SIGWINCH then reach it there); from a pipe, -T."""
+    assert {"tail", "history", "attach"} <= RUN_THERE
+    assert wants_tty("attach", follow=False, stdin_tty=True, stdout_tty=False)
+    assert wants_tty("attach", follow=False, stdin_tty=True, stdout_tty=True)
+    assert not wants_tty("attach", follow=False, stdin_tty=False, stdout_tty=True)
+    assert wants_tty("tail", follow=True, stdin_tty=True, stdout_tty=True)
+    assert not wants_tty("tail", follow=True, stdin_tty=True, stdout_tty=False)
+    assert not wants_tty("tail", follow=False, stdin_tty=True, stdout_tty=True)
+    assert not wants_tty("history", follow=False, stdin_tty=True, stdout_tty=True)
+    words = taskctl_command(None, words_there(["attach", "web:0"], {}))
+    assert remote_argv(Host.parse("h"), words, tty=True) == \
+        ["ssh", "-xt", "--", "h", "taskctl --system attach web:0"]
+
+
+def test_detach_keys_of_the_environment_go_there() -> None:
+    env = {"TASKCTL_DETACH_KEYS": "ctrl-a,d"}
+    assert words_there(["attach", "web:0"], env) == ["attach", "--detach-keys=ctrl-a,d", "web:0"]
+    assert words_there(["attach", "--detach-keys", "ctrl-q", "web:0"], env) == \
+        ["attach", "--detach-keys", "ctrl-q", "web:0"]  # its own wins
+    assert words_there(["attach", "--detach-keys=ctrl-q", "w"], env)[1] == "--detach-keys=ctrl-q"
+    assert words_there(["attach", "web:0"], {}) == ["attach", "web:0"]
+    assert words_there(["tail", "web:0"], env) == ["tail", "web:0"]
+    argv = remote_argv(Host.parse("h"), taskctl_command(None, words_there(["attach", "w"], {
+        "TASKCTL_DETACH_KEYS": "ctrl-],d"})), tty=True)
+    assert shlex.split(argv[-1]) == ["taskctl", "--system", "attach", "--detach-keys=ctrl-],d", "w"]
+
+
+def test_ssh_goodbye_is_not_news() -> None:
+    said = "web:0 exited\r\nConnection to web1 closed.\r\n"
+    assert quiet_ssh(said) == "web:0 exited\r\n"
+    assert quiet_ssh("Connection to 10.0.0.1 closed.\n") == ""
+    assert quiet_ssh("Connection to web1 closed by remote host.\n") == \
+        "Connection to web1 closed by remote host.\n"  # that one is news

@@ -169,6 +169,7 @@ def test_status_exit_codes() -> None:
     ("NoSuchProgram", 4), ("BadName", 4), ("AlreadyStarted", 1), ("NotRunning", 1),
     ("ConfigInvalid", 1), ("AccessDenied", 1), ("ShuttingDown", 1), ("Failed", 1),
     ("ServiceUnknown", 7), ("NameHasNoOwner", 7), ("NoReply", 7), ("Whatever", 1),
+    ("NoConsole", 1),
 ])
 def test_exit_code_for_errors(error: str, code: int) -> None:
     assert fmt.exit_code_for(error) == code
