@@ -36,27 +36,30 @@ class ConsoleStreams:
     def _eof(self, stream: Stream, registered: bool = True) -> None: ...
 
     def _pump_console(self, stream: Stream) -> None:
-        """Read what the terminal holds (a few chunks per wake-up, to be
-        fair): into the file, the ring and the viewers. EIO is the end (no
-        process holds the terminal's slave side any more)."""
+        """Read what the terminal holds: into the file, the ring and the
+        viewers. EIO is the end (no process holds the terminal's slave side
+        any more).
+
+        One read per wake-up, on purpose: the master's O_NONBLOCK is shared
+        with every copy handed out by OpenConsole (one open file), so a
+        client that clears it must not be able to make this read wait. The
+        poll said there is something to read (or the end): one read never
+        blocks. A terminal gives at most a few KB per read anyway."""
         console = stream.console
         assert console is not None
-        for _ in range(8):
-            try:
-                data = os.read(stream.fd, READ_CHUNK)
-            except BlockingIOError:
-                return
-            except OSError:  # EIO: every holder of the slave side is gone
-                data = b""
-            if not data:
-                self._eof(stream)
-                return
-            self._record(stream.sink, data)
-            for viewer in console.output(data):
-                self._forget_viewer(viewer)
-            self._want_out(console)
-            if len(data) < READ_CHUNK:
-                return
+        try:
+            data = os.read(stream.fd, READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:  # EIO: every holder of the slave side is gone
+            data = b""
+        if not data:
+            self._eof(stream)
+            return
+        self._record(stream.sink, data)
+        for viewer in console.output(data):
+            self._forget_viewer(viewer)
+        self._want_out(console)
 
     def _record(self, sink: Sink, data: bytes) -> None:
         """Write `data` to the console's file, rotated as a pipe's would be

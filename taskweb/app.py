@@ -27,7 +27,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ERROR_STATUS = {
     "NoSuchProgram": 404, "NoSuchTask": 404, "BadName": 400, "TaskInvalid": 400,
     "InvalidArgs": 400, "AccessDenied": 403, "AlreadyStarted": 409, "NotRunning": 409,
-    "NotAFile": 409, "NoOutput": 409, "ConfigInvalid": 422, "QueueFull": 503,
+    "NotAFile": 409, "NoOutput": 409, "NoConsole": 409, "ConfigInvalid": 422, "QueueFull": 503,
     "ShuttingDown": 503,
 }
 
