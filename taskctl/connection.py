@@ -4,9 +4,7 @@ signals received into taskctl's events. Used by `taskctl.client` only."""
 
 from __future__ import annotations
 
-import os
 import select
-import signal
 import socket
 import threading
 from collections.abc import Sequence
@@ -14,6 +12,7 @@ from typing import Any
 
 from taskctl.buses import address_problem
 from taskctl.model import ActivityChanged, Event, OwnerChanged, Reloaded, StateChange, TaskChanged
+from taskctl.wakeup import SignalWakeup
 from taskmasterd.bus.names import BUS_NAME, MANAGER_IFACE, MANAGER_PATH
 
 DBUS_NAME = "org.freedesktop.DBus"
@@ -42,7 +41,7 @@ def wait_readable(sock: socket.socket, timeout: float | None) -> None:
     wakeup fd catches both: whichever thread takes the signal writes a byte
     to it, and a byte written before the wait makes the wait return at once.
     """
-    wake = _SignalWakeup.install()
+    wake = SignalWakeup.install()
     try:
         poller = select.poll()
         poller.register(sock, select.POLLIN)
@@ -54,40 +53,6 @@ def wait_readable(sock: socket.socket, timeout: float | None) -> None:
     finally:
         if wake is not None:
             wake.uninstall()
-
-
-class _SignalWakeup:
-    """The signal wakeup fd (`signal.set_wakeup_fd`) for the length of one wait.
-    None when it cannot be had: not the main thread, or the fd is someone
-    else's (an asyncio loop's); the waits are then sliced (NO_WAKEUP_SLICE)."""
-
-    def __init__(self, read: int, write: int) -> None:
-        self.read, self.write = read, write
-
-    @classmethod
-    def install(cls) -> _SignalWakeup | None:
-        if threading.current_thread() is not threading.main_thread():
-            return None
-        read, write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        wake = cls(read, write)
-        try:
-            previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
-        except (ValueError, OSError):
-            wake.close()
-            return None
-        if previous != -1:  # not ours to take
-            signal.set_wakeup_fd(previous)
-            wake.close()
-            return None
-        return wake
-
-    def uninstall(self) -> None:
-        signal.set_wakeup_fd(-1)
-        self.close()
-
-    def close(self) -> None:
-        os.close(self.read)
-        os.close(self.write)
 
 
 def event_of(msg: Any, now: float) -> Event | None:

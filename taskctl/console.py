@@ -24,7 +24,6 @@ import select
 import signal
 import struct
 import termios
-import threading
 import time
 import tty
 from collections.abc import Callable, Iterable, Iterator
@@ -32,6 +31,7 @@ from contextlib import contextmanager
 from typing import NamedTuple, Protocol
 
 from taskctl.detachkeys import DetachFilter
+from taskctl.wakeup import SignalWakeup
 
 PENDING_MAX = 64 * 1024  # bytes held for the terminal, and for stdout
 CHUNK = 16 * 1024  # bytes read at once
@@ -154,26 +154,18 @@ class Signals:
 
     CAUGHT = (signal.SIGWINCH, signal.SIGTERM, signal.SIGHUP)
 
-    def __init__(self, read: int, write: int) -> None:
-        self.read, self.write = read, write
+    def __init__(self, wake: SignalWakeup) -> None:
+        self.wake = wake
+        self.read = wake.read
         self._saved: list[tuple[int, object, object]] = []
         self.seen: set[int] = set()
 
     @classmethod
     def install(cls, signums: Iterable[int] = CAUGHT) -> Signals | None:
-        if threading.current_thread() is not threading.main_thread():
+        wake = SignalWakeup.install()
+        if wake is None:
             return None
-        read, write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self = cls(read, write)
-        try:
-            previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
-        except (ValueError, OSError):
-            self._close()
-            return None
-        if previous != -1:  # not ours to take (an asyncio loop's)
-            signal.set_wakeup_fd(previous)
-            self._close()
-            return None
+        self = cls(wake)
         for signum in signums:
             action = _c_action(signum)
             self._saved.append((signum, signal.signal(signum, _noted), action))
@@ -203,12 +195,7 @@ class Signals:
             if action is not None:
                 _set_c_action(signum, action)
         self._saved = []
-        signal.set_wakeup_fd(-1)
-        self._close()
-
-    def _close(self) -> None:
-        os.close(self.read)
-        os.close(self.write)
+        self.wake.uninstall()
 
 
 def _noted(signum: int, frame: object) -> None:

@@ -10,14 +10,7 @@ import pytest
 
 from taskmasterd.config import ConfigError, load_config
 from taskmasterd.consoleschema import DEFAULT_SCROLLBACK
-
-
-def issues(tmp_path: Path, text: str) -> list[tuple[int, int, str, str]]:
-    path = tmp_path / "taskmaster.yaml"
-    path.write_text(text)
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    return [(i.line, i.column, i.keypath, i.message) for i in info.value.issues]
+from tests.unit.test_config_after import load_text
 
 
 def test_values(tmp_path: Path) -> None:
@@ -39,7 +32,7 @@ def test_values(tmp_path: Path) -> None:
 
 
 def test_every_rule_is_a_located_error_all_at_once(tmp_path: Path) -> None:
-    found = issues(tmp_path, (
+    _, found = load_text(tmp_path, (
         "programs:\n"
         "  a: {cmd: bash, console: true, stderr: /tmp/a.err}\n"
         "  b: {cmd: bash, console: true, stdout: journal}\n"
