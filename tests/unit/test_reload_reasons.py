@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from taskmasterd.config import Config, GlobalConfig, ProgramConfig
 from taskmasterd.reload import changed_keys, plan_reasons, plan_reload
@@ -64,3 +65,15 @@ def test_plan_lists_in_place_and_restarted_apart() -> None:
 def test_changed_keys_are_the_file_keys() -> None:
     new = replace(prog("a", env=(("B", "2"),)), cmd="sleep 3", argv=("sleep", "3"))
     assert changed_keys(prog("a"), new) == ["cmd", "env"]  # argv is derived, not a key
+
+
+def test_a_new_log_file_a_reload_could_not_open_is_foreseen(tmp_path: Path) -> None:
+    from taskmasterd.daemon import _log_file_problem
+
+    (tmp_path / "file").write_text("")
+    (tmp_path / "dir").mkdir()
+    assert _log_file_problem(str(tmp_path / "new" / "sub" / "t.log")) is None  # made at reload
+    assert _log_file_problem(str(tmp_path / "file")) is None
+    assert _log_file_problem(str(tmp_path / "file" / "t.log")) == "Not a directory"
+    assert _log_file_problem(str(tmp_path / "dir")) == "Is a directory"
+    assert not (tmp_path / "new").exists()  # nothing created
