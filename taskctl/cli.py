@@ -28,7 +28,8 @@ def follows(args: argparse.Namespace) -> bool:
     command = args.command
     waits = (command in ("start", "stop", "restart") and not args.no_block) \
         or command == "daemon-reexec" or (command in ("run", "activity") and args.wait)
-    return command in (None, "events", "attach") or (command == "tail" and args.follow) or waits
+    return command in (None, "events", "attach") or \
+        (command in ("tail", "maintail") and args.follow) or waits
 
 
 def take_sigint() -> None:

@@ -42,6 +42,7 @@ from taskctl.connection import (
 )
 from taskctl.hosts import Host
 from taskctl.model import CallError, Event, ProcessRow, Reloaded, TaskctlError, Unreachable
+from taskctl.plan import Plan
 from taskmasterd.bus.names import BUS_NAME, MANAGER_IFACE, MANAGER_PATH
 from taskmasterd.busaddr import BusChoice
 
@@ -308,6 +309,13 @@ class Client:
     def reload(self) -> Reloaded:
         added, changed, removed = self.call("Reload")
         return Reloaded(tuple(added), tuple(changed), tuple(removed))
+
+    def plan_reload(self) -> Plan:
+        """What a reload would do now, and why (API 1.6): two calls, each
+        reading the file (a program the second does not explain has no reason)."""
+        lists = self.call("PlanReload")
+        [reasons] = self.call("PlanReloadReasons")
+        return Plan.from_replies(lists, dict(reasons))
 
     def list_processes(self) -> list[ProcessRow]:
         return [ProcessRow.from_values(r) for r in self.call("ListProcesses")[0]]

@@ -21,6 +21,7 @@ from taskctl.format import (
     alert_lines,
     dumps,
     error_line,
+    error_message,
     event_json,
     event_line,
     exit_code_for,
@@ -31,9 +32,11 @@ from taskctl.format import (
     status_exit_code,
     status_lines,
 )
+from taskctl.habits import say_once
 from taskctl.hosts import RUN_THERE
 from taskctl.model import CallError, Unreachable
 from taskctl.parser import help_text
+from taskctl.plan import avail_json, avail_lines, avail_rows, plan_json, plan_lines
 from taskctl.waiting import act_and_wait, request_each
 from taskmasterd.bus.names import BUS_NAME
 
@@ -99,6 +102,8 @@ def cmd_action(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_reload(ctx: Context, args: argparse.Namespace) -> int:
+    if getattr(args, "dry_run", False):
+        return _dry_run(ctx)
     try:
         result = ctx.client.reload()
     except CallError as exc:
@@ -114,6 +119,71 @@ def cmd_reload(ctx: Context, args: argparse.Namespace) -> int:
         for line in reload_lines(result):
             ctx.print(line)
     return EXIT_OK
+
+
+def _dry_run(ctx: Context) -> int:
+    """`reload --dry-run`: the plan and why, nothing applied."""
+    try:
+        plan = ctx.client.plan_reload()
+    except CallError as exc:
+        if exc.name == "ConfigInvalid":
+            ctx.error("taskctl: a reload would be refused, the configuration is invalid "
+                      "(taskmasterd keeps running the current one):")
+            ctx.error(exc.message.rstrip())
+            return EXIT_ERROR
+        if exc.name == "UnknownMethod":
+            ctx.error("taskctl: this taskmasterd cannot preview a reload (it is older than "
+                      "D-Bus API 1.6): upgrade it, or reload without --dry-run")
+            return EXIT_ERROR
+        raise
+    if ctx.json:
+        ctx.print(dumps(plan_json(plan)))
+    else:
+        for line in plan_lines(plan):
+            ctx.print(line)
+    return EXIT_OK
+
+
+def cmd_update(ctx: Context, args: argparse.Namespace) -> int:
+    say_once("update", ctx.err)
+    args.dry_run = False
+    return cmd_reload(ctx, args)
+
+
+def cmd_reread(ctx: Context, args: argparse.Namespace) -> int:
+    say_once("reread", ctx.err)
+    return _dry_run(ctx)
+
+
+def cmd_avail(ctx: Context, args: argparse.Namespace) -> int:
+    """Every program: loaded (and how many of its processes are up), or only
+    in the file. The file's side needs the plan (root or group taskmaster);
+    without it, the loaded programs only, and why."""
+    say_once("avail", ctx.err)
+    rows = ctx.client.list_processes()
+    plan = None
+    try:
+        plan = ctx.client.plan_reload()
+    except CallError as exc:
+        why = {"ConfigInvalid": "the configuration file is invalid (taskctl reload --dry-run "
+                                "shows its errors)",
+               "UnknownMethod": "this taskmasterd is older than D-Bus API 1.6"
+               }.get(exc.name) or error_message(exc)
+        ctx.error(f"taskctl: programs only in the file are not shown: {why}")
+    items = avail_rows(rows, plan)
+    if ctx.json:
+        ctx.print(dumps(avail_json(items)))
+    else:
+        for line in avail_lines(items):
+            ctx.print(line)
+    return EXIT_OK
+
+
+def cmd_maintail(ctx: Context, args: argparse.Namespace) -> int:
+    from taskctl import maintail
+
+    say_once("maintail", ctx.err)
+    return maintail.run(ctx, args)
 
 
 def cmd_shutdown(ctx: Context, args: argparse.Namespace) -> int:
@@ -232,6 +302,7 @@ COMMAND_FUNCS = {
     "daemon-reexec": cmd_daemon_reexec,
     "tail": cmd_tail, "attach": cmd_attach, "events": cmd_events, "history": cmd_history,
     "alert": cmd_alert, "help": cmd_help,
+    "update": cmd_update, "reread": cmd_reread, "avail": cmd_avail, "maintail": cmd_maintail,
     **tasks.COMMANDS,
 }
 

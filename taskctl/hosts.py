@@ -9,7 +9,8 @@ is the host's D-Bus policy for that user. No new port, no new credentials.
 Commands that need what a bridge cannot carry run `taskctl` itself on the
 host, over the same ssh: `tail` and `attach` (the daemon passes descriptors
 of the output file, of the console, and descriptors do not cross ssh) and
-`history` (it reads the host's journal or log file). See docs/remote.md.
+`history` and `maintail` (they read the host's journal or log file). See
+docs/remote.md.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from taskmasterd.busaddr import BusChoice
 
 BRIDGE = "systemd-stdio-bridge"  # /usr/bin in Debian 12 (package systemd)
 # Commands that run as `taskctl` on the host instead of over the bridge.
-RUN_THERE = frozenset({"tail", "history", "attach"})
+RUN_THERE = frozenset({"tail", "history", "attach", "maintail"})
 # ... and of those, the ones that read the keyboard: ssh passes them its
 # standard input, and allocates a terminal there (-t) when taskctl has one.
 KEYBOARD_THERE = frozenset({"attach"})

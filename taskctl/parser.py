@@ -26,7 +26,8 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("stop", "[--no-block] TARGET...", "stop processes; wait until they are down"),
     ("restart", "[--no-block] TARGET...", "stop then start processes; wait until RUNNING"),
     ("signal", "SIG TARGET...", "send a signal (TERM, HUP, USR1, 9, ...) to processes"),
-    ("reload", "", "re-read the configuration and apply the changes"),
+    ("reload", "[--dry-run]",
+     "re-read the configuration and apply the changes (--dry-run: only say what would change, and why)"),
     ("shutdown", "", "stop every process and taskmasterd itself"),
     ("daemon-reexec", "[--timeout SECONDS]",
      "re-execute taskmasterd in place (an upgrade): no program is restarted"),
@@ -45,6 +46,11 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("activities", "[--state S]", "the activities: state, tasks, reason"),
     ("task", "[-n LINES] ID", "a task's properties and the end of its stdout and stderr"),
     ("cancel", "ID...", "cancel a task or an activity (its running task is stopped)"),
+    ("update", "", "supervisorctl's word: taskctl reload"),
+    ("reread", "", "supervisorctl's word: taskctl reload --dry-run"),
+    ("avail", "", "every program: in use (loaded, how many processes up) or only in the file"),
+    ("maintail", "[-f] [-c BYTES]",
+     "end of taskmasterd's own log (its log file, or the journal); -f: keep following"),
     ("help", "[COMMAND]", "list the commands, or explain one"),
 )
 COMMAND_NAMES = tuple(c[0] for c in COMMANDS)
@@ -135,7 +141,17 @@ def build_parser(*, shell: bool = False) -> argparse.ArgumentParser:
     sp.add_argument("signal", metavar="SIG", type=argtypes.signal_name,
                     help="TERM, SIGHUP, USR1, 9, ... (ASCII; an unknown one: exit 2, nothing sent)")
     sp.add_argument("targets", nargs="+", metavar="TARGET")
-    command("reload")
+    command("reload").add_argument(
+        "--dry-run", action="store_true",
+        help="print what a reload would do now (added, restarted, changed in place, removed; "
+             "and why), apply nothing; a bad configuration: its errors, exit 1")
+    command("update")
+    command("reread")
+    command("avail")
+    sp = command("maintail")
+    sp.add_argument("-f", "--follow", action="store_true", help="keep printing what is added")
+    sp.add_argument("-c", "--bytes", type=argtypes.at_least(0), default=TAIL_BYTES, metavar="BYTES",
+                    help=f"how much of the end to print first (default {TAIL_BYTES})")
     command("shutdown")
     command("daemon-reexec").add_argument(
         "--timeout", type=argtypes.seconds, default=REEXEC_TIMEOUT, metavar="SECONDS",

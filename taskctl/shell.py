@@ -59,6 +59,8 @@ def history_file(environ: Mapping[str, str] = os.environ) -> str:
 
 OPTIONS = {
     "tail": ["--follow", "--stderr", "--bytes"],
+    "maintail": ["--follow", "--bytes"],
+    "reload": ["--dry-run"],
     "attach": ["--read-only", "--detach-keys"],
     "start": ["--no-block", "--timeout"], "stop": ["--no-block", "--timeout"],
     "restart": ["--no-block", "--timeout"],
@@ -408,7 +410,7 @@ class Shell:
             self.stdout.write("\n")
             self.stdout.flush()
             return False
-        if args.command == "reload" and code == EXIT_OK:
+        if args.command in ("reload", "update") and code == EXIT_OK:
             self._names_at = -1e9
         if args.command in ("run", "activity", "cancel"):
             self._ids_at = -1e9  # a new id (or a new state)

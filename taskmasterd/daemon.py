@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -34,7 +35,7 @@ from taskmasterd.logwriter import raise_nofile
 from taskmasterd.notify import Notifier, status_line
 from taskmasterd.paths import resolve_paths
 from taskmasterd.probing import Probing
-from taskmasterd.reload import ReloadPlan
+from taskmasterd.reload import ReloadPlan, plan_reasons, plan_reload
 from taskmasterd.statestore import Refused, Snapshot, StateStore, StoreBusy, StoreWriter
 from taskmasterd.statestore import handover as handovers
 from taskmasterd.statestore.handover import Handover
@@ -263,6 +264,25 @@ class Daemon:
         self.reloads += 1
         return plan
 
+    def plan_reload(self) -> tuple[ReloadPlan, dict[str, str]]:
+        """What reload() would do now, with the file as it is on disk, and why
+        (Manager.PlanReload): the same loader and the same diff, nothing
+        applied, no event. ConfigInvalid with the messages a Reload would
+        refuse with."""
+        if self._stop.is_set() or self.supervisor.shutting_down:
+            raise ShuttingDown("taskmasterd is shutting down: no reload to plan")
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            raise ConfigInvalid("\n".join(str(i) for i in exc.issues)) from None
+        logfile = resolve_paths(new.daemon).logfile
+        problem = _log_file_problem(logfile) if logfile != self.lifelog.logfile else None
+        if problem is not None:
+            raise ConfigInvalid(f"cannot open the log file {logfile}: {problem}")
+        old = self.supervisor.config  # what Supervisor.reload diffs against
+        plan = plan_reload(old, new)
+        return plan, plan_reasons(plan, old, new)
+
     def _reload_failed(self, lines: list[str]) -> NoReturn:
         self.bus.publish(Event(
             kind=Kind.RELOAD_FAILED,
@@ -382,6 +402,24 @@ class Daemon:
             pass  # already logged; the old config keeps running
         except ShuttingDown:
             log.info("SIGHUP ignored: taskmasterd is shutting down")
+
+
+def _log_file_problem(path: str) -> str | None:
+    """Why a Reload could not open `path` as its new log file (the strerror
+    it would give), judged without creating it or its directories."""
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if probe != path and not os.path.isdir(probe):
+        return os.strerror(errno.ENOTDIR)
+    if probe == path and os.path.isdir(path):
+        return os.strerror(errno.EISDIR)
+    if not os.access(probe, os.W_OK | (os.X_OK if probe != path else 0)):
+        return os.strerror(errno.EACCES)
+    return None
 
 
 def _reap_later(pid: int) -> None:

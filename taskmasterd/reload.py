@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from taskmasterd.config import LAUNCH_KEYS as LAUNCH_KEYS
-from taskmasterd.config import Config, OutputKind, ProgramConfig
+from taskmasterd.config import PROGRAM_KEYS, Config, OutputKind, ProgramConfig
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,13 @@ class ReloadPlan:
     @property
     def is_empty(self) -> bool:
         return not (self.added or self.removed or self.changed)
+
+    @property
+    def in_place(self) -> list[str]:
+        """Programs whose processes are kept (PlanReload's `changed`): the
+        in-place updates, and the resized programs (their surviving
+        processes keep their PIDs; the extra ones start or stop)."""
+        return [r.program.name for r in self.resized] + [p.name for p in self.updated]
 
 
 def launch_view(p: ProgramConfig, logdir: str | None) -> tuple[object, ...]:
@@ -81,3 +88,37 @@ def in_place_fields(old: ProgramConfig, new: ProgramConfig) -> list[str]:
     """Names of the keys that differ, for the reload log line."""
     return [f.name for f in dataclasses.fields(ProgramConfig)
             if getattr(old, f.name) != getattr(new, f.name)]
+
+
+def changed_keys(old: ProgramConfig, new: ProgramConfig) -> list[str]:
+    """The program keys (as written in the file) whose values differ, in
+    the key table's order (argv, derived from cmd, is not one)."""
+    keys = [k for k in PROGRAM_KEYS if getattr(old, k) != getattr(new, k)]
+    return keys or in_place_fields(old, new)  # a derived field alone: name it
+
+
+def _key_text(key: str, old: ProgramConfig, new: ProgramConfig) -> str:
+    return f"numprocs {old.numprocs} -> {new.numprocs}" if key == "numprocs" else key
+
+
+def plan_reasons(plan: ReloadPlan, old: Config, new: Config) -> dict[str, str]:
+    """Why each program of `plan` is in it (PlanReloadReasons): "added",
+    "removed", "restarted: cmd, env changed[; also stoptime]", "changed in
+    place: stoptime" or "changed in place: numprocs 2 -> 4". The word before
+    the colon names the list; the rest is for people."""
+    before = {p.name: p for p in old.programs}
+    reasons = {p.name: "added" for p in plan.added}
+    for p in plan.restarted:
+        keys = changed_keys(before[p.name], p)
+        launch = [k for k in keys if k in LAUNCH_KEYS]
+        if launch_view(before[p.name], old.daemon.logdir)[len(LAUNCH_KEYS):] != \
+                launch_view(p, new.daemon.logdir)[len(LAUNCH_KEYS):]:
+            launch.append("logdir")  # its automatic output files move with it
+        others = [_key_text(k, before[p.name], p) for k in keys if k not in LAUNCH_KEYS]
+        reasons[p.name] = f"restarted: {', '.join(launch)} changed" + \
+            (f"; also {', '.join(others)}" if others else "")
+    for q in [*(r.program for r in plan.resized), *plan.updated]:
+        keys = [_key_text(k, before[q.name], q) for k in changed_keys(before[q.name], q)]
+        reasons[q.name] = f"changed in place: {', '.join(keys)}"
+    reasons.update((name, "removed") for name in plan.removed)
+    return reasons

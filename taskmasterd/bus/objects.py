@@ -47,6 +47,7 @@ class Controller(Protocol):
         task methods answer Error.Failed, no task object is exported)."""
 
     def reload(self) -> ReloadPlan: ...
+    def plan_reload(self) -> tuple[ReloadPlan, dict[str, str]]: ...
     def request_shutdown(self) -> None: ...
     def reexecute(self) -> None: ...
     def output_file(self, process: str, stream: str) -> str: ...
@@ -136,6 +137,27 @@ class Manager(TaskMethods, ServiceInterface):
         with dbus_errors("Reload"):
             plan = self._c.reload()
             return [[p.name for p in plan.added], plan.changed, list(plan.removed)]
+
+    # (1.6) The reload preview: root and group taskmaster only (the reasons
+    # tell which keys of a file that may be 0640 changed).
+    @named("added", "changed", "removed", "restarted")
+    @method()
+    def PlanReload(self) -> 'asasasas':
+        """What Reload would do now with the file on disk, without doing it:
+        `changed` is applied in place (resized programs too: their
+        processes keep their PIDs), `restarted` is restarted."""
+        with dbus_errors("PlanReload"):
+            plan, _reasons = self._c.plan_reload()
+            return [[p.name for p in plan.added], plan.in_place, list(plan.removed),
+                    [p.name for p in plan.restarted]]
+
+    @named("reasons")
+    @method()
+    def PlanReloadReasons(self) -> 'a{ss}':
+        """PlanReload's programs, each with why: "added", "removed",
+        "restarted: cmd, env changed", "changed in place: stoptime"."""
+        with dbus_errors("PlanReloadReasons"):
+            return self._c.plan_reload()[1]
 
     @named("processes")
     @method()

@@ -385,7 +385,7 @@ NAMES = ["all", "crashy", "idle", "web", "web-api", "web:0", "web:1"]
     ("tail web:0 ", "", []),
     ("tail ", "--s", ["--stderr"]),
     ("restart ", "--n", ["--no-block"]),
-    ("help ", "re", ["restart", "reload"]),
+    ("help ", "re", ["restart", "reload", "reread"]),
     ("help status ", "", []),
     ("reload ", "", []),
     ("events ", "", []),
