@@ -33,6 +33,10 @@ def lines_of(base: Path, backups: int = 0) -> list[str]:
     return (data + base.read_bytes()).decode().splitlines()
 
 
+def ends_with(path: Path, tail: bytes) -> Callable[[], bool]:
+    return lambda: path.exists() and path.read_bytes().endswith(tail)
+
+
 def run_to_the_end(daemons: Start, cfg: Path, name: str) -> Daemon:
     d = daemons(cfg)
     d.wait_for(event("EXITED", name))
@@ -51,8 +55,7 @@ def test_both_streams_in_the_stdout_file_in_order(write_config: WriteConfig, dae
     auto = workdir / "logs" / "auto.stdout.log"
     for out in (workdir / "plain.out", workdir / "bounded.out", auto):
         # (the log writer drains the pipe of a bounded file after the exit)
-        wait_until(f"the last line in {out}",
-                   lambda out=out: out.exists() and out.read_bytes().endswith(b"done\n"))
+        wait_until(f"the last line in {out}", ends_with(out, b"done\n"))
         assert lines_of(out) == WANT, out
     # no stderr file anywhere: not an automatic one, not an empty one
     assert sorted(p.name for p in (workdir / "logs").iterdir() if p.suffix == ".log"
@@ -87,7 +90,7 @@ def test_rotation_keeps_both_streams_in_order(write_config: WriteConfig, daemons
     cfg = write_config({"rot": program(stdout=str(out), stdout_maxbytes="1KB",
                                        stdout_backups=backups)})
     d = run_to_the_end(daemons, cfg, "rot")
-    wait_until("the last line", lambda: out.exists() and out.read_bytes().endswith(b"done\n"))
+    wait_until("the last line", ends_with(out, b"done\n"))
     assert Path(f"{out}.1").exists()  # it did rotate (about 4 KB written)
     assert not Path(f"{out}.{backups}").exists()  # and nothing was dropped off the end
     assert lines_of(out, backups) == WANT

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tests.harness import Daemon, event, wait_until
 from tests.integration.conftest import WriteConfig
+from tests.integration.test_redirect_stderr import ends_with
 from tests.integration.test_taskctl import taskctl
 
 Start = Callable[..., Daemon]
@@ -35,7 +36,7 @@ def test_each_process_its_values_and_its_file(write_config: WriteConfig, daemons
     for i in (0, 1):
         f = workdir / "out" / f"w-{i}.log"
         want = f"w:{i} {i}/2 hello world w@{host} in {workdir}\noops\n"
-        wait_until(f"the output of w:{i}", lambda f=f: f.exists() and f.read_text().endswith("oops\n"))
+        wait_until(f"the output of w:{i}", ends_with(f, b"oops\n"))
         assert f.read_text() == want
         # OpenLog opens the process's own file: stdout, and stderr (redirected) alike
         for args in ((f"w:{i}",), ("--stderr", f"w:{i}")):
