@@ -8,8 +8,14 @@ exec'd process). PROGRAM_TABLE is read off those fields; the key list the
 validator accepts (PROGRAM_KEYS) and the one reload.py restarts on
 (LAUNCH_KEYS) come from it. A new key is one field plus its consumer.
 
+Variables (`%{name}`, taskmasterd.variables) are expanded by the readers of
+cmd, env values, workingdir, stdout and stderr, with the program's facts
+(`_program_facts`: its name, numprocs, the file's directory, the host and
+the environment read when the reader was made).
+
 How values are read is told in taskmasterd.config's docstring. Pure: no
-I/O, no asyncio, no D-Bus.
+I/O, no asyncio, no D-Bus (os.environ and the host name are read once, by
+the reader).
 """
 
 from __future__ import annotations
