@@ -45,6 +45,15 @@ How values are read (the node's source text decides, never YAML 1.1):
   ./journal for a file of that name); any other string -> FILE.
 * env values: the scalar's source text ("42", "022", "on", "1.50");
   a null value is an error (write '' for an empty value).
+* variables `%{name}` (taskmasterd.variables) in cmd, env values,
+  workingdir, stdout and stderr: expanded first, then the value is split
+  (cmd) or resolved (paths; `journal` only as written); `%%{` is a
+  literal `%{`, any other `%` is literal. env.NAME, program, numprocs,
+  here (the defining file's directory) and host at load; process and
+  process_num stay markers that spawn.launch_spec fills per process. An
+  unknown name or an unset env.NAME is an error at the value.
+* redirect_stderr: a boolean; stderr goes where stdout goes, and a
+  `stderr:` of the same program is an error (taskmasterd.redirectschema).
 * after (start ordering, taskmasterd.deps): a program name or a list of
   them, each any non-null scalar as written (`after: [1]` names program
   "1"); `[]` is none. Checked across programs once all are read: an

@@ -8,8 +8,14 @@ exec'd process). PROGRAM_TABLE is read off those fields; the key list the
 validator accepts (PROGRAM_KEYS) and the one reload.py restarts on
 (LAUNCH_KEYS) come from it. A new key is one field plus its consumer.
 
+Variables (`%{name}`, taskmasterd.variables) are expanded by the readers of
+cmd, env values, workingdir, stdout and stderr, with the program's facts
+(`_program_facts`: its name, numprocs, the file's directory, the host and
+the environment read when the reader was made).
+
 How values are read is told in taskmasterd.config's docstring. Pure: no
-I/O, no asyncio, no D-Bus.
+I/O, no asyncio, no D-Bus (os.environ and the host name are read once, by
+the reader).
 """
 
 from __future__ import annotations
@@ -21,13 +27,14 @@ import os
 import re
 import shlex
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from taskmasterd import signames
+from taskmasterd import signames, variables
 from taskmasterd.consoleschema import DEFAULT_SCROLLBACK, console_problems
 from taskmasterd.probeschema import (
     DEFAULT_READYTIMEOUT,
@@ -38,6 +45,7 @@ from taskmasterd.probeschema import (
     read_positive_seconds,
     read_ready,
 )
+from taskmasterd.redirectschema import redirect_problems
 from taskmasterd.yamlnodes import (
     BOOLEANS,
     NULL,
@@ -113,7 +121,7 @@ SUPERVISORD_NAMES: dict[str, str | None] = {
     "process_name": None,
     "numprocs_start": None,
     "priority": None,
-    "redirect_stderr": None,
+    "redirect_stderr": "redirect_stderr",  # the same name
     "stopasgroup": None,
     "killasgroup": None,
     "stdout_logfile_maxbytes": "stdout_maxbytes",
@@ -141,6 +149,11 @@ class ProgramReader(NodeReader):
         # checks across programs (unknown names, cycles) once all are read.
         self.after_items: dict[str, list[tuple[ScalarNode, str]]] = {}  # (node, its key path)
         self.program_names: list[str] = []  # every program of the file, read or not
+        # What %{env.X} and %{host} read (taskmasterd.variables): at load, so
+        # a reload reads them again.
+        self.environ: dict[str, str] = dict(os.environ)
+        self.host = socket.gethostname()
+        self._facts: variables.Facts | None = None  # the program being read
 
     def _programs(self, node: Node) -> tuple[ProgramConfig, ...] | None:
         if is_null(node):
@@ -245,7 +258,9 @@ class ProgramReader(NodeReader):
         ok = True
         has_cmd = False
         key_nodes: dict[str, ScalarNode] = {}
-        for k, v in self.entries(node, kp):
+        entries = self.entries(node, kp)
+        self._facts = self._program_facts(name, entries)
+        for k, v in entries:
             key = k.value
             fkp = f"{kp}.{key}"
             entry = _BY_NAME.get(key)
@@ -257,7 +272,8 @@ class ProgramReader(NodeReader):
             key_nodes[key] = k
             ok = self._read(functools.partial(entry.read, self, fkp), v, fkp, values, key) and ok
         if ok:
-            for key, message in [*cross_problems(values), *console_problems(values)]:
+            for key, message in [*cross_problems(values), *console_problems(values),
+                                 *redirect_problems(values)]:
                 self.error(key_nodes.get(key, name_node), f"{kp}.{key}", message)
                 ok = False
         if not has_cmd:
@@ -272,6 +288,32 @@ class ProgramReader(NodeReader):
             return None
         cmd, argv = values.pop("cmd")
         return ProgramConfig(name=name, cmd=cmd, argv=argv, **values)
+
+    def _program_facts(self, name: str, entries: list[tuple[ScalarNode, Node]]) -> variables.Facts:
+        """What the load-time variables of program `name` stand for. Its
+        numprocs is looked at before the keys are read, in any order (an
+        invalid one is reported with its key; 1 stands in meanwhile)."""
+        numprocs = 1
+        for k, v in entries:
+            if k.value == "numprocs":
+                try:
+                    numprocs = self._int(v, 1, 1000)
+                except Reject:
+                    pass
+        return variables.Facts(program=name, numprocs=numprocs, here=self.basedir,
+                               host=self.host, environ=self.environ)
+
+    def _expand(self, node: Node, kp: str, text: str) -> str:
+        """`text` (of `node`, at key path `kp`) with its variables expanded
+        for the program being read; each bad reference is an issue at the
+        value (Reported)."""
+        assert self._facts is not None, "variables are read in a program's keys only"
+        value, problems = variables.expand(text, self._facts)
+        for problem in problems:
+            self.error(node, kp, problem)
+        if problems:
+            raise Reported
+        return value
 
     @staticmethod
     def _unknown_program_key(key: str) -> str:
@@ -290,21 +332,35 @@ class ProgramReader(NodeReader):
     def _path(self, node: Node) -> str:
         return self._resolve(self._text(node, "a path", strict=True))
 
-    def _cmd(self, node: Node) -> tuple[str, tuple[str, ...]]:
-        cmd = self._text(node, "a command line")
+    def _program_path(self, node: Node, kp: str) -> str:
+        """A path of a program (workingdir): its variables expanded, then
+        resolved against the file's directory (per-process markers stay:
+        taskmasterd.variables)."""
+        text = self._expand(node, kp, self._text(node, "a path", strict=True))
+        if not text.strip():
+            raise Reject("expected a path, found an empty string once its variables are expanded")
+        return self._resolve(text)
+
+    def _cmd(self, node: Node, kp: str) -> tuple[str, tuple[str, ...]]:
+        """(the command as shown, its words). Variables are expanded before
+        the split, as supervisord does: a value with spaces makes several
+        words unless quoted. The words keep per-process markers."""
+        text = self._text(node, "a command line")
+        marked = self._expand(node, kp, text)
+        expanded = " once its variables are expanded" if marked != text else ""
         try:
-            argv = tuple(shlex.split(cmd))
+            argv = tuple(shlex.split(marked))
         except ValueError as e:
             raise Reject(
-                f"cannot split cmd into words: {e} (unbalanced quotes or a trailing backslash?); "
-                "check its quoting"
+                f"cannot split cmd into words{expanded}: {e} (unbalanced quotes or a trailing "
+                "backslash?); check its quoting"
             ) from None
         if not argv or not argv[0]:
             raise Reject(
-                "cmd has no program to run after splitting into words; "
+                f"cmd has no program to run after splitting into words{expanded}; "
                 "expected a command like /usr/bin/nginx -c /etc/nginx.conf"
             )
-        return cmd, argv
+        return variables.display(marked), argv
 
     def _umask(self, node: Node) -> int:
         if not isinstance(node, ScalarNode) or node.tag == NULL or node.tag.startswith("!"):
@@ -367,14 +423,17 @@ class ProgramReader(NodeReader):
         except ValueError as exc:
             raise Reject(str(exc)) from None
 
-    def _output(self, node: Node) -> Output:
+    def _output(self, node: Node, kp: str) -> Output:
         what = "a file path, 'journal' or null"
         line, column = self.where(node)
         if isinstance(node, ScalarNode) and node.tag == NULL:
             return Output(OutputKind.NULL, line=line, column=column)
         text = self._text(node, what, strict=True)
-        if text == "journal":
+        if text == "journal":  # as written: a variable never makes it the journal
             return Output(OutputKind.JOURNAL, line=line, column=column)
+        text = self._expand(node, kp, text)
+        if not text.strip():
+            raise Reject(f"expected {what}, found an empty string once its variables are expanded")
         path = self._resolve(text)
         if path == os.devnull:
             return Output(OutputKind.NULL, line=line, column=column)
@@ -446,7 +505,10 @@ class ProgramReader(NodeReader):
                 self.error(v, vkp, f"env values must be text, found {surrogate_problem(v.value)}")
                 bad = True
             else:
-                out[name] = v.value
+                try:
+                    out[name] = self._expand(v, vkp, v.value)
+                except Reported:
+                    bad = True
         if bad:
             raise Reported
         return tuple(sorted(out.items()))
@@ -474,11 +536,16 @@ class ProgramConfig:
 
     name: str
     # A key without a default (required): as written.
-    cmd: str = field(metadata=_meta(lambda r, kp, n: r._cmd(n), launch=True))
+    # Variables (taskmasterd.variables) are expanded in cmd, env values,
+    # workingdir, stdout and stderr; per-process ones are markers in the
+    # values, replaced by spawn.launch_spec. cmd is the command as shown
+    # (markers written %{name}); argv the words run.
+    cmd: str = field(metadata=_meta(lambda r, kp, n: r._cmd(n, kp), launch=True))
     argv: tuple[str, ...]  # shlex-split cmd; argv[0] is looked up in PATH
     numprocs: int = key(1, read=lambda r, kp, n: r._int(n, 1, 1000))  # a change resizes
     umask: int | None = key(None, read=lambda r, kp, n: r._umask(n), launch=True)  # None: inherit
-    workingdir: str | None = key(None, read=lambda r, kp, n: r._path(n), launch=True)  # None: cwd
+    workingdir: str | None = key(None, read=lambda r, kp, n: r._program_path(n, kp),
+                                 launch=True)  # None: cwd
     autostart: bool = key(True, read=lambda r, kp, n: r._bool(n))
     autorestart: AutoRestart = key(AutoRestart.UNEXPECTED, read=lambda r, kp, n: r._autorestart(n))
     exitcodes: frozenset[int] = key(frozenset({0}), read=lambda r, kp, n: r._exitcodes(n, kp))
@@ -490,8 +557,11 @@ class ProgramConfig:
     startlimit_interval: float = key(10.0, read=lambda r, kp, n: r._seconds(n))
     stopsignal: signal.Signals = key(signal.SIGTERM, read=lambda r, kp, n: r._signal(n))
     stoptime: float = key(10.0, read=lambda r, kp, n: r._seconds(n))
-    stdout: Output = key(Output(), read=lambda r, kp, n: r._output(n), launch=True)
-    stderr: Output = key(Output(), read=lambda r, kp, n: r._output(n), launch=True)
+    stdout: Output = key(Output(), read=lambda r, kp, n: r._output(n, kp), launch=True)
+    stderr: Output = key(Output(), read=lambda r, kp, n: r._output(n, kp), launch=True)
+    # stderr goes where stdout goes: the same file (one pipe when bounded),
+    # journal stream or nothing (supervisord's). `stderr:` must be left out.
+    redirect_stderr: bool = key(False, read=lambda r, kp, n: r._bool(n), launch=True)
     # sorted (key, value) pairs
     env: tuple[tuple[str, str], ...] = key((), read=lambda r, kp, n: r._env(n, kp), launch=True)
     user: str | None = key(None, read=lambda r, kp, n: r._text(n, "a user name or numeric uid"),

@@ -6,7 +6,9 @@ and handed over as file descriptors: the daemon never copies output. An
 output file with a size bound (maxbytes > 0) is a pipe instead, whose read
 end goes to the log writer (`Child.pipes`, see taskmasterd/logpipes.py);
 without a bound the child holds its file itself (O_APPEND) and nobody else
-touches the data.
+touches the data. With redirect_stderr the child's stderr is its stdout's
+descriptor (file, pipe, journal stream or /dev/null): one destination, in
+the order written.
 Exits are observed through a pidfd (`Child.pidfd`, readable when the child
 exits) and collected with waitid(P_PIDFD): no SIGCHLD handler, no
 waitpid(-1), no polling.
@@ -15,6 +17,7 @@ waitpid(-1), no polling.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import pwd
@@ -23,7 +26,7 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from taskmasterd import terminal
+from taskmasterd import terminal, variables
 from taskmasterd.config import Output, OutputKind, ProgramConfig
 from taskmasterd.logwriter import grow_pipe
 from taskmasterd.process import SpawnError
@@ -53,6 +56,7 @@ class LaunchSpec:
     stderr_limit: tuple[int, int] = (0, 0)
     console: bool = False  # stdin/stdout/stderr on a pseudo-terminal (taskmasterd/console.py)
     scrollback: int = 0  # its ring's size, in the log writer
+    redirect_stderr: bool = False  # stderr goes where stdout goes
 
 
 @dataclass(frozen=True)
@@ -79,22 +83,40 @@ class Child:
 
 def launch_spec(program: ProgramConfig, index: int, *, logdir: str, journal: bool,
                 base_env: Mapping[str, str]) -> LaunchSpec:
+    """Process `index` of `program`: its per-process variables (%{process},
+    %{process_num}: taskmasterd.variables) filled in. Everything that names
+    a process's files (spawn, Supervisor.output_file) goes through here."""
     name = program.process_names()[index]
-    env = program.env_dict
+
+    def fill(value: str) -> str:
+        return variables.for_process(value, name, index)
+
+    def fill_output(out: Output) -> Output:
+        return out if out.path is None else dataclasses.replace(out, path=fill(out.path))
+
+    env = {k: fill(v) for k, v in program.env}
     env["TASKMASTER_PROGRAM"] = program.name
     env["TASKMASTER_PROCESS_NAME"] = name
     env["TASKMASTER_PROCESS_NUM"] = str(index)
-    return LaunchSpec(process=name, program=program.name, index=index, argv=program.argv,
-                      base_env=base_env, env=env, cwd=program.workingdir, umask=program.umask,
-                      user=program.user, stdout=program.stdout, stderr=program.stderr, logdir=logdir,
-                      journal=journal,
+    return LaunchSpec(process=name, program=program.name, index=index,
+                      argv=tuple(fill(word) for word in program.argv), base_env=base_env, env=env,
+                      cwd=None if program.workingdir is None else fill(program.workingdir),
+                      umask=program.umask, user=program.user, stdout=fill_output(program.stdout),
+                      stderr=fill_output(program.stderr), logdir=logdir, journal=journal,
                       stdout_limit=(program.stdout_maxbytes, program.stdout_backups),
                       stderr_limit=(program.stderr_maxbytes, program.stderr_backups),
-                      console=program.console, scrollback=program.console_scrollback)
+                      console=program.console, scrollback=program.console_scrollback,
+                      redirect_stderr=program.redirect_stderr)
+
+
+def source_stream(spec: LaunchSpec, stream: str) -> str:
+    """The stream whose destination `stream` uses: stdout for a redirected stderr."""
+    return "stdout" if stream == "stderr" and spec.redirect_stderr else stream
 
 
 def output_path(spec: LaunchSpec, stream: str) -> str | None:
     """The file a stream is written to, or None (discarded or journal)."""
+    stream = source_stream(spec, stream)
     out = spec.stdout if stream == "stdout" else spec.stderr
     if out.kind is OutputKind.FILE:
         return out.path
@@ -185,7 +207,7 @@ def spawn(spec: LaunchSpec) -> Child:
     fds: list[int] = []
     pipes: list[Pipe] = []
     try:
-        for stream in ("stdout", "stderr"):
+        for stream in ("stdout",) if spec.redirect_stderr else ("stdout", "stderr"):
             try:
                 fds.append(_open_output(spec, stream, pipes))
             except OSError as exc:
@@ -193,7 +215,7 @@ def spawn(spec: LaunchSpec) -> Child:
                 raise _error(exc, f"open {path}") from None
         try:
             popen = subprocess.Popen(
-                spec.argv, stdin=subprocess.DEVNULL, stdout=fds[0], stderr=fds[1],
+                spec.argv, stdin=subprocess.DEVNULL, stdout=fds[0], stderr=fds[-1],
                 cwd=spec.cwd, env=env, umask=-1 if spec.umask is None else spec.umask,
                 start_new_session=True, close_fds=True, **user_kw)  # type: ignore[call-overload]
         except OSError as exc:

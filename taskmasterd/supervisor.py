@@ -235,11 +235,13 @@ class Supervisor(Overlaps, Takeover, Ordering, Checking):
                            "there is in its stdout")
         spec = spawn.launch_spec(p.config, p.index, logdir=self.logdir, journal=self.journal,
                                  base_env={})
-        path = spawn.output_path(spec, stream)
+        path = spawn.output_path(spec, stream)  # a redirected stderr's is stdout's
         if path is None:
-            out = p.config.stdout if stream == "stdout" else p.config.stderr
+            source = spawn.source_stream(spec, stream)
+            out = spec.stdout if source == "stdout" else spec.stderr
             if out.kind is OutputKind.NULL:
-                raise NotAFile(f"the {stream} of {name} is discarded ({stream}: null in the "
+                how = f"{source}: null" + (", redirect_stderr: true" if source != stream else "")
+                raise NotAFile(f"the {stream} of {name} is discarded ({how} in the "
                                "configuration): there is nothing to read")
             raise NotAFile(f"the {stream} of {name} goes to the journal; use "
                            f"journalctl -f -t {p.program}")

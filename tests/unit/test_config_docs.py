@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from taskmasterd import config, programschema
+from taskmasterd import config, programschema, variables
 from taskmasterd.alertschema import ALERT_KEYS
 from taskmasterd.tasks.settings import TASK_SETTING_KEYS
 
@@ -67,15 +67,19 @@ def test_every_example_value_loads(tmp_path: Path) -> None:
     programs = _examples("`programs:`")
     if config.os.geteuid() != 0:
         programs.pop("user")  # switching users needs root
-    # A console's stderr is its terminal: its example loads in a program of its own.
+    # A console's stderr is its terminal, a redirected stderr is stdout's:
+    # their examples load in programs of their own (worker sets stderr).
     console = {"cmd": "sleep 1", "console": programs.pop("console"),
                "console_scrollback": programs.pop("console_scrollback")}
+    redirected = {"cmd": "sleep 1", "redirect_stderr": programs.pop("redirect_stderr")}
     loaded = _load(tmp_path, {"taskmasterd": _examples("`taskmasterd:`"),
-                              "programs": {"worker": programs, "shell": console},
+                              "programs": {"worker": programs, "shell": console,
+                                           "both": redirected},
                               "alerts": [_examples("`alerts:`")],
                               "tasks": _examples("`tasks:`")})
     assert loaded.programs[0].numprocs == programs["numprocs"]
     assert loaded.programs[1].console and loaded.programs[1].console_scrollback == 1024 ** 2
+    assert loaded.programs[2].redirect_stderr
     assert loaded.daemon.loglevel == "debug"
     assert len(loaded.alerts) == 1
     assert loaded.tasks.max_parallel == 16
@@ -127,12 +131,30 @@ def test_every_supervisord_name_is_listed_with_ours(tmp_path: Path) -> None:
     for old, new in names.items():
         if new is not None:
             assert f"`{new}`" in rows[old], old
+        if new == old:  # taken as it is (redirect_stderr)
+            continue
         # a refused supervisord name is refused with a pointer to ours
         with pytest.raises(config.ConfigError) as info:
             path = tmp_path / "taskmaster.yaml"
             path.write_text(f"programs:\n  p:\n    cmd: sleep 1\n    {old}: x\n")
             config.load_config(path)
         assert old in str(info.value.issues[0].message)
+
+
+def test_every_variable_is_documented_and_the_example_loads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = DOC.read_text()
+    part = text[text.index("### Variables"):text.index("### For supervisord users")]
+    rows = [line.strip("|").split("|") for line in part.splitlines() if line.startswith("| `%{")]
+    assert {r[0].strip().strip("`") for r in rows} == {f"%{{{n}}}" for n in variables.NAMES}
+    assert all("`%(" in r[2] for r in rows)  # supervisord's spelling of each
+    monkeypatch.setenv("SPOOL", "/var/spool/worker")
+    example = re.search(r"```yaml\n(.*?)```", part, re.S)
+    assert example is not None
+    path = tmp_path / "taskmaster.yaml"
+    path.write_text(example[1])
+    [worker] = config.load_config(path).programs
+    assert worker.workingdir == str(tmp_path) and worker.redirect_stderr
 
 
 REPO = DOC.parents[1]

@@ -85,6 +85,7 @@ OTHER_VALUE: dict[str, object] = {
     "health": HealthCheck(Check("tcp", "127.0.0.1:80")),
     "after": ("db",),  # start ordering: applies in place
     "console": True, "console_scrollback": 4096,  # a terminal: shapes the process
+    "redirect_stderr": True,  # where stderr goes: shapes the process
 }
 
 
