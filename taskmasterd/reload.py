@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from taskmasterd.config import LAUNCH_KEYS as LAUNCH_KEYS
 from taskmasterd.config import PROGRAM_KEYS, Config, OutputKind, ProgramConfig
+from taskmasterd.programschema import PROGRAM_TABLE
 
 
 @dataclass(frozen=True)
@@ -51,14 +52,29 @@ class ReloadPlan:
         return [r.program.name for r in self.resized] + [p.name for p in self.updated]
 
 
+# Launch keys added after launch fingerprints were first stored (the state
+# store, statestore/records.py): an upgrade re-adopts the running programs
+# when their fingerprint is unchanged, so a new key must not change the
+# fingerprint of a program that does not use it.
+LATER_LAUNCH_KEYS = frozenset({"redirect_stderr", "console", "console_scrollback"})
+_DEFAULTS = {k.name: k.default for k in PROGRAM_TABLE}
+
+
 def launch_view(p: ProgramConfig, logdir: str | None) -> tuple[object, ...]:
     """What a reload compares to decide a restart (the state store's launch
     fingerprint hashes the same view: the two cannot disagree)."""
-    values: list[object] = [getattr(p, k) for k in LAUNCH_KEYS]
-    # Auto output lives under logdir: moving logdir moves those files.
-    uses_logdir = OutputKind.AUTO in (p.stdout.kind, p.stderr.kind)
-    values.append(logdir if uses_logdir else None)
+    values: list[object] = [getattr(p, k) for k in LAUNCH_KEYS if k not in LATER_LAUNCH_KEYS]
+    # A later key counts only once it is set, and by name: a program that
+    # uses none keeps the view (and the fingerprint) an older daemon had.
+    values += [(k, getattr(p, k)) for k in sorted(LATER_LAUNCH_KEYS)
+               if getattr(p, k) != _DEFAULTS[k]]
+    values.append(_auto_dir(p, logdir))
     return tuple(values)
+
+
+def _auto_dir(p: ProgramConfig, logdir: str | None) -> str | None:
+    """Auto output lives under logdir: moving logdir moves those files."""
+    return logdir if OutputKind.AUTO in (p.stdout.kind, p.stderr.kind) else None
 
 
 def plan_reload(old: Config, new: Config) -> ReloadPlan:
@@ -111,8 +127,7 @@ def plan_reasons(plan: ReloadPlan, old: Config, new: Config) -> dict[str, str]:
     for p in plan.restarted:
         keys = changed_keys(before[p.name], p)
         launch = [k for k in keys if k in LAUNCH_KEYS]
-        if launch_view(before[p.name], old.daemon.logdir)[len(LAUNCH_KEYS):] != \
-                launch_view(p, new.daemon.logdir)[len(LAUNCH_KEYS):]:
+        if _auto_dir(before[p.name], old.daemon.logdir) != _auto_dir(p, new.daemon.logdir):
             launch.append("logdir")  # its automatic output files move with it
         others = [_key_text(k, before[p.name], p) for k in keys if k not in LAUNCH_KEYS]
         reasons[p.name] = f"restarted: {', '.join(launch)} changed" + \

@@ -369,3 +369,27 @@ def test_a_change_during_a_write_is_written_after_it(tmp_path: Path) -> None:
     run(main())
     assert [decode(d) for d in store.saved] == [Snapshot((record(pid=10),)), Snapshot((record(pid=13),))]
     assert store.load() == Snapshot((record(pid=13),))
+
+
+def test_an_upgrade_keeps_the_fingerprints_of_programs_without_the_later_keys() -> None:
+    """Fingerprints recorded by taskmasterd before console/redirect_stderr
+    existed (computed then, pinned here): the same programs have the same
+    fingerprint now, so an upgraded daemon re-adopts them instead of
+    restarting every program once; a program that sets a later key differs."""
+    from dataclasses import replace as with_
+
+    from taskmasterd.config import parse_config
+
+    config = parse_config("programs:\n"
+                          "  web: {cmd: \"sleep 100\", numprocs: 2, env: {A: \"1\"}, stdout: /tmp/w.out}\n"
+                          "  auto: {cmd: \"sleep 100\", workingdir: /tmp, umask: \"022\"}\n",
+                          "/etc/taskmaster/taskmaster.yaml")
+    web, auto = config.programs
+    assert launch_fingerprint(web, "/var/log/taskmaster", False) == "4aa32e8296d904c835d62ba76506aa83"
+    assert launch_fingerprint(web, "/var/log/taskmaster", True) == "a303b5015f1fbdfeedd604b076d628b9"
+    assert launch_fingerprint(auto, "/var/log/taskmaster", False) == "9997dd242a414091d3b60727f45a7efc"
+    assert launch_fingerprint(auto, "/var/log/taskmaster", True) == "2e37b62a531b758f61776154ee1da2bf"
+    prints = {launch_fingerprint(with_(web, **change), "/var/log/taskmaster", False)
+              for change in ({}, {"console": True}, {"redirect_stderr": True},
+                             {"console_scrollback": 1}, {"console": True, "console_scrollback": 1})}
+    assert len(prints) == 5
