@@ -61,7 +61,7 @@ def check_config(path: str) -> int:
         print(f"{path}: OK ({len(config.programs)} programs, {n} processes)")
         return 0
     print(f"{path}: OK ({len(config.programs)} programs, {n} processes, "
-          f"from {len(config.files)} files)")
+          f"from {len(config.files)} file{'s' if len(config.files) > 1 else ''})")
     for f in config.files:  # which files were read, and what each gave
         alerts = f", {len(f.alerts)} alerts" if f.alerts else ""
         print(f"  {f.name}: {len(f.programs)} programs{alerts}")
