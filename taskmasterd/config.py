@@ -51,6 +51,16 @@ How values are read (the node's source text decides, never YAML 1.1):
   "1"); `[]` is none. Checked across programs once all are read: an
   unknown name, a name listed twice, a program after itself and each cycle
   are errors at the item (a cycle at the item that closes it, with its path).
+* include (taskmasterd.includes): a path or glob, or a list of them,
+  relative to the main file's directory. Each file named is read (each
+  once, at most MAX_INCLUDED_FILES, each a regular file of MAX_FILE_SIZE
+  at most and MAX_INCLUDED_SIZE in all) by a validator of its own, so that
+  its issues and relative paths are its own; it may hold programs and
+  alerts only. Then the checks across programs see every file: a program
+  defined twice is an error at the second definition naming both places,
+  and after: names any program of the tree. Every issue of every file is
+  raised at once (the main file's first, then each file's in the order
+  read); Config.files says which files were read and what each defined.
 * the top-level sections taskmasterd, programs, alerts and tasks may be left
   empty (null), which means the same as absent.
 * tasks (one-shot tasks, taskmasterd/tasks): max_parallel an integer
@@ -514,6 +524,9 @@ class _Validator(ProgramReader, AlertReader):
         what = "a path or glob like conf.d/*.yaml"
         items = [(node, kp)] if not isinstance(node, SequenceNode) else \
             [(item, f"{kp}[{i}]") for i, item in enumerate(node.value)]
+        if len(items) > includes.MAX_PATTERNS:
+            raise Reject(f"{len(items)} patterns; at most {includes.MAX_PATTERNS} (a glob such "
+                         "as conf.d/*.yaml names many files)")
         patterns: list[str] = []
         bad = False
         for item, ikp in items:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 # kept until the whole tree is checked. A `/*` pattern must not read a disk.
 MAX_INCLUDED_FILES = 1000
 MAX_PATTERN = 4096  # characters of one pattern (PATH_MAX)
+MAX_PATTERNS = 100  # patterns in `include` (each is a directory scan)
 
 _MAGIC_RE = re.compile(r"[*?[]")
 

@@ -269,3 +269,11 @@ def test_check_config_says_which_files_it_read(tmp_path: Path,
     assert cli.check_config(str(main)) == 1
     err = capsys.readouterr().err
     assert f"{tmp_path}/conf.d/a.yaml:2:31: programs.a.numprocs:" in err
+
+
+def test_at_most_so_many_patterns(tmp_path: Path) -> None:
+    patterns = ", ".join(f"'x{n}/*.yaml'" for n in range(includes.MAX_PATTERNS + 1))
+    main = tree(tmp_path, {"taskmaster.yaml": f"taskmasterd:\n  include: [{patterns}]\nprograms: {{}}\n"})
+    [(_, line, column, keypath, message)] = issues_of(main)
+    assert (line, column, keypath) == (2, 12, "taskmasterd.include")
+    assert message.startswith(f"{includes.MAX_PATTERNS + 1} patterns; at most {includes.MAX_PATTERNS}")
