@@ -193,6 +193,10 @@ class Unreadable(Exception):
     """A config file cannot be read (its message says why)."""
 
 
+class TooBig(Unreadable):
+    """A config file is over the size read."""
+
+
 def read_file(name: str, limit: int = MAX_FILE_SIZE) -> bytes:
     """The bytes of a regular file of at most `limit` bytes, or Unreadable."""
     try:
@@ -206,7 +210,7 @@ def read_file(name: str, limit: int = MAX_FILE_SIZE) -> bytes:
             what = next((w for test, w in _FILE_KINDS if test(st.st_mode)), "not a regular file")
             raise Unreadable(f"it is {what}; expected a regular file")
         if st.st_size > limit:
-            raise Unreadable(f"it is {st.st_size} bytes; at most {limit} ({limit >> 20} MiB) are read")
+            raise TooBig(f"it is {st.st_size} bytes; at most {limit} ({limit >> 20} MiB) are read")
         with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(limit + 1)  # it may have grown since fstat
     except OSError as e:
@@ -214,7 +218,7 @@ def read_file(name: str, limit: int = MAX_FILE_SIZE) -> bytes:
     finally:
         os.close(fd)
     if len(data) > limit:
-        raise Unreadable(f"it is over {limit} bytes; at most {limit >> 20} MiB are read")
+        raise TooBig(f"it is over {limit} bytes; at most {limit >> 20} MiB are read")
     return data
 
 
@@ -423,13 +427,15 @@ class _Validator(ProgramReader, AlertReader):
                 self.error(node, keypath, f"more than {MAX_ISSUES} errors: {len(found) - n} "
                            "included file(s) were not checked; fix these first")
                 break
+            left = MAX_INCLUDED_SIZE - size
             try:
-                data = read_file(inc.name, min(MAX_FILE_SIZE, MAX_INCLUDED_SIZE - size))
+                data = read_file(inc.name, min(MAX_FILE_SIZE, left))
             except Unreadable as e:
-                if size and "bytes" in str(e):
-                    e = Unreadable(f"the included files are over {MAX_INCLUDED_SIZE >> 20} MiB "
-                                   "in all; at most that much is read")
-                self.error(node, keypath, f"cannot read the included file {inc.name}: {e}")
+                why = str(e)
+                if isinstance(e, TooBig) and left < MAX_FILE_SIZE:
+                    why = (f"the included files would be over {MAX_INCLUDED_SIZE} bytes in all; "
+                           "at most that much is read")
+                self.error(node, keypath, f"cannot read the included file {inc.name}: {why}")
                 parts.append(_Part(None, None, None))
                 continue
             size += len(data)

@@ -231,7 +231,7 @@ def test_the_included_files_are_read_up_to_a_size_in_all(tmp_path: Path,
     [(_, line, _, _, message)] = issues_of(main)
     assert line == 2
     assert message == (f"cannot read the included file {tmp_path}/conf.d/b.yaml: the included "
-                       "files are over 0 MiB in all; at most that much is read")
+                       "files would be over 100 bytes in all; at most that much is read")
 
 
 def test_errors_are_capped_across_files(tmp_path: Path) -> None:
