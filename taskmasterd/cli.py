@@ -57,7 +57,14 @@ def check_config(path: str) -> int:
     if config is None:
         return 1
     n = sum(p.numprocs for p in config.programs)
-    print(f"{path}: OK ({len(config.programs)} programs, {n} processes)")
+    if not config.daemon.include:
+        print(f"{path}: OK ({len(config.programs)} programs, {n} processes)")
+        return 0
+    print(f"{path}: OK ({len(config.programs)} programs, {n} processes, "
+          f"from {len(config.files)} file{'s' if len(config.files) > 1 else ''})")
+    for f in config.files:  # which files were read, and what each gave
+        alerts = f", {len(f.alerts)} alerts" if f.alerts else ""
+        print(f"  {f.name}: {len(f.programs)} programs{alerts}")
     return 0
 
 

@@ -5,7 +5,8 @@ every error carries file:line:column and so that YAML 1.1 resolution cannot
 bite: `umask: 022` is read as the digits written, `env: {A: 042}` keeps the
 string "042", and `stdout: null` (written) is told apart from an absent key.
 
-No I/O here except reading the one file; no apprise, no asyncio, no D-Bus.
+No I/O here except reading the file and those it includes (`taskmasterd:
+{include: ...}`, taskmasterd.includes); no apprise, no asyncio, no D-Bus.
 This module is Taskmaster's schema: the top level and `taskmasterd:` here,
 `programs:` in `taskmasterd.programschema` (ProgramConfig and its key
 table), `alerts:` in `taskmasterd.alertschema`; composing the file, locating
@@ -59,6 +60,16 @@ How values are read (the node's source text decides, never YAML 1.1):
   "1"); `[]` is none. Checked across programs once all are read: an
   unknown name, a name listed twice, a program after itself and each cycle
   are errors at the item (a cycle at the item that closes it, with its path).
+* include (taskmasterd.includes): a path or glob, or a list of them,
+  relative to the main file's directory. Each file named is read (each
+  once, at most MAX_INCLUDED_FILES, each a regular file of MAX_FILE_SIZE
+  at most and MAX_INCLUDED_SIZE in all) by a validator of its own, so that
+  its issues and relative paths are its own; it may hold programs and
+  alerts only. Then the checks across programs see every file: a program
+  defined twice is an error at the second definition naming both places,
+  and after: names any program of the tree. Every issue of every file is
+  raised at once (the main file's first, then each file's in the order
+  read); Config.files says which files were read and what each defined.
 * the top-level sections taskmasterd, programs, alerts and tasks may be left
   empty (null), which means the same as absent.
 * tasks (one-shot tasks, taskmasterd/tasks): max_parallel an integer
@@ -89,9 +100,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from yaml.nodes import MappingNode, Node
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from taskmasterd import deps
+from taskmasterd import deps, includes
 
 # Re-exported: the models, the key lists and the loader's errors are part of this module's API.
 from taskmasterd.alertschema import ALERT_EVENTS as ALERT_EVENTS
@@ -113,7 +124,18 @@ from taskmasterd.programschema import ProgramReader
 from taskmasterd.programschema import parse_size as parse_size
 from taskmasterd.tasks.settings import TASK_SETTING_KEYS, TaskSettings
 from taskmasterd.tasks.spec import MAX_TIMEOUT
-from taskmasterd.yamlnodes import NUMBER_RE, Reject, is_null, kind, quoted, show, suggest, unknown_key
+from taskmasterd.yamlnodes import (
+    MAX_ISSUES,
+    NUMBER_RE,
+    Reject,
+    Reported,
+    is_null,
+    kind,
+    quoted,
+    show,
+    suggest,
+    unknown_key,
+)
 from taskmasterd.yamlnodes import ConfigError as ConfigError
 from taskmasterd.yamlnodes import ConfigIssue as ConfigIssue
 
@@ -127,18 +149,37 @@ class GlobalConfig:
     loglevel: str = "info"  # debug | info | warning | error
     logdir: str | None = None
     statedir: str | None = None
+    include: tuple[str, ...] = ()  # the patterns as written (Config.files: what they named)
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """One file of the configuration: the main one or one it includes."""
+
+    path: str  # absolute
+    name: str  # as issues name it: as given (main), or joined to the main file's name
+    programs: tuple[str, ...] = ()  # the programs it defines, in file order
+    alerts: tuple[AlertConfig, ...] = ()
 
 
 @dataclass(frozen=True)
 class Config:
-    path: str  # absolute path of the file it was read from
+    path: str  # absolute path of the main file
     daemon: GlobalConfig = GlobalConfig()
-    programs: tuple[ProgramConfig, ...] = ()  # in file order
+    programs: tuple[ProgramConfig, ...] = ()  # in file order, the main file's first
     alerts: tuple[AlertConfig, ...] = ()
     tasks: TaskSettings = field(default_factory=TaskSettings)
+    # Every file read, the main one first, then the included ones in the
+    # order read. Not part of the value: moving a program to another file
+    # changes nothing a reload acts on.
+    files: tuple[ConfigFile, ...] = field(default=(), compare=False)
 
     def program(self, name: str) -> ProgramConfig | None:
         return self._by_name.get(name)
+
+    def file_of(self, program: str) -> str:
+        """The name (as in issues) of the file defining `program`."""
+        return next((f.name for f in self.files if program in f.programs), self.path)
 
     @functools.cached_property
     def _by_name(self) -> dict[str, ProgramConfig]:
@@ -157,51 +198,68 @@ _FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
                (stat.S_ISSOCK, "a socket"))
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate `path`; raise ConfigError with all issues at once."""
-    name = os.fspath(path)
+class Unreadable(Exception):
+    """A config file cannot be read (its message says why)."""
 
-    def refuse(message: str) -> ConfigError:
-        return ConfigError([ConfigIssue(name, 1, 1, "", message)])
 
+class TooBig(Unreadable):
+    """A config file is over the size read."""
+
+
+def read_file(name: str, limit: int = MAX_FILE_SIZE) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, or Unreadable."""
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer.
         fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as e:
-        raise refuse(f"cannot read the config file: {e.strerror or e}") from None
+        raise Unreadable(e.strerror or str(e)) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             what = next((w for test, w in _FILE_KINDS if test(st.st_mode)), "not a regular file")
-            raise refuse(f"cannot read the config file: it is {what}; expected a regular file")
-        if st.st_size > MAX_FILE_SIZE:
-            raise refuse(f"cannot read the config file: it is {st.st_size} bytes; at most "
-                         f"{MAX_FILE_SIZE} ({MAX_FILE_SIZE >> 20} MiB) are read")
+            raise Unreadable(f"it is {what}; expected a regular file")
+        if st.st_size > limit:
+            raise TooBig(f"it is {st.st_size} bytes; at most {limit} ({limit >> 20} MiB) are read")
         with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(MAX_FILE_SIZE + 1)  # it may have grown since fstat
+            data = f.read(limit + 1)  # it may have grown since fstat
     except OSError as e:
-        raise refuse(f"cannot read the config file: {e.strerror or e}") from None
+        raise Unreadable(e.strerror or str(e)) from None
     finally:
         os.close(fd)
-    if len(data) > MAX_FILE_SIZE:
-        raise refuse(f"cannot read the config file: it is over {MAX_FILE_SIZE} bytes; "
-                     f"at most {MAX_FILE_SIZE >> 20} MiB are read")
+    if len(data) > limit:
+        raise TooBig(f"it is over {limit} bytes; at most {limit >> 20} MiB are read")
+    return data
+
+
+def decode(data: bytes, name: str) -> str:
+    """UTF-8 text (a BOM dropped), or ConfigError at the first bad byte."""
     try:
-        text = data.decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
         raise ConfigError(
             [ConfigIssue(name, line, column, "", f"not valid UTF-8 ({e.reason}); expected UTF-8 text")]
         ) from None
-    return parse_config(text, name)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate `path` and the files it includes; raise ConfigError
+    with all issues of all files at once."""
+    name = os.fspath(path)
+    try:
+        data = read_file(name)
+    except Unreadable as e:
+        raise ConfigError([ConfigIssue(name, 1, 1, "", f"cannot read the config file: {e}")]) from None
+    return parse_config(decode(data, name), name)
 
 
 def parse_config(text: str, path: str) -> Config:
     """Validate `text`, said to be the contents of `path`.
 
     `path` is used as written in issues; relative paths in the file are
-    resolved against its directory. Raise ConfigError with every issue.
+    resolved against its directory, and so are its include patterns (the
+    files they name are read). Raise ConfigError with every issue.
     """
     try:
         return _Validator(text, path).run()
@@ -221,11 +279,45 @@ TOP_KEYS: tuple[str, ...] = ("taskmasterd", "programs", "alerts", "tasks")
 MAX_PARALLEL = 4096
 MAX_KEEP = 36600.0  # days: a century
 MAX_QUEUED = 1_000_000  # tasks not yet ended: past this, memory and the bus suffer
-GLOBAL_KEYS: tuple[str, ...] = ("logfile", "loglevel", "logdir", "statedir")
+GLOBAL_KEYS: tuple[str, ...] = ("logfile", "loglevel", "logdir", "statedir", "include")
+
+
+INCLUDED_KEYS: tuple[str, ...] = ("programs", "alerts")  # what an included file may hold
+# The included files are read up to this many bytes in all (each also at most
+# MAX_FILE_SIZE): the whole tree is kept composed until it is checked.
+MAX_INCLUDED_SIZE = MAX_FILE_SIZE
+
+
+@dataclass
+class _Part:
+    """What one file gave: its reader (None when it could not be composed)."""
+
+    reader: _Validator | None
+    programs: tuple[ProgramConfig, ...] | None = ()
+    alerts: tuple[AlertConfig, ...] | None = ()
+    issues: list[ConfigIssue] = field(default_factory=list)
 
 
 class _Validator(ProgramReader, AlertReader):
-    """Taskmaster's schema, read off the node tree (see the module docstring)."""
+    """Taskmaster's schema, read off the node tree (see the module docstring).
+
+    One per file: the main file's reads the files it includes with one
+    each (`included=True`: programs and alerts only), then checks across
+    them all (a program defined twice, `after:`)."""
+
+    def __init__(self, text: str, path: str, *, included: bool = False) -> None:
+        super().__init__(text, path)
+        self.included = included
+        self.program_nodes: dict[str, ScalarNode] = {}  # name -> its key, for "defined twice"
+        self.include_items: list[tuple[Node, str]] = []  # each pattern's node and key path
+
+    def _program_name(self, k: ScalarNode, kp: str) -> bool:
+        self.program_nodes.setdefault(k.value, k)
+        return super()._program_name(k, kp)
+
+    def place(self, node: Node) -> str:
+        line, column = self.where(node)
+        return f"{self.file}:{line}:{column}"
 
     # ---- entry point
 
@@ -239,14 +331,40 @@ class _Validator(ProgramReader, AlertReader):
                 "(and optionally 'taskmasterd:' and 'alerts:')",
             )
             self.fail()
-        config = self._top(root)
-        if self.issues or config is None:
-            self.fail()
-        return config
+        top = self._top(root)
+        parts = [_Part(self), *self._read_included()]
+        readers = [p.reader for p in parts if p.reader is not None]
+        if len(readers) == len(parts):
+            # With a file that could not be read, its programs are unknown:
+            # the checks across files would only say so, wrongly.
+            try:
+                self._check_across(readers)
+            except ConfigError:
+                pass  # a file past MAX_ISSUES: its issues are recorded, the note too
+        issues = [*self._sorted(self.issues)]
+        for part in parts[1:]:
+            issues += self._sorted(part.reader.issues if part.reader is not None else part.issues)
+        if issues or top is None or any(p.programs is None or p.alerts is None for p in parts[1:]):
+            raise ConfigError(issues)
+        daemon, programs, alerts, tasks = top
+        files = [ConfigFile(self.abspath, self.file, tuple(p.name for p in programs), alerts)]
+        for part in parts[1:]:
+            assert part.reader is not None and part.programs is not None and part.alerts is not None
+            programs += part.programs
+            alerts += part.alerts
+            files.append(ConfigFile(part.reader.abspath, part.reader.file,
+                                    tuple(p.name for p in part.programs), part.alerts))
+        return Config(path=self.abspath, daemon=daemon, programs=programs, alerts=alerts,
+                      tasks=tasks, files=tuple(files))
+
+    @staticmethod
+    def _sorted(issues: list[ConfigIssue]) -> list[ConfigIssue]:
+        return sorted(issues, key=lambda i: (i.line, i.column))
 
     # ---- top level
 
-    def _top(self, root: Node) -> Config | None:
+    def _top(self, root: Node) -> tuple[GlobalConfig, tuple[ProgramConfig, ...],
+                                        tuple[AlertConfig, ...], TaskSettings] | None:
         if not isinstance(root, MappingNode):
             self.error(
                 root,
@@ -271,21 +389,106 @@ class _Validator(ProgramReader, AlertReader):
                 tasks = self._tasks(v)
             else:
                 self.error(k, key, self._unknown_top(key, v))
-        self._check_after()
         if daemon is None or programs is None or alerts is None or tasks is None:
             return None
-        return Config(path=self.abspath, daemon=daemon, programs=programs, alerts=alerts,
-                      tasks=tasks)
+        return daemon, programs, alerts, tasks
 
-    def _check_after(self) -> None:
-        """`after:` across programs (taskmasterd.deps): unknown names,
-        cycles..., each at the item's node. Run on every program read, even
-        when another one has errors, so that all are told at once."""
-        graph = {name: tuple(n.value for n, _ in self.after_items.get(f"programs.{name}.after", ()))
-                 for name in self.program_names}
+    def _check_across(self, readers: list[_Validator]) -> None:
+        """Across the programs of every file: a program defined twice (at the
+        second definition, naming both places) and `after:` (taskmasterd.deps:
+        unknown names, cycles..., each at the item's node). Run on every
+        program read, even when another one has errors, so that all are told
+        at once."""
+        owner: dict[str, _Validator] = {}
+        for reader in readers:
+            for name in reader.program_names:
+                first = owner.setdefault(name, reader)
+                if first is not reader:
+                    node = reader.program_nodes[name]
+                    reader.error(node, f"programs.{name}",
+                                 f"program '{name}' is defined twice: {reader.place(node)} "
+                                 f"and {first.place(first.program_nodes[name])}")
+        graph = {name: tuple(n.value for n, _ in r.after_items.get(f"programs.{name}.after", ()))
+                 for name, r in owner.items()}
         for program, i, message in deps.after_problems(graph):
-            node, keypath = self.after_items[f"programs.{program}.after"][i]
-            self.error(node, keypath, message)
+            reader = owner[program]
+            node, keypath = reader.after_items[f"programs.{program}.after"][i]
+            reader.error(node, keypath, message)
+
+    # ---- included files
+
+    def _read_included(self) -> list[_Part]:
+        """Each file the include patterns name, read and validated by its own
+        reader; what cannot be read is an issue at the pattern's item."""
+        if not self.include_items:
+            return []
+        patterns = [node.value for node, _ in self.include_items]
+        found, problems = includes.expand(self.file, patterns)
+        for problem in problems:
+            node, keypath = self.include_items[problem.item]
+            self.error(node, keypath, problem.message)
+        parts: list[_Part] = []
+        size = 0
+        for n, inc in enumerate(found):
+            node, keypath = self.include_items[inc.item]
+            if len(self.issues) + sum(len(p.issues) + len(p.reader.issues if p.reader else [])
+                                      for p in parts) >= MAX_ISSUES:
+                self.error(node, keypath, f"more than {MAX_ISSUES} errors: {len(found) - n} "
+                           "included file(s) were not checked; fix these first")
+                break
+            left = MAX_INCLUDED_SIZE - size
+            try:
+                data = read_file(inc.name, min(MAX_FILE_SIZE, left))
+            except Unreadable as e:
+                why = str(e)
+                if isinstance(e, TooBig) and left < MAX_FILE_SIZE:
+                    why = (f"the included files would be over {MAX_INCLUDED_SIZE} bytes in all; "
+                           "at most that much is read")
+                self.error(node, keypath, f"cannot read the included file {inc.name}: {why}")
+                parts.append(_Part(None, None, None))
+                continue
+            size += len(data)
+            parts.append(self._read_one(inc.name, data))
+        return parts
+
+    @staticmethod
+    def _read_one(name: str, data: bytes) -> _Part:
+        try:
+            reader = _Validator(decode(data, name), name, included=True)
+        except ConfigError as e:
+            return _Part(None, None, None, e.issues)
+        try:
+            programs, alerts = reader.part()
+        except ConfigError:
+            return _Part(None, None, None, reader.issues)
+        except RecursionError:
+            return _Part(None, None, None, [ConfigIssue(
+                name, 1, 1, "", "the file is nested too deeply to be read; simplify it")])
+        return _Part(reader, programs, alerts)
+
+    def part(self) -> tuple[tuple[ProgramConfig, ...] | None, tuple[AlertConfig, ...] | None]:
+        """An included file's programs and alerts (None: invalid, issues recorded)."""
+        root = self._compose()
+        if root is None or is_null(root):
+            return (), ()  # an empty file in conf.d: nothing (a placeholder)
+        if not isinstance(root, MappingNode):
+            self.error(root, "", "an included file must be a mapping with the keys programs "
+                       f"and alerts; found {kind(root)}")
+            return None, None
+        programs: tuple[ProgramConfig, ...] | None = ()
+        alerts: tuple[AlertConfig, ...] | None = ()
+        for k, v in self.entries(root, ""):
+            key = k.value
+            if key == "programs":
+                programs = self._programs(v)
+            elif key == "alerts":
+                alerts = self._alerts(v)
+            elif key in TOP_KEYS:
+                self.error(k, key, f"'{key}:' belongs in the main configuration file; an "
+                           "included file holds only 'programs:' and 'alerts:'")
+            else:
+                self.error(k, key, self._unknown_top(key, v))
+        return programs, alerts
 
     def _unknown_top(self, key: str, value: Node) -> str:
         msg = f"unknown top-level key '{key}'"
@@ -315,11 +518,13 @@ class _Validator(ProgramReader, AlertReader):
         for k, v in self.entries(node, "taskmasterd"):
             key = k.value
             kp = f"taskmasterd.{key}"
+            include: Callable[[Node], Any] = functools.partial(self._include, kp=kp)
             reader: Callable[[Node], Any] | None = {
                 "logfile": self._path,
                 "logdir": self._path,
                 "statedir": self._path,
                 "loglevel": self._loglevel,
+                "include": include,
             }.get(key)
             if reader is None:
                 self.error(k, kp, unknown_key(key, GLOBAL_KEYS, "taskmasterd"))
@@ -327,6 +532,28 @@ class _Validator(ProgramReader, AlertReader):
                 continue
             ok = self._read(reader, v, kp, values, key) and ok
         return GlobalConfig(**values) if ok else None
+
+    def _include(self, node: Node, kp: str) -> tuple[str, ...]:
+        """A path or glob, or a list of them (`[]`: none), relative to this
+        file's directory; the files they name are read by `_read_included`."""
+        what = "a path or glob like conf.d/*.yaml"
+        items = [(node, kp)] if not isinstance(node, SequenceNode) else \
+            [(item, f"{kp}[{i}]") for i, item in enumerate(node.value)]
+        if len(items) > includes.MAX_PATTERNS:
+            raise Reject(f"{len(items)} patterns; at most {includes.MAX_PATTERNS} (a glob such "
+                         "as conf.d/*.yaml names many files)")
+        patterns: list[str] = []
+        bad = False
+        for item, ikp in items:
+            try:
+                patterns.append(self._text(item, what, strict=True))
+                self.include_items.append((item, ikp))
+            except Reject as r:
+                self.error(item, ikp, r.message)
+                bad = True
+        if bad:
+            raise Reported()
+        return tuple(patterns)
 
     def _loglevel(self, node: Node) -> str:
         text = self._text(node, "a log level (debug, info, warning or error)")

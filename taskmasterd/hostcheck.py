@@ -1,6 +1,6 @@
 """Checks of a loaded configuration against this host.
 
-`config.py` is pure: it reads one file and nothing else, so it cannot know
+`config.py` is pure: it reads the config files and nothing else, so it cannot know
 that `stdout: journal` names a journal this host does not have (the spawn
 then failed with `ENOENT (open stdout)`). `load()` is what the daemon and
 `--check-config` call instead of `config.load_config`: the same errors, plus
@@ -11,6 +11,7 @@ alert URL, through `alerts.urls.url_issues`.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import stat
@@ -55,18 +56,29 @@ def host_issues(config: Config, *, journal: Callable[[], bool] = journal_present
                    "is not installed; install it, or write a file path")
     else:
         return []
-    return [ConfigIssue(config.path, out.line, out.column, f"programs.{name}.{stream}", problem)
+    return [ConfigIssue(config.file_of(name), out.line, out.column, f"programs.{name}.{stream}",
+                        problem)
             for name, stream, out in wanted]
+
+
+def _alert_issues(config: Config) -> list[ConfigIssue]:
+    """url_issues file by file: each alert at its place in its own file."""
+    if not config.files:
+        return url_issues(config)
+    return [issue for f in config.files if f.alerts
+            for issue in url_issues(dataclasses.replace(config, path=f.name, alerts=f.alerts))]
 
 
 def load(path: str | Path, *, journal: Callable[[], bool] = journal_present) -> Config:
     """`config.load_config(path)` plus `host_issues` and the alert URLs apprise
-    cannot use; ConfigError with every issue."""
+    cannot use; ConfigError with every issue (file by file, the main one first)."""
     config = load_config(path)
-    issues = host_issues(config, journal=journal) + url_issues(config)
+    issues = host_issues(config, journal=journal) + _alert_issues(config)
     if issues:
         # Issues name the file as given, like load_config's.
         name = os.fspath(path)
-        raise ConfigError(sorted((ConfigIssue(name, i.line, i.column, i.keypath, i.message)
-                                  for i in issues), key=lambda i: (i.line, i.column)))
+        order = {f.name: n for n, f in enumerate(config.files)}
+        named = [ConfigIssue(name if i.file == config.path else i.file, i.line, i.column,
+                             i.keypath, i.message) for i in issues]
+        raise ConfigError(sorted(named, key=lambda i: (order.get(i.file, 0), i.line, i.column)))
     return config

@@ -108,6 +108,7 @@ def test_the_package_holds_the_programs_units_policy_and_config(built: Built) ->
                  f"/usr/share/dbus-1/interfaces/{BUS_NAME}.Manager.xml",
                  f"/usr/share/dbus-1/interfaces/{BUS_NAME}.Program.xml",
                  "/etc/taskmaster/taskmaster.yaml", "/etc/logrotate.d/taskmasterd",
+                 "/etc/taskmaster/conf.d/README",
                  f"{site}/taskmasterd/bus/{BUS_NAME}.conf",
                  f"{site}/taskmasterd/__init__.py", f"{site}/taskmasterd/bus/__init__.py",
                  f"{site}/taskctl/__init__.py",
@@ -130,6 +131,11 @@ def test_the_package_holds_the_programs_units_policy_and_config(built: Built) ->
         (REPO / "etc/taskmaster-web.service").read_bytes()
     assert (root / "etc/taskmaster/taskmaster.yaml").read_bytes() == \
         (REPO / "etc/taskmaster.yaml").read_bytes()
+    # conf.d (issue 19): shipped with its README only, and included by the default config.
+    assert [p.name for p in (root / "etc/taskmaster/conf.d").iterdir()] == ["README"]
+    assert (root / "etc/taskmaster/conf.d/README").read_bytes() == \
+        (REPO / "etc/conf.d/README").read_bytes()
+    assert 'include: ["conf.d/*.yaml"]' in (root / "etc/taskmaster/taskmaster.yaml").read_text()
 
 
 def test_the_docs_are_where_the_man_pages_say(built: Built) -> None:
@@ -163,7 +169,8 @@ def test_the_example_configuration_is_a_conffile(built: Built) -> None:
     e = run("dpkg-deb", "-e", built.deb, control)
     assert e.returncode == 0, e.stderr
     assert sorted((control / "conffiles").read_text().split()) == [
-        "/etc/logrotate.d/taskmasterd", "/etc/taskmaster/taskmaster.yaml"]
+        "/etc/logrotate.d/taskmasterd", "/etc/taskmaster/conf.d/README",
+        "/etc/taskmaster/taskmaster.yaml"]
     postinst = (control / "postinst").read_text()
     assert "addgroup --system" in postinst and "taskmaster" in postinst
     assert "deb-systemd-helper enable 'taskmasterd.service'" in postinst  # system unit enabled
