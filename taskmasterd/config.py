@@ -94,7 +94,6 @@ from __future__ import annotations
 
 import functools
 import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +109,8 @@ from taskmasterd.alertschema import DEFAULT_ALERT_RATE as DEFAULT_ALERT_RATE
 from taskmasterd.alertschema import TEMPLATE_FIELDS as TEMPLATE_FIELDS
 from taskmasterd.alertschema import AlertConfig as AlertConfig
 from taskmasterd.alertschema import AlertReader
+from taskmasterd.configread import MAX_FILE_SIZE as MAX_FILE_SIZE
+from taskmasterd.configread import TooBig, Unreadable, decode, read_file
 from taskmasterd.programschema import DEFAULT_BACKUPS as DEFAULT_BACKUPS
 from taskmasterd.programschema import DEFAULT_MAXBYTES as DEFAULT_MAXBYTES
 from taskmasterd.programschema import LAUNCH_KEYS as LAUNCH_KEYS
@@ -123,15 +124,13 @@ from taskmasterd.programschema import ProgramConfig as ProgramConfig
 from taskmasterd.programschema import ProgramReader
 from taskmasterd.programschema import parse_size as parse_size
 from taskmasterd.tasks.settings import TASK_SETTING_KEYS, TaskSettings
-from taskmasterd.tasks.spec import MAX_TIMEOUT
+from taskmasterd.taskschema import TasksReader
 from taskmasterd.yamlnodes import (
     MAX_ISSUES,
-    NUMBER_RE,
     Reject,
     Reported,
     is_null,
     kind,
-    quoted,
     show,
     suggest,
     unknown_key,
@@ -188,61 +187,6 @@ class Config:
         return {p.name: p for p in self.programs}
 
 
-# The largest configuration file read: a file of 1,000 programs is ~100 KB.
-# Anything bigger is refused before it is read (`--check-config /dev/zero`
-# would read until the kernel stopped it).
-MAX_FILE_SIZE = 16 * 1024 * 1024
-
-_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
-               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-               (stat.S_ISSOCK, "a socket"))
-
-
-class Unreadable(Exception):
-    """A config file cannot be read (its message says why)."""
-
-
-class TooBig(Unreadable):
-    """A config file is over the size read."""
-
-
-def read_file(name: str, limit: int = MAX_FILE_SIZE) -> bytes:
-    """The bytes of a regular file of at most `limit` bytes, or Unreadable."""
-    try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer.
-        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except OSError as e:
-        raise Unreadable(e.strerror or str(e)) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            what = next((w for test, w in _FILE_KINDS if test(st.st_mode)), "not a regular file")
-            raise Unreadable(f"it is {what}; expected a regular file")
-        if st.st_size > limit:
-            raise TooBig(f"it is {st.st_size} bytes; at most {limit} ({limit >> 20} MiB) are read")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(limit + 1)  # it may have grown since fstat
-    except OSError as e:
-        raise Unreadable(e.strerror or str(e)) from None
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        raise TooBig(f"it is over {limit} bytes; at most {limit >> 20} MiB are read")
-    return data
-
-
-def decode(data: bytes, name: str) -> str:
-    """UTF-8 text (a BOM dropped), or ConfigError at the first bad byte."""
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise ConfigError(
-            [ConfigIssue(name, line, column, "", f"not valid UTF-8 ({e.reason}); expected UTF-8 text")]
-        ) from None
-
-
 def load_config(path: str | Path) -> Config:
     """Read and validate `path` and the files it includes; raise ConfigError
     with all issues of all files at once."""
@@ -276,9 +220,6 @@ def parse_config(text: str, path: str) -> Config:
 
 
 TOP_KEYS: tuple[str, ...] = ("taskmasterd", "programs", "alerts", "tasks")
-MAX_PARALLEL = 4096
-MAX_KEEP = 36600.0  # days: a century
-MAX_QUEUED = 1_000_000  # tasks not yet ended: past this, memory and the bus suffer
 GLOBAL_KEYS: tuple[str, ...] = ("logfile", "loglevel", "logdir", "statedir", "include")
 
 
@@ -298,7 +239,7 @@ class _Part:
     issues: list[ConfigIssue] = field(default_factory=list)
 
 
-class _Validator(ProgramReader, AlertReader):
+class _Validator(ProgramReader, AlertReader, TasksReader):
     """Taskmaster's schema, read off the node tree (see the module docstring).
 
     One per file: the main file's reads the files it includes with one
@@ -561,44 +502,3 @@ class _Validator(ProgramReader, AlertReader):
             raise Reject(f"expected debug, info, warning or error, found {show(node)}")
         return text.lower()
 
-    # ---- tasks:
-
-    def _tasks(self, node: Node) -> TaskSettings | None:
-        if is_null(node):
-            return TaskSettings()
-        if not isinstance(node, MappingNode):
-            self.error(node, "tasks", f"expected a mapping of task settings, found {kind(node)}")
-            return None
-        values: dict[str, Any] = {}
-        ok = True
-        for k, v in self.entries(node, "tasks"):
-            key = k.value
-            kp = f"tasks.{key}"
-            reader: Callable[[Node], Any] | None = {
-                "max_parallel": lambda n: self._int(n, 1, MAX_PARALLEL),
-                "keep": lambda n: self._number(n, "a number of days like 7 or 0.5", 0.0,
-                                               MAX_KEEP, zero=False),
-                "timeout": lambda n: self._number(n, "a number of seconds like 60 or 0 (none)",
-                                                  0.0, MAX_TIMEOUT),
-                "stopsignal": self._signal,
-                "stoptime": self._seconds,
-                "max_queued": lambda n: self._int(n, 1, MAX_QUEUED),
-            }.get(key)
-            if reader is None:
-                self.error(k, kp, unknown_key(key, TASK_SETTING_KEYS, "tasks"))
-                ok = False
-                continue
-            ok = self._read(reader, v, kp, values, key) and ok
-        return TaskSettings(**values) if ok else None
-
-    def _number(self, node: Node, what: str, lo: float, hi: float, zero: bool = True) -> float:
-        """An unquoted decimal number in [lo, hi] (lo excluded when not `zero`)."""
-        scalar = self._scalar(node, what)
-        if quoted(scalar) or not NUMBER_RE.fullmatch(scalar.value):
-            raise Reject(f"expected {what}, found {show(scalar)}")
-        value = float(scalar.value)
-        if value < lo or (not zero and value == lo):
-            raise Reject(f"must be {'>=' if zero else '>'} {lo:g}, found {scalar.value}")
-        if value > hi:
-            raise Reject(f"must be <= {hi:.10g}, found {scalar.value}")
-        return value
