@@ -43,44 +43,51 @@ def _literal(text: str) -> str:
 def translate(value: str, names: Names, allow_vars: bool = True) -> Expanded:
     """`value` as supervisord writes it -> our text. `allow_vars`: the key
     takes %{...} (cmd, env values, workingdir, stdout, stderr)."""
-    out: list[str] = []
+    out: list[str] = []  # our text, escaped
+    lit: list[str] = []  # literal text not yet escaped: `%%` + `{` must escape as one
     problems: list[str] = []
     uses = False
     pos = 0
+
+    def flush() -> None:
+        out.append(_literal("".join(lit)))
+        lit.clear()
+
     for m in _TOKEN_RE.finditer(value):
-        out.append(_literal(value[pos:m.start()]))
+        lit.append(value[pos:m.start()])
         pos = m.end()
         tok = m.group(0)
         if tok == "%%":
-            out.append("%")
+            lit.append("%")
             continue
         if tok == "%":
             problems.append("a lone '%' (supervisord refuses the value: write %%); kept as is")
-            out.append("%")
+            lit.append("%")
             continue
         name, fmt = m.group("name"), m.group("fmt")
         fixed = _fixed(name, names)
         if fixed is not None:
             try:
-                out.append(_literal(("%" + fmt) % fixed))
+                lit.append(("%" + fmt) % fixed)
             except (TypeError, ValueError):
-                out.append(_literal(str(fixed)))
+                lit.append(str(fixed))
             continue
         var, problem = _variable(name, fmt, names)
         if problem:
             problems.append(problem)
-        if var is None:
+        if var is None or not allow_vars:
+            if var is not None:
+                problems.append(f"{tok} varies per process or host, which this key cannot; kept as is")
+            flush()
             out.append(tok)
             continue
-        if not allow_vars:
-            problems.append(f"{tok} varies per process or host, which this key cannot; kept as is")
-            out.append(tok)
-            continue
-        if out and out[-1].endswith("%"):
+        flush()
+        if out[-1].endswith("%"):
             problems.append(f"a '%' right before {tok} would read as an escape; check the value")
         out.append(var)
         uses = True
-    out.append(_literal(value[pos:]))
+    lit.append(value[pos:])
+    flush()
     return Expanded("".join(out), problems, uses)
 
 
