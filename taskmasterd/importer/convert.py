@@ -45,7 +45,7 @@ def _merge(tree: Tree, notes: Notes) -> list[tuple[SourceFile, list[Section]]]:
         own: list[Section] = []
         for sec in f.sections:
             first = seen.get(sec.name)
-            if first is None:
+            if first is None or sec.name == "include":  # an included one is ignored (below)
                 seen[sec.name] = sec
                 own.append(sec)
                 continue

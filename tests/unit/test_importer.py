@@ -236,3 +236,20 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     with pytest.raises(SystemExit) as exc:
         main(["-o", str(out)])
     assert exc.value.code == 2
+
+
+def test_sections_merge_across_files_as_supervisord(tmp_path: Path) -> None:
+    main_conf = write(tmp_path / "supervisord.conf", "[program:web]\ncommand=web\nstartsecs=1\n"
+                                                     "[include]\nfiles=conf.d/*.conf\n")
+    extra = write(tmp_path / "conf.d" / "more.conf", "[program:web]\nstartsecs=5\n"
+                                                     "[include]\nfiles=*.conf\n")
+    result = convert(str(main_conf))
+    assert list(result.files) == ["taskmaster.yaml"]  # the merged program stays where it began
+    doc = yaml.safe_load(result.files["taskmaster.yaml"])
+    assert doc["programs"] == {"web": {"cmd": "web", "starttime": 5}}
+    assert [str(n) for n in result.notes] == [
+        f"{main_conf}:1: [supervisord] missing (supervisord refuses such a file); imported anyway",
+        f"{extra}:1: [program:web] also defined at {main_conf}:1; merged, the later options win "
+        "(as supervisord does)",
+        f"{extra}:3: [include] ignored, as supervisord ignores [include] in included files",
+    ]
