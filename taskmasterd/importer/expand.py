@@ -12,6 +12,8 @@ variable: `%{process_num}`, `%{host}`, `%{env.NAME}`.
 
 from __future__ import annotations
 
+import os
+import platform
 import re
 from dataclasses import dataclass, field
 
@@ -121,3 +123,41 @@ def _variable(name: str, fmt: str, names: Names) -> tuple[str | None, str | None
     if name.startswith("ENV_") and name[4:]:
         return "%{env." + name[4:] + "}", None
     return None, f"%({name}){fmt}: supervisord has no such name here; kept as is"
+
+
+class _Lookup(dict[str, object]):
+    """supervisord's names, with ENV_X looked up in this process's environment."""
+
+    def __init__(self, table: dict[str, object]) -> None:
+        super().__init__(table)
+        self.used: list[str] = []
+
+    def __missing__(self, key: str) -> object:
+        if key.startswith("ENV_") and key[4:] in os.environ:
+            self.used.append(key[4:])
+            return os.environ[key[4:]]
+        raise KeyError(key)
+
+
+def expand_now(value: str, names: Names) -> tuple[str, list[str]]:
+    """A value of a key that takes no %{...} (numprocs, startsecs, user...),
+    expanded now as supervisord would at its start: `%(ENV_X)s` from the
+    environment the importer runs in (said in the report)."""
+    if "%" not in value:
+        return value, []
+    table: dict[str, object] = {"program_name": names.program, "group_name": names.group,
+                                "host_node_name": platform.node(), "numprocs": names.numprocs,
+                                "process_num": names.numprocs_start,
+                                **{f"ENV_{k}": v for k, v in names.env.items()}}
+    lookup = _Lookup(table)
+    try:
+        out = value % lookup
+    except KeyError as exc:
+        return value, [f"cannot expand {value!r}: {exc} is not set here; left out"]
+    except (ValueError, TypeError) as exc:
+        return value, [f"cannot expand {value!r}: {exc}; left out"]
+    if not lookup.used:
+        return out, []
+    used = ", ".join(f"{k}={os.environ[k]}" for k in lookup.used)
+    return out, [f"{value!r} is expanded now, with this environment ({used}): "
+                 f"written as {out!r}"]

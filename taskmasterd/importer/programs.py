@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from taskmasterd.importer.envstr import EnvironmentError_, parse_environment
-from taskmasterd.importer.expand import Names, translate
+from taskmasterd.importer.expand import Names, expand_now, translate
 from taskmasterd.importer.ini import Section
 from taskmasterd.importer.report import Notes
 from taskmasterd.programschema import parse_size
@@ -27,6 +27,11 @@ UNSUPPORTED: dict[str, str] = {
     "stdout_syslog": "write 'stdout: journal' to send the output to the journal",
     "stderr_syslog": "write 'stderr: journal' to send the output to the journal",
 }
+
+
+# The options whose %(...)s become our %{...} (the others are expanded now).
+_TRANSLATED = ("command", "directory", "environment", "process_name", "stdout_logfile",
+               "stderr_logfile")
 
 
 @dataclass
@@ -63,11 +68,20 @@ def _int(text: str) -> int | None:
 
 
 def read_program(section: Section, notes: Notes, group: str | None) -> Program:
-    o = section.options
+    o = dict(section.options)
     name = program_name(section, notes)
     body: dict[str, Any] = {}
+    group_name = group or section.label.strip()
+    # numprocs (and the other plain keys) may use %(ENV_X)s too: expanded first
+    for option in ("numprocs", "numprocs_start"):
+        if option in o:
+            o[option], problems = expand_now(o[option], Names(section.label.strip(), group_name))
+            for p in problems:
+                notes.add(section, option, p)
 
     def bad(option: str, expected: str) -> None:
+        if "%(" in o[option]:
+            return  # its expansion is reported already
         notes.add(section, option, f"{o[option]!r} is not {expected} (supervisord refuses it); left out")
 
     numprocs = _int(o.get("numprocs", "1"))
@@ -76,7 +90,7 @@ def read_program(section: Section, notes: Notes, group: str | None) -> Program:
             bad("numprocs", "a number 1-1000")
         numprocs = 1
     start = _int(o.get("numprocs_start", "0")) or 0
-    names = Names(program=section.label.strip(), group=group or section.label.strip(),
+    names = Names(program=section.label.strip(), group=group_name,
                   numprocs=numprocs, numprocs_start=start)
 
     # environment= first: supervisord adds it to the names of the other values
@@ -93,6 +107,11 @@ def read_program(section: Section, notes: Notes, group: str | None) -> Program:
                 notes.add(section, "environment", f"{k}: {p}")
             env[k] = ex.text
         names.env = dict(env)
+    for option in o:
+        if option not in _TRANSLATED and option not in ("numprocs", "numprocs_start"):
+            o[option], problems = expand_now(o[option], names)
+            for p in problems:
+                notes.add(section, option, p)
 
     def text(option: str, allow_vars: bool = True) -> str | None:
         if option not in o:
@@ -115,7 +134,7 @@ def read_program(section: Section, notes: Notes, group: str | None) -> Program:
     workingdir = text("directory")
     if workingdir is not None:
         body["workingdir"] = workingdir
-    umask = text("umask", False)
+    umask = o.get("umask")
     if umask is not None:
         digits = umask.strip()
         if re.fullmatch(r"0?[0-7]{1,3}", digits):
@@ -157,13 +176,13 @@ def read_program(section: Section, notes: Notes, group: str | None) -> Program:
         if option in o and _bool(o[option]) is False:
             notes.add(section, option, "Taskmaster always signals the whole process group "
                                        "(a program is its process group)")
-    user = text("user", False)
+    user = o.get("user")
     if user is not None:
         body["user"] = user
     if env:
         body["env"] = env
     redirect = _bool(o.get("redirect_stderr", "false")) is True
-    _outputs(section, body, text, redirect, notes)
+    _outputs(section, o, body, text, redirect, notes)
     for option, why in UNSUPPORTED.items():
         if option in o:
             notes.add(section, option, f"not supported ({why})")
@@ -175,9 +194,25 @@ def read_program(section: Section, notes: Notes, group: str | None) -> Program:
     for option in o:
         if option not in known:
             notes.add(section, option, "unknown to supervisord 4 and to Taskmaster; left out")
+    _relative_paths(section, body, notes)
     priority = _int(o.get("priority", "999"))
     autostart = _bool(o.get("autostart", "true")) is not False
     return Program(name, section, body, 999 if priority is None else priority, autostart)
+
+
+def _relative_paths(section: Section, body: dict[str, Any], notes: Notes) -> None:
+    """supervisord resolves a relative path against its own working
+    directory; Taskmaster against the directory of the YAML file."""
+    why = ("a relative path: supervisord resolves it against its working directory, Taskmaster "
+           "against the YAML file's; write it absolute")
+    for ours, theirs in (("workingdir", "directory"), ("stdout", "stdout_logfile"),
+                         ("stderr", "stderr_logfile")):
+        value = body.get(ours)
+        if isinstance(value, str) and not value.startswith(("/", "%{")):
+            notes.add(section, theirs, why)
+    argv0 = body["cmd"].split(None, 1)[0] if body["cmd"].split() else ""
+    if "/" in argv0 and not argv0.startswith(("/", "%{")):
+        notes.add(section, "command", why.replace("a relative path", "a relative program path"))
 
 
 def _process_name(section: Section, name: str, numprocs: int, notes: Notes) -> None:
@@ -192,8 +227,8 @@ def _process_name(section: Section, name: str, numprocs: int, notes: Notes) -> N
               f"the processes are named {ours} (supervisord: {section.label}:<process_name>)")
 
 
-def _outputs(section: Section, body: dict[str, Any], text: Any, redirect: bool, notes: Notes) -> None:
-    o = section.options
+def _outputs(section: Section, o: dict[str, str], body: dict[str, Any], text: Any, redirect: bool,
+             notes: Notes) -> None:
     for stream in ("stdout", "stderr"):
         key = f"{stream}_logfile"
         if stream == "stderr" and redirect:

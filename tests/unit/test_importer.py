@@ -253,3 +253,27 @@ def test_sections_merge_across_files_as_supervisord(tmp_path: Path) -> None:
         "(as supervisord does)",
         f"{extra}:3: [include] ignored, as supervisord ignores [include] in included files",
     ]
+
+
+def test_plain_keys_are_expanded_now(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the Laravel documentation's pattern: numprocs and user from the environment
+    monkeypatch.setenv("QUEUE_WORKERS", "4")
+    monkeypatch.setenv("APP_USER", "www-data")
+    monkeypatch.delenv("QUEUE_TIMEOUT", raising=False)
+    conf = write(tmp_path / "s.conf", "[supervisord]\n[program:q]\ncommand=php artisan queue:work\n"
+                                      "numprocs=%(ENV_QUEUE_WORKERS)s\nuser=%(ENV_APP_USER)s\n"
+                                      "stopwaitsecs=%(ENV_QUEUE_TIMEOUT)s\n")
+    programs, notes = programs_of(conf)
+    assert programs["q"] == {"cmd": "php artisan queue:work", "numprocs": 4, "user": "www-data"}
+    assert f"{conf}:4: [program:q] numprocs: '%(ENV_QUEUE_WORKERS)s' is expanded now, with this " \
+           "environment (QUEUE_WORKERS=4): written as '4'" in notes
+    assert f"{conf}:6: [program:q] stopwaitsecs: cannot expand '%(ENV_QUEUE_TIMEOUT)s': " \
+           "'ENV_QUEUE_TIMEOUT' is not set here; left out" in notes
+
+
+def test_relative_paths_are_reported(tmp_path: Path) -> None:
+    conf = write(tmp_path / "s.conf", "[supervisord]\n[program:r]\ncommand=./bin/r\n"
+                                      "directory=app\nstdout_logfile=logs/r.log\n")
+    _, notes = programs_of(conf)
+    assert [n.split(": ", 1)[0] for n in notes] == [f"{conf}:3", f"{conf}:4", f"{conf}:5"]
+    assert all("relative" in n for n in notes)
