@@ -184,7 +184,7 @@ def read_program(section: Section, notes: Notes, group: str | None) -> Program:
     redirect = _bool(o.get("redirect_stderr", "false")) is True
     _outputs(section, o, body, text, redirect, notes)
     for option, why in UNSUPPORTED.items():
-        if option in o:
+        if option in o and not _is_off(option, o[option]):
             notes.add(section, option, f"not supported ({why})")
     known = {"command", "numprocs", "numprocs_start", "process_name", "directory", "umask",
              "autostart", "autorestart", "exitcodes", "startretries", "startsecs",
@@ -198,6 +198,15 @@ def read_program(section: Section, notes: Notes, group: str | None) -> Program:
     priority = _int(o.get("priority", "999"))
     autostart = _bool(o.get("autostart", "true")) is not False
     return Program(name, section, body, 999 if priority is None else priority, autostart)
+
+
+def _is_off(option: str, value: str) -> bool:
+    """An unsupported option left at its default changes nothing: not reported."""
+    if option == "serverurl":
+        return value.strip().upper() == "AUTO"
+    if option.endswith("_capture_maxbytes"):
+        return parse_size(value) == 0
+    return _bool(value) is False
 
 
 def _relative_paths(section: Section, body: dict[str, Any], notes: Notes) -> None:

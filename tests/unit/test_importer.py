@@ -277,3 +277,22 @@ def test_relative_paths_are_reported(tmp_path: Path) -> None:
     _, notes = programs_of(conf)
     assert [n.split(": ", 1)[0] for n in notes] == [f"{conf}:3", f"{conf}:4", f"{conf}:5"]
     assert all("relative" in n for n in notes)
+
+
+def test_the_samples_program_section(tmp_path: Path) -> None:
+    """echo_supervisord_conf's commented [program:theprogramname], every option, uncommented."""
+    lines = (DATA / "sample" / "supervisord.conf").read_text().split("\n")
+    start = lines.index(";[program:theprogramname]")
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].strip() in ("", ";"))
+    conf = write(tmp_path / "s.conf", "\n".join(["[supervisord]", *(ln[1:] for ln in lines[start:end])]))
+    programs, notes = programs_of(conf)
+    assert programs == {"theprogramname": {
+        "cmd": "/bin/cat", "workingdir": "/tmp", "umask": "022", "autostart": True,
+        "autorestart": "unexpected", "exitcodes": [0], "startretries": 3, "starttime": 1,
+        "stoptime": 10, "stopsignal": "QUIT", "user": "chrism", "env": {"A": "1", "B": "2"},
+        "stdout": "/a/path", "stdout_maxbytes": "1MB", "stdout_backups": 10,
+        "redirect_stderr": True}}
+    # options left at their defaults (events off, serverurl AUTO) are not reported
+    assert [n.split("] ", 1)[1].split(":")[0] for n in notes] == [
+        "stopasgroup", "killasgroup", "stdout_capture_maxbytes", "stderr_logfile",
+        "stderr_capture_maxbytes"]
