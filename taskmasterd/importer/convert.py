@@ -91,8 +91,8 @@ def convert_tree(tree: Tree) -> Converted:
             p.body["after"] = after[p.name]
             where = "priority" if "priority" in p.source.options else None
             notes.add(p.source, where,
-                      f"priority {level_of[p.name]}: written as after: {after[p.name]} (it starts "
-                      "once they are RUNNING; supervisord only starts them first)")
+                      f"priority {level_of[p.name]}: written as after: [{', '.join(after[p.name])}] "
+                      "(it starts once they are RUNNING; supervisord only starts them first)")
     has_include = bool(tree.includes) or any(s.name == "include" for s in tree.main.sections)
     _layout(result, tree, programs, daemon, has_include)
     # the report reads file by file, top to bottom

@@ -181,7 +181,7 @@ priority=3000
     assert programs["web"]["after"] == ["app"]  # 999, the default
     assert programs["late"]["after"] == ["web"]
     assert programs["g1"]["after"] == ["late"]  # a group member takes the group's priority
-    assert any("[program:app] priority: priority 5: written as after: ['db']" in n for n in notes)
+    assert any("[program:app] priority: priority 5: written as after: [db]" in n for n in notes)
 
 
 def test_one_priority_level_gives_no_after() -> None:
