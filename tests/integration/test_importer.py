@@ -51,9 +51,10 @@ def _supervisord() -> str | None:
     return str(mine) if mine.exists() else shutil.which("supervisord")
 
 
-def _check_config(path: Path) -> subprocess.CompletedProcess[str]:
+def _check_config(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "taskmasterd", "--check-config", str(path)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+                          capture_output=True, text=True, cwd=ROOT, timeout=60,
+                          env={**os.environ, **(env or {})})
 
 
 def _accepted(text: str) -> bool:
@@ -201,7 +202,8 @@ def test_round_trip(case: str, workdir: Path, daemons: Callable[..., Daemon],
     assert imported.returncode == 0, imported.stderr
     main = out / "taskmaster.yaml"
     skip_unless_loader_takes([main, *sorted(out.glob("conf.d/*.yaml"))])
-    checked = _check_config(main)
+    env = {"POD_NAME": "pod-7"}  # groundx's %(ENV_POD_NAME)s: the environment of both daemons
+    checked = _check_config(main, env)
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
     doc = yaml.safe_load(main.read_text())
@@ -212,7 +214,6 @@ def test_round_trip(case: str, workdir: Path, daemons: Callable[..., Daemon],
     settings.setdefault("logdir", str(workdir / "logs"))
     main.write_text(yaml.safe_dump(doc, sort_keys=False))
 
-    env = {"POD_NAME": "pod-7"}
     # in the same working directory as taskmasterd (the harness runs it in its
     # config's): a program without directory= runs there under both
     theirs = supervisord(conf, out, env)
