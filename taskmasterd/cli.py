@@ -37,6 +37,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--run-task", metavar="FILE",
                    help="run the one task of the JSON file FILE here, without a daemon: status.json, "
                         "stdout and stderr in the current directory; exit with the task's status")
+    p.add_argument("--import-supervisord", metavar="FILE",
+                   help="convert supervisord's configuration FILE (and its [include] files) into "
+                        "DIR/taskmaster.yaml and DIR/conf.d/*.yaml; print what is not carried over "
+                        "(docs/migrating.md)")
+    p.add_argument("-o", "--output", metavar="DIR",
+                   help="with --import-supervisord: where to write (default: the current directory)")
+    p.add_argument("--force", action="store_true",
+                   help="with --import-supervisord: replace files that exist")
     p.add_argument("--version", action="version", version=f"taskmasterd {__version__}")
     return p
 
@@ -69,7 +77,14 @@ def check_config(path: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if (args.output is not None or args.force) and not args.import_supervisord:
+        p.error("-o/--output and --force go with --import-supervisord")
+    if args.import_supervisord:
+        from taskmasterd.importer.run import run as import_supervisord
+
+        return import_supervisord(args.import_supervisord, args.output or ".", args.force)
     if args.check_config:
         return check_config(args.check_config)
     if args.run_task:
