@@ -14,24 +14,20 @@ kills supervisord on an event; the importer reports them as not carried
 over). The imported taskmaster.yaml gets the test's statedir (and a logfile
 and logdir when it has none), as every integration test's config does.
 
-A case whose imported files use issue 19's syntax (`include:`, `%{...}`,
-`redirect_stderr`) is skipped while the loader does not take that syntax
-yet (the includes and variables work of issue 19, merged apart): a tiny
-probe config per feature tells. The cases that use none run today.
-supervisord is bench/.venv-supervisor's (bench.drivers.ensure_supervisor()
-makes it), or one on PATH; without it: skipped.
+supervisord is Debian's (the supervisor package, which `sh bootstrap test`
+installs with its service neither started nor enabled), else
+bench/.venv-supervisor's (bench.drivers.ensure_supervisor()); without
+either: skipped.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -47,8 +43,10 @@ _MOVED_RE = re.compile(r"(?<![\w/.-])/(etc/supervisor|var/log|var/run|run|tmp)/"
 
 
 def _supervisord() -> str | None:
+    # Debian's (the supervisor package: `sh bootstrap test` installs it, its
+    # service neither started nor enabled), else the bench's pip copy.
     mine = ROOT / "bench" / ".venv-supervisor" / "bin" / "supervisord"
-    return str(mine) if mine.exists() else shutil.which("supervisord")
+    return shutil.which("supervisord") or (str(mine) if mine.exists() else None)
 
 
 def _check_config(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -57,38 +55,9 @@ def _check_config(path: Path, env: dict[str, str] | None = None) -> subprocess.C
                           env={**os.environ, **(env or {})})
 
 
-def _accepted(text: str) -> bool:
-    with tempfile.TemporaryDirectory(prefix="tm-probe-") as d:
-        probe = Path(d) / "taskmaster.yaml"
-        probe.write_text(text)
-        return _check_config(probe).returncode == 0
-
-
-# issue 19's syntax, how to see it in an imported file, and whether the loader takes it
-_FEATURES: dict[str, tuple[str, Callable[[], bool]]] = {
-    "include": ("\n  include:", lambda: _accepted(
-        'taskmasterd: {include: ["conf.d/*.yaml"]}\nprograms: {}\n')),
-    "variables": ("%{", lambda: _accepted('programs: {p: {cmd: "echo %{program}"}}\n')
-                  and not _accepted('programs: {p: {cmd: "echo %{env.TM_PROBE_UNSET_42}"}}\n')),
-    "redirect_stderr": ("redirect_stderr:", lambda: _accepted(
-        "programs: {p: {cmd: 'true', redirect_stderr: true}}\n")),
-}
-
-
-@functools.cache
-def loader_takes(feature: str) -> bool:
-    return _FEATURES[feature][1]()
-
-
-def skip_unless_loader_takes(files: list[Path]) -> None:
-    text = "\n".join(f.read_text() for f in files)
-    missing = [name for name, (mark, _) in _FEATURES.items() if mark in text and not loader_takes(name)]
-    if missing:
-        pytest.skip(f"the config loader does not take issue 19's {', '.join(missing)} yet")
-
-
 SUPERVISORD = _supervisord()
-pytestmark = pytest.mark.skipif(SUPERVISORD is None, reason="no supervisord 4 (bench/.venv-supervisor)")
+pytestmark = pytest.mark.skipif(SUPERVISORD is None,
+                                reason="no supervisord 4 (Debian's supervisor package: sh bootstrap test)")
 
 # name -> (the main file under DATA, the directory copied with it)
 CASES = {
@@ -201,7 +170,6 @@ def test_round_trip(case: str, workdir: Path, daemons: Callable[..., Daemon],
                               capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert imported.returncode == 0, imported.stderr
     main = out / "taskmaster.yaml"
-    skip_unless_loader_takes([main, *sorted(out.glob("conf.d/*.yaml"))])
     env = {"POD_NAME": "pod-7"}  # groundx's %(ENV_POD_NAME)s: the environment of both daemons
     checked = _check_config(main, env)
     assert checked.returncode == 0, checked.stdout + checked.stderr
