@@ -129,7 +129,6 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
 def journal_fallback(ctx: Context, args: argparse.Namespace, exc: CallError) -> int:
     """The output goes to the journal: journalctl -t <program> (exec'd from the CLI)."""
     import shutil
-    import subprocess
 
     journalctl = shutil.which("journalctl")
     if journalctl is None:
@@ -139,11 +138,19 @@ def journal_fallback(ctx: Context, args: argparse.Namespace, exc: CallError) -> 
     for row in ctx.client.list_processes():
         if row.name == args.process:
             program = row.program
-    argv = [journalctl, "--no-pager", *(["-f"] if args.follow else ["-n", "20"]), "-t", program]
+    return run_journalctl(ctx, [journalctl, "--no-pager", *(["-f"] if args.follow else ["-n", "20"]),
+                                "-t", program])
+
+
+def run_journalctl(ctx: Context, argv: list[str]) -> int:
+    """journalctl as asked: exec'd from the command line (its exit status is
+    ours), a child from the shell (Ctrl-C ends it and returns to the prompt)."""
+    import subprocess
+
     ctx.out.flush()
     ctx.err.flush()
     if not ctx.interactive:
-        os.execv(journalctl, argv)
+        os.execv(argv[0], argv)
     proc = subprocess.Popen(argv)
     try:
         return proc.wait()

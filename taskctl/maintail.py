@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 
 from taskctl.context import Context
 from taskctl.exitcodes import EXIT_ERROR
-from taskctl.follow import follow_fd
+from taskctl.follow import follow_fd, run_journalctl
 
 IDENTIFIER = "taskmasterd"  # SYSLOG_IDENTIFIER of the daemon in the journal
 JOURNAL_LINES = 20  # the journal has lines, not bytes: this many first
@@ -59,16 +58,5 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
 
 def journal(ctx: Context, journalctl: str, follow: bool) -> int:
     """journalctl -t taskmasterd (exec'd from the command line)."""
-    argv = [journalctl, "--no-pager", "-n", str(JOURNAL_LINES), *(["-f"] if follow else []),
-            "-t", IDENTIFIER]
-    ctx.out.flush()
-    ctx.err.flush()
-    if not ctx.interactive:
-        os.execv(journalctl, argv)
-    proc = subprocess.Popen(argv)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait()
-        raise
+    return run_journalctl(ctx, [journalctl, "--no-pager", "-n", str(JOURNAL_LINES),
+                                *(["-f"] if follow else []), "-t", IDENTIFIER])
