@@ -117,7 +117,9 @@ def read_file(path: str) -> SourceFile:
 def read_tree(path: str) -> Tree:
     """The main file and the files its [include] names, as supervisord finds them."""
     if not os.path.isfile(path):
-        raise InputError(f"{path}: no such file")
+        what = "a directory, not a supervisord.conf" if os.path.isdir(path) else \
+            "not a regular file" if os.path.exists(path) else "no such file"
+        raise InputError(f"{path}: {what}")
     main = read_file(path)
     includes: list[SourceFile] = []
     unmatched: list[tuple[str, int, str]] = []
