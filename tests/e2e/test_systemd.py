@@ -167,6 +167,8 @@ def test_the_configuration_is_for_root_and_the_group_taskmaster(booted: Containe
     """It may hold credentials: 0640 root:taskmaster as installed (postinst)."""
     box = booted
     assert box.run(["stat", "-c", "%a %U %G", CONFIG]).stdout.split() == ["640", "root", "taskmaster"]
+    confd = "/etc/taskmaster/conf.d"  # its files may hold credentials: root and the group only
+    assert box.run(["stat", "-c", "%a %U %G", confd]).stdout.split() == ["750", "root", "taskmaster"]
     gid = box.run(["getent", "group", "taskmaster"]).stdout.split(":")[2]
     member = ["setpriv", "--reuid=65534", f"--regid={gid}", "--clear-groups"]
     outsider = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]

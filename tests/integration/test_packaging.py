@@ -318,6 +318,10 @@ def test_the_configuration_is_not_world_readable(built: Built) -> None:
     assert "for conf in /etc/taskmaster/taskmaster.yaml; do" in postinst
     assert 'dpkg-statoverride --list "$conf"' in postinst  # an admin's override is kept
     assert chown < postinst.index("deb-systemd-invoke start")  # before the service starts
+    # conf.d's files may hold credentials too: the directory is root and the group's.
+    confd = postinst.index('chown root:taskmaster "$confd"')
+    assert group < confd < postinst.index('chmod 0750 "$confd"') < postinst.index("deb-systemd-invoke start")
+    assert 'dpkg-statoverride --list "$confd"' in postinst
 
 
 def test_the_package_rotates_the_lifecycle_log(built: Built, tmp_path: Path) -> None:
