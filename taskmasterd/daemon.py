@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import signal
@@ -23,11 +22,10 @@ from taskmasterd.alerts import CLOSE_TIMEOUT, AlertDispatcher
 from taskmasterd.bus.names import BUS_NAME
 from taskmasterd.bus.service import BusService, BusUnavailable
 from taskmasterd.busaddr import BusChoice, runtime_dir
-from taskmasterd.config import Config, ConfigError
-from taskmasterd.errors import ConfigInvalid, ShuttingDown, TaskmasterError
+from taskmasterd.config import Config
+from taskmasterd.daemonreload import Reloading
+from taskmasterd.errors import ShuttingDown, TaskmasterError
 from taskmasterd.events import Event, EventBus, Kind
-from taskmasterd.exposure import exposure_warning
-from taskmasterd.hostcheck import load as load_config
 from taskmasterd.journal import JournalSink
 from taskmasterd.logpipes import DRAIN_WAIT, FINISH_TIMEOUT, writer_socket
 from taskmasterd.logsink import LifecycleLog
@@ -35,7 +33,6 @@ from taskmasterd.logwriter import raise_nofile
 from taskmasterd.notify import Notifier, status_line
 from taskmasterd.paths import resolve_paths
 from taskmasterd.probing import Probing
-from taskmasterd.reload import ReloadPlan, plan_reasons, plan_reload
 from taskmasterd.statestore import Refused, Snapshot, StateStore, StoreBusy, StoreWriter
 from taskmasterd.statestore import handover as handovers
 from taskmasterd.statestore.handover import Handover
@@ -73,7 +70,7 @@ def under_journald() -> bool:
 
 
 @dataclass
-class Daemon:
+class Daemon(Reloading):
     config_path: str
     config: Config
     bus: EventBus
@@ -222,74 +219,6 @@ class Daemon:
         daemon._warn_if_exposed(config)
         return daemon
 
-    def _warn_if_exposed(self, config: Config) -> None:
-        """One warning when the file holds credentials any user can read."""
-        # A target apprise could not parse may hide anything: counted as secret.
-        secret = [t.sender is None or bool(t.sender.secrets) for t in self.alerts.targets] \
-            if self.alerts is not None else []
-        warning = exposure_warning(config, secret)
-        if warning is not None:
-            log.warning("%s", warning)
-
-    def reload(self) -> ReloadPlan:
-        """Re-read the file; on errors keep the running config and raise.
-        Refused once a shutdown is requested: what it would start would be
-        stopped at once, and what it reports would not happen."""
-        if self._stop.is_set() or self.supervisor.shutting_down:
-            raise ShuttingDown("taskmasterd is shutting down: reload refused")
-        previous = self.state
-        self._set_state("reloading")
-        try:
-            return self._reload()
-        finally:
-            self._set_state(previous)
-
-    def _reload(self) -> ReloadPlan:
-        try:
-            new = load_config(self.config_path)
-        except ConfigError as exc:
-            self._reload_failed([str(i) for i in exc.issues])
-        paths = resolve_paths(new.daemon)
-        try:
-            self.lifelog.reconfigure(paths.logfile, new.daemon.loglevel)
-        except OSError as exc:
-            self._reload_failed([f"cannot open the log file {paths.logfile}: {exc.strerror}"])
-        self.supervisor.logdir = paths.logdir
-        self.tasks.configure(new.tasks)
-        if self.alerts is not None:  # before the RELOAD event: the new targets hear of it
-            self.alerts.configure(new.alerts)
-        self._warn_if_exposed(new)
-        plan = self.supervisor.reload(new)
-        self.config = new
-        self.reloads += 1
-        return plan
-
-    def plan_reload(self) -> tuple[ReloadPlan, dict[str, str]]:
-        """What reload() would do now, with the file as it is on disk, and why
-        (Manager.PlanReload): the same loader and the same diff, nothing
-        applied, no event. ConfigInvalid with the messages a Reload would
-        refuse with."""
-        if self._stop.is_set() or self.supervisor.shutting_down:
-            raise ShuttingDown("taskmasterd is shutting down: no reload to plan")
-        try:
-            new = load_config(self.config_path)
-        except ConfigError as exc:
-            raise ConfigInvalid("\n".join(str(i) for i in exc.issues)) from None
-        logfile = resolve_paths(new.daemon).logfile
-        problem = _log_file_problem(logfile) if logfile != self.lifelog.logfile else None
-        if problem is not None:
-            raise ConfigInvalid(f"cannot open the log file {logfile}: {problem}")
-        old = self.supervisor.config  # what Supervisor.reload diffs against
-        plan = plan_reload(old, new)
-        return plan, plan_reasons(plan, old, new)
-
-    def _reload_failed(self, lines: list[str]) -> NoReturn:
-        self.bus.publish(Event(
-            kind=Kind.RELOAD_FAILED,
-            message=f"{self.config_path}: {len(lines)} error(s); still running the "
-                    "previous configuration:\n  " + "\n  ".join(lines)))
-        raise ConfigInvalid("\n".join(lines))
-
     async def run(self, *, handle_signals: bool = True) -> int:
         """Launch autostart programs, serve until asked to stop, stop them all.
 
@@ -394,33 +323,6 @@ class Daemon:
                         "write)", self.lifelog.logfile, exc.strerror)
             return
         log.info("SIGUSR2: reopened the log file %s", self.lifelog.logfile)
-
-    def reload_quietly(self) -> None:
-        try:
-            self.reload()
-        except ConfigInvalid:
-            pass  # already logged; the old config keeps running
-        except ShuttingDown:
-            log.info("SIGHUP ignored: taskmasterd is shutting down")
-
-
-def _log_file_problem(path: str) -> str | None:
-    """Why a Reload could not open `path` as its new log file (the strerror
-    it would give), judged without creating it or its directories."""
-    probe = path
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    if probe != path and not os.path.isdir(probe):
-        return os.strerror(errno.ENOTDIR)
-    if probe == path and os.path.isdir(path):
-        return os.strerror(errno.EISDIR)
-    if not os.access(probe, os.W_OK | (os.X_OK if probe != path else 0)):
-        return os.strerror(errno.EACCES)
-    return None
-
 
 def _reap_later(pid: int) -> None:
     """Collect the exit of a child of ours nothing else watches (the log

@@ -68,7 +68,7 @@ def test_changed_keys_are_the_file_keys() -> None:
 
 
 def test_a_new_log_file_a_reload_could_not_open_is_foreseen(tmp_path: Path) -> None:
-    from taskmasterd.daemon import _log_file_problem
+    from taskmasterd.daemonreload import _log_file_problem
 
     (tmp_path / "file").write_text("")
     (tmp_path / "dir").mkdir()
