@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -247,12 +248,17 @@ def test_taskctl_maintail_without_a_readable_log_says_why(
         write_config: WriteConfig, daemons: Start, bus_address: str, workdir: Path) -> None:
     if os.path.exists("/run/systemd/journal/socket"):
         pytest.skip("a journal here: maintail reads it instead")
-    d = daemons(write_config({"web": {"cmd": SLEEPER, "starttime": 0}}))
+    # The log in a directory of its own, removed whole: the daemon's watched
+    # handler cannot create the file again (a bare unlink it would undo).
+    logdir = workdir / "own"
+    logdir.mkdir()
+    d = daemons(write_config({"web": {"cmd": SLEEPER, "starttime": 0}},
+                             logfile=str(logdir / "taskmasterd.log")))
     d.wait_for(event("RUNNING", "web"))
-    (workdir / "taskmasterd.log").unlink()
+    shutil.rmtree(logdir)
     r = taskctl(bus_address, "maintail")
     assert r.returncode == 1
-    assert f"cannot read {workdir / 'taskmasterd.log'}: No such file or directory" in r.stderr
+    assert f"cannot read {logdir / 'taskmasterd.log'}: No such file or directory" in r.stderr
 
 
 def test_the_shell_says_each_word_once(
