@@ -362,7 +362,7 @@ def test_a_change_during_a_write_is_written_after_it(tmp_path: Path) -> None:
         for pid in (11, 12, 13):
             current[0] = Snapshot((record(pid=pid),))
             writer.changed()
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # sleep-ok: one loop turn
         assert store.saved == []
         gate.set()
         await writer.drain()

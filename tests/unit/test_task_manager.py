@@ -440,7 +440,7 @@ def test_keep_removes_old_ends_at_start_and_after_ends_once_a_minute(tmp_path: P
         a = await r.m.submit(spec(1))
         r.runner.finish(a.id)
         assert len(r.removed) == 1  # the last clean-up was less than a minute ago
-        await asyncio.sleep(61)
+        await asyncio.sleep(61)  # sleep-ok: the virtual clock
         b = await r.m.submit(spec(2))
         r.runner.finish(b.id)
         assert r.removed[1] == (["dddd0002"], [])
@@ -456,7 +456,7 @@ def test_a_submission_waits_for_open_and_nothing_is_taken_after_close(tmp_path: 
         # Before open(): a submission waits for the start-up takeover, then is taken.
         early = asyncio.ensure_future(r.m.submit(spec(1)))
         for _ in range(5):
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # sleep-ok: one loop turn
         assert not early.done() and not (tmp_path / "tasks").exists()
         await r.m.open()
         assert (await early).state == TaskState.QUEUED
@@ -476,7 +476,7 @@ def test_a_refused_manager_answers_waiting_submissions(tmp_path: Path) -> None:
     async def main() -> None:
         r = Rig(tmp_path)
         early = asyncio.ensure_future(r.m.submit(spec(1)))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # sleep-ok: one loop turn
         r.m.refuse("another taskmasterd owns the statedir")
         with pytest.raises(TaskmasterError, match="cannot be submitted: another taskmasterd owns"):
             await early
@@ -584,7 +584,7 @@ def test_a_cancelled_watched_task_gets_sigkill_after_stoptime(tmp_path: Path) ->
     files = TaskFiles(str(tmp_path))
     stubborn = subprocess.Popen(
         [sys.executable, "-c", "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-         "print('ready', flush=True)\ntime.sleep(600)"],
+         "print('ready', flush=True)\ntime.sleep(600)"],  # sleep-ok: the stand-in task's own wait
         stdout=subprocess.PIPE, start_new_session=True)
     assert stubborn.stdout is not None
     assert stubborn.stdout.readline() == b"ready\n"  # SIGTERM is ignored from now on
