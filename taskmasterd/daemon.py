@@ -296,8 +296,15 @@ class Daemon(Reloading):
             if isinstance(snapshot, Snapshot) and snapshot.processes:
                 self.supervisor.adopt(snapshot)
         self.writer = StoreWriter(store, self.supervisor.snapshot)
-        self.bus.subscribe(self.writer.changed)
+        self.bus.subscribe(self._process_changed)
         self.writer.changed()
+
+    def _process_changed(self, event: Event) -> None:
+        """The state store records processes: a task's event changes none
+        (its status.json is its record), and with many programs a snapshot
+        per loop turn of a task burst would cost as much as the tasks."""
+        if event.task is None and self.writer is not None:
+            self.writer.changed()
 
     async def _open_tasks(self) -> None:
         """Take back the tasks on disk (and the runner that outlived us), if

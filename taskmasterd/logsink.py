@@ -33,8 +33,23 @@ log = logging.getLogger("taskmasterd")
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
-_FORMAT = logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)s %(message)s",
-                            datefmt="%Y-%m-%d %H:%M:%S")
+
+
+class _FormatOnce(logging.Formatter):
+    """A record formatted once for every handler that shares this formatter
+    (the file and stderr write the same line): a burst of tasks is three
+    lines per task, and formatting was most of a line's cost."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = record.__dict__.get("_taskmaster_line")
+        if line is None:
+            line = super().format(record)
+            record._taskmaster_line = line
+        return line
+
+
+_FORMAT = _FormatOnce("%(asctime)s.%(msecs)03d %(levelname)s %(message)s",
+                      datefmt="%Y-%m-%d %H:%M:%S")
 
 
 class _Batching(logging.StreamHandler):  # type: ignore[type-arg]

@@ -10,7 +10,11 @@ heartbeat, the end) and tells us through `on_status`. So a task handed to the
 runner is never written here while the runner holds it; `lost` is written
 only once the runner is gone. Writes go to one executor thread, in order,
 so the event loop never waits on the disk; `submit` waits for its own write
-(the task is durable when its id is returned).
+(the task is durable when its id is returned). Those of one loop turn go
+together: the submissions as one group commit (statestore/groupcommit.py:
+two flushes of the disk for the whole batch, where each task's own fsyncs,
+one after another, bounded how fast a client could submit), the other
+writes as one hand-over to the thread.
 
 Start-up (`open`) takes back what a previous daemon left (see `_recover`).
 Clean shutdown (`close`) detaches from the runner: running tasks go on under
@@ -57,6 +61,11 @@ log = logging.getLogger("taskmasterd")
 T = TypeVar("T")
 
 CLEANUP_EVERY = 60.0  # seconds between two clean-ups after task ends (no timer)
+# Submissions written per group commit at most. A burst of 1000 as one batch
+# made every task wait for all of them (and for the loop turn publishing
+# them all) before the first could start; batches of this size let the
+# first ones run while the next are written.
+CREATE_BATCH = 64
 
 RemovedListener = Callable[[list[str], list[str]], None]
 
@@ -66,6 +75,7 @@ class RunnerClient(Protocol):
     (the daemon side of the task runner; tests give a fake)."""
 
     def attach_surviving(self) -> list[TaskStatus] | None: ...
+    def warm(self) -> None: ...
     def run(self, status: TaskStatus, stopsignal: int, stoptime: float) -> None: ...
     def cancel(self, id: str, reason: str) -> None: ...
     @property
@@ -102,6 +112,10 @@ class TaskManager:
         self._settled = asyncio.Event()
         self._jobs: set[asyncio.Task[None]] = set()
         self._reserved = 0  # tasks of submissions being written (not in the queue yet)
+        # Submissions of this loop turn, written together (_create_batch):
+        # (their statuses, the activity they join, the future of their result).
+        self._creating: list[tuple[list[TaskStatus], str, asyncio.Future[list[TaskStatus]]]] = []
+        self._writes: list[Callable[[], None]] = []  # _write jobs not handed to the thread yet
 
     # ---- reading -----------------------------------------------------------
 
@@ -154,7 +168,7 @@ class TaskManager:
             return await self._submit_alone(spec)
 
     async def _submit_alone(self, spec: TaskSpec) -> TaskStatus:
-        (status,) = await self._io(self._create, [self._new_status(spec, "", 0)])
+        (status,) = await self._create_soon([self._new_status(spec, "", 0)])
         self._queued(status)
         self._queue.add_task(status.id, status.seq)
         self._schedule()
@@ -162,7 +176,8 @@ class TaskManager:
 
     async def _append(self, spec: TaskSpec) -> TaskStatus:
         act = self._open_activity(spec.activity)
-        (status,) = await self._io(self._create, [self._new_status(spec, act.id, len(act.tasks))])
+        (status,) = await self._create_soon([self._new_status(spec, act.id, len(act.tasks))],
+                                            act.id)
         act = self._activities.get(act.id, act)
         if act.state.final:  # it ended while the file was written: nothing queued
             await self._io(self.files.remove_task, status.id)
@@ -244,22 +259,83 @@ class TaskManager:
                           submitted=self.clock(), timeout=timeout, activity=activity,
                           position=position)
 
+    async def _create_soon(self, statuses: list[TaskStatus], activity: str = "") -> list[TaskStatus]:
+        """`statuses` written as new tasks (of `activity`) with the other
+        submissions of this loop turn: their ids once durable."""
+        future: asyncio.Future[list[TaskStatus]] = asyncio.get_running_loop().create_future()
+        self._creating.append((statuses, activity, future))
+        if len(self._creating) == 1:
+            asyncio.get_running_loop().call_soon(self._create_pending)
+        try:
+            return await future
+        except OSError as exc:
+            raise TaskmasterError(f"cannot write under {self.files.statedir}: "
+                                  f"{exc.strerror or exc}") from None
+
+    def _create_pending(self) -> None:
+        batch, self._creating = self._creating[:CREATE_BATCH], self._creating[CREATE_BATCH:]
+        if self._creating:  # the rest after: their tasks start while those are written
+            asyncio.get_running_loop().call_soon(self._create_pending)
+        self._hand_writes()  # what was asked before goes first
+        try:
+            job = asyncio.get_running_loop().run_in_executor(
+                self._pool, self._create_batch, [(statuses, activity) for statuses, activity, _ in batch])
+        except RuntimeError:  # the writer thread is shut down: close() has run
+            for _s, _a, future in batch:
+                if not future.done():
+                    future.set_exception(TaskmasterError("tasks cannot be submitted: taskmasterd is "
+                                                         "shutting down"))
+            return
+
+        def done(f: asyncio.Future[list[list[TaskStatus] | OSError]]) -> None:
+            exc = f.exception()
+            results = [exc] * len(batch) if exc is not None else f.result()
+            for (_s, _a, future), result in zip(batch, results, strict=True):
+                if future.done():  # its caller was cancelled
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+        job.add_done_callback(done)
+
     # (writer thread) ids are picked where the directories are made: one
     # thread, so two submissions cannot pick the same id.
-    def _create(self, statuses: list[TaskStatus], activity: str = "") -> list[TaskStatus]:
-        out: list[TaskStatus] = []
-        try:
-            for s in statuses:
-                s = s.replace(id=new_id(self.files.taken))
-                if activity:
-                    s = s.replace(activity=activity)
-                self.files.create_task(s)
-                out.append(s)
-        except OSError:
-            for s in out:
-                self.files.remove_task(s.id)
-            raise
+    def _create_batch(self, requests: list[tuple[list[TaskStatus], str]]
+                      ) -> list[list[TaskStatus] | OSError]:
+        """Each request's tasks, made and written durably all at once; per
+        request its statuses with their ids, or the error that stopped it
+        (none of its tasks is left on disk then)."""
+        made: list[list[TaskStatus] | OSError] = []
+        for statuses, activity in requests:
+            if activity:
+                statuses = [s.replace(activity=activity) for s in statuses]
+            try:
+                made.append(self.files.make_task_dirs(statuses, new_id))
+            except OSError as exc:
+                made.append(exc)
+        flat = [s for got in made if not isinstance(got, OSError) for s in got]
+        errors = dict(zip((s.id for s in flat), self.files.write_new_tasks(flat), strict=True))
+        out: list[list[TaskStatus] | OSError] = []
+        for got in made:
+            if isinstance(got, OSError):
+                out.append(got)
+                continue
+            failed = next((e for e in (errors[s.id] for s in got) if e is not None), None)
+            if failed is not None:
+                for s in got:
+                    self.files.remove_task(s.id)
+                out.append(failed)
+                continue
+            out.append(got)
         return out
+
+    def _create(self, statuses: list[TaskStatus], activity: str = "") -> list[TaskStatus]:
+        """(writer thread) One request of _create_batch, alone; raises its error."""
+        (got,) = self._create_batch([(statuses, activity)])
+        if isinstance(got, OSError):
+            raise got
+        return got
 
     def _create_activity(self, act: ActivityStatus,
                          statuses: list[TaskStatus]) -> tuple[ActivityStatus, list[TaskStatus]]:
@@ -278,6 +354,7 @@ class TaskManager:
         """Run a blocking file job in the writer thread and wait for it;
         OSError becomes the caller's error (nothing was queued)."""
         loop = asyncio.get_running_loop()
+        self._hand_writes()  # what was asked before goes first
         try:
             return await loop.run_in_executor(self._pool, fn, *args)
         except OSError as exc:
@@ -292,17 +369,28 @@ class TaskManager:
 
     def _write(self, fn: Callable[..., None], *args: Any) -> None:
         """A status write in the writer thread, after those before it; its
-        failure is logged (the state in memory and the events stand)."""
+        failure is logged (the state in memory and the events stand). Those
+        of one loop turn go to the thread together (one hand-over)."""
         if self._closed:
             return
+        self._writes.append(lambda: fn(*args))
+        if len(self._writes) == 1:
+            asyncio.get_running_loop().call_soon(self._hand_writes)
 
-        def job() -> None:
-            try:
-                fn(*args)
-            except OSError as exc:
-                log.warning("tasks: cannot write under %s: %s", self.files.statedir,
-                            exc.strerror or exc)
-        asyncio.get_running_loop().run_in_executor(self._pool, job)
+    def _hand_writes(self) -> None:
+        """The writes asked for so far, to the writer thread (in order)."""
+        jobs, self._writes = self._writes, []
+        if not jobs:
+            return
+
+        def run() -> None:
+            for job in jobs:
+                try:
+                    job()
+                except OSError as exc:
+                    log.warning("tasks: cannot write under %s: %s", self.files.statedir,
+                                exc.strerror or exc)
+        asyncio.get_running_loop().run_in_executor(self._pool, run)
 
     def _set_task(self, status: TaskStatus, *, write: bool, adopted: bool = False) -> None:
         old = self._tasks.get(status.id)
@@ -499,6 +587,7 @@ class TaskManager:
         from taskmasterd.tasks.recovery import recover
 
         await recover(self)
+        self.runner.warm()  # the first task must not wait for the runner's start-up
         self.unavailable = None
         self._settled.set()
         self._cleanup()
@@ -519,5 +608,6 @@ class TaskManager:
 
     async def flush(self) -> None:
         """Wait until every status write asked for so far has landed."""
+        self._hand_writes()
         await asyncio.get_running_loop().run_in_executor(self._pool, lambda: None)
 

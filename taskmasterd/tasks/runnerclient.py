@@ -1,7 +1,8 @@
 """The daemon's side of the task runner (taskmasterd/tasks/runner.py).
 
-`RunnerClient` starts the one runner process on the first `run()` (in its
-own session, so it outlives the daemon), sends it `run`/`cancel`, and hands
+`RunnerClient` starts the one runner process (`warm()`, when the daemon
+starts; again on the first `run()` after one died), in its own session so
+that it outlives the daemon, sends it `run`/`cancel`, and hands
 every status it reports to `on_status`: running, then the end. At start,
 `attach_surviving()` finds a runner a dead daemon left behind, on its unix
 socket in the runtime directory (`runner_socket()`, keyed by statedir and
@@ -194,6 +195,19 @@ class RunnerClient:
                 self._fail(status, f"the task runner could not be started: {exc.strerror or exc}")
                 return
         self._send(data)
+
+    def warm(self) -> None:
+        """Start the runner now if none is attached (the daemon's start), so
+        the first task does not wait for its start-up (~0.15 s of Python
+        imports, in which a burst of tasks would wait); idle, it sleeps in
+        epoll. A failure is logged; the next run() tries again (and fails
+        its task if it cannot)."""
+        if self._sock is not None:
+            return
+        try:
+            self._start()
+        except OSError as exc:
+            log.error("taskmasterd: cannot start the task runner: %s", exc)
 
     def _fail(self, status: TaskStatus, reason: str) -> None:
         """A task that never reached the runner fails, recorded here (it

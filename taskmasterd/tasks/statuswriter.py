@@ -1,7 +1,7 @@
 """Status writes off the event loop, so tasks never wait behind fsyncs.
 
-Every status.json write is durable (TaskDir.write: temp file, fsync,
-rename, fsync of the directory): a few milliseconds on a disk. The runner
+Every status.json write is atomic and durable: a few milliseconds of
+flushes on a disk. The runner
 starts and ends many short tasks at once (16 lanes of `true` in the bench),
 so the writes go to a worker thread, in batches: while one batch is being
 written, new statuses wait, and the next batch is every status waiting
@@ -9,7 +9,10 @@ then -- per task only the newest (a `running` not yet written when the task
 already ended is skipped: the end replaces it), so a task's statuses land
 in order. A batch is one hand-over to the worker and one wake-up of the
 loop, however many files it holds (a hand-over per file cost two thread
-switches each, most of the runner's system time with 16 lanes). The
+switches each, most of the runner's system time with 16 lanes), and its
+files are made durable together (statestore/groupcommit.py: two flushes of
+the disk per batch, not two per file: those flushes, one file after
+another, bounded how fast short tasks ended). The
 bookkeeping and the JSON encoding run on the loop's thread; the worker only
 does the system calls (which release the GIL: a worker busy with Python
 code would make the loop wait for the GIL after each of its own system
@@ -22,25 +25,11 @@ import asyncio
 import concurrent.futures
 from collections.abc import Callable
 
-from taskmasterd.statestore.store import StateStore
+from taskmasterd.statestore.groupcommit import save_all
 from taskmasterd.tasks.records import TaskStatus, encode_task
 from taskmasterd.tasks.taskfiles import STATUS, TaskDir
 
 Done = Callable[[TaskStatus, OSError | None], None]
-
-
-def _save_all(jobs: list[tuple[StateStore, bytes]]) -> list[OSError | None]:
-    """(worker thread) Each file written durably, one after another; the
-    error of each (None: written)."""
-    errors: list[OSError | None] = []
-    for store, data in jobs:
-        try:
-            store.save_bytes(data)
-        except OSError as exc:
-            errors.append(exc)
-        else:
-            errors.append(None)
-    return errors
 
 
 class StatusWriter:
@@ -82,9 +71,9 @@ class StatusWriter:
         self._writing = True
         self._idle.clear()
         # TaskDir.write, its encoding done here
-        jobs = [(StateStore(taskdir.path, name=STATUS), encode_task(status) if data is None else data)
+        jobs = [(taskdir.path, STATUS, encode_task(status) if data is None else data)
                 for taskdir, status, data in batch]
-        future = self._loop.run_in_executor(self._pool, _save_all, jobs)
+        future = self._loop.run_in_executor(self._pool, save_all, jobs)
         future.add_done_callback(lambda f: self._written([s for _, s, _ in batch], f))
 
     def _written(self, statuses: list[TaskStatus], future: asyncio.Future[list[OSError | None]]) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from taskmasterd.statestore.groupcommit import save_all
 from taskmasterd.statestore.records import Refused
 from taskmasterd.statestore.store import StateStore
 from taskmasterd.tasks.records import (
@@ -101,6 +102,35 @@ class TaskFiles:
         self._root(self.tasks_root)
         os.mkdir(path, 0o700)
         self.task_dir(status.id).write(status)
+
+    def make_task_dirs(self, statuses: list[TaskStatus],
+                       pick: Callable[[Callable[[str], bool]], str]) -> list[TaskStatus]:
+        """A new directory (0700) for each status, its id picked by `pick`
+        (records.new_id) among those not `taken`, the statuses returned with
+        their ids; none written yet (`write_new_tasks`). On an error the
+        directories made are removed and the OSError raised."""
+        self._root(self.tasks_root)
+        out: list[TaskStatus] = []
+        try:
+            for status in statuses:
+                while True:
+                    id = pick(self.taken)
+                    try:
+                        os.mkdir(self.task_dir(id).path, 0o700)
+                    except FileExistsError:  # made since `taken` looked: pick again
+                        continue
+                    break
+                out.append(status.replace(id=id))
+        except OSError:
+            for made in out:
+                self.remove_task(made.id)
+            raise
+        return out
+
+    def write_new_tasks(self, statuses: list[TaskStatus]) -> list[OSError | None]:
+        """The first status of each task whose directory was made, all durable
+        at once (statestore/groupcommit.py); the error of each."""
+        return save_all([(self.task_dir(s.id).path, STATUS, encode_task(s)) for s in statuses])
 
     def write_task(self, status: TaskStatus) -> None:
         self.task_dir(status.id).write(status)

@@ -7,6 +7,7 @@ tests are real too (a live one to watch, a dead one)."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import subprocess
@@ -18,9 +19,9 @@ from typing import Any
 import pytest
 
 from taskmasterd import spawn
-from taskmasterd.errors import BadName, NoSuchTask, NotRunning, TaskInvalid
+from taskmasterd.errors import BadName, NoSuchTask, NotRunning, TaskInvalid, TaskmasterError
 from taskmasterd.events import Event, EventBus
-from taskmasterd.tasks.manager import TaskManager
+from taskmasterd.tasks.manager import CREATE_BATCH, TaskManager
 from taskmasterd.tasks.orphans import UNWATCHED
 from taskmasterd.tasks.records import ActivityState, ActivityStatus, TaskState, TaskStatus
 from taskmasterd.tasks.settings import TaskSettings
@@ -45,9 +46,13 @@ class FakeRunner:
         self.closed = False
         self.manager: TaskManager | None = None
         self.pid = 4242
+        self.warmed = False
 
     def attach_surviving(self) -> list[TaskStatus] | None:
         return self.held
+
+    def warm(self) -> None:
+        self.warmed = True
 
     def run(self, status: TaskStatus, stopsignal: int, stoptime: float) -> None:
         self.runs.append(status.id)
@@ -179,6 +184,61 @@ def test_parallel_limit_fifo_and_a_freed_lane_filled_at_once(tmp_path: Path) -> 
         assert r.runner.runs == ids
         assert [s.id for s in r.m.tasks()] == ids
     go(tmp_path, body, settings=TaskSettings(max_parallel=2))
+
+
+def test_a_burst_of_submissions_is_written_in_group_commits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Submissions of one loop turn share a group commit (two flushes for the
+    batch), CREATE_BATCH at most each, so the first can start while the next
+    are written; each is still durable before it returns, in order."""
+    batches: list[int] = []
+    write = TaskFiles.write_new_tasks
+
+    def spy(self: TaskFiles, statuses: list[TaskStatus]) -> list[OSError | None]:
+        batches.append(len(statuses))
+        return write(self, statuses)
+    monkeypatch.setattr(TaskFiles, "write_new_tasks", spy)
+
+    async def body(r: Rig) -> None:
+        got = await asyncio.gather(*(r.m.submit(spec(i)) for i in range(100)))
+        assert batches == [CREATE_BATCH, 100 - CREATE_BATCH]
+        assert len({s.id for s in got}) == 100
+        assert [s.seq for s in got] == sorted(s.seq for s in got)
+        assert [s.spec.args for s in got] == [(str(i),) for i in range(100)]
+        for s in got:
+            on_disk = r.files.read_task(s.id)
+            assert isinstance(on_disk, TaskStatus) and on_disk.state == TaskState.QUEUED
+        assert r.runner.runs == [s.id for s in got[:2]]
+    go(tmp_path, body, settings=TaskSettings(max_parallel=2))
+
+
+def test_a_submission_whose_file_fails_is_refused_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write = TaskFiles.write_new_tasks
+
+    def second_fails(self: TaskFiles, statuses: list[TaskStatus]) -> list[OSError | None]:
+        errors = write(self, statuses)
+        errors[1] = OSError(errno.ENOSPC, "No space left on device")
+        return errors
+    monkeypatch.setattr(TaskFiles, "write_new_tasks", second_fails)
+
+    async def body(r: Rig) -> None:
+        got = await asyncio.gather(*(r.m.submit(spec(i)) for i in range(3)), return_exceptions=True)
+        assert isinstance(got[1], TaskmasterError)
+        assert "cannot write under" in str(got[1]) and "No space left on device" in str(got[1])
+        ok = [got[0], got[2]]
+        assert all(isinstance(s, TaskStatus) for s in ok)
+        assert sorted(os.listdir(tmp_path / "tasks")) == sorted(s.id for s in ok)  # type: ignore[union-attr]
+        assert [s.id for s in r.m.tasks()] == [s.id for s in ok]  # type: ignore[union-attr]
+        assert r.kinds() == ["TASK_QUEUED", "TASK_QUEUED"]
+    go(tmp_path, body)
+
+
+def test_the_runner_is_started_with_the_daemon(tmp_path: Path) -> None:
+    """Not at the first task: a burst would wait for its start-up."""
+    async def body(r: Rig) -> None:
+        assert r.runner.warmed and r.runner.runs == []
+    go(tmp_path, body)
 
 
 def test_lowered_limit_lets_running_ones_finish(tmp_path: Path) -> None:

@@ -1,0 +1,152 @@
+"""statestore/groupcommit.py: many files replaced atomically, made durable by
+two flushes per batch (syncfs), errors per file. The flushes are counted
+through a stand-in for libc's syncfs (the real one is used by every other
+test of the tasks: the runner's and the daemon's writes)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from taskmasterd.statestore import groupcommit
+from taskmasterd.statestore.groupcommit import save_all
+
+
+class Flushes:
+    """Counts syncfs calls; `fail_at` (1-based) makes that call fail with EIO."""
+
+    def __init__(self, fail_at: int = 0) -> None:
+        self.calls = 0
+        self.fail_at = fail_at
+
+    def __call__(self, fd: int) -> None:
+        self.calls += 1
+        os.fstat(fd)  # a real, open descriptor
+        if self.calls == self.fail_at:
+            raise OSError(errno.EIO, "Input/output error")
+
+
+@pytest.fixture
+def flushes(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], Flushes]:
+    def install(fail_at: int = 0) -> Flushes:
+        fake = Flushes(fail_at)
+        monkeypatch.setattr(groupcommit, "_syncfs", fake)
+        return fake
+    return install
+
+
+def dirs(tmp_path: Path, n: int) -> list[Path]:
+    out = []
+    for i in range(n):
+        d = tmp_path / f"t{i}"
+        d.mkdir()
+        (d / "status.json").write_bytes(b"old")
+        out.append(d)
+    return out
+
+
+def leftovers(root: Path) -> list[str]:
+    return sorted(p.name for p in root.rglob(".*.tmp"))
+
+
+def test_libc_syncfs_is_found_and_works(tmp_path: Path) -> None:
+    assert groupcommit._syncfs is not None  # glibc has had it since 2.14
+    d = dirs(tmp_path, 3)
+    assert save_all([(str(x), "status.json", b"new") for x in d]) == [None] * 3
+    assert all((x / "status.json").read_bytes() == b"new" for x in d)
+
+
+def test_a_batch_costs_two_flushes_whatever_its_size(tmp_path: Path, flushes) -> None:
+    fake = flushes()
+    d = dirs(tmp_path, 20)
+    errors = save_all([(str(x), "status.json", f"new {i}".encode()) for i, x in enumerate(d)])
+    assert errors == [None] * 20
+    assert fake.calls == 2  # one file system: once before the renames, once after
+    for i, x in enumerate(d):
+        assert (x / "status.json").read_bytes() == f"new {i}".encode()
+        assert stat.S_IMODE((x / "status.json").stat().st_mode) == 0o600
+    assert leftovers(tmp_path) == []
+
+
+def test_one_file_is_the_state_stores_own_save(tmp_path: Path, flushes) -> None:
+    """fsync of the file and its directory: syncfs would flush every other
+    writer's dirty pages for the sake of one file."""
+    fake = flushes()
+    (d,) = dirs(tmp_path, 1)
+    assert save_all([(str(d), "status.json", b"alone")]) == [None]
+    assert fake.calls == 0
+    assert (d / "status.json").read_bytes() == b"alone"
+
+
+def test_a_new_file_in_a_new_directory(tmp_path: Path, flushes) -> None:
+    flushes()
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    assert save_all([(str(a), "status.json", b"1"), (str(b), "status.json", b"2")]) == [None, None]
+    assert (a / "status.json").read_bytes() == b"1" and (b / "status.json").read_bytes() == b"2"
+
+
+def test_a_file_that_cannot_be_written_fails_alone(tmp_path: Path, flushes) -> None:
+    fake = flushes()
+    good = dirs(tmp_path, 2)
+    missing = tmp_path / "gone"
+    errors = save_all([(str(good[0]), "status.json", b"a"), (str(missing), "status.json", b"b"),
+                       (str(good[1]), "status.json", b"c")])
+    assert errors[0] is None and errors[2] is None
+    assert isinstance(errors[1], FileNotFoundError)
+    assert (good[0] / "status.json").read_bytes() == b"a"
+    assert (good[1] / "status.json").read_bytes() == b"c"
+    assert fake.calls == 2
+    assert not missing.exists()
+
+
+def test_a_rename_that_fails_keeps_the_old_file_and_no_temporary(tmp_path: Path, flushes) -> None:
+    flushes()
+    d = dirs(tmp_path, 2)
+    (d[1] / "status.json").unlink()
+    (d[1] / "status.json").mkdir()  # a directory in the way: rename(2) refuses
+    (d[1] / "status.json" / "x").write_text("")
+    errors = save_all([(str(x), "status.json", b"new") for x in d])
+    assert errors[0] is None
+    assert isinstance(errors[1], OSError)
+    assert (d[0] / "status.json").read_bytes() == b"new"
+    assert (d[1] / "status.json").is_dir()
+    assert leftovers(tmp_path) == []
+
+
+def test_a_failed_first_flush_fails_all_and_keeps_the_old_contents(tmp_path: Path, flushes) -> None:
+    fake = flushes(fail_at=1)
+    d = dirs(tmp_path, 3)
+    errors = save_all([(str(x), "status.json", b"new") for x in d])
+    assert all(isinstance(e, OSError) and e.errno == errno.EIO for e in errors)
+    assert all((x / "status.json").read_bytes() == b"old" for x in d)  # nothing renamed
+    assert leftovers(tmp_path) == []
+    assert fake.calls == 1
+
+
+def test_a_failed_second_flush_reports_the_renamed_files(tmp_path: Path, flushes) -> None:
+    """They were renamed (a reader sees the new content) but may not be
+    durable: the caller is told, as an fsync error would tell it."""
+    flushes(fail_at=2)
+    d = dirs(tmp_path, 2)
+    errors = save_all([(str(x), "status.json", b"new") for x in d])
+    assert all(isinstance(e, OSError) and e.errno == errno.EIO for e in errors)
+    assert all((x / "status.json").read_bytes() == b"new" for x in d)
+
+
+def test_without_syncfs_each_file_is_saved_alone(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(groupcommit, "_syncfs", None)
+    d = dirs(tmp_path, 3)
+    assert save_all([(str(x), "status.json", b"new") for x in d]) == [None] * 3
+    assert all((x / "status.json").read_bytes() == b"new" for x in d)
+
+
+def test_nothing_to_write() -> None:
+    assert save_all([]) == []
