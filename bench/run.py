@@ -63,8 +63,8 @@ TARGETS = [
     ("re-adopt second copies", "0", lambda m, sv: m == 0,
      "a process was started again beside its adopted copy: see the daemon's log"),
     ("tasks: wall time / floor", TASKS_TARGET, lambda m, sv: tasks_verdict(m),
-     "see the floor rows of the same run: the spawns, and the durable status files (3 fsynced "
-     "writes per task) the design asks for; bench/README.md"),
+     "see the floor rows of the same run: the spawns, and the durable status files (3 writes "
+     "per task, group commits) the design asks for; bench/README.md"),
     ("web /metrics", "< 50 ms", lambda m, sv: m < 50,
      "prometheus_client building and encoding 6 series per process (~88 % of a scrape); "
      "see bench/README.md (taskmaster-web)"),

@@ -113,11 +113,7 @@ def cmd_reload(ctx: Context, args: argparse.Namespace) -> int:
                   "(taskmasterd keeps running the previous one):")
         ctx.error(exc.message.rstrip())
         return EXIT_ERROR
-    if ctx.json:
-        ctx.print(dumps(reload_json(result)))
-    else:
-        for line in reload_lines(result):
-            ctx.print(line)
+    ctx.emit(reload_json(result), reload_lines(result))
     return EXIT_OK
 
 
@@ -136,11 +132,7 @@ def _dry_run(ctx: Context) -> int:
                       "D-Bus API 1.6): upgrade it, or reload without --dry-run")
             return EXIT_ERROR
         raise
-    if ctx.json:
-        ctx.print(dumps(plan_json(plan)))
-    else:
-        for line in plan_lines(plan):
-            ctx.print(line)
+    ctx.emit(plan_json(plan), plan_lines(plan))
     return EXIT_OK
 
 
@@ -171,11 +163,7 @@ def cmd_avail(ctx: Context, args: argparse.Namespace) -> int:
                }.get(exc.name) or error_message(exc)
         ctx.error(f"taskctl: programs only in the file are not shown: {why}")
     items = avail_rows(rows, plan)
-    if ctx.json:
-        ctx.print(dumps(avail_json(items)))
-    else:
-        for line in avail_lines(items):
-            ctx.print(line)
+    ctx.emit(avail_json(items), avail_lines(items))
     return EXIT_OK
 
 
@@ -268,11 +256,7 @@ def cmd_events(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_alert(ctx: Context, args: argparse.Namespace) -> int:
     results = ctx.client.test_alerts(args.target)
-    if ctx.json:
-        ctx.print(dumps(alert_json(results)))
-    else:
-        for line in alert_lines(results):
-            ctx.print(line)
+    ctx.emit(alert_json(results), alert_lines(results))
     if not results:
         ctx.error("taskctl: taskmasterd has no alert targets (add an 'alerts:' section to its "
                   "configuration, then reload)")

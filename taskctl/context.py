@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TextIO
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from taskctl.client import Client
@@ -22,6 +23,16 @@ class Context:
 
     def print(self, line: str = "") -> None:
         self.out.write(line + "\n")
+
+    def emit(self, as_json: Any, lines: Iterable[str]) -> None:
+        """A result: `as_json` with --json (taskctl.format.dumps), else its lines."""
+        if self.json:
+            from taskctl.format import dumps
+
+            self.print(dumps(as_json))
+            return
+        for line in lines:
+            self.print(line)
 
     def error(self, line: str) -> None:
         self.out.flush()

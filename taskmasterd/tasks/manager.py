@@ -395,6 +395,11 @@ class TaskManager:
     def _set_task(self, status: TaskStatus, *, write: bool, adopted: bool = False) -> None:
         old = self._tasks.get(status.id)
         self._tasks[status.id] = status
+        self._announce(old, status, write=write, adopted=adopted)
+
+    def _announce(self, old: TaskStatus | None, status: TaskStatus, *, write: bool,
+                  adopted: bool = False) -> None:
+        """A task's new status (in memory already): written if `write`, published."""
         if write:
             self._write(self.files.write_task, status)
         self.events.publish(notices.task_event(old.state if old else None, status,
@@ -455,8 +460,14 @@ class TaskManager:
     def _end(self, status: TaskStatus, *, write: bool) -> None:
         """A task ended (told by the runner, or decided here): record it,
         draw its activity's consequences, fill the freed lane."""
-        self._set_task(status, write=write)
+        old = self._tasks.get(status.id)
+        self._tasks[status.id] = status
         end = self._queue.ended(status.id, status.state, status.reason)
+        # The freed lane first: the runner starts the next task while this
+        # end is published (its signals, its log line, its alerts). The next
+        # task of an activity is in it only if this one succeeded.
+        self._schedule()
+        self._announce(old, status, write=write)
         if end is not None:
             self._end_activity(end)
         self._maybe_cleanup()

@@ -84,7 +84,7 @@ def test_end_from_list_rows() -> None:
 def test_floors_on_a_small_n() -> None:
     true = shutil.which("true") or "/bin/true"
     assert taskbench.spawn_floor(20, 4, true) > 0
-    assert taskbench.durable_writes_floor(sys.executable, 5) > 0
+    assert taskbench.durable_writes_floor(sys.executable, 5, 2) > 0
 
 
 def test_supervisord_column_is_na_without_a_daemon() -> None:
