@@ -186,8 +186,10 @@ def _user_ids(user: str) -> tuple[pwd.struct_passwd, list[int]]:
     return entry, groups
 
 
-def spawn(spec: LaunchSpec) -> Child:
-    """Start the process or raise SpawnFailed (errno + syscall)."""
+def spawn(spec: LaunchSpec, *, identify: bool = True) -> Child:
+    """Start the process or raise SpawnFailed (errno + syscall). `identify`
+    False: its start_ticks are left 0, for the caller to read (proc_stat)
+    before it reaps the process."""
     env = dict(spec.base_env)
     user_kw: dict[str, object] = {}
     if spec.user is not None:
@@ -229,7 +231,7 @@ def spawn(spec: LaunchSpec) -> Child:
     finally:
         for fd in fds:  # the write ends: only the child holds them (EOF when it is gone)
             os.close(fd)
-    return watched(popen, pipes)
+    return watched(popen, pipes, identify)
 
 
 def _spawn_on_terminal(spec: LaunchSpec, base: dict[str, str], user_kw: dict[str, object]) -> Child:
@@ -271,8 +273,9 @@ def _spawn_on_terminal(spec: LaunchSpec, base: dict[str, str], user_kw: dict[str
     return watched(popen, [pipe])
 
 
-def watched(popen: subprocess.Popen[bytes], pipes: list[Pipe]) -> Child:
-    """The Child of a process just started: its pidfd and start time."""
+def watched(popen: subprocess.Popen[bytes], pipes: list[Pipe], identify: bool = True) -> Child:
+    """The Child of a process just started: its pidfd and start time (unless
+    not `identify`)."""
     try:
         pidfd = os.pidfd_open(popen.pid)
     except OSError as exc:
@@ -283,7 +286,7 @@ def watched(popen: subprocess.Popen[bytes], pipes: list[Pipe]) -> Child:
             os.close(pipe.fd)
         raise _error(exc, "pidfd_open") from None
     # A zombie still has its stat: this cannot miss a child that died at once.
-    stat = proc_stat(popen.pid)
+    stat = proc_stat(popen.pid) if identify else None
     return Child(pid=popen.pid, pidfd=pidfd, popen=popen, pipes=tuple(pipes),
                  start_ticks=stat.start_ticks if stat is not None else 0)
 

@@ -186,19 +186,42 @@ class Execution:
         self.child: spawn.Child | None = None
         self.stop_state: Stop | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._spawned_at = 0.0
 
     @property
     def id(self) -> str:
         return self.status.id
 
     def start(self) -> None:
+        if self.spawn():
+            self.identify()
+
+    def spawn(self) -> bool:
+        """Start its process (False: it could not be, and has ended). Its
+        `running` status comes with `identify()`, which must follow before
+        the loop next waits: a runner starting a burst of tasks spawns them
+        all, then reads their /proc stat (read right after a spawn, it waits
+        for the child's exec to finish, a fraction of a millisecond each)."""
+        now = time.time()
         try:
-            child = spawn.spawn(launch_spec(self.status, self.taskdir, self._base_env, self._umask))
+            child = spawn.spawn(launch_spec(self.status, self.taskdir, self._base_env, self._umask),
+                                identify=False)
         except spawn.SpawnFailed as exc:
-            self._end(spawn_failed(self.status, exc.error, self.runner_pid, time.time()))
-            return
+            self._end(spawn_failed(self.status, exc.error, self.runner_pid, now))
+            return False
         self.child = child
-        self._set(running(self.status, child.pid, child.start_ticks, self.runner_pid, time.time()))
+        self._spawned_at = now
+        return True
+
+    def identify(self) -> None:
+        """Its start time (its identity with the pid: not yet reaped, even if
+        it has exited), then its `running` status."""
+        child = self.child
+        assert child is not None
+        stat = spawn.proc_stat(child.pid)
+        child.start_ticks = stat.start_ticks if stat is not None else 0
+        self._set(running(self.status, child.pid, child.start_ticks, self.runner_pid,
+                          self._spawned_at))
         self._loop.add_reader(child.pidfd, self._on_exit)
         self._timers["beat"] = self._loop.call_later(HEARTBEAT, self._beat)
         if self.status.timeout > 0:

@@ -100,18 +100,25 @@ class Runner:
     # ---- tasks
 
     def run(self, status: TaskStatus, stopsignal: int, stoptime: float) -> None:
-        if status.id in self.held:
+        ex = self._spawn(status, stopsignal, stoptime)
+        if ex is not None:
+            ex.identify()
+
+    def _spawn(self, status: TaskStatus, stopsignal: int, stoptime: float) -> Execution | None:
+        """Start a task's process; the Execution to `identify()` (None: not
+        started, its status recorded already)."""
+        if status.id in self.held or status.id in self.running:
             self._send(encode("refused", message=f"task {status.id} is already held by this runner"))
-            return
+            return None
         taskdir = self.files.task_dir(status.id)
         if self.terminating:
             self._record(taskdir, cancelled_unstarted(status, STOPPED, os.getpid(), time.time()), True)
-            return
+            return None
         ex = Execution(status, taskdir, stopsignal=stopsignal, stoptime=stoptime,
                        runner_pid=os.getpid(), record=lambda s, news: self._record(taskdir, s, news),
                        finished=self._finished, base_env=self.base_env, umask=self.task_umask)
         self.running[status.id] = ex
-        ex.start()
+        return ex if ex.spawn() else None
 
     def cancel(self, id: str, reason: str) -> None:
         ex = self.running.get(id)
@@ -172,13 +179,25 @@ class Runner:
         self._maybe_exit()
 
     def _control(self) -> None:
+        spawned: list[Execution] = []
+        try:
+            self._read_control(spawned)
+        finally:
+            # Their /proc stat and `running` once all are spawned (Execution.spawn).
+            for ex in spawned:
+                ex.identify()
+
+    def _read_control(self, spawned: list[Execution]) -> None:
         for _ in range(64):  # then let the loop breathe (exits, timers)
             if self.ctl is None:
                 return
             try:
                 msg, _fds = receive(self.ctl, TO_RUNNER - {"hello"})
                 if msg["op"] == "run":
-                    self.run(status_of(msg), int(str(msg["stopsignal"])), float(str(msg["stoptime"])))
+                    ex = self._spawn(status_of(msg), int(str(msg["stopsignal"])),
+                                     float(str(msg["stoptime"])))
+                    if ex is not None:
+                        spawned.append(ex)
                 elif msg["op"] == "cancel":
                     self.cancel(str(msg["id"]), str(msg["reason"]))
             except BlockingIOError:
