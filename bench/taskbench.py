@@ -150,8 +150,8 @@ def durable_writes_floor(python: str, n: int, batch: int) -> float:
     the daemon's statedir is on."""
     tmp = tempfile.mkdtemp(prefix="bench-taskwrites-")
     try:
-        out = subprocess.run([python, "-c", _WRITES, tmp, str(n), str(WRITES_PER_TASK), str(batch)], check=True, cwd=ROOT,
-                             capture_output=True, text=True, timeout=600)
+        out = subprocess.run([python, "-c", _WRITES, tmp, str(n), str(WRITES_PER_TASK), str(batch)],
+                             check=True, cwd=ROOT, capture_output=True, text=True, timeout=600)
         return float(out.stdout)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
