@@ -50,6 +50,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -58,9 +59,14 @@ from dbus_next.aio import MessageBus
 from dbus_next.constants import ErrorType
 from dbus_next.errors import DBusError
 from dbus_next.service import ServiceInterface
-from dbus_next.validators import assert_object_path_valid
+from dbus_next.validators import (
+    assert_interface_name_valid,
+    assert_member_name_valid,
+    assert_object_path_valid,
+)
 
-from taskmasterd.bus import pinned
+from taskmasterd.bus import pinned, wire
+from taskmasterd.bus.marshall import signal_message
 from taskmasterd.bus.reader import Reader
 from taskmasterd.bus.writer import Writer
 
@@ -90,6 +96,10 @@ class TaskmasterBus(MessageBus):  # type: ignore[misc]
         # are safe keys: _path_exports keeps the interfaces alive, and an
         # interface leaves this map when it leaves the last of its paths.
         self._paths_of: dict[int, list[str]] = {}
+        # sender -> its uid (being asked, or known): caller_uid()
+        self.caller_uids: OrderedDict[str, asyncio.Future[int | None]] = OrderedDict()
+        # (interface, member) of signals whose names were found valid
+        self._signal_names: set[tuple[str, str]] = set()
         super().__init__(bus_address, bus_type, auth, negotiate_unix_fd)
         self._writer = Writer(self)
 
@@ -159,10 +169,11 @@ class TaskmasterBus(MessageBus):  # type: ignore[misc]
         if announced is not None:
             # The object gives its properties at once (one task per
             # submission: the library's GetAll calls each getter through
-            # its machinery, most of an export's cost).
-            self.send(Message.new_signal(path=manager, interface=OBJECT_MANAGER,
-                                         member="InterfacesAdded", signature="oa{sa{sv}}",
-                                         body=[path, {interface.name: announced()}]))
+            # its machinery, most of an export's cost), as Variants or
+            # wire.Typed: the daemon's own values, written unchecked.
+            self.send_signal_body(manager, OBJECT_MANAGER, "InterfacesAdded", "oa{sa{sv}}",
+                                  wire.encode_trusted("oa{sa{sv}}",
+                                                      [path, {interface.name: announced()}]))
             return
 
         def on_properties(interface: Any, result: dict[str, Any], _user_data: Any,
@@ -170,9 +181,9 @@ class TaskmasterBus(MessageBus):  # type: ignore[misc]
             if e is not None:
                 log.error("could not read every property of %s at %s for InterfacesAdded: "
                           "some are left out", interface.name, path, exc_info=e)
-            self.send(Message.new_signal(path=manager, interface=OBJECT_MANAGER,
-                                         member="InterfacesAdded", signature="oa{sa{sv}}",
-                                         body=[path, {interface.name: result}]))
+            # (Variants: checked when made)
+            self.send_signal_body(manager, OBJECT_MANAGER, "InterfacesAdded", "oa{sa{sv}}",
+                                  wire.encode_trusted("oa{sa{sv}}", [path, {interface.name: result}]))
 
         ServiceInterface._get_all_property_values(interface, on_properties)
 
@@ -184,9 +195,30 @@ class TaskmasterBus(MessageBus):  # type: ignore[misc]
             return
         if self._disconnected:
             return
-        self.send(Message.new_signal(path=manager, interface=OBJECT_MANAGER,
-                                     member="InterfacesRemoved", signature="oas",
-                                     body=[path, removed_interfaces]))
+        self.send_signal_body(manager, OBJECT_MANAGER, "InterfacesRemoved", "oas",
+                              wire.encode_trusted("oas", [path, removed_interfaces]))
+
+    # ---- signals, written here --------------------------------------------
+
+    def send_signal_body(self, path: str, interface_name: str, member: str, signature: str,
+                         body: bytes | bytearray) -> None:
+        """Send the signal `Message.new_signal(path, interface_name, member,
+        signature, <values>)` whose values `body` is the encoding of: the same
+        bytes, the same serial and place in the queue as `send` gives it, no
+        Message made. The names are not checked: `path` must be one export()
+        checked (or `manager_path`), the names the daemon's own or checked by
+        `_interface_signal_notify`."""
+        self._writer.queue_bytes(signal_message(self.next_serial(), path, interface_name, member,
+                                                signature, body))
+
+    def send_interface_signal(self, interface: Any, interface_name: str, member: str,
+                              signature: str, body: bytes | bytearray) -> None:
+        """`_interface_signal_notify` with the values already encoded (signals.py):
+        from the path the interface was last exported on."""
+        paths = self._paths_of.get(id(interface))
+        if not paths:
+            raise Exception("Could not find interface on bus (this is a bug in dbus-next)")
+        self.send_signal_body(paths[-1], interface_name, member, signature, body)
 
     # ---- signal paths -----------------------------------------------------
 
@@ -219,12 +251,22 @@ class TaskmasterBus(MessageBus):  # type: ignore[misc]
                                  signature: str, body: list[Any],
                                  unix_fds: list[int] | None = None) -> None:
         """Replaces dbus-next 0.2.3's `BaseMessageBus._interface_signal_notify`: the same
-        signal (path: the last one the interface was exported on), found in O(1)."""
+        signal (path: the last one the interface was exported on), found in O(1),
+        written without a Message (its names checked once, its body as `marshall` does)."""
         paths = self._paths_of.get(id(interface))
         if not paths:
             raise Exception("Could not find interface on bus (this is a bug in dbus-next)")
-        self.send(Message.new_signal(path=paths[-1], interface=interface_name, member=member,
-                                     signature=signature, body=body, unix_fds=unix_fds or []))
+        if unix_fds:
+            self.send(Message.new_signal(path=paths[-1], interface=interface_name, member=member,
+                                         signature=signature, body=body, unix_fds=unix_fds))
+            return
+        if (interface_name, member) not in self._signal_names:
+            # what Message() would refuse (the path: export() checked it)
+            assert_interface_name_valid(interface_name)
+            assert_member_name_valid(member)
+            self._signal_names.add((interface_name, member))
+        self.send_signal_body(paths[-1], interface_name, member, signature,
+                              wire.encode_body(signature, body))
 
     # ---- the caller -------------------------------------------------------
 
@@ -288,16 +330,50 @@ async def close(bus: Any, timeout: float = 5.0) -> None:
             closeable.close()
 
 
+# Senders whose uid a bus keeps (the most recently seen): unique names are
+# never reused on a bus, so a sender's uid never changes and needs no
+# invalidation; a new connection (a new bus, maybe a restarted daemon whose
+# names start again at :1.1) starts with none.
+CALLER_UIDS = 256
+
+
 async def caller_uid(timeout: float = 5.0) -> tuple[str, int | None]:
     """(unique name, uid) of the caller of the method call being handled (its
     handler's context): the uid from the bus (GetConnectionUnixUser), None
-    when the bus would not tell; ("", None) outside a call."""
+    when the bus would not tell; ("", None) outside a call.
+
+    A TaskmasterBus asks once per sender (`caller_uids`: the last CALLER_UIDS
+    senders' answers, calls arriving while a question is out wait for it);
+    a None is not kept: the next call asks again."""
     caller = CALLER.get()
     if caller is None:
         return "", None
     bus, sender = caller
     if not sender:
         return "", None
+    uids: OrderedDict[str, asyncio.Future[int | None]] | None = getattr(bus, "caller_uids", None)
+    if uids is None:  # (CALLER is set by TaskmasterBus only)
+        return sender, await _ask_uid(bus, sender, timeout)
+    lookup = uids.get(sender)
+    if lookup is not None:
+        uids.move_to_end(sender)
+    else:
+        lookup = uids[sender] = asyncio.ensure_future(_ask_uid(bus, sender, timeout))
+        if len(uids) > CALLER_UIDS:
+            uids.popitem(last=False)
+
+        def forget_unknown(done: asyncio.Future[int | None], sender: str = sender) -> None:
+            if (done.cancelled() or done.result() is None) and uids.get(sender) is done:
+                del uids[sender]
+        lookup.add_done_callback(forget_unknown)
+    if lookup.done():
+        return sender, None if lookup.cancelled() else lookup.result()
+    # shielded: a call cancelled while waiting leaves the question to the others
+    return sender, await asyncio.shield(lookup)
+
+
+async def _ask_uid(bus: Any, sender: str, timeout: float) -> int | None:
+    """The bus's GetConnectionUnixUser for `sender`, None when it would not tell."""
     try:
         async with asyncio.timeout(timeout):
             reply = await bus.call(Message(destination="org.freedesktop.DBus",
@@ -306,8 +382,8 @@ async def caller_uid(timeout: float = 5.0) -> tuple[str, int | None]:
                                            member="GetConnectionUnixUser", signature="s",
                                            body=[sender]))
     except Exception:  # the bus went away, or is slow: the name will do
-        return sender, None
+        return None
     if reply is None or reply.message_type is not MessageType.METHOD_RETURN or \
             reply.signature != "u":
-        return sender, None
-    return sender, int(reply.body[0])
+        return None
+    return int(reply.body[0])

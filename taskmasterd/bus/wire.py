@@ -11,9 +11,10 @@ are the bytes: the tests compare both on generated messages.
 
 Little-endian only (what dbus-next writes, and every sender on the
 machines we run on); `decode_body` returns None for a big-endian body and
-the caller falls back to the library. Writing keeps the library's type check
-(`SignatureTree.verify`), so a bad body raises the same
-SignatureBodyMismatchError as before.
+the caller falls back to the library. `encode_body` keeps the library's type
+check (`SignatureTree.verify`), so a bad body raises the same
+SignatureBodyMismatchError as before; `encode_trusted` (the signals whose
+bodies the daemon's own code builds: signals.py) skips it.
 
 Used by TaskmasterBus's writer (marshall.py) and reader (reader.py).
 """
@@ -50,6 +51,17 @@ def _pad(out: bytearray, n: int) -> None:
 # ---- writing ----------------------------------------------------------------
 
 
+class Typed:
+    """A value with its D-Bus signature, written as a `v` like `Variant(signature,
+    value)` but without the Variant's check of the value (encode_trusted only)."""
+
+    __slots__ = ("signature", "value")
+
+    def __init__(self, signature: str, value: Any) -> None:
+        self.signature = signature
+        self.value = value
+
+
 @functools.cache
 def _encoder_for(signature: str) -> list[Encoder]:
     return [_encoder(t) for t in SignatureTree._get(signature).types]
@@ -58,6 +70,14 @@ def _encoder_for(signature: str) -> list[Encoder]:
 def encode_body(signature: str, body: list[Any]) -> bytearray:
     """The body's bytes, as dbus-next's Marshaller writes them (same checks)."""
     SignatureTree._get(signature).verify(body)
+    return encode_trusted(signature, body)
+
+
+def encode_trusted(signature: str, body: list[Any]) -> bytearray:
+    """`encode_body` without the type check: for bodies the daemon's own code
+    builds with known types (signals.py). A `v` may be a `Typed`. A value of
+    a wrong type is not refused the library's way: it may raise another
+    error, or (an int for a 'b') be written anyway."""
     out = bytearray()
     for enc, value in zip(_encoder_for(signature), body, strict=True):
         enc(out, value)
@@ -99,7 +119,7 @@ def _encoder(t: SignatureType) -> Encoder:
     if token == "g":
         return _write_signature
     if token == "v":
-        def variant(out: bytearray, v: Variant) -> None:
+        def variant(out: bytearray, v: Variant | Typed) -> None:
             _write_signature(out, v.signature)
             _encoder_for(v.signature)[0](out, v.value)
         return variant
