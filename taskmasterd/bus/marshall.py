@@ -12,6 +12,7 @@ signals.py): the bytes `marshall` writes for `Message.new_signal(...)`.
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Any
 
@@ -50,11 +51,24 @@ def signal_message(serial: int, path: str, interface: str, member: str, signatur
     values' encoding. Nothing is checked: the names are the caller's own."""
     out = bytearray(16)
     _field(out, 1, "o", path)
+    out += _ZEROS[-len(out) & 7]
+    out += _signal_fields(interface, member, signature)
+    return _finish(out, _SIGNAL, _NO_FLAGS, serial, body)
+
+
+_ZEROS = [bytes(n) for n in range(8)]
+
+
+@functools.lru_cache(maxsize=256)
+def _signal_fields(interface: str, member: str, signature: str) -> bytes:
+    """A signal's header fields after its path (written from an 8-aligned
+    offset, as they are in a header: the same bytes wherever they go)."""
+    out = bytearray()
     _field(out, 2, "s", interface)
     _field(out, 3, "s", member)
     if signature:
         _field(out, 8, "g", signature)
-    return _finish(out, _SIGNAL, _NO_FLAGS, serial, body)
+    return bytes(out)
 
 
 def _field(out: bytearray, code: int, kind: str, value: Any) -> None:

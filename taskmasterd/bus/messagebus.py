@@ -17,9 +17,12 @@ What each override replaces, and why:
   the D-Bus specification (and GDBusObjectManagerClient, busctl) expect them
   from the ObjectManager's path. For objects strictly below `manager_path`
   they now come from there (same interface, member and body); other objects
-  keep the library behaviour; an interface with an `announced_properties()`
-  method (name -> Variant, what GetAll answers) gives its properties
-  directly. `GetManagedObjects` needs no change: 0.2.3
+  keep the library behaviour; an interface with an `interfaces_added_body(path)`
+  method (signals.TrustedInterface: what GetAll answers, encoded by the
+  object, unchecked: the daemon's own values) gives its properties
+  directly. Both are written to bytes here (`send_signal_body`: no
+  Message, no second check of a body the library's Variants or our code made).
+  `GetManagedObjects` needs no change: 0.2.3
   answers it on a path P with the objects strictly below P. Exports inside
   `unannounced_exports()` send nothing.
 - `export` / `unexport` / `_interface_signal_notify` / `_has_interface`:
@@ -29,11 +32,20 @@ What each override replaces, and why:
   start), and `unexport` scans every export for each interface leaving
   (`_has_interface`: removing or disconnecting N task objects cost O(N^2)).
   An exact index interface -> its paths is kept instead, updated by each
-  export and unexport.
+  export and unexport. The signal is written to bytes without a `Message`
+  (whose validators cost as much as the writing): its path is one
+  `export` checked, its interface and member names are checked once per
+  pair, its body as `marshall` checks it; a signal with fds still goes
+  through a Message. `send_interface_signal` (not an override) is the same
+  with the body already encoded: signals.py's signals (the daemon's own
+  bodies, encoded unchecked once for every bus).
 - `_make_method_handler`: handlers get only their arguments; the caller's
   unique name is put in the context variable `CALLER` (with this bus) for
   the call (a coroutine handler's task copies the context when made), so
-  `caller_uid()` can ask the bus who called (a cancel's reason says who).
+  `caller_uid()` can ask the bus who called (a cancel's reason says who;
+  a submission's runs as the caller). The bus is asked once per sender
+  (`caller_uids`: unique names are never reused on a bus): it was a round
+  trip to the bus daemon, and two messages, per submitted task.
 - `_send_reply`: 0.2.3's `SendReply.__exit__` does not return what `_exit`
   decided, so a `DBusError` raised by a handler, although answered, also
   propagates and is logged at ERROR with a traceback. Here `DBusError`s are
@@ -165,15 +177,14 @@ class TaskmasterBus(MessageBus):  # type: ignore[misc]
             return
         if self._disconnected:
             return
-        announced = getattr(interface, "announced_properties", None)
-        if announced is not None:
+        announced = getattr(interface, "interfaces_added_body", None)
+        body = announced(path) if announced is not None else None
+        if body is not None:
             # The object gives its properties at once (one task per
             # submission: the library's GetAll calls each getter through
-            # its machinery, most of an export's cost), as Variants or
-            # wire.Typed: the daemon's own values, written unchecked.
-            self.send_signal_body(manager, OBJECT_MANAGER, "InterfacesAdded", "oa{sa{sv}}",
-                                  wire.encode_trusted("oa{sa{sv}}",
-                                                      [path, {interface.name: announced()}]))
+            # its machinery, most of an export's cost), already encoded
+            # (signals.TrustedInterface: the daemon's own values).
+            self.send_signal_body(manager, OBJECT_MANAGER, "InterfacesAdded", "oa{sa{sv}}", body)
             return
 
         def on_properties(interface: Any, result: dict[str, Any], _user_data: Any,

@@ -14,9 +14,11 @@ D-Bus time. Here:
   the interface is exported on with `send_interface_signal` (another bus
   gets the library's `_interface_signal_notify`).
 - `TrustedInterface`, a ServiceInterface base: `members.init_interface` for
-  its `__init__` and an `emit_properties_changed` that writes the body
-  from `wire.Typed` values (for objects whose property values are the
-  daemon's own: tasks and activities).
+  its `__init__`; its PropertiesChanged (`emit_properties_changed`) and
+  InterfacesAdded (`interfaces_added_body`, from `announced_values()`)
+  bodies written with an encoder of its properties made once per class
+  (`wire.properties_encoder`: no Variant made or checked), for objects
+  whose property values are the daemon's own: tasks and activities.
 
 The bytes are those the library path writes (tests/unit/test_dbus_signals.py
 compares them); only a value of a wrong type is not refused the library's
@@ -90,27 +92,48 @@ def trusted_signal(name: str | None = None) -> Callable[[Any], Any]:
     return decorator
 
 
+_ENCODERS: dict[type, wire.PropertiesEncoder] = {}
+
+
 class TrustedInterface(ServiceInterface):  # type: ignore[misc]
     """A ServiceInterface made without the class scan (members.init_interface)
-    whose PropertiesChanged values are written unchecked."""
+    whose property values (PropertiesChanged, InterfacesAdded) are written
+    unchecked, by an encoder made once per class."""
 
     def __init__(self, name: str) -> None:
         init_interface(self, name)
 
-    def typed_properties(self, values: dict[str, Any]) -> dict[str, wire.Typed]:
-        """`values` (name -> value) as GetAll shows them, each with its
-        property's signature, in the library's order (unknown names left out)."""
-        return {prop: wire.Typed(signature, values[prop])
-                for prop, signature in property_signatures(self) if prop in values}
+    def _properties(self) -> wire.PropertiesEncoder:
+        encoder = _ENCODERS.get(type(self))
+        if encoder is None:
+            encoder = _ENCODERS[type(self)] = wire.properties_encoder(property_signatures(self))
+        return encoder
+
+    def announced_values(self) -> dict[str, Any] | None:
+        """Every property's value (name -> value), what GetAll would answer,
+        for InterfacesAdded; None: the bus reads them as GetAll does."""
+        return None
+
+    def interfaces_added_body(self, path: str) -> bytearray | None:
+        """InterfacesAdded's body for this interface exported on `path`
+        (messagebus.TaskmasterBus), from `announced_values()`; None without them."""
+        values = self.announced_values()
+        if values is None:
+            return None
+        return wire.encode_interfaces_added(path, self.name, self._properties(), values)
 
     def emit_properties_changed(self, changed_properties: dict[str, Any],
                                 invalidated_properties: list[str] | None = None) -> None:
         """dbus-next 0.2.3's `ServiceInterface.emit_properties_changed`, the values unchecked
         (the library's own, Variants, when a bus is not a TaskmasterBus)."""
         invalidated = invalidated_properties or []
-        if not all(hasattr(bus, "send_interface_signal")
-                   for bus in ServiceInterface._get_buses(self)):
+        buses = ServiceInterface._get_buses(self)
+        if not all(hasattr(bus, "send_interface_signal") for bus in buses):
             super().emit_properties_changed(changed_properties, invalidated)
             return
-        _send(self, PROPERTIES, "PropertiesChanged", "sa{sv}as",
-              [self.name, self.typed_properties(changed_properties), invalidated])
+        if not buses:
+            return
+        body = wire.encode_properties_changed(self.name, self._properties(), changed_properties,
+                                              invalidated)
+        for bus in buses:
+            bus.send_interface_signal(self, PROPERTIES, "PropertiesChanged", "sa{sv}as", body)

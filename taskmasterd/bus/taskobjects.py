@@ -27,7 +27,6 @@ from taskmasterd.bus.calls import check_arg, dbus_errors, named, open_output, us
 from taskmasterd.bus.messagebus import caller_uid
 from taskmasterd.bus.names import ACTIVITY_IFACE, TASK_IFACE
 from taskmasterd.bus.signals import TrustedInterface, trusted_signal
-from taskmasterd.bus.wire import Typed
 from taskmasterd.errors import TaskInvalid, TaskmasterError
 from taskmasterd.tasks.records import ActivityStatus, TaskStatus
 from taskmasterd.tasks.spec import MAX_TASKS, TaskSpec, parse_activity, parse_task
@@ -220,13 +219,13 @@ class Task(TrustedInterface):
     def status(self) -> TaskStatus:
         return self._tasks.task(self.task_id)
 
-    def announced_properties(self) -> dict[str, Typed]:
+    def announced_values(self) -> dict[str, Any]:
         """Every property, as GetAll answers, for InterfacesAdded (from
-        `sent`, what the service announces; messagebus.TaskmasterBus)."""
+        `sent`, what the service announces; signals.TrustedInterface)."""
         s = self.sent if self.sent is not None else self.status()
         values = {name: value(s) for name, value in TASK_PROPERTIES.items()}
         values["Directory"] = os.path.dirname(self._tasks.output_file(self.task_id, "stdout"))
-        return self.typed_properties(values)
+        return values
 
     def _get(self, prop: str) -> Any:
         with dbus_errors(prop):
@@ -331,10 +330,10 @@ class Activity(TrustedInterface):
     def status(self) -> ActivityStatus:
         return self._tasks.activity(self.activity_id)
 
-    def announced_properties(self) -> dict[str, Typed]:
+    def announced_values(self) -> dict[str, Any]:
         """As Task's."""
         a = self.sent if self.sent is not None else self.status()
-        return self.typed_properties({name: value(a) for name, value in ACTIVITY_PROPERTIES.items()})
+        return {name: value(a) for name, value in ACTIVITY_PROPERTIES.items()}
 
     def _get(self, prop: str) -> Any:
         with dbus_errors(prop):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from dbus_next.signature import SignatureTree, SignatureType, Variant
@@ -51,17 +51,6 @@ def _pad(out: bytearray, n: int) -> None:
 # ---- writing ----------------------------------------------------------------
 
 
-class Typed:
-    """A value with its D-Bus signature, written as a `v` like `Variant(signature,
-    value)` but without the Variant's check of the value (encode_trusted only)."""
-
-    __slots__ = ("signature", "value")
-
-    def __init__(self, signature: str, value: Any) -> None:
-        self.signature = signature
-        self.value = value
-
-
 @functools.cache
 def _encoder_for(signature: str) -> list[Encoder]:
     return [_encoder(t) for t in SignatureTree._get(signature).types]
@@ -75,7 +64,7 @@ def encode_body(signature: str, body: list[Any]) -> bytearray:
 
 def encode_trusted(signature: str, body: list[Any]) -> bytearray:
     """`encode_body` without the type check: for bodies the daemon's own code
-    builds with known types (signals.py). A `v` may be a `Typed`. A value of
+    builds with known types (signals.py). A value of
     a wrong type is not refused the library's way: it may raise another
     error, or (an int for a 'b') be written anyway."""
     out = bytearray()
@@ -119,7 +108,7 @@ def _encoder(t: SignatureType) -> Encoder:
     if token == "g":
         return _write_signature
     if token == "v":
-        def variant(out: bytearray, v: Variant | Typed) -> None:
+        def variant(out: bytearray, v: Variant) -> None:
             _write_signature(out, v.signature)
             _encoder_for(v.signature)[0](out, v.value)
         return variant
@@ -171,6 +160,70 @@ def _write_signature(out: bytearray, v: str) -> None:
     out.append(len(data))
     out += data
     out.append(0)
+
+
+PropertiesEncoder = Callable[[bytearray, Mapping[str, Any]], None]
+
+
+def properties_encoder(signatures: list[tuple[str, str]]) -> PropertiesEncoder:
+    """An encoder of an `a{sv}` from a mapping name -> value, for properties
+    of these (name, signature): the entries of the names in the mapping, in
+    the order of `signatures`; the bytes `{name: Variant(signature, value)}`
+    gives (each entry's name and signature written once, here). Unchecked,
+    as encode_trusted."""
+    entries = []
+    for name, signature in signatures:
+        prefix = bytearray()  # an entry starts 8-aligned: the same bytes wherever it is
+        _encoder_for("s")[0](prefix, name)
+        _write_signature(prefix, signature)
+        entries.append((name, bytes(prefix), _encoder_for(signature)[0]))
+
+    def properties(out: bytearray, values: Mapping[str, Any]) -> None:
+        _pad(out, 4)
+        at = len(out)
+        out += b"\0\0\0\0"
+        _pad(out, 8)
+        start = len(out)
+        for name, prefix, value in entries:
+            if name in values:
+                _pad(out, 8)
+                out += prefix
+                value(out, values[name])
+        _U32.pack_into(out, at, len(out) - start)
+    return properties
+
+
+def encode_value(out: bytearray, signature: str, value: Any) -> None:
+    """Append `value`, of the single complete type `signature`, to `out`
+    (whose length is its offset in the body: alignment). Unchecked."""
+    _encoder_for(signature)[0](out, value)
+
+
+def encode_properties_changed(interface: str, properties: PropertiesEncoder,
+                              values: Mapping[str, Any], invalidated: list[str]) -> bytearray:
+    """PropertiesChanged's body (sa{sv}as): `interface`, `values` by `properties`, `invalidated`."""
+    out = bytearray()
+    encode_value(out, "s", interface)
+    properties(out, values)
+    encode_value(out, "as", invalidated)
+    return out
+
+
+def encode_interfaces_added(path: str, interface: str, properties: PropertiesEncoder,
+                            values: Mapping[str, Any]) -> bytearray:
+    """InterfacesAdded's body (oa{sa{sv}}) for one interface: `path`,
+    {`interface`: `values` by `properties`}."""
+    out = bytearray()
+    encode_value(out, "o", path)
+    _pad(out, 4)
+    at = len(out)  # the array's length, then its one entry (8-aligned)
+    out += b"\0\0\0\0"
+    _pad(out, 8)
+    start = len(out)
+    encode_value(out, "s", interface)
+    properties(out, values)
+    _U32.pack_into(out, at, len(out) - start)
+    return out
 
 
 # ---- reading ----------------------------------------------------------------
