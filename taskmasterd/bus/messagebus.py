@@ -39,6 +39,12 @@ What each override replaces, and why:
   through a Message. `send_interface_signal` (not an override) is the same
   with the body already encoded: signals.py's signals (the daemon's own
   bodies, encoded unchecked once for every bus).
+- `_find_message_handler`: the library compares a call with every method
+  of every interface on its path (the Manager's thirty for each
+  SubmitTask); a call to one of our interfaces finds its method in an
+  index (interface class -> (member, signature) -> the first enabled
+  method, in the library's order): the same handler. Calls to the
+  org.freedesktop.DBus.* interfaces, or without an interface, are left to it.
 - `_make_method_handler`: handlers get only their arguments; the caller's
   unique name is put in the context variable `CALLER` (with this bus) for
   the call (a coroutine handler's task copies the context when made), so
@@ -89,6 +95,27 @@ log = logging.getLogger(__name__)
 # (bus, sender) of the method call being handled; None outside a call.
 CALLER: contextvars.ContextVar[tuple[MessageBus, str] | None] = contextvars.ContextVar(
     "taskmaster_dbus_caller", default=None)
+
+
+# The library's own interfaces (Introspectable, Properties, Peer,
+# ObjectManager): _find_message_handler leaves their calls to the library.
+_FREEDESKTOP = "org.freedesktop.DBus."
+# class of an exported interface -> (member, in-signature) -> its first enabled method
+_METHODS: dict[type, dict[tuple[str, str], Any]] = {}
+
+
+def _methods_of(interface: Any) -> dict[tuple[str, str], Any]:
+    """The interface's enabled methods by (name, in-signature), the first of
+    each in the library's order; once per class (the library's method list
+    is the class's: ServiceInterface.__init__ scans `type(self)`)."""
+    methods = _METHODS.get(type(interface))
+    if methods is None:
+        methods = {}
+        for method in ServiceInterface._get_methods(interface):
+            if not method.disabled:
+                methods.setdefault((method.name, method.in_signature), method)
+        _METHODS[type(interface)] = methods
+    return methods
 
 
 class TaskmasterBus(MessageBus):  # type: ignore[misc]
@@ -278,6 +305,20 @@ class TaskmasterBus(MessageBus):  # type: ignore[misc]
             self._signal_names.add((interface_name, member))
         self.send_signal_body(paths[-1], interface_name, member, signature,
                               wire.encode_body(signature, body))
+
+    # ---- method calls -----------------------------------------------------
+
+    def _find_message_handler(self, msg: Any) -> Any:
+        """Replaces dbus-next 0.2.3's `BaseMessageBus._find_message_handler`
+        (module docstring): the same handler, the method found in an index."""
+        interface_name = msg.interface
+        if interface_name is None or interface_name.startswith(_FREEDESKTOP):
+            return super()._find_message_handler(msg)
+        for interface in self._path_exports.get(msg.path, ()):
+            if interface.name == interface_name:
+                method = _methods_of(interface).get((msg.member, msg.signature))
+                return None if method is None else self._make_method_handler(interface, method)
+        return None
 
     # ---- the caller -------------------------------------------------------
 
