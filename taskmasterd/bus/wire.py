@@ -244,6 +244,27 @@ def decode_body(signature: str, buf: Buffer, offset: int) -> list[Any]:
     return body
 
 
+def decode_header_fields(buf: Buffer) -> list[tuple[int, Any]]:
+    """A little-endian message's header fields (its `a(yv)` at offset 12) as
+    (code, value): what `decode_body("a(yv)", buf, 12)` gives, each variant's
+    value without its Variant (a header has a few, every message)."""
+    end = 16 + _U32.unpack_from(buf, 12)[0]
+    off = 16
+    fields = []
+    while off < end:
+        off += -off & 7
+        code = buf[off]
+        signature, off = _read_signature(buf, off + 1)
+        decoders = _decoder_for(signature)
+        if len(decoders) != 1:  # what Variant() refuses
+            raise ValueError("variants must have a signature for a single complete type")
+        value, off = decoders[0](buf, off)
+        if "o" in signature:  # what Variant() would check: a path's syntax (the rest is as decoded)
+            SignatureTree._get(signature).types[0].verify(value)
+        fields.append((code, value))
+    return fields
+
+
 def _decoder(t: SignatureType) -> Decoder:
     token = t.token
     if token in _FIXED:
