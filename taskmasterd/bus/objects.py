@@ -22,6 +22,7 @@ from dbus_next.service import ServiceInterface, dbus_property, method
 
 from taskmasterd import __version__, signames
 from taskmasterd.bus.calls import check_arg, dbus_errors, named, open_output, us
+from taskmasterd.bus.members import init_interface
 from taskmasterd.bus.names import MANAGER_IFACE, PROGRAM_IFACE
 from taskmasterd.bus.signals import trusted_signal
 from taskmasterd.bus.taskobjects import TaskMethods, Tasks
@@ -261,7 +262,7 @@ class Manager(TaskMethods, ServiceInterface):
 
 class Program(ServiceInterface):
     def __init__(self, controller: Controller, name: str) -> None:
-        super().__init__(PROGRAM_IFACE)
+        init_interface(self, PROGRAM_IFACE)  # one per program: the class scan once (members.py)
         self._c = controller
         self.program = name
 

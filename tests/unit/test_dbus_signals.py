@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from taskmasterd.bus import wire
 from taskmasterd.bus.marshall import signal_message
-from taskmasterd.bus.objects import Manager
+from taskmasterd.bus.objects import Manager, Program
 from taskmasterd.bus.taskobjects import ACTIVITY_PROPERTIES, TASK_PROPERTIES, Activity, Task
 from taskmasterd.events import EventBus
 from taskmasterd.tasks.records import ActivityState, TaskState
@@ -235,9 +235,11 @@ def test_objects_made_without_the_scan_have_the_librarys_members(tmp_path: Path)
         assert _xml(obj) == _xml(scanned)
         assert ServiceInterface._get_buses(obj) == set()
     assert ServiceInterface._get_buses(first) is not ServiceInterface._get_buses(second)
-    for cls in (Activity,):
-        one = cls(tasks, "x")
-        other = object.__new__(cls)
+    controller = cast(Any, FakeController(None))
+    for make in (lambda: Activity(tasks, "x"), lambda: Program(controller, "web"),
+                 lambda: Program(controller, "db")):
+        one = make()
+        other = object.__new__(type(one))
         ServiceInterface.__init__(other, one.name)
         assert _xml(one) == _xml(other)
 
