@@ -57,7 +57,8 @@ What each override replaces, and why:
   propagates and is logged at ERROR with a traceback. Here `DBusError`s are
   suppressed; any other exception is answered as before
   (`com.dubstepdish.dbus.next.ServiceError` with the traceback in its text)
-  and still logged.
+  and still logged. The library also made a new SendReply class for each
+  call: replies.SendReply is the library's, fixed, made once.
 
 `close(bus)` (any aio MessageBus): 0.2.3 never closes a bus's socket.
 """
@@ -86,6 +87,7 @@ from dbus_next.validators import (
 from taskmasterd.bus import pinned, wire
 from taskmasterd.bus.marshall import signal_message
 from taskmasterd.bus.reader import Reader
+from taskmasterd.bus.replies import SendReply
 from taskmasterd.bus.writer import Writer
 
 OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
@@ -336,18 +338,11 @@ class TaskmasterBus(MessageBus):  # type: ignore[misc]
 
     # ---- replies ----------------------------------------------------------
 
-    def _send_reply(self, msg: Any) -> Any:
-        """dbus-next 0.2.3's `BaseMessageBus._send_reply`, whose `SendReply.__exit__`
-        also suppresses the DBusError it has answered (module docstring)."""
-        send_reply = super()._send_reply(msg)
-        type(send_reply).__exit__ = _exit_suppressing_answered  # a class of its own, made by each call
-        return send_reply
-
-
-def _exit_suppressing_answered(send_reply: Any, exc_type: Any, exc_value: Any, tb: Any) -> bool:
-    """`SendReply.__exit__` of dbus-next 0.2.3, returning True for a DBusError (answered)."""
-    send_reply._exit(exc_type, exc_value, tb)
-    return exc_type is not None and issubclass(exc_type, DBusError)
+    def _send_reply(self, msg: Any) -> SendReply:
+        """Replaces dbus-next 0.2.3's `BaseMessageBus._send_reply`: its `SendReply`,
+        a class made once, whose `__exit__` also suppresses the DBusError it
+        has answered (module docstring, replies.py)."""
+        return SendReply(self, msg)
 
 
 async def close(bus: Any, timeout: float = 5.0) -> None:
