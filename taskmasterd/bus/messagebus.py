@@ -17,9 +17,12 @@ What each override replaces, and why:
   the D-Bus specification (and GDBusObjectManagerClient, busctl) expect them
   from the ObjectManager's path. For objects strictly below `manager_path`
   they now come from there (same interface, member and body); other objects
-  keep the library behaviour; an interface with an `announced_properties()`
-  method (name -> Variant, what GetAll answers) gives its properties
-  directly. `GetManagedObjects` needs no change: 0.2.3
+  keep the library behaviour; an interface with an `interfaces_added_body(path)`
+  method (signals.TrustedInterface: what GetAll answers, encoded by the
+  object, unchecked: the daemon's own values) gives its properties
+  directly. Both are written to bytes here (`send_signal_body`: no
+  Message, no second check of a body the library's Variants or our code made).
+  `GetManagedObjects` needs no change: 0.2.3
   answers it on a path P with the objects strictly below P. Exports inside
   `unannounced_exports()` send nothing.
 - `export` / `unexport` / `_interface_signal_notify` / `_has_interface`:
@@ -29,17 +32,33 @@ What each override replaces, and why:
   start), and `unexport` scans every export for each interface leaving
   (`_has_interface`: removing or disconnecting N task objects cost O(N^2)).
   An exact index interface -> its paths is kept instead, updated by each
-  export and unexport.
+  export and unexport. The signal is written to bytes without a `Message`
+  (whose validators cost as much as the writing): its path is one
+  `export` checked, its interface and member names are checked once per
+  pair, its body as `marshall` checks it; a signal with fds still goes
+  through a Message. `send_interface_signal` (not an override) is the same
+  with the body already encoded: signals.py's signals (the daemon's own
+  bodies, encoded unchecked once for every bus).
+- `_find_message_handler`: the library compares a call with every method
+  of every interface on its path (the Manager's thirty for each
+  SubmitTask); a call to one of our interfaces finds its method in an
+  index (interface class -> (member, signature) -> the first enabled
+  method, in the library's order): the same handler. Calls to the
+  org.freedesktop.DBus.* interfaces, or without an interface, are left to it.
 - `_make_method_handler`: handlers get only their arguments; the caller's
   unique name is put in the context variable `CALLER` (with this bus) for
   the call (a coroutine handler's task copies the context when made), so
-  `caller_uid()` can ask the bus who called (a cancel's reason says who).
+  `caller_uid()` can ask the bus who called (a cancel's reason says who;
+  a submission's runs as the caller). The bus is asked once per sender
+  (`caller_uids`: unique names are never reused on a bus): it was a round
+  trip to the bus daemon, and two messages, per submitted task.
 - `_send_reply`: 0.2.3's `SendReply.__exit__` does not return what `_exit`
   decided, so a `DBusError` raised by a handler, although answered, also
   propagates and is logged at ERROR with a traceback. Here `DBusError`s are
   suppressed; any other exception is answered as before
   (`com.dubstepdish.dbus.next.ServiceError` with the traceback in its text)
-  and still logged.
+  and still logged. The library also made a new SendReply class for each
+  call: replies.SendReply is the library's, fixed, made once.
 
 `close(bus)` (any aio MessageBus): 0.2.3 never closes a bus's socket.
 """
@@ -50,6 +69,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -58,10 +78,16 @@ from dbus_next.aio import MessageBus
 from dbus_next.constants import ErrorType
 from dbus_next.errors import DBusError
 from dbus_next.service import ServiceInterface
-from dbus_next.validators import assert_object_path_valid
+from dbus_next.validators import (
+    assert_interface_name_valid,
+    assert_member_name_valid,
+    assert_object_path_valid,
+)
 
-from taskmasterd.bus import pinned
+from taskmasterd.bus import pinned, wire
+from taskmasterd.bus.marshall import signal_message
 from taskmasterd.bus.reader import Reader
+from taskmasterd.bus.replies import SendReply
 from taskmasterd.bus.writer import Writer
 
 OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
@@ -71,6 +97,27 @@ log = logging.getLogger(__name__)
 # (bus, sender) of the method call being handled; None outside a call.
 CALLER: contextvars.ContextVar[tuple[MessageBus, str] | None] = contextvars.ContextVar(
     "taskmaster_dbus_caller", default=None)
+
+
+# The library's own interfaces (Introspectable, Properties, Peer,
+# ObjectManager): _find_message_handler leaves their calls to the library.
+_FREEDESKTOP = "org.freedesktop.DBus."
+# class of an exported interface -> (member, in-signature) -> its first enabled method
+_METHODS: dict[type, dict[tuple[str, str], Any]] = {}
+
+
+def _methods_of(interface: Any) -> dict[tuple[str, str], Any]:
+    """The interface's enabled methods by (name, in-signature), the first of
+    each in the library's order; once per class (the library's method list
+    is the class's: ServiceInterface.__init__ scans `type(self)`)."""
+    methods = _METHODS.get(type(interface))
+    if methods is None:
+        methods = {}
+        for method in ServiceInterface._get_methods(interface):
+            if not method.disabled:
+                methods.setdefault((method.name, method.in_signature), method)
+        _METHODS[type(interface)] = methods
+    return methods
 
 
 class TaskmasterBus(MessageBus):  # type: ignore[misc]
@@ -90,6 +137,10 @@ class TaskmasterBus(MessageBus):  # type: ignore[misc]
         # are safe keys: _path_exports keeps the interfaces alive, and an
         # interface leaves this map when it leaves the last of its paths.
         self._paths_of: dict[int, list[str]] = {}
+        # sender -> its uid (being asked, or known): caller_uid()
+        self.caller_uids: OrderedDict[str, asyncio.Future[int | None]] = OrderedDict()
+        # (interface, member) of signals whose names were found valid
+        self._signal_names: set[tuple[str, str]] = set()
         super().__init__(bus_address, bus_type, auth, negotiate_unix_fd)
         self._writer = Writer(self)
 
@@ -155,14 +206,14 @@ class TaskmasterBus(MessageBus):  # type: ignore[misc]
             return
         if self._disconnected:
             return
-        announced = getattr(interface, "announced_properties", None)
-        if announced is not None:
+        announced = getattr(interface, "interfaces_added_body", None)
+        body = announced(path) if announced is not None else None
+        if body is not None:
             # The object gives its properties at once (one task per
             # submission: the library's GetAll calls each getter through
-            # its machinery, most of an export's cost).
-            self.send(Message.new_signal(path=manager, interface=OBJECT_MANAGER,
-                                         member="InterfacesAdded", signature="oa{sa{sv}}",
-                                         body=[path, {interface.name: announced()}]))
+            # its machinery, most of an export's cost), already encoded
+            # (signals.TrustedInterface: the daemon's own values).
+            self.send_signal_body(manager, OBJECT_MANAGER, "InterfacesAdded", "oa{sa{sv}}", body)
             return
 
         def on_properties(interface: Any, result: dict[str, Any], _user_data: Any,
@@ -170,9 +221,9 @@ class TaskmasterBus(MessageBus):  # type: ignore[misc]
             if e is not None:
                 log.error("could not read every property of %s at %s for InterfacesAdded: "
                           "some are left out", interface.name, path, exc_info=e)
-            self.send(Message.new_signal(path=manager, interface=OBJECT_MANAGER,
-                                         member="InterfacesAdded", signature="oa{sa{sv}}",
-                                         body=[path, {interface.name: result}]))
+            # (Variants: checked when made)
+            self.send_signal_body(manager, OBJECT_MANAGER, "InterfacesAdded", "oa{sa{sv}}",
+                                  wire.encode_trusted("oa{sa{sv}}", [path, {interface.name: result}]))
 
         ServiceInterface._get_all_property_values(interface, on_properties)
 
@@ -184,9 +235,30 @@ class TaskmasterBus(MessageBus):  # type: ignore[misc]
             return
         if self._disconnected:
             return
-        self.send(Message.new_signal(path=manager, interface=OBJECT_MANAGER,
-                                     member="InterfacesRemoved", signature="oas",
-                                     body=[path, removed_interfaces]))
+        self.send_signal_body(manager, OBJECT_MANAGER, "InterfacesRemoved", "oas",
+                              wire.encode_trusted("oas", [path, removed_interfaces]))
+
+    # ---- signals, written here --------------------------------------------
+
+    def send_signal_body(self, path: str, interface_name: str, member: str, signature: str,
+                         body: bytes | bytearray) -> None:
+        """Send the signal `Message.new_signal(path, interface_name, member,
+        signature, <values>)` whose values `body` is the encoding of: the same
+        bytes, the same serial and place in the queue as `send` gives it, no
+        Message made. The names are not checked: `path` must be one export()
+        checked (or `manager_path`), the names the daemon's own or checked by
+        `_interface_signal_notify`."""
+        self._writer.queue_bytes(signal_message(self.next_serial(), path, interface_name, member,
+                                                signature, body))
+
+    def send_interface_signal(self, interface: Any, interface_name: str, member: str,
+                              signature: str, body: bytes | bytearray) -> None:
+        """`_interface_signal_notify` with the values already encoded (signals.py):
+        from the path the interface was last exported on."""
+        paths = self._paths_of.get(id(interface))
+        if not paths:
+            raise Exception("Could not find interface on bus (this is a bug in dbus-next)")
+        self.send_signal_body(paths[-1], interface_name, member, signature, body)
 
     # ---- signal paths -----------------------------------------------------
 
@@ -219,12 +291,36 @@ class TaskmasterBus(MessageBus):  # type: ignore[misc]
                                  signature: str, body: list[Any],
                                  unix_fds: list[int] | None = None) -> None:
         """Replaces dbus-next 0.2.3's `BaseMessageBus._interface_signal_notify`: the same
-        signal (path: the last one the interface was exported on), found in O(1)."""
+        signal (path: the last one the interface was exported on), found in O(1),
+        written without a Message (its names checked once, its body as `marshall` does)."""
         paths = self._paths_of.get(id(interface))
         if not paths:
             raise Exception("Could not find interface on bus (this is a bug in dbus-next)")
-        self.send(Message.new_signal(path=paths[-1], interface=interface_name, member=member,
-                                     signature=signature, body=body, unix_fds=unix_fds or []))
+        if unix_fds:
+            self.send(Message.new_signal(path=paths[-1], interface=interface_name, member=member,
+                                         signature=signature, body=body, unix_fds=unix_fds))
+            return
+        if (interface_name, member) not in self._signal_names:
+            # what Message() would refuse (the path: export() checked it)
+            assert_interface_name_valid(interface_name)
+            assert_member_name_valid(member)
+            self._signal_names.add((interface_name, member))
+        self.send_signal_body(paths[-1], interface_name, member, signature,
+                              wire.encode_body(signature, body))
+
+    # ---- method calls -----------------------------------------------------
+
+    def _find_message_handler(self, msg: Any) -> Any:
+        """Replaces dbus-next 0.2.3's `BaseMessageBus._find_message_handler`
+        (module docstring): the same handler, the method found in an index."""
+        interface_name = msg.interface
+        if interface_name is None or interface_name.startswith(_FREEDESKTOP):
+            return super()._find_message_handler(msg)
+        for interface in self._path_exports.get(msg.path, ()):
+            if interface.name == interface_name:
+                method = _methods_of(interface).get((msg.member, msg.signature))
+                return None if method is None else self._make_method_handler(interface, method)
+        return None
 
     # ---- the caller -------------------------------------------------------
 
@@ -242,18 +338,11 @@ class TaskmasterBus(MessageBus):  # type: ignore[misc]
 
     # ---- replies ----------------------------------------------------------
 
-    def _send_reply(self, msg: Any) -> Any:
-        """dbus-next 0.2.3's `BaseMessageBus._send_reply`, whose `SendReply.__exit__`
-        also suppresses the DBusError it has answered (module docstring)."""
-        send_reply = super()._send_reply(msg)
-        type(send_reply).__exit__ = _exit_suppressing_answered  # a class of its own, made by each call
-        return send_reply
-
-
-def _exit_suppressing_answered(send_reply: Any, exc_type: Any, exc_value: Any, tb: Any) -> bool:
-    """`SendReply.__exit__` of dbus-next 0.2.3, returning True for a DBusError (answered)."""
-    send_reply._exit(exc_type, exc_value, tb)
-    return exc_type is not None and issubclass(exc_type, DBusError)
+    def _send_reply(self, msg: Any) -> SendReply:
+        """Replaces dbus-next 0.2.3's `BaseMessageBus._send_reply`: its `SendReply`,
+        a class made once, whose `__exit__` also suppresses the DBusError it
+        has answered (module docstring, replies.py)."""
+        return SendReply(self, msg)
 
 
 async def close(bus: Any, timeout: float = 5.0) -> None:
@@ -288,16 +377,50 @@ async def close(bus: Any, timeout: float = 5.0) -> None:
             closeable.close()
 
 
+# Senders whose uid a bus keeps (the most recently seen): unique names are
+# never reused on a bus, so a sender's uid never changes and needs no
+# invalidation; a new connection (a new bus, maybe a restarted daemon whose
+# names start again at :1.1) starts with none.
+CALLER_UIDS = 256
+
+
 async def caller_uid(timeout: float = 5.0) -> tuple[str, int | None]:
     """(unique name, uid) of the caller of the method call being handled (its
     handler's context): the uid from the bus (GetConnectionUnixUser), None
-    when the bus would not tell; ("", None) outside a call."""
+    when the bus would not tell; ("", None) outside a call.
+
+    A TaskmasterBus asks once per sender (`caller_uids`: the last CALLER_UIDS
+    senders' answers, calls arriving while a question is out wait for it);
+    a None is not kept: the next call asks again."""
     caller = CALLER.get()
     if caller is None:
         return "", None
     bus, sender = caller
     if not sender:
         return "", None
+    uids: OrderedDict[str, asyncio.Future[int | None]] | None = getattr(bus, "caller_uids", None)
+    if uids is None:  # (CALLER is set by TaskmasterBus only)
+        return sender, await _ask_uid(bus, sender, timeout)
+    lookup = uids.get(sender)
+    if lookup is not None:
+        uids.move_to_end(sender)
+    else:
+        lookup = uids[sender] = asyncio.ensure_future(_ask_uid(bus, sender, timeout))
+        if len(uids) > CALLER_UIDS:
+            uids.popitem(last=False)
+
+        def forget_unknown(done: asyncio.Future[int | None], sender: str = sender) -> None:
+            if (done.cancelled() or done.result() is None) and uids.get(sender) is done:
+                del uids[sender]
+        lookup.add_done_callback(forget_unknown)
+    if lookup.done():
+        return sender, None if lookup.cancelled() else lookup.result()
+    # shielded: a call cancelled while waiting leaves the question to the others
+    return sender, await asyncio.shield(lookup)
+
+
+async def _ask_uid(bus: Any, sender: str, timeout: float) -> int | None:
+    """The bus's GetConnectionUnixUser for `sender`, None when it would not tell."""
     try:
         async with asyncio.timeout(timeout):
             reply = await bus.call(Message(destination="org.freedesktop.DBus",
@@ -306,8 +429,8 @@ async def caller_uid(timeout: float = 5.0) -> tuple[str, int | None]:
                                            member="GetConnectionUnixUser", signature="s",
                                            body=[sender]))
     except Exception:  # the bus went away, or is slow: the name will do
-        return sender, None
+        return None
     if reply is None or reply.message_type is not MessageType.METHOD_RETURN or \
             reply.signature != "u":
-        return sender, None
-    return sender, int(reply.body[0])
+        return None
+    return int(reply.body[0])

@@ -19,11 +19,12 @@ from typing import Protocol
 
 from dbus_next import PropertyAccess
 from dbus_next.service import ServiceInterface, dbus_property, method
-from dbus_next.service import signal as dbus_signal
 
 from taskmasterd import __version__, signames
 from taskmasterd.bus.calls import check_arg, dbus_errors, named, open_output, us
+from taskmasterd.bus.members import init_interface
 from taskmasterd.bus.names import MANAGER_IFACE, PROGRAM_IFACE
+from taskmasterd.bus.signals import trusted_signal
 from taskmasterd.bus.taskobjects import TaskMethods, Tasks
 from taskmasterd.bus.writer import close_after_send
 from taskmasterd.errors import BadName
@@ -248,20 +249,20 @@ class Manager(TaskMethods, ServiceInterface):
         return self._c.alert_counts()[1]
 
     @named()
-    @dbus_signal()
+    @trusted_signal()
     def ProcessStateChanged(self, process: str, program: str, old_state: str, new_state: str,
                             pid: int, exit_status: int, expected: bool) -> 'ssssuib':
         return [process, program, old_state, new_state, pid, exit_status, expected]
 
     @named()
-    @dbus_signal()
+    @trusted_signal()
     def Reloaded(self, added: list[str], changed: list[str], removed: list[str]) -> 'asasas':
         return [added, changed, removed]
 
 
 class Program(ServiceInterface):
     def __init__(self, controller: Controller, name: str) -> None:
-        super().__init__(PROGRAM_IFACE)
+        init_interface(self, PROGRAM_IFACE)  # one per program: the class scan once (members.py)
         self._c = controller
         self.program = name
 

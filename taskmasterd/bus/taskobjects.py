@@ -21,12 +21,12 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from dbus_next import PropertyAccess, Variant
-from dbus_next.service import ServiceInterface, dbus_property, method
-from dbus_next.service import signal as dbus_signal
+from dbus_next.service import dbus_property, method
 
 from taskmasterd.bus.calls import check_arg, dbus_errors, named, open_output, us
 from taskmasterd.bus.messagebus import caller_uid
 from taskmasterd.bus.names import ACTIVITY_IFACE, TASK_IFACE
+from taskmasterd.bus.signals import TrustedInterface, trusted_signal
 from taskmasterd.errors import TaskInvalid, TaskmasterError
 from taskmasterd.tasks.records import ActivityStatus, TaskStatus
 from taskmasterd.tasks.spec import MAX_TASKS, TaskSpec, parse_activity, parse_task
@@ -142,12 +142,6 @@ ACTIVITY_PROPERTIES: dict[str, Callable[[ActivityStatus], object]] = {
 }
 
 
-def _variants(obj: ServiceInterface, values: Mapping[str, object]) -> dict[str, Variant]:
-    """`values` as the Variants GetAll answers (each property's own signature)."""
-    return {prop.name: Variant(prop.signature, values[prop.name])
-            for prop in ServiceInterface._get_properties(obj) if prop.name in values}
-
-
 def changed_properties(table: Mapping[str, Callable[[Any], object]], old: object,
                        new: object) -> dict[str, object]:
     """The properties whose value differs between two statuses."""
@@ -211,7 +205,7 @@ async def caller_specs(specs: list[TaskSpec], where: Callable[[int], str]) -> li
 
 # ---- the objects --------------------------------------------------------------
 
-class Task(ServiceInterface):
+class Task(TrustedInterface):
     """/org/taskmaster/Taskmaster1/task/<id>. `sent`: the status the last
     announcement (InterfacesAdded or PropertiesChanged) described; the
     service keeps it up to date."""
@@ -225,13 +219,13 @@ class Task(ServiceInterface):
     def status(self) -> TaskStatus:
         return self._tasks.task(self.task_id)
 
-    def announced_properties(self) -> dict[str, Variant]:
+    def announced_values(self) -> dict[str, Any]:
         """Every property, as GetAll answers, for InterfacesAdded (from
-        `sent`, what the service announces; messagebus.TaskmasterBus)."""
+        `sent`, what the service announces; signals.TrustedInterface)."""
         s = self.sent if self.sent is not None else self.status()
         values = {name: value(s) for name, value in TASK_PROPERTIES.items()}
         values["Directory"] = os.path.dirname(self._tasks.output_file(self.task_id, "stdout"))
-        return _variants(self, values)
+        return values
 
     def _get(self, prop: str) -> Any:
         with dbus_errors(prop):
@@ -324,7 +318,7 @@ class Task(ServiceInterface):
             return os.path.dirname(self._tasks.output_file(self.task_id, "stdout"))
 
 
-class Activity(ServiceInterface):
+class Activity(TrustedInterface):
     """/org/taskmaster/Taskmaster1/activity/<id>; `sent` as Task's."""
 
     def __init__(self, tasks: Tasks, activity_id: str) -> None:
@@ -336,10 +330,10 @@ class Activity(ServiceInterface):
     def status(self) -> ActivityStatus:
         return self._tasks.activity(self.activity_id)
 
-    def announced_properties(self) -> dict[str, Variant]:
+    def announced_values(self) -> dict[str, Any]:
         """As Task's."""
         a = self.sent if self.sent is not None else self.status()
-        return _variants(self, {name: value(a) for name, value in ACTIVITY_PROPERTIES.items()})
+        return {name: value(a) for name, value in ACTIVITY_PROPERTIES.items()}
 
     def _get(self, prop: str) -> Any:
         with dbus_errors(prop):
@@ -457,13 +451,13 @@ class TaskMethods:
             return [activity_row(a) for a in self._manager().activities()]
 
     @named()
-    @dbus_signal()
+    @trusted_signal()
     def TaskStateChanged(self, id: str, name: str, activity: str, old_state: str, new_state: str,
                          exit_code: int, reason: str) -> 'sssssis':
         return [id, name, activity, old_state, new_state, exit_code, reason]
 
     @named()
-    @dbus_signal()
+    @trusted_signal()
     def ActivityStateChanged(self, id: str, name: str, old_state: str, new_state: str,
                              failed_task: str, reason: str) -> 'ssssss':
         return [id, name, old_state, new_state, failed_task, reason]

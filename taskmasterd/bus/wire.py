@@ -11,9 +11,10 @@ are the bytes: the tests compare both on generated messages.
 
 Little-endian only (what dbus-next writes, and every sender on the
 machines we run on); `decode_body` returns None for a big-endian body and
-the caller falls back to the library. Writing keeps the library's type check
-(`SignatureTree.verify`), so a bad body raises the same
-SignatureBodyMismatchError as before.
+the caller falls back to the library. `encode_body` keeps the library's type
+check (`SignatureTree.verify`), so a bad body raises the same
+SignatureBodyMismatchError as before; `encode_trusted` (the signals whose
+bodies the daemon's own code builds: signals.py) skips it.
 
 Used by TaskmasterBus's writer (marshall.py) and reader (reader.py).
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from dbus_next.signature import SignatureTree, SignatureType, Variant
@@ -58,6 +59,14 @@ def _encoder_for(signature: str) -> list[Encoder]:
 def encode_body(signature: str, body: list[Any]) -> bytearray:
     """The body's bytes, as dbus-next's Marshaller writes them (same checks)."""
     SignatureTree._get(signature).verify(body)
+    return encode_trusted(signature, body)
+
+
+def encode_trusted(signature: str, body: list[Any]) -> bytearray:
+    """`encode_body` without the type check: for bodies the daemon's own code
+    builds with known types (signals.py). A value of
+    a wrong type is not refused the library's way: it may raise another
+    error, or (an int for a 'b') be written anyway."""
     out = bytearray()
     for enc, value in zip(_encoder_for(signature), body, strict=True):
         enc(out, value)
@@ -153,6 +162,70 @@ def _write_signature(out: bytearray, v: str) -> None:
     out.append(0)
 
 
+PropertiesEncoder = Callable[[bytearray, Mapping[str, Any]], None]
+
+
+def properties_encoder(signatures: list[tuple[str, str]]) -> PropertiesEncoder:
+    """An encoder of an `a{sv}` from a mapping name -> value, for properties
+    of these (name, signature): the entries of the names in the mapping, in
+    the order of `signatures`; the bytes `{name: Variant(signature, value)}`
+    gives (each entry's name and signature written once, here). Unchecked,
+    as encode_trusted."""
+    entries = []
+    for name, signature in signatures:
+        prefix = bytearray()  # an entry starts 8-aligned: the same bytes wherever it is
+        _encoder_for("s")[0](prefix, name)
+        _write_signature(prefix, signature)
+        entries.append((name, bytes(prefix), _encoder_for(signature)[0]))
+
+    def properties(out: bytearray, values: Mapping[str, Any]) -> None:
+        _pad(out, 4)
+        at = len(out)
+        out += b"\0\0\0\0"
+        _pad(out, 8)
+        start = len(out)
+        for name, prefix, value in entries:
+            if name in values:
+                _pad(out, 8)
+                out += prefix
+                value(out, values[name])
+        _U32.pack_into(out, at, len(out) - start)
+    return properties
+
+
+def encode_value(out: bytearray, signature: str, value: Any) -> None:
+    """Append `value`, of the single complete type `signature`, to `out`
+    (whose length is its offset in the body: alignment). Unchecked."""
+    _encoder_for(signature)[0](out, value)
+
+
+def encode_properties_changed(interface: str, properties: PropertiesEncoder,
+                              values: Mapping[str, Any], invalidated: list[str]) -> bytearray:
+    """PropertiesChanged's body (sa{sv}as): `interface`, `values` by `properties`, `invalidated`."""
+    out = bytearray()
+    encode_value(out, "s", interface)
+    properties(out, values)
+    encode_value(out, "as", invalidated)
+    return out
+
+
+def encode_interfaces_added(path: str, interface: str, properties: PropertiesEncoder,
+                            values: Mapping[str, Any]) -> bytearray:
+    """InterfacesAdded's body (oa{sa{sv}}) for one interface: `path`,
+    {`interface`: `values` by `properties`}."""
+    out = bytearray()
+    encode_value(out, "o", path)
+    _pad(out, 4)
+    at = len(out)  # the array's length, then its one entry (8-aligned)
+    out += b"\0\0\0\0"
+    _pad(out, 8)
+    start = len(out)
+    encode_value(out, "s", interface)
+    properties(out, values)
+    _U32.pack_into(out, at, len(out) - start)
+    return out
+
+
 # ---- reading ----------------------------------------------------------------
 
 
@@ -169,6 +242,27 @@ def decode_body(signature: str, buf: Buffer, offset: int) -> list[Any]:
         value, offset = dec(buf, offset)
         body.append(value)
     return body
+
+
+def decode_header_fields(buf: Buffer) -> list[tuple[int, Any]]:
+    """A little-endian message's header fields (its `a(yv)` at offset 12) as
+    (code, value): what `decode_body("a(yv)", buf, 12)` gives, each variant's
+    value without its Variant (a header has a few, every message)."""
+    end = 16 + _U32.unpack_from(buf, 12)[0]
+    off = 16
+    fields = []
+    while off < end:
+        off += -off & 7
+        code = buf[off]
+        signature, off = _read_signature(buf, off + 1)
+        decoders = _decoder_for(signature)
+        if len(decoders) != 1:  # what Variant() refuses
+            raise ValueError("variants must have a signature for a single complete type")
+        value, off = decoders[0](buf, off)
+        if "o" in signature:  # what Variant() would check: a path's syntax (the rest is as decoded)
+            SignatureTree._get(signature).types[0].verify(value)
+        fields.append((code, value))
+    return fields
 
 
 def _decoder(t: SignatureType) -> Decoder:

@@ -12,7 +12,8 @@ again. Any other error still finalizes the bus. Also: messages are written
 with `marshall.marshall` (the library's bytes, faster), a send nobody awaits
 failing does not print "Future exception was never retrieved", and fds a
 handler returned through `close_after_send` are closed once sent (the
-library never closes the fds of a message it sends).
+library never closes the fds of a message it sends). `queue_bytes` queues a
+message TaskmasterBus wrote itself (its signals), in order with the rest.
 """
 
 from __future__ import annotations
@@ -67,6 +68,12 @@ class Writer(_MessageWriter):  # type: ignore[misc]
     _next: Any = None  # a message taken from the queue, to be sent alone (it has fds)
     _futs: tuple[Any, ...] = ()  # the futures of the messages in `buf`
     _soon = False  # a write is scheduled for the end of this loop turn
+
+    def queue_bytes(self, data: bytes) -> None:
+        """Queue a message already written (no fds, no future: nobody awaits
+        a signal's sending), behind every message queued before it."""
+        self.messages.put_nowait((data, [], None))
+        self.schedule_write()
 
     def schedule_write(self, msg: Any = None, future: Any = None) -> None:
         """Replaces the library's: the write happens once, at the end of the

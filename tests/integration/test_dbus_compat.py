@@ -87,7 +87,7 @@ def test_the_library_classes_are_left_alone(address: str) -> None:
                 (MessageBus, "_create_unmarshaller")] + [
         (BaseMessageBus, name) for name in ("_emit_interface_added", "_emit_interface_removed",
                                             "export", "unexport", "_interface_signal_notify",
-                                            "_has_interface", "_send_reply")]
+                                            "_has_interface", "_send_reply", "_find_message_handler")]
 
     async def main() -> None:
         service = await TaskmasterBus(bus_address=address, manager_path=MANAGER_PATH).connect()

@@ -203,3 +203,24 @@ def test_a_big_endian_message_is_read_by_the_library() -> None:
     msg = fast_read(data)
     assert (msg.reply_serial, msg.serial, msg.body) == (7, 11, ["hé"])
     same_message(msg, library_read(data))
+
+
+@settings(max_examples=200, deadline=None)
+@given(messages())
+def test_header_fields_are_the_variants_values(case: tuple[Message, bool]) -> None:
+    msg, negotiate_unix_fd = case
+    data = LIBRARY(msg, negotiate_unix_fd)
+    [variants] = wire.decode_body("a(yv)", data, 12)
+    assert wire.decode_header_fields(data) == [(code, v.value) for code, v in variants]
+
+
+def test_a_header_path_that_is_no_path_is_refused_as_before() -> None:
+    import pytest
+    from dbus_next.errors import SignatureBodyMismatchError
+
+    good = LIBRARY(Message(path="/abc", member="M", serial=1))
+    bad = good.replace(b"/abc", b"abc/")
+    with pytest.raises(SignatureBodyMismatchError):
+        wire.decode_body("a(yv)", bad, 12)
+    with pytest.raises(SignatureBodyMismatchError):
+        wire.decode_header_fields(bad)
