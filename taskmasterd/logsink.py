@@ -289,7 +289,14 @@ class LifecycleLog:
             self._file.reopen()
 
     def write(self, event: Event) -> None:
-        log.log(level_of(event), format_event(event), extra={"event": True})
+        level = level_of(event)
+        if not log.isEnabledFor(level):
+            return
+        # makeRecord + handle: what log.log does, without its search of the
+        # caller's frame (file and line, which no line shows): a burst of
+        # tasks is three events each, and that search was a third of one.
+        log.handle(log.makeRecord(log.name, level, "", 0, format_event(event), (), None,
+                                  extra={"event": True}))
 
     def close(self) -> None:
         for h in (self._file, self._stderr):

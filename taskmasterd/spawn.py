@@ -33,6 +33,7 @@ from taskmasterd.process import SpawnError
 from taskmasterd.statestore.records import ProcStat, parse_proc_stat
 
 _OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOCTTY
+OUTPUT_FLAGS = _OUTPUT_FLAGS  # how an output file is opened (fastspawn's callers too)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class LaunchSpec:
     console: bool = False  # stdin/stdout/stderr on a pseudo-terminal (taskmasterd/console.py)
     scrollback: int = 0  # its ring's size, in the log writer
     redirect_stderr: bool = False  # stderr goes where stdout goes
+    output_mode: int = 0o644  # of an output file it creates (a task's: 0o600, its env may hold secrets)
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,27 @@ def _error(exc: OSError, syscall: str) -> SpawnFailed:
     return SpawnFailed(SpawnError(code=code, syscall=syscall, message=os.strerror(exc.errno or 0)))
 
 
+def file_error(exc: OSError, syscall: str) -> SpawnFailed:
+    """The SpawnFailed of a step that failed with `exc` (its errno)."""
+    return _error(exc, syscall)
+
+
+def take(pid: int) -> Child:
+    """The Child of a process this process started without subprocess
+    (taskmasterd/fastspawn.py): a pidfd on it (its start time is the
+    caller's to read, before it reaps it). Without a pidfd it cannot be
+    watched: it is killed and reaped, and SpawnFailed raised."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        raise _error(exc, "pidfd_open") from None
+    return Child(pid=pid, pidfd=pidfd, popen=None)
+
+
 def _open_output(spec: LaunchSpec, stream: str, pipes: list[Pipe]) -> int:
     """The fd the child gets for `stream`; a bounded file adds its pipe's
     read end to `pipes`."""
@@ -150,7 +173,7 @@ def _open_output(spec: LaunchSpec, stream: str, pipes: list[Pipe]) -> int:
     assert path is not None
     if out.kind is OutputKind.AUTO:
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    fd = os.open(path, _OUTPUT_FLAGS, 0o644)  # also: an unwritable file is a spawn error
+    fd = os.open(path, _OUTPUT_FLAGS, spec.output_mode)  # also: an unwritable file is a spawn error
     maxbytes, backups = spec.stdout_limit if stream == "stdout" else spec.stderr_limit
     if maxbytes == 0:
         return fd
@@ -244,7 +267,7 @@ def _spawn_on_terminal(spec: LaunchSpec, base: dict[str, str], user_kw: dict[str
         if path is not None:
             if spec.stdout.kind is OutputKind.AUTO:
                 os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-            os.close(os.open(path, _OUTPUT_FLAGS, 0o644))  # an unwritable file is a spawn error
+            os.close(os.open(path, _OUTPUT_FLAGS, spec.output_mode))  # an unwritable file is a spawn error
     except OSError as exc:
         raise _error(exc, f"open {path}") from None
     owner = user_kw.get("user")

@@ -17,7 +17,9 @@ on a timeout or a cancel: `stopsignal` to its process group, SIGKILL after
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
+import functools
 import os
 import select
 import signal
@@ -25,13 +27,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from taskmasterd import spawn
+from taskmasterd import fastspawn, spawn
 from taskmasterd.process import SpawnError
 from taskmasterd.programschema import Output, OutputKind
 from taskmasterd.tasks.records import TaskState, TaskStatus, shell_exit_status
 from taskmasterd.tasks.taskfiles import TaskDir
 
 HEARTBEAT = 30.0  # seconds between two signs of life in status.json while a task runs
+OUTPUT_MODE = 0o600  # a task's stdout and stderr
 TIMEOUT = "timeout"
 CANCEL = "cancel"
 
@@ -67,23 +70,18 @@ def task_env(status: TaskStatus) -> dict[str, str]:
     return env
 
 
-def private_umask() -> int:
-    """Make this process's umask 077 and return the one it had, which the
-    tasks get: so spawn creates a task's stdout and stderr 0600 (its
-    environment may hold secrets, and --run-task writes them in a directory
-    others may read) at no cost, while the task runs with the umask it would
-    have had."""
-    return os.umask(0o077)
-
-
-def launch_spec(status: TaskStatus, taskdir: TaskDir, base_env: Mapping[str, str],
-                umask: int | None = None) -> spawn.LaunchSpec:
+def launch_spec(status: TaskStatus, taskdir: TaskDir, base_env: Mapping[str, str]) -> spawn.LaunchSpec:
+    """The task runs with the umask of whoever runs it (the runner has the
+    daemon's); its stdout and stderr are created 0600 whatever the umask
+    (its environment may hold secrets, and --run-task writes them in a
+    directory others may read)."""
     spec = status.spec
     return spawn.LaunchSpec(
         process=status.id, program=status.name, index=0, argv=spec.argv, base_env=base_env,
-        env=task_env(status), cwd=spec.workingdir, umask=umask, user=spec.user,
+        env=task_env(status), cwd=spec.workingdir, umask=None, user=spec.user,
         stdout=Output(OutputKind.FILE, taskdir.output("stdout")),
-        stderr=Output(OutputKind.FILE, taskdir.output("stderr")), logdir="", journal=False)
+        stderr=Output(OutputKind.FILE, taskdir.output("stderr")), logdir="", journal=False,
+        output_mode=OUTPUT_MODE)
 
 
 def spawn_error(error: SpawnError, command: str) -> SpawnError:
@@ -172,7 +170,7 @@ class Execution:
 
     def __init__(self, status: TaskStatus, taskdir: TaskDir, *, stopsignal: int, stoptime: float,
                  runner_pid: int, record: Record, finished: Callable[[Execution], None],
-                 base_env: Mapping[str, str] | None = None, umask: int | None = None) -> None:
+                 base_env: Mapping[str, str] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self.status = status
         self.taskdir = taskdir
@@ -182,11 +180,11 @@ class Execution:
         self._record = record
         self._finished = finished
         self._base_env = os.environ if base_env is None else base_env
-        self._umask = umask  # the task's (private_umask); None: this process's
         self.child: spawn.Child | None = None
         self.stop_state: Stop | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._spawned_at = 0.0
+        self._spawning = False  # in a spawner thread (spawn_in): no child yet
 
     @property
     def id(self) -> str:
@@ -204,7 +202,7 @@ class Execution:
         for the child's exec to finish, a fraction of a millisecond each)."""
         now = time.time()
         try:
-            child = spawn.spawn(launch_spec(self.status, self.taskdir, self._base_env, self._umask),
+            child = spawn.spawn(launch_spec(self.status, self.taskdir, self._base_env),
                                 identify=False)
         except spawn.SpawnFailed as exc:
             self._end(spawn_failed(self.status, exc.error, self.runner_pid, now))
@@ -212,6 +210,67 @@ class Execution:
         self.child = child
         self._spawned_at = now
         return True
+
+    def spawn_in(self, pool: concurrent.futures.Executor, environ: Mapping[str, bytes]) -> bool:
+        """As spawn(), in a worker thread of `pool` with fastspawn (the GIL
+        released while the child is started: see taskmasterd/fastspawn.py);
+        identify() follows by itself once it is. `environ`: the base
+        environment, encoded (fastspawn.encode_environ). False when it
+        cannot be started that way: spawn() then."""
+        spec = self.status.spec
+        if not fastspawn.supported(spec.user, spec.workingdir):
+            return False
+        extra = task_env(self.status)
+        path = fastspawn.resolve(spec.command, {"PATH": extra.get("PATH") or
+                                                self._base_env.get("PATH") or os.defpath})
+        if path is None:
+            return False  # subprocess says which error each attempt met
+        now = time.time()
+        fds: list[int] = []
+        try:
+            for stream in ("stdout", "stderr"):
+                where = self.taskdir.output(stream)
+                try:
+                    fds.append(os.open(where, spawn.OUTPUT_FLAGS, OUTPUT_MODE))
+                except OSError as exc:
+                    raise spawn.file_error(exc, f"open {where}") from None
+        except spawn.SpawnFailed as exc:
+            for fd in fds:
+                os.close(fd)
+            self._end(spawn_failed(self.status, exc.error, self.runner_pid, now))
+            return True
+        self._spawning = True
+        start = functools.partial(fastspawn.spawn, path, spec.argv,
+                                  fastspawn.environ_block(environ, extra), stdout=fds[0],
+                                  stderr=fds[1], cwd=spec.workingdir)
+        self._loop.run_in_executor(pool, start).add_done_callback(
+            lambda f: self._spawned(f, fds, path, now))
+        return True
+
+    def _spawned(self, started: asyncio.Future[int], fds: list[int], path: str, now: float) -> None:
+        for fd in fds:  # the child has its copies
+            os.close(fd)
+        self._spawning = False
+        exc = started.exception()
+        if exc is not None:
+            if isinstance(exc, OSError):
+                error = spawn.file_error(exc, f"execve {path}").error
+            else:  # ValueError: a NUL byte
+                error = SpawnError("EINVAL", f"execve {path}", str(exc))
+            self._end(spawn_failed(self.status, error, self.runner_pid, now))
+            return
+        try:
+            child = spawn.take(started.result())
+        except spawn.SpawnFailed as failed:
+            self._end(spawn_failed(self.status, failed.error, self.runner_pid, now))
+            return
+        self.child = child
+        self._spawned_at = now
+        self.identify()
+        stop = self.stop_state
+        if stop is not None:  # asked while it was being started: now
+            self.stop_state = None
+            self.stop(stop.why, stop.reason)
 
     def identify(self) -> None:
         """Its start time (its identity with the pid: not yet reaped, even if
@@ -231,6 +290,10 @@ class Execution:
         """Stop it (stopsignal to its group, SIGKILL after stoptime); False
         when it has already exited or is being stopped."""
         child = self.child
+        if child is None and self._spawning and self.stop_state is None:
+            # Being started (spawn_in): stopped as soon as it is.
+            self.stop_state = Stop(why, reason, self.stopsignal, self.stoptime)
+            return True
         if child is None or self.stop_state is not None or _readable(child.pidfd):
             return False
         self.stop_state = Stop(why, reason, self.stopsignal, self.stoptime)

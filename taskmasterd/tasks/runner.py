@@ -29,6 +29,7 @@ cancel ("the task runner was stopped (SIGTERM)"), records them and exits.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import signal
@@ -37,10 +38,11 @@ import sys
 import time
 from collections import deque
 
+from taskmasterd import fastspawn
 from taskmasterd.logattach import FileId, admit, refuse, socket_file, unlink_own
 from taskmasterd.logfiles import raise_nofile
 from taskmasterd.logproto import peer_uid_pid
-from taskmasterd.tasks.execute import CANCEL, Execution, cancelled_unstarted, private_umask
+from taskmasterd.tasks.execute import CANCEL, Execution, cancelled_unstarted
 from taskmasterd.tasks.records import TaskStatus, encode_task
 from taskmasterd.tasks.runproto import (
     TO_RUNNER,
@@ -55,6 +57,10 @@ from taskmasterd.tasks.statuswriter import StatusWriter
 from taskmasterd.tasks.taskfiles import TaskDir, TaskFiles
 
 GREET_TIMEOUT = 5.0  # seconds a connection gets to say hello
+# Threads starting tasks (fastspawn: each waits, without the GIL, for its
+# child's exec). Two keep a burst's waits overlapping on a small machine;
+# more only add threads fighting for the GIL.
+SPAWNERS = 2
 MAX_PENDING = 4  # connections waiting to say hello; more are refused
 STOPPED = "the task runner was stopped (SIGTERM)"
 
@@ -83,8 +89,9 @@ class Runner:
         self.writer = StatusWriter(self._written)
         self.terminating = False
         self.done = asyncio.Event()
-        self.task_umask = private_umask()
         self.base_env = dict(os.environ)  # a plain copy: os.environ decodes each value it gives
+        self.environ = fastspawn.encode_environ(self.base_env)  # encoded once, not per task
+        self.spawners = concurrent.futures.ThreadPoolExecutor(SPAWNERS, thread_name_prefix="spawn")
         self._listen_file: FileId | None = None
         if ctl is not None:
             self._attach(ctl, peer_uid_pid(ctl)[1])
@@ -116,8 +123,13 @@ class Runner:
             return None
         ex = Execution(status, taskdir, stopsignal=stopsignal, stoptime=stoptime,
                        runner_pid=os.getpid(), record=lambda s, news: self._record(taskdir, s, news),
-                       finished=self._finished, base_env=self.base_env, umask=self.task_umask)
+                       finished=self._finished, base_env=self.base_env)
         self.running[status.id] = ex
+        # What a daemon attaching meanwhile is told: the runner has it (it is
+        # never queued twice); `running` replaces it once it is identified.
+        self.held[status.id] = status
+        if ex.spawn_in(self.spawners, self.environ):
+            return None  # identified by itself once started
         return ex if ex.spawn() else None
 
     def cancel(self, id: str, reason: str) -> None:
@@ -306,6 +318,7 @@ async def serve(statedir: str, ctl: socket.socket | None, listener: socket.socke
     finally:
         runner.unlink()
         runner.writer.close()
+        runner.spawners.shutdown(wait=True)
     return 0
 
 

@@ -21,6 +21,7 @@ A task's keys (docs/tasks.md):
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -66,8 +67,9 @@ class TaskSpec:
     activity: str = ""  # append to this activity ("" : none)
     name: str = ""  # "" : shown as the command's basename
 
-    @property
+    @functools.cached_property
     def label(self) -> str:
+        """(Computed once: a task's name is read a dozen times per state change.)"""
         return self.name or os.path.basename(self.command) or self.command
 
     @property

@@ -27,7 +27,6 @@ from taskmasterd.tasks.execute import (
     CANCEL,
     Execution,
     exit_status,
-    private_umask,
     signame,
     summary,
 )
@@ -74,7 +73,7 @@ async def _run(status: TaskStatus, taskdir: TaskDir, settings: TaskSettings) -> 
     writer = StatusWriter(done)
     ex = Execution(status, taskdir, stopsignal=int(settings.stopsignal), stoptime=settings.stoptime,
                    runner_pid=os.getpid(), record=lambda s, _news: writer.write(taskdir, s),
-                   finished=lambda _ex: finished.set(), umask=private_umask())
+                   finished=lambda _ex: finished.set())
 
     def interrupted(sig: int) -> None:
         if received:  # the second one: no more waiting

@@ -9,6 +9,7 @@ is on a status, a file or a process, with a timeout."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import json
@@ -19,12 +20,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from taskmasterd import fastspawn
 from taskmasterd.tasks import runproto
 from taskmasterd.tasks.execute import CANCEL, HEARTBEAT, Execution
 from taskmasterd.tasks.records import TaskState, TaskStatus, new_id, task_json
@@ -668,3 +671,75 @@ def test_the_listening_socket_refuses_garbage_strangers_and_the_silent(
             r.writer.close()
 
     run(main())
+
+
+class HeldPool(concurrent.futures.Executor):
+    """An executor that runs its jobs only when told (`release`), in a thread:
+    a task caught between its hand-over to a spawner and its start."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[concurrent.futures.Future[object], Callable[[], object]]] = []
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+        future: concurrent.futures.Future[object] = concurrent.futures.Future()
+        self.jobs.append((future, lambda: fn(*args, **kwargs)))
+        return future
+
+    def release(self) -> None:
+        def run_all() -> None:
+            for future, job in self.jobs:
+                try:
+                    future.set_result(job())
+                except BaseException as exc:  # handed to the waiter
+                    future.set_exception(exc)
+        threading.Thread(target=run_all).start()
+
+
+@pytest.mark.skipif(not fastspawn.AVAILABLE, reason="glibc's posix_spawn is needed")
+def test_a_task_stopped_while_it_is_being_started_is_stopped_once_started(tmp_path: Path) -> None:
+    """fastspawn starts tasks in spawner threads: a cancel (or a timeout, a
+    SIGTERM to the runner) that comes meanwhile is carried out as soon as
+    the process exists, never lost."""
+    records: list[TaskStatus] = []
+
+    async def main() -> None:
+        status = TaskStatus(id="cli", spec=parse_task({"command": "sleep", "args": ["60"], "timeout": 0}),
+                            state=TaskState.QUEUED, seq=0, submitted=time.time())
+        finished = asyncio.Event()
+        ex = Execution(status, TaskDir(str(tmp_path)), stopsignal=signal.SIGTERM, stoptime=10.0,
+                       runner_pid=os.getpid(), finished=lambda _ex: finished.set(),
+                       record=lambda s, news: records.append(s))
+        pool = HeldPool()
+        assert ex.spawn_in(pool, fastspawn.encode_environ(dict(os.environ)))
+        assert ex.child is None and records == []  # handed over, not started
+        assert ex.stop(CANCEL, "changed my mind")
+        assert not ex.stop(CANCEL, "twice")  # one stop under way
+        pool.release()
+        await asyncio.wait_for(finished.wait(), 30)
+        assert [s.state for s in records] == [TaskState.RUNNING, TaskState.CANCELLED]
+        assert records[0].pid > 0 and records[0].start_ticks > 0
+        end = records[-1]
+        assert (end.reason, end.signal) == ("changed my mind", signal.SIGTERM)
+
+    asyncio.run(main())
+
+
+@pytest.mark.skipif(not fastspawn.AVAILABLE, reason="glibc's posix_spawn is needed")
+def test_an_exec_error_in_a_spawner_thread_fails_the_task_in_taskds_style(tmp_path: Path) -> None:
+    records: list[TaskStatus] = []
+
+    async def main() -> None:
+        status = TaskStatus(id="cli", spec=parse_task({"command": "/nonexistent/tool", "timeout": 0}),
+                            state=TaskState.QUEUED, seq=0, submitted=time.time())
+        finished = asyncio.Event()
+        ex = Execution(status, TaskDir(str(tmp_path)), stopsignal=signal.SIGTERM, stoptime=1.0,
+                       runner_pid=os.getpid(), finished=lambda _ex: finished.set(),
+                       record=lambda s, news: records.append(s))
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            assert ex.spawn_in(pool, fastspawn.encode_environ(dict(os.environ)))
+            await asyncio.wait_for(finished.wait(), 30)
+        (end,) = records
+        assert end.state is TaskState.FAILED and end.spawn_error is not None
+        assert (end.spawn_error.code, end.spawn_error.syscall) == ("ENOENT", "spawn /nonexistent/tool")
+
+    asyncio.run(main())
