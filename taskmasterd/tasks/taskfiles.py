@@ -16,6 +16,7 @@ its directory renamed `<id>.bad` (kept for inspection, never read again).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -40,10 +41,15 @@ log = logging.getLogger("taskmasterd")
 R = TypeVar("R", TaskStatus, ActivityStatus)
 
 STATUS = "status.json"
-# Created by the daemon once it has published a task's end (its event, its
+# Set by the daemon once it has published a task's end (its event, its
 # alerts): a task that ended while no daemon ran has none, and the next
-# daemon publishes that end at start-up, once.
+# daemon publishes that end at start-up, once. An extended attribute of the
+# task's directory (no new inode per task: creating one cost more than the
+# rest of the mark); the empty file NOTICED where the file system takes no
+# user attributes (earlier daemons always made the file: still read).
 NOTICED = "noticed"
+NOTICED_XATTR = "user.taskmaster.noticed"
+_NO_XATTR = (errno.ENOTSUP, errno.EPERM)  # (EOPNOTSUPP is ENOTSUP on Linux)
 STREAMS = ("stdout", "stderr")
 MAX_STATUS = 4 * 1024 * 1024  # a status is a few KB; args and env are bounded (spec.py)
 
@@ -146,12 +152,26 @@ class TaskFiles:
 
     def mark_noticed(self, id: str) -> None:
         """Not fsynced: losing it to a power cut repeats one event, no more."""
-        with contextlib.suppress(FileNotFoundError):  # removed meanwhile (keep)
-            os.close(os.open(os.path.join(self.task_dir(id).path, NOTICED),
-                             os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        path = self.task_dir(id).path
+        try:
+            os.setxattr(path, NOTICED_XATTR, b"")
+            return
+        except FileNotFoundError:  # removed meanwhile (keep)
+            return
+        except OSError as exc:
+            if exc.errno not in _NO_XATTR:
+                raise
+        with contextlib.suppress(FileNotFoundError):
+            os.close(os.open(os.path.join(path, NOTICED), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
+                             0o600))
 
     def noticed(self, id: str) -> bool:
-        return os.path.exists(os.path.join(self.task_dir(id).path, NOTICED))
+        path = self.task_dir(id).path
+        try:
+            os.getxattr(path, NOTICED_XATTR)
+            return True
+        except OSError:  # ENODATA: not set; ENOTSUP: the file says
+            return os.path.exists(os.path.join(path, NOTICED))
 
     def remove_task(self, id: str) -> None:
         shutil.rmtree(self.task_dir(id).path, ignore_errors=True)

@@ -84,7 +84,7 @@ def test_bench_quick_tasks(tmp_path: Path) -> None:
     ratio = res["tasks: wall time / floor (30 spawns in 16 lanes, same run)"]
     assert ratio["taskmasterd"]["n"] == 1 and ratio["taskmasterd"]["median"] > 0
     assert ratio["target"]["text"] == "within 2x of the floor"
-    writes = res["tasks floor: 30 x 3 durable status writes (fsync), no daemon"]
+    writes = res["tasks floor: 30 x 3 durable status writes (group commits of 16), no daemon"]
     assert writes["taskmasterd"]["n"] == 1
 
 

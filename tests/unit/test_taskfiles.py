@@ -4,6 +4,7 @@ as `<id>.bad` and never read again."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from taskmasterd.tasks.records import (
     new_id,
 )
 from taskmasterd.tasks.spec import TaskSpec
-from taskmasterd.tasks.taskfiles import MAX_STATUS, TaskDir, TaskFiles
+from taskmasterd.tasks.taskfiles import MAX_STATUS, NOTICED, NOTICED_XATTR, TaskDir, TaskFiles
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1764650000.25
@@ -277,3 +278,52 @@ def test_new_id_skips_ids_on_disk(files: TaskFiles) -> None:
     files.create_task(task())
     got = new_id(files.taken)
     assert got != "3df2bb24" and not files.taken(got)
+
+
+# ---- the noticed mark ------------------------------------------------------------------
+
+
+def user_xattrs(path: Path) -> bool:
+    try:
+        os.setxattr(path, "user.taskmaster.probe", b"")
+    except OSError:
+        return False
+    os.removexattr(path, "user.taskmaster.probe")
+    return True
+
+
+def test_the_noticed_mark_is_an_attribute_of_the_directory(files: TaskFiles) -> None:
+    files.create_task(task())
+    path = Path(files.task_dir("3df2bb24").path)
+    if not user_xattrs(path):
+        pytest.skip("this file system takes no user extended attributes")
+    assert not files.noticed("3df2bb24")
+    files.mark_noticed("3df2bb24")
+    assert files.noticed("3df2bb24")
+    assert os.getxattr(path, NOTICED_XATTR) == b""
+    assert sorted(os.listdir(path)) == ["status.json"]  # no file: no inode per task
+
+
+def test_a_noticed_file_is_the_mark_where_attributes_are_refused(
+        files: TaskFiles, monkeypatch: pytest.MonkeyPatch) -> None:
+    files.create_task(task())
+    path = Path(files.task_dir("3df2bb24").path)
+
+    def refuse(*_args: object) -> None:
+        raise OSError(errno.ENOTSUP, "Operation not supported")
+    monkeypatch.setattr(os, "setxattr", refuse)
+    monkeypatch.setattr(os, "getxattr", refuse)
+    files.mark_noticed("3df2bb24")
+    assert (path / NOTICED).exists() and mode(path / NOTICED) == 0o600
+    assert files.noticed("3df2bb24")
+
+
+def test_the_file_an_earlier_daemon_left_still_counts(files: TaskFiles) -> None:
+    files.create_task(task())
+    (Path(files.task_dir("3df2bb24").path) / NOTICED).write_text("")
+    assert files.noticed("3df2bb24")
+
+
+def test_marking_a_task_removed_meanwhile_is_no_error(files: TaskFiles) -> None:
+    files.mark_noticed("3df2bb24")  # no directory (removed by the clean-up)
+    assert not files.noticed("3df2bb24")
