@@ -17,7 +17,6 @@ on a timeout or a cancel: `stopsignal` to its process group, SIGKILL after
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import errno
 import functools
 import os
@@ -31,6 +30,7 @@ from taskmasterd import fastspawn, spawn
 from taskmasterd.process import SpawnError
 from taskmasterd.programschema import Output, OutputKind
 from taskmasterd.tasks.records import TaskState, TaskStatus, shell_exit_status
+from taskmasterd.tasks.spawner import Spawner
 from taskmasterd.tasks.taskfiles import TaskDir
 
 HEARTBEAT = 30.0  # seconds between two signs of life in status.json while a task runs
@@ -211,8 +211,8 @@ class Execution:
         self._spawned_at = now
         return True
 
-    def spawn_in(self, pool: concurrent.futures.Executor, environ: Mapping[str, bytes]) -> bool:
-        """As spawn(), in a worker thread of `pool` with fastspawn (the GIL
+    def spawn_in(self, spawner: Spawner, environ: Mapping[str, bytes]) -> bool:
+        """As spawn(), in a thread of `spawner` with fastspawn (the GIL
         released while the child is started: see taskmasterd/fastspawn.py);
         identify() follows by itself once it is. `environ`: the base
         environment, encoded (fastspawn.encode_environ). False when it
@@ -243,24 +243,22 @@ class Execution:
         start = functools.partial(fastspawn.spawn, path, spec.argv,
                                   fastspawn.environ_block(environ, extra), stdout=fds[0],
                                   stderr=fds[1], cwd=spec.workingdir)
-        self._loop.run_in_executor(pool, start).add_done_callback(
-            lambda f: self._spawned(f, fds, path, now))
+        spawner.submit(start, lambda result: self._spawned(result, fds, path, now))
         return True
 
-    def _spawned(self, started: asyncio.Future[int], fds: list[int], path: str, now: float) -> None:
+    def _spawned(self, result: int | BaseException, fds: list[int], path: str, now: float) -> None:
         for fd in fds:  # the child has its copies
             os.close(fd)
         self._spawning = False
-        exc = started.exception()
-        if exc is not None:
-            if isinstance(exc, OSError):
-                error = spawn.file_error(exc, f"execve {path}").error
+        if isinstance(result, BaseException):
+            if isinstance(result, OSError):
+                error = spawn.file_error(result, f"execve {path}").error
             else:  # ValueError: a NUL byte
-                error = SpawnError("EINVAL", f"execve {path}", str(exc))
+                error = SpawnError("EINVAL", f"execve {path}", str(result))
             self._end(spawn_failed(self.status, error, self.runner_pid, now))
             return
         try:
-            child = spawn.take(started.result())
+            child = spawn.take(result)
         except spawn.SpawnFailed as failed:
             self._end(spawn_failed(self.status, failed.error, self.runner_pid, now))
             return

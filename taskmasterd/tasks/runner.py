@@ -29,7 +29,6 @@ cancel ("the task runner was stopped (SIGTERM)"), records them and exits.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import os
 import signal
@@ -53,6 +52,7 @@ from taskmasterd.tasks.runproto import (
     status_of,
     status_text,
 )
+from taskmasterd.tasks.spawner import Spawner
 from taskmasterd.tasks.statuswriter import StatusWriter
 from taskmasterd.tasks.taskfiles import TaskDir, TaskFiles
 
@@ -91,7 +91,7 @@ class Runner:
         self.done = asyncio.Event()
         self.base_env = dict(os.environ)  # a plain copy: os.environ decodes each value it gives
         self.environ = fastspawn.encode_environ(self.base_env)  # encoded once, not per task
-        self.spawners = concurrent.futures.ThreadPoolExecutor(SPAWNERS, thread_name_prefix="spawn")
+        self.spawner = Spawner(SPAWNERS)
         self._listen_file: FileId | None = None
         if ctl is not None:
             self._attach(ctl, peer_uid_pid(ctl)[1])
@@ -128,7 +128,7 @@ class Runner:
         # What a daemon attaching meanwhile is told: the runner has it (it is
         # never queued twice); `running` replaces it once it is identified.
         self.held[status.id] = status
-        if ex.spawn_in(self.spawners, self.environ):
+        if ex.spawn_in(self.spawner, self.environ):
             return None  # identified by itself once started
         return ex if ex.spawn() else None
 
@@ -318,7 +318,7 @@ async def serve(statedir: str, ctl: socket.socket | None, listener: socket.socke
     finally:
         runner.unlink()
         runner.writer.close()
-        runner.spawners.shutdown(wait=True)
+        runner.spawner.close()
     return 0
 
 

@@ -9,7 +9,6 @@ is on a status, a file or a process, with a timeout."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import itertools
 import json
@@ -32,6 +31,7 @@ from taskmasterd.tasks import runproto
 from taskmasterd.tasks.execute import CANCEL, HEARTBEAT, Execution
 from taskmasterd.tasks.records import TaskState, TaskStatus, new_id, task_json
 from taskmasterd.tasks.runnerclient import RunnerClient, runner_socket
+from taskmasterd.tasks.spawner import Spawner
 from taskmasterd.tasks.spec import parse_task
 from taskmasterd.tasks.taskfiles import TaskDir, TaskFiles
 from tests.harness import wait_until
@@ -673,25 +673,28 @@ def test_the_listening_socket_refuses_garbage_strangers_and_the_silent(
     run(main())
 
 
-class HeldPool(concurrent.futures.Executor):
-    """An executor that runs its jobs only when told (`release`), in a thread:
-    a task caught between its hand-over to a spawner and its start."""
+class HeldSpawner:
+    """A spawner (taskmasterd/tasks/spawner.py) that starts its jobs only when
+    told (`release`), in a thread: a task caught between its hand-over to a
+    spawner thread and its start."""
 
     def __init__(self) -> None:
-        self.jobs: list[tuple[concurrent.futures.Future[object], Callable[[], object]]] = []
+        self.jobs: list[tuple[Callable[[], int], Callable[[int | BaseException], None]]] = []
 
-    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def, override]
-        future: concurrent.futures.Future[object] = concurrent.futures.Future()
-        self.jobs.append((future, lambda: fn(*args, **kwargs)))
-        return future
+    def submit(self, start: Callable[[], int], done: Callable[[int | BaseException], None]) -> None:
+        self.jobs.append((start, done))
 
     def release(self) -> None:
+        loop = asyncio.get_running_loop()
+
         def run_all() -> None:
-            for future, job in self.jobs:
+            for start, done in self.jobs:
+                result: int | BaseException
                 try:
-                    future.set_result(job())
-                except BaseException as exc:  # handed to the waiter
-                    future.set_exception(exc)
+                    result = start()
+                except Exception as exc:  # handed to the waiter
+                    result = exc
+                loop.call_soon_threadsafe(done, result)
         threading.Thread(target=run_all).start()
 
 
@@ -709,12 +712,12 @@ def test_a_task_stopped_while_it_is_being_started_is_stopped_once_started(tmp_pa
         ex = Execution(status, TaskDir(str(tmp_path)), stopsignal=signal.SIGTERM, stoptime=10.0,
                        runner_pid=os.getpid(), finished=lambda _ex: finished.set(),
                        record=lambda s, news: records.append(s))
-        pool = HeldPool()
-        assert ex.spawn_in(pool, fastspawn.encode_environ(dict(os.environ)))
+        spawner = HeldSpawner()
+        assert ex.spawn_in(spawner, fastspawn.encode_environ(dict(os.environ)))  # type: ignore[arg-type]
         assert ex.child is None and records == []  # handed over, not started
         assert ex.stop(CANCEL, "changed my mind")
         assert not ex.stop(CANCEL, "twice")  # one stop under way
-        pool.release()
+        spawner.release()
         await asyncio.wait_for(finished.wait(), 30)
         assert [s.state for s in records] == [TaskState.RUNNING, TaskState.CANCELLED]
         assert records[0].pid > 0 and records[0].start_ticks > 0
@@ -735,9 +738,12 @@ def test_an_exec_error_in_a_spawner_thread_fails_the_task_in_taskds_style(tmp_pa
         ex = Execution(status, TaskDir(str(tmp_path)), stopsignal=signal.SIGTERM, stoptime=1.0,
                        runner_pid=os.getpid(), finished=lambda _ex: finished.set(),
                        record=lambda s, news: records.append(s))
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            assert ex.spawn_in(pool, fastspawn.encode_environ(dict(os.environ)))
+        spawner = Spawner(1)
+        try:
+            assert ex.spawn_in(spawner, fastspawn.encode_environ(dict(os.environ)))
             await asyncio.wait_for(finished.wait(), 30)
+        finally:
+            spawner.close()
         (end,) = records
         assert end.state is TaskState.FAILED and end.spawn_error is not None
         assert (end.spawn_error.code, end.spawn_error.syscall) == ("ENOENT", "spawn /nonexistent/tool")
