@@ -447,7 +447,9 @@ class Taskmasterd(Driver):
             return (got[-1] - t0 if got else float("nan")), len(got)
         return self.loop.run_until_complete(run())
 
-    def stop(self) -> None:
+    def stop(self, keep_dir: bool = False) -> tempfile.TemporaryDirectory[str] | None:
+        """Stop the daemon and its bus; remove its directory, or with
+        `keep_dir` hand it back for the caller to remove later."""
         if self.bus is not None:
             with contextlib.suppress(Exception):
                 self.bus.disconnect()
@@ -459,9 +461,11 @@ class Taskmasterd(Driver):
         if self._buscm is not None:
             self._buscm.__exit__(None, None, None)
             self._buscm = None
-        if self.tmp is not None:
-            self.tmp.cleanup()
-            self.tmp = None
+        kept, self.tmp = self.tmp, None
+        if kept is not None and not keep_dir:
+            kept.cleanup()
+            return None
+        return kept
 
 
 class Supervisord(Driver):
