@@ -4,7 +4,9 @@ as `<id>.bad` and never read again."""
 
 from __future__ import annotations
 
+import array
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -25,7 +27,16 @@ from taskmasterd.tasks.records import (
     new_id,
 )
 from taskmasterd.tasks.spec import TaskSpec
-from taskmasterd.tasks.taskfiles import MAX_STATUS, NOTICED, NOTICED_XATTR, TaskDir, TaskFiles
+from taskmasterd.tasks.taskfiles import (
+    FS_IOC_GETFLAGS,
+    FS_TOPDIR_FL,
+    MAX_STATUS,
+    NOTICED,
+    NOTICED_XATTR,
+    TaskDir,
+    TaskFiles,
+    spread_subdirectories,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1764650000.25
@@ -327,3 +338,35 @@ def test_the_file_an_earlier_daemon_left_still_counts(files: TaskFiles) -> None:
 def test_marking_a_task_removed_meanwhile_is_no_error(files: TaskFiles) -> None:
     files.mark_noticed("3df2bb24")  # no directory (removed by the clean-up)
     assert not files.noticed("3df2bb24")
+
+
+# ---- the Orlov hint on the roots -----------------------------------------------------
+
+
+def test_the_tasks_root_spreads_its_subdirectories(files: TaskFiles, tmp_path: Path) -> None:
+    """chattr +T on statedir/tasks (ext2/3/4): each task's directory is
+    placed as a top-level one, not in its parent's block group."""
+    files.create_task(task())
+    root = tmp_path / "state" / "tasks"
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        flags = array.array("i", [0])
+        try:
+            fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags, True)
+        except OSError:
+            pytest.skip("this file system has no inode flags (not ext*)")
+    finally:
+        os.close(fd)
+    assert flags[0] & FS_TOPDIR_FL
+    assert "T" in subprocess.run(["lsattr", "-d", str(root)], capture_output=True, text=True,
+                                 check=True).stdout.split()[0]
+
+
+def test_a_file_system_without_the_flag_is_no_error(files: TaskFiles,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_args: object) -> None:
+        raise OSError(errno.ENOTTY, "Inappropriate ioctl for device")
+    monkeypatch.setattr(fcntl, "ioctl", refuse)
+    files.create_task(task())  # written all the same
+    assert isinstance(files.read_task("3df2bb24"), TaskStatus)
+    assert not spread_subdirectories(files.tasks_root)
