@@ -315,11 +315,19 @@ def watched(popen: subprocess.Popen[bytes], pipes: list[Pipe], identify: bool = 
 
 
 def proc_stat(pid: int) -> ProcStat | None:
+    # One read(2) of the raw bytes (a stat line is < 1 KB; a comm of 16 bytes
+    # at most): a text file object costs more than the read, once per task.
     try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="surrogateescape") as f:
-            return parse_proc_stat(f.read())
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return parse_proc_stat(data.decode("utf-8", "surrogateescape"))
 
 
 def adopt(pid: int, start_ticks: int, pidfd: int | None = None) -> Child | str:
