@@ -224,8 +224,8 @@ class Runner:
         if self.ctl is None:
             return  # nobody to tell: the files say it
         self.outbox.append(data)
-        if len(self.outbox) == 1:
-            self._flush()
+        if len(self.outbox) == 1:  # at the end of this loop turn, with the others of the turn
+            self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         if self.ctl is not None and not flush(self.loop, self.ctl, self.outbox, self._flush):

@@ -337,9 +337,11 @@ class RunnerClient:
     # ---- messages
 
     def _send(self, data: bytes) -> None:
+        """Queued; sent at the end of this loop turn with the others of the
+        turn (the runner is woken once for a burst, not once per message)."""
         self._outbox.append(data)
         if len(self._outbox) == 1:
-            self._flush()
+            self._get_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         if self._sock is not None:  # a failure: the runner is gone, _on_exit says so
