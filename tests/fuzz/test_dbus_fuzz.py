@@ -228,7 +228,11 @@ def test_dbus_task_fuzz() -> None:
             for error in ("TaskInvalid", "NoSuchTask", "NotRunning"):
                 assert sum(r["replies"].get(  # type: ignore[attr-defined]
                     f"error:org.taskmaster.Taskmaster1.Error.{error}", 0) for r in roots) > 0, summary
-            assert all(r["tasks"] and r["activities"] for r in roots), summary  # some were queued
+            # Some were queued (what the files are checked against below), by
+            # either root client: the second sends the same calls while the
+            # first one's `sleep 2` tasks may still fill the queue (QueueFull
+            # for every activity then: seen once the daemon answered faster).
+            assert any(r["tasks"] for r in roots) and any(r["activities"] for r in roots), summary
             dirs, queued = on_disk(d / "state", reports)
             assert dirs == queued, (sorted(dirs - queued), sorted(queued - dirs))
             assert alive(daemon.pid), daemon.text()
