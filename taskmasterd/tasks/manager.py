@@ -14,7 +14,7 @@ so the event loop never waits on the disk; `submit` waits for its own write
 together: the submissions as one group commit (statestore/groupcommit.py:
 two flushes of the disk for the whole batch, where each task's own fsyncs,
 one after another, bounded how fast a client could submit), the other
-writes as one hand-over to the thread.
+writes as one hand-over to the thread (taskmasterd/tasks/writerthread.py).
 
 Start-up (`open`) takes back what a previous daemon left (see `_recover`).
 Clean shutdown (`close`) detaches from the runner: running tasks go on under
@@ -31,7 +31,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol, TypeVar
+from typing import Protocol
 
 from taskmasterd.errors import (
     BadName,
@@ -56,16 +56,12 @@ from taskmasterd.tasks.records import (
 from taskmasterd.tasks.settings import TaskSettings
 from taskmasterd.tasks.spec import TaskSpec
 from taskmasterd.tasks.taskfiles import STREAMS, TaskFiles
+from taskmasterd.tasks.writerthread import CREATE_BATCH as CREATE_BATCH
+from taskmasterd.tasks.writerthread import WriterThread
 
 log = logging.getLogger("taskmasterd")
-T = TypeVar("T")
 
 CLEANUP_EVERY = 60.0  # seconds between two clean-ups after task ends (no timer)
-# Submissions written per group commit at most. A burst of 1000 as one batch
-# made every task wait for all of them (and for the loop turn publishing
-# them all) before the first could start; batches of this size let the
-# first ones run while the next are written.
-CREATE_BATCH = 64
 
 RemovedListener = Callable[[list[str], list[str]], None]
 
@@ -83,7 +79,7 @@ class RunnerClient(Protocol):
     async def close(self) -> None: ...
 
 
-class TaskManager:
+class TaskManager(WriterThread):
     def __init__(self, statedir: str, settings: TaskSettings, events: EventBus,
                  runner: RunnerClient, *, clock: Callable[[], float] = time.time) -> None:
         self.files = TaskFiles(statedir)
@@ -259,84 +255,6 @@ class TaskManager:
                           submitted=self.clock(), timeout=timeout, activity=activity,
                           position=position)
 
-    async def _create_soon(self, statuses: list[TaskStatus], activity: str = "") -> list[TaskStatus]:
-        """`statuses` written as new tasks (of `activity`) with the other
-        submissions of this loop turn: their ids once durable."""
-        future: asyncio.Future[list[TaskStatus]] = asyncio.get_running_loop().create_future()
-        self._creating.append((statuses, activity, future))
-        if len(self._creating) == 1:
-            asyncio.get_running_loop().call_soon(self._create_pending)
-        try:
-            return await future
-        except OSError as exc:
-            raise TaskmasterError(f"cannot write under {self.files.statedir}: "
-                                  f"{exc.strerror or exc}") from None
-
-    def _create_pending(self) -> None:
-        batch, self._creating = self._creating[:CREATE_BATCH], self._creating[CREATE_BATCH:]
-        if self._creating:  # the rest after: their tasks start while those are written
-            asyncio.get_running_loop().call_soon(self._create_pending)
-        self._hand_writes()  # what was asked before goes first
-        try:
-            job = asyncio.get_running_loop().run_in_executor(
-                self._pool, self._create_batch, [(statuses, activity) for statuses, activity, _ in batch])
-        except RuntimeError:  # the writer thread is shut down: close() has run
-            for _s, _a, future in batch:
-                if not future.done():
-                    future.set_exception(TaskmasterError("tasks cannot be submitted: taskmasterd is "
-                                                         "shutting down"))
-            return
-
-        def done(f: asyncio.Future[list[list[TaskStatus] | OSError]]) -> None:
-            exc = f.exception()
-            results = [exc] * len(batch) if exc is not None else f.result()
-            for (_s, _a, future), result in zip(batch, results, strict=True):
-                if future.done():  # its caller was cancelled
-                    continue
-                if isinstance(result, BaseException):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
-        job.add_done_callback(done)
-
-    # (writer thread) ids are picked where the directories are made: one
-    # thread, so two submissions cannot pick the same id.
-    def _create_batch(self, requests: list[tuple[list[TaskStatus], str]]
-                      ) -> list[list[TaskStatus] | OSError]:
-        """Each request's tasks, made and written durably all at once; per
-        request its statuses with their ids, or the error that stopped it
-        (none of its tasks is left on disk then)."""
-        made: list[list[TaskStatus] | OSError] = []
-        for statuses, activity in requests:
-            if activity:
-                statuses = [s.replace(activity=activity) for s in statuses]
-            try:
-                made.append(self.files.make_task_dirs(statuses, new_id))
-            except OSError as exc:
-                made.append(exc)
-        flat = [s for got in made if not isinstance(got, OSError) for s in got]
-        errors = dict(zip((s.id for s in flat), self.files.write_new_tasks(flat), strict=True))
-        out: list[list[TaskStatus] | OSError] = []
-        for got in made:
-            if isinstance(got, OSError):
-                out.append(got)
-                continue
-            failed = next((e for e in (errors[s.id] for s in got) if e is not None), None)
-            if failed is not None:
-                for s in got:
-                    self.files.remove_task(s.id)
-                out.append(failed)
-                continue
-            out.append(got)
-        return out
-
-    def _create(self, statuses: list[TaskStatus], activity: str = "") -> list[TaskStatus]:
-        """(writer thread) One request of _create_batch, alone; raises its error."""
-        (got,) = self._create_batch([(statuses, activity)])
-        if isinstance(got, OSError):
-            raise got
-        return got
-
     def _create_activity(self, act: ActivityStatus,
                          statuses: list[TaskStatus]) -> tuple[ActivityStatus, list[TaskStatus]]:
         act = act.replace(id=new_id(self.files.taken))
@@ -350,47 +268,9 @@ class TaskManager:
             raise
         return act, made
 
-    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking file job in the writer thread and wait for it;
-        OSError becomes the caller's error (nothing was queued)."""
-        loop = asyncio.get_running_loop()
-        self._hand_writes()  # what was asked before goes first
-        try:
-            return await loop.run_in_executor(self._pool, fn, *args)
-        except OSError as exc:
-            raise TaskmasterError(f"cannot write under {self.files.statedir}: "
-                                  f"{exc.strerror or exc}") from None
-
     def _queued(self, status: TaskStatus) -> None:
         self._tasks[status.id] = status
         self.events.publish(notices.task_event(None, status))
-
-    # ---- writing without waiting ---------------------------------------------------
-
-    def _write(self, fn: Callable[..., None], *args: Any) -> None:
-        """A status write in the writer thread, after those before it; its
-        failure is logged (the state in memory and the events stand). Those
-        of one loop turn go to the thread together (one hand-over)."""
-        if self._closed:
-            return
-        self._writes.append(lambda: fn(*args))
-        if len(self._writes) == 1:
-            asyncio.get_running_loop().call_soon(self._hand_writes)
-
-    def _hand_writes(self) -> None:
-        """The writes asked for so far, to the writer thread (in order)."""
-        jobs, self._writes = self._writes, []
-        if not jobs:
-            return
-
-        def run() -> None:
-            for job in jobs:
-                try:
-                    job()
-                except OSError as exc:
-                    log.warning("tasks: cannot write under %s: %s", self.files.statedir,
-                                exc.strerror or exc)
-        asyncio.get_running_loop().run_in_executor(self._pool, run)
 
     def _set_task(self, status: TaskStatus, *, write: bool, adopted: bool = False) -> None:
         old = self._tasks.get(status.id)
@@ -616,9 +496,3 @@ class TaskManager:
         await self.runner.close()
         await self.flush()
         self._pool.shutdown(wait=False)
-
-    async def flush(self) -> None:
-        """Wait until every status write asked for so far has landed."""
-        self._hand_writes()
-        await asyncio.get_running_loop().run_in_executor(self._pool, lambda: None)
-
