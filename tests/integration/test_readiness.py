@@ -24,8 +24,16 @@ __all__ = ["smtp_sink"]  # the fixture, shared with the alert tests
 
 
 def environ_of(pid: int) -> dict[str, str]:
-    with open(f"/proc/{pid}/environ", "rb") as f:
-        items = f.read().split(b"\0")
+    """The environment `pid` was exec'd with. Read until it is not empty:
+    execve() switches to the new memory map (and closes the CLOEXEC pipe
+    that tells subprocess the exec worked: the daemon's STARTING follows)
+    before it lays out the new stack, and in that window
+    /proc/PID/environ reads empty (a CI run met it)."""
+    def read() -> bytes:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f.read()
+    wait_until(f"process {pid}'s environment", lambda: bool(read()))
+    items = read().split(b"\0")
     return dict(i.decode(errors="replace").split("=", 1) for i in items if b"=" in i)
 
 
