@@ -137,6 +137,19 @@ class Schema:
         """One message and its fds from `sock` (BlockingIOError when there is
         none, EOFError at the end). On a bad message the fds are closed and
         ProtocolError raised."""
+        data, fds, truncated = self.datagram(sock)
+        try:
+            if truncated:
+                raise ProtocolError("message or its fds truncated")
+            return self.decode(data, len(fds), expect), fds
+        except ProtocolError:
+            for fd in fds:
+                os.close(fd)
+            raise
+
+    def datagram(self, sock: socket.socket) -> tuple[bytes, list[int], bool]:
+        """One datagram's bytes, the fds it carried and whether either was
+        truncated (BlockingIOError when there is none, EOFError at the end)."""
         # CLOEXEC: a received read end must never leak into a program. (Not
         # socket.recv_fds: Python 3.11's ignores its flags.)
         data, ancdata, flags, _addr = sock.recvmsg(self.max_message,
@@ -149,14 +162,7 @@ class Schema:
         fds = list(received)
         if not data and not fds:
             raise EOFError
-        try:
-            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
-                raise ProtocolError("message or its fds truncated")
-            return self.decode(data, len(fds), expect), fds
-        except ProtocolError:
-            for fd in fds:
-                os.close(fd)
-            raise
+        return data, fds, bool(flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC))
 
 
 LOG = Schema(PROTOCOL, SCHEMA, FROZEN)

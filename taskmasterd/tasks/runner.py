@@ -44,11 +44,13 @@ from taskmasterd.logproto import peer_uid_pid
 from taskmasterd.tasks.execute import CANCEL, Execution, cancelled_unstarted
 from taskmasterd.tasks.records import TaskStatus, encode_task
 from taskmasterd.tasks.runproto import (
+    BATCHES_ENV,
     TO_RUNNER,
     ProtocolError,
     encode,
     flush,
     receive,
+    receive_batch,
     status_of,
     status_text,
 )
@@ -73,11 +75,14 @@ def _warn(text: str) -> None:
 
 class Runner:
     def __init__(self, statedir: str, ctl: socket.socket | None,
-                 listener: socket.socket | None) -> None:
+                 listener: socket.socket | None, *, ctl_batches: bool = False) -> None:
+        """`ctl_batches`: the daemon at the other end of `ctl` reads batches
+        (runproto.py, Batches)."""
         self.loop = asyncio.get_running_loop()
         self.files = TaskFiles(statedir)
         self.ctl: socket.socket | None = None
         self.daemon_pid = 0
+        self.peer_batches = False  # the attached daemon reads batches
         self.outbox: deque[bytes] = deque()
         self.listener = listener
         self.pending: dict[int, tuple[socket.socket, asyncio.TimerHandle]] = {}
@@ -94,7 +99,9 @@ class Runner:
         self.spawner = Spawner(SPAWNERS)
         self._listen_file: FileId | None = None
         if ctl is not None:
-            self._attach(ctl, peer_uid_pid(ctl)[1])
+            self._attach(ctl, peer_uid_pid(ctl)[1], ctl_batches)
+            if ctl_batches:
+                self._send(encode("batches"))  # and so does this runner
         if listener is not None:
             # listen() here, not by the daemon that bound it: SO_PEERCRED,
             # what a connecting daemon reads, names who called listen().
@@ -175,8 +182,8 @@ class Runner:
 
     # ---- the control socket
 
-    def _attach(self, sock: socket.socket, pid: int) -> None:
-        self.ctl, self.daemon_pid = sock, pid
+    def _attach(self, sock: socket.socket, pid: int, batches: bool) -> None:
+        self.ctl, self.daemon_pid, self.peer_batches = sock, pid, batches
         sock.setblocking(False)
         self.loop.add_reader(sock.fileno(), self._control)
 
@@ -186,7 +193,7 @@ class Runner:
         self.loop.remove_reader(self.ctl.fileno())
         self.loop.remove_writer(self.ctl.fileno())
         self.ctl.close()
-        self.ctl, self.daemon_pid = None, 0
+        self.ctl, self.daemon_pid, self.peer_batches = None, 0, False
         self.outbox.clear()
         self._maybe_exit()
 
@@ -200,25 +207,29 @@ class Runner:
                 ex.identify()
 
     def _read_control(self, spawned: list[Execution]) -> None:
-        for _ in range(64):  # then let the loop breathe (exits, timers)
+        for _ in range(64):  # datagrams; then let the loop breathe (exits, timers)
             if self.ctl is None:
                 return
             try:
-                msg, _fds = receive(self.ctl, TO_RUNNER - {"hello"})
-                if msg["op"] == "run":
-                    ex = self._spawn(status_of(msg), int(str(msg["stopsignal"])),
-                                     float(str(msg["stoptime"])))
-                    if ex is not None:
-                        spawned.append(ex)
-                elif msg["op"] == "cancel":
-                    self.cancel(str(msg["id"]), str(msg["reason"]))
+                messages = receive_batch(self.ctl, TO_RUNNER - {"hello"})
             except BlockingIOError:
                 return
-            except ProtocolError as exc:  # said back, never a crash
-                self._send(encode("refused", message=f"task runner: message refused: {exc}"))
             except (EOFError, OSError):  # the daemon is gone (or detached): go on alone
                 self._detach()
                 return
+            for msg in messages:
+                try:
+                    if isinstance(msg, ProtocolError):
+                        raise msg
+                    if msg["op"] == "run":
+                        ex = self._spawn(status_of(msg), int(str(msg["stopsignal"])),
+                                         float(str(msg["stoptime"])))
+                        if ex is not None:
+                            spawned.append(ex)
+                    elif msg["op"] == "cancel":
+                        self.cancel(str(msg["id"]), str(msg["reason"]))
+                except ProtocolError as exc:  # said back, never a crash
+                    self._send(encode("refused", message=f"task runner: message refused: {exc}"))
 
     def _send(self, data: bytes) -> None:
         if self.ctl is None:
@@ -228,7 +239,8 @@ class Runner:
             self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        if self.ctl is not None and not flush(self.loop, self.ctl, self.outbox, self._flush):
+        if self.ctl is not None and not flush(self.loop, self.ctl, self.outbox, self._flush,
+                                              batches=self.peer_batches):
             self._detach()
 
     # ---- re-attachment
@@ -264,7 +276,7 @@ class Runner:
     def _greet(self, fd: int) -> None:
         conn = self.pending[fd][0]
         try:
-            receive(conn, {"hello"})
+            hello, _fds = receive(conn, {"hello"})
         except BlockingIOError:
             return
         except ProtocolError as exc:
@@ -286,8 +298,8 @@ class Runner:
                 conn.send(encode("busy", pid=self.daemon_pid))
             conn.close()
             return
-        self._attach(conn, pid)
-        self._send(encode("welcome", pid=os.getpid(), tasks=len(self.held)))
+        self._attach(conn, pid, hello.get("batches") is True)
+        self._send(encode("welcome", pid=os.getpid(), tasks=len(self.held), batches=True))
         for status in self.held.values():
             self._send(encode("held", status=status_text(status)))
         self._send(encode("end"))
@@ -300,9 +312,10 @@ def _refuse(conn: socket.socket, reason: str) -> None:
     refuse(conn, encode("refused", message=reason))
 
 
-async def serve(statedir: str, ctl: socket.socket | None, listener: socket.socket | None) -> int:
+async def serve(statedir: str, ctl: socket.socket | None, listener: socket.socket | None, *,
+                ctl_batches: bool = False) -> int:
     loop = asyncio.get_running_loop()
-    runner = Runner(statedir, ctl, listener)
+    runner = Runner(statedir, ctl, listener, ctl_batches=ctl_batches)
     loop.add_signal_handler(signal.SIGTERM, runner.terminate)
     # Caught, not SIG_IGN: an ignored signal would stay ignored in the tasks.
     for sig in (signal.SIGHUP, signal.SIGINT):
@@ -331,9 +344,10 @@ def main(argv: list[str]) -> int:
     from taskmasterd.tasks.runnerclient import restore_outer_env
 
     restore_outer_env(os.environ)  # the tasks get the daemon's environment
+    ctl_batches = os.environ.pop(BATCHES_ENV, None) == "1"
     ctl = socket.socket(fileno=int(argv[2]))
     listener = socket.socket(fileno=int(argv[3])) if len(argv) == 4 else None
-    return asyncio.run(serve(argv[1], ctl, listener))
+    return asyncio.run(serve(argv[1], ctl, listener, ctl_batches=ctl_batches))
 
 
 if __name__ == "__main__":

@@ -37,12 +37,13 @@ from taskmasterd.logproto import peer_uid_pid
 from taskmasterd.tasks.execute import signame
 from taskmasterd.tasks.records import TaskState, TaskStatus
 from taskmasterd.tasks.runproto import (
+    BATCHES_ENV,
     MAX_MESSAGE,
     TO_DAEMON,
     ProtocolError,
     encode,
     flush,
-    receive,
+    receive_batch,
     status_of,
     status_text,
 )
@@ -69,6 +70,7 @@ def runner_env() -> dict[str, str]:
     env = _writer_env()
     outer = os.environ.get("PYTHONPATH")
     env[OUTER_PYTHONPATH] = "unset" if outer is None else f"set:{outer}"
+    env[BATCHES_ENV] = "1"  # this daemon reads batches (runproto.py)
     return env
 
 
@@ -96,12 +98,18 @@ class RunnerClient:
         self._pid = 0
         self._pidfd = -1
         self._outbox: deque[bytes] = deque()
+        self._peer_batches = False  # the attached runner reads batches
         self._closed = False
 
     @property
     def pid(self) -> int:
         """The attached runner's pid (0: none)."""
         return self._pid
+
+    @property
+    def peer_batches(self) -> bool:
+        """Whether the attached runner said it reads batches (runproto.py)."""
+        return self._peer_batches
 
     # ---- re-attachment
 
@@ -136,12 +144,18 @@ class RunnerClient:
         if found is None:
             sock.close()
             return None
-        pid, held = found
+        pid, held, batches, after = found
         self._watch(sock, pid, None)
+        self._peer_batches = batches
+        for msg in after:  # what came in the datagram of its `end`: as if read next
+            self._get_loop().call_soon(self._handle, msg)
         log.info("taskmasterd: re-attached the task runner (pid %d) and its %d task(s)", pid, len(held))
         return held
 
-    def _greet(self, sock: socket.socket, path: str) -> tuple[int, list[TaskStatus]] | None:
+    def _greet(self, sock: socket.socket, path: str
+               ) -> tuple[int, list[TaskStatus], bool, list[dict[str, object] | ProtocolError]] | None:
+        """(its pid, the statuses it holds, whether it reads batches, the
+        messages that came after its `end`), or None (logged)."""
         try:
             uid, pid = peer_uid_pid(sock)
         except OSError as exc:
@@ -152,9 +166,23 @@ class RunnerClient:
                         os.geteuid())
             return None
         held: list[TaskStatus] = []
+        pending: deque[dict[str, object] | ProtocolError] = deque()
+
+        def receive(expect: set[str]) -> dict[str, object]:
+            # The runner may send several messages per datagram (we said so).
+            while not pending:
+                pending.extend(receive_batch(sock, TO_DAEMON))
+            msg = pending.popleft()
+            if isinstance(msg, ProtocolError):
+                raise msg
+            if msg["op"] not in expect:
+                raise ProtocolError(f"unexpected op {str(msg['op'])!r} (expected one of "
+                                    f"{', '.join(sorted(expect))})")
+            return msg
+
         try:
-            sock.send(encode("hello", pid=os.getpid()))
-            msg, _fds = receive(sock, {"welcome", "busy", "refused"})
+            sock.send(encode("hello", pid=os.getpid(), batches=True))
+            welcome = msg = receive({"welcome", "busy", "refused"})
             if msg["op"] == "busy":
                 log.warning("taskmasterd: the task runner at %s is attached to another taskmasterd "
                             "(pid %s): not taken", path, msg["pid"])
@@ -165,9 +193,9 @@ class RunnerClient:
                             path, msg["message"])
                 return None
             while True:
-                msg, _fds = receive(sock, {"held", "end"})
+                msg = receive({"held", "end"})
                 if msg["op"] == "end":
-                    return pid, held
+                    return pid, held, welcome.get("batches") is True, list(pending)
                 held.append(status_of(msg))
         except (TimeoutError, ProtocolError, EOFError, OSError) as exc:
             why = "does not answer" if isinstance(exc, TimeoutError) else f"answers badly: {exc or 'hung up'}"
@@ -293,6 +321,7 @@ class RunnerClient:
             self._pidfd = -1
         self._proc, self._pid, self._sock = proc, pid, sock
         self._closed = False
+        self._peer_batches = False  # until it says so
         self._outbox.clear()
         sock.setblocking(False)
         loop.add_reader(sock.fileno(), self._on_message)
@@ -345,7 +374,7 @@ class RunnerClient:
 
     def _flush(self) -> None:
         if self._sock is not None:  # a failure: the runner is gone, _on_exit says so
-            flush(self._get_loop(), self._sock, self._outbox, self._flush)
+            flush(self._get_loop(), self._sock, self._outbox, self._flush, batches=self._peer_batches)
 
     def _flush_blocking(self) -> None:
         """What close() must not lose (a last run or cancel), bounded."""
@@ -363,21 +392,26 @@ class RunnerClient:
             return
         while True:
             try:
-                msg, _fds = receive(sock, TO_DAEMON)
+                messages = receive_batch(sock, TO_DAEMON)
             except BlockingIOError:
                 return
-            except ProtocolError as exc:
-                log.warning("taskmasterd task runner (pid %d): message refused: %s", self._pid, exc)
-                continue
             except (EOFError, OSError):  # its exit comes through the pidfd
                 self._get_loop().remove_reader(sock.fileno())
                 return
-            if msg["op"] == "status":
-                try:
-                    status = status_of(msg)
-                except ProtocolError as exc:
-                    log.warning("taskmasterd task runner (pid %d): %s", self._pid, exc)
-                    continue
-                self.on_status(status)
-            elif msg["op"] == "refused":
-                log.warning("taskmasterd task runner (pid %d): %s", self._pid, msg["message"])
+            for msg in messages:
+                self._handle(msg)
+
+    def _handle(self, msg: dict[str, object] | ProtocolError) -> None:
+        if isinstance(msg, ProtocolError):
+            log.warning("taskmasterd task runner (pid %d): message refused: %s", self._pid, msg)
+        elif msg["op"] == "status":
+            try:
+                status = status_of(msg)
+            except ProtocolError as exc:
+                log.warning("taskmasterd task runner (pid %d): %s", self._pid, exc)
+                return
+            self.on_status(status)
+        elif msg["op"] == "refused":
+            log.warning("taskmasterd task runner (pid %d): %s", self._pid, msg["message"])
+        elif msg["op"] == "batches":
+            self._peer_batches = True

@@ -242,6 +242,7 @@ def test_the_runner_outlives_its_daemon_and_hands_its_tasks_to_the_next(dirs: tu
         runner_pid = first.client.pid
         await first.running(a.id)
         running_b = await first.running(b.id)
+        assert first.client.peer_batches  # the runner said so before any status
         await first.client.close()  # the daemon is gone (SIGKILL looks the same from the runner)
 
         await asyncio.to_thread(Path(fifos[0]).write_text, "go\n")  # A ends meanwhile
@@ -254,6 +255,7 @@ def test_the_runner_outlives_its_daemon_and_hands_its_tasks_to_the_next(dirs: tu
         second = Daemon(*dirs)
         held = second.client.attach_surviving()
         assert held is not None and second.client.pid == runner_pid
+        assert second.client.peer_batches  # in its welcome
         # A's file is visible at its rename, a moment before the runner drops
         # it from what it holds: then it is handed over too, as ended.
         assert [(s.id, s.state, s.exit_code) for s in held if s.id == a.id] in \
@@ -749,3 +751,151 @@ def test_an_exec_error_in_a_spawner_thread_fails_the_task_in_taskds_style(tmp_pa
         assert (end.spawn_error.code, end.spawn_error.syscall) == ("ENOENT", "spawn /nonexistent/tool")
 
     asyncio.run(main())
+
+
+# ---- batches (runproto.py): several messages per datagram, only with a peer that reads them
+
+
+def _datagrams_until_ended(sock: socket.socket, ids: set[str]) -> list[list[dict[str, object]]]:
+    """The runner's datagrams, each as its messages, until every task of `ids` ended."""
+    ended: set[str] = set()
+    datagrams = []
+    while ended != ids:
+        messages = runproto.receive_batch(sock, runproto.TO_DAEMON)
+        assert not [m for m in messages if isinstance(m, runproto.ProtocolError)], messages
+        got = [m for m in messages if isinstance(m, dict)]
+        datagrams.append(got)
+        for m in got:
+            if m["op"] == "status" and runproto.status_of(m).state.final:
+                ended.add(runproto.status_of(m).id)
+    return datagrams
+
+
+@pytest.mark.parametrize("daemon_batches", [True, False])
+def test_a_runner_batches_only_for_a_daemon_that_said_it_reads_batches(
+        dirs: tuple[str, str], daemon_batches: bool) -> None:
+    """A daemon that reads batches starts its runner with BATCHES_ENV=1: the
+    runner says it reads them too, and sends a loop turn's statuses as one
+    datagram. A daemon of an older version sets nothing: one message per
+    datagram, as it reads them. The tasks never see the variable."""
+    statedir = dirs[0]
+    files = TaskFiles(statedir)
+    env = {k: v for k, v in os.environ.items() if k != runproto.BATCHES_ENV}
+    if daemon_batches:
+        env[runproto.BATCHES_ENV] = "1"
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    proc = subprocess.Popen([sys.executable, "-m", "taskmasterd.tasks.runner", statedir,
+                             str(theirs.fileno())], pass_fds=[theirs.fileno()], cwd=ROOT, env=env)
+    theirs.close()
+    ours.settimeout(TIMEOUT)
+    try:
+        statuses = []
+        for i in range(16):
+            s = TaskStatus(id=new_id(files.taken), state=TaskState.QUEUED, seq=i + 1,
+                           spec=parse_task({"command": "sh", "timeout": 0, "args": [
+                               "-c", f"echo ${{{runproto.BATCHES_ENV}-unset}}"]}),
+                           submitted=time.time())
+            files.create_task(s)
+            statuses.append(s)
+        runs = [runproto.encode("run", status=runproto.status_text(s), stopsignal=15, stoptime=1.0)
+                for s in statuses]
+        if daemon_batches:
+            ours.send(b"\n".join(runs))  # a burst as the daemon sends it: one datagram
+        else:
+            for data in runs:
+                ours.send(data)
+        datagrams = _datagrams_until_ended(ours, {s.id for s in statuses})
+        ops = [m["op"] for d in datagrams for m in d]
+        assert ops.count("status") == 32 and set(ops) <= {"status", "batches"}
+        if daemon_batches:
+            assert datagrams[0] == [{"v": 1, "op": "batches"}]  # said first
+            assert max(len(d) for d in datagrams) >= 2  # the 8 `running` of a spawner's share
+        else:
+            assert "batches" not in ops and all(len(d) == 1 for d in datagrams)
+        for s in statuses:
+            assert (Path(files.task_dir(s.id).path) / "stdout").read_text() == "unset\n"
+    finally:
+        ours.close()
+    assert proc.wait(timeout=TIMEOUT) == 0
+
+
+def test_a_daemon_attaching_says_whether_it_reads_batches(dirs: tuple[str, str]) -> None:
+    """hello {batches: true} from a daemon: the runner batches for it, and
+    says in its welcome that it reads batches; a hello without (an older
+    daemon): one message per datagram."""
+    from taskmasterd.tasks import runner as runner_mod
+
+    statedir, runtime = dirs
+    os.makedirs(runtime, mode=0o700)
+    path = os.path.join(runtime, "r.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(path)
+
+    async def main() -> None:
+        r = runner_mod.Runner(statedir, None, listener)
+        try:
+            for batches in (False, True):
+                c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                c.settimeout(TIMEOUT)
+                c.connect(path)
+                fields = {"batches": True} if batches else {}
+                c.send(runproto.encode("hello", pid=os.getpid(), **fields))
+                got: list[dict[str, object] | runproto.ProtocolError] = []
+                while not any(isinstance(m, dict) and m["op"] == "end" for m in got):
+                    got += await asyncio.to_thread(runproto.receive_batch, c, runproto.TO_DAEMON)
+                assert [m["op"] for m in got if isinstance(m, dict)] == ["welcome", "end"]
+                assert got[0]["batches"] is True  # type: ignore[index]
+                assert r.peer_batches is batches
+                c.close()
+                await until("the runner to see the daemon leave", lambda: r.ctl is None)
+        finally:
+            r.unlink()
+            r.writer.close()
+
+    run(main())
+
+
+def test_what_follows_the_end_of_a_welcome_in_its_datagram_is_not_lost(dirs: tuple[str, str]) -> None:
+    """A runner that batches may send a task's end in the datagram that
+    ends its welcome: the daemon takes the held tasks, then that end."""
+    statedir, runtime = dirs
+    os.makedirs(runtime, mode=0o700)
+    files = TaskFiles(statedir)
+    running = TaskStatus(id=new_id(files.taken), spec=parse_task({"command": "true", "timeout": 0}),
+                         state=TaskState.RUNNING, seq=1, submitted=time.time(), started=time.time(),
+                         pid=os.getpid())
+    ended = running.replace(state=TaskState.SUCCEEDED, exit_code=0, ended=time.time())
+
+    async def main() -> None:
+        d = Daemon(statedir, runtime)
+        assert d.client.socket_path is not None
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        listener.bind(d.client.socket_path)
+        listener.listen(1)
+
+        def fake_runner() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                hello, _fds = runproto.receive(conn, {"hello"})
+                assert hello["batches"] is True
+                conn.send(b"\n".join([
+                    runproto.encode("welcome", pid=os.getpid(), tasks=1, batches=True),
+                    runproto.encode("held", status=runproto.status_text(running)),
+                    runproto.encode("end"),
+                    runproto.encode("status", status=runproto.status_text(ended))]))
+                conn.recv(1)  # until the daemon hangs up
+
+        thread = threading.Thread(target=fake_runner)
+        thread.start()
+        try:
+            held = d.client.attach_surviving()  # blocking, on the loop, as the daemon calls it
+            assert len(held) == 1 and same(held[0], running) and d.client.peer_batches
+            assert d.ended == []  # not before its caller has the held ones
+            await until("the end that followed", lambda: len(d.ended) == 1)
+            assert same(d.ended[0], ended)
+        finally:
+            await d.client.close()
+            await asyncio.to_thread(thread.join, TIMEOUT)
+            listener.close()
+
+    run(main())

@@ -4,8 +4,12 @@ bad messages are refused with a reason."""
 
 from __future__ import annotations
 
+import array
+import asyncio
 import json
+import os
 import socket
+from collections import deque
 
 import pytest
 
@@ -21,7 +25,9 @@ from taskmasterd.tasks.runproto import (
     ProtocolError,
     decode,
     encode,
+    flush,
     receive,
+    receive_batch,
     status_of,
     status_text,
 )
@@ -35,6 +41,7 @@ VALID: dict[str, dict[str, object]] = {
     "cancel": {"id": "3df2bb24", "reason": "cancelled by taskctl cancel (uid 0)"},
     "status": {"status": TEXT}, "refused": {"message": "no"}, "hello": {"pid": 10},
     "welcome": {"pid": 11, "tasks": 0}, "held": {"status": TEXT}, "end": {}, "busy": {"pid": 12},
+    "batches": {},
 }
 
 
@@ -117,3 +124,117 @@ def test_the_runner_listens_beside_the_log_writer_keyed_the_same() -> None:
     assert runner.removeprefix("/run/taskmaster/taskrunner-") == \
         writer.removeprefix("/run/taskmaster/logwriter-")
     assert runner != runner_socket("/run/taskmaster", "/var/lib/other", "/etc/taskmaster/taskmaster.yaml")
+
+
+# ---- batches: several messages per datagram, once the peer said it reads them
+
+
+class FakeLoop:
+    """What flush() asks of the loop: watch for writability, or stop."""
+
+    def __init__(self) -> None:
+        self.writer: object = None
+
+    def add_writer(self, fd: int, cb: object) -> None:
+        self.writer = cb
+
+    def remove_writer(self, fd: int) -> bool:
+        self.writer = None
+        return True
+
+
+def send_all(messages: list[bytes], *, batches: bool) -> list[bytes]:
+    """The datagrams flush() makes of `messages`."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b:
+        a.setblocking(False)
+        b.setblocking(False)
+        outbox = deque(messages)
+        loop = FakeLoop()
+        got = []
+        while True:
+            assert flush(loop, a, outbox, lambda: None, batches=batches)  # type: ignore[arg-type]
+            while True:  # what the peer reads meanwhile (a full socket waits for it)
+                try:
+                    got.append(b.recv(MAX_MESSAGE + 10))
+                except BlockingIOError:
+                    break
+            if not outbox:
+                assert loop.writer is None
+                return got
+
+
+def test_without_batches_each_message_is_its_own_datagram() -> None:
+    msgs = [encode("status", status=TEXT), encode("refused", message="no"), encode("end")]
+    assert send_all(msgs, batches=False) == msgs
+
+
+def test_with_batches_a_burst_is_one_datagram_one_message_per_line() -> None:
+    msgs = [encode("status", status=TEXT.replace("3df2bb24", f"{i:08x}")) for i in range(16)]
+    (datagram,) = send_all(msgs, batches=True)
+    assert datagram.split(b"\n") == msgs
+    assert b"\n" not in encode("refused", message="two\nlines")  # JSON escapes it
+
+
+def test_a_batch_never_reaches_the_size_limit() -> None:
+    big = encode("refused", message="x" * 70_000)
+    datagrams = send_all([big] * 7, batches=True)
+    assert [d.count(b"\n") + 1 for d in datagrams] == [2, 2, 2, 1]
+    assert all(len(d) < MAX_MESSAGE for d in datagrams)
+    assert b"\n".join(datagrams).split(b"\n") == [big] * 7
+
+
+def test_receive_batch_reads_each_line_and_refuses_only_the_bad_ones() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b:
+        a.send(b"\n".join([encode("status", status=TEXT), b"{not json", encode("run", **VALID["run"]),
+                           encode("end")]))
+        got = receive_batch(b, TO_DAEMON)
+        assert [m["op"] if isinstance(m, dict) else type(m).__name__ for m in got] == \
+            ["status", "ProtocolError", "ProtocolError", "end"]
+        assert "not JSON" in str(got[1]) and "unexpected op 'run'" in str(got[2])
+        a.send(encode("cancel", **VALID["cancel"]))  # a peer that does not batch
+        assert receive_batch(b, TO_RUNNER) == [decode(encode("cancel", **VALID["cancel"]), 0, {"cancel"})]
+        a.close()
+        with pytest.raises(EOFError):
+            receive_batch(b, TO_RUNNER)
+
+
+def test_receive_batch_closes_fds_it_was_sent() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    r, w = os.pipe()
+    with a, b:
+        a.sendmsg([encode("end")], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]))])
+        os.close(r)
+        (got,) = receive_batch(b, TO_DAEMON)
+        assert isinstance(got, ProtocolError) and "carries 1 fd(s), expected 0" in str(got)
+        with pytest.raises(BrokenPipeError):  # the received copy was closed: no reader is left
+            os.write(w, b"x")
+    os.close(w)
+
+
+def test_flush_waits_for_a_full_socket_and_keeps_what_is_left() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b:
+        a.setblocking(False)
+        loop = FakeLoop()
+        big = encode("refused", message="x" * 60_000)
+        outbox = deque([big] * 200)
+        again = object()
+        assert flush(loop, a, outbox, again, batches=True)  # type: ignore[arg-type]
+        assert outbox and loop.writer is again  # the rest waits for writability
+        b.close()
+        assert not flush(loop, a, outbox, again, batches=True)  # type: ignore[arg-type]
+        assert outbox  # the peer is gone: nothing lost silently, the caller decides
+
+
+def test_asyncio_is_what_flush_is_given() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with a, b:
+            a.setblocking(False)
+            assert flush(loop, a, deque([encode("end"), encode("end")]), lambda: None, batches=True)
+            assert b.recv(100) == encode("end") + b"\n" + encode("end")
+    finally:
+        loop.close()
