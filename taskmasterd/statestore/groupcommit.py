@@ -59,6 +59,12 @@ exchange before the next update begins, and when step 4 fails the spares
 of that batch are removed (the next update starts from a new file, as the
 default mode would).
 
+One difference for readers: in the default mode a reader holding NAME open
+keeps the version it opened for good; in swap mode only until the next
+update (its inode becomes the spare, which the update after overwrites in
+place). A reader that reads at once after opening sees the old or the new
+version; one that holds the file across two updates may read a mixture.
+
 Only one writer may use a file's spare at a time: the default mode's
 temporary names are unique per process, a spare's is not (two updates
 writing one spare at once would mix their contents and swap the mixture
