@@ -80,8 +80,8 @@ class StatusWriter:
                 for taskdir, status, data in batch]
         # Swap mode: a spare must have one writer at a time. The runner is
         # the only writer of a task's status.json while it holds the task
-        # (the daemon writes it before the runner starts it and after it
-        # has ended: docs/tasks.md, "Who writes the file"), and this one
+        # (the daemon writes it before a runner holds it and once none does:
+        # docs/tasks.md, "Who writes the file"), and this one
         # worker writes a file once per batch, a batch after the other.
         future = self._loop.run_in_executor(self._pool, functools.partial(save_all, swap=True), jobs)
         future.add_done_callback(lambda f: self._written([s for _, s, _ in batch], f))
