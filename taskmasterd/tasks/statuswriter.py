@@ -12,7 +12,11 @@ loop, however many files it holds (a hand-over per file cost two thread
 switches each, most of the runner's system time with 16 lanes), and its
 files are made durable together (statestore/groupcommit.py: two flushes of
 the disk per batch, not two per file: those flushes, one file after
-another, bounded how fast short tasks ended). The
+another, bounded how fast short tasks ended), in its swap mode: each
+status is written into the task's spare `.status.json.spare` and exchanged
+with status.json, which frees no disk block (a rename over status.json
+freed one, and on a file system mounted with `discard` that cost a
+synchronous discard per write). The
 bookkeeping and the JSON encoding run on the loop's thread; the worker only
 does the system calls (which release the GIL: a worker busy with Python
 code would make the loop wait for the GIL after each of its own system
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 from collections.abc import Callable
 
 from taskmasterd.statestore.groupcommit import save_all
@@ -73,7 +78,12 @@ class StatusWriter:
         # TaskDir.write, its encoding done here
         jobs = [(taskdir.path, STATUS, encode_task(status) if data is None else data)
                 for taskdir, status, data in batch]
-        future = self._loop.run_in_executor(self._pool, save_all, jobs)
+        # Swap mode: a spare must have one writer at a time. The runner is
+        # the only writer of a task's status.json while it holds the task
+        # (the daemon writes it before a runner holds it and once none does:
+        # docs/tasks.md, "Who writes the file"), and this one
+        # worker writes a file once per batch, a batch after the other.
+        future = self._loop.run_in_executor(self._pool, functools.partial(save_all, swap=True), jobs)
         future.add_done_callback(lambda f: self._written([s for _, s, _ in batch], f))
 
     def _written(self, statuses: list[TaskStatus], future: asyncio.Future[list[OSError | None]]) -> None:
