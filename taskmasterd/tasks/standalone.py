@@ -70,7 +70,7 @@ async def _run(status: TaskStatus, taskdir: TaskDir, settings: TaskSettings) -> 
             print(f"taskmasterd: cannot write {taskdir.status_path} ({status.state.value}): {error}",
                   file=sys.stderr)
 
-    writer = StatusWriter(done)
+    writer = StatusWriter(done, swap=False)  # nothing but its three files in the current directory
     ex = Execution(status, taskdir, stopsignal=int(settings.stopsignal), stoptime=settings.stoptime,
                    runner_pid=os.getpid(), record=lambda s, _news: writer.write(taskdir, s),
                    finished=lambda _ex: finished.set())

@@ -38,8 +38,12 @@ Done = Callable[[TaskStatus, OSError | None], None]
 
 
 class StatusWriter:
-    def __init__(self, on_done: Done) -> None:
+    def __init__(self, on_done: Done, *, swap: bool = True) -> None:
+        """`swap`: statuses written in save_all's swap mode (a spare beside
+        each status.json; `--run-task` writes without, in the user's current
+        directory)."""
         self._loop = asyncio.get_running_loop()
+        self._swap = swap
         # One worker: more threads fight the loop for the GIL, and a backlog
         # coalesces more `running` writes away.
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="status")
@@ -83,7 +87,7 @@ class StatusWriter:
         # (the daemon writes it before a runner holds it and once none does:
         # docs/tasks.md, "Who writes the file"), and this one
         # worker writes a file once per batch, a batch after the other.
-        future = self._loop.run_in_executor(self._pool, functools.partial(save_all, swap=True), jobs)
+        future = self._loop.run_in_executor(self._pool, functools.partial(save_all, swap=self._swap), jobs)
         future.add_done_callback(lambda f: self._written([s for _, s, _ in batch], f))
 
     def _written(self, statuses: list[TaskStatus], future: asyncio.Future[list[OSError | None]]) -> None:

@@ -57,17 +57,40 @@ STREAMS = ("stdout", "stderr")
 MAX_STATUS = 4 * 1024 * 1024  # a status is a few KB; args and env are bounded (spec.py)
 
 
-def _read(path: str) -> bytes | Refused:
+# Reads of a task's status.json before one is believed refused. The task
+# runner swaps each new status in (statestore/groupcommit.py, swap mode):
+# the file a reader opened becomes the spare at the next write, and the one
+# after rewrites it in place. A reader caught across both reads a mixture.
+READ_TRIES = 3
+
+
+def _read(path: str) -> tuple[bytes | Refused, bool]:
+    """(its bytes, or why not; whether the file read is still the one the
+    path names: False when a swap moved it away meanwhile)."""
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_STATUS + 1)
+            inode = os.fstat(f.fileno()).st_ino
+        current = os.stat(path).st_ino == inode
     except FileNotFoundError:
-        return Refused("no status.json")
+        return Refused("no status.json"), True
     except OSError as exc:
-        return Refused(f"cannot read it: {exc.strerror}")
+        return Refused(f"cannot read it: {exc.strerror}"), True
     if len(data) > MAX_STATUS:
-        return Refused(f"larger than {MAX_STATUS} bytes")
-    return data
+        return Refused(f"larger than {MAX_STATUS} bytes"), current
+    return data, current
+
+
+def read_task_file(path: str) -> TaskStatus | Refused:
+    """A task's status.json, read again while what was read was swapped out
+    meanwhile or is refused (a mixture of two statuses), READ_TRIES at most."""
+    got: TaskStatus | Refused = Refused("not read")
+    for _ in range(READ_TRIES):
+        data, current = _read(path)
+        got = data if isinstance(data, Refused) else decode_task(data)
+        if current and not isinstance(got, Refused):
+            return got
+    return got
 
 
 # <linux/fs.h>: the inode flags ioctls (_IOR/_IOW('f', 1/2, long)) and the
@@ -124,8 +147,7 @@ class TaskDir:
         StateStore(self.path, name=STATUS).save_bytes(encode_task(status))
 
     def read(self) -> TaskStatus | Refused:
-        data = _read(self.status_path)
-        return data if isinstance(data, Refused) else decode_task(data)
+        return read_task_file(self.status_path)
 
 
 class TaskFiles:
@@ -227,7 +249,7 @@ class TaskFiles:
         StateStore(path, name=STATUS).save_bytes(encode_activity(activity))
 
     def read_activity(self, id: str) -> ActivityStatus | Refused:
-        data = _read(os.path.join(self.activity_path(id), STATUS))
+        data, _current = _read(os.path.join(self.activity_path(id), STATUS))  # the daemon's: renamed over
         return data if isinstance(data, Refused) else decode_activity(data)
 
     def scan_activities(self) -> tuple[list[ActivityStatus], list[tuple[str, str]]]:

@@ -536,6 +536,10 @@ def test_run_task_exits_with_the_tasks_status(tmp_path: Path, task: dict[str, ob
         assert (tmp_path / "stdout").read_text() == "out\n"
         assert (tmp_path / "stderr").read_text() == "err\n"
         assert status["exit_code"] == 3
+        # Temporary files, not a spare (the daemon's runner swaps one in):
+        # nothing else is left in the user's directory.
+        assert sorted(os.listdir(tmp_path)) == ["notexec", "status.json", "stderr", "stdout",
+                                                "task.json"]
 
 
 @pytest.mark.parametrize(("text", "error"), [

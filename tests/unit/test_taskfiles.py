@@ -180,6 +180,45 @@ def test_read_refusals(files: TaskFiles, tmp_path: Path) -> None:
     assert files.read_activity("0a1b2c3d") == Refused("no status.json")
 
 
+def test_a_status_swapped_out_while_it_was_read_is_read_again(
+        files: TaskFiles, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner swaps statuses in (groupcommit's swap mode): a reader that
+    opened the file just before may read it while it is rewritten as the
+    spare. What it read is not believed: neither a mixture that does not
+    decode, nor a status from a file no longer named status.json."""
+    from taskmasterd.tasks import taskfiles
+
+    files.create_task(task())
+    real = taskfiles._read
+    torn = iter([(b'{"format": "taskmaster-task", "ver', True),  # a mixture
+                 (encode_task(task(state=TaskState.RUNNING)), False)])  # swapped out meanwhile
+    calls = []
+
+    def reading(path: str) -> tuple[bytes | Refused, bool]:
+        calls.append(path)
+        return next(torn, None) or real(path)
+    monkeypatch.setattr(taskfiles, "_read", reading)
+    assert files.read_task("3df2bb24") == task()
+    assert len(calls) == 3
+
+    monkeypatch.setattr(taskfiles, "_read", lambda path: (b"{not json", True))
+    got = files.read_task("3df2bb24")
+    assert isinstance(got, Refused) and "double quotes" in got.reason  # after READ_TRIES, believed
+
+
+def test_a_read_says_whether_the_path_still_names_the_file_read(
+        files: TaskFiles, monkeypatch: pytest.MonkeyPatch) -> None:
+    from taskmasterd.tasks import taskfiles
+
+    files.create_task(task())
+    path = files.task_dir("3df2bb24").status_path
+    assert taskfiles._read(path) == (encode_task(task()), True)
+    real_stat = os.stat
+    monkeypatch.setattr(taskfiles.os, "stat", lambda p: os.stat_result(
+        (0, real_stat(p).st_ino + 1, *real_stat(p)[2:10])))
+    assert taskfiles._read(path) == (encode_task(task()), False)
+
+
 # ---- scanning ----------------------------------------------------------------------------
 
 
