@@ -57,6 +57,7 @@ from taskmasterd.tasks.settings import TaskSettings
 from taskmasterd.tasks.spec import TaskSpec
 from taskmasterd.tasks.taskfiles import STREAMS, TaskFiles
 from taskmasterd.tasks.writerthread import CREATE_BATCH as CREATE_BATCH
+from taskmasterd.tasks.writerthread import FIRST_BATCH as FIRST_BATCH
 from taskmasterd.tasks.writerthread import WriterThread
 
 log = logging.getLogger("taskmasterd")

@@ -32,6 +32,9 @@ T = TypeVar("T")
 # them all) before the first could start; batches of this size let the
 # first ones run while the next are written.
 CREATE_BATCH = 64
+# ...except the first batch while none is being written: a burst's first
+# tasks start after a group commit of this many (a few ms), not of 64.
+FIRST_BATCH = 16
 
 
 class WriterThread:
@@ -42,6 +45,7 @@ class WriterThread:
     # (their statuses, the activity they join, the future of their result).
     _creating: list[tuple[list[TaskStatus], str, asyncio.Future[list[TaskStatus]]]]
     _writes: list[Callable[[], None]]  # _write jobs not handed to the thread yet
+    _creates_writing = 0  # batches of submissions with the writer thread
 
     def _write_error(self, exc: OSError) -> TaskmasterError:
         """What a caller whose write failed is told (nothing was queued)."""
@@ -60,7 +64,8 @@ class WriterThread:
             raise self._write_error(exc) from None
 
     def _create_pending(self) -> None:
-        batch, self._creating = self._creating[:CREATE_BATCH], self._creating[CREATE_BATCH:]
+        size = CREATE_BATCH if self._creates_writing else FIRST_BATCH
+        batch, self._creating = self._creating[:size], self._creating[size:]
         if self._creating:  # the rest after: their tasks start while those are written
             asyncio.get_running_loop().call_soon(self._create_pending)
         self._hand_writes()  # what was asked before goes first
@@ -74,7 +79,10 @@ class WriterThread:
                                                          "shutting down"))
             return
 
+        self._creates_writing += 1
+
         def done(f: asyncio.Future[list[list[TaskStatus] | OSError]]) -> None:
+            self._creates_writing -= 1
             exc = f.exception()
             results = [exc] * len(batch) if exc is not None else f.result()
             for (_s, _a, future), result in zip(batch, results, strict=True):
