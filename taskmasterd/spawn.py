@@ -32,8 +32,7 @@ from taskmasterd.logwriter import grow_pipe
 from taskmasterd.process import SpawnError
 from taskmasterd.statestore.records import ProcStat, parse_proc_stat
 
-_OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOCTTY
-OUTPUT_FLAGS = _OUTPUT_FLAGS  # how an output file is opened (fastspawn's callers too)
+OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOCTTY
 
 
 @dataclass(frozen=True)
@@ -135,14 +134,19 @@ class SpawnFailed(Exception):
         self.error = error
 
 
-def _error(exc: OSError, syscall: str) -> SpawnFailed:
+def step_failed(exc: OSError, syscall: str) -> SpawnFailed:
+    """The SpawnFailed of a step (`syscall`) that failed with `exc` (its errno)."""
     code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
     return SpawnFailed(SpawnError(code=code, syscall=syscall, message=os.strerror(exc.errno or 0)))
 
 
-def file_error(exc: OSError, syscall: str) -> SpawnFailed:
-    """The SpawnFailed of a step that failed with `exc` (its errno)."""
-    return _error(exc, syscall)
+def open_output_file(path: str, mode: int) -> int:
+    """An output file opened to append to (created with `mode`): its fd. One
+    that cannot be opened is a spawn error, "open PATH"."""
+    try:
+        return os.open(path, OUTPUT_FLAGS, mode)
+    except OSError as exc:
+        raise step_failed(exc, f"open {path}") from None
 
 
 def take(pid: int) -> Child:
@@ -157,7 +161,7 @@ def take(pid: int) -> Child:
             os.killpg(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
-        raise _error(exc, "pidfd_open") from None
+        raise step_failed(exc, "pidfd_open") from None
     return Child(pid=pid, pidfd=pidfd, popen=None)
 
 
@@ -173,7 +177,7 @@ def _open_output(spec: LaunchSpec, stream: str, pipes: list[Pipe]) -> int:
     assert path is not None
     if out.kind is OutputKind.AUTO:
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    fd = os.open(path, _OUTPUT_FLAGS, spec.output_mode)  # also: an unwritable file is a spawn error
+    fd = open_output_file(path, spec.output_mode)
     maxbytes, backups = spec.stdout_limit if stream == "stdout" else spec.stderr_limit
     if maxbytes == 0:
         return fd
@@ -237,7 +241,7 @@ def spawn(spec: LaunchSpec, *, identify: bool = True) -> Child:
                 fds.append(_open_output(spec, stream, pipes))
             except OSError as exc:
                 path = output_path(spec, stream) or stream
-                raise _error(exc, f"open {path}") from None
+                raise step_failed(exc, f"open {path}") from None
         try:
             popen = subprocess.Popen(
                 spec.argv, stdin=subprocess.DEVNULL, stdout=fds[0], stderr=fds[-1],
@@ -267,14 +271,14 @@ def _spawn_on_terminal(spec: LaunchSpec, base: dict[str, str], user_kw: dict[str
         if path is not None:
             if spec.stdout.kind is OutputKind.AUTO:
                 os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-            os.close(os.open(path, _OUTPUT_FLAGS, spec.output_mode))  # an unwritable file is a spawn error
+            os.close(open_output_file(path, spec.output_mode))  # one that cannot be written: a spawn error
     except OSError as exc:
-        raise _error(exc, f"open {path}") from None
+        raise step_failed(exc, f"open {path}") from None
     owner = user_kw.get("user")
     try:
         master, slave = terminal.open_terminal(owner if isinstance(owner, int) else None)
     except OSError as exc:
-        raise _error(exc, "openpty") from None
+        raise step_failed(exc, "openpty") from None
     maxbytes, backups = spec.stdout_limit
     # No bound: the writer's file just grows (2**62: never reached).
     pipe = Pipe(master, path or os.devnull, maxbytes if path and maxbytes else 2 ** 62,
@@ -307,7 +311,7 @@ def watched(popen: subprocess.Popen[bytes], pipes: list[Pipe], identify: bool = 
         popen.wait()
         for pipe in pipes:
             os.close(pipe.fd)
-        raise _error(exc, "pidfd_open") from None
+        raise step_failed(exc, "pidfd_open") from None
     # A zombie still has its stat: this cannot miss a child that died at once.
     stat = proc_stat(popen.pid) if identify else None
     return Child(pid=popen.pid, pidfd=pidfd, popen=popen, pipes=tuple(pipes),
@@ -379,10 +383,10 @@ def _exec_error(exc: OSError, spec: LaunchSpec) -> SpawnFailed:
     # the cwd for chdir, the executable for execve, None for the set-up
     # steps before them (setgroups/setuid/...).
     if spec.cwd is not None and exc.filename == spec.cwd:
-        return _error(exc, f"chdir {spec.cwd}")
+        return step_failed(exc, f"chdir {spec.cwd}")
     if exc.filename is None:
-        return _error(exc, "setuid" if spec.user else "exec setup")
-    return _error(exc, f"execve {exc.filename}")
+        return step_failed(exc, "setuid" if spec.user else "exec setup")
+    return step_failed(exc, f"execve {exc.filename}")
 
 
 def collect(child: Child) -> int | None:

@@ -229,11 +229,7 @@ class Execution:
         fds: list[int] = []
         try:
             for stream in ("stdout", "stderr"):
-                where = self.taskdir.output(stream)
-                try:
-                    fds.append(os.open(where, spawn.OUTPUT_FLAGS, OUTPUT_MODE))
-                except OSError as exc:
-                    raise spawn.file_error(exc, f"open {where}") from None
+                fds.append(spawn.open_output_file(self.taskdir.output(stream), OUTPUT_MODE))
         except spawn.SpawnFailed as exc:
             for fd in fds:
                 os.close(fd)
@@ -252,7 +248,7 @@ class Execution:
         self._spawning = False
         if isinstance(result, BaseException):
             if isinstance(result, OSError):
-                error = spawn.file_error(result, f"execve {path}").error
+                error = spawn.step_failed(result, f"execve {path}").error
             else:  # ValueError: a NUL byte
                 error = SpawnError("EINVAL", f"execve {path}", str(result))
             self._end(spawn_failed(self.status, error, self.runner_pid, now))
