@@ -88,7 +88,7 @@ import errno
 import itertools
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from taskmasterd.statestore.store import StateStore
 
@@ -191,34 +191,55 @@ def save_all(jobs: Sequence[Job], swap: bool = False) -> list[OSError | None]:
     if len(jobs) == 1 or _syncfs is None:
         return [_save_one(job) for job in jobs]
     errors: list[OSError | None] = [None] * len(jobs)
-    temps: list[str | None] = [None] * len(jobs)
+    temps: dict[int, str] = {}
+
+    def write(i: int) -> int:
+        directory, name, data = jobs[i]
+        temps[i], dev = _write_temp(directory, name, data)
+        return dev
+
+    def rename(i: int) -> None:
+        directory, name, _data = jobs[i]
+        os.replace(temps[i], os.path.join(directory, name))
+
+    _commit(jobs, range(len(jobs)), errors, write, rename,
+            unwritten=lambda i: _discard(temps[i]), unrenamed=lambda i: None)
+    return errors
+
+
+def _commit(jobs: Sequence[Job], todo: Iterable[int], errors: list[OSError | None],
+            write: Callable[[int], int], rename: Callable[[int], None], *,
+            unwritten: Callable[[int], None], unrenamed: Callable[[int], None]) -> None:
+    """The four steps for the jobs `todo` (indexes in `jobs`), each job's
+    error in `errors`: `write` each (its st_dev), one flush per file
+    system, `rename` each, one flush again. What a failure leaves is
+    undone: `unwritten` (a file written, not renamed), `unrenamed` (renamed,
+    its flush failed)."""
+    written: list[int] = []
     devices: dict[int, str] = {}
-    for i, (directory, name, data) in enumerate(jobs):
+    for i in todo:
         try:
-            temps[i], dev = _write_temp(directory, name, data)
+            dev = write(i)
         except OSError as exc:
             errors[i] = exc
             continue
-        devices.setdefault(dev, directory)
-    if not devices:
-        return errors
+        written.append(i)
+        devices.setdefault(dev, jobs[i][0])
+    if not written:
+        return
     try:
         _flush(devices)
-    except OSError as exc:
-        for i, tmp in enumerate(temps):
-            if tmp is not None:
-                _discard(tmp)
-                errors[i] = exc
-        return errors
+    except OSError as exc:  # nothing renamed: the old contents stay
+        for i in written:
+            unwritten(i)
+            errors[i] = exc
+        return
     renamed = []
-    for i, (directory, name, _data) in enumerate(jobs):
-        tmp = temps[i]
-        if tmp is None:
-            continue
+    for i in written:
         try:
-            os.replace(tmp, os.path.join(directory, name))
+            rename(i)
         except OSError as exc:
-            _discard(tmp)
+            unwritten(i)
             errors[i] = exc
             continue
         renamed.append(i)
@@ -226,8 +247,8 @@ def save_all(jobs: Sequence[Job], swap: bool = False) -> list[OSError | None]:
         _flush(devices)
     except OSError as exc:
         for i in renamed:
+            unrenamed(i)
             errors[i] = exc
-    return errors
 
 
 def _save_one(job: Job) -> OSError | None:
@@ -268,41 +289,21 @@ def _swap_all(jobs: Sequence[Job]) -> list[OSError | None]:
 
 
 def _swap_batch(jobs: Sequence[Job], todo: list[int], errors: list[OSError | None]) -> None:
-    written = []
-    devices: dict[int, str] = {}
-    for i in todo:
-        directory, name, data = jobs[i]
-        try:
-            dev = _write_spare(os.path.join(directory, spare_name(name)), data, sync=False)
-        except OSError as exc:
-            errors[i] = exc
-            continue
-        written.append(i)
-        devices.setdefault(dev, directory)
-    if not written:
-        return
-    try:
-        _flush(devices)
-    except OSError as exc:  # nothing swapped: the old contents stay
-        for i in written:
-            errors[i] = exc
-        return
-    swapped = []
-    for i in written:
+    def spare(i: int) -> str:
         directory, name, _data = jobs[i]
-        try:
-            _swap_in(os.path.join(directory, spare_name(name)), os.path.join(directory, name))
-        except OSError as exc:
-            errors[i] = exc
-            continue
-        swapped.append(i)
-    try:
-        _flush(devices)
-    except OSError as exc:
-        for i in swapped:
-            directory, name, _data = jobs[i]
-            _discard(os.path.join(directory, spare_name(name)))  # see the invariant above
-            errors[i] = exc
+        return os.path.join(directory, spare_name(name))
+
+    def write(i: int) -> int:
+        return _write_spare(spare(i), jobs[i][2], sync=False)
+
+    def swap(i: int) -> None:
+        directory, name, _data = jobs[i]
+        _swap_in(spare(i), os.path.join(directory, name))
+
+    # A spare not swapped in stays, for the next write to overwrite; one
+    # swapped in whose flush failed goes (see the invariant above).
+    _commit(jobs, todo, errors, write, swap, unwritten=lambda i: None,
+            unrenamed=lambda i: _discard(spare(i)))
 
 
 def _swap_one(job: Job) -> OSError | None:

@@ -92,12 +92,13 @@ def test_a_new_file_in_a_new_directory(tmp_path: Path, flushes) -> None:
     assert (a / "status.json").read_bytes() == b"1" and (b / "status.json").read_bytes() == b"2"
 
 
-def test_a_file_that_cannot_be_written_fails_alone(tmp_path: Path, flushes) -> None:
+@pytest.mark.parametrize("swap", [False, True], ids=["temporary files", "swap mode"])
+def test_a_file_that_cannot_be_written_fails_alone(tmp_path: Path, flushes, swap: bool) -> None:
     fake = flushes()
     good = dirs(tmp_path, 2)
     missing = tmp_path / "gone"
     errors = save_all([(str(good[0]), "status.json", b"a"), (str(missing), "status.json", b"b"),
-                       (str(good[1]), "status.json", b"c")])
+                       (str(good[1]), "status.json", b"c")], swap=swap)
     assert errors[0] is None and errors[2] is None
     assert isinstance(errors[1], FileNotFoundError)
     assert (good[0] / "status.json").read_bytes() == b"a"
@@ -346,20 +347,6 @@ def test_swap_mode_a_file_named_twice_gets_its_last_content(tmp_path: Path, flus
     assert save_all(jobs, swap=True) == [None] * 3
     assert (d[0] / "status.json").read_bytes() == b"last"
     assert (d[1] / "status.json").read_bytes() == b"other"
-
-
-def test_swap_mode_a_file_that_cannot_be_written_fails_alone(tmp_path: Path, flushes) -> None:
-    fake = flushes()
-    good = dirs(tmp_path, 2)
-    missing = tmp_path / "gone"
-    errors = save_all([(str(good[0]), "status.json", b"a"), (str(missing), "status.json", b"b"),
-                       (str(good[1]), "status.json", b"c")], swap=True)
-    assert errors[0] is None and errors[2] is None
-    assert isinstance(errors[1], FileNotFoundError)
-    assert (good[0] / "status.json").read_bytes() == b"a"
-    assert (good[1] / "status.json").read_bytes() == b"c"
-    assert fake.calls == 2
-    assert not missing.exists()
 
 
 def test_swap_mode_nothing_to_write() -> None:
