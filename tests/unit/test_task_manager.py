@@ -202,7 +202,10 @@ def test_a_burst_of_submissions_is_written_in_group_commits(
 
     async def body(r: Rig) -> None:
         got = await asyncio.gather(*(r.m.submit(spec(i)) for i in range(100)))
-        assert batches == [FIRST_BATCH, CREATE_BATCH, 100 - FIRST_BATCH - CREATE_BATCH]
+        # The first while none is written; then CREATE_BATCH at most (a
+        # FIRST_BATCH again if the writer thread caught up meanwhile).
+        assert batches[0] == FIRST_BATCH and sum(batches) == 100
+        assert all(0 < b <= CREATE_BATCH for b in batches) and CREATE_BATCH in batches
         assert len({s.id for s in got}) == 100
         assert [s.seq for s in got] == sorted(s.seq for s in got)
         assert [s.spec.args for s in got] == [(str(i),) for i in range(100)]
