@@ -31,12 +31,17 @@ def create_task_manager(statedir: str, config_path: str, settings: TaskSettings,
         if manager is not None:
             manager.on_status(status)
 
+    def on_statuses(statuses: list[Any]) -> None:
+        if manager is not None:
+            manager.on_statuses(statuses)
+
     def on_gone(pid: int, reason: str) -> None:
         if manager is not None:
             manager.on_gone(pid, reason)
 
     path = runner_socket(runtime_dir(), statedir, config_path)
-    client = RunnerClient(statedir, path, on_status=on_status, on_gone=on_gone)
+    client = RunnerClient(statedir, path, on_status=on_status, on_gone=on_gone,
+                          on_statuses=on_statuses)
     manager = TaskManager(statedir, settings, bus, client)
     return manager
 

@@ -43,7 +43,7 @@ from taskmasterd.errors import (
 )
 from taskmasterd.events import EventBus
 from taskmasterd.tasks import notices
-from taskmasterd.tasks.keep import expired
+from taskmasterd.tasks.cleanup import Cleanup, RemovedListener
 from taskmasterd.tasks.orphans import UNWATCHED, Orphans, runner_gone
 from taskmasterd.tasks.queue import ActivityEnd, TaskQueue
 from taskmasterd.tasks.records import (
@@ -62,9 +62,6 @@ from taskmasterd.tasks.writerthread import WriterThread
 
 log = logging.getLogger("taskmasterd")
 
-CLEANUP_EVERY = 60.0  # seconds between two clean-ups after task ends (no timer)
-
-RemovedListener = Callable[[list[str], list[str]], None]
 
 
 class RunnerClient(Protocol):
@@ -75,12 +72,13 @@ class RunnerClient(Protocol):
     def warm(self) -> None: ...
     def run(self, status: TaskStatus, stopsignal: int, stoptime: float) -> None: ...
     def cancel(self, id: str, reason: str) -> None: ...
+    def flush(self) -> None: ...
     @property
     def pid(self) -> int: ...
     async def close(self) -> None: ...
 
 
-class TaskManager(WriterThread):
+class TaskManager(WriterThread, Cleanup):
     def __init__(self, statedir: str, settings: TaskSettings, events: EventBus,
                  runner: RunnerClient, *, clock: Callable[[], float] = time.time) -> None:
         self.files = TaskFiles(statedir)
@@ -327,27 +325,47 @@ class TaskManager(WriterThread):
 
     def on_status(self, status: TaskStatus) -> None:
         """The runner wrote `status` (running, a heartbeat, the end)."""
-        known = self._tasks.get(status.id)
-        if known is None or known.state.final:
-            return  # unknown, or decided already (lost while its runner was gone)
-        if status.state.final:
-            self._sent.discard(status.id)
-            self._end(status, write=False)
-        elif status.state == TaskState.RUNNING:
-            self._tasks[status.id] = status
-            if known.state != TaskState.RUNNING:
-                self.events.publish(notices.task_event(known.state, status))
+        self.on_statuses([status])
+
+    def on_statuses(self, statuses: list[TaskStatus]) -> None:
+        """Statuses the runner sent together, in order. The lanes their ends
+        free are filled and the runs sent before any end is published: the
+        publishing (signals, log lines, alerts) is most of an end's cost,
+        and 16 lanes ending together had the next 16 tasks wait for all of it."""
+        ended = []
+        for status in statuses:
+            known = self._tasks.get(status.id)
+            if known is None or known.state.final:
+                continue  # unknown, or decided already (lost while its runner was gone)
+            if status.state.final:
+                self._sent.discard(status.id)
+                ended.append(self._settle(status))
+            elif status.state == TaskState.RUNNING:
+                self._tasks[status.id] = status
+                if known.state != TaskState.RUNNING:
+                    self.events.publish(notices.task_event(known.state, status))
+        if ended:
+            self.runner.flush()
+        for old, status, end in ended:
+            self._publish_end(old, status, end, write=False)
 
     def _end(self, status: TaskStatus, *, write: bool) -> None:
         """A task ended (told by the runner, or decided here): record it,
         draw its activity's consequences, fill the freed lane."""
+        self._publish_end(*self._settle(status), write=write)
+
+    def _settle(self, status: TaskStatus) -> tuple[TaskStatus | None, TaskStatus, ActivityEnd | None]:
+        """An end recorded in memory and its lane filled (the next task of an
+        activity only if this one succeeded); (the status before, the end,
+        what it ends of its activity) for _publish_end."""
         old = self._tasks.get(status.id)
         self._tasks[status.id] = status
         end = self._queue.ended(status.id, status.state, status.reason)
-        # The freed lane first: the runner starts the next task while this
-        # end is published (its signals, its log line, its alerts). The next
-        # task of an activity is in it only if this one succeeded.
         self._schedule()
+        return old, status, end
+
+    def _publish_end(self, old: TaskStatus | None, status: TaskStatus, end: ActivityEnd | None, *,
+                     write: bool) -> None:
         self._announce(old, status, write=write)
         if end is not None:
             self._end_activity(end)
@@ -443,36 +461,6 @@ class TaskManager(WriterThread):
         if keep_changed:
             self._cleanup()
         self._schedule()
-
-    def _maybe_cleanup(self) -> None:
-        now = asyncio.get_running_loop().time()
-        if self._last_cleanup is None or now - self._last_cleanup >= CLEANUP_EVERY:
-            self._cleanup()
-
-    def _cleanup(self) -> None:
-        """Remove finished tasks (and ended activities whose tasks are all
-        gone) that ended more than `keep` days ago."""
-        self._last_cleanup = asyncio.get_running_loop().time()
-        tasks, acts = expired(self._tasks.values(), self._activities.values(), self.clock(),
-                              self.settings.keep)
-        for id in tasks:
-            del self._tasks[id]
-        for id in acts:
-            del self._activities[id]
-        if not tasks and not acts:
-            return
-        self._queue.forget(tasks, acts)
-        for id in tasks:
-            self._write(self.files.remove_task, id)
-        for id in acts:
-            self._write(self.files.remove_activity, id)
-        log.info("tasks: removed %d task(s) and %d activit%s ended more than %g day(s) ago",
-                 len(tasks), len(acts), "y" if len(acts) == 1 else "ies", self.settings.keep)
-        for listener in list(self.removed_listeners):
-            try:
-                listener(tasks, acts)
-            except Exception:
-                log.exception("tasks: a removed-listener failed")
 
     async def open(self) -> None:
         """Take back what a previous daemon left, then serve."""

@@ -86,10 +86,14 @@ def restore_outer_env(environ: dict[str, str] | os._Environ[str]) -> None:
 class RunnerClient:
     def __init__(self, statedir: str, socket_path: str, *,
                  on_status: Callable[[TaskStatus], None],
-                 on_gone: Callable[[int, str], None]) -> None:
+                 on_gone: Callable[[int, str], None],
+                 on_statuses: Callable[[list[TaskStatus]], None] | None = None) -> None:
+        """`on_statuses`, when given, takes the statuses of one datagram
+        together (else `on_status` each)."""
         self.statedir = statedir
         self.socket_path: str | None = socket_path  # None: our runner cannot listen there
         self.on_status = on_status
+        self.on_statuses = on_statuses
         self.on_gone = on_gone
         self.timeout = ATTACH_TIMEOUT
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -372,6 +376,11 @@ class RunnerClient:
         if len(self._outbox) == 1:
             self._get_loop().call_soon(self._flush)
 
+    def flush(self) -> None:
+        """Send what is queued now, not at the end of this loop turn."""
+        if self._outbox:
+            self._flush()
+
     def _flush(self) -> None:
         if self._sock is not None:  # a failure: the runner is gone, _on_exit says so
             flush(self._get_loop(), self._sock, self._outbox, self._flush, batches=self._peer_batches)
@@ -398,10 +407,23 @@ class RunnerClient:
             except (EOFError, OSError):  # its exit comes through the pidfd
                 self._get_loop().remove_reader(sock.fileno())
                 return
+            statuses: list[TaskStatus] = []
             for msg in messages:
-                self._handle(msg)
+                self._handle(msg, statuses)
+            if statuses:
+                self._deliver(statuses)
 
-    def _handle(self, msg: dict[str, object] | ProtocolError) -> None:
+    def _deliver(self, statuses: list[TaskStatus]) -> None:
+        if self.on_statuses is not None:
+            self.on_statuses(statuses)
+        else:
+            for status in statuses:
+                self.on_status(status)
+
+    def _handle(self, msg: dict[str, object] | ProtocolError,
+                statuses: list[TaskStatus] | None = None) -> None:
+        """One message; a status goes to `statuses` (delivered with the
+        others of its datagram), or at once without it."""
         if isinstance(msg, ProtocolError):
             log.warning("taskmasterd task runner (pid %d): message refused: %s", self._pid, msg)
         elif msg["op"] == "status":
@@ -410,7 +432,10 @@ class RunnerClient:
             except ProtocolError as exc:
                 log.warning("taskmasterd task runner (pid %d): %s", self._pid, exc)
                 return
-            self.on_status(status)
+            if statuses is not None:
+                statuses.append(status)
+            else:
+                self._deliver([status])
         elif msg["op"] == "refused":
             log.warning("taskmasterd task runner (pid %d): %s", self._pid, msg["message"])
         elif msg["op"] == "batches":

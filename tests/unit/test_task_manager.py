@@ -47,6 +47,8 @@ class FakeRunner:
         self.manager: TaskManager | None = None
         self.pid = 4242
         self.warmed = False
+        self.flushes = 0
+        self.log: list[str] = []  # "run ID", "flush": what went to the runner, in order
 
     def attach_surviving(self) -> list[TaskStatus] | None:
         return self.held
@@ -57,6 +59,11 @@ class FakeRunner:
     def run(self, status: TaskStatus, stopsignal: int, stoptime: float) -> None:
         self.runs.append(status.id)
         self.given[status.id] = status
+        self.log.append(f"run {status.id}")
+
+    def flush(self) -> None:
+        self.flushes += 1
+        self.log.append("flush")
 
     def cancel(self, id: str, reason: str) -> None:
         self.cancels.append((id, reason))
@@ -139,6 +146,26 @@ def spec(n: int | str = 0, **kw: Any) -> TaskSpec:
 
 
 # ---- submitting and the queue ------------------------------------------------------
+
+
+def test_ends_told_together_start_the_next_tasks_before_they_are_published(tmp_path: Path) -> None:
+    """A datagram of ends: every freed lane is filled and the runs sent
+    (flush) before the first end is published; then the ends, in order."""
+    async def body(r: Rig) -> None:
+        ids = [(await r.m.submit(spec(i))).id for i in range(4)]
+        assert r.runner.runs == ids[:2]
+        ends = []
+        for id in ids[:2]:
+            running = r.runner.start(id)
+            ends.append(running.replace(state=TaskState.SUCCEEDED, exit_code=0, ended=NOW + 1))
+        r.runner.log.clear()
+        r.bus.subscribe(lambda e: r.runner.log.append(f"{e.kind} {e.process}")
+                        if str(e.kind) == "TASK_SUCCEEDED" else None)
+        r.m.on_statuses(ends)
+        assert r.runner.log == [f"run {ids[2]}", f"run {ids[3]}", "flush",
+                                f"TASK_SUCCEEDED {ids[0]}", f"TASK_SUCCEEDED {ids[1]}"]
+        assert [s.state for s in r.m.tasks()][:2] == [TaskState.SUCCEEDED] * 2
+    go(tmp_path, body, settings=TaskSettings(max_parallel=2))
 
 
 def test_submit_is_durable_before_it_returns_and_starts_it(tmp_path: Path) -> None:
