@@ -90,7 +90,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 
-from taskmasterd.statestore.store import StateStore
+from taskmasterd.statestore.store import StateStore, fsync_dir
 
 Job = tuple[str, str, bytes]  # (directory, file name, content)
 
@@ -317,7 +317,7 @@ def _swap_one(job: Job) -> OSError | None:
     except OSError as exc:
         return exc
     try:
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except OSError as exc:
         _discard(spare)  # see the invariant above
         return exc
@@ -358,11 +358,3 @@ def _swap_in(spare: str, target: str) -> None:
             os.replace(spare, target)
         else:
             raise
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -115,11 +115,7 @@ class StateStore:
         os.makedirs(self.statedir, mode=0o700, exist_ok=True)
 
     def _sync_dir(self) -> None:
-        dfd = os.open(self.statedir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(self.statedir)
 
     # ---- ownership --------------------------------------------------------
 
@@ -142,3 +138,12 @@ class StateStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def fsync_dir(directory: str) -> None:
+    """Make `directory`'s entries durable (the renames and new files in it)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
