@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import ClassVar
 
 from consolebench import console
 from drivers import (
@@ -363,24 +364,59 @@ def _running(d) -> dict[str, int]:
     return {name: pid for name, state, pid in d.list_processes() if state == "RUNNING"}
 
 
+class _Last:
+    """What _until_running saw last: a failed call's error, or the RUNNING
+    processes (a failure's note says which were not back)."""
+    error: ClassVar[str] = ""
+    running: ClassVar[dict[str, int]] = {}
+
+
 def _until_running(d, n: int, deadline: float, same: dict[str, int] | None = None,
                    poll: float = 0.02) -> float | None:
     """perf_counter() when the API shows all `n` RUNNING (with the pids in
     `same` when given); None at the deadline. Calls failing while the daemon
     is not on the bus yet are retried."""
+    _Last.error, _Last.running = "", {}
     while time.perf_counter() < deadline:
         if d.proc.poll() is not None:
-            raise RuntimeError(f"{d.name} exited ({d.proc.returncode})")
+            raise RuntimeError(f"{d.name} exited ({d.proc.returncode}){_stderr_tail(d)}")
         try:
             now = _running(d)
-        except Exception:
+        except Exception as exc:
+            _Last.error = f"{type(exc).__name__}: {exc}"
             time.sleep(0.005)
             continue
+        _Last.error, _Last.running = "", now
         t = time.perf_counter()
         if len(now) == n and (same is None or now == same):
             return t
         time.sleep(poll)
     return None
+
+
+def _stderr_tail(d, lines: int = 3) -> str:
+    """The daemon's last stderr lines, for a failure's note."""
+    try:
+        text = (d.dir / "stderr.txt").read_text(errors="replace")
+    except OSError:
+        return ""
+    tail = " | ".join(ln for ln in text.splitlines()[-lines:] if ln.strip())
+    return f"; stderr: {tail}" if tail else ""
+
+
+def _not_back(d, before: dict[str, int], ready: float | None, timeout: float) -> str:
+    """Why a re-adoption was not seen complete: no READY=1, the daemon gone,
+    the API failing, or the processes not back with their pids."""
+    if d.proc.poll() is not None:
+        return f"exited ({d.proc.returncode}){_stderr_tail(d)}"
+    if ready is None:
+        return f"no READY=1 within {timeout:g} s{_stderr_tail(d)}"
+    if _Last.error:
+        return f"API failing: {_Last.error}"
+    now = _Last.running
+    wrong = [f"{name} {pid}->{now.get(name, 'not RUNNING')}" for name, pid in sorted(before.items())
+             if now.get(name) != pid]
+    return f"{len(wrong)} not back: {', '.join(wrong[:5])}"
 
 
 def reexec(drv_cls, opts) -> list[dict]:
@@ -481,6 +517,8 @@ def readopt(drv_cls, opts) -> list[dict]:
                 t = _until_running(d, n, deadline)
             if t is None:
                 note = f"> {opts.mass_timeout:g} s"
+                if tm:
+                    note += f" ({_not_back(d, before, ready, opts.mass_timeout)})"
                 break
             times.append(t - t0)
             copies.append(float(len(marked(marker)) - n))

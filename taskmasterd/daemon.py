@@ -209,7 +209,10 @@ class Daemon(Reloading):
                                                        f"{os.path.abspath(paths.statedir)}\0{config.path}"))
         # Before any program starts: the log writer a dead daemon left draining.
         sup.logpipes.attach_surviving(writer_socket(runtime_dir(), paths.statedir, config.path))
-        daemon = cls(config.path, config, bus, lifelog, sup, store=StateStore(paths.statedir))
+        # Not durable: the file names live processes, which a power cut kills
+        # (statestore/store.py); what counts is that it is there at once.
+        store = StateStore(paths.statedir, durable=False)
+        daemon = cls(config.path, config, bus, lifelog, sup, store=store)
         bus.subscribe(daemon._on_event)
         tasks = create_task_manager(paths.statedir, config.path, config.tasks, bus)
         daemon.tasks = tasks

@@ -4,7 +4,16 @@
 missing; the file is 0600: it names every program and its pid). A write
 goes to a temporary file in the same directory, is fsynced, renamed over
 the old one and the directory fsynced: a crash at any point leaves the old
-file or the new one, never half of one. A file that cannot be trusted is
+file or the new one, never half of one.
+
+`durable=False` skips the two fsyncs, keeping the temporary file and the
+rename: a reader (the next daemon after a SIGKILL) sees the old file or the
+new one, and sees the new one as soon as the write returns. That is what
+the daemon's processes.json needs: it names live processes only, and a
+power cut, the one thing the fsyncs guard against, kills every one of them.
+The fsyncs there did harm: on a busy disk they took seconds, and a daemon
+killed meanwhile left a file without the processes it had just started,
+which its successor then started a second time. A file that cannot be trusted is
 refused with a logged reason and kept aside as `processes.json.bad` for
 inspection (the next good write does not touch it).
 
@@ -35,9 +44,10 @@ class StoreBusy(Exception):
 
 
 class StateStore:
-    def __init__(self, statedir: str, name: str = FILE_NAME) -> None:
+    def __init__(self, statedir: str, name: str = FILE_NAME, *, durable: bool = True) -> None:
         self.statedir = statedir
         self.path = os.path.join(statedir, name)
+        self.durable = durable
         self._lock_fd: int | None = None
 
     # ---- reading ----------------------------------------------------------
@@ -87,7 +97,8 @@ class StateStore:
         self.save_bytes(encode(snapshot))
 
     def save_bytes(self, data: bytes) -> None:
-        """Replace the file with `data` atomically (raises OSError)."""
+        """Replace the file with `data` atomically, durably unless the store
+        is not `durable` (raises OSError)."""
         self._makedir()
         fd, tmp = tempfile.mkstemp(dir=self.statedir, prefix=f".{os.path.basename(self.path)}.",
                                    suffix=".tmp")  # mkstemp: 0600, O_EXCL
@@ -95,13 +106,15 @@ class StateStore:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
-                os.fsync(f.fileno())
+                if self.durable:
+                    os.fsync(f.fileno())
             os.replace(tmp, self.path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        self._sync_dir()
+        if self.durable:
+            self._sync_dir()
 
     def remove(self) -> None:
         """No file: nothing runs (the daemon's clean shutdown)."""
@@ -109,7 +122,8 @@ class StateStore:
             os.unlink(self.path)
         except FileNotFoundError:
             return
-        self._sync_dir()
+        if self.durable:
+            self._sync_dir()
 
     def _makedir(self) -> None:
         os.makedirs(self.statedir, mode=0o700, exist_ok=True)

@@ -6,8 +6,10 @@ flush takes the snapshot of that moment and writes it only if it differs
 from the last one written. Starting 1,000 programs is a few dozen writes,
 an idle daemon none (no timer: nothing wakes it).
 
-The write itself (fsync twice: ~3 ms) runs in an executor thread, one at a
-time and in order: the loop never waits on the disk. A change that comes
+The write itself runs in an executor thread, one at a time and in order:
+the loop never waits on the disk. (The daemon's store is not durable, see
+statestore/store.py: a write is a temporary file and a rename, visible to
+a successor as soon as it returns.) A change that comes
 while a write is under way is written right after it. A write that fails (a
 full disk, a read-only statedir) is logged once; the next change tries
 again and its success is logged once too.

@@ -124,6 +124,52 @@ def test_sigkilled_daemon_is_replaced_without_second_copies(
     assert not (config.parent / "state" / "processes.json").exists()  # nothing runs
 
 
+# A disk that takes its time to flush, for the daemon only: every fsync of a
+# file under SLOW_FSYNC_UNDER waits a minute (sitecustomize runs at start-up).
+SLOW_DISK = """
+import os, sys, time
+_under = os.environ.get("SLOW_FSYNC_UNDER", "")
+if _under and "taskmasterd" in " ".join(sys.orig_argv):
+    _fsync = os.fsync
+    def fsync(fd):
+        try:
+            where = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            where = ""
+        if where.startswith(_under):
+            time.sleep(60)  # sleep-ok: the simulated disk flush
+        return _fsync(fd)
+    os.fsync = fsync
+"""
+
+
+def test_a_slow_disk_never_hides_a_new_process_from_the_next_daemon(
+        write_config: WriteConfig, daemons: Start, marker: str, tmp_path: Path) -> None:
+    """The daemon is SIGKILLed while its disk still flushes: processes.json
+    names the processes all the same (it is not fsynced), and the next
+    daemon takes them back rather than start second copies."""
+    config = write_config({"a": sleeper(marker), "b": sleeper(marker)})
+    statedir = config.parent / "state"
+    site = tmp_path / "slowdisk"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_DISK)
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
+    first = daemons(config, env={"PYTHONPATH": path, "SLOW_FSYNC_UNDER": str(statedir)})
+    first.wait_count(event("RUNNING"), 2)
+    pids = first.latest_pids()
+    wait_until("processes.json naming both", lambda: all(
+        f'"pid":{pid}' in (statedir / "processes.json").read_text()
+        for pid in pids.values()) if (statedir / "processes.json").exists() else False)
+    sigkill(first)
+
+    second = daemons(config)
+    adopted = {ln.process: ln.pid for ln in second.wait_count(event("ADOPTED"), 2)}
+    assert adopted == pids
+    assert not [ln for ln in second.lines if ln.kind == "STARTING"]
+    assert named(marker) == {name: [pid] for name, pid in pids.items()}
+    assert second.terminate() == 0
+
+
 def test_config_edited_between_the_daemons(write_config: WriteConfig, daemons: Start,
                                            marker: str) -> None:
     # `gone` leaves a second process in its group: stopping it must take the group.

@@ -266,6 +266,27 @@ def test_a_failed_write_leaves_the_old_file(tmp_path: Path, monkeypatch: pytest.
     assert os.listdir(tmp_path) == ["processes.json"]  # the temporary file is gone
 
 
+def test_a_store_not_durable_writes_atomically_without_fsync(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's processes.json: a temporary file and a rename, no fsync
+    (a disk slow to flush must not keep a new process out of the file)."""
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+    durable, quick = StateStore(str(tmp_path / "a")), StateStore(str(tmp_path / "b"), durable=False)
+    snap = Snapshot((record(),), daemon_pid=5)
+    durable.save(snap)
+    assert len(synced) == 2  # the file, then its directory
+    synced.clear()
+    quick.save(snap)
+    quick.save(Snapshot((record(pid=77),)))
+    assert synced == []
+    assert quick.load() == Snapshot((record(pid=77),))
+    assert os.listdir(tmp_path / "b") == ["processes.json"]  # renamed, no temporary file left
+    assert stat.S_IMODE(os.stat(quick.path).st_mode) == 0o600
+    quick.remove()
+    assert synced == [] and quick.load() == Snapshot()
+
+
 def test_one_owner_at_a_time(tmp_path: Path) -> None:
     a, b = StateStore(str(tmp_path)), StateStore(str(tmp_path))
     a.lock()
