@@ -97,3 +97,36 @@ def test_a_missing_notify_socket_is_not_fatal(
     os.kill(d.latest_pids()["web"], signal.SIGKILL)
     d.wait_for(event("STARTING", "web"))  # still supervising
     assert d.terminate() == 0
+
+
+def test_a_notify_socket_nobody_reads_never_freezes_the_daemon(
+        write_config: WriteConfig, daemons: Start, notify: NotifySocket, bus_address: str) -> None:
+    """The reader of NOTIFY_SOCKET falls behind: its queue fills (10
+    datagrams without systemd's sysctl), and sd_notify's send used to block
+    the event loop at the 11th STATUS=. The daemon goes on; the messages
+    wait, newer STATUS= replacing older, and arrive in order once read."""
+    cfg = write_config({"web": {"cmd": "sleep 100000", "starttime": 0}})
+    d = daemons(cfg, env={"NOTIFY_SOCKET": str(notify.path)})
+    d.wait_for(event("RUNNING", "web"))
+    manager = ["busctl", f"--address={bus_address}", "call", "org.taskmaster.Taskmaster1",
+               "/org/taskmaster/Taskmaster1", "org.taskmaster.Taskmaster1.Manager"]
+    for _ in range(15):  # 30 changes of the counts, each a STATUS=, none read
+        for member in ("Stop", "Start"):
+            r = subprocess.run([*manager, member, "s", "web"], capture_output=True, text=True,
+                               timeout=30)
+            assert r.returncode == 0, r.stderr
+    d.wait_text("the notify socket's queue is full")
+    # Read as a slow reader would, until the daemon says all waiting went out.
+    got: list[str] = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if select.select([notify.sock], [], [], 0.1)[0]:
+            got.append(notify.sock.recv(65536).decode())
+        elif any("the notify socket has room again" in raw for raw in d.raw):
+            break
+    while select.select([notify.sock], [], [], 0)[0]:
+        got.append(notify.sock.recv(65536).decode())
+    assert got[0].startswith("READY=1\n"), got
+    assert got[-1].startswith("STATUS=1 running"), got  # the last word is the current count
+    assert len(got) < 31, got  # older STATUS= replaced while they waited
+    assert d.terminate() == 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -103,6 +105,96 @@ def test_stopping_extends_the_stop_timeout_to_the_longest_stoptime() -> None:
     assert sent == ["STOPPING=1\nSTATUS=stopping every program\nEXTEND_TIMEOUT_USEC=305000000",
                     "STOPPING=1\nSTATUS=stopping every program\nEXTEND_TIMEOUT_USEC=316000000",
                     "STOPPING=1\nSTATUS=stopping every program"]
+
+
+def _drain(sock: socket.socket) -> list[str]:
+    got = []
+    while True:
+        try:
+            got.append(sock.recv(65536).decode())
+        except BlockingIOError:
+            return got
+
+
+def test_a_full_notify_queue_never_blocks_and_keeps_the_order(tmp_path: Path) -> None:
+    """A notify socket nobody reads: the messages never block the loop
+    (sd_notify's send did, at the 11th); those the queue has no room for
+    wait, a newer STATUS= replacing the waiting one, and go out in order
+    once the reader catches up, retried on the (virtual) clock."""
+    import asyncio
+
+    from tests.virtual_clock import run
+
+    reader = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    reader.bind(str(tmp_path / "notify"))
+    reader.setblocking(False)
+
+    async def main() -> tuple[list[str], list[str], list[str], float]:
+        loop = asyncio.get_running_loop()
+        n = Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify")})
+        sent = ["READY=1\nSTATUS=0 running"]
+        n.ready("0 running")
+        for i in range(1, 40):
+            n.status(f"{i} running")
+            sent.append(f"STATUS={i} running")
+        n.reloading()
+        n.ready("after the reload")
+        n.status("final")
+        sent += ["RELOADING=1\nSTATUS=reloading the configuration",
+                 "READY=1\nSTATUS=after the reload", "STATUS=final"]
+        assert n.waiting == sent[-3:]  # STATUS=1..39 beyond the queue: replaced by newer ones
+        first = _drain(reader)
+        t0 = loop.time()
+        while n.waiting:
+            await asyncio.sleep(0.01)  # sleep-ok: virtual clock: the retry comes
+        return sent, first, _drain(reader), loop.time() - t0
+
+    # In a thread: a notifier that blocks (as sd_notify did) fails the test
+    # instead of hanging it.
+    outcome: list[object] = []
+
+    def go() -> None:
+        try:
+            outcome.append(run(main()))
+        except BaseException as exc:  # re-raised below, in the test's thread
+            outcome.append(exc)
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert outcome, "a notify message blocked on the full queue"
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    sent, first, later, waited = outcome[0]  # type: ignore[misc]
+    assert first and first == sent[:len(first)]  # what fitted, as sent
+    assert later == sent[-3:]  # then the rest, in order
+    assert waited == pytest.approx(0.05, abs=0.011)  # the first retry
+    reader.close()
+
+
+def test_a_notify_message_waiting_is_sent_before_a_newer_one() -> None:
+    """While messages wait, a new one waits behind them (never overtakes);
+    a dead socket then ends the notifying, the waiting dropped."""
+    attempts: list[str] = []
+    full = [True]
+
+    def send(text: str) -> None:
+        attempts.append(text)
+        if full[0]:
+            raise BlockingIOError(11, "full")
+
+    n = Notifier({"NOTIFY_SOCKET": "/run/x"}, send=send)
+    n.ready("1 running")
+    n.status("2 running")
+    n.stopping()
+    assert attempts == ["READY=1\nSTATUS=1 running"]  # tried once; the others queue behind
+    assert n.waiting == ["READY=1\nSTATUS=1 running", "STATUS=2 running",
+                         "STOPPING=1\nSTATUS=stopping every program"]
+
+    def gone(text: str) -> None:
+        raise ConnectionRefusedError(111, "refused")
+    n._send = gone
+    n._send_waiting()
+    assert n.waiting == [] and n._broken
 
 
 def test_watchdog_pings_every_half_period_on_the_virtual_clock() -> None:
