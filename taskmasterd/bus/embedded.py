@@ -148,24 +148,20 @@ def read_address_file(runtime_dir: str) -> str | None:
 
 
 def _write_atomically(path: str, text: str, mode: int = 0o644) -> None:
+    """A reader sees the old file or the new one (temporary file, rename).
+    Not fsynced: these files describe a running bus, which a power cut
+    takes with it (and the runtime directory is a tmpfs under systemd)."""
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             os.fchmod(f.fileno(), mode)
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def _socket_in_use(path: str) -> bool:
