@@ -116,8 +116,7 @@ class Schema:
             raise ProtocolError(f"not a JSON object but {type(msg).__name__}")
         op = msg.get("op")
         if not isinstance(op, str) or op not in expect:
-            raise ProtocolError(f"unexpected op {str(op)[:40]!r} "
-                                f"(expected one of {', '.join(sorted(expect))})")
+            raise unexpected_op(op, expect)
         version = msg.get("v")
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise ProtocolError(f"{op}: no protocol version (v)")
@@ -170,6 +169,11 @@ LOG = Schema(PROTOCOL, SCHEMA, FROZEN)
 
 def encode(op: str, **fields: object) -> bytes:
     return LOG.encode(op, **fields)
+
+
+def unexpected_op(op: object, expect: Collection[str]) -> ProtocolError:
+    """The refusal of a message whose op is not one of `expect` here."""
+    return ProtocolError(f"unexpected op {str(op)[:40]!r} (expected one of {', '.join(sorted(expect))})")
 
 
 def decode(data: bytes, nfds: int, expect: Collection[str]) -> dict[str, object]:

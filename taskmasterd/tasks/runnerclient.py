@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 from taskmasterd import logattach
 from taskmasterd.logpipes import _writer_env
-from taskmasterd.logproto import peer_uid_pid
+from taskmasterd.logproto import peer_uid_pid, unexpected_op
 from taskmasterd.tasks.execute import signame
 from taskmasterd.tasks.records import TaskState, TaskStatus
 from taskmasterd.tasks.runproto import (
@@ -180,8 +180,7 @@ class RunnerClient:
             if isinstance(msg, ProtocolError):
                 raise msg
             if msg["op"] not in expect:
-                raise ProtocolError(f"unexpected op {str(msg['op'])!r} (expected one of "
-                                    f"{', '.join(sorted(expect))})")
+                raise unexpected_op(msg["op"], expect)
             return msg
 
         try:
