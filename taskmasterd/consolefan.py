@@ -13,7 +13,8 @@ writer: a viewer's socket is non-blocking, what it cannot take waits in
 its own buffer, and past VIEWER_BACKLOG the oldest waiting bytes are
 dropped (the viewer misses output, as a terminal that cannot keep up
 does; the program never notices). A console has at most MAX_VIEWERS: one
-more is closed at once (its client sees the end).
+more gets `turned_away()`'s line and is closed at once (its client prints
+the line, then sees the end).
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ VIEWER_BACKLOG = 1 << 20  # bytes a viewer may fall behind before its oldest are
 MAX_VIEWERS = 16  # per console: with the backlog, what viewers may cost is bounded
 VIEWER_SNDBUF = 256 * 1024  # asked of the kernel: most output leaves at once
 READ_CHUNK = 65536  # bytes read from a terminal per call
+
+
+def turned_away(process: str) -> bytes:
+    """What a viewer beyond MAX_VIEWERS reads before its end: the terminal
+    output it would have had, this line instead (CR LF: a raw terminal)."""
+    return (f"\r\ntaskmaster: {process} has {MAX_VIEWERS} viewers already; "
+            "try again once one leaves\r\n").encode()
 
 
 class Ring:

@@ -16,7 +16,7 @@ import select
 import time
 from typing import TYPE_CHECKING
 
-from taskmasterd.consolefan import MAX_VIEWERS, READ_CHUNK, Console, Viewer
+from taskmasterd.consolefan import MAX_VIEWERS, READ_CHUNK, Console, Viewer, turned_away
 from taskmasterd.logfiles import Sink, next_move
 from taskmasterd.logproto import encode
 
@@ -91,6 +91,10 @@ class ConsoleStreams:
             os.close(fd)  # its console just ended: the client sees the end at once
             return
         if stream.console.full():
+            # Said to the viewer itself, in its output (what `taskctl attach`
+            # prints), then the end: an EOF alone read as a console closed.
+            with contextlib.suppress(OSError):  # an empty buffer: it fits; EPIPE: gone already
+                os.write(fd, turned_away(stream.process))
             os.close(fd)
             self._send(encode("error", path=stream.sink.path,
                               message=f"log writer: {stream.process} has {MAX_VIEWERS} viewers "

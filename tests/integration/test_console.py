@@ -316,7 +316,7 @@ def test_a_console_without_a_file_keeps_its_scrollback_and_tail_reads_its_record
 
 def test_viewers_are_bounded_per_console(
         write_config: WriteConfig, daemons: Start, client: Client) -> None:
-    from taskmasterd.consolefan import MAX_VIEWERS
+    from taskmasterd.consolefan import MAX_VIEWERS, turned_away
 
     cfg = write_config({"repl": {"cmd": PYTHON_REPL, "console": True, "starttime": 0}})
     d = daemons(cfg)
@@ -325,7 +325,9 @@ def test_viewers_are_bounded_per_console(
     for v in viewers:
         read_until(v, b">>> ")
     extra = watch(client, "repl")
-    assert read_to_eof(extra) == b""  # turned away: the end at once
+    # Turned away: a line saying why, then the end at once.
+    assert read_to_eof(extra) == turned_away("repl")
+    assert b"repl has 16 viewers already; try again once one leaves" in turned_away("repl")
     d.wait_text(f"has {MAX_VIEWERS} viewers already")
     viewers.pop().close()  # one leaves: there is room again (once the writer saw it go)
     deadline = time.monotonic() + 10
