@@ -10,11 +10,9 @@ from typing import TextIO
 
 from taskctl.context import Context
 from taskctl.exitcodes import EXIT_ERROR, EXIT_OK
+from taskctl.filefollow import FOLLOW_POLL, FileFollow
 from taskctl.format import error_line, exit_code_for
 from taskctl.model import CallError
-
-FOLLOW_POLL = 0.2  # seconds between reads of a followed log file
-REOPEN_AFTER = 1.0  # seconds without new data before checking for a rotation
 
 
 def several_line(program: str, names: Sequence[str]) -> str:
@@ -52,48 +50,28 @@ def cmd_tail(ctx: Context, args: argparse.Namespace) -> int:
 def follow_fd(ctx: Context, fd: int, nbytes: int, follow: bool,
               reopen: Callable[[], int | None] | None = None) -> int:
     """Print the last `nbytes` of the file; with `follow`, then what is added
-    (polled: the client side of `tail -f`). Closes `fd`.
-
-    Rotation: when the file has had nothing new for REOPEN_AFTER s, `reopen`
-    asks the daemon for the file again; another file (st_dev, st_ino) means
-    ours was rotated away: its rest is printed, then the new one from its
-    start. A file truncated in place (0 backups) is read again from the top."""
+    (polled: the client side of `tail -f`, across rotations and truncations
+    as taskctl/filefollow.py says; `reopen` asks the daemon for the file
+    again). Closes `fd`."""
     import codecs
 
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    tail = FileFollow(fd)
     try:
-        size = os.fstat(fd).st_size
-        pos = os.lseek(fd, max(0, size - nbytes), os.SEEK_SET)
-        while pos < size:
-            chunk = os.read(fd, min(65536, size - pos))
-            if not chunk:
-                break
-            pos += len(chunk)
+        tail.seek(max(0, os.fstat(fd).st_size - nbytes))
+        while chunk := tail.read(max_chunks=1):
             ctx.out.write(decoder.decode(chunk))
         ctx.out.flush()
-        quiet = 0.0
         while follow:
-            chunk = os.read(fd, 65536)
-            if chunk:
-                pos += len(chunk)
-                quiet = 0.0
-                ctx.out.write(decoder.decode(chunk))
+            data = tail.read()
+            if data:
+                ctx.out.write(decoder.decode(data))
                 continue
             ctx.out.flush()
-            st = os.fstat(fd)
-            if st.st_size < pos:  # truncated: start again from the top
-                pos = os.lseek(fd, 0, os.SEEK_SET)
-            quiet += FOLLOW_POLL
-            if reopen is not None and quiet >= REOPEN_AFTER:
-                quiet = 0.0
-                new = reopen()
-                if new is not None and _same_file(os.fstat(new), st):
-                    os.close(new)
-                elif new is not None:
-                    while chunk := os.read(fd, 65536):  # what was written before the rotation
-                        ctx.out.write(decoder.decode(chunk))
-                    os.close(fd)
-                    fd, pos = new, 0
+            if tail.quiet() and reopen is not None:
+                switched, rest = tail.switch(reopen())
+                ctx.out.write(decoder.decode(rest))
+                if switched:
                     continue
             if _reader_gone(ctx.out):
                 # Nobody reads what we print (`tail -f | head`, or ssh gone
@@ -104,7 +82,7 @@ def follow_fd(ctx: Context, fd: int, nbytes: int, follow: bool,
         ctx.out.write(decoder.decode(b"", final=True))
         ctx.out.flush()
     finally:
-        os.close(fd)
+        tail.close()
     return EXIT_OK
 
 
@@ -120,10 +98,6 @@ def _reader_gone(out: TextIO) -> bool:
     poller = select.poll()
     poller.register(fd, 0)
     return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
-
-
-def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def journal_fallback(ctx: Context, args: argparse.Namespace, exc: CallError) -> int:

@@ -37,6 +37,7 @@ from typing import Any
 
 from aiohttp import web
 
+from taskctl.filefollow import FOLLOW_POLL, FileFollow
 from taskctl.model import ProcessRow
 from taskweb.app import error, link_of, require_control
 from taskweb.link import DaemonError, DaemonLink, Follower, Lagged, Presence, RowsChanged, Signal
@@ -50,8 +51,6 @@ STREAMS = "taskweb.page.streams"  # the open event streams' tasks (closed at shu
 ENDING = "taskweb.page.ending"  # those the shutdown cancelled
 FOLLOWS = "taskweb.page.follows"  # the followed outputs' tasks
 MAX_FOLLOWS = 32  # each holds a file open and reads it every FOLLOW_POLL s
-FOLLOW_POLL = 0.2  # seconds between reads of a followed output file (as taskctl tail -f)
-REOPEN_AFTER = 1.0  # seconds without new output before asking whether it was rotated
 
 
 # ---- pure parts --------------------------------------------------------------------
@@ -331,9 +330,10 @@ async def tail(request: web.Request) -> web.StreamResponse:
 
 async def follow(request: web.Request) -> web.StreamResponse:
     """The tail, then what is added, as `output` events: `taskctl tail -f`
-    for the page (the file is read every FOLLOW_POLL s as taskctl does; after
-    REOPEN_AFTER s without news the daemon is asked for the file again, and
-    a rotated file is finished, then the new one read from its start)."""
+    for the page, through the same taskctl/filefollow.py (the file read
+    every FOLLOW_POLL s; after REOPEN_AFTER s without news the daemon is
+    asked for the file again, a rotated file is finished, then the new one
+    read from its start)."""
     import codecs
 
     asked = output_request(request)
@@ -349,55 +349,39 @@ async def follow(request: web.Request) -> web.StreamResponse:
     assert task is not None
     follows.add(task)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    file = FileFollow(fd)
     try:
         async with event_stream(request) as response:
             await response.prepare(request)
             text, cut = read_tail(fd, size)
-            pos = os.lseek(fd, 0, os.SEEK_CUR)
+            file.seek(os.lseek(fd, 0, os.SEEK_CUR))
             await response.write(b"retry: 2000\n" + sse("output", {"text": text, "cut": cut,
                                                                     "start": True}))
-            quiet = idle = 0.0
+            idle = 0.0
             while True:
                 await asyncio.sleep(FOLLOW_POLL)
                 transport = request.transport
                 if transport is None or transport.is_closing():
                     break
-                chunks: list[bytes] = []
-                while len(chunks) < 4 and (chunk := os.read(fd, 65536)):
-                    chunks.append(chunk)
-                if chunks:
-                    data = b"".join(chunks)
-                    pos += len(data)
-                    quiet = idle = 0.0
+                data = file.read(max_chunks=4)  # the rest on the next turn: the loop goes on
+                if data:
+                    idle = 0.0
                     await response.write(sse("output", {"text": decoder.decode(data)}))
                     continue
-                st = os.fstat(fd)
-                if st.st_size < pos:  # truncated in place: from the top again
-                    pos = os.lseek(fd, 0, os.SEEK_SET)
-                quiet += FOLLOW_POLL
                 idle += FOLLOW_POLL
                 if idle >= HEARTBEAT:
                     idle = 0.0
                     await response.write(HEARTBEAT_LINE)
-                if quiet >= REOPEN_AFTER:
-                    quiet = 0.0
+                if file.quiet():
                     try:
-                        new = await open_log(link, name, stream)
+                        new: int | None = await open_log(link, name, stream)
                     except DaemonError:
-                        continue  # stopped, removed, daemon gone: keep the file we have
-                    nst = os.fstat(new)
-                    if (nst.st_dev, nst.st_ino) == (st.st_dev, st.st_ino):
-                        os.close(new)
-                        continue
-                    rest = b""
-                    while chunk := os.read(fd, 65536):  # written before the rotation
-                        rest += chunk
+                        new = None  # stopped, removed, daemon gone: keep the file we have
+                    _switched, rest = file.switch(new)
                     if rest:
                         await response.write(sse("output", {"text": decoder.decode(rest)}))
-                    os.close(fd)
-                    fd, pos = new, 0
     finally:
-        os.close(fd)
+        file.close()
         follows.discard(task)
     return response
 
