@@ -11,8 +11,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from taskmasterd.events import Kind
+from taskmasterd.lifecycle import Action
 from taskmasterd.probing import Probing
-from taskmasterd.process import Action, Process, State
+from taskmasterd.process import Process
+from taskmasterd.states import State
 from taskmasterd.takeover import Slot
 
 

@@ -5,8 +5,10 @@ the D-Bus `description`). Pure: the wall-clock uptime is passed in."""
 from __future__ import annotations
 
 from taskmasterd.config import ProgramConfig
-from taskmasterd.process import Changed, Process, State, describe_exit
+from taskmasterd.lifecycle import Changed, describe_exit
+from taskmasterd.process import Process
 from taskmasterd.reload import ReloadPlan, in_place_fields
+from taskmasterd.states import State
 
 
 def description(p: Process, uptime: float) -> str:

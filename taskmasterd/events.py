@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from taskmasterd.process import SpawnError, State
+from taskmasterd.lifecycle import SpawnError
+from taskmasterd.states import State
 
 log = logging.getLogger("taskmasterd")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from taskmasterd.events import Event, Kind
 from taskmasterd.logsink import format_event, level_of
-from taskmasterd.process import State
+from taskmasterd.states import State
 
 # Fixed forever: MESSAGE_IDs are derived from this namespace and the kind.
 _NAMESPACE = uuid.UUID("8b0f4a6e-2f7c-4d0b-9a55-6a3e1c2d7f10")

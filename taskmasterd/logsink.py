@@ -28,7 +28,7 @@ import sys
 import time
 
 from taskmasterd.events import Event, Kind
-from taskmasterd.process import State
+from taskmasterd.states import State
 
 log = logging.getLogger("taskmasterd")
 

@@ -22,7 +22,7 @@ import os
 import socket
 from collections.abc import Callable, Mapping
 
-from taskmasterd.process import State
+from taskmasterd.states import State
 
 log = logging.getLogger("taskmasterd")
 

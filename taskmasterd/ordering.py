@@ -14,7 +14,9 @@ from collections.abc import Callable
 from taskmasterd import deps
 from taskmasterd.config import Config
 from taskmasterd.events import Kind
-from taskmasterd.process import STARTED_STATES, Action, Process, Refused, State
+from taskmasterd.lifecycle import STARTED_STATES, Action, Refused
+from taskmasterd.process import Process
+from taskmasterd.states import State
 from taskmasterd.takeover import Request, Slot
 
 DOWN = frozenset({State.STOPPED, State.EXITED, State.FATAL, State.BACKOFF, State.UNKNOWN})

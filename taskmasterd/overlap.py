@@ -50,21 +50,12 @@ from taskmasterd import spawn
 from taskmasterd.deadline import cancel as cancel_timer
 from taskmasterd.deadline import follow as follow_deadline
 from taskmasterd.events import Event, EventBus, Kind
+from taskmasterd.lifecycle import Action, Changed, Kill, LastExit, Refused, Spawn, SpawnError, describe_exit
 from taskmasterd.logpipes import LogPipes
 from taskmasterd.probing import Probing
-from taskmasterd.process import (
-    Action,
-    Changed,
-    Kill,
-    LastExit,
-    Process,
-    Refused,
-    Spawn,
-    SpawnError,
-    State,
-    describe_exit,
-)
+from taskmasterd.process import Process
 from taskmasterd.programschema import RestartMode
+from taskmasterd.states import State
 from taskmasterd.statestore.records import ProcessRecord
 from taskmasterd.takeover import Request, Slot
 

@@ -14,6 +14,9 @@ one handler, `_auto_restart`, which asks the process's `StartLimit` (systemd's
 StartLimitBurst/StartLimitIntervalSec) first: past the limit the process
 gives up (FATAL) instead of spawning, whatever its starttime. An
 administrative start (`_start`) resets the window and the restart count.
+
+What the machine keeps (its fields) is ProcessData (processdata.py); its
+vocabulary (events, actions, refusals) is taskmasterd.lifecycle's.
 """
 
 from __future__ import annotations
@@ -22,11 +25,8 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from taskmasterd.config import AutoRestart, ProgramConfig
+from taskmasterd.config import AutoRestart
 from taskmasterd.lifecycle import (
-    SEVERITY,
-    STARTED_STATES,
-    UNKNOWN_EXIT,
     Action,
     AfterStop,
     Changed,
@@ -36,54 +36,17 @@ from taskmasterd.lifecycle import (
     Refused,
     Spawn,
     SpawnError,
-    describe_exit,
-    worst_state,
 )
-from taskmasterd.startlimit import StartLimit, StartLimitHit, format_span
-from taskmasterd.states import State, describe_status
+from taskmasterd.processdata import ProcessData
+from taskmasterd.states import State
 
 # ---- the state machine -----------------------------------------------------
 
 
 @dataclass
-class Process:
-    name: str  # "prog" or "prog:N"
-    config: ProgramConfig  # swapped in place by a reload that keeps the PID
-    index: int = 0
-    state: State = State.STOPPED
-    pid: int = 0
-    exit_status: int | None = None
-    expected: bool = True
-    spawn_error: SpawnError | None = None
-    retries: int = 0  # supervisord's `backoff`: failed starts in a row
-    deadline: float | None = None
-    started_at: float | None = None  # `now` of the last successful spawn
-    want_up: bool = False  # wanted state (s6): should it be running?
-    after_stop: AfterStop = AfterStop.NOTHING  # once a STOPPING process has exited
-    restarts: int = 0  # automatic restarts since the last administrative start
-    last_exit: LastExit | None = None  # the last exit ever collected (never reset)
-    start_limit: StartLimit = field(default_factory=StartLimit, repr=False)
-    start_limit_hit: StartLimitHit | None = None  # why it is FATAL, if the start limit
-    exit_unknown: bool = False  # the last exit was an adopted process's: no status
-    ready_seen: bool = False  # STARTING: it said it is ready (READY)
-    status_text: str = ""  # its last STATUS= (notify), cleared at each spawn
-    failure: str = ""  # why the last start failed or why it was stopped, if not an exit
+class Process(ProcessData):
     _out: list[Action] = field(default_factory=list, repr=False)
     _spawning: bool = field(default=False, repr=False)
-
-    @property
-    def program(self) -> str:
-        return self.config.name
-
-    @property
-    def start_pending(self) -> bool:
-        """An administrative start waits for the process to be down."""
-        return self.after_stop is AfterStop.START
-
-    @property
-    def watchdog_active(self) -> bool:
-        return (self.state is State.RUNNING and self.config.watchdog > 0
-                and self.config.ready is not None and self.config.ready.kind == "notify")
 
     # -- public entry points: each returns the actions to carry out --------
 
@@ -474,28 +437,3 @@ _TABLE: dict[tuple[State, Event], Handler] = {
     (S.STOPPING, E.STOP): Process._stop_again,
 }
 del S, E
-
-# Re-exported: the machine's vocabulary (taskmasterd.lifecycle), the start
-# limit (taskmasterd.startlimit) and the states, imported from here by most.
-__all__ = [
-    "SEVERITY",
-    "STARTED_STATES",
-    "UNKNOWN_EXIT",
-    "Action",
-    "AfterStop",
-    "Changed",
-    "Event",
-    "Kill",
-    "LastExit",
-    "Process",
-    "Refused",
-    "Spawn",
-    "SpawnError",
-    "StartLimit",
-    "StartLimitHit",
-    "State",
-    "describe_exit",
-    "describe_status",
-    "format_span",
-    "worst_state",
-]

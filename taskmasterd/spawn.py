@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 from taskmasterd import terminal, variables
 from taskmasterd.config import Output, OutputKind, ProgramConfig
+from taskmasterd.lifecycle import SpawnError
 from taskmasterd.logwriter import grow_pipe
-from taskmasterd.process import SpawnError
 from taskmasterd.statestore.records import ProcStat, parse_proc_stat
 
 OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOCTTY

@@ -8,7 +8,8 @@ daemon has no timers and sleeps in epoll.
 Public methods (start/stop/restart/signal/reload/processes/shutdown) are what
 the D-Bus adapters and the daemon's signal handlers call; `snapshot()` is
 what the state store records and `adopt()` takes back what a previous
-daemon left running (taskmasterd/statestore).
+daemon left running (taskmasterd/statestore). Concerns of their own are
+mixins: takeover, ordering, checking, overlap, reloading (`reload`).
 """
 
 from __future__ import annotations
@@ -27,25 +28,18 @@ from taskmasterd import deps, spawn, targets
 from taskmasterd.busaddr import runtime_dir
 from taskmasterd.checking import Checking
 from taskmasterd.config import Config, OutputKind, ProgramConfig
-from taskmasterd.deadline import cancel as cancel_timer
 from taskmasterd.deadline import follow as follow_deadline
-from taskmasterd.describe import description, reload_message, transition_message
+from taskmasterd.describe import description, transition_message
 from taskmasterd.errors import AlreadyStarted, BadName, NoSuchProgram, NotAFile, NotRunning, ShuttingDown
-from taskmasterd.events import Event, EventBus, Kind, Reloaded
+from taskmasterd.events import Event, EventBus, Kind
+from taskmasterd.lifecycle import Action, Changed, Kill, Spawn, SpawnError
 from taskmasterd.logpipes import LogPipes
 from taskmasterd.ordering import DOWN, STARTABLE, Ordering
 from taskmasterd.overlap import OverlapBook, Overlaps, Successor
 from taskmasterd.probing import DAEMON_ONLY_ENV, Probing, Sink
-from taskmasterd.process import (
-    Action,
-    Changed,
-    Kill,
-    Process,
-    Spawn,
-    SpawnError,
-    State,
-)
-from taskmasterd.reload import ReloadPlan, plan_reload
+from taskmasterd.process import Process
+from taskmasterd.reloading import Reloading
+from taskmasterd.states import State
 from taskmasterd.takeover import Request, Slot, Takeover
 
 log = logging.getLogger("taskmasterd")
@@ -73,7 +67,7 @@ class ProcessInfo:
 
 
 @dataclass
-class Supervisor(Overlaps, Takeover, Ordering, Checking):
+class Supervisor(Overlaps, Takeover, Ordering, Checking, Reloading):
     config: Config
     bus: EventBus
     logdir: str
@@ -176,39 +170,6 @@ class Supervisor(Overlaps, Takeover, Ordering, Checking):
     @property
     def shutting_down(self) -> bool:
         return self._shutting_down
-
-    def reload(self, new: Config) -> ReloadPlan:
-        """Apply `new`: first the structure (slots added, renamed, retired),
-        then the RELOAD event, then the starts/stops it causes — so that a
-        subscriber knows every process before it hears of its state."""
-        if self._shutting_down:
-            raise ShuttingDown("taskmasterd is shutting down: no reload")
-        plan = plan_reload(self.config, new)
-        old_programs = {p.name: p for p in self.config.programs}
-        self.config = new
-        todo: list[tuple[Slot, Request]] = []
-        for name in plan.removed:
-            todo += self._retire(old_programs[name].process_names())
-        for program in plan.added:
-            self._add_slots(program, range(program.numprocs))
-            if program.autostart:
-                todo += [(self.slots[n], Process.start) for n in program.process_names()]
-        for program in plan.restarted:
-            kept = program.process_names()[:old_programs[program.name].numprocs]
-            todo += self._resize(program, old_programs[program.name])
-            todo += [(self.slots[n], Process.relaunch) for n in kept]
-        for r in plan.resized:
-            todo += self._resize(r.program, old_programs[r.program.name])
-        for program in plan.updated:
-            for name in program.process_names():
-                self.slots[name].process.config = program
-                self.probing.reconfigured(name, program, self.slots[name].process.state)
-        self.slots = {n: self.slots[n] for p in new.programs for n in p.process_names()}
-        self._publish_reload(plan, old_programs)
-        if self._shutting_down:
-            todo = [(slot, request) for slot, request in todo if request is Process.stop]
-        self._batch(todo)  # refusals: already down (or up), as asked
-        return plan
 
     async def shutdown(self) -> None:
         """Stop every process (stoptime, then SIGKILL) and wait for them; then
@@ -412,43 +373,12 @@ class Supervisor(Overlaps, Takeover, Ordering, Checking):
         if self._shutting_down and self.live_children() == 0:
             self._all_down.set()
 
-    # ---- slots and reload ------------------------------------------------
+    # ---- slots (a reload's changes: reloading.py) ------------------------
 
     def _add_slots(self, program: ProgramConfig, indexes: range) -> None:
         names = program.process_names()
         for i in indexes:
             self.slots[names[i]] = Slot(Process(name=names[i], config=program, index=i))
-
-    def _retire(self, names: list[str]) -> list[tuple[Slot, Request]]:
-        """Take processes out of the config; those alive are stopped, then dropped."""
-        todo: list[tuple[Slot, Request]] = []
-        for name in names:
-            slot = self.slots.pop(name)
-            if slot.child is None:
-                cancel_timer(slot)
-                continue
-            slot.retiring = True
-            self._retired.append(slot)
-            todo.append((slot, Process.stop))
-        return todo
-
-    def _resize(self, new: ProgramConfig, old: ProgramConfig) -> list[tuple[Slot, Request]]:
-        """Keep processes 0..min-1 (renamed if needed), add or retire the rest."""
-        keep = min(old.numprocs, new.numprocs)
-        old_names, new_names = old.process_names(), new.process_names()
-        kept = [self.slots.pop(old_names[i]) for i in range(keep)]
-        for i, slot in enumerate(kept):
-            if slot.process.name != new_names[i]:
-                self.logpipes.rename(slot.process.name, new_names[i])  # its output keeps its key
-                self.probing.rename(slot.process.name, new_names[i])
-            slot.process.name = new_names[i]  # prog <-> prog:0 when crossing 1
-            slot.process.config = new
-            self.slots[new_names[i]] = slot
-        todo = self._retire(old_names[keep:])
-        self._add_slots(new, range(keep, new.numprocs))
-        if new.autostart:
-            todo += [(self.slots[n], Process.start) for n in new_names[keep:]]
-        return todo
 
     # ---- events ----------------------------------------------------------
 
@@ -496,9 +426,3 @@ class Supervisor(Overlaps, Takeover, Ordering, Checking):
             kind=ch.new, message=transition_message(p, ch), process=p.name,
             program=p.program, old_state=ch.old, new_state=ch.new, pid=ch.pid,
             exit_status=ch.exit_status, expected=ch.expected, exit_unknown=ch.status_unknown))
-
-    def _publish_reload(self, plan: ReloadPlan, old: dict[str, ProgramConfig]) -> None:
-        summary = Reloaded(tuple(p.name for p in plan.added), tuple(plan.changed),
-                           tuple(plan.removed))
-        self.bus.publish(Event(kind=Kind.RELOAD, reload=summary,
-                               message=reload_message(plan, old)))

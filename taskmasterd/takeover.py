@@ -20,9 +20,11 @@ from taskmasterd import spawn
 from taskmasterd.config import AutoRestart, Config, ProgramConfig
 from taskmasterd.describe import adopted_message
 from taskmasterd.events import Event, EventBus, Kind
+from taskmasterd.lifecycle import Action, Changed, Refused
 from taskmasterd.logpipes import LogPipes
 from taskmasterd.probing import Probing
-from taskmasterd.process import Action, Changed, Process, Refused, State
+from taskmasterd.process import Process
+from taskmasterd.states import State
 from taskmasterd.statestore.handover import Down
 from taskmasterd.statestore.records import ProcessRecord, Snapshot, launch_fingerprint
 

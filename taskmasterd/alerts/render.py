@@ -13,7 +13,7 @@ from taskmasterd import events
 from taskmasterd.alerts.match import display_name
 from taskmasterd.alerts.throttle import Batch
 from taskmasterd.alertschema import TEMPLATE_FIELDS, AlertConfig
-from taskmasterd.process import describe_status
+from taskmasterd.states import describe_status
 
 MAX_LISTED = 10  # processes named in a summary
 

@@ -28,7 +28,7 @@ from taskmasterd.bus.signals import trusted_signal
 from taskmasterd.bus.taskobjects import TaskMethods, Tasks
 from taskmasterd.bus.writer import close_after_send
 from taskmasterd.errors import BadName
-from taskmasterd.process import worst_state
+from taskmasterd.lifecycle import worst_state
 from taskmasterd.reload import ReloadPlan
 from taskmasterd.supervisor import ProcessInfo, Supervisor
 

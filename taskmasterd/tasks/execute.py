@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from taskmasterd import fastspawn, spawn
-from taskmasterd.process import SpawnError
+from taskmasterd.lifecycle import SpawnError
 from taskmasterd.programschema import Output, OutputKind
 from taskmasterd.tasks.records import TaskState, TaskStatus, shell_exit_status
 from taskmasterd.tasks.spawner import Spawner

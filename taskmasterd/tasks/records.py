@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from taskmasterd.errors import TaskInvalid
-from taskmasterd.process import SpawnError
+from taskmasterd.lifecycle import SpawnError
 from taskmasterd.statestore.records import Refused
 from taskmasterd.tasks.spec import ID_RE, TaskSpec, parse_task
 

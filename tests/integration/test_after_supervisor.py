@@ -15,7 +15,7 @@ from taskmasterd.config import AutoRestart, Config, ProgramConfig
 from taskmasterd.errors import NotRunning
 from taskmasterd.events import Event, EventBus, Kind
 from taskmasterd.probeschema import Check
-from taskmasterd.process import State
+from taskmasterd.states import State
 from taskmasterd.supervisor import Supervisor
 from tests.integration.test_supervisor import Until
 

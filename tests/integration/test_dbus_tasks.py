@@ -21,7 +21,7 @@ from dbus_next import Message, Variant
 from taskmasterd.bus.introspect import normalised
 from taskmasterd.bus.service import BusService
 from taskmasterd.events import EventBus
-from taskmasterd.process import SpawnError
+from taskmasterd.lifecycle import SpawnError
 from taskmasterd.tasks.records import ActivityState, TaskState
 from taskmasterd.tasks.spec import MAX_ARGS, MAX_TASKS, TaskSpec
 from tests.fake_tasks import FakeController, FakeTasks

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from taskmasterd.events import Event, Kind
-from taskmasterd.process import State
+from taskmasterd.states import State
 from tests.integration.test_supervisor_timing import launch_and_hear, supervisor, until
 from tests.virtual_clock import run
 

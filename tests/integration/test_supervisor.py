@@ -12,7 +12,7 @@ import pytest
 from taskmasterd.config import Config, ProgramConfig
 from taskmasterd.errors import AlreadyStarted, NoSuchProgram, NotRunning
 from taskmasterd.events import Event, EventBus
-from taskmasterd.process import State
+from taskmasterd.states import State
 from taskmasterd.supervisor import Supervisor
 
 

@@ -15,7 +15,7 @@ from taskmasterd.bus.service import RETRY_DELAYS, retry_delay
 from taskmasterd.events import Event, Kind, Reloaded
 from taskmasterd.journal import JournalSink
 from taskmasterd.logsink import LifecycleLog
-from taskmasterd.process import State
+from taskmasterd.states import State
 
 
 class Records(logging.Handler):

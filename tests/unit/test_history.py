@@ -22,7 +22,8 @@ from taskctl.history import Entry, parse_time
 from taskctl.parser import build_parser
 from taskmasterd import journal, logsink
 from taskmasterd.events import Event, Kind
-from taskmasterd.process import SpawnError, State
+from taskmasterd.lifecycle import SpawnError
+from taskmasterd.states import State
 
 T0 = dt.datetime(2026, 12, 2, 10, 0, 0).timestamp()
 

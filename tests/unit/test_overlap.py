@@ -15,8 +15,9 @@ from taskmasterd import config
 from taskmasterd.lifecycle import Changed, SpawnError
 from taskmasterd.overlap import overlaps, successor_reason
 from taskmasterd.probeschema import Check
-from taskmasterd.process import Process, State
+from taskmasterd.process import Process
 from taskmasterd.programschema import RestartMode
+from taskmasterd.states import State
 from tests.unit.test_process import Clock, program, running, started
 
 S = State

@@ -10,20 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taskmasterd.config import AutoRestart, ProgramConfig
-from taskmasterd.process import (
-    Action,
-    Changed,
-    Kill,
-    LastExit,
-    Process,
-    Refused,
-    Spawn,
-    SpawnError,
-    StartLimit,
-    StartLimitHit,
-    State,
-    worst_state,
-)
+from taskmasterd.lifecycle import Action, Changed, Kill, LastExit, Refused, Spawn, SpawnError, worst_state
+from taskmasterd.process import Process
+from taskmasterd.startlimit import StartLimit, StartLimitHit
+from taskmasterd.states import State
 
 S = State
 ENOENT = SpawnError("ENOENT", "execve /nope", "No such file or directory")

@@ -8,8 +8,10 @@ import signal
 import pytest
 
 from taskmasterd.config import AutoRestart
+from taskmasterd.lifecycle import AfterStop, Changed, Kill, Spawn
 from taskmasterd.probeschema import Check
-from taskmasterd.process import AfterStop, Changed, Kill, Process, Spawn, State
+from taskmasterd.process import Process
+from taskmasterd.states import State
 from tests.unit.test_process import Clock, changes, program, started
 
 S = State

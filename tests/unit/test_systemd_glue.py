@@ -11,9 +11,10 @@ import pytest
 
 from taskmasterd.events import Event, Kind, Reloaded
 from taskmasterd.journal import MESSAGE_IDS, JournalSink, fields
+from taskmasterd.lifecycle import SpawnError
 from taskmasterd.logsink import format_event
 from taskmasterd.notify import Notifier, status_line, watchdog_interval
-from taskmasterd.process import SpawnError, State
+from taskmasterd.states import State
 
 
 def test_exit_event_fields() -> None:

@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from taskmasterd.process import SpawnError
+from taskmasterd.lifecycle import SpawnError
 from taskmasterd.programschema import OutputKind
 from taskmasterd.tasks.execute import (
     CANCEL,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from taskmasterd.process import SpawnError
+from taskmasterd.lifecycle import SpawnError
 from taskmasterd.statestore.records import Refused
 from taskmasterd.tasks.records import (
     ACTIVITY_FORMAT,

@@ -76,7 +76,7 @@ def test_table_columns_and_cut_to_the_width() -> None:
 
 
 def test_json_uses_the_keys_and_formats_of_status_json() -> None:
-    from taskmasterd.process import SpawnError
+    from taskmasterd.lifecycle import SpawnError
     from taskmasterd.tasks.records import TaskState, TaskStatus
     from taskmasterd.tasks.records import task_json as file_json
     from taskmasterd.tasks.spec import TaskSpec
