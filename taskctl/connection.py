@@ -1,6 +1,7 @@
 """taskctl's bus connection at the jeepney level: opening it (with a limit
 on every step), reading from it without missing a Ctrl-C, and turning the
-signals received into taskctl's events. Used by `taskctl.client` only."""
+signals received into taskctl's events. Used by `taskctl.link` and
+`taskctl.subscriber` (its names DBUS_NAME and DBUS_PATH by others too)."""
 
 from __future__ import annotations
 

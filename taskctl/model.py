@@ -146,7 +146,7 @@ Event = StateChange | Reloaded | OwnerChanged | TaskChanged | ActivityChanged
 
 
 class TaskctlError(Exception):
-    """Base of the errors `taskctl.client` raises."""
+    """Base of the errors `taskctl.client` raises (from `taskctl.link`)."""
 
 
 class CallError(TaskctlError):

@@ -1,7 +1,7 @@
 """taskctl -H at the process level: ssh run with one end of a socket pair as
 its stdin and stdout, D-Bus spoken over the other end (what sd-bus's
 `unixexec:` transport does for systemctl -H), and `taskctl` itself run on
-the host for the commands in `hosts.RUN_THERE`. Used by `taskctl.client`
+the host for the commands in `hosts.RUN_THERE`. Used by `taskctl.link`
 and `taskctl.commands` only; the command lines come from `taskctl.hosts`.
 """
 

@@ -1,6 +1,6 @@
 """The `alerts:` part of the configuration: its model (AlertConfig, the
 events and template fields) and its schema, read off the node tree as the
-rest of the file is (taskmasterd.config's validator inherits `AlertReader`).
+rest of the file is (taskmasterd.configschema's validator inherits `AlertReader`).
 
 An alert URL is checked for its syntax only (scheme://...): whether apprise
 can use it is asked once the file is loaded (taskmasterd.alerts.urls), at

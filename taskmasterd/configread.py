@@ -1,6 +1,7 @@
 """Reading a configuration file: a regular file, of bounded size, as UTF-8
 text; anything else a one-line reason (Unreadable) or a located error
-(ConfigError). The main file and each included one (taskmasterd.config)."""
+(ConfigError). The main file (taskmasterd.config) and each included one
+(taskmasterd.configschema)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from taskmasterd.lifecycle import SEVERITY
 from taskmasterd.states import State
 from taskmasterd.yamlnodes import suggest
 
-if TYPE_CHECKING:  # taskmasterd.config imports this module for its checks
+if TYPE_CHECKING:  # taskmasterd.configschema imports this module for its checks
     from taskmasterd.programschema import ProgramConfig
 
 Graph = Mapping[str, Sequence[str]]  # program -> the programs it starts after, in file order

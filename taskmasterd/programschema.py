@@ -1,5 +1,5 @@
 """The `programs:` part of the configuration: its reader (the validator in
-taskmasterd.config inherits `ProgramReader`). The model it reads into —
+taskmasterd.configschema inherits `ProgramReader`). The model it reads into —
 ProgramConfig, its key table (each key's reader is a method here) and the
 values' types — is taskmasterd.programmodel, re-exported here.
 

@@ -1,6 +1,6 @@
 """The `tasks:` section of the configuration (one-shot tasks' settings,
 taskmasterd/tasks/settings.py): its reader, a mixin of the validator in
-taskmasterd.config. Pure: no I/O."""
+taskmasterd.configschema. Pure: no I/O."""
 
 from __future__ import annotations
 

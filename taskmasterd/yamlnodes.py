@@ -10,7 +10,7 @@ instead of stopping at the first (yamlissues.IssueLog), walks mappings with
 merge keys and duplicate keys handled, and reads typed scalars (`_text`,
 `_int`, `_seconds`, `_bool`...) that raise `Reject` with "expected X,
 found Y". It knows nothing of Taskmaster's schema: that is
-`taskmasterd.config` (with programschema and alertschema), which
+`taskmasterd.configschema` (with programschema and alertschema), which
 subclasses it.
 """
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from taskctl.buses import BusChoice
-from taskctl.client import CallError, Client
+from taskctl.client import Client
+from taskctl.model import CallError
 from taskmasterd.terminal import get_size, set_size
 from tests.harness import Daemon, event, wait_until
 from tests.integration.conftest import WriteConfig

@@ -47,6 +47,7 @@ def test_taskctl_gives_up_on_a_bus_that_never_answers_hello(
     import threading
 
     from taskctl import client as client_module
+    from taskctl import link
     from taskctl.model import Unreachable
     from taskmasterd.busaddr import BusChoice
 
@@ -75,7 +76,7 @@ def test_taskctl_gives_up_on_a_bus_that_never_answers_hello(
                         data = b""  # then Hello comes, and is never answered
     thread = threading.Thread(target=silent_bus, daemon=True)
     thread.start()
-    monkeypatch.setattr(client_module, "CONNECT_TIMEOUT", 0.5)
+    monkeypatch.setattr(link, "CONNECT_TIMEOUT", 0.5)
     client = client_module.Client(BusChoice("address", f"unix:path={path}"), timeout=5)
     try:
         with pytest.raises(Unreachable) as caught:

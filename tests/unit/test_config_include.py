@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from taskmasterd import cli, config, hostcheck, includes
+from taskmasterd import cli, config, configschema, hostcheck, includes
 from taskmasterd.config import ConfigError, OutputKind, load_config
 
 Issue = tuple[str, int, int, str, str]
@@ -224,7 +224,7 @@ def test_at_most_so_many_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 def test_the_included_files_are_read_up_to_a_size_in_all(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config, "MAX_INCLUDED_SIZE", 100)
+    monkeypatch.setattr(configschema, "MAX_INCLUDED_SIZE", 100)
     main = tree(tmp_path, {"taskmaster.yaml": MAIN + "programs: {}\n",
                            "conf.d/a.yaml": "# " + "a" * 60 + "\n",
                            "conf.d/b.yaml": "# " + "b" * 60 + "\n"})

@@ -95,12 +95,12 @@ def test_merge_keys_are_expanded_once_each(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_a_recursion_error_is_still_a_located_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from taskmasterd import config
+    from taskmasterd import configschema
 
     def overflow(self: object, root: object) -> None:
         raise RecursionError("maximum recursion depth exceeded")
 
-    monkeypatch.setattr(config._Validator, "_top", overflow)
+    monkeypatch.setattr(configschema.Validator, "_top", overflow)
     [issue] = issues("programs: {}\n")
     assert str(issue).startswith("/etc/t.yaml:1:1: ") and "nested too deeply" in issue.message
 
