@@ -5,6 +5,7 @@ and stderr (issue 19; docs/config.md, *Variables*). Pure: no I/O.
     %{program}     the program's name
     %{process}     the process's name: web, or web:2 when numprocs > 1
     %{process_num} the process's number, 0 .. numprocs-1
+    %{process_num:0N} the same, zero-padded to N digits (N 1..9): 00, 01 ...
     %{numprocs}    numprocs
     %{here}        the directory of the config file that defines the program
     %{host}        the host name
@@ -38,7 +39,9 @@ PROCESS_NAMES = ("process", "process_num")
 NAMES = ("env.NAME", "program", "process", "process_num", "numprocs", "here", "host")
 _ALL = ", ".join(f"%{{{n}}}" for n in NAMES)
 _REF = re.compile(r"%%\{|%\{([^}]*)\}|%\{")  # an escape, a reference, an unclosed reference
-_MARKER = re.compile(f"{MARK}([a-z_]+){MARK}")
+_MARKER = re.compile(f"{MARK}([a-z_]+)(?::0([1-9]))?{MARK}")
+# supervisord's %(process_num)02d: zero-padded to a width of 1..9 digits.
+_PADDED = re.compile(r"process_num:0([1-9])")
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,15 @@ def expand(text: str, facts: Facts) -> tuple[str, list[str]]:
 
 
 def _value(name: str, facts: Facts) -> tuple[str, str | None]:
+    if ":" in name and len(name) <= 100:
+        if _PADDED.fullmatch(name):
+            return f"{MARK}{name}{MARK}", None
+        base = name.partition(":")[0]
+        if base == "process_num":
+            return "", (f"%{{{name}}}: the width is written :0N, N from 1 to 9 "
+                        "(%{process_num:02} gives 00, 01 ...)")
+        if base in NAMES or base.startswith("env."):
+            return "", f"%{{{name}}}: only %{{process_num}} takes a width (%{{process_num:02}})"
     if name.startswith("env."):
         var = name[4:]
         if not var:
@@ -126,8 +138,11 @@ def for_process(value: str, process: str, process_num: int) -> str:
     """A loaded value for one process: its markers replaced."""
     if MARK not in value:
         return value
-    facts = {"process": process, "process_num": str(process_num)}
-    return _MARKER.sub(lambda m: facts[m.group(1)], value)
+    def fill(m: re.Match[str]) -> str:
+        if m.group(1) == "process":
+            return process
+        return str(process_num).zfill(int(m.group(2) or 0))
+    return _MARKER.sub(fill, value)
 
 
 def display(value: str) -> str:

@@ -93,6 +93,10 @@ def translate(value: str, names: Names, allow_vars: bool = True) -> Expanded:
     return Expanded("".join(out), problems, uses)
 
 
+# %(process_num)02d and the like: zero-padded to 1..9 digits (%{process_num:0N}).
+_ZERO_PADDED = re.compile(r"0([1-9])[di]")
+
+
 def _fixed(name: str, names: Names) -> str | int | None:
     if name == "program_name":
         return names.program
@@ -111,13 +115,18 @@ def _fixed(name: str, names: Names) -> str | int | None:
 def _variable(name: str, fmt: str, names: Names) -> tuple[str | None, str | None]:
     if name == "process_num":
         problem = None
-        if fmt[-1] not in "dis" or fmt[:-1]:
+        var = "%{process_num}"
+        padded = _ZERO_PADDED.fullmatch(fmt)
+        if padded:  # %(process_num)02d: the same file names, 00, 01 ...
+            var = f"%{{process_num:0{padded.group(1)}}}"
+        elif fmt[-1] not in "dis" or fmt[:-1]:
             problem = (f"%(process_num){fmt}: the format is not carried over: "
-                       f"%{{process_num}} gives 0, 1, ... without padding")
+                       f"%{{process_num}} gives 0, 1, ... (only a zero padding is, "
+                       "as %{process_num:02})")
         if names.numprocs_start:
             problem = (f"numprocs_start={names.numprocs_start}: %{{process_num}} counts from 0, "
                        f"not {names.numprocs_start}")
-        return "%{process_num}", problem
+        return var, problem
     if name == "host_node_name":
         return "%{host}", None
     if name.startswith("ENV_") and name[4:]:

@@ -45,6 +45,25 @@ def test_each_process_its_values_and_its_file(write_config: WriteConfig, daemons
     assert d.terminate() == 0
 
 
+def test_a_zero_padded_number_names_the_files_as_supervisord_did(
+        write_config: WriteConfig, daemons: Start, bus_address: str, workdir: Path) -> None:
+    """%{process_num:02}, what the importer writes for %(process_num)02d:
+    the command sees 00, 01 and each process writes its own 0-padded file."""
+    cfg = write_config({"w": {
+        "cmd": "sh -c 'echo id=%{process_num:02}; exec sleep 100000'",
+        "numprocs": 2, "starttime": 0, "stdout": "w_%{process_num:02}.log"}})
+    d = daemons(cfg)
+    d.wait_count(event("RUNNING"), 2)
+    for i in (0, 1):
+        f = workdir / f"w_0{i}.log"
+        wait_until(f"the output of w:{i}", ends_with(f, b"\n"))
+        assert f.read_text() == f"id=0{i}\n"
+        r = taskctl(bus_address, "tail", f"w:{i}")
+        assert r.returncode == 0 and r.stdout == f"id=0{i}\n", r.stderr
+    assert sorted(p.name for p in workdir.glob("w_*.log")) == ["w_00.log", "w_01.log"]
+    assert d.terminate() == 0
+
+
 def test_an_undefined_variable_is_a_located_error(write_config: WriteConfig,
                                                   workdir: Path) -> None:
     cfg = write_config({"w": {"cmd": "run %{env.TM_SURELY_UNSET_VAR}"}})

@@ -199,6 +199,16 @@ def test_open_log_names_each_process_file(tmp_path: Path) -> None:
         [f"{tmp_path}/logs/web-{i}.log" for i in range(3)]
 
 
+def test_a_padded_process_number_names_each_file_as_supervisord_did(tmp_path: Path) -> None:
+    """%(process_num)02d's files keep their names: %{process_num:02}."""
+    config = load(tmp_path, WEB.replace("%{env.TM_HOME}", "/srv")
+                  .replace("logs/%{program}-%{process_num}.log", "logs/%{program}_%{process_num:02}.log"))
+    names = config.programs[0].process_names()
+    assert output_files(config, tmp_path, names, "stdout") == \
+        [spawn.output_path(spec(config.programs[0], i), "stdout") for i in range(3)] == \
+        [f"{tmp_path}/logs/web_0{i}.log" for i in range(3)]
+
+
 # ---- redirect_stderr ---------------------------------------------------------------------
 
 

@@ -138,8 +138,8 @@ def test_numprocs_and_process_name(tmp_path: Path) -> None:
                                       "stdout_logfile=/tmp/w-%(process_num)02d.log\n")
     programs, notes = programs_of(conf)
     assert programs["w"]["cmd"] == "w %{process_num}"
-    assert programs["w"]["stdout"] == "/tmp/w-%{process_num}.log"
-    assert any("without padding" in n for n in notes)
+    assert programs["w"]["stdout"] == "/tmp/w-%{process_num:02}.log"  # the same file names
+    assert not any("process_num" in n and "format" in n for n in notes)
 
 
 def test_names_are_made_ours(tmp_path: Path) -> None:

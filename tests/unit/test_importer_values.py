@@ -22,10 +22,18 @@ def test_per_process_and_host_names_become_variables() -> None:
     assert ex.variables and not ex.problems
 
 
-def test_padding_and_numprocs_start_are_reported() -> None:
-    ex = translate("w%(process_num)02d", Names(program="w", group="w", numprocs=2))
+def test_zero_padding_is_carried_over_other_formats_reported() -> None:
+    two = Names(program="w", group="w", numprocs=2)
+    ex = translate("w%(process_num)02d-%(process_num)03i", two)
+    assert ex.text == "w%{process_num:02}-%{process_num:03}" and not ex.problems
+    ex = translate("w%(process_num)2d", two)  # padded with spaces: not carried over
     assert ex.text == "w%{process_num}"
-    assert "without padding" in ex.problems[0]
+    assert "only a zero padding is" in ex.problems[0]
+    ex = translate("w%(process_num)x", two)
+    assert "the format is not carried over" in ex.problems[0]
+
+
+def test_numprocs_start_is_reported() -> None:
     ex = translate("w%(process_num)d", Names(program="w", group="w", numprocs=2, numprocs_start=5))
     assert "counts from 0, not 5" in ex.problems[0]
 

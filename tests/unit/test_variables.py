@@ -32,6 +32,8 @@ def full(text: str, facts: Facts = FACTS, process: str = "web:2", num: int = 2) 
     ("--id=%{process_num} --of=%{numprocs}", "--id=2 --of=3"),
     ("%{env.EMPTY}", ""),
     ("%{env.SPACED}", "a b"),
+    ("%{process_num:02}", "02"),  # supervisord's %(process_num)02d
+    ("w-%{process_num:03}-%{process_num:01}", "w-002-2"),
 ])
 def test_each_name(text: str, want: str) -> None:
     assert full(text) == want
@@ -91,6 +93,11 @@ def test_markers_differ_per_process_only() -> None:
     ("%{env.}", ["names no variable"]),
     ("a %{program", ["not closed"]),
     ("%{program_name}", ["did you mean %{program}?"]),
+    ("%{process_num:2}", ["the width is written :0N, N from 1 to 9"]),
+    ("%{process_num:010}", ["the width is written :0N"]),
+    ("%{process_num:}", ["the width is written :0N"]),
+    ("%{program:02}", ["only %{process_num} takes a width"]),
+    ("%{env.HOME:02}", ["only %{process_num} takes a width"]),
 ])
 def test_problems(text: str, says: list[str]) -> None:
     _, problems = expand(text, FACTS)
@@ -108,6 +115,14 @@ def test_an_undecodable_environment_value_is_a_problem() -> None:
     facts = Facts("web", 1, "/h", "box", {"RAW": "caf\udce9"})
     _, problems = expand("%{env.RAW}", facts)
     assert problems and "not UTF-8" in problems[0]
+
+
+def test_a_padded_number_is_padded_per_process_and_displayed_as_written() -> None:
+    value, _ = expand("/var/log/web_%{process_num:02}.log", Facts("web", 12, "/h", "box", {}))
+    assert [for_process(value, f"web:{i}", i) for i in (0, 9, 10, 11)] == \
+        ["/var/log/web_00.log", "/var/log/web_09.log", "/var/log/web_10.log", "/var/log/web_11.log"]
+    assert for_process(value, "web:123", 123) == "/var/log/web_123.log"  # wider: never cut
+    assert display(value) == "/var/log/web_%{process_num:02}.log"
 
 
 def test_display_writes_markers_back() -> None:
