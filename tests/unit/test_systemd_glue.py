@@ -15,6 +15,7 @@ from taskmasterd.lifecycle import SpawnError
 from taskmasterd.logsink import format_event
 from taskmasterd.notify import Notifier, status_line, watchdog_interval
 from taskmasterd.states import State
+from tests.dgram import fill_queue
 
 
 def test_exit_event_fields() -> None:
@@ -118,37 +119,35 @@ def _drain(sock: socket.socket) -> list[str]:
 
 
 def test_a_full_notify_queue_never_blocks_and_keeps_the_order(tmp_path: Path) -> None:
-    """A notify socket nobody reads: the messages never block the loop
-    (sd_notify's send did, at the 11th); those the queue has no room for
-    wait, a newer STATUS= replacing the waiting one, and go out in order
-    once the reader catches up, retried on the (virtual) clock."""
+    """A notify socket whose reader fell behind (its queue full): the messages
+    never block the loop (sd_notify's send did); they wait, a newer STATUS=
+    replacing the waiting one, and go out in order once the reader catches
+    up, retried on the (virtual) clock."""
     import asyncio
 
     from tests.virtual_clock import run
 
+    path = str(tmp_path / "notify")
     reader = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    reader.bind(str(tmp_path / "notify"))
+    reader.bind(path)
     reader.setblocking(False)
+    filled = fill_queue(path)
 
-    async def main() -> tuple[list[str], list[str], list[str], float]:
+    async def main() -> tuple[list[str], list[str], float]:
         loop = asyncio.get_running_loop()
-        n = Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify")})
-        sent = ["READY=1\nSTATUS=0 running"]
+        n = Notifier({"NOTIFY_SOCKET": path})
         n.ready("0 running")
         for i in range(1, 40):
             n.status(f"{i} running")
-            sent.append(f"STATUS={i} running")
         n.reloading()
         n.ready("after the reload")
         n.status("final")
-        sent += ["RELOADING=1\nSTATUS=reloading the configuration",
-                 "READY=1\nSTATUS=after the reload", "STATUS=final"]
-        assert n.waiting == sent[-3:]  # STATUS=1..39 beyond the queue: replaced by newer ones
-        first = _drain(reader)
+        waiting = list(n.waiting)
+        assert _drain(reader) == filled  # the reader catches up
         t0 = loop.time()
         while n.waiting:
             await asyncio.sleep(0.01)  # sleep-ok: virtual clock: the retry comes
-        return sent, first, _drain(reader), loop.time() - t0
+        return waiting, _drain(reader), loop.time() - t0
 
     # In a thread: a notifier that blocks (as sd_notify did) fails the test
     # instead of hanging it.
@@ -165,9 +164,12 @@ def test_a_full_notify_queue_never_blocks_and_keeps_the_order(tmp_path: Path) ->
     assert outcome, "a notify message blocked on the full queue"
     if isinstance(outcome[0], BaseException):
         raise outcome[0]
-    sent, first, later, waited = outcome[0]  # type: ignore[misc]
-    assert first and first == sent[:len(first)]  # what fitted, as sent
-    assert later == sent[-3:]  # then the rest, in order
+    waiting, later, waited = outcome[0]  # type: ignore[misc]
+    # STATUS=1..39 were each replaced by a newer lone STATUS= while they waited.
+    assert waiting == ["READY=1\nSTATUS=0 running",
+                       "RELOADING=1\nSTATUS=reloading the configuration",
+                       "READY=1\nSTATUS=after the reload", "STATUS=final"]
+    assert later == waiting  # then sent, in order
     assert waited == pytest.approx(0.05, abs=0.011)  # the first retry
     reader.close()
 
