@@ -154,7 +154,7 @@ def test_a_slow_disk_never_hides_a_new_process_from_the_next_daemon(
     site.mkdir()
     (site / "sitecustomize.py").write_text(SLOW_DISK)
     path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
-    first = daemons(config, env={"PYTHONPATH": path, "SLOW_FSYNC_UNDER": str(statedir)})
+    first = daemons(config, env={"PYTHONPATH": path, "SLOW_FSYNC_UNDER": os.path.realpath(statedir)})
     first.wait_count(event("RUNNING"), 2)
     pids = first.latest_pids()
     wait_until("processes.json naming both", lambda: all(
