@@ -36,7 +36,8 @@ from dataclasses import dataclass
 MARK = "\0"
 LOAD_NAMES = ("program", "numprocs", "here", "host")  # and env.NAME
 PROCESS_NAMES = ("process", "process_num")
-NAMES = ("env.NAME", "program", "process", "process_num", "numprocs", "here", "host")
+NAMES = ("env.NAME", "program", "process", "process_num", "process_num:0N", "numprocs", "here",
+         "host")
 _ALL = ", ".join(f"%{{{n}}}" for n in NAMES)
 _REF = re.compile(r"%%\{|%\{([^}]*)\}|%\{")  # an escape, a reference, an unclosed reference
 _MARKER = re.compile(f"{MARK}([a-z_]+)(?::0([1-9]))?{MARK}")
