@@ -129,6 +129,8 @@ class Notifier:
 
     def _send_waiting(self) -> None:
         self._retry = None
+        if self._broken or not self.waiting:
+            return  # given up meanwhile: nothing to send, nothing to say
         assert self._send is not None  # something was tried before anything waited
         while self.waiting and not self._broken:
             try:
