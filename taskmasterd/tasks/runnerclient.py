@@ -151,8 +151,8 @@ class RunnerClient:
         pid, held, batches, after = found
         self._watch(sock, pid, None)
         self._peer_batches = batches
-        for msg in after:  # what came in the datagram of its `end`: as if read next
-            self._get_loop().call_soon(self._handle, msg)
+        if after:  # what came in the datagram of its `end`: as if read next
+            self._get_loop().call_soon(self._take, after)
         log.info("taskmasterd: re-attached the task runner (pid %d) and its %d task(s)", pid, len(held))
         return held
 
@@ -406,23 +406,24 @@ class RunnerClient:
             except (EOFError, OSError):  # its exit comes through the pidfd
                 self._get_loop().remove_reader(sock.fileno())
                 return
-            statuses: list[TaskStatus] = []
-            for msg in messages:
-                self._handle(msg, statuses)
-            if statuses:
-                self._deliver(statuses)
+            self._take(messages)
 
-    def _deliver(self, statuses: list[TaskStatus]) -> None:
+    def _take(self, messages: list[dict[str, object] | ProtocolError]) -> None:
+        """The messages of one datagram; their statuses delivered together."""
+        statuses: list[TaskStatus] = []
+        for msg in messages:
+            self._handle(msg, statuses)
+        if not statuses:
+            return
         if self.on_statuses is not None:
             self.on_statuses(statuses)
         else:
             for status in statuses:
                 self.on_status(status)
 
-    def _handle(self, msg: dict[str, object] | ProtocolError,
-                statuses: list[TaskStatus] | None = None) -> None:
+    def _handle(self, msg: dict[str, object] | ProtocolError, statuses: list[TaskStatus]) -> None:
         """One message; a status goes to `statuses` (delivered with the
-        others of its datagram), or at once without it."""
+        others of its datagram)."""
         if isinstance(msg, ProtocolError):
             log.warning("taskmasterd task runner (pid %d): message refused: %s", self._pid, msg)
         elif msg["op"] == "status":
@@ -431,10 +432,7 @@ class RunnerClient:
             except ProtocolError as exc:
                 log.warning("taskmasterd task runner (pid %d): %s", self._pid, exc)
                 return
-            if statuses is not None:
-                statuses.append(status)
-            else:
-                self._deliver([status])
+            statuses.append(status)
         elif msg["op"] == "refused":
             log.warning("taskmasterd task runner (pid %d): %s", self._pid, msg["message"])
         elif msg["op"] == "batches":
