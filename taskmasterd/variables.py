@@ -40,9 +40,10 @@ NAMES = ("env.NAME", "program", "process", "process_num", "process_num:0N", "num
          "host")
 _ALL = ", ".join(f"%{{{n}}}" for n in NAMES)
 _REF = re.compile(r"%%\{|%\{([^}]*)\}|%\{")  # an escape, a reference, an unclosed reference
-_MARKER = re.compile(f"{MARK}([a-z_]+)(?::0([1-9]))?{MARK}")
 # supervisord's %(process_num)02d: zero-padded to a width of 1..9 digits.
-_PADDED = re.compile(r"process_num:0([1-9])")
+_WIDTH = r":0([1-9])"
+_PADDED = re.compile(f"process_num{_WIDTH}")
+_MARKER = re.compile(f"{MARK}([a-z_]+)(?:{_WIDTH})?{MARK}")
 
 
 @dataclass(frozen=True)
