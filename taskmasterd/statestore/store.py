@@ -13,9 +13,11 @@ the daemon's processes.json needs: it names live processes only, and a
 power cut, the one thing the fsyncs guard against, kills every one of them.
 The fsyncs there did harm: on a busy disk they took seconds, and a daemon
 killed meanwhile left a file without the processes it had just started,
-which its successor then started a second time. A file that cannot be trusted is
-refused with a logged reason and kept aside as `processes.json.bad` for
-inspection (the next good write does not touch it).
+which its successor then started a second time.
+
+A file that cannot be trusted is refused with a logged reason and kept
+aside as `processes.json.bad` for inspection (the next good write does not
+touch it).
 
 `lock()` takes an exclusive flock on `statedir/lock` for the daemon's life:
 two daemons on one statedir would otherwise adopt (and stop) each other's
