@@ -41,6 +41,8 @@ from collections.abc import Callable
 from typing import IO
 from xml.sax.saxutils import escape
 
+from taskmasterd.atomicfile import replace_file
+
 DEFAULT_BINARY = "dbus-daemon"
 SOCKET_NAME = "bus.socket"
 CONFIG_NAME = "bus.conf"
@@ -145,23 +147,6 @@ def read_address_file(runtime_dir: str) -> str | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     return address or None
-
-
-def _write_atomically(path: str, text: str, mode: int = 0o644) -> None:
-    """A reader sees the old file or the new one (temporary file, rename).
-    Not fsynced: these files describe a running bus, which a power cut
-    takes with it (and the runtime directory is a tmpfs under systemd)."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _socket_in_use(path: str) -> bool:
@@ -305,7 +290,10 @@ class EmbeddedBus:
                 raise RuntimeError(f"cannot start the private bus: a bus already listens on {socket_path} "
                                    "(another taskmasterd running with the same runtime directory?)")
             os.unlink(socket_path)  # stale: dbus-daemon will not bind over it
-        _write_atomically(config_file, bus_config(socket_path, os.geteuid(), policy_file))
+        # Not durable: these files describe a running bus, which a power cut takes
+        # with it (and the runtime directory is a tmpfs under systemd).
+        replace_file(config_file, bus_config(socket_path, os.geteuid(), policy_file).encode(),
+                     mode=0o644)
 
         executable = binary if os.sep in binary else (shutil.which(binary) or binary)
         argv = [executable, "--nofork", "--print-address=1", f"--config-file={config_file}"]
@@ -352,7 +340,7 @@ class EmbeddedBus:
 
         bus = cls(proc=proc, address=address, runtime_dir=runtime_dir, stderr=stderr)
         try:
-            _write_atomically(bus.address_file, address + "\n", 0o644)
+            replace_file(bus.address_file, (address + "\n").encode(), mode=0o644)
         except BaseException:
             await bus.stop()
             raise

@@ -90,7 +90,8 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 
-from taskmasterd.statestore.store import StateStore, fsync_dir
+from taskmasterd.atomicfile import fsync_dir
+from taskmasterd.statestore.store import StateStore
 
 Job = tuple[str, str, bytes]  # (directory, file name, content)
 

@@ -31,8 +31,8 @@ import errno
 import fcntl
 import logging
 import os
-import tempfile
 
+from taskmasterd.atomicfile import fsync_dir, replace_file
 from taskmasterd.statestore.records import Refused, Snapshot, decode, encode
 
 log = logging.getLogger("taskmasterd")
@@ -102,21 +102,7 @@ class StateStore:
         """Replace the file with `data` atomically, durably unless the store
         is not `durable` (raises OSError)."""
         self._makedir()
-        fd, tmp = tempfile.mkstemp(dir=self.statedir, prefix=f".{os.path.basename(self.path)}.",
-                                   suffix=".tmp")  # mkstemp: 0600, O_EXCL
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                if self.durable:
-                    os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        if self.durable:
-            self._sync_dir()
+        replace_file(self.path, data, durable=self.durable)
 
     def remove(self) -> None:
         """No file: nothing runs (the daemon's clean shutdown)."""
@@ -154,12 +140,3 @@ class StateStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-
-
-def fsync_dir(directory: str) -> None:
-    """Make `directory`'s entries durable (the renames and new files in it)."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
