@@ -10,8 +10,8 @@ from __future__ import annotations
 from taskctl.buses import Candidate, address_problem, candidates  # re-exported
 from taskctl.connection import DBUS_NAME, DBUS_PATH
 from taskctl.link import CALL_TIMEOUT
-from taskctl.model import ProcessRow, Reloaded, Unreachable
-from taskctl.plan import Plan
+from taskctl.model import CallError, ProcessRow, Reloaded, Unreachable
+from taskctl.plan import Plan, Setting
 from taskctl.subscriber import Subscriber
 from taskmasterd.bus.names import BUS_NAME
 from taskmasterd.busaddr import BusChoice
@@ -47,6 +47,18 @@ class Client(Subscriber):
         lists = self.call("PlanReload")
         [reasons] = self.call("PlanReloadReasons")
         return Plan.from_replies(lists, dict(reasons))
+
+    def plan_with_settings(self) -> Plan:
+        """plan_reload() and the settings outside `programs:` (API 1.7; a
+        1.6 daemon has none to tell: the programs only)."""
+        plan = self.plan_reload()
+        try:
+            [settings] = self.call("PlanReloadSettings")
+        except CallError as exc:
+            if exc.name != "UnknownMethod":
+                raise
+            return plan
+        return plan._replace(settings=tuple(Setting.from_reply(v) for v in settings))
 
     def list_processes(self) -> list[ProcessRow]:
         return [ProcessRow.from_values(r) for r in self.call("ListProcesses")[0]]

@@ -120,7 +120,7 @@ def cmd_reload(ctx: Context, args: argparse.Namespace) -> int:
 def _dry_run(ctx: Context) -> int:
     """`reload --dry-run`: the plan and why, nothing applied."""
     try:
-        plan = ctx.client.plan_reload()
+        plan = ctx.client.plan_with_settings()
     except CallError as exc:
         if exc.name == "ConfigInvalid":
             ctx.error("taskctl: a reload would be refused, the configuration is invalid "

@@ -3,7 +3,9 @@
 
 The daemon's Manager.PlanReload gives the lists, PlanReloadReasons a line
 per program ("restarted: cmd, env changed"); the lists decide where a
-program is shown, the reason only adds why.
+program is shown, the reason only adds why. PlanReloadSettings (API 1.7)
+adds the settings outside `programs:` (log file, statedir, `tasks:`,
+`alerts:`), shown after the programs.
 """
 
 from __future__ import annotations
@@ -16,24 +18,51 @@ from taskctl.model import UP_STATES, ProcessRow
 NOTHING = "nothing would change"
 
 
+class Setting(NamedTuple):
+    """A setting outside `programs:` a reload would change (API 1.7)."""
+
+    setting: str  # "tasks.max_parallel", "taskmasterd.statedir", "alerts"
+    old: str
+    new: str
+    effect: str  # "applied"; "restart": not before taskmasterd restarts
+
+    @classmethod
+    def from_reply(cls, values: Sequence[Any]) -> Setting:
+        setting, old, new, effect = (str(v) for v in values)
+        return cls(setting, old, new, effect)
+
+    def line(self) -> str:
+        """`tasks.max_parallel: 4 -> 16`, and why not applied when it is not."""
+        text = f"{self.setting}: {self.old} -> {self.new}"
+        if self.effect == "restart":
+            text += f" (not applied: {self.old} stays in use until taskmasterd is restarted)"
+        elif self.effect != "applied":  # a newer daemon's word: shown as it is
+            text += f" ({self.effect})"
+        return text
+
+
 class Plan(NamedTuple):
-    """What a reload would do now (D-Bus API 1.6)."""
+    """What a reload would do now (D-Bus API 1.6; `settings` 1.7)."""
 
     added: tuple[str, ...]
     changed: tuple[str, ...]  # applied in place, the processes kept (resizes too)
     removed: tuple[str, ...]
     restarted: tuple[str, ...]
     reasons: Mapping[str, str]  # program -> "restarted: cmd changed", ...
+    settings: tuple[Setting, ...] = ()  # outside programs: (none from a 1.6 daemon)
 
     @classmethod
-    def from_replies(cls, lists: Sequence[Iterable[Any]], reasons: Mapping[Any, Any]) -> Plan:
+    def from_replies(cls, lists: Sequence[Iterable[Any]], reasons: Mapping[Any, Any],
+                     settings: Iterable[Sequence[Any]] = ()) -> Plan:
         added, changed, removed, restarted = (tuple(str(n) for n in names) for names in lists)
         return cls(added, changed, removed, restarted,
-                   {str(k): str(v) for k, v in reasons.items()})
+                   {str(k): str(v) for k, v in reasons.items()},
+                   tuple(Setting.from_reply(v) for v in settings))
 
     @property
     def is_empty(self) -> bool:
-        return not (self.added or self.changed or self.removed or self.restarted)
+        return not (self.added or self.changed or self.removed or self.restarted
+                    or self.settings)
 
 
 # The order lines are printed in, and each list's words.
@@ -53,15 +82,16 @@ def plan_lines(plan: Plan) -> list[str]:
         for name in getattr(plan, field):
             why = detail(plan.reasons.get(name, ""))
             lines.append(f"{name}: {words}" + (f" ({why})" if why else ""))
+    lines += [s.line() for s in plan.settings]
     return lines or [NOTHING]
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:
-    """Reload's keys (added, changed, removed), plus restarted and reasons.
-    Unlike Reload's, `changed` holds the in-place changes only."""
+    """Reload's keys (added, changed, removed), plus restarted, reasons and
+    settings. Unlike Reload's, `changed` holds the in-place changes only."""
     return {"added": list(plan.added), "changed": list(plan.changed),
             "removed": list(plan.removed), "restarted": list(plan.restarted),
-            "reasons": dict(plan.reasons)}
+            "reasons": dict(plan.reasons), "settings": [s._asdict() for s in plan.settings]}
 
 
 # ---- avail (supervisorctl's) ----------------------------------------------------------

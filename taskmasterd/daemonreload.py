@@ -6,6 +6,7 @@ difference or only say what it would be. A mixin of daemon.Daemon.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import os
@@ -17,12 +18,14 @@ from taskmasterd.events import Event, EventBus, Kind
 from taskmasterd.exposure import exposure_warning
 from taskmasterd.hostcheck import load as load_config
 from taskmasterd.logsink import LifecycleLog
-from taskmasterd.paths import resolve_paths
+from taskmasterd.paths import Paths, resolve_paths
 from taskmasterd.reload import ReloadPlan, plan_reasons, plan_reload
+from taskmasterd.settingsdiff import SettingChange, not_applied, settings_changes
 from taskmasterd.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from taskmasterd.alerts import AlertDispatcher
+    from taskmasterd.statestore.store import StateStore
     from taskmasterd.tasks.manager import TaskManager
 
 log = logging.getLogger("taskmasterd")
@@ -38,6 +41,7 @@ class Reloading:
     state: str
     alerts: AlertDispatcher | None
     tasks: TaskManager
+    store: StateStore | None
     reloads: int
     _stop: asyncio.Event
 
@@ -71,6 +75,7 @@ class Reloading:
         except ConfigError as exc:
             self._reload_failed([str(i) for i in exc.issues])
         paths = resolve_paths(new.daemon)
+        settings = settings_changes(self.config, new, self._paths_in_use(), paths)
         try:
             self.lifelog.reconfigure(paths.logfile, new.daemon.loglevel)
         except OSError as exc:
@@ -80,7 +85,11 @@ class Reloading:
         if self.alerts is not None:  # before the RELOAD event: the new targets hear of it
             self.alerts.configure(new.alerts)
         self._warn_if_exposed(new)
-        plan = self.supervisor.reload(new)
+        for change in not_applied(settings):
+            log.warning("reload: %s changed (%s -> %s) but is not applied by a reload: "
+                        "%s stays in use until taskmasterd is restarted",
+                        change.setting, change.old, change.new, change.old)
+        plan = self.supervisor.reload(new, settings)
         self.config = new
         self.reloads += 1
         return plan
@@ -90,6 +99,28 @@ class Reloading:
         (Manager.PlanReload): the same loader and the same diff, nothing
         applied, no event. ConfigInvalid with the messages a Reload would
         refuse with."""
+        new = self._load_for_plan()
+        old = self.supervisor.config  # what Supervisor.reload diffs against
+        plan = plan_reload(old, new)
+        return plan, plan_reasons(plan, old, new)
+
+    def plan_settings(self) -> tuple[SettingChange, ...]:
+        """What reload() would change now outside the programs
+        (Manager.PlanReloadSettings): settingsdiff.py. Errors as plan_reload()."""
+        new = self._load_for_plan()
+        return settings_changes(self.config, new, self._paths_in_use(), resolve_paths(new.daemon))
+
+    def _paths_in_use(self) -> Paths:
+        """The running configuration's paths, with the statedir the daemon
+        holds: a reload does not move it, so it differs from the file's
+        until a restart, and every preview says so."""
+        paths = resolve_paths(self.config.daemon)
+        if self.store is None:
+            return paths
+        return dataclasses.replace(paths, statedir=self.store.statedir)
+
+    def _load_for_plan(self) -> Config:
+        """The file as reload() would read it, or the error it would refuse with."""
         if self._stop.is_set() or self.supervisor.shutting_down:
             raise ShuttingDown("taskmasterd is shutting down: no reload to plan")
         try:
@@ -100,9 +131,7 @@ class Reloading:
         problem = _log_file_problem(logfile) if logfile != self.lifelog.logfile else None
         if problem is not None:
             raise ConfigInvalid(f"cannot open the log file {logfile}: {problem}")
-        old = self.supervisor.config  # what Supervisor.reload diffs against
-        plan = plan_reload(old, new)
-        return plan, plan_reasons(plan, old, new)
+        return new
 
     def _reload_failed(self, lines: list[str]) -> NoReturn:
         self.bus.publish(Event(

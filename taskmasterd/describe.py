@@ -8,6 +8,7 @@ from taskmasterd.config import ProgramConfig
 from taskmasterd.lifecycle import Changed, describe_exit
 from taskmasterd.process import Process
 from taskmasterd.reload import ReloadPlan, in_place_fields
+from taskmasterd.settingsdiff import SettingChange
 from taskmasterd.states import State
 
 
@@ -101,8 +102,10 @@ def last_outcome(p: Process) -> str:
     return "no exit status"
 
 
-def reload_message(plan: ReloadPlan, old: dict[str, ProgramConfig]) -> str:
-    """The RELOAD event's sentence: what was added, restarted, resized... ."""
+def reload_message(plan: ReloadPlan, old: dict[str, ProgramConfig],
+                   settings: tuple[SettingChange, ...] = ()) -> str:
+    """The RELOAD event's sentence: what was added, restarted, resized...,
+    then the settings changed outside the programs."""
     parts = []
     for label, names in (("added", [p.name for p in plan.added]),
                          ("restarted", [p.name for p in plan.restarted]),
@@ -113,4 +116,6 @@ def reload_message(plan: ReloadPlan, old: dict[str, ProgramConfig]) -> str:
                          ("removed", list(plan.removed))):
         if names:
             parts.append(f"{label}: {', '.join(names)}")
+    if settings:
+        parts.append("settings: " + ", ".join(c.describe() for c in settings))
     return "reloaded; " + ("; ".join(parts) or "nothing changed")

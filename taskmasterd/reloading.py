@@ -19,6 +19,7 @@ from taskmasterd.logpipes import LogPipes
 from taskmasterd.probing import Probing
 from taskmasterd.process import Process
 from taskmasterd.reload import ReloadPlan, plan_reload
+from taskmasterd.settingsdiff import SettingChange
 from taskmasterd.takeover import Request, Slot
 
 
@@ -36,10 +37,12 @@ class Reloading:
         def _add_slots(self, program: ProgramConfig, indexes: range) -> None: ...
         def _batch(self, todo: list[tuple[Slot, Request]]) -> list[Refused | None]: ...
 
-    def reload(self, new: Config) -> ReloadPlan:
+    def reload(self, new: Config, settings: tuple[SettingChange, ...] = ()) -> ReloadPlan:
         """Apply `new`: first the structure (slots added, renamed, retired),
         then the RELOAD event, then the starts/stops it causes — so that a
-        subscriber knows every process before it hears of its state."""
+        subscriber knows every process before it hears of its state.
+        `settings`: what the reload changed outside the programs, for the
+        RELOAD event's sentence (settingsdiff.py)."""
         if self._shutting_down:
             raise ShuttingDown("taskmasterd is shutting down: no reload")
         plan = plan_reload(self.config, new)
@@ -63,7 +66,7 @@ class Reloading:
                 self.slots[name].process.config = program
                 self.probing.reconfigured(name, program, self.slots[name].process.state)
         self.slots = {n: self.slots[n] for p in new.programs for n in p.process_names()}
-        self._publish_reload(plan, old_programs)
+        self._publish_reload(plan, old_programs, settings)
         if self._shutting_down:
             todo = [(slot, request) for slot, request in todo if request is Process.stop]
         self._batch(todo)  # refusals: already down (or up), as asked
@@ -100,8 +103,9 @@ class Reloading:
             todo += [(self.slots[n], Process.start) for n in new_names[keep:]]
         return todo
 
-    def _publish_reload(self, plan: ReloadPlan, old: dict[str, ProgramConfig]) -> None:
+    def _publish_reload(self, plan: ReloadPlan, old: dict[str, ProgramConfig],
+                        settings: tuple[SettingChange, ...]) -> None:
         summary = Reloaded(tuple(p.name for p in plan.added), tuple(plan.changed),
                            tuple(plan.removed))
         self.bus.publish(Event(kind=Kind.RELOAD, reload=summary,
-                               message=reload_message(plan, old)))
+                               message=reload_message(plan, old, settings)))

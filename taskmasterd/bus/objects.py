@@ -30,6 +30,7 @@ from taskmasterd.bus.writer import close_after_send
 from taskmasterd.errors import BadName
 from taskmasterd.lifecycle import worst_state
 from taskmasterd.reload import ReloadPlan
+from taskmasterd.settingsdiff import SettingChange
 from taskmasterd.supervisor import ProcessInfo, Supervisor
 
 
@@ -49,6 +50,7 @@ class Controller(Protocol):
 
     def reload(self) -> ReloadPlan: ...
     def plan_reload(self) -> tuple[ReloadPlan, dict[str, str]]: ...
+    def plan_settings(self) -> tuple[SettingChange, ...]: ...
     def request_shutdown(self) -> None: ...
     def reexecute(self) -> None: ...
     def output_file(self, process: str, stream: str) -> str: ...
@@ -159,6 +161,16 @@ class Manager(TaskMethods, ServiceInterface):
         "restarted: cmd, env changed", "changed in place: stoptime"."""
         with dbus_errors("PlanReloadReasons"):
             return self._c.plan_reload()[1]
+
+    # (1.7) The rest of the preview: settings outside `programs:`.
+    @named("settings")
+    @method()
+    def PlanReloadSettings(self) -> 'a(ssss)':
+        """What Reload would change now outside the programs: (setting, old,
+        new, effect), effect "applied" or "restart" (not applied until
+        taskmasterd restarts)."""
+        with dbus_errors("PlanReloadSettings"):
+            return [[c.setting, c.old, c.new, c.effect.value] for c in self._c.plan_settings()]
 
     @named("processes")
     @method()

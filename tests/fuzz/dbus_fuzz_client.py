@@ -36,7 +36,8 @@ PROPS = "org.freedesktop.DBus.Properties"
 # (interface, member, signature) as declared; Shutdown only with a wrong
 # signature (the right one legitimately stops the daemon).
 MANAGER_METHODS = [("Start", "s"), ("Stop", "s"), ("Restart", "s"), ("Signal", "ss"),
-                   ("Reload", ""), ("ListProcesses", ""), ("OpenLog", "ss"), ("TestAlerts", "s")]
+                   ("Reload", ""), ("ListProcesses", ""), ("OpenLog", "ss"), ("TestAlerts", "s"),
+                   ("PlanReload", ""), ("PlanReloadReasons", ""), ("PlanReloadSettings", "")]
 PROGRAM_METHODS = [("Start", ""), ("Stop", ""), ("Restart", ""), ("Signal", "s")]
 OTHER = [("org.freedesktop.DBus.Introspectable", "Introspect", ""),
          ("org.freedesktop.DBus.Peer", "Ping", ""),

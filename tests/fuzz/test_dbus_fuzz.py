@@ -139,7 +139,8 @@ def test_dbus_fuzz() -> None:
             assert isinstance(handled, dict)
             # every method reached its handler as root (all but Shutdown, never called right)
             for member in ("Start", "Stop", "Restart", "Signal", "Reload", "ListProcesses", "OpenLog",
-                           "TestAlerts", "Get", "GetAll", "Introspect", "GetManagedObjects"):
+                           "TestAlerts", "PlanReload", "PlanReloadReasons", "PlanReloadSettings",
+                           "Get", "GetAll", "Introspect", "GetManagedObjects"):
                 assert handled.get(member, 0) >= 5, (member, summary)
             assert alive(daemon.pid), daemon.text()
             # still answering, still supervising

@@ -175,7 +175,7 @@ def test_nobody_may_not_set_or_call_other_methods(address: str) -> None:
                                          "s", "x", prefix=AS_NOBODY))
         assert _denied(rc, err), (rc, err)
         for member in ("Start", "Stop", "Reload", "Shutdown", "SubmitTask", "PlanReload",
-                       "PlanReloadReasons"):  # the plan reads a file that may be 0640
+                       "PlanReloadReasons", "PlanReloadSettings"):  # the plan reads a file that may be 0640
             rc, _, err = await _run(*_busctl(address, "call", NAME, PATH, MANAGER, member,
                                              prefix=AS_NOBODY))
             assert _denied(rc, err), (member, rc, err)

@@ -1,5 +1,6 @@
 """The reload preview against a real daemon (API 1.6): Manager.PlanReload and
-PlanReloadReasons say what the Reload that follows does, and apply nothing;
+PlanReloadReasons say what the Reload that follows does, and apply nothing
+(PlanReloadSettings, 1.7: the settings outside programs);
 `taskctl reload --dry-run` and the supervisorctl words (update, reread,
 avail, maintail)."""
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.harness import Daemon, event, wait_until
 from tests.integration.conftest import WriteConfig
@@ -277,3 +279,64 @@ def test_the_shell_says_each_word_once(
     assert "nothing would change" in out  # after the update
     assert "taskctl reload --dry-run" in out  # help reread
     assert "Traceback" not in r.stderr
+
+
+# ---- settings outside programs: (API 1.7) --------------------------------------------------
+
+
+def with_tasks(path: Path, max_parallel: int) -> Path:
+    """The file write_config made, with a `tasks:` section."""
+    doc = yaml.safe_load(path.read_text())
+    doc["tasks"] = {"max_parallel": max_parallel}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def test_settings_are_previewed_applied_and_statedir_is_left_for_a_restart(
+        write_config: WriteConfig, daemons: Start, bus_address: str, workdir: Path) -> None:
+    """A preview that said "nothing would change" for a new max_parallel, and
+    a reload that ignored a new statedir without a word: both say it now."""
+    statedir, moved = workdir / "state", workdir / "state2"
+    d = daemons(with_tasks(write_config({"web": {"cmd": SLEEPER, "starttime": 0}}), 2))
+    d.wait_for(event("RUNNING", "web"))
+    with_tasks(write_config({"web": {"cmd": SLEEPER, "starttime": 0}}, loglevel="debug",
+                            statedir=str(moved)), 5)
+    expected = [["taskmasterd.loglevel", "info", "debug", "applied"],
+                ["taskmasterd.statedir", str(statedir), str(moved), "restart"],
+                ["tasks.max_parallel", "2", "5", "applied"]]
+
+    async def settings() -> list[list[str]]:
+        async with client(bus_address) as c:
+            [rows] = await c.ok("PlanReloadSettings")
+            return [list(r) for r in rows]
+    assert asyncio.run(settings()) == expected
+    not_applied = (f"taskmasterd.statedir: {statedir} -> {moved} (not applied: {statedir} stays "
+                   "in use until taskmasterd is restarted)")
+    r = taskctl(bus_address, "reload", "--dry-run")
+    assert (r.returncode, r.stderr) == (0, ""), r
+    assert r.stdout.splitlines() == ["taskmasterd.loglevel: info -> debug", not_applied,
+                                     "tasks.max_parallel: 2 -> 5"]
+    j = json.loads(taskctl(bus_address, "reload", "--dry-run", "--json").stdout)
+    assert [list(s.values()) for s in j["settings"]] == expected
+    mark = len(d.lines)
+    assert not [ln for ln in d.since(mark) if ln.kind.startswith("RELOAD")]
+
+    reload = taskctl(bus_address, "reload")
+    assert reload.returncode == 0, reload.stderr
+    line = d.wait_for(event("RELOAD"))
+    assert line.message == (
+        "reloaded; settings: taskmasterd.loglevel info -> debug, taskmasterd.statedir "
+        f"{statedir} -> {moved} (not applied: {statedir} stays in use until taskmasterd is "
+        "restarted), tasks.max_parallel 2 -> 5"), line.message
+    wait_until("the statedir warning", lambda: "is not applied by a reload" in d.text())
+    # Still the old statedir: a task's files go there, and the new one is not made.
+    out = subprocess.run(["busctl", f"--address={bus_address}", "call",
+                          "org.taskmaster.Taskmaster1", "/org/taskmaster/Taskmaster1",
+                          "org.taskmaster.Taskmaster1.Manager", "SubmitTask", "a{sv}", "1",
+                          "command", "s", "true"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    task = out.stdout.split()[1].strip('"')
+    wait_until("the task's files", lambda: (statedir / "tasks" / task / "status.json").exists())
+    assert not moved.exists()
+    # Applied: the rest is no change any more; the statedir still is one.
+    assert asyncio.run(settings()) == [expected[1]]

@@ -45,7 +45,31 @@ def test_a_program_without_a_reason_is_still_listed() -> None:
 def test_json_has_the_lists_and_the_reasons() -> None:
     assert plan_json(PLAN) == {
         "added": ["cache"], "changed": ["db", "workers"], "removed": ["old"],
-        "restarted": ["web"], "reasons": dict(PLAN.reasons)}
+        "restarted": ["web"], "reasons": dict(PLAN.reasons), "settings": []}
+
+
+SETTINGS = [("tasks.max_parallel", "4", "16", "applied"),
+            ("taskmasterd.statedir", "/var/lib/taskmaster", "/srv/st", "restart"),
+            ("alerts", "1 target", "2 targets", "someday")]  # a newer daemon's word
+
+
+def test_settings_come_after_the_programs() -> None:
+    plan = Plan.from_replies([[], [], [], ["web"]], {"web": "restarted: cmd changed"}, SETTINGS)
+    assert plan_lines(plan) == [
+        "web: restarted (cmd changed)",
+        "tasks.max_parallel: 4 -> 16",
+        "taskmasterd.statedir: /var/lib/taskmaster -> /srv/st (not applied: /var/lib/taskmaster "
+        "stays in use until taskmasterd is restarted)",
+        "alerts: 1 target -> 2 targets (someday)",
+    ]
+    assert plan_json(plan)["settings"][0] == {"setting": "tasks.max_parallel", "old": "4",
+                                              "new": "16", "effect": "applied"}
+
+
+def test_a_settings_change_alone_is_not_nothing() -> None:
+    plan = Plan.from_replies([[], [], [], []], {}, SETTINGS[:1])
+    assert not plan.is_empty
+    assert plan_lines(plan) == ["tasks.max_parallel: 4 -> 16"]
 
 
 def test_avail_lists_loaded_programs_then_those_only_in_the_file() -> None:
