@@ -48,17 +48,20 @@ class Client(Subscriber):
         [reasons] = self.call("PlanReloadReasons")
         return Plan.from_replies(lists, dict(reasons))
 
-    def plan_with_settings(self) -> Plan:
-        """plan_reload() and the settings outside `programs:` (API 1.7; a
-        1.6 daemon has none to tell: the programs only)."""
-        plan = self.plan_reload()
+    def plan_settings(self) -> tuple[Setting, ...]:
+        """The settings outside `programs:` a reload would change now (API
+        1.7; a 1.6 daemon has none to tell)."""
         try:
             [settings] = self.call("PlanReloadSettings")
         except CallError as exc:
             if exc.name != "UnknownMethod":
                 raise
-            return plan
-        return plan._replace(settings=tuple(Setting.from_reply(v) for v in settings))
+            return ()
+        return tuple(Setting.from_reply(v) for v in settings)
+
+    def plan_with_settings(self) -> Plan:
+        """plan_reload() and plan_settings()."""
+        return self.plan_reload()._replace(settings=self.plan_settings())
 
     def list_processes(self) -> list[ProcessRow]:
         return [ProcessRow.from_values(r) for r in self.call("ListProcesses")[0]]

@@ -104,6 +104,12 @@ def cmd_action(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_reload(ctx: Context, args: argparse.Namespace) -> int:
     if getattr(args, "dry_run", False):
         return _dry_run(ctx)
+    # Reload answers with the programs only: the settings it changes are
+    # asked just before it (the same file, read a moment earlier).
+    try:
+        settings = ctx.client.plan_settings()
+    except CallError:  # an invalid file, a daemon shutting down: Reload says it
+        settings = ()
     try:
         result = ctx.client.reload()
     except CallError as exc:
@@ -113,7 +119,7 @@ def cmd_reload(ctx: Context, args: argparse.Namespace) -> int:
                   "(taskmasterd keeps running the previous one):")
         ctx.error(exc.message.rstrip())
         return EXIT_ERROR
-    ctx.emit(reload_json(result), reload_lines(result))
+    ctx.emit(reload_json(result, settings), reload_lines(result, settings))
     return EXIT_OK
 
 

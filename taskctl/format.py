@@ -31,6 +31,7 @@ from taskctl.model import (
     StateChange,
     TaskChanged,
 )
+from taskctl.plan import Setting
 from taskmasterd.states import State, describe_status
 
 GLOB_CHARS = frozenset("*?[")
@@ -204,16 +205,18 @@ def result_json(target: str, names: Sequence[str] | None, exc: CallError | None 
     return {"target": target, "ok": False, "error": exc.name, "message": error_message(exc)}
 
 
-def reload_lines(result: Reloaded) -> list[str]:
+def reload_lines(result: Reloaded, settings: Sequence[Setting] = ()) -> list[str]:
+    """The programs the reload touched, then the settings it changed."""
     lines = [f"{what}: {', '.join(names)}"
              for what, names in (("added", result.added), ("changed", result.changed),
                                  ("removed", result.removed)) if names]
+    lines += [s.line() for s in settings]
     return lines or ["no changes"]
 
 
-def reload_json(result: Reloaded) -> dict[str, Any]:
+def reload_json(result: Reloaded, settings: Sequence[Setting] = ()) -> dict[str, Any]:
     return {"added": list(result.added), "changed": list(result.changed),
-            "removed": list(result.removed)}
+            "removed": list(result.removed), "settings": [s._asdict() for s in settings]}
 
 
 def clock(t: float) -> str:

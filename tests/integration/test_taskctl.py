@@ -254,7 +254,8 @@ def test_reload_prints_what_changed(
     write_config(progs)
     r = taskctl(bus_address, "--json", "reload")
     assert r.returncode == 0
-    assert json.loads(r.stdout) == {"added": [], "changed": ["web"], "removed": ["extra"]}
+    assert json.loads(r.stdout) == {"added": [], "changed": ["web"], "removed": ["extra"],
+                                    "settings": []}
 
 
 def test_reload_with_an_invalid_config(tm: Daemon, bus_address: str, write_config: WriteConfig

@@ -16,6 +16,7 @@ from taskctl import cli, commands, context, follow, parser, shell
 from taskctl import format as fmt
 from taskctl.client import candidates
 from taskctl.model import CallError, OwnerChanged, ProcessRow, Reloaded, StateChange, Unreachable
+from taskctl.plan import Setting
 from taskmasterd import states
 from taskmasterd.busaddr import BusChoice
 
@@ -232,10 +233,17 @@ def test_result_and_reload_json() -> None:
     assert err == {"target": "nope", "ok": False, "error": "NoSuchProgram",
                    "message": "no such program: 'nope'"}
     result = Reloaded(("c",), ("b",), ("a", "d"))
-    assert fmt.reload_json(result) == {"added": ["c"], "changed": ["b"], "removed": ["a", "d"]}
+    assert fmt.reload_json(result) == {"added": ["c"], "changed": ["b"], "removed": ["a", "d"],
+                                       "settings": []}
     assert fmt.reload_lines(result) == ["added: c", "changed: b", "removed: a, d"]
     assert fmt.reload_lines(Reloaded((), ("b",), ())) == ["changed: b"]
     assert fmt.reload_lines(Reloaded((), (), ())) == ["no changes"]
+    # the settings it changed (API 1.7), after the programs; alone, they are a change
+    keep = Setting("tasks.keep", "7", "1", "applied")
+    assert fmt.reload_lines(result, [keep])[-1] == "tasks.keep: 7 -> 1"
+    assert fmt.reload_lines(Reloaded((), (), ()), [keep]) == ["tasks.keep: 7 -> 1"]
+    assert fmt.reload_json(Reloaded((), (), ()), [keep])["settings"] == [
+        {"setting": "tasks.keep", "old": "7", "new": "1", "effect": "applied"}]
 
 
 def test_events_json_and_lines() -> None:
