@@ -214,9 +214,13 @@ def reload_lines(result: Reloaded, settings: Sequence[Setting] = ()) -> list[str
     return lines or ["no changes"]
 
 
-def reload_json(result: Reloaded, settings: Sequence[Setting] = ()) -> dict[str, Any]:
-    return {"added": list(result.added), "changed": list(result.changed),
-            "removed": list(result.removed), "settings": [s._asdict() for s in settings]}
+def reload_json(result: Reloaded, settings: Sequence[Setting] | None = None) -> dict[str, Any]:
+    """`settings` None: not known (the Reloaded signal carries the programs only)."""
+    out: dict[str, Any] = {"added": list(result.added), "changed": list(result.changed),
+                           "removed": list(result.removed)}
+    if settings is not None:
+        out["settings"] = [s._asdict() for s in settings]
+    return out
 
 
 def clock(t: float) -> str:

@@ -233,8 +233,8 @@ def test_result_and_reload_json() -> None:
     assert err == {"target": "nope", "ok": False, "error": "NoSuchProgram",
                    "message": "no such program: 'nope'"}
     result = Reloaded(("c",), ("b",), ("a", "d"))
-    assert fmt.reload_json(result) == {"added": ["c"], "changed": ["b"], "removed": ["a", "d"],
-                                       "settings": []}
+    assert fmt.reload_json(result) == {"added": ["c"], "changed": ["b"], "removed": ["a", "d"]}
+    assert fmt.reload_json(result, ())["settings"] == []
     assert fmt.reload_lines(result) == ["added: c", "changed: b", "removed: a, d"]
     assert fmt.reload_lines(Reloaded((), ("b",), ())) == ["changed: b"]
     assert fmt.reload_lines(Reloaded((), (), ())) == ["no changes"]
@@ -443,6 +443,10 @@ class FakeClient:
             raise CallError("org.taskmaster.Taskmaster1.Error.NoSuchProgram", "no such program")
         return [r.name for r in ROWS if fmt.matches(target, r)]
 
+    def plan_settings(self) -> tuple[Setting, ...]:
+        self._call("plan_settings")
+        return (Setting("tasks.keep", "7", "1", "applied"),)
+
     def reload(self) -> Reloaded:
         self._call("reload")
         return Reloaded(("a",), (), ())
@@ -485,10 +489,12 @@ def test_execute_reports_unreachable_in_one_line() -> None:
 def test_execute_reload_with_an_invalid_config() -> None:
     bad = CallError("org.taskmaster.Taskmaster1.Error.ConfigInvalid",
                     "/etc/t.yaml:3:5: programs.web.stoptime: must be >= 0\n/etc/t.yaml:9:1: x")
-    code, out, err = run(FakeClient({"reload": bad}), "reload")
+    # the preview of the settings refuses the same file first: Reload's error is the one told
+    code, out, err = run(FakeClient({"plan_settings": bad, "reload": bad}), "reload")
     assert (code, out) == (1, "")
     assert "/etc/t.yaml:3:5: programs.web.stoptime" in err and "/etc/t.yaml:9:1: x" in err
-    assert run(FakeClient(), "reload")[:2] == (0, "added: a\n")
+    assert err.count("programs.web.stoptime") == 1, err
+    assert run(FakeClient(), "reload")[:2] == (0, "added: a\ntasks.keep: 7 -> 1\n")
 
 
 def test_tail_falls_back_to_journalctl(monkeypatch: pytest.MonkeyPatch) -> None:
