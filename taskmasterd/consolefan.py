@@ -36,26 +36,47 @@ def turned_away(process: str) -> bytes:
             "try again once one leaves\r\n").encode()
 
 
+# How far into a scrollback that lost its beginning a line break is looked
+# for: the replay starts after it (a line's start, not the middle of a
+# character or of an escape sequence, which would garble the viewer's
+# terminal); a first line longer than this starts at a character instead.
+REPLAY_SEARCH = 4096
+
+
 class Ring:
     """The last `size` bytes of output (0: none kept)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.data = bytearray()
+        self.cut = False  # older bytes were dropped: data starts anywhere
 
     def add(self, chunk: bytes) -> None:
         if self.size <= 0:
             return
         if len(chunk) >= self.size:
+            self.cut = self.cut or len(chunk) > self.size or bool(self.data)
             self.data = bytearray(chunk[-self.size:])
             return
         self.data += chunk
         excess = len(self.data) - self.size
         if excess > 0:
             del self.data[:excess]
+            self.cut = True
 
-    def snapshot(self) -> bytes:
-        return bytes(self.data)
+    def replay(self) -> bytes:
+        """What a new viewer is shown first: the bytes kept, from the start of
+        a line when the oldest were dropped (within REPLAY_SEARCH bytes), or
+        else from the start of a UTF-8 character."""
+        if not self.cut:
+            return bytes(self.data)
+        newline = self.data.find(b"\n", 0, REPLAY_SEARCH)
+        if newline >= 0:
+            return bytes(self.data[newline + 1:])
+        start = 0
+        while start < min(3, len(self.data)) and 0x80 <= self.data[start] <= 0xBF:
+            start += 1  # a continuation byte: the character began in what was dropped
+        return bytes(self.data[start:])
 
 
 @dataclass(eq=False)
@@ -145,7 +166,7 @@ class Console:
     def add(self, viewer: Viewer) -> None:
         """A new viewer: the scrollback first, so its screen means something."""
         self.viewers.append(viewer)
-        viewer.offer(self.ring.snapshot())
+        viewer.offer(self.ring.replay())
 
     def remove(self, viewer: Viewer) -> None:
         with contextlib.suppress(ValueError):

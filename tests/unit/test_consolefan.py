@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 
 from taskmasterd import consolefan
-from taskmasterd.consolefan import VIEWER_BACKLOG, Console, Ring, Viewer
+from taskmasterd.consolefan import REPLAY_SEARCH, VIEWER_BACKLOG, Console, Ring, Viewer
 
 
 def pair() -> tuple[Viewer, socket.socket]:
@@ -33,12 +33,46 @@ def test_ring_keeps_the_last_bytes() -> None:
     ring = Ring(10)
     ring.add(b"hello ")
     ring.add(b"world!")
-    assert ring.snapshot() == b"llo world!"
+    assert bytes(ring.data) == b"llo world!"
     ring.add(b"0123456789abcdef")  # a chunk larger than the ring
-    assert ring.snapshot() == b"6789abcdef"
+    assert bytes(ring.data) == b"6789abcdef"
     none = Ring(0)
     none.add(b"x")
-    assert none.snapshot() == b""
+    assert none.replay() == b""
+
+
+def test_a_whole_scrollback_is_replayed_as_it_is() -> None:
+    ring = Ring(64)
+    ring.add(b"\xa9 partial? no: ")  # nothing was dropped: the bytes are the output's start
+    ring.add(b"line\n\x1b[1mbold")
+    assert ring.replay() == b"\xa9 partial? no: line\n\x1b[1mbold"
+    exact = Ring(4)
+    exact.add(b"abcd")  # fits exactly: nothing dropped
+    assert exact.replay() == b"abcd"
+
+
+def test_a_cut_scrollback_is_replayed_from_a_line_start() -> None:
+    """The oldest bytes dropped mid-escape-sequence: the replay starts after
+    the first line break, not inside the sequence."""
+    tail = b"\r\n>>> print(1)\r\n1\r\n>>> "
+    ring = Ring(len(b";196mred\x1b[0m") + len(tail))
+    ring.add(b">>> x\r\n\x1b[38;5;196mred\x1b[0m" + tail)
+    assert bytes(ring.data).startswith(b";196mred")  # cut inside the sequence
+    assert ring.replay() == b">>> print(1)\r\n1\r\n>>> "
+    # the same, the bytes coming in several chunks
+    chunks = Ring(len(ring.data))
+    for chunk in (b">>> x\r\n\x1b[38;5;", b"196mred\x1b[0m", tail):
+        chunks.add(chunk)
+    assert chunks.replay() == ring.replay()
+
+
+def test_a_cut_scrollback_without_a_line_break_starts_at_a_character() -> None:
+    ring = Ring(5)
+    ring.add("é€x".encode())  # c3 a9 e2 82 ac 78: the ring keeps a9 e2 82 ac 78
+    assert ring.replay() == "€x".encode()
+    long_line = Ring(REPLAY_SEARCH * 2)
+    long_line.add(b"a" * REPLAY_SEARCH * 3 + b"\n>>> ")  # the line break is past the search
+    assert long_line.replay() == bytes(long_line.data)
 
 
 def test_a_new_viewer_gets_the_scrollback_then_the_output() -> None:
