@@ -16,8 +16,9 @@ from collections.abc import Sequence
 
 from taskctl.commands import execute as execute
 from taskctl.exitcodes import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from taskctl.habits import ELSEWHERE
 from taskctl.parser import build_parser as build_parser
-from taskctl.parser import bus_choice, command_words, help_text
+from taskctl.parser import bus_choice, command_word, command_words, help_text
 
 
 def follows(args: argparse.Namespace) -> bool:
@@ -57,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    instead = ELSEWHERE.get(command_word(argv) or "")
+    if instead is not None:
+        print(f"taskctl: {instead}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:

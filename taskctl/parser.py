@@ -212,6 +212,20 @@ _VALUED = ("-H", "--host", "--ho", "--hos", "--address", "--ad", "--add", "--add
            "--addres")
 
 
+def command_word(argv: Sequence[str]) -> str | None:
+    """The command as typed, before argparse reads it: the first word that
+    is not an option or an option's value."""
+    after_valued = False
+    for word in argv:
+        if after_valued:
+            after_valued = False
+        elif word in _VALUED:
+            after_valued = True
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def command_words(argv: Sequence[str], args: argparse.Namespace) -> list[str]:
     """The command and its arguments as typed (what `taskctl -H` runs on the
     host for tail and history), --json carried over; [] if not found."""

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from taskctl.commands import execute
 from taskctl.exitcodes import EXIT_OK
+from taskctl.habits import ELSEWHERE
 from taskctl.parser import COMMAND_NAMES, TARGET_COMMANDS, TASK_ID_COMMANDS, build_parser, help_text
 
 if TYPE_CHECKING:
@@ -391,7 +392,9 @@ class Shell:
             self.connect(words[1:])
             return False
         if words[0] not in COMMAND_NAMES and not words[0].startswith("-"):
-            self.stderr.write(f"taskctl: unknown command {words[0]!r}; type help for the list\n")
+            instead = ELSEWHERE.get(words[0])
+            self.stderr.write(f"taskctl: {instead}\n" if instead else
+                              f"taskctl: unknown command {words[0]!r}; type help for the list\n")
             return False
         try:
             args = self.parser.parse_args(words)

@@ -167,6 +167,9 @@ def test_completion_commands_history_and_leaving(
     t.send("bogus\r")
     t.expect("unknown command 'bogus'")
     t.prompt()
+    t.send("fg web:0\r")  # supervisorctl's word: what to type here instead
+    t.expect(re.escape("supervisorctl's 'fg' is 'taskctl attach PROCESS' here"))
+    t.prompt()
     t.send("help\r")
     t.expect(r"\n  tail \[-f\]")
     t.prompt()
@@ -181,20 +184,20 @@ def test_completion_commands_history_and_leaving(
     assert t.wait() == 0
 
     history = Path(shell_env["TASKCTL_HISTFILE"]).read_text().splitlines()
-    assert history == ["status web", "stop nope", "bogus", "help", "events", "exit"]
+    assert history == ["status web", "stop nope", "bogus", "fg web:0", "help", "events", "exit"]
 
     # A second shell finds the first one's history: UP recalls its last command.
     t = terminals()
     t.prompt()
     t.send(UP)
     t.expect("exit")
-    t.send(UP * 5 + "\r")  # back to "status web"
+    t.send(UP * 6 + "\r")  # back to "status web"
     t.expect(r"web:1\s+RUNNING")
     t.prompt()
     t.send(CTRL_D)
     assert t.wait() == 0
     history = Path(shell_env["TASKCTL_HISTFILE"]).read_text().splitlines()
-    assert history[-1] == "status web" and len(history) == 7
+    assert history[-1] == "status web" and len(history) == 8
 
 
 def test_json_in_the_shell_and_completion_after_reload(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from taskctl import habits, parser
 from taskctl.hosts import RUN_THERE
 from taskctl.model import ProcessRow
@@ -107,6 +109,30 @@ def test_each_word_says_once_what_it_is_here() -> None:
     assert err.getvalue() == ("taskctl: (supervisorctl's 'reread' is 'taskctl reload --dry-run' "
                               "here (nothing is applied))\n")
     assert set(habits.NOTES) == {"update", "reread", "avail", "maintail"}
+
+
+def test_words_taskctl_does_not_run_say_what_to_do_instead(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """fg, add, remove, clear, version: a usage error naming our way, not
+    argparse's list of 25 choices; before any connection (none here)."""
+    from taskctl import cli
+
+    assert cli.main(["fg", "web:0"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("taskctl: supervisorctl's 'fg' is 'taskctl attach PROCESS' here: a program "
+                   "with 'console: true' runs on a terminal you attach to and detach from "
+                   "(Ctrl-] d), and it keeps running\n")
+    for word in ("add", "remove", "clear", "version"):
+        assert cli.main(["--json", "-H", "fg", word, "x"]) == 2  # -H's value is no command
+        assert f"supervisorctl's '{word}'" in capsys.readouterr().err
+    assert not set(habits.ELSEWHERE) & set(parser.COMMAND_NAMES)
+
+
+def test_the_command_word_skips_options_and_their_values() -> None:
+    assert parser.command_word(["-H", "fg", "status", "web"]) == "status"
+    assert parser.command_word(["--address", "unix:path=/x", "--json", "clear"]) == "clear"
+    assert parser.command_word(["--address=unix:path=/x", "add", "web"]) == "add"
+    assert parser.command_word(["--json"]) is None
 
 
 def test_the_words_parse_complete_and_maintail_runs_on_the_host() -> None:
