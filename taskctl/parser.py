@@ -212,30 +212,36 @@ _VALUED = ("-H", "--host", "--ho", "--hos", "--address", "--ad", "--add", "--add
            "--addres")
 
 
-def command_word(argv: Sequence[str]) -> str | None:
-    """The command as typed, before argparse reads it: the first word that
-    is not an option or an option's value."""
+def _command_index(argv: Sequence[str]) -> int | None:
+    """Where the command is in `argv`: the first word that is not an option
+    or an option's value."""
     after_valued = False
-    for word in argv:
+    for i, word in enumerate(argv):
         if after_valued:
             after_valued = False
         elif word in _VALUED:
             after_valued = True
         elif not word.startswith("-"):
-            return word
+            return i
     return None
+
+
+def command_word(argv: Sequence[str]) -> str | None:
+    """The command as typed, before argparse reads it."""
+    i = _command_index(argv)
+    return None if i is None else argv[i]
 
 
 def command_words(argv: Sequence[str], args: argparse.Namespace) -> list[str]:
     """The command and its arguments as typed (what `taskctl -H` runs on the
     host for tail and history), --json carried over; [] if not found."""
-    for i, word in enumerate(argv):
-        if word == args.command and (i == 0 or argv[i - 1] not in _VALUED):
-            words = list(argv[i:])
-            if getattr(args, "json", False) and "--json" not in words:
-                words.insert(1, "--json")
-            return words
-    return []
+    i = _command_index(argv)
+    if i is None or argv[i] != args.command:
+        return []
+    words = list(argv[i:])
+    if getattr(args, "json", False) and "--json" not in words:
+        words.insert(1, "--json")
+    return words
 
 
 def bus_choice(args: argparse.Namespace) -> Any:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from taskctl.model import UP_STATES, ProcessRow
+from taskmasterd.settingsdiff import effect_note
 
 NOTHING = "nothing would change"
 
@@ -33,12 +34,7 @@ class Setting(NamedTuple):
 
     def line(self) -> str:
         """`tasks.max_parallel: 4 -> 16`, and why not applied when it is not."""
-        text = f"{self.setting}: {self.old} -> {self.new}"
-        if self.effect == "restart":
-            text += f" (not applied: {self.old} stays in use until taskmasterd is restarted)"
-        elif self.effect != "applied":  # a newer daemon's word: shown as it is
-            text += f" ({self.effect})"
-        return text
+        return f"{self.setting}: {self.old} -> {self.new}{effect_note(self.effect, self.old)}"
 
 
 class Plan(NamedTuple):

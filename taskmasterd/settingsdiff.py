@@ -6,11 +6,15 @@ A reload applies them at once: the log file and its level, `logdir`
 are among the reload's programs), the task queue's limits, the alert
 targets. All but `statedir`: the daemon keeps the state store it holds
 (the records of its processes and tasks, its lock) until it is
-restarted. The reload
-preview (Manager.PlanReloadSettings, `taskctl reload --dry-run`) and the
-RELOAD event say so, rather than "nothing changed".
+restarted. The reload preview (Manager.PlanReloadSettings, `taskctl
+reload --dry-run`) and the RELOAD event say so, rather than "nothing
+changed".
 
 Alert targets are counted, never shown: their URLs may hold passwords.
+
+The configuration is imported for the type checker only: taskctl words
+a preview's effects with `effect_note`, and its start-up must not load
+the configuration's modules.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass, fields
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-from taskmasterd.config import Config
-from taskmasterd.paths import Paths
+if TYPE_CHECKING:
+    from taskmasterd.config import Config
+    from taskmasterd.paths import Paths
 
 
 class Effect(StrEnum):
@@ -39,10 +45,18 @@ class SettingChange:
 
     def describe(self) -> str:
         """`tasks.max_parallel 4 -> 16`, and why not applied when it is not."""
-        text = f"{self.setting} {self.old} -> {self.new}"
-        if self.effect is Effect.RESTART:
-            text += f" (not applied: {self.old} stays in use until taskmasterd is restarted)"
-        return text
+        return f"{self.setting} {self.old} -> {self.new}{effect_note(self.effect, self.old)}"
+
+
+def effect_note(effect: str, old: str) -> str:
+    """What follows a change's values: nothing when the reload applies it,
+    why it does not otherwise (an effect this code does not know, from a
+    newer daemon, as it is)."""
+    if effect == Effect.APPLIED:
+        return ""
+    if effect == Effect.RESTART:
+        return f" (not applied: {old} stays in use until taskmasterd is restarted)"
+    return f" ({effect})"
 
 
 def settings_changes(old: Config, new: Config, old_paths: Paths,
